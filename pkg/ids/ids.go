@@ -1,0 +1,55 @@
+// Package ids generates and validates the identifiers the driver hands out.
+//
+// Every ID carries its format version in its prefix so that a later format can
+// be added without ever failing to parse one we already gave to a cluster:
+// IDs live in PersistentVolume objects for years.
+package ids
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+)
+
+// VolumePrefixV1 starts every volume ID of format 1: "hpv1-" and 32 lowercase
+// hex digits (128 random bits).
+const VolumePrefixV1 = "hpv1-"
+
+const randomHexLen = 32
+
+// NewVolumeID returns a fresh, random volume ID in the current format.
+func NewVolumeID() string {
+	var b [randomHexLen / 2]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		// crypto/rand never fails on Linux >= 3.17; a failure means the
+		// process cannot be trusted to make unique IDs at all.
+		panic(fmt.Sprintf("crypto/rand: %v", err))
+	}
+	return VolumePrefixV1 + hex.EncodeToString(b[:])
+}
+
+// ValidateVolumeID reports whether id is a volume ID in a format this driver
+// has ever produced. It must be called before any path is built from an ID:
+// a valid ID contains only [a-z0-9-], so it cannot name a parent directory,
+// an absolute path or a hidden file.
+func ValidateVolumeID(id string) error {
+	if len(id) != len(VolumePrefixV1)+randomHexLen || id[:len(VolumePrefixV1)] != VolumePrefixV1 {
+		return fmt.Errorf("volume ID %q is not of the form %s<32 hex digits>", truncate(id), VolumePrefixV1)
+	}
+	for i := len(VolumePrefixV1); i < len(id); i++ {
+		c := id[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return fmt.Errorf("volume ID %q has a character outside [0-9a-f] after %s", truncate(id), VolumePrefixV1)
+		}
+	}
+	return nil
+}
+
+// truncate keeps error messages readable when a caller sends megabytes.
+func truncate(s string) string {
+	const max = 80
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "..."
+}

@@ -1,0 +1,162 @@
+package state
+
+import (
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Phase is where a record stands in its life. Creating and Deleting are
+// intents: the disk work they announce may or may not have happened.
+type Phase string
+
+const (
+	// PhaseCreating: the record exists, its data may be partly made.
+	PhaseCreating Phase = "creating"
+	// PhaseReady: the data is complete and the client may have been told so.
+	PhaseReady Phase = "ready"
+	// PhaseDeleting: a delete started; the data may be partly removed.
+	PhaseDeleting Phase = "deleting"
+)
+
+// Volume is one provisioned volume.
+type Volume struct {
+	ID            string            `json:"id"`
+	Name          string            `json:"name"`
+	CapacityBytes int64             `json:"capacityBytes"`
+	Parameters    map[string]string `json:"parameters,omitempty"`
+	// AccessType is "mount" (the only one so far).
+	AccessType string `json:"accessType"`
+	// NodeID is the node whose disk holds the data.
+	NodeID    string    `json:"nodeID"`
+	Phase     Phase     `json:"phase"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// GetVolume returns the volume with this ID, or ErrNotFound.
+func (s *Store) GetVolume(id string) (*Volume, error) {
+	var v Volume
+	err := s.view(func(tx *bolt.Tx) error {
+		return getJSON(tx.Bucket(bucketVolumes), id, &v)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// GetVolumeByName returns the volume with this name, or ErrNotFound.
+func (s *Store) GetVolumeByName(name string) (*Volume, error) {
+	var v Volume
+	err := s.view(func(tx *bolt.Tx) error {
+		id := tx.Bucket(bucketVolumeNames).Get([]byte(name))
+		if id == nil {
+			return ErrNotFound
+		}
+		return getJSON(tx.Bucket(bucketVolumes), string(id), &v)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// PutVolume inserts or replaces a volume and its name index entry durably.
+// It fails with ErrNameTaken if the name belongs to another volume.
+func (s *Store) PutVolume(v *Volume) error {
+	rec := *v
+	return s.update(func(tx *bolt.Tx) error {
+		names := tx.Bucket(bucketVolumeNames)
+		if owner := names.Get([]byte(rec.Name)); owner != nil && string(owner) != rec.ID {
+			return fmt.Errorf("volume name %q: %w (%s)", rec.Name, ErrNameTaken, owner)
+		}
+		if err := names.Put([]byte(rec.Name), []byte(rec.ID)); err != nil {
+			return err
+		}
+		return putJSON(tx.Bucket(bucketVolumes), rec.ID, &rec)
+	})
+}
+
+// SetVolumePhase changes only the phase of an existing volume.
+func (s *Store) SetVolumePhase(id string, phase Phase) error {
+	return s.modifyVolume(id, func(v *Volume) { v.Phase = phase })
+}
+
+// SetVolumeCapacity changes only the recorded capacity of an existing volume.
+func (s *Store) SetVolumeCapacity(id string, bytes int64) error {
+	return s.modifyVolume(id, func(v *Volume) { v.CapacityBytes = bytes })
+}
+
+func (s *Store) modifyVolume(id string, change func(*Volume)) error {
+	return s.update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketVolumes)
+		var v Volume
+		if err := getJSON(b, id, &v); err != nil {
+			return err
+		}
+		change(&v)
+		return putJSON(b, id, &v)
+	})
+}
+
+// DeleteVolume removes a volume, its name index entry and its publications.
+// Deleting a missing volume is not an error.
+func (s *Store) DeleteVolume(id string) error {
+	return s.update(func(tx *bolt.Tx) error {
+		vols := tx.Bucket(bucketVolumes)
+		var v Volume
+		switch err := getJSON(vols, id, &v); err {
+		case nil:
+		case ErrNotFound:
+			return nil
+		default:
+			return err
+		}
+		names := tx.Bucket(bucketVolumeNames)
+		if owner := names.Get([]byte(v.Name)); string(owner) == id {
+			if err := names.Delete([]byte(v.Name)); err != nil {
+				return err
+			}
+		}
+		if err := deletePublicationsOf(tx, id); err != nil {
+			return err
+		}
+		return vols.Delete([]byte(id))
+	})
+}
+
+// ListVolumes returns up to limit volumes (all if limit <= 0) that match keep,
+// in ID order, starting at the first ID >= start. next is the ID to start the
+// following page at, or "" when there is none.
+func (s *Store) ListVolumes(start string, limit int, keep func(*Volume) bool) (vols []*Volume, next string, err error) {
+	err = s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketVolumes).Cursor()
+		for k, data := c.Seek([]byte(start)); k != nil; k, data = c.Next() {
+			v := new(Volume)
+			if err := jsonUnmarshal(k, data, v); err != nil {
+				return err
+			}
+			if keep != nil && !keep(v) {
+				continue
+			}
+			if limit > 0 && len(vols) == limit {
+				next = string(k)
+				return nil
+			}
+			vols = append(vols, v)
+		}
+		return nil
+	})
+	return vols, next, err
+}
+
+// VolumeExists reports whether a volume ID is known, in any phase.
+func (s *Store) VolumeExists(id string) (bool, error) {
+	found := false
+	err := s.view(func(tx *bolt.Tx) error {
+		found = tx.Bucket(bucketVolumes).Get([]byte(id)) != nil
+		return nil
+	})
+	return found, err
+}
