@@ -1,0 +1,295 @@
+// Package hostpath keeps volumes as directories under a data directory on the
+// node. Layout, all created by New:
+//
+//	<data>/volumes/<id>      one directory per volume
+//	<data>/trash/<id>.<n>    volumes being removed (emptied in the background
+//	                         and at every start)
+//	<data>/quarantine/<id>.<unix time>   directories found without a record;
+//	                         kept for an operator, never deleted by the driver
+//
+// Every path is built from an ID that the caller validated; Lstat checks make
+// sure a planted symlink is never followed, and nothing mounted inside a volume
+// is ever descended into when deleting.
+package hostpath
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// ErrMountedInside is returned by Delete when something is mounted inside the
+// volume directory: removing it would reach into another filesystem.
+var ErrMountedInside = errors.New("a filesystem is mounted inside the volume")
+
+// ErrNotDirectory is returned when a volume path exists but is not a plain
+// directory (for example a symlink planted in its place).
+var ErrNotDirectory = errors.New("volume path is not a directory")
+
+// Backend manages directory volumes under one data directory.
+type Backend struct {
+	root       string
+	volumes    string
+	trash      string
+	quarantine string
+
+	trashSeq atomic.Uint64
+	cleaning sync.WaitGroup
+}
+
+// New prepares the layout under root. root is resolved once, so a data
+// directory reached through a symlink works, and every later path is built
+// lexically from the resolved root.
+func New(root string) (*Backend, error) {
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	resolved, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		return nil, fmt.Errorf("resolve data directory: %w", err)
+	}
+	b := &Backend{
+		root:       resolved,
+		volumes:    filepath.Join(resolved, "volumes"),
+		trash:      filepath.Join(resolved, "trash"),
+		quarantine: filepath.Join(resolved, "quarantine"),
+	}
+	for _, d := range []string{b.volumes, b.trash, b.quarantine} {
+		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("create %s: %w", d, err)
+		}
+		if err := requireDir(d); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// Root is the resolved data directory.
+func (b *Backend) Root() string { return b.root }
+
+// Path is where the volume's data lives. id must have been validated.
+func (b *Backend) Path(id string) string { return filepath.Join(b.volumes, id) }
+
+// Create makes the volume directory with the given mode. It is idempotent:
+// an existing directory is kept (and its mode set), so a retried create after
+// a crash finishes the job.
+func (b *Backend) Create(id string, mode fs.FileMode) error {
+	p := b.Path(id)
+	if err := os.Mkdir(p, mode); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create volume directory: %w", err)
+	}
+	if err := requireDir(p); err != nil {
+		return err
+	}
+	// Mkdir applies the umask; the volume's mode is what the class asked for.
+	if err := os.Chmod(p, mode); err != nil {
+		return fmt.Errorf("set volume directory mode: %w", err)
+	}
+	return nil
+}
+
+// Exists reports whether the volume directory is present. A symlink or a file
+// in its place is reported as ErrNotDirectory.
+func (b *Backend) Exists(id string) (bool, error) {
+	err := requireDir(b.Path(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Delete moves the volume directory to the trash and removes it in the
+// background; a missing directory is not an error. It refuses when anything is
+// mounted inside the volume, so a delete can never reach into another
+// filesystem through a planted mount.
+func (b *Backend) Delete(id string) error {
+	p := b.Path(id)
+	if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	mounted, err := MountsUnder(p)
+	if err != nil {
+		return err
+	}
+	if len(mounted) > 0 {
+		return fmt.Errorf("%w: %v", ErrMountedInside, mounted)
+	}
+	dst := filepath.Join(b.trash, id+"."+strconv.FormatUint(b.trashSeq.Add(1), 10))
+	if err := os.Rename(p, dst); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("move volume to trash: %w", err)
+	}
+	b.cleaning.Add(1)
+	go func() {
+		defer b.cleaning.Done()
+		b.removeTrashEntry(dst)
+	}()
+	return nil
+}
+
+// EmptyTrash removes everything in the trash, as a start-up step: entries there
+// are deletes that a crash interrupted.
+func (b *Backend) EmptyTrash() {
+	entries, err := os.ReadDir(b.trash)
+	if err != nil {
+		klog.ErrorS(err, "Cannot read trash directory", "path", b.trash)
+		return
+	}
+	for _, e := range entries {
+		b.removeTrashEntry(filepath.Join(b.trash, e.Name()))
+	}
+}
+
+// WaitIdle waits until background removals are finished.
+func (b *Backend) WaitIdle() { b.cleaning.Wait() }
+
+func (b *Backend) removeTrashEntry(p string) {
+	start := time.Now()
+	if mounted, err := MountsUnder(p); err != nil || len(mounted) > 0 {
+		klog.ErrorS(err, "Not removing trash entry with mounts inside; unmount them and restart", "path", p, "mounts", mounted)
+		return
+	}
+	if err := os.RemoveAll(p); err != nil {
+		klog.ErrorS(err, "Cannot remove deleted volume data; it stays in the trash until the next start", "path", p)
+		return
+	}
+	klog.V(4).InfoS("Removed deleted volume data", "path", p, "duration", time.Since(start))
+}
+
+// List returns the names of all entries in the volumes directory.
+func (b *Backend) List() ([]string, error) {
+	entries, err := os.ReadDir(b.volumes)
+	if err != nil {
+		return nil, fmt.Errorf("list volumes directory: %w", err)
+	}
+	names := make([]string, 0, len(entries))
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names, nil
+}
+
+// Quarantine moves an entry of the volumes directory that has no owner out of
+// the way, keeping its data for an operator, and returns where it went.
+func (b *Backend) Quarantine(name string) (string, error) {
+	if name == "" || name != filepath.Base(name) || name == "." || name == ".." {
+		return "", fmt.Errorf("quarantine: bad entry name %q", name)
+	}
+	dst := filepath.Join(b.quarantine, name+"."+strconv.FormatInt(time.Now().UnixNano(), 10))
+	if err := os.Rename(filepath.Join(b.volumes, name), dst); err != nil {
+		return "", fmt.Errorf("quarantine %s: %w", name, err)
+	}
+	return dst, nil
+}
+
+// Usage is what a volume directory holds.
+type Usage struct {
+	Bytes  int64 // allocated bytes (st_blocks * 512), so sparse files count what they use
+	Inodes int64
+}
+
+// Usage walks the volume without following symlinks or crossing into other
+// filesystems.
+func (b *Backend) Usage(id string) (Usage, error) {
+	p := b.Path(id)
+	var rootDev uint64
+	var u Usage
+	err := filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) && path != p {
+				return nil // removed while we walked
+			}
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(path, &st); err != nil {
+			if errors.Is(err, unix.ENOENT) && path != p {
+				return nil
+			}
+			return err
+		}
+		if path == p {
+			rootDev = st.Dev
+		} else if st.Dev != rootDev {
+			return fs.SkipDir // a mount inside the volume is not the volume's usage
+		}
+		u.Bytes += st.Blocks * 512
+		u.Inodes++
+		return nil
+	})
+	if err != nil {
+		return Usage{}, fmt.Errorf("measure volume usage: %w", err)
+	}
+	return u, nil
+}
+
+// FSStats are the data directory filesystem's totals.
+type FSStats struct {
+	TotalBytes, AvailableBytes int64
+	TotalInodes, FreeInodes    int64
+}
+
+// Stats reports the data directory's filesystem. Available bytes come from
+// f_bavail, what an unprivileged writer (a pod) can really use, not f_bfree.
+func (b *Backend) Stats() (FSStats, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(b.root, &st); err != nil {
+		return FSStats{}, fmt.Errorf("statfs %s: %w", b.root, err)
+	}
+	return FSStats{
+		TotalBytes:     int64(st.Blocks) * st.Bsize,
+		AvailableBytes: int64(st.Bavail) * st.Bsize,
+		TotalInodes:    int64(st.Files),
+		FreeInodes:     int64(st.Ffree),
+	}, nil
+}
+
+// CheckWritable proves the data directory accepts writes right now.
+func (b *Backend) CheckWritable() error {
+	f, err := os.CreateTemp(b.root, ".probe-*")
+	if err != nil {
+		return fmt.Errorf("data directory %s is not writable: %w", b.root, err)
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
+}
+
+// MountsUnder lists mount points strictly below dir.
+func MountsUnder(dir string) ([]string, error) {
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		return nil, fmt.Errorf("read mount table: %w", err)
+	}
+	var under []string
+	for _, m := range mounts {
+		if m.Mountpoint != dir {
+			under = append(under, m.Mountpoint)
+		}
+	}
+	return under, nil
+}
+
+func requireDir(p string) error {
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s: %w (mode %s)", p, ErrNotDirectory, fi.Mode().Type())
+	}
+	return nil
+}

@@ -1,0 +1,200 @@
+package hostpath
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+	"golang.org/x/sys/unix"
+)
+
+const idA = "hpv1-0000000000000000000000000000000a"
+
+func newBackend(t *testing.T) *Backend {
+	t.Helper()
+	b, err := New(filepath.Join(t.TempDir(), "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.WaitIdle)
+	return b
+}
+
+func TestCreateDeleteIdempotent(t *testing.T) {
+	b := newBackend(t)
+	for i := 0; i < 2; i++ {
+		if err := b.Create(idA, 0o750); err != nil {
+			t.Fatalf("create #%d: %v", i, err)
+		}
+	}
+	fi, err := os.Stat(b.Path(idA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o750 {
+		t.Fatalf("mode = %v, want 0750 regardless of umask", fi.Mode().Perm())
+	}
+	if ok, err := b.Exists(idA); !ok || err != nil {
+		t.Fatalf("Exists = %v, %v", ok, err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := b.Delete(idA); err != nil {
+			t.Fatalf("delete #%d: %v", i, err)
+		}
+	}
+	b.WaitIdle()
+	if ok, _ := b.Exists(idA); ok {
+		t.Fatal("volume still exists after delete")
+	}
+	if left, _ := os.ReadDir(b.trash); len(left) != 0 {
+		t.Fatalf("trash not emptied: %v", left)
+	}
+}
+
+func TestSymlinkInPlaceOfVolume(t *testing.T) {
+	b := newBackend(t)
+	outside := t.TempDir()
+	if err := os.Symlink(outside, b.Path(idA)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Exists(idA); !errors.Is(err, ErrNotDirectory) {
+		t.Fatalf("Exists on a symlink: %v, want ErrNotDirectory", err)
+	}
+	if err := b.Create(idA, 0o777); !errors.Is(err, ErrNotDirectory) {
+		t.Fatalf("Create over a symlink: %v, want ErrNotDirectory", err)
+	}
+}
+
+// A pod can plant symlinks to anything inside its volume; deleting the volume
+// must remove the links, never what they point to.
+func TestDeleteDoesNotFollowSymlinks(t *testing.T) {
+	b := newBackend(t)
+	outside := t.TempDir()
+	precious := filepath.Join(outside, "precious")
+	if err := os.WriteFile(precious, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Create(idA, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	for name, target := range map[string]string{"dirlink": outside, "filelink": precious, "up": "../../../.."} {
+		if err := os.Symlink(target, filepath.Join(b.Path(idA), name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Delete(idA); err != nil {
+		t.Fatal(err)
+	}
+	b.WaitIdle()
+	if data, err := os.ReadFile(precious); err != nil || string(data) != "keep" {
+		t.Fatalf("file outside the volume damaged: %q, %v", data, err)
+	}
+}
+
+func TestDeleteRefusesMountInside(t *testing.T) {
+	testutil.RequireRoot(t)
+	b := newBackend(t)
+	testutil.CleanupMounts(t, b.Root())
+	outside := t.TempDir()
+	precious := filepath.Join(outside, "precious")
+	if err := os.WriteFile(precious, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Create(idA, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	inside := filepath.Join(b.Path(idA), "m")
+	if err := os.Mkdir(inside, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(outside, inside, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Delete(idA); !errors.Is(err, ErrMountedInside) {
+		t.Fatalf("Delete with a mount inside: %v, want ErrMountedInside", err)
+	}
+	if err := unix.Unmount(inside, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Delete(idA); err != nil {
+		t.Fatal(err)
+	}
+	b.WaitIdle()
+	if _, err := os.Stat(precious); err != nil {
+		t.Fatalf("file behind the planted mount is gone: %v", err)
+	}
+}
+
+func TestUsageCountsAllocatedBytes(t *testing.T) {
+	b := newBackend(t)
+	if err := b.Create(idA, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	dir := b.Path(idA)
+	if err := os.WriteFile(filepath.Join(dir, "dense"), make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(dir, "sparse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(1 << 30); err != nil { // 1 GiB hole
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	u, err := b.Usage(idA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Inodes != 4 {
+		t.Errorf("inodes = %d, want 4 (root, dense, sparse, sub)", u.Inodes)
+	}
+	if u.Bytes < 1<<20 || u.Bytes > 2<<20 {
+		t.Errorf("bytes = %d, want about 1 MiB: the sparse file's hole must not count", u.Bytes)
+	}
+}
+
+func TestQuarantineAndEmptyTrash(t *testing.T) {
+	b := newBackend(t)
+	if err := os.MkdirAll(filepath.Join(b.volumes, "stray", "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	dst, err := b.Quarantine("stray")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dst, "x")); err != nil {
+		t.Fatalf("quarantined data not kept: %v", err)
+	}
+	for _, bad := range []string{"", "..", "../x", "/etc"} {
+		if _, err := b.Quarantine(bad); err == nil {
+			t.Errorf("Quarantine(%q) accepted", bad)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(b.trash, "old.1", "deep"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	b.EmptyTrash()
+	if left, _ := os.ReadDir(b.trash); len(left) != 0 {
+		t.Fatalf("trash not emptied: %v", left)
+	}
+}
+
+func TestStatsAndWritable(t *testing.T) {
+	b := newBackend(t)
+	st, err := b.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TotalBytes <= 0 || st.AvailableBytes <= 0 || st.AvailableBytes > st.TotalBytes {
+		t.Fatalf("implausible stats %+v", st)
+	}
+	if err := b.CheckWritable(); err != nil {
+		t.Fatal(err)
+	}
+}
