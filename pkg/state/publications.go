@@ -32,6 +32,8 @@ type Publication struct {
 	StagingPath string   `json:"stagingPath,omitempty"`
 	ReadOnly    bool     `json:"readOnly,omitempty"`
 	MountFlags  []string `json:"mountFlags,omitempty"`
+	// AccessMode is the CSI access mode name the volume was published with.
+	AccessMode string `json:"accessMode,omitempty"`
 	Phase       Phase    `json:"phase"`
 }
 

@@ -1,0 +1,139 @@
+// Command hostpath-plugin serves the hostpath-csi CSI driver on a unix socket.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/driver"
+)
+
+func main() {
+	if err := run(); err != nil {
+		klog.ErrorS(err, "hostpath-plugin failed")
+		klog.Flush()
+		os.Exit(1)
+	}
+	klog.Flush()
+}
+
+type options struct {
+	cfg          driver.Config
+	endpoint     string
+	httpEndpoint string
+	showVersion  bool
+	drainTimeout time.Duration
+}
+
+func parseFlags() *options {
+	hostname, _ := os.Hostname()
+	o := &options{}
+	fs := flag.CommandLine
+	fs.StringVar(&o.endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint: unix:///path/to/socket")
+	fs.StringVar(&o.cfg.DriverName, "drivername", driver.DefaultDriverName, "name of the driver, as in the CSIDriver object and StorageClass provisioner")
+	fs.StringVar(&o.cfg.NodeID, "nodeid", hostname, "ID of this node; must be stable across restarts (defaults to the hostname)")
+	fs.StringVar(&o.cfg.StateDir, "state-dir", "/var/lib/hostpath-csi/state", "directory of the state database")
+	fs.StringVar(&o.cfg.DataDir, "data-dir", "/var/lib/hostpath-csi/data", "directory under which volumes are kept")
+	fs.BoolVar(&o.cfg.Controller, "controller", false, "serve the controller service (with --node: both; with neither: both)")
+	fs.BoolVar(&o.cfg.Node, "node", false, "serve the node service (with --controller: both; with neither: both)")
+	fs.Int64Var(&o.cfg.MaxVolumesPerNode, "max-volumes-per-node", 0, "volumes a node may have published, reported to the scheduler; 0 means no limit")
+	fs.Int64Var(&o.cfg.MaxVolumeSize, "max-volume-size", driver.DefaultMaxVolumeSize, "largest volume capacity in bytes; larger requests fail with OutOfRange")
+	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "address (host:port) of the HTTP server for /healthz; empty disables it")
+	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight calls may take to finish")
+	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	klog.InitFlags(fs)
+	flag.Parse()
+	if !o.cfg.Controller && !o.cfg.Node {
+		o.cfg.Controller, o.cfg.Node = true, true
+	}
+	return o
+}
+
+func run() error {
+	o := parseFlags()
+	if o.showVersion {
+		fmt.Println(os.Args[0], driver.Version())
+		return nil
+	}
+	if flag.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q; all settings are flags (see -help)", flag.Args())
+	}
+	d, err := driver.New(o.cfg)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+
+	l, err := driver.Listen(o.endpoint)
+	if err != nil {
+		return err
+	}
+	srv := d.NewGRPCServer()
+	serveErr := make(chan error, 2)
+	go func() { serveErr <- srv.Serve(l) }()
+	klog.InfoS("Serving CSI", "endpoint", o.endpoint)
+
+	var httpSrv *http.Server
+	if o.httpEndpoint != "" {
+		httpSrv, err = startHTTP(o.httpEndpoint, d, serveErr)
+		if err != nil {
+			srv.Stop()
+			return err
+		}
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case sig := <-sigs:
+		klog.InfoS("Shutting down: no new calls, waiting for in-flight ones", "signal", sig, "timeout", o.drainTimeout)
+	case err := <-serveErr:
+		srv.Stop()
+		return fmt.Errorf("server stopped: %w", err)
+	}
+	if httpSrv != nil {
+		_ = httpSrv.Shutdown(context.Background())
+	}
+	drained := make(chan struct{})
+	go func() { srv.GracefulStop(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(o.drainTimeout):
+		klog.InfoS("Drain timeout reached; cancelling the calls still running")
+		srv.Stop()
+	}
+	return nil
+}
+
+func startHTTP(addr string, d *driver.Driver, errs chan<- error) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if err := d.Healthy(); err != nil {
+			http.Error(w, "not healthy: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("http endpoint: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs <- err
+		}
+	}()
+	klog.InfoS("Serving HTTP", "address", l.Addr().String())
+	return srv, nil
+}

@@ -1,0 +1,132 @@
+// Package driver serves the CSI Identity, Controller and Node services. It is
+// thin on purpose: it validates requests, takes the per-volume lock, asks the
+// state store and the storage backend, and maps what happened to a gRPC code.
+package driver
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/keylock"
+	"github.com/hostpath-csi/hostpath-csi/pkg/state"
+)
+
+// DefaultDriverName is the CSI driver name unless --drivername says otherwise.
+const DefaultDriverName = "hostpath-csi.github.io"
+
+// TopologyKeyNode is the topology key every volume and node reports.
+const TopologyKeyNode = "topology.hostpath-csi.github.io/node"
+
+const (
+	// DefaultVolumeSize is used when a request gives no capacity range.
+	DefaultVolumeSize int64 = 1 << 30
+	// DefaultMaxVolumeSize caps a single volume unless configured.
+	DefaultMaxVolumeSize int64 = 1 << 40
+)
+
+// Config is everything the driver needs to know; cmd/hostpath-plugin fills it
+// from flags.
+type Config struct {
+	DriverName string
+	NodeID     string
+	// StateDir holds the state database; DataDir holds the volumes.
+	StateDir string
+	DataDir  string
+	// Controller and Node select the services to serve (both by default).
+	Controller bool
+	Node       bool
+	// MaxVolumesPerNode is reported by NodeGetInfo; 0 means no limit.
+	MaxVolumesPerNode int64
+	// MaxVolumeSize is the largest capacity a volume may have.
+	MaxVolumeSize int64
+}
+
+func (c *Config) validate() error {
+	var problems []string
+	if c.DriverName == "" {
+		problems = append(problems, "driver name is empty")
+	}
+	if c.NodeID == "" {
+		problems = append(problems, "node ID is empty")
+	}
+	if c.StateDir == "" {
+		problems = append(problems, "state directory is empty")
+	}
+	if c.DataDir == "" {
+		problems = append(problems, "data directory is empty")
+	}
+	if !c.Controller && !c.Node {
+		problems = append(problems, "neither the controller nor the node service is enabled")
+	}
+	if c.MaxVolumesPerNode < 0 {
+		problems = append(problems, "max volumes per node is negative")
+	}
+	if c.MaxVolumeSize <= 0 {
+		problems = append(problems, "max volume size must be positive")
+	}
+	if len(problems) > 0 {
+		return errors.New("invalid configuration: " + strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// Driver implements the CSI services over one state store and one backend.
+type Driver struct {
+	csi.UnimplementedIdentityServer
+	csi.UnimplementedControllerServer
+	csi.UnimplementedNodeServer
+
+	cfg   Config
+	store *state.Store
+	vols  *hostpath.Backend
+	// locks serialises calls per volume ID ("vol/<id>") and per volume name
+	// ("name/<name>"); different volumes never share a key.
+	locks keylock.Locks
+}
+
+// New opens the backend and the state, and reconciles what a crash may have
+// interrupted, before anything is served.
+func New(cfg Config) (*Driver, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	vols, err := hostpath.New(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	store, err := state.Open(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	d := &Driver{cfg: cfg, store: store, vols: vols}
+	if err := d.reconcile(); err != nil {
+		store.Close()
+		return nil, fmt.Errorf("reconcile state with disk: %w", err)
+	}
+	klog.InfoS("Driver ready", "driver", cfg.DriverName, "version", Version(), "node", cfg.NodeID,
+		"controller", cfg.Controller, "nodeService", cfg.Node, "dataDir", vols.Root(), "stateDB", store.Path())
+	return d, nil
+}
+
+// Close finishes background removals and closes the state database.
+func (d *Driver) Close() error {
+	d.vols.WaitIdle()
+	return d.store.Close()
+}
+
+// Register adds the enabled services to a gRPC server.
+func (d *Driver) Register(r grpc.ServiceRegistrar) {
+	csi.RegisterIdentityServer(r, d)
+	if d.cfg.Controller {
+		csi.RegisterControllerServer(r, d)
+	}
+	if d.cfg.Node {
+		csi.RegisterNodeServer(r, d)
+	}
+}

@@ -1,0 +1,46 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+)
+
+// diskError maps a backend failure to the code that tells the CO what to do.
+func diskError(what string, err error) error {
+	code := codes.Internal
+	switch {
+	case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT):
+		code = codes.ResourceExhausted
+	case errors.Is(err, hostpath.ErrMountedInside):
+		code = codes.FailedPrecondition
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		code = codes.Aborted
+	}
+	return status.Errorf(code, "%s: %v", what, err)
+}
+
+// stateError reports a failure of the state database; nothing was changed.
+func stateError(err error) error {
+	return status.Errorf(codes.Internal, "state database: %v", err)
+}
+
+// lock takes a per-key lock. If ctx ends first, the call is Aborted: another
+// call on the same volume is still running and the CO should retry.
+func (d *Driver) lock(ctx context.Context, kind, key string) (func(), error) {
+	unlock, err := d.locks.Lock(ctx, kind+"/"+key)
+	if err != nil {
+		return nil, status.Errorf(codes.Aborted, "another operation on %s %q is in progress: %v", kind, key, err)
+	}
+	return unlock, nil
+}
+
+func notFound(format string, args ...any) error {
+	return status.Error(codes.NotFound, fmt.Sprintf(format, args...))
+}

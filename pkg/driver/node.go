@@ -1,0 +1,409 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"slices"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/state"
+)
+
+var nodeCaps = []csi.NodeServiceCapability_RPC_Type{
+	csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+	csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+	csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
+	csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+	csi.NodeServiceCapability_RPC_GET_STORAGE_HEALTH,
+}
+
+func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	caps := make([]*csi.NodeServiceCapability, 0, len(nodeCaps))
+	for _, c := range nodeCaps {
+		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{
+			Rpc: &csi.NodeServiceCapability_RPC{Type: c}}})
+	}
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{
+		NodeId:             d.cfg.NodeID,
+		MaxVolumesPerNode:  d.cfg.MaxVolumesPerNode,
+		AccessibleTopology: d.topology(),
+	}, nil
+}
+
+// nodeVolume checks the common fields of a node call and returns the locked,
+// ready volume. The caller must call the returned unlock.
+func (d *Driver) nodeVolume(ctx context.Context, id string) (*state.Volume, func(), error) {
+	if err := volumeIDOrNotFound(id); err != nil {
+		return nil, nil, err
+	}
+	unlock, err := d.lock(ctx, "vol", id)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := d.readyVolume(id)
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	if v.NodeID != d.cfg.NodeID {
+		unlock()
+		return nil, nil, status.Errorf(codes.FailedPrecondition, "volume %s lives on node %s, not on this node %s", id, v.NodeID, d.cfg.NodeID)
+	}
+	return v, unlock, nil
+}
+
+// NodeStageVolume binds the volume's directory at the staging path. Pods get
+// bind mounts of the staging path (NodePublishVolume), so one staging serves
+// every pod on the node.
+func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
+	}
+	path := req.GetStagingTargetPath()
+	if err := requirePath(path, "staging_target_path"); err != nil {
+		return nil, err
+	}
+	if err := validateCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}); err != nil {
+		return nil, err
+	}
+	v, unlock, err := d.nodeVolume(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	done, err := d.prepareMountPoint(v.ID, state.KindStage, path, func(*state.Publication) bool { return true })
+	if err != nil || done {
+		return &csi.NodeStageVolumeResponse{}, err
+	}
+	if ok, err := d.vols.Exists(v.ID); err != nil || !ok {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s has no usable data directory (%v); see its volume health", v.ID, err)
+	}
+	if err := os.MkdirAll(path, 0o750); err != nil {
+		return nil, status.Errorf(codes.Internal, "create staging path: %v", err)
+	}
+	pub := &state.Publication{VolumeID: v.ID, NodeID: d.cfg.NodeID, Kind: state.KindStage, Path: path}
+	if err := d.mountRecorded(pub, func() error { return mountutil.Bind(d.vols.Path(v.ID), path, false, nil) }); err != nil {
+		return nil, err
+	}
+	klog.V(2).InfoS("Volume staged", "volumeID", v.ID, "stagingPath", path)
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// prepareMountPoint handles what is already at a path before mounting there.
+// It reports done=true when the same mount is already in place (an
+// idempotent retry), clears a half-made mount a crash left, and refuses a
+// path that is mounted but not by us, or mounted by us differently.
+func (d *Driver) prepareMountPoint(id string, kind state.PublicationKind, path string, sameAs func(*state.Publication) bool) (done bool, err error) {
+	rec, err := d.store.GetPublication(id, kind, path)
+	if err != nil && !errors.Is(err, state.ErrNotFound) {
+		return false, stateError(err)
+	}
+	mounted, mErr := mountutil.IsMountPoint(path)
+	if mErr != nil && !errors.Is(mErr, fs.ErrNotExist) {
+		return false, status.Errorf(codes.Internal, "check mount point %s: %v", path, mErr)
+	}
+	switch {
+	case rec == nil && mounted:
+		return false, status.Errorf(codes.FailedPrecondition, "%s is already a mount point, not made by this driver for volume %s", path, id)
+	case rec == nil:
+		return false, nil
+	case rec.Phase == state.PhaseMounted && mounted:
+		if !sameAs(rec) {
+			return false, status.Errorf(codes.AlreadyExists, "volume %s is already %sd at %s with other options (read-only %v, flags %v)", id, kind, path, rec.ReadOnly, rec.MountFlags)
+		}
+		return true, nil
+	}
+	// A record whose mount is missing or half made: start over.
+	if err := mountutil.Unmount(path, false); err != nil {
+		return false, status.Errorf(codes.Internal, "clear previous mount: %v", err)
+	}
+	if err := d.store.DeletePublication(id, kind, path); err != nil {
+		return false, stateError(err)
+	}
+	return false, nil
+}
+
+// mountRecorded records the intent to mount, mounts, and records the result;
+// a failed mount leaves neither a mount nor a record.
+func (d *Driver) mountRecorded(pub *state.Publication, mount func() error) error {
+	pub.Phase = state.PhaseMounting
+	if err := d.store.PutPublication(pub); err != nil {
+		return stateError(err)
+	}
+	if err := mount(); err != nil {
+		if derr := d.store.DeletePublication(pub.VolumeID, pub.Kind, pub.Path); derr != nil {
+			klog.ErrorS(derr, "Cannot remove the record of a failed mount; start-up will", "path", pub.Path)
+		}
+		return status.Errorf(codes.Internal, "mount volume %s at %s: %v", pub.VolumeID, pub.Path, err)
+	}
+	pub.Phase = state.PhaseMounted
+	if err := d.store.PutPublication(pub); err != nil {
+		return stateError(err)
+	}
+	return nil
+}
+
+// unmountRecorded marks a publication as being removed, unmounts, and drops
+// the record. A publish target's directory is removed too (the driver made
+// it); a staging path belongs to the CO and stays.
+func (d *Driver) unmountRecorded(pub *state.Publication) error {
+	pub.Phase = state.PhaseUnmounting
+	if err := d.store.PutPublication(pub); err != nil {
+		return stateError(err)
+	}
+	if err := mountutil.Unmount(pub.Path, pub.Kind == state.KindPublish); err != nil {
+		return status.Errorf(codes.Internal, "unmount volume %s at %s: %v", pub.VolumeID, pub.Path, err)
+	}
+	if err := d.store.DeletePublication(pub.VolumeID, pub.Kind, pub.Path); err != nil {
+		return stateError(err)
+	}
+	return nil
+}
+
+func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
+	}
+	path := req.GetStagingTargetPath()
+	if err := requirePath(path, "staging_target_path"); err != nil {
+		return nil, err
+	}
+	pub, unlock, err := d.publicationToRemove(ctx, req.GetVolumeId(), state.KindStage, path)
+	if err != nil || pub == nil {
+		return &csi.NodeUnstageVolumeResponse{}, err
+	}
+	defer unlock()
+	pubs, err := d.store.PublicationsOf(pub.VolumeID)
+	if err != nil {
+		return nil, stateError(err)
+	}
+	for _, p := range pubs {
+		if p.Kind == state.KindPublish && p.StagingPath == path {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still published at %s from this staging path; unpublish it first", pub.VolumeID, p.Path)
+		}
+	}
+	if err := d.unmountRecorded(pub); err != nil {
+		return nil, err
+	}
+	klog.V(2).InfoS("Volume unstaged", "volumeID", pub.VolumeID, "stagingPath", path)
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+// publicationToRemove finds the record of a mount to remove. It returns a nil
+// publication (and no lock) when there is nothing to do: the path is not
+// mounted and not on record, so the call already succeeded. A mount at the
+// path that this driver did not make is refused rather than removed.
+func (d *Driver) publicationToRemove(ctx context.Context, id string, kind state.PublicationKind, path string) (*state.Publication, func(), error) {
+	if err := volumeIDOrNotFound(id); err != nil {
+		return nil, nil, err
+	}
+	unlock, err := d.lock(ctx, "vol", id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if ok, err := d.store.VolumeExists(id); err != nil || !ok {
+		unlock()
+		if err != nil {
+			return nil, nil, stateError(err)
+		}
+		return nil, nil, notFound("volume %s not found", id)
+	}
+	pub, err := d.store.GetPublication(id, kind, path)
+	if err == nil {
+		return pub, unlock, nil
+	}
+	unlock()
+	if !errors.Is(err, state.ErrNotFound) {
+		return nil, nil, stateError(err)
+	}
+	mounted, mErr := mountutil.IsMountPoint(path)
+	if mErr != nil && !errors.Is(mErr, fs.ErrNotExist) {
+		return nil, nil, status.Errorf(codes.Internal, "check mount point %s: %v", path, mErr)
+	}
+	if mounted {
+		return nil, nil, status.Errorf(codes.FailedPrecondition, "%s is mounted, but not by this driver for volume %s; not touching it", path, id)
+	}
+	if kind == state.KindPublish {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, nil, status.Errorf(codes.Internal, "remove target path %s: %v", path, err)
+		}
+	}
+	return nil, nil, nil
+}
+
+func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
+	}
+	target, staging := req.GetTargetPath(), req.GetStagingTargetPath()
+	if err := requirePath(target, "target_path"); err != nil {
+		return nil, err
+	}
+	if err := requirePath(staging, "staging_target_path"); err != nil {
+		return nil, err
+	}
+	if err := validateCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}); err != nil {
+		return nil, err
+	}
+	v, unlock, err := d.nodeVolume(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	stage, err := d.store.GetPublication(v.ID, state.KindStage, staging)
+	if errors.Is(err, state.ErrNotFound) || (err == nil && stage.Phase != state.PhaseMounted) {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s; call NodeStageVolume first", v.ID, staging)
+	}
+	if err != nil {
+		return nil, stateError(err)
+	}
+
+	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
+	pub := &state.Publication{
+		VolumeID: v.ID, NodeID: d.cfg.NodeID, Kind: state.KindPublish, Path: target, StagingPath: staging,
+		ReadOnly:   req.GetReadonly() || mode == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY,
+		MountFlags: req.GetVolumeCapability().GetMount().GetMountFlags(),
+		AccessMode: mode.String(),
+	}
+	same := func(r *state.Publication) bool {
+		return r.ReadOnly == pub.ReadOnly && slices.Equal(r.MountFlags, pub.MountFlags) && r.StagingPath == pub.StagingPath
+	}
+	done, err := d.prepareMountPoint(v.ID, state.KindPublish, target, same)
+	if err != nil || done {
+		return &csi.NodePublishVolumeResponse{}, err
+	}
+	if err := d.checkSingleWriter(v.ID, pub); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(target, 0o750); err != nil {
+		return nil, status.Errorf(codes.Internal, "create target path: %v", err)
+	}
+	if err := d.mountRecorded(pub, func() error { return mountutil.Bind(staging, target, pub.ReadOnly, pub.MountFlags) }); err != nil {
+		return nil, err
+	}
+	klog.V(2).InfoS("Volume published", "volumeID", v.ID, "targetPath", target, "readOnly", pub.ReadOnly)
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// checkSingleWriter enforces SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod):
+// such a volume is published at one target at a time.
+func (d *Driver) checkSingleWriter(id string, pub *state.Publication) error {
+	single := csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER.String()
+	pubs, err := d.store.PublicationsOf(id)
+	if err != nil {
+		return stateError(err)
+	}
+	for _, p := range pubs {
+		if p.Kind == state.KindPublish && p.Path != pub.Path && (p.AccessMode == single || pub.AccessMode == single) {
+			return status.Errorf(codes.FailedPrecondition, "volume %s is single-writer (ReadWriteOncePod) and already published at %s", id, p.Path)
+		}
+	}
+	return nil
+}
+
+func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
+	}
+	target := req.GetTargetPath()
+	if err := requirePath(target, "target_path"); err != nil {
+		return nil, err
+	}
+	pub, unlock, err := d.publicationToRemove(ctx, req.GetVolumeId(), state.KindPublish, target)
+	if err != nil || pub == nil {
+		return &csi.NodeUnpublishVolumeResponse{}, err
+	}
+	defer unlock()
+	if err := d.unmountRecorded(pub); err != nil {
+		return nil, err
+	}
+	klog.V(2).InfoS("Volume unpublished", "volumeID", pub.VolumeID, "targetPath", target)
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// mountedAt returns the volume if it is mounted (staged or published) at
+// path according to the records, or NotFound.
+func (d *Driver) mountedAt(id, path string) (*state.Volume, error) {
+	v, err := d.readyVolume(id)
+	if err != nil {
+		return nil, err
+	}
+	pubs, err := d.store.PublicationsOf(id)
+	if err != nil {
+		return nil, stateError(err)
+	}
+	for _, p := range pubs {
+		if p.Path == path && p.Phase == state.PhaseMounted {
+			return v, nil
+		}
+	}
+	return nil, notFound("volume %s is not staged or published at %q on this node", id, path)
+}
+
+func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
+	}
+	if req.GetVolumePath() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume path is required")
+	}
+	v, err := d.mountedAt(req.GetVolumeId(), req.GetVolumePath())
+	if err != nil {
+		return nil, err
+	}
+	used, err := d.vols.Usage(v.ID)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s: data directory is missing; see its volume health", v.ID)
+		}
+		return nil, diskError("measure volume usage", err)
+	}
+	fsStats, err := d.vols.Stats()
+	if err != nil {
+		return nil, diskError("read filesystem stats", err)
+	}
+	// A directory shares its filesystem: what is left is the smaller of its
+	// own capacity and what the filesystem still has.
+	avail := max(0, min(v.CapacityBytes-used.Bytes, fsStats.AvailableBytes))
+	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
+		{Unit: csi.VolumeUsage_BYTES, Total: v.CapacityBytes, Used: used.Bytes, Available: avail},
+		{Unit: csi.VolumeUsage_INODES, Total: used.Inodes + fsStats.FreeInodes, Used: used.Inodes, Available: fsStats.FreeInodes},
+	}}, nil
+}
+
+func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
+	}
+	if req.GetVolumePath() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume path is required")
+	}
+	if c := req.GetVolumeCapability(); c != nil {
+		if err := checkCapability(c); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	v, err := d.mountedAt(req.GetVolumeId(), req.GetVolumePath())
+	if err != nil {
+		return nil, err
+	}
+	if want := req.GetCapacityRange().GetRequiredBytes(); want > v.CapacityBytes {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %d bytes; ControllerExpandVolume must grow it to %d first", v.ID, v.CapacityBytes, want)
+	}
+	// Nothing to grow on the node: a directory volume's size is its record.
+	return &csi.NodeExpandVolumeResponse{CapacityBytes: v.CapacityBytes}, nil
+}
