@@ -1,0 +1,82 @@
+package driver
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+var ctx = context.Background()
+
+type testEnv struct {
+	d        *Driver
+	dir      string
+	stateDir string
+	dataDir  string
+}
+
+func newEnv(t *testing.T) *testEnv {
+	t.Helper()
+	dir := t.TempDir()
+	e := &testEnv{dir: dir, stateDir: filepath.Join(dir, "state"), dataDir: filepath.Join(dir, "data")}
+	e.start(t)
+	t.Cleanup(func() { e.d.Close() })
+	return e
+}
+
+func (e *testEnv) config() Config {
+	return Config{DriverName: DefaultDriverName, NodeID: "node-1", StateDir: e.stateDir, DataDir: e.dataDir,
+		Controller: true, Node: true, MaxVolumeSize: 1 << 40}
+}
+
+// start (re)starts the driver on the same directories, as a restart would.
+func (e *testEnv) start(t *testing.T) {
+	t.Helper()
+	d, err := New(e.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.d = d
+}
+
+func (e *testEnv) restart(t *testing.T) {
+	t.Helper()
+	if err := e.d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.start(t)
+}
+
+func mountCap(mode csi.VolumeCapability_AccessMode_Mode, flags ...string) *csi.VolumeCapability {
+	return &csi.VolumeCapability{
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode},
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{MountFlags: flags}},
+	}
+}
+
+var rwo = mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+
+func createReq(name string, size int64) *csi.CreateVolumeRequest {
+	return &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{rwo},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: size}}
+}
+
+func (e *testEnv) create(t *testing.T, name string) string {
+	t.Helper()
+	resp, err := e.d.CreateVolume(ctx, createReq(name, 1<<20))
+	if err != nil {
+		t.Fatalf("CreateVolume(%s): %v", name, err)
+	}
+	return resp.GetVolume().GetVolumeId()
+}
+
+func wantCode(t *testing.T, err error, code codes.Code) {
+	t.Helper()
+	if status.Code(err) != code {
+		t.Fatalf("got %v, want code %s", err, code)
+	}
+}

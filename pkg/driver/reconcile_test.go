@@ -1,0 +1,110 @@
+package driver
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/state"
+)
+
+// Each case leaves the state and the disk as a crash at one point would,
+// restarts the driver, and checks what reconcile made of it.
+func TestReconcileAfterCrash(t *testing.T) {
+	e := newEnv(t)
+	ready := e.create(t, "ready")
+	lost := e.create(t, "lost")
+	creating := e.create(t, "creating")
+	deleting := e.create(t, "deleting")
+	deletingGone := e.create(t, "deleting-gone")
+	for id, phase := range map[string]state.Phase{creating: state.PhaseCreating, deleting: state.PhaseDeleting, deletingGone: state.PhaseDeleting} {
+		if err := e.d.store.SetVolumePhase(id, phase); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(e.d.vols.Path(ready), "keep"), []byte("x"), 0o644)
+	os.RemoveAll(e.d.vols.Path(lost))
+	os.RemoveAll(e.d.vols.Path(deletingGone))
+	orphan := ids.NewVolumeID()
+	os.MkdirAll(filepath.Join(e.d.vols.Path(orphan), "sub"), 0o755)
+	os.MkdirAll(filepath.Join(e.dataDir, "trash", "old.7", "deep"), 0o755)
+
+	e.restart(t)
+
+	names, _ := e.d.vols.List()
+	if len(names) != 1 || names[0] != ready {
+		t.Fatalf("volume directories after reconcile: %v, want only %s", names, ready)
+	}
+	if _, err := os.Stat(filepath.Join(e.d.vols.Path(ready), "keep")); err != nil {
+		t.Fatalf("ready volume lost its data: %v", err)
+	}
+	for _, id := range []string{creating, deleting, deletingGone} {
+		if ok, _ := e.d.store.VolumeExists(id); ok {
+			t.Errorf("interrupted volume %s still on record", id)
+		}
+	}
+	// The lost volume stays on record and is reported.
+	h, err := e.d.ControllerListVolumeHealth(ctx, &csi.ControllerListVolumeHealthRequest{})
+	if err != nil || len(h.GetEntries()) != 1 || h.GetEntries()[0].GetVolumeId() != lost ||
+		h.GetEntries()[0].GetHealthStatuses()[0].GetStatus() != csi.VolumeHealthErrorType_DATA_LOSS {
+		t.Fatalf("volume health list %v %v, want DATA_LOSS for %s", h, err, lost)
+	}
+	q, _ := os.ReadDir(filepath.Join(e.dataDir, "quarantine"))
+	if len(q) != 1 {
+		t.Fatalf("quarantine holds %d entries, want the orphan", len(q))
+	}
+	if _, err := os.Stat(filepath.Join(e.dataDir, "quarantine", q[0].Name(), "sub")); err != nil {
+		t.Fatalf("orphan's data not kept: %v", err)
+	}
+	e.d.vols.WaitIdle()
+	if tr, _ := os.ReadDir(filepath.Join(e.dataDir, "trash")); len(tr) != 0 {
+		t.Fatalf("trash not emptied: %v", tr)
+	}
+	// The name of a rolled-back create is free for the CO's retry.
+	if id := e.create(t, "creating"); id == creating {
+		t.Fatal("rolled-back create came back with the same ID")
+	}
+}
+
+func TestReconcileMounts(t *testing.T) {
+	testutil.RequireRoot(t)
+	e := newEnv(t)
+	testutil.CleanupMounts(t, e.dir)
+	id := e.create(t, "m")
+	staging, target, half := e.dir+"/staging", e.dir+"/target", e.dir+"/half"
+	e.stage(t, id, staging)
+	if _, err := e.d.NodePublishVolume(ctx, publishReq(id, staging, target, false, rwo)); err != nil {
+		t.Fatal(err)
+	}
+	// A publish cut short after its mount but before its record said so.
+	os.MkdirAll(half, 0o750)
+	if err := e.d.store.PutPublication(&state.Publication{VolumeID: id, NodeID: "node-1", Kind: state.KindPublish, Path: half, StagingPath: staging, Phase: state.PhaseMounting}); err != nil {
+		t.Fatal(err)
+	}
+	if err := mountutil.Bind(staging, half, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	// A node restart: the real publication's mount is gone.
+	if err := unix.Unmount(target, 0); err != nil {
+		t.Fatal(err)
+	}
+
+	e.restart(t)
+
+	if m, _ := mountutil.IsMountPoint(half); m {
+		t.Error("half-made mount not undone")
+	}
+	pubs, _ := e.d.store.PublicationsOf(id)
+	if len(pubs) != 1 || pubs[0].Kind != state.KindStage {
+		t.Fatalf("publications after reconcile: %+v, want only the staging", pubs)
+	}
+	if _, err := e.d.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+		t.Fatal(err)
+	}
+}
