@@ -34,7 +34,7 @@ type Publication struct {
 	MountFlags  []string `json:"mountFlags,omitempty"`
 	// AccessMode is the CSI access mode name the volume was published with.
 	AccessMode string `json:"accessMode,omitempty"`
-	Phase       Phase    `json:"phase"`
+	Phase      Phase  `json:"phase"`
 }
 
 // Key identifies a publication; paths cannot contain NUL, so it is unambiguous.
