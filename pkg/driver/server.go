@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -23,7 +24,12 @@ import (
 // NewGRPCServer returns a server with the driver's services registered and
 // an interceptor that logs each call and turns a panic into Internal.
 func (d *Driver) NewGRPCServer() *grpc.Server {
-	srv := grpc.NewServer(grpc.UnaryInterceptor(logAndRecover))
+	srv := grpc.NewServer(
+		grpc.UnaryInterceptor(logAndRecover),
+		// A fixed pool of handler goroutines instead of one new goroutine
+		// (and stack growth) per call: CSI calls are small and many.
+		grpc.NumStreamWorkers(uint32(4*runtime.NumCPU())),
+	)
 	d.Register(srv)
 	return srv
 }

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 	mount "k8s.io/mount-utils"
@@ -85,8 +86,12 @@ func Bind(source, target string, readOnly bool, options []string) error {
 // IsMountPoint reports whether path is a mount point; it sees bind mounts of
 // a directory of the same filesystem, which a device-number check misses.
 func IsMountPoint(path string) (bool, error) {
-	return mount.New("").IsMountPoint(path)
+	return mounter().IsMountPoint(path)
 }
+
+// mounter is built once: mount.New execs helpers (systemd-run, umount) to
+// probe the system, which costs milliseconds per call.
+var mounter = sync.OnceValue(func() mount.Interface { return mount.New("") })
 
 // IsReadOnly reports whether the mount at path is read-only.
 func IsReadOnly(path string) (bool, error) {

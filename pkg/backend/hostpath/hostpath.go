@@ -158,12 +158,8 @@ func (b *Backend) WaitIdle() { b.cleaning.Wait() }
 
 func (b *Backend) removeTrashEntry(p string) {
 	start := time.Now()
-	if mounted, err := MountsUnder(p); err != nil || len(mounted) > 0 {
-		klog.ErrorS(err, "Not removing trash entry with mounts inside; unmount them and restart", "path", p, "mounts", mounted)
-		return
-	}
-	if err := os.RemoveAll(p); err != nil {
-		klog.ErrorS(err, "Cannot remove deleted volume data; it stays in the trash until the next start", "path", p)
+	if err := removeTree(p); err != nil {
+		klog.ErrorS(err, "Cannot remove deleted volume data; it stays in the trash and is retried at the next start", "path", p)
 		return
 	}
 	klog.V(4).InfoS("Removed deleted volume data", "path", p, "duration", time.Since(start))

@@ -198,3 +198,40 @@ func TestStatsAndWritable(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The background removal itself refuses to enter a mount that appeared after
+// Delete's check (a same-filesystem bind mount, which device numbers miss).
+func TestRemoveTreeStopsAtMounts(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	testutil.CleanupMounts(t, dir)
+	outside := t.TempDir()
+	precious := filepath.Join(outside, "precious")
+	if err := os.WriteFile(precious, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tree := filepath.Join(dir, "tree")
+	mnt := filepath.Join(tree, "a", "b", "m")
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(tree, "a", "f"), []byte("x"), 0o644)
+	if err := unix.Mount(outside, mnt, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := removeTree(tree); !errors.Is(err, ErrMountedInside) {
+		t.Fatalf("removeTree over a bind mount: %v, want ErrMountedInside", err)
+	}
+	if _, err := os.Stat(precious); err != nil {
+		t.Fatalf("removeTree reached through the mount: %v", err)
+	}
+	if err := unix.Unmount(mnt, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := removeTree(tree); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(tree); !os.IsNotExist(err) {
+		t.Fatalf("tree not removed: %v", err)
+	}
+}
