@@ -1,0 +1,47 @@
+# hostpath-csi: a CSI driver for node-local directory volumes.
+# Run `make help` for the targets.
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo v0.0.0-dev)
+LDFLAGS := -X github.com/hostpath-csi/hostpath-csi/pkg/driver.version=$(VERSION)
+OUT     := _output
+GO      ?= go
+
+# make run: everything under ./_output, so nothing outside the checkout is touched.
+RUN_FLAGS ?= --endpoint=unix://$(CURDIR)/$(OUT)/csi.sock --state-dir=$(CURDIR)/$(OUT)/state \
+	--data-dir=$(CURDIR)/$(OUT)/data --http-endpoint=127.0.0.1:9808 --nodeid=$(shell hostname)
+
+.PHONY: help build test test-short bench lint run demo clean
+
+help:
+	@echo "make build   build hostpath-plugin and csictl into $(OUT)/ (version $(VERSION))"
+	@echo "make run     run the driver on $(OUT)/csi.sock with state and data under $(OUT)/"
+	@echo "make demo    (with make run going) create, publish, write, unpublish and delete a volume"
+	@echo "make test    lint, unit tests with -race, csi-sanity and the 50-kill crash test"
+	@echo "make bench   Go benchmarks and the load tool against a fresh driver"
+	@echo "make lint    gofmt and go vet"
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(OUT)/ ./cmd/...
+
+lint:
+	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
+	$(GO) vet ./...
+
+# Tests that mount (node service, sanity, crash) need root; elsewhere they
+# skip and say so.
+test: lint
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+run: build
+	$(OUT)/hostpath-plugin $(RUN_FLAGS)
+
+demo: build
+	$(OUT)/csictl -endpoint unix://$(CURDIR)/$(OUT)/csi.sock demo
+
+bench: build
+	./hack/bench.sh $(OUT)
+
+clean:
+	@if grep -qs " $(CURDIR)/$(OUT)/" /proc/self/mountinfo; then \
+		echo "refusing: something is still mounted under $(OUT)/ (stop make run and unpublish first)"; exit 1; fi
+	rm -rf $(OUT)
