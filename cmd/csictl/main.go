@@ -159,7 +159,13 @@ func cmdCreate(c *client, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%s\t%d bytes\t%v\n", resp.GetVolume().GetVolumeId(), resp.GetVolume().GetCapacityBytes(), resp.GetVolume().GetAccessibleTopology())
+	var topo []string
+	for _, t := range resp.GetVolume().GetAccessibleTopology() {
+		for k, v := range t.GetSegments() {
+			topo = append(topo, k+"="+v)
+		}
+	}
+	fmt.Printf("%s  %d bytes  %s\n", resp.GetVolume().GetVolumeId(), resp.GetVolume().GetCapacityBytes(), strings.Join(topo, ","))
 	return nil
 }
 

@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"time"
 
@@ -117,7 +118,11 @@ func (d *Driver) existingVolume(v *state.Volume, req *csi.CreateVolumeRequest, p
 	req0, lim := req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes()
 	switch {
 	case v.CapacityBytes < req0 || (lim > 0 && v.CapacityBytes > lim):
-		return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with %d bytes, outside the requested range [%d, %d]", v.Name, v.CapacityBytes, req0, lim)
+		asked := fmt.Sprintf("at least %d bytes", req0)
+		if lim > 0 {
+			asked = fmt.Sprintf("%d to %d bytes", req0, lim)
+		}
+		return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with %d bytes; this request asks for %s", v.Name, v.CapacityBytes, asked)
 	case !maps.Equal(v.Parameters, req.GetParameters()):
 		return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with other parameters", v.Name)
 	}
