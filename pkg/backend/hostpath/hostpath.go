@@ -36,6 +36,14 @@ var ErrMountedInside = errors.New("a filesystem is mounted inside the volume")
 // directory (for example a symlink planted in its place).
 var ErrNotDirectory = errors.New("volume path is not a directory")
 
+// umask is the process's file mode creation mask, read once at start-up
+// (reading it means setting it, so it is put straight back).
+var umask = func() fs.FileMode {
+	m := unix.Umask(0o022)
+	unix.Umask(m)
+	return fs.FileMode(m)
+}()
+
 // Backend manages directory volumes under one data directory.
 type Backend struct {
 	root       string
@@ -86,13 +94,20 @@ func (b *Backend) Path(id string) string { return filepath.Join(b.volumes, id) }
 // a crash finishes the job.
 func (b *Backend) Create(id string, mode fs.FileMode) error {
 	p := b.Path(id)
-	if err := os.Mkdir(p, mode); err != nil && !errors.Is(err, fs.ErrExist) {
+	err := os.Mkdir(p, mode)
+	switch {
+	case errors.Is(err, fs.ErrExist):
+		// A retry: keep what is there, if it is a real directory.
+		if err := requireDir(p); err != nil {
+			return err
+		}
+	case err != nil:
 		return fmt.Errorf("create volume directory: %w", err)
+	case mode&(umask|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) == 0:
+		return nil // mkdir gave exactly this mode
 	}
-	if err := requireDir(p); err != nil {
-		return err
-	}
-	// Mkdir applies the umask; the volume's mode is what the class asked for.
+	// Mkdir applies the umask and drops special bits; the volume's mode is
+	// what the class asked for.
 	if err := os.Chmod(p, mode); err != nil {
 		return fmt.Errorf("set volume directory mode: %w", err)
 	}
