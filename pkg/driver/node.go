@@ -68,9 +68,6 @@ func (d *Driver) nodeVolume(ctx context.Context, id string) (*state.Volume, func
 // bind mounts of the staging path (NodePublishVolume), so one staging serves
 // every pod on the node.
 func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
-	}
 	path := req.GetStagingTargetPath()
 	if err := requirePath(path, "staging_target_path"); err != nil {
 		return nil, err
@@ -174,9 +171,6 @@ func (d *Driver) unmountRecorded(pub *state.Publication) error {
 }
 
 func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
-	}
 	path := req.GetStagingTargetPath()
 	if err := requirePath(path, "staging_target_path"); err != nil {
 		return nil, err
@@ -245,9 +239,6 @@ func (d *Driver) publicationToRemove(ctx context.Context, id string, kind state.
 }
 
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
-	}
 	target, staging := req.GetTargetPath(), req.GetStagingTargetPath()
 	if err := requirePath(target, "target_path"); err != nil {
 		return nil, err
@@ -316,9 +307,6 @@ func (d *Driver) checkSingleWriter(id string, pub *state.Publication) error {
 }
 
 func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
-	}
 	target := req.GetTargetPath()
 	if err := requirePath(target, "target_path"); err != nil {
 		return nil, err
