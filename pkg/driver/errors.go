@@ -27,7 +27,11 @@ func diskError(what string, err error) error {
 }
 
 // stateError reports a failure of the state database; nothing was changed.
+// A full disk under the database is ResourceExhausted, like any full disk.
 func stateError(err error) error {
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return status.Errorf(codes.ResourceExhausted, "state database: %v", err)
+	}
 	return status.Errorf(codes.Internal, "state database: %v", err)
 }
 

@@ -115,10 +115,17 @@ func (d *Driver) NodeGetStorageHealth(ctx context.Context, req *csi.NodeGetStora
 	} else if st, err := d.vols.Stats(); err != nil {
 		entries = append(entries, &csi.NodeGetStorageHealthResponse_StorageBackendHealth{
 			Status: csi.StorageHealthErrorType_STORAGE_UNREACHABLE, Reason: "DataDirectoryUnreadable", Message: err.Error()})
-	} else if st.TotalBytes > 0 && st.AvailableBytes*100 < st.TotalBytes*lowSpacePercent {
-		entries = append(entries, &csi.NodeGetStorageHealthResponse_StorageBackendHealth{
-			Status: csi.StorageHealthErrorType_STORAGE_DEGRADED, Reason: "LowSpace",
-			Message: fmt.Sprintf("data directory %s has %d of %d bytes available (under %d%%)", d.vols.Root(), st.AvailableBytes, st.TotalBytes, lowSpacePercent)})
+	} else {
+		if st.TotalBytes > 0 && st.AvailableBytes*100 < st.TotalBytes*lowSpacePercent {
+			entries = append(entries, &csi.NodeGetStorageHealthResponse_StorageBackendHealth{
+				Status: csi.StorageHealthErrorType_STORAGE_DEGRADED, Reason: "LowSpace",
+				Message: fmt.Sprintf("data directory %s has %d of %d bytes available (under %d%%)", d.vols.Root(), st.AvailableBytes, st.TotalBytes, lowSpacePercent)})
+		}
+		if st.TotalInodes > 0 && st.FreeInodes*100 < st.TotalInodes*lowSpacePercent {
+			entries = append(entries, &csi.NodeGetStorageHealthResponse_StorageBackendHealth{
+				Status: csi.StorageHealthErrorType_STORAGE_DEGRADED, Reason: "LowInodes",
+				Message: fmt.Sprintf("data directory %s has %d of %d inodes free (under %d%%)", d.vols.Root(), st.FreeInodes, st.TotalInodes, lowSpacePercent)})
+		}
 	}
 	return &csi.NodeGetStorageHealthResponse{BackendHealth: entries}, nil
 }

@@ -82,13 +82,36 @@ func Open(dir string) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open state database %s: %w", path, err)
 	}
-	if err := db.Update(initSchema); err != nil {
+	// Write only when the layout needs it: a read-only check lets the driver
+	// start on a full disk.
+	err = db.View(schemaCurrent)
+	if errors.Is(err, errSchemaChange) {
+		err = db.Update(initSchema)
+	}
+	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("state database %s: %w", path, err)
 	}
 	s := &Store{db: db, path: path, queue: make(chan *commitReq, maxBatch), done: make(chan struct{})}
 	go s.committer()
 	return s, nil
+}
+
+// errSchemaChange says the layout must be written (created or migrated).
+var errSchemaChange = errors.New("schema needs writing")
+
+// schemaCurrent succeeds when the database already has this code's layout.
+func schemaCurrent(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil || string(meta.Get(keySchema)) != strconv.Itoa(SchemaVersion) {
+		return errSchemaChange
+	}
+	for _, b := range [][]byte{bucketVolumes, bucketVolumeNames, bucketPublications} {
+		if tx.Bucket(b) == nil {
+			return errSchemaChange
+		}
+	}
+	return nil
 }
 
 func initSchema(tx *bolt.Tx) error {

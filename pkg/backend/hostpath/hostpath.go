@@ -268,9 +268,14 @@ func (b *Backend) Stats() (FSStats, error) {
 	}, nil
 }
 
-// CheckWritable proves the data directory accepts writes right now.
+// CheckWritable proves the data directory accepts writes right now. A full
+// filesystem (ENOSPC, EDQUOT) passes: the directory works, it is only full,
+// and restarting the driver would not help; Stats tells how full it is.
 func (b *Backend) CheckWritable() error {
 	f, err := os.CreateTemp(b.root, ".probe-*")
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("data directory %s is not writable: %w", b.root, err)
 	}

@@ -1,0 +1,122 @@
+package testutil
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// LoopFS makes a filesystem of sizeMiB in an image file, attaches it to a
+// loop device and mounts it; it returns the mount point. Cleanup unmounts,
+// detaches and removes the image even when the test fails, and fails the
+// test if the number of loop devices in use changed.
+func LoopFS(t testing.TB, fstype string, sizeMiB int, mkfsArgs ...string) string {
+	t.Helper()
+	RequireRoot(t)
+	mkfs, err := exec.LookPath("mkfs." + fstype)
+	if err != nil {
+		t.Skipf("skipping: mkfs.%s not installed (apt-get install e2fsprogs/xfsprogs/btrfs-progs)", fstype)
+	}
+	loopsBefore := loopsInUse(t)
+	dir := t.TempDir()
+	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(int64(sizeMiB) << 20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	args := append([]string{"-q"}, mkfsArgs...)
+	if fstype == "xfs" || fstype == "btrfs" {
+		args = append(args, "-f")
+	}
+	if out, err := exec.Command(mkfs, append(args, img)...).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.%s: %v\n%s", fstype, err, out)
+	}
+	out, err := exec.Command("losetup", "--find", "--show", img).Output()
+	if err != nil {
+		t.Fatalf("losetup: %v", err)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		if err := unix.Unmount(mnt, 0); err != nil && err != unix.EINVAL {
+			t.Errorf("unmount %s: %v", mnt, err)
+			_ = unix.Unmount(mnt, unix.MNT_DETACH)
+		}
+		if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
+			t.Errorf("detach %s: %v %s", dev, err, out)
+		}
+		if after := loopsInUse(t); after != loopsBefore {
+			t.Errorf("loop devices in use: %d before, %d after", loopsBefore, after)
+		}
+	})
+	if err := unix.Mount(dev, mnt, fstype, 0, ""); err != nil {
+		t.Fatalf("mount %s: %v", dev, err)
+	}
+	return mnt
+}
+
+func loopsInUse(t testing.TB) int {
+	out, err := exec.Command("losetup", "--list", "--noheadings", "--output", "NAME").Output()
+	if err != nil {
+		t.Fatalf("losetup --list: %v", err)
+	}
+	return len(strings.Fields(string(out)))
+}
+
+// FillFS writes files under dir until the filesystem says ENOSPC (blocks
+// when files is false, inodes when true) and returns the filler directory
+// to remove to free the space again.
+func FillFS(t testing.TB, dir string, inodes bool) string {
+	t.Helper()
+	filler := filepath.Join(dir, "filler")
+	if err := os.Mkdir(filler, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20)
+	for i := 0; ; i++ {
+		name := filepath.Join(filler, strconv.Itoa(i))
+		if inodes {
+			f, err := os.Create(name)
+			if err != nil {
+				if isNoSpace(err) {
+					return filler
+				}
+				t.Fatal(err)
+			}
+			f.Close()
+			continue
+		}
+		f, err := os.Create(name)
+		if err != nil {
+			if isNoSpace(err) {
+				return filler
+			}
+			t.Fatal(err)
+		}
+		for {
+			if _, err := f.Write(chunk); err != nil {
+				f.Close()
+				if isNoSpace(err) {
+					return filler
+				}
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+func isNoSpace(err error) bool {
+	return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)
+}

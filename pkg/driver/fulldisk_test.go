@@ -1,0 +1,87 @@
+package driver
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+)
+
+// newEnvOn runs the driver with its state and data on the filesystem at dir.
+func newEnvOn(t *testing.T, dir string) *testEnv {
+	t.Helper()
+	e := &testEnv{dir: dir, stateDir: filepath.Join(dir, "state"), dataDir: filepath.Join(dir, "data")}
+	e.start(t)
+	t.Cleanup(func() { e.d.Close() })
+	return e
+}
+
+// A full filesystem under both the data and the state: every call that needs
+// space fails with ResourceExhausted and leaves nothing half made, the driver
+// restarts, what existed is intact, and all works again once space is freed.
+func TestFullDisk(t *testing.T) {
+	tests := []struct {
+		name   string
+		inodes bool
+	}{
+		{"blocks", false},
+		{"inodes", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			mnt := testutil.LoopFS(t, "ext4", 32, "-N", "512", "-m", "0")
+			e := newEnvOn(t, mnt)
+			before := e.create(t, "before")
+			data := filepath.Join(e.d.vols.Path(before), "kept")
+			if err := os.WriteFile(data, []byte("precious"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			filler := testutil.FillFS(t, mnt, tc.inodes)
+
+			_, err := e.d.CreateVolume(ctx, createReq("during", 1<<20))
+			wantCode(t, err, codes.ResourceExhausted)
+			if !tc.inodes {
+				_, err = e.d.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: before, CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}})
+				wantCode(t, err, codes.ResourceExhausted)
+			}
+			if _, err := e.d.Probe(ctx, nil); err != nil {
+				t.Fatalf("Probe on a full disk: %v (a full disk is not a broken driver)", err)
+			}
+			sh, _ := e.d.NodeGetStorageHealth(ctx, nil)
+			if len(sh.GetBackendHealth()) != 1 || sh.GetBackendHealth()[0].GetStatus() != csi.StorageHealthErrorType_STORAGE_DEGRADED {
+				t.Fatalf("storage health on a full disk: %v", sh)
+			}
+			// Nothing half made.
+			if names, _ := e.d.vols.List(); len(names) != 1 {
+				t.Fatalf("volume directories after failed creates: %v", names)
+			}
+			if _, err := e.d.store.GetVolumeByName("during"); err == nil {
+				t.Fatal("a failed create left a record")
+			}
+			// A restart on the full disk works and keeps everything.
+			e.restart(t)
+			if got, err := os.ReadFile(data); err != nil || string(got) != "precious" {
+				t.Fatalf("data after restart on a full disk: %q %v", got, err)
+			}
+			if _, err := e.d.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: before}); err != nil {
+				t.Fatal(err)
+			}
+			// Freed space: everything works again.
+			if err := os.RemoveAll(filler); err != nil {
+				t.Fatal(err)
+			}
+			id := e.create(t, "after")
+			if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.d.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: before, CapacityRange: &csi.CapacityRange{RequiredBytes: 2 << 20}}); err != nil {
+				t.Fatal(err)
+			}
+			e.d.Close()
+		})
+	}
+}
