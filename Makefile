@@ -10,7 +10,16 @@ GO      ?= go
 RUN_FLAGS ?= --endpoint=unix://$(CURDIR)/$(OUT)/csi.sock --state-dir=$(CURDIR)/$(OUT)/state \
 	--data-dir=$(CURDIR)/$(OUT)/data --http-endpoint=127.0.0.1:9808 --nodeid=$(shell hostname)
 
-.PHONY: help build test test-short bench lint run demo clean
+# Fuzz targets as package:Target; `make test` runs each for FUZZTIME_SHORT,
+# `make fuzz` for FUZZTIME.
+FUZZ_TARGETS := ids:FuzzValidateVolumeID mountutil:FuzzParseFlags driver:FuzzParseParameters \
+	driver:FuzzCapacityRange driver:FuzzRequirePath driver:FuzzPageToken
+FUZZTIME_SHORT ?= 3s
+FUZZTIME ?= 2m
+# make torture: the kill storm with many more kills than the short one in make test.
+TORTURE_KILLS ?= 200
+
+.PHONY: help build test bench lint run demo clean fuzz fuzz-short torture
 
 help:
 	@echo "make build   build hostpath-plugin and csictl into $(OUT)/ (version $(VERSION))"
@@ -19,6 +28,8 @@ help:
 	@echo "make test    lint, unit tests with -race, csi-sanity and the 50-kill crash test"
 	@echo "make bench   Go benchmarks and the load tool against a fresh driver"
 	@echo "make lint    gofmt and go vet"
+	@echo "make fuzz    each fuzz target for $(FUZZTIME) (make test runs them for $(FUZZTIME_SHORT))"
+	@echo "make torture the kill storm with $(TORTURE_KILLS) SIGKILLs (make test runs 50)"
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(OUT)/ ./cmd/...
@@ -31,6 +42,18 @@ lint:
 # skip and say so.
 test: lint
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) --no-print-directory fuzz-short
+
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_SHORT)
+
+fuzz:
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz $$fn ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) ./pkg/$$pkg/ || exit 1; done
+
+torture:
+	HOSTPATH_CRASH_KILLS=$(TORTURE_KILLS) $(GO) test -count=1 -v -timeout 60m -run TestKillStorm ./test/crash/
 
 run: build
 	$(OUT)/hostpath-plugin $(RUN_FLAGS)

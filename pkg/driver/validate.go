@@ -74,8 +74,16 @@ func parseParameters(params map[string]string) (volumeParams, error) {
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return p, status.Errorf(codes.InvalidArgument, "unknown parameter %q; this driver accepts: %s",
-			strings.Join(unknown, `", "`), strings.Join(knownParameters, ", "))
+		more := ""
+		if len(unknown) > 5 {
+			more = fmt.Sprintf(" and %d more", len(unknown)-5)
+			unknown = unknown[:5]
+		}
+		for i, k := range unknown {
+			unknown[i] = fmt.Sprintf("%.64q", k)
+		}
+		return p, status.Errorf(codes.InvalidArgument, "unknown parameter %s%s; this driver accepts: %s",
+			strings.Join(unknown, ", "), more, strings.Join(knownParameters, ", "))
 	}
 	return p, nil
 }

@@ -47,7 +47,7 @@ func ValidateVolumeID(id string) error {
 
 // truncate keeps error messages readable when a caller sends megabytes.
 func truncate(s string) string {
-	const max = 80
+	const max = 40 // bytes; %q may show each as 4 characters
 	if len(s) <= max {
 		return s
 	}
