@@ -57,3 +57,30 @@ func TestListenSocket(t *testing.T) {
 		}
 	}
 }
+
+// The state and data directories have the narrowest modes that work: only
+// the driver (root) reads the database or walks into the volumes; pods see
+// a volume through its bind mount, not through these directories.
+func TestFileModes(t *testing.T) {
+	e := newEnv(t)
+	tests := []struct {
+		path string
+		mode os.FileMode
+	}{
+		{e.stateDir, 0o700},
+		{filepath.Join(e.stateDir, "state.db"), 0o600},
+		{e.dataDir, 0o700},
+		{filepath.Join(e.dataDir, "volumes"), 0o700},
+		{filepath.Join(e.dataDir, "trash"), 0o700},
+		{filepath.Join(e.dataDir, "quarantine"), 0o700},
+	}
+	for _, tc := range tests {
+		fi, err := os.Stat(tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != tc.mode {
+			t.Errorf("%s: mode %v, want %v", tc.path, fi.Mode().Perm(), tc.mode)
+		}
+	}
+}

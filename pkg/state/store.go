@@ -114,6 +114,21 @@ func schemaCurrent(tx *bolt.Tx) error {
 	return nil
 }
 
+// migrations[v] turns a database of schema v into schema v+1, inside the
+// opening transaction. Every layout ever written must stay migratable: a
+// fixture of each is kept in testdata and opened by the tests.
+var migrations = map[int]func(*bolt.Tx) error{
+	// 0 -> 1: a new database gets the first layout.
+	0: func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketVolumes, bucketVolumeNames, bucketPublications} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	},
+}
+
 func initSchema(tx *bolt.Tx) error {
 	meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 	if err != nil {
@@ -128,10 +143,14 @@ func initSchema(tx *bolt.Tx) error {
 	if version > SchemaVersion {
 		return fmt.Errorf("written by a newer driver (schema %d, this driver knows up to %d); upgrade the driver or restore a backup", version, SchemaVersion)
 	}
-	for _, b := range [][]byte{bucketVolumes, bucketVolumeNames, bucketPublications} {
-		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-			return err
+	for v := version; v < SchemaVersion; v++ {
+		if err := migrations[v](tx); err != nil {
+			return fmt.Errorf("migrate schema %d to %d: %w", v, v+1, err)
 		}
+	}
+	// Buckets of the current layout that went missing are recreated.
+	if err := migrations[0](tx); err != nil {
+		return err
 	}
 	return meta.Put(keySchema, []byte(strconv.Itoa(SchemaVersion)))
 }
