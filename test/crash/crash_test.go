@@ -57,6 +57,7 @@ type model struct {
 	deleted       map[string]bool    // IDs whose delete was acknowledged
 	recent        []string           // IDs deleted since the last check
 	ops, restarts int
+	checks        int // invariant assertions made
 }
 
 type harness struct {
@@ -109,10 +110,18 @@ func TestKillStorm(t *testing.T) {
 	}
 	h.start()
 	h.check(m)
-	t.Logf("%d kills, %d restarts checked, %d acknowledged operations, %d volumes alive, %d deleted",
-		kills, m.restarts, m.ops, len(m.acked), len(m.deleted))
+	t.Logf("%d kills, %d restarts checked, %d acknowledged operations, %d invariant checks, %d volumes alive, %d deleted",
+		kills, m.restarts, m.ops, m.checks, len(m.acked), len(m.deleted))
 	h.cleanupAll(m)
-	h.stop()
+	h.stop() // SIGTERM: waits for the background removal of deleted data
+	for _, sub := range []string{"volumes", "trash", "quarantine"} {
+		if left := dirSet(t, filepath.Join(dir, "data", sub)); len(left) != 0 {
+			t.Errorf("%d entries left in data/%s once every volume was deleted", len(left), sub)
+		}
+	}
+	if left := testutil.MountsUnder(t, dir); len(left) != 0 {
+		t.Errorf("mounts left once every volume was deleted: %v", left)
+	}
 }
 
 func buildPlugin(t *testing.T) string {
@@ -200,9 +209,9 @@ func (h *harness) work(m *model, prefix string, mine []string, stop <-chan struc
 		default:
 		}
 		var err error
-		r := mrand.IntN(10)
+		r := mrand.IntN(11)
 		if len(mine) > 6 {
-			r = 9 // keep the live set small so each check stays quick
+			r = 10 // keep the live set small so each check stays quick
 		}
 		switch {
 		case r < 4 || len(mine) == 0:
@@ -215,6 +224,8 @@ func (h *harness) work(m *model, prefix string, mine []string, stop <-chan struc
 			err = h.write(m, mine[mrand.IntN(len(mine))])
 		case r < 7:
 			err = h.expand(m, mine[mrand.IntN(len(mine))])
+		case r < 8:
+			err = h.inspect(mine[mrand.IntN(len(mine))], m)
 		default:
 			j := mrand.IntN(len(mine))
 			err = h.delete(m, mine[j])
@@ -223,9 +234,21 @@ func (h *harness) work(m *model, prefix string, mine []string, stop <-chan struc
 			}
 		}
 		if err != nil {
-			return // the driver is gone; the run is over
+			if !driverGone(err) {
+				h.t.Errorf("workload call failed while the driver was up: %v", err)
+			}
+			return
 		}
 	}
+}
+
+// driverGone tells the errors a kill causes from answers the driver gave.
+func driverGone(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.Canceled, codes.DeadlineExceeded:
+		return true
+	}
+	return false
 }
 
 func (h *harness) create(m *model, name string) error {
@@ -267,6 +290,17 @@ func (h *harness) write(m *model, name string) error {
 	if _, err := h.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: rwo}); err != nil {
 		return err
 	}
+	if _, err := h.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: v.id, VolumePath: target}); err != nil {
+		return err
+	}
+	if _, err := h.node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: v.id, VolumePath: target}); err != nil {
+		return err
+	}
+	if r, err := h.node.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: v.id, VolumePublishPath: target, StagingTargetPath: staging}); err != nil {
+		return err
+	} else if len(r.GetVolumeHealth().GetHealthStatuses()) > 0 {
+		h.t.Errorf("a freshly published volume is unhealthy: %v", r)
+	}
 	data := make([]byte, 4096+mrand.IntN(60000))
 	rand.Read(data)
 	if err := writeSync(filepath.Join(target, "data"), data); err != nil {
@@ -286,7 +320,7 @@ func (h *harness) write(m *model, name string) error {
 	}
 	m.mu.Lock()
 	v.maybeMounted = false
-	m.ops += 5
+	m.ops += 8
 	m.mu.Unlock()
 	return nil
 }
@@ -321,6 +355,39 @@ func (h *harness) expand(m *model, name string) error {
 	m.mu.Lock()
 	v.capacity = r.GetCapacityBytes()
 	m.ops++
+	m.mu.Unlock()
+	return nil
+}
+
+// inspect makes the read-only controller calls on one of the worker's
+// volumes; they must answer while other calls change things.
+func (h *harness) inspect(name string, m *model) error {
+	m.mu.Lock()
+	id := m.acked[name].id
+	m.mu.Unlock()
+	ctx, cancel := ctx5()
+	defer cancel()
+	if _, err := h.ctrl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id}); err != nil {
+		return err
+	}
+	r, err := h.ctrl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: id, VolumeCapabilities: []*csi.VolumeCapability{rwo}})
+	if err != nil {
+		return err
+	}
+	if r.GetConfirmed() == nil {
+		h.t.Errorf("ValidateVolumeCapabilities refused the capability a volume was made with: %s", r.GetMessage())
+	}
+	if _, err := h.ctrl.ListVolumes(ctx, &csi.ListVolumesRequest{MaxEntries: 5}); err != nil {
+		return err
+	}
+	if _, err := h.ctrl.GetCapacity(ctx, &csi.GetCapacityRequest{}); err != nil {
+		return err
+	}
+	if _, err := h.ctrl.ControllerListVolumeHealth(ctx, &csi.ControllerListVolumeHealthRequest{}); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.ops += 5
 	m.mu.Unlock()
 	return nil
 }
@@ -388,6 +455,7 @@ func (h *harness) check(m *model) {
 	for name, v := range m.acked {
 		h.unmountAll(ctx, v)
 		alive[v.id] = true
+		m.checks += 3 // exists, capacity, health
 		r, err := h.ctrl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: v.id})
 		if err != nil {
 			t.Fatalf("restart %d: acknowledged volume %s (%s) is gone: %v", m.restarts, v.id, name, err)
@@ -399,6 +467,7 @@ func (h *harness) check(m *model) {
 		if err != nil || len(hr.GetVolumeHealth().GetHealthStatuses()) > 0 {
 			t.Fatalf("restart %d: volume %s health %v %v", m.restarts, v.id, hr, err)
 		}
+		m.checks++
 		if v.sum != nil {
 			data, err := os.ReadFile(filepath.Join(h.dir, "data", "volumes", v.id, "data"))
 			if sum := sha256.Sum256(data); err != nil || !bytes.Equal(sum[:], v.sum) {
@@ -406,6 +475,7 @@ func (h *harness) check(m *model) {
 			}
 		}
 	}
+	m.checks += len(m.recent) + len(m.deleted) + 4 // deletes stay deleted; listed, disk, quarantine, trash
 	for _, id := range m.recent {
 		if _, err := h.ctrl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id}); status.Code(err) != codes.NotFound {
 			t.Fatalf("restart %d: deleted volume %s: %v, want NotFound", m.restarts, id, err)
