@@ -1,0 +1,186 @@
+package copytree
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+)
+
+// makeTree builds every kind of entry a volume can hold. It needs root
+// (ownership, device nodes, trusted.* xattrs).
+func makeTree(t *testing.T, root string) {
+	t.Helper()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	write := func(rel string, data []byte, mode os.FileMode) {
+		must(os.WriteFile(filepath.Join(root, rel), data, mode))
+	}
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		rand.Read(b)
+		return b
+	}
+	must(os.MkdirAll(filepath.Join(root, "a", "deep", "er"), 0o755))
+	must(os.Mkdir(filepath.Join(root, "sticky"), 0o755))
+	must(os.Mkdir(filepath.Join(root, "many"), 0o755))
+	write("a/f1", []byte("one"), 0o640)
+	write("a/deep/er/f2", random(100), 0o600)
+	write("big", random(5<<20), 0o644)
+	write("empty", nil, 0o644)
+	write("setuid", random(10), 0o755)
+	write("h1", []byte("linked"), 0o644)
+	for i := 0; i < 200; i++ {
+		write(fmt.Sprintf("many/%03d", i), random(4096), 0o644)
+	}
+	// A 64 MiB file with two 4 KiB islands of data: 8 KiB allocated.
+	f, err := os.Create(filepath.Join(root, "sparse"))
+	must(err)
+	must(f.Truncate(64 << 20))
+	_, err = f.WriteAt(random(4096), 0)
+	must(err)
+	_, err = f.WriteAt(random(4096), 32<<20)
+	must(err)
+	must(f.Close())
+
+	must(os.Link(filepath.Join(root, "h1"), filepath.Join(root, "h2")))
+	must(os.Link(filepath.Join(root, "h1"), filepath.Join(root, "a", "h3")))
+	must(os.Symlink("a/f1", filepath.Join(root, "rel")))
+	must(os.Symlink("/etc/passwd", filepath.Join(root, "abs")))
+	must(os.Symlink("nowhere", filepath.Join(root, "dangling")))
+	must(unix.Mkfifo(filepath.Join(root, "pipe"), 0o600))
+	must(unix.Mknod(filepath.Join(root, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
+
+	must(os.Lchown(filepath.Join(root, "a"), 1000, 1000))
+	must(os.Lchown(filepath.Join(root, "a", "f1"), 1001, 1002))
+	must(os.Lchown(filepath.Join(root, "rel"), 1003, 1003))
+	must(os.Chmod(filepath.Join(root, "a"), 0o750))
+	must(os.Chmod(filepath.Join(root, "sticky"), 0o1777))
+	must(os.Chmod(filepath.Join(root, "setuid"), 0o4755))
+	must(unix.Setxattr(filepath.Join(root, "big"), "user.color", []byte("blue"), 0))
+	must(unix.Setxattr(filepath.Join(root, "a"), "user.owner", []byte("team-a"), 0))
+	must(unix.Setxattr(filepath.Join(root, "h1"), "trusted.note", []byte{0, 1, 2}, 0))
+
+	// Fixed, distinct times, directories last so their own stick.
+	when := time.Date(2020, 1, 2, 3, 4, 5, 600, time.UTC)
+	var dirs []string
+	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if fi.IsDir() {
+			dirs = append(dirs, p)
+			return nil
+		}
+		when = when.Add(time.Second)
+		ts := []unix.Timespec{unix.NsecToTimespec(when.UnixNano()), unix.NsecToTimespec(when.UnixNano())}
+		return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
+	})
+	for i := len(dirs) - 1; i >= 0; i-- {
+		when = when.Add(time.Minute)
+		must(os.Chtimes(dirs[i], when, when))
+	}
+}
+
+func allocated(t *testing.T, path string) int64 {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
+
+func TestTreeOnEachFilesystem(t *testing.T) {
+	testutil.RequireRoot(t)
+	tests := []struct {
+		fs        string
+		mkfs      []string
+		noReflink bool
+		want      Mechanism
+	}{
+		{"ext4", nil, false, Copy},
+		{"xfs", []string{"-m", "reflink=1"}, false, Reflink},
+		{"xfs", []string{"-m", "reflink=1"}, true, Copy},
+		{"btrfs", nil, false, Reflink},
+		{"btrfs", nil, true, Copy},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprintf("%s/noReflink=%v", tc.fs, tc.noReflink), func(t *testing.T) {
+			mnt := testutil.LoopFS(t, tc.fs, 512, tc.mkfs...)
+			src, dst := filepath.Join(mnt, "src"), filepath.Join(mnt, "dst")
+			if err := os.Mkdir(src, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			makeTree(t, src)
+			want := testutil.TreeManifest(t, src)
+
+			st, err := Tree(context.Background(), src, dst, Options{NoReflink: tc.noReflink})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := testutil.TreeManifest(t, dst); testutil.DiffManifests(want, got) != "" {
+				t.Fatalf("copy differs from source:\n%s", testutil.DiffManifests(want, got))
+			}
+			if st.Mechanism() != tc.want {
+				t.Errorf("mechanism %s, want %s (%+v)", st.Mechanism(), tc.want, st)
+			}
+			if st.Files != 207 || st.HardLinks != 2 || st.Symlinks != 3 || st.Specials != 2 || st.Dirs != 6 {
+				t.Errorf("stats %+v", st)
+			}
+			// Holes stay holes: 8 KiB of data in a 64 MiB file.
+			if a := allocated(t, filepath.Join(dst, "sparse")); a > 1<<20 {
+				t.Errorf("sparse file copy allocates %d bytes", a)
+			}
+			// The source is untouched by the copy.
+			if again := testutil.TreeManifest(t, src); testutil.DiffManifests(want, again) != "" {
+				t.Fatalf("source changed:\n%s", testutil.DiffManifests(want, again))
+			}
+		})
+	}
+}
+
+func TestTreeRefusesMountInside(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	testutil.CleanupMounts(t, dir)
+	src := filepath.Join(dir, "src")
+	inside := filepath.Join(src, "m")
+	if err := os.MkdirAll(inside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(t.TempDir(), inside, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(inside, 0)
+	if _, err := Tree(context.Background(), src, filepath.Join(dir, "dst"), Options{}); !errors.Is(err, ErrMountInside) {
+		t.Fatalf("copy over a mount: %v, want ErrMountInside", err)
+	}
+}
+
+func TestTreeCancelled(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	os.MkdirAll(filepath.Join(src, "x"), 0o755)
+	os.WriteFile(filepath.Join(src, "x", "f"), []byte("data"), 0o644)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := Tree(ctx, src, filepath.Join(dir, "dst"), Options{}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled copy: %v", err)
+	}
+}
+
+func TestTreeExistingDestination(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Tree(context.Background(), dir, dir, Options{}); err == nil {
+		t.Fatal("copy onto an existing directory accepted")
+	}
+}
