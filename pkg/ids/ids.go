@@ -15,31 +15,45 @@ import (
 // hex digits (128 random bits).
 const VolumePrefixV1 = "hpv1-"
 
+// SnapshotPrefixV1 starts every snapshot ID of format 1, as VolumePrefixV1
+// does for volumes.
+const SnapshotPrefixV1 = "hps1-"
+
 const randomHexLen = 32
 
 // NewVolumeID returns a fresh, random volume ID in the current format.
-func NewVolumeID() string {
+func NewVolumeID() string { return newID(VolumePrefixV1) }
+
+// NewSnapshotID returns a fresh, random snapshot ID in the current format.
+func NewSnapshotID() string { return newID(SnapshotPrefixV1) }
+
+func newID(prefix string) string {
 	var b [randomHexLen / 2]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		// crypto/rand never fails on Linux >= 3.17; a failure means the
 		// process cannot be trusted to make unique IDs at all.
 		panic(fmt.Sprintf("crypto/rand: %v", err))
 	}
-	return VolumePrefixV1 + hex.EncodeToString(b[:])
+	return prefix + hex.EncodeToString(b[:])
 }
 
 // ValidateVolumeID reports whether id is a volume ID in a format this driver
 // has ever produced. It must be called before any path is built from an ID:
 // a valid ID contains only [a-z0-9-], so it cannot name a parent directory,
 // an absolute path or a hidden file.
-func ValidateVolumeID(id string) error {
-	if len(id) != len(VolumePrefixV1)+randomHexLen || id[:len(VolumePrefixV1)] != VolumePrefixV1 {
-		return fmt.Errorf("volume ID %q is not of the form %s<32 hex digits>", truncate(id), VolumePrefixV1)
+func ValidateVolumeID(id string) error { return validate(id, VolumePrefixV1, "volume") }
+
+// ValidateSnapshotID is ValidateVolumeID for snapshot IDs.
+func ValidateSnapshotID(id string) error { return validate(id, SnapshotPrefixV1, "snapshot") }
+
+func validate(id, prefix, kind string) error {
+	if len(id) != len(prefix)+randomHexLen || id[:len(prefix)] != prefix {
+		return fmt.Errorf("%s ID %q is not of the form %s<32 hex digits>", kind, truncate(id), prefix)
 	}
-	for i := len(VolumePrefixV1); i < len(id); i++ {
+	for i := len(prefix); i < len(id); i++ {
 		c := id[i]
 		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return fmt.Errorf("volume ID %q has a character outside [0-9a-f] after %s", truncate(id), VolumePrefixV1)
+			return fmt.Errorf("%s ID %q has a character outside [0-9a-f] after %s", kind, truncate(id), prefix)
 		}
 	}
 	return nil

@@ -49,3 +49,13 @@ func TestValidateVolumeID(t *testing.T) {
 		})
 	}
 }
+
+func TestSnapshotIDs(t *testing.T) {
+	id := NewSnapshotID()
+	if err := ValidateSnapshotID(id); err != nil {
+		t.Fatalf("fresh snapshot ID %q rejected: %v", id, err)
+	}
+	if ValidateVolumeID(id) == nil || ValidateSnapshotID(NewVolumeID()) == nil {
+		t.Fatal("a snapshot ID passes as a volume ID or the other way round")
+	}
+}

@@ -2,6 +2,7 @@ package state
 
 import (
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -10,7 +11,7 @@ import (
 	"time"
 )
 
-var updateFixture = flag.Bool("update-fixture", false, "rewrite testdata/state-v<SchemaVersion>.db from fixtureVolumes")
+var updateFixture = flag.Bool("update-fixture", false, "write testdata/state-v2.db (the current schema) from the fixture records")
 
 // The records in the fixture of schema 1, as written on 2026-11-22.
 func fixtureVolumes() []*Volume {
@@ -34,47 +35,86 @@ func fixturePublications() []*Publication {
 	}
 }
 
-// Every schema this driver ever wrote opens with today's code and reads back
-// the same records. A change of layout must add a migration and keep this
-// passing; run with -update-fixture only when adding a new schema's fixture.
+// The snapshot and restored volume added in the fixture of schema 2.
+func fixtureV2Snapshot() *Snapshot {
+	return &Snapshot{ID: "hps1-00112233445566778899aabbccddeeff", Name: "snapshot-1", SourceVolumeID: "hpv1-0123456789abcdef0123456789abcdef",
+		SourceCapacity: 1 << 30, SizeBytes: 8192, Mechanism: "reflink", Phase: PhaseReady,
+		CreatedAt: time.Date(2026, 11, 22, 13, 0, 0, 0, time.UTC)}
+}
+
+func fixtureV2Restored() *Volume {
+	return &Volume{ID: "hpv1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", Name: "pvc-restored", CapacityBytes: 1 << 30, AccessType: "mount", NodeID: "node-a",
+		Phase: PhaseReady, CreatedAt: time.Date(2026, 11, 22, 13, 1, 0, 0, time.UTC), SourceSnapshotID: fixtureV2Snapshot().ID}
+}
+
+// Every schema this driver ever wrote opens with today's code (migrating
+// it) and reads back the same records. A change of layout must add a
+// migration and keep this passing; -update-fixture writes the fixture of
+// the current schema.
 func TestOpenFixtures(t *testing.T) {
-	fixture := filepath.Join("testdata", "state-v1.db")
 	if *updateFixture {
-		dir := t.TempDir()
-		s, err := Open(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, v := range fixtureVolumes() {
-			if err := s.PutVolume(v); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for _, p := range fixturePublications() {
-			if err := s.PutPublication(p); err != nil {
-				t.Fatal(err)
-			}
-		}
-		s.Close()
-		copyFile(t, filepath.Join(dir, DBFileName), fixture)
+		writeFixture(t, filepath.Join("testdata", "state-v2.db"))
 	}
+	for _, version := range []int{1, 2} {
+		t.Run(fmt.Sprint("schema ", version), func(t *testing.T) {
+			dir := t.TempDir()
+			copyFile(t, filepath.Join("testdata", fmt.Sprintf("state-v%d.db", version)), filepath.Join(dir, DBFileName))
+			s, err := Open(dir)
+			if err != nil {
+				t.Fatalf("open the schema %d fixture: %v", version, err)
+			}
+			defer s.Close()
+			for _, want := range fixtureVolumes() {
+				got, err := s.GetVolumeByName(want.Name)
+				if err != nil || !reflect.DeepEqual(got, want) {
+					t.Fatalf("volume %s: %+v, %v; want %+v", want.Name, got, err, want)
+				}
+			}
+			pubs, err := s.AllPublications()
+			if err != nil || !reflect.DeepEqual(pubs, fixturePublications()) {
+				t.Fatalf("publications: %+v, %v", pubs, err)
+			}
+			snaps, _, err := s.ListSnapshots("", 0, nil)
+			if err != nil {
+				t.Fatalf("snapshots after migration: %v", err)
+			}
+			if version == 1 {
+				if len(snaps) != 0 {
+					t.Fatalf("schema 1 had no snapshots, got %d", len(snaps))
+				}
+				return
+			}
+			if len(snaps) != 1 || !reflect.DeepEqual(snaps[0], fixtureV2Snapshot()) {
+				t.Fatalf("snapshots: %+v", snaps)
+			}
+			if got, err := s.GetVolumeByName("pvc-restored"); err != nil || !reflect.DeepEqual(got, fixtureV2Restored()) {
+				t.Fatalf("restored volume: %+v %v", got, err)
+			}
+		})
+	}
+}
+
+func writeFixture(t *testing.T, path string) {
 	dir := t.TempDir()
-	copyFile(t, fixture, filepath.Join(dir, DBFileName))
 	s, err := Open(dir)
 	if err != nil {
-		t.Fatalf("open the schema 1 fixture: %v", err)
+		t.Fatal(err)
 	}
-	defer s.Close()
-	for _, want := range fixtureVolumes() {
-		got, err := s.GetVolumeByName(want.Name)
-		if err != nil || !reflect.DeepEqual(got, want) {
-			t.Fatalf("volume %s from the fixture: %+v, %v; want %+v", want.Name, got, err, want)
+	for _, v := range append(fixtureVolumes(), fixtureV2Restored()) {
+		if err := s.PutVolume(v); err != nil {
+			t.Fatal(err)
 		}
 	}
-	pubs, err := s.AllPublications()
-	if err != nil || !reflect.DeepEqual(pubs, fixturePublications()) {
-		t.Fatalf("publications from the fixture: %+v, %v", pubs, err)
+	for _, p := range fixturePublications() {
+		if err := s.PutPublication(p); err != nil {
+			t.Fatal(err)
+		}
 	}
+	if err := s.PutSnapshot(fixtureV2Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	copyFile(t, filepath.Join(dir, DBFileName), path)
 }
 
 func copyFile(t *testing.T, from, to string) {

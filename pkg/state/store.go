@@ -24,7 +24,7 @@ import (
 
 // SchemaVersion is the layout of the database this code writes. Open migrates
 // older layouts forward and refuses newer ones.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // DBFileName is the database file inside the state directory.
 const DBFileName = "state.db"
@@ -43,6 +43,8 @@ var (
 	bucketVolumes      = []byte("volumes")
 	bucketVolumeNames  = []byte("volume-names")
 	bucketPublications = []byte("publications")
+	bucketSnapshots     = []byte("snapshots")
+	bucketSnapshotNames = []byte("snapshot-names")
 	keySchema          = []byte("schema-version")
 )
 
@@ -106,9 +108,21 @@ func schemaCurrent(tx *bolt.Tx) error {
 	if meta == nil || string(meta.Get(keySchema)) != strconv.Itoa(SchemaVersion) {
 		return errSchemaChange
 	}
-	for _, b := range [][]byte{bucketVolumes, bucketVolumeNames, bucketPublications} {
+	for _, b := range currentBuckets {
 		if tx.Bucket(b) == nil {
 			return errSchemaChange
+		}
+	}
+	return nil
+}
+
+// currentBuckets are the buckets of schema SchemaVersion.
+var currentBuckets = [][]byte{bucketVolumes, bucketVolumeNames, bucketPublications, bucketSnapshots, bucketSnapshotNames}
+
+func createBuckets(tx *bolt.Tx, names ...[]byte) error {
+	for _, b := range names {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -120,12 +134,11 @@ func schemaCurrent(tx *bolt.Tx) error {
 var migrations = map[int]func(*bolt.Tx) error{
 	// 0 -> 1: a new database gets the first layout.
 	0: func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketVolumes, bucketVolumeNames, bucketPublications} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
+		return createBuckets(tx, bucketVolumes, bucketVolumeNames, bucketPublications)
+	},
+	// 1 -> 2: snapshots.
+	1: func(tx *bolt.Tx) error {
+		return createBuckets(tx, bucketSnapshots, bucketSnapshotNames)
 	},
 }
 
@@ -149,7 +162,7 @@ func initSchema(tx *bolt.Tx) error {
 		}
 	}
 	// Buckets of the current layout that went missing are recreated.
-	if err := migrations[0](tx); err != nil {
+	if err := createBuckets(tx, currentBuckets...); err != nil {
 		return err
 	}
 	return meta.Put(keySchema, []byte(strconv.Itoa(SchemaVersion)))

@@ -32,6 +32,9 @@ type Volume struct {
 	NodeID    string    `json:"nodeID"`
 	Phase     Phase     `json:"phase"`
 	CreatedAt time.Time `json:"createdAt"`
+	// The content the volume was made from, if any (schema 2).
+	SourceSnapshotID string `json:"sourceSnapshotID,omitempty"`
+	SourceVolumeID   string `json:"sourceVolumeID,omitempty"`
 }
 
 // GetVolume returns the volume with this ID, or ErrNotFound.
