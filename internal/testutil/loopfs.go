@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -15,7 +16,8 @@ import (
 // LoopFS makes a filesystem of sizeMiB in an image file, attaches it to a
 // loop device and mounts it; it returns the mount point. Cleanup unmounts,
 // detaches and removes the image even when the test fails, and fails the
-// test if the number of loop devices in use changed.
+// test if the image is still attached afterwards. (It checks this image,
+// not a global count: other test packages attach loop devices in parallel.)
 func LoopFS(t testing.TB, fstype string, sizeMiB int, mkfsArgs ...string) string {
 	t.Helper()
 	RequireRoot(t)
@@ -23,7 +25,6 @@ func LoopFS(t testing.TB, fstype string, sizeMiB int, mkfsArgs ...string) string
 	if err != nil {
 		t.Skipf("skipping: mkfs.%s not installed (apt-get install e2fsprogs/xfsprogs/btrfs-progs)", fstype)
 	}
-	loopsBefore := loopsInUse(t)
 	dir := t.TempDir()
 	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
 	if err := os.Mkdir(mnt, 0o755); err != nil {
@@ -57,22 +58,28 @@ func LoopFS(t testing.TB, fstype string, sizeMiB int, mkfsArgs ...string) string
 		if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
 			t.Errorf("detach %s: %v %s", dev, err, out)
 		}
-		if after := loopsInUse(t); after != loopsBefore {
-			t.Errorf("loop devices in use: %d before, %d after", loopsBefore, after)
+		// A detach can complete a moment after the unmount releases the
+		// device (autoclear); wait for it, bounded.
+		for i := 0; ; i++ {
+			out, err := exec.Command("losetup", "--associated", img, "--noheadings", "--output", "NAME").Output()
+			if err != nil {
+				t.Errorf("losetup --associated: %v", err)
+				break
+			}
+			if strings.TrimSpace(string(out)) == "" {
+				break
+			}
+			if i == 100 {
+				t.Errorf("image %s still attached to %s", img, strings.TrimSpace(string(out)))
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	})
 	if err := unix.Mount(dev, mnt, fstype, 0, ""); err != nil {
 		t.Fatalf("mount %s: %v", dev, err)
 	}
 	return mnt
-}
-
-func loopsInUse(t testing.TB) int {
-	out, err := exec.Command("losetup", "--list", "--noheadings", "--output", "NAME").Output()
-	if err != nil {
-		t.Fatalf("losetup --list: %v", err)
-	}
-	return len(strings.Fields(string(out)))
 }
 
 // FillFS writes files under dir until the filesystem says ENOSPC (blocks

@@ -39,13 +39,13 @@ var (
 )
 
 var (
-	bucketMeta         = []byte("meta")
-	bucketVolumes      = []byte("volumes")
-	bucketVolumeNames  = []byte("volume-names")
-	bucketPublications = []byte("publications")
+	bucketMeta          = []byte("meta")
+	bucketVolumes       = []byte("volumes")
+	bucketVolumeNames   = []byte("volume-names")
+	bucketPublications  = []byte("publications")
 	bucketSnapshots     = []byte("snapshots")
 	bucketSnapshotNames = []byte("snapshot-names")
-	keySchema          = []byte("schema-version")
+	keySchema           = []byte("schema-version")
 )
 
 // maxBatch bounds how many changes share one commit, so one commit's latency
