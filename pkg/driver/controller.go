@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"k8s.io/klog/v2"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/copytree"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -26,6 +27,10 @@ var controllerCaps = []csi.ControllerServiceCapability_RPC_Type{
 	csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
 	csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
+	csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+	csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+	csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
+	csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
 }
 
 func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
@@ -48,9 +53,6 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	params, err := parseParameters(req.GetParameters())
 	if err != nil {
 		return nil, err
-	}
-	if req.GetVolumeContentSource() != nil {
-		return nil, status.Error(codes.InvalidArgument, "creating a volume from a snapshot or another volume is not supported yet")
 	}
 	size, err := capacityFor(req.GetCapacityRange(), d.cfg.MaxVolumeSize)
 	if err != nil {
@@ -75,6 +77,20 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		return d.existingVolume(existing, req, params)
 	}
 
+	var src *contentSource
+	if cs := req.GetVolumeContentSource(); cs != nil {
+		if src, err = d.lockContentSource(ctx, cs); err != nil {
+			return nil, err
+		}
+		defer src.unlock()
+		if size, err = sizeFor(req.GetCapacityRange(), size, src.capacity); err != nil {
+			return nil, err
+		}
+		if size > d.cfg.MaxVolumeSize {
+			return nil, status.Errorf(codes.OutOfRange, "the source needs %d bytes; the largest volume this driver makes is %d bytes (--max-volume-size)", size, d.cfg.MaxVolumeSize)
+		}
+	}
+
 	if fs, err := d.vols.Stats(); err != nil {
 		return nil, diskError("read free space", err)
 	} else if size > fs.AvailableBytes {
@@ -91,13 +107,16 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		Phase:         state.PhaseCreating,
 		CreatedAt:     time.Now().UTC(),
 	}
+	if src != nil {
+		v.SourceSnapshotID, v.SourceVolumeID = src.snapshotID, src.volumeID
+	}
 	// Intent first: a crash after this point is rolled back at start-up.
 	if err := d.store.PutVolume(v); err != nil {
 		return nil, stateError(err)
 	}
-	if err := d.vols.Create(v.ID, params.mode); err != nil {
+	if err := d.makeVolumeData(ctx, v, src, params); err != nil {
 		d.rollbackCreate(v)
-		return nil, diskError("create volume directory", err)
+		return nil, err
 	}
 	v.Phase = state.PhaseReady
 	if err := d.store.PutVolume(v); err != nil {
@@ -107,6 +126,32 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	klog.V(2).InfoS("Volume created", "volumeID", v.ID, "name", name, "capacity", size,
 		"pvc", klog.KRef(v.Parameters[ParamPVCNamespace], v.Parameters[ParamPVCName]))
 	return &csi.CreateVolumeResponse{Volume: d.csiVolume(v)}, nil
+}
+
+// makeVolumeData makes an empty directory, or copies the content source into
+// the new volume (fastest mechanism first; a copy lands in place only once
+// complete).
+func (d *Driver) makeVolumeData(ctx context.Context, v *state.Volume, src *contentSource, params volumeParams) error {
+	if src == nil {
+		if err := d.vols.Create(v.ID, params.mode); err != nil {
+			return diskError("create volume directory", err)
+		}
+		return nil
+	}
+	start := time.Now()
+	var st copytree.Stats
+	var err error
+	if src.snapshotID != "" {
+		st, err = d.vols.Restore(ctx, src.snapshotID, v.ID)
+	} else {
+		st, err = d.vols.Clone(ctx, src.volumeID, v.ID)
+	}
+	if err != nil {
+		return diskError("copy content source into the new volume", err)
+	}
+	klog.InfoS("Volume made from a content source", "volumeID", v.ID, "snapshot", src.snapshotID, "volume", src.volumeID,
+		"mechanism", st.Mechanism(), "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
+	return nil
 }
 
 // existingVolume answers a CreateVolume for a name already on record: the
@@ -125,6 +170,12 @@ func (d *Driver) existingVolume(v *state.Volume, req *csi.CreateVolumeRequest, p
 		return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with %d bytes; this request asks for %s", v.Name, v.CapacityBytes, asked)
 	case !maps.Equal(v.Parameters, req.GetParameters()):
 		return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with other parameters", v.Name)
+	case v.SourceSnapshotID != req.GetVolumeContentSource().GetSnapshot().GetSnapshotId() ||
+		v.SourceVolumeID != req.GetVolumeContentSource().GetVolume().GetVolumeId():
+		return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with other content (snapshot %q, volume %q)", v.Name, v.SourceSnapshotID, v.SourceVolumeID)
+	}
+	if v.Phase == state.PhaseCreating && (v.SourceSnapshotID != "" || v.SourceVolumeID != "") {
+		return nil, status.Errorf(codes.Aborted, "volume %q is still being copied from its source; retry", v.Name)
 	}
 	if v.Phase == state.PhaseCreating {
 		// An earlier attempt of this call failed half way in this process:
@@ -151,11 +202,20 @@ func (d *Driver) rollbackCreate(v *state.Volume) {
 }
 
 func (d *Driver) csiVolume(v *state.Volume) *csi.Volume {
-	return &csi.Volume{
+	vol := &csi.Volume{
 		VolumeId:           v.ID,
 		CapacityBytes:      v.CapacityBytes,
 		AccessibleTopology: []*csi.Topology{d.topology()},
 	}
+	switch {
+	case v.SourceSnapshotID != "":
+		vol.ContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: v.SourceSnapshotID}}}
+	case v.SourceVolumeID != "":
+		vol.ContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: v.SourceVolumeID}}}
+	}
+	return vol
 }
 
 func (d *Driver) topology() *csi.Topology {

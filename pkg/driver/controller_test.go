@@ -52,9 +52,15 @@ func TestCreateVolumeRejects(t *testing.T) {
 		{"other node only", withReq(func(r *csi.CreateVolumeRequest) {
 			r.AccessibilityRequirements = &csi.TopologyRequirement{Requisite: []*csi.Topology{{Segments: map[string]string{TopologyKeyNode: "node-2"}}}}
 		}), codes.ResourceExhausted, "does not include this node"},
-		{"content source", withReq(func(r *csi.CreateVolumeRequest) {
+		{"missing source volume", withReq(func(r *csi.CreateVolumeRequest) {
 			r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "x"}}}
-		}), codes.InvalidArgument, "not supported yet"},
+		}), codes.NotFound, "volume not found"},
+		{"missing source snapshot", withReq(func(r *csi.CreateVolumeRequest) {
+			r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: "hps1-00000000000000000000000000000000"}}}
+		}), codes.NotFound, "snapshot hps1-00000000000000000000000000000000 not found"},
+		{"empty source", withReq(func(r *csi.CreateVolumeRequest) {
+			r.VolumeContentSource = &csi.VolumeContentSource{}
+		}), codes.InvalidArgument, "neither a snapshot nor a volume"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

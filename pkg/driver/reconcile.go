@@ -5,7 +5,6 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -22,7 +21,9 @@ import (
 //     deleted, and logged;
 //   - a mount half made or half removed is undone, and a record of a mount
 //     that no longer exists (the node rebooted) is dropped;
-//   - the trash (deletes cut short) is emptied.
+//   - the trash (deletes cut short) and partial/ (copies cut short) are
+//     emptied;
+//   - snapshots get the same treatment as volumes.
 func (d *Driver) reconcile() error {
 	d.vols.EmptyTrash()
 	if err := d.reconcilePublications(); err != nil {
@@ -43,16 +44,55 @@ func (d *Driver) reconcile() error {
 	if err != nil {
 		return err
 	}
+	if err := quarantineUnknown(names, known, d.vols.Quarantine, "volume"); err != nil {
+		return err
+	}
+	return d.reconcileSnapshots()
+}
+
+// reconcileSnapshots does for snapshots what reconcile does for volumes.
+func (d *Driver) reconcileSnapshots() error {
+	snaps, _, err := d.store.ListSnapshots("", 0, nil)
+	if err != nil {
+		return err
+	}
+	known := make(map[string]bool, len(snaps))
+	for _, s := range snaps {
+		known[s.ID] = true
+		switch s.Phase {
+		case state.PhaseCreating, state.PhaseDeleting:
+			if err := d.vols.DeleteSnapshot(s.ID); err != nil {
+				return fmt.Errorf("snapshot %s (%s when interrupted): remove data: %w", s.ID, s.Phase, err)
+			}
+			if err := d.store.DeleteSnapshot(s.ID); err != nil {
+				return err
+			}
+			klog.InfoS("Removed a snapshot that a crash interrupted", "snapshotID", s.ID, "name", s.Name, "phase", s.Phase)
+		case state.PhaseReady:
+			if ok, err := d.vols.SnapshotExists(s.ID); !ok || err != nil {
+				klog.ErrorS(err, "Snapshot data is missing or unusable; keeping the record", "snapshotID", s.ID, "name", s.Name)
+			}
+		}
+	}
+	names, err := d.vols.ListSnapshots()
+	if err != nil {
+		return err
+	}
+	return quarantineUnknown(names, known, d.vols.QuarantineSnapshot, "snapshot")
+}
+
+// quarantineUnknown moves every entry without a record out of the way.
+func quarantineUnknown(names []string, known map[string]bool, quarantine func(string) (string, error), kind string) error {
 	for _, name := range names {
 		if known[name] {
 			continue
 		}
-		dst, err := d.vols.Quarantine(name)
+		dst, err := quarantine(name)
 		if err != nil {
 			return err
 		}
-		klog.ErrorS(nil, "Found volume data without a record; moved it to quarantine for an operator to inspect",
-			"entry", name, "validID", ids.ValidateVolumeID(name) == nil, "quarantine", dst)
+		klog.ErrorS(nil, "Found "+kind+" data without a record; moved it to quarantine for an operator to inspect",
+			"entry", name, "quarantine", dst)
 	}
 	return nil
 }

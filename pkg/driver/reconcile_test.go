@@ -108,3 +108,52 @@ func TestReconcileMounts(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Snapshots and restores cut short by a crash: a snapshot still "creating"
+// and its partial copy are removed, a restore still "creating" is rolled
+// back, and snapshot data without a record goes to quarantine.
+func TestReconcileSnapshotsAfterCrash(t *testing.T) {
+	e := newEnv(t)
+	src := e.create(t, "src")
+	os.WriteFile(filepath.Join(e.d.vols.Path(src), "f"), []byte("x"), 0o644)
+	ready, err := e.d.CreateSnapshot(ctx, snapReq("ready", src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut, err := e.d.CreateSnapshot(ctx, snapReq("cut", src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cutID := cut.GetSnapshot().GetSnapshotId()
+	rec, _ := e.d.store.GetSnapshot(cutID)
+	rec.Phase = state.PhaseCreating
+	e.d.store.PutSnapshot(rec)
+	restoring := e.create(t, "restoring")
+	e.d.store.SetVolumePhase(restoring, state.PhaseCreating)
+	os.MkdirAll(filepath.Join(e.dataDir, "partial", restoring, "half"), 0o755)
+	stray := ids.NewSnapshotID()
+	os.MkdirAll(filepath.Join(e.dataDir, "snapshots", stray), 0o755)
+
+	e.restart(t)
+	e.d.vols.WaitIdle()
+
+	if _, err := e.d.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: ready.GetSnapshot().GetSnapshotId()}); err != nil {
+		t.Fatalf("ready snapshot after restart: %v", err)
+	}
+	if _, err := e.d.store.GetSnapshot(cutID); err == nil {
+		t.Fatal("interrupted snapshot still on record")
+	}
+	if names, _ := e.d.vols.ListSnapshots(); len(names) != 1 || names[0] != ready.GetSnapshot().GetSnapshotId() {
+		t.Fatalf("snapshot directories after reconcile: %v", names)
+	}
+	if ok, _ := e.d.store.VolumeExists(restoring); ok {
+		t.Fatal("interrupted restore still on record")
+	}
+	if left, _ := os.ReadDir(filepath.Join(e.dataDir, "partial")); len(left) != 0 {
+		t.Fatalf("partial copies left: %v", left)
+	}
+	q, _ := os.ReadDir(filepath.Join(e.dataDir, "quarantine"))
+	if len(q) != 1 {
+		t.Fatalf("quarantine: %v, want the stray snapshot", q)
+	}
+}

@@ -2,8 +2,11 @@
 // node. Layout, all created by New:
 //
 //	<data>/volumes/<id>      one directory per volume
-//	<data>/trash/<id>.<n>    volumes being removed (emptied in the background
-//	                         and at every start)
+//	<data>/snapshots/<id>    one directory per snapshot
+//	<data>/partial/<id>      copies in progress (snapshot, restore, clone);
+//	                         renamed into place when complete, emptied at start
+//	<data>/trash/<id>.<n>    volumes and snapshots being removed (emptied in
+//	                         the background and at every start)
 //	<data>/quarantine/<id>.<unix time>   directories found without a record;
 //	                         kept for an operator, never deleted by the driver
 //
@@ -13,6 +16,7 @@
 package hostpath
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -24,6 +28,8 @@ import (
 	"time"
 
 	"github.com/moby/sys/mountinfo"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/copytree"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
@@ -48,6 +54,8 @@ var umask = func() fs.FileMode {
 type Backend struct {
 	root       string
 	volumes    string
+	snapshots  string
+	partial    string
 	trash      string
 	quarantine string
 
@@ -69,10 +77,12 @@ func New(root string) (*Backend, error) {
 	b := &Backend{
 		root:       resolved,
 		volumes:    filepath.Join(resolved, "volumes"),
+		snapshots:  filepath.Join(resolved, "snapshots"),
+		partial:    filepath.Join(resolved, "partial"),
 		trash:      filepath.Join(resolved, "trash"),
 		quarantine: filepath.Join(resolved, "quarantine"),
 	}
-	for _, d := range []string{b.volumes, b.trash, b.quarantine} {
+	for _, d := range []string{b.volumes, b.snapshots, b.partial, b.trash, b.quarantine} {
 		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
@@ -128,8 +138,12 @@ func (b *Backend) Exists(id string) (bool, error) {
 // background; a missing directory is not an error. It refuses when anything is
 // mounted inside the volume, so a delete can never reach into another
 // filesystem through a planted mount.
-func (b *Backend) Delete(id string) error {
-	p := b.Path(id)
+func (b *Backend) Delete(id string) error { return b.discard(b.Path(id)) }
+
+// DeleteSnapshot is Delete for a snapshot's data.
+func (b *Backend) DeleteSnapshot(id string) error { return b.discard(b.SnapshotPath(id)) }
+
+func (b *Backend) discard(p string) error {
 	if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -140,12 +154,12 @@ func (b *Backend) Delete(id string) error {
 	if len(mounted) > 0 {
 		return fmt.Errorf("%w: %v", ErrMountedInside, mounted)
 	}
-	dst := filepath.Join(b.trash, id+"."+strconv.FormatUint(b.trashSeq.Add(1), 10))
+	dst := filepath.Join(b.trash, filepath.Base(p)+"."+strconv.FormatUint(b.trashSeq.Add(1), 10))
 	if err := os.Rename(p, dst); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
-		return fmt.Errorf("move volume to trash: %w", err)
+		return fmt.Errorf("move to trash: %w", err)
 	}
 	b.cleaning.Add(1)
 	go func() {
@@ -155,16 +169,78 @@ func (b *Backend) Delete(id string) error {
 	return nil
 }
 
-// EmptyTrash removes everything in the trash, as a start-up step: entries there
-// are deletes that a crash interrupted.
-func (b *Backend) EmptyTrash() {
-	entries, err := os.ReadDir(b.trash)
-	if err != nil {
-		klog.ErrorS(err, "Cannot read trash directory", "path", b.trash)
-		return
+// SnapshotPath is where a snapshot's data lives. id must have been validated.
+func (b *Backend) SnapshotPath(id string) string { return filepath.Join(b.snapshots, id) }
+
+// SnapshotExists reports whether a snapshot's data directory is present.
+func (b *Backend) SnapshotExists(id string) (bool, error) {
+	err := requireDir(b.SnapshotPath(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
 	}
-	for _, e := range entries {
-		b.removeTrashEntry(filepath.Join(b.trash, e.Name()))
+	return err == nil, err
+}
+
+// Snapshot copies a volume into a new snapshot, fastest mechanism first.
+// The copy goes to partial/ and is renamed into snapshots/ only when
+// complete, so a snapshot directory is never half made.
+func (b *Backend) Snapshot(ctx context.Context, volumeID, snapshotID string) (copytree.Stats, error) {
+	return b.copyInto(ctx, b.Path(volumeID), b.SnapshotPath(snapshotID), snapshotID)
+}
+
+// Restore makes volume volumeID from snapshot snapshotID, or, with
+// fromVolume, a clone of volume sourceID.
+func (b *Backend) Restore(ctx context.Context, snapshotID, volumeID string) (copytree.Stats, error) {
+	return b.copyInto(ctx, b.SnapshotPath(snapshotID), b.Path(volumeID), volumeID)
+}
+
+// Clone makes volume volumeID as a copy of volume sourceID.
+func (b *Backend) Clone(ctx context.Context, sourceID, volumeID string) (copytree.Stats, error) {
+	return b.copyInto(ctx, b.Path(sourceID), b.Path(volumeID), volumeID)
+}
+
+func (b *Backend) copyInto(ctx context.Context, src, dst, id string) (copytree.Stats, error) {
+	if err := requireDir(src); err != nil {
+		return copytree.Stats{}, fmt.Errorf("copy source: %w", err)
+	}
+	tmp := filepath.Join(b.partial, id)
+	if err := removeTree(tmp); err != nil { // a previous attempt's leftovers
+		return copytree.Stats{}, err
+	}
+	st, err := copytree.Tree(ctx, src, tmp, copytree.Options{})
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
+		if rmErr := removeTree(tmp); rmErr != nil {
+			klog.ErrorS(rmErr, "Cannot remove a failed copy; it is removed at the next start", "path", tmp)
+		}
+		return st, fmt.Errorf("copy %s: %w", filepath.Base(src), err)
+	}
+	klog.V(2).InfoS("Copied", "from", src, "to", dst, "mechanism", st.Mechanism(), "files", st.Files, "bytes", st.Bytes)
+	return st, nil
+}
+
+// ListSnapshots returns the names of all entries in the snapshots directory.
+func (b *Backend) ListSnapshots() ([]string, error) { return listDir(b.snapshots) }
+
+// QuarantineSnapshot is Quarantine for the snapshots directory.
+func (b *Backend) QuarantineSnapshot(name string) (string, error) {
+	return b.quarantineFrom(b.snapshots, name)
+}
+
+// EmptyTrash removes everything in the trash and in partial/, as a start-up
+// step: entries there are deletes and copies that a crash interrupted.
+func (b *Backend) EmptyTrash() {
+	for _, dir := range []string{b.trash, b.partial} {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			klog.ErrorS(err, "Cannot read directory", "path", dir)
+			continue
+		}
+		for _, e := range entries {
+			b.removeTrashEntry(filepath.Join(dir, e.Name()))
+		}
 	}
 }
 
@@ -181,10 +257,12 @@ func (b *Backend) removeTrashEntry(p string) {
 }
 
 // List returns the names of all entries in the volumes directory.
-func (b *Backend) List() ([]string, error) {
-	entries, err := os.ReadDir(b.volumes)
+func (b *Backend) List() ([]string, error) { return listDir(b.volumes) }
+
+func listDir(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("list volumes directory: %w", err)
+		return nil, fmt.Errorf("list %s: %w", dir, err)
 	}
 	names := make([]string, 0, len(entries))
 	for _, e := range entries {
@@ -195,12 +273,14 @@ func (b *Backend) List() ([]string, error) {
 
 // Quarantine moves an entry of the volumes directory that has no owner out of
 // the way, keeping its data for an operator, and returns where it went.
-func (b *Backend) Quarantine(name string) (string, error) {
+func (b *Backend) Quarantine(name string) (string, error) { return b.quarantineFrom(b.volumes, name) }
+
+func (b *Backend) quarantineFrom(dir, name string) (string, error) {
 	if name == "" || name != filepath.Base(name) || name == "." || name == ".." {
 		return "", fmt.Errorf("quarantine: bad entry name %q", name)
 	}
 	dst := filepath.Join(b.quarantine, name+"."+strconv.FormatInt(time.Now().UnixNano(), 10))
-	if err := os.Rename(filepath.Join(b.volumes, name), dst); err != nil {
+	if err := os.Rename(filepath.Join(dir, name), dst); err != nil {
 		return "", fmt.Errorf("quarantine %s: %w", name, err)
 	}
 	return dst, nil
@@ -214,8 +294,12 @@ type Usage struct {
 
 // Usage walks the volume without following symlinks or crossing into other
 // filesystems.
-func (b *Backend) Usage(id string) (Usage, error) {
-	p := b.Path(id)
+func (b *Backend) Usage(id string) (Usage, error) { return usage(b.Path(id)) }
+
+// SnapshotUsage is what a snapshot's data occupies.
+func (b *Backend) SnapshotUsage(id string) (Usage, error) { return usage(b.SnapshotPath(id)) }
+
+func usage(p string) (Usage, error) {
 	var rootDev uint64
 	var u Usage
 	err := filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {

@@ -1,0 +1,289 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+	"github.com/hostpath-csi/hostpath-csi/pkg/state"
+)
+
+// Keys the external-snapshotter adds with --extra-create-metadata.
+var knownSnapshotParameters = map[string]bool{
+	"csi.storage.k8s.io/volumesnapshot/name":        true,
+	"csi.storage.k8s.io/volumesnapshot/namespace":   true,
+	"csi.storage.k8s.io/volumesnapshotcontent/name": true,
+}
+
+func checkSnapshotParameters(params map[string]string) error {
+	if len(params) > maxParams {
+		return status.Errorf(codes.InvalidArgument, "too many parameters: %d (at most %d)", len(params), maxParams)
+	}
+	for k := range params {
+		if !knownSnapshotParameters[k] {
+			return status.Errorf(codes.InvalidArgument, "unknown snapshot parameter %.64q; snapshots take no parameters of their own", k)
+		}
+	}
+	return nil
+}
+
+func csiSnapshot(s *state.Snapshot) *csi.Snapshot {
+	return &csi.Snapshot{
+		SnapshotId:     s.ID,
+		SourceVolumeId: s.SourceVolumeID,
+		SizeBytes:      s.SizeBytes,
+		CreationTime:   timestamppb.New(s.CreatedAt),
+		ReadyToUse:     s.Phase == state.PhaseReady,
+	}
+}
+
+// CreateSnapshot copies the source volume with the fastest mechanism its
+// filesystem offers. It holds the source volume's lock while copying, so the
+// source cannot be deleted mid-copy; other volumes are never held up.
+func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+	name, srcID := req.GetName(), req.GetSourceVolumeId()
+	if err := requireName(name); err != nil {
+		return nil, err
+	}
+	if srcID == "" {
+		return nil, status.Error(codes.InvalidArgument, "source volume ID is required")
+	}
+	if err := checkSnapshotParameters(req.GetParameters()); err != nil {
+		return nil, err
+	}
+	unlock, err := d.lock(ctx, "snapname", name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	existing, err := d.store.GetSnapshotByName(name)
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+	case err != nil:
+		return nil, stateError(err)
+	case existing.SourceVolumeID != srcID:
+		return nil, status.Errorf(codes.AlreadyExists, "snapshot %q already exists for volume %s, not %s", name, existing.SourceVolumeID, srcID)
+	case existing.Phase == state.PhaseReady:
+		return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(existing)}, nil
+	default:
+		return nil, status.Errorf(codes.Aborted, "snapshot %q is %s; retry", name, existing.Phase)
+	}
+
+	if err := volumeIDOrNotFound(srcID); err != nil {
+		return nil, err
+	}
+	unlockSrc, err := d.lock(ctx, "vol", srcID)
+	if err != nil {
+		return nil, err
+	}
+	defer unlockSrc()
+	src, err := d.readyVolume(srcID)
+	if err != nil {
+		return nil, err
+	}
+	snap := &state.Snapshot{ID: ids.NewSnapshotID(), Name: name, SourceVolumeID: srcID, SourceCapacity: src.CapacityBytes,
+		Parameters: req.GetParameters(), Phase: state.PhaseCreating, CreatedAt: time.Now().UTC()}
+	if err := d.store.PutSnapshot(snap); err != nil {
+		return nil, stateError(err)
+	}
+	start := time.Now()
+	st, err := d.vols.Snapshot(ctx, srcID, snap.ID)
+	if err != nil {
+		d.rollbackSnapshot(snap)
+		return nil, diskError("copy volume into snapshot", err)
+	}
+	used, err := d.vols.SnapshotUsage(snap.ID)
+	if err != nil {
+		d.rollbackSnapshot(snap)
+		return nil, diskError("measure snapshot", err)
+	}
+	snap.SizeBytes, snap.Mechanism, snap.Phase = used.Bytes, string(st.Mechanism()), state.PhaseReady
+	if err := d.store.PutSnapshot(snap); err != nil {
+		d.rollbackSnapshot(snap)
+		return nil, stateError(err)
+	}
+	klog.InfoS("Snapshot created", "snapshotID", snap.ID, "name", name, "source", srcID, "mechanism", snap.Mechanism,
+		"files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
+	return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(snap)}, nil
+}
+
+func (d *Driver) rollbackSnapshot(s *state.Snapshot) {
+	if err := d.vols.DeleteSnapshot(s.ID); err != nil {
+		klog.ErrorS(err, "Rolling back a failed snapshot: cannot remove its data; start-up will retry", "snapshotID", s.ID)
+		return
+	}
+	if err := d.store.DeleteSnapshot(s.ID); err != nil {
+		klog.ErrorS(err, "Rolling back a failed snapshot: cannot remove its record; start-up will retry", "snapshotID", s.ID)
+	}
+}
+
+func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+	id := req.GetSnapshotId()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "snapshot ID is required")
+	}
+	if ids.ValidateSnapshotID(id) != nil {
+		return &csi.DeleteSnapshotResponse{}, nil // no snapshot can have this ID
+	}
+	unlock, err := d.lock(ctx, "snap", id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	snap, err := d.store.GetSnapshot(id)
+	if errors.Is(err, state.ErrNotFound) {
+		return &csi.DeleteSnapshotResponse{}, nil
+	}
+	if err != nil {
+		return nil, stateError(err)
+	}
+	snap.Phase = state.PhaseDeleting
+	if err := d.store.PutSnapshot(snap); err != nil {
+		return nil, stateError(err)
+	}
+	if err := d.vols.DeleteSnapshot(id); err != nil {
+		return nil, diskError("delete snapshot data", err)
+	}
+	if err := d.store.DeleteSnapshot(id); err != nil {
+		return nil, stateError(err)
+	}
+	klog.V(2).InfoS("Snapshot deleted", "snapshotID", id, "name", snap.Name)
+	return &csi.DeleteSnapshotResponse{}, nil
+}
+
+func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
+	if req.GetMaxEntries() < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "max_entries is negative (%d)", req.GetMaxEntries())
+	}
+	token := req.GetStartingToken()
+	if token != "" && ids.ValidateSnapshotID(token) != nil {
+		return nil, status.Errorf(codes.Aborted, "starting_token %.64q was not issued by this driver; restart the listing without it", token)
+	}
+	if id := req.GetSnapshotId(); id != "" {
+		snap, err := d.store.GetSnapshot(id)
+		if err != nil || snap.Phase != state.PhaseReady || (req.GetSourceVolumeId() != "" && snap.SourceVolumeID != req.GetSourceVolumeId()) {
+			return &csi.ListSnapshotsResponse{}, nil
+		}
+		return &csi.ListSnapshotsResponse{Entries: []*csi.ListSnapshotsResponse_Entry{{Snapshot: csiSnapshot(snap)}}}, nil
+	}
+	keep := func(s *state.Snapshot) bool {
+		return s.Phase == state.PhaseReady && (req.GetSourceVolumeId() == "" || s.SourceVolumeID == req.GetSourceVolumeId())
+	}
+	snaps, next, err := d.store.ListSnapshots(token, int(req.GetMaxEntries()), keep)
+	if err != nil {
+		return nil, stateError(err)
+	}
+	resp := &csi.ListSnapshotsResponse{NextToken: next}
+	for _, s := range snaps {
+		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(s)})
+	}
+	return resp, nil
+}
+
+func (d *Driver) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
+	snap, err := d.readySnapshot(req.GetSnapshotId())
+	if err != nil {
+		return nil, err
+	}
+	return &csi.GetSnapshotResponse{Snapshot: csiSnapshot(snap)}, nil
+}
+
+func (d *Driver) readySnapshot(id string) (*state.Snapshot, error) {
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "snapshot ID is required")
+	}
+	if err := ids.ValidateSnapshotID(id); err != nil {
+		return nil, status.Errorf(codes.NotFound, "snapshot not found: %v", err)
+	}
+	snap, err := d.store.GetSnapshot(id)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil, notFound("snapshot %s not found", id)
+	}
+	if err != nil {
+		return nil, stateError(err)
+	}
+	if snap.Phase != state.PhaseReady {
+		return nil, status.Errorf(codes.Aborted, "snapshot %s is %s; retry", id, snap.Phase)
+	}
+	return snap, nil
+}
+
+// contentSource is what a new volume is made from.
+type contentSource struct {
+	snapshotID, volumeID string
+	capacity             int64 // the smallest volume the content fits in
+	unlock               func()
+}
+
+// lockContentSource checks a CreateVolume content source and holds its lock
+// (snapshot or volume) so it cannot be deleted while it is copied.
+func (d *Driver) lockContentSource(ctx context.Context, cs *csi.VolumeContentSource) (*contentSource, error) {
+	switch {
+	case cs.GetSnapshot() != nil:
+		id := cs.GetSnapshot().GetSnapshotId()
+		if _, err := d.readySnapshotID(id); err != nil {
+			return nil, err
+		}
+		unlock, err := d.lock(ctx, "snap", id)
+		if err != nil {
+			return nil, err
+		}
+		snap, err := d.readySnapshot(id)
+		if err != nil {
+			unlock()
+			return nil, err
+		}
+		return &contentSource{snapshotID: id, capacity: snap.SourceCapacity, unlock: unlock}, nil
+	case cs.GetVolume() != nil:
+		id := cs.GetVolume().GetVolumeId()
+		if err := volumeIDOrNotFound(id); err != nil {
+			return nil, err
+		}
+		unlock, err := d.lock(ctx, "vol", id)
+		if err != nil {
+			return nil, err
+		}
+		v, err := d.readyVolume(id)
+		if err != nil {
+			unlock()
+			return nil, err
+		}
+		return &contentSource{volumeID: id, capacity: v.CapacityBytes, unlock: unlock}, nil
+	}
+	return nil, status.Error(codes.InvalidArgument, "volume content source has neither a snapshot nor a volume")
+}
+
+func (d *Driver) readySnapshotID(id string) (string, error) {
+	if id == "" {
+		return "", status.Error(codes.InvalidArgument, "content source snapshot ID is required")
+	}
+	if err := ids.ValidateSnapshotID(id); err != nil {
+		return "", status.Errorf(codes.NotFound, "source snapshot not found: %v", err)
+	}
+	return id, nil
+}
+
+// sizeFor picks the capacity of a volume made from content of srcCap bytes:
+// what was asked, never less than the source; the source's size when nothing
+// was asked.
+func sizeFor(cr *csi.CapacityRange, asked, srcCap int64) (int64, error) {
+	req, lim := cr.GetRequiredBytes(), cr.GetLimitBytes()
+	if req == 0 {
+		if lim > 0 && lim < srcCap {
+			return 0, status.Errorf(codes.OutOfRange, "limit of %d bytes is smaller than the source (%d bytes)", lim, srcCap)
+		}
+		return srcCap, nil
+	}
+	if asked < srcCap {
+		return 0, status.Errorf(codes.OutOfRange, "requested %d bytes, smaller than the source (%d bytes); ask for at least the source's size", asked, srcCap)
+	}
+	return asked, nil
+}

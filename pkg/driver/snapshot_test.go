@@ -1,0 +1,219 @@
+package driver
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/copytree"
+)
+
+func snapReq(name, src string) *csi.CreateSnapshotRequest {
+	return &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: src}
+}
+
+func fromSnapshot(name string, size int64, snapID string) *csi.CreateVolumeRequest {
+	r := createReq(name, size)
+	r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+		Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snapID}}}
+	return r
+}
+
+func fromVolume(name string, size int64, volID string) *csi.CreateVolumeRequest {
+	r := createReq(name, size)
+	r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: volID}}}
+	return r
+}
+
+// Snapshot, break the data, restore, clone: on ext4 (copy), xfs and btrfs
+// (reflink), the restored and cloned volumes hold exactly what their source
+// held, metadata included.
+func TestSnapshotRestoreCloneOnEachFilesystem(t *testing.T) {
+	tests := []struct {
+		fs        string
+		mkfs      []string
+		mechanism copytree.Mechanism
+	}{
+		{"ext4", nil, copytree.Copy},
+		{"xfs", []string{"-m", "reflink=1"}, copytree.Reflink},
+		{"btrfs", nil, copytree.Reflink},
+	}
+	for _, tc := range tests {
+		t.Run(tc.fs, func(t *testing.T) {
+			e := newEnvOn(t, testutil.LoopFS(t, tc.fs, 512, tc.mkfs...))
+			src := e.create(t, "src")
+			srcDir := e.d.vols.Path(src)
+			testutil.WriteSampleTree(t, srcDir, 100)
+			atSnapshot := testutil.TreeManifest(t, srcDir)
+
+			resp, err := e.d.CreateSnapshot(ctx, snapReq("snap", src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			snap := resp.GetSnapshot()
+			if !snap.GetReadyToUse() || snap.GetSourceVolumeId() != src || snap.GetSizeBytes() <= 0 || snap.GetSizeBytes() >= 1<<20*32 {
+				t.Fatalf("snapshot %+v: want ready, from %s, size of the data held", snap, src)
+			}
+			if rec, _ := e.d.store.GetSnapshot(snap.GetSnapshotId()); rec.Mechanism != string(tc.mechanism) {
+				t.Errorf("mechanism %q, want %q", rec.Mechanism, tc.mechanism)
+			}
+			again, err := e.d.CreateSnapshot(ctx, snapReq("snap", src))
+			if err != nil || again.GetSnapshot().GetSnapshotId() != snap.GetSnapshotId() {
+				t.Fatalf("repeated CreateSnapshot: %v %v", again, err)
+			}
+
+			// Break the source: the snapshot must not change.
+			os.RemoveAll(filepath.Join(srcDir, "db"))
+			os.WriteFile(filepath.Join(srcDir, "new"), []byte("after"), 0o644)
+			afterBreak := testutil.TreeManifest(t, srcDir)
+
+			_, err = e.d.CreateVolume(ctx, fromSnapshot("too-small", 1<<10, snap.GetSnapshotId()))
+			wantCode(t, err, codes.OutOfRange)
+			restored, err := e.d.CreateVolume(ctx, fromSnapshot("restored", 0, snap.GetSnapshotId()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rv := restored.GetVolume()
+			if rv.GetCapacityBytes() != 1<<20 || rv.GetContentSource().GetSnapshot().GetSnapshotId() != snap.GetSnapshotId() {
+				t.Fatalf("restored volume %+v: want the source's capacity and the content source", rv)
+			}
+			if got := testutil.TreeManifest(t, e.d.vols.Path(rv.GetVolumeId())); testutil.DiffManifests(atSnapshot, got) != "" {
+				t.Fatalf("restore differs from the volume at snapshot time:\n%s", testutil.DiffManifests(atSnapshot, got))
+			}
+			bigger, err := e.d.CreateVolume(ctx, fromSnapshot("bigger", 4<<20, snap.GetSnapshotId()))
+			if err != nil || bigger.GetVolume().GetCapacityBytes() != 4<<20 {
+				t.Fatalf("restore into a larger volume: %v %v", bigger, err)
+			}
+
+			clone, err := e.d.CreateVolume(ctx, fromVolume("clone", 0, src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := testutil.TreeManifest(t, e.d.vols.Path(clone.GetVolume().GetVolumeId())); testutil.DiffManifests(afterBreak, got) != "" {
+				t.Fatalf("clone differs from its source:\n%s", testutil.DiffManifests(afterBreak, got))
+			}
+			_, err = e.d.CreateVolume(ctx, fromVolume("clone", 0, rv.GetVolumeId()))
+			wantCode(t, err, codes.AlreadyExists) // same name, other source
+
+			// The source can go; its snapshot stays usable.
+			if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.d.CreateVolume(ctx, fromSnapshot("after-source-gone", 0, snap.GetSnapshotId())); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 2; i++ {
+				if _, err := e.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId()}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err = e.d.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: snap.GetSnapshotId()})
+			wantCode(t, err, codes.NotFound)
+			e.d.vols.WaitIdle()
+			if left, _ := e.d.vols.ListSnapshots(); len(left) != 0 {
+				t.Fatalf("snapshot data left: %v", left)
+			}
+		})
+	}
+}
+
+func TestListSnapshotsFilters(t *testing.T) {
+	e := newEnv(t)
+	a, b := e.create(t, "a"), e.create(t, "b")
+	var ofA []string
+	for i := 0; i < 3; i++ {
+		r, err := e.d.CreateSnapshot(ctx, snapReq(fmt.Sprint("a-", i), a))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ofA = append(ofA, r.GetSnapshot().GetSnapshotId())
+	}
+	if _, err := e.d.CreateSnapshot(ctx, snapReq("b-0", b)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.d.CreateSnapshot(ctx, snapReq("b-0", a))
+	wantCode(t, err, codes.AlreadyExists)
+	_, err = e.d.CreateSnapshot(ctx, snapReq("x", "hpv1-00000000000000000000000000000000"))
+	wantCode(t, err, codes.NotFound)
+	_, err = e.d.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "x", SourceVolumeId: a, Parameters: map[string]string{"bogus": "1"}})
+	wantCode(t, err, codes.InvalidArgument)
+
+	var got []string
+	token := ""
+	for {
+		r, err := e.d.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SourceVolumeId: a, MaxEntries: 2, StartingToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, en := range r.GetEntries() {
+			got = append(got, en.GetSnapshot().GetSnapshotId())
+		}
+		if token = r.GetNextToken(); token == "" {
+			break
+		}
+	}
+	if len(got) != 3 {
+		t.Fatalf("listed %d snapshots of a, want 3", len(got))
+	}
+	one, _ := e.d.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: ofA[1]})
+	if len(one.GetEntries()) != 1 || one.GetEntries()[0].GetSnapshot().GetSnapshotId() != ofA[1] {
+		t.Fatalf("list by ID: %v", one)
+	}
+	none, _ := e.d.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: ofA[1], SourceVolumeId: b})
+	if len(none.GetEntries()) != 0 {
+		t.Fatalf("list by ID and another source: %v", none)
+	}
+	_, err = e.d.ListSnapshots(ctx, &csi.ListSnapshotsRequest{StartingToken: "bogus"})
+	wantCode(t, err, codes.Aborted)
+}
+
+// A long snapshot holds only its own source: other volumes are created while
+// it copies, and a second call for the same snapshot name gets the same
+// snapshot, never a second copy.
+func TestSnapshotDoesNotBlockOthers(t *testing.T) {
+	e := newEnv(t)
+	big := e.create(t, "big")
+	testutil.WriteSampleTree(t, e.d.vols.Path(big), 30000)
+	var snapshotDone atomic.Bool
+	var createdDuring atomic.Int64
+	var ids [2]string
+	var wg sync.WaitGroup
+	for i := range ids {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			r, err := e.d.CreateSnapshot(ctx, snapReq("long", big))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			snapshotDone.Store(true)
+			ids[i] = r.GetSnapshot().GetSnapshotId()
+		}(i)
+	}
+	for i := 0; i < 200 && !snapshotDone.Load(); i++ {
+		e.create(t, fmt.Sprint("other-", i))
+		if !snapshotDone.Load() {
+			createdDuring.Add(1)
+		}
+	}
+	wg.Wait()
+	if ids[0] == "" || ids[0] != ids[1] {
+		t.Fatalf("two calls for one snapshot name gave %q and %q", ids[0], ids[1])
+	}
+	if createdDuring.Load() == 0 {
+		t.Fatal("no other volume was created while the snapshot copied")
+	}
+	if snaps, _ := e.d.vols.ListSnapshots(); len(snaps) != 1 {
+		t.Fatalf("%d snapshot directories, want 1", len(snaps))
+	}
+	t.Logf("%d volumes created while the snapshot copied", createdDuring.Load())
+}
