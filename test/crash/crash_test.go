@@ -47,15 +47,29 @@ type volume struct {
 	maybeMounted bool
 }
 
+// snap is what the client was told about one snapshot.
+type snap struct {
+	id  string
+	sum []byte // the source's data checksum when the snapshot was taken
+}
+
+// source is what a volume is made from: nothing, a snapshot or a volume
+// (by name in the model).
+type source struct{ snapName, volName string }
+
 // model is the client's knowledge. Each worker owns the volumes it created,
 // so there are no races within the model itself.
 type model struct {
 	mu            sync.Mutex
 	acked         map[string]*volume // by name
-	maybeCreated  map[string]bool    // names whose CreateVolume got no answer
+	maybeCreated  map[string]source  // names whose CreateVolume got no answer, with what they were made from
 	maybeDeleted  map[string]bool    // names whose DeleteVolume got no answer
 	deleted       map[string]bool    // IDs whose delete was acknowledged
 	recent        []string           // IDs deleted since the last check
+	snaps         map[string]*snap   // acknowledged snapshots, by name
+	maybeSnap     map[string]string  // snapshot names without an answer -> source volume name
+	maybeSnapDel  map[string]bool    // snapshot names whose delete got no answer
+	deletedSnaps  map[string]bool    // snapshot IDs whose delete was acknowledged
 	ops, restarts int
 	checks        int // invariant assertions made
 }
@@ -82,16 +96,22 @@ func TestKillStorm(t *testing.T) {
 	testutil.CleanupMounts(t, dir)
 	h := &harness{t: t, dir: dir, socket: filepath.Join(dir, "csi.sock"), bin: buildPlugin(t)}
 	t.Cleanup(h.kill)
-	m := &model{acked: map[string]*volume{}, maybeCreated: map[string]bool{}, maybeDeleted: map[string]bool{}, deleted: map[string]bool{}}
+	m := &model{acked: map[string]*volume{}, maybeCreated: map[string]source{}, maybeDeleted: map[string]bool{}, deleted: map[string]bool{},
+		snaps: map[string]*snap{}, maybeSnap: map[string]string{}, maybeSnapDel: map[string]bool{}, deletedSnaps: map[string]bool{}}
 
 	for k := 0; k < kills; k++ {
 		h.start()
 		h.check(m)
 		const workers = 6
-		owned := make([][]string, workers) // surviving volumes, shared out
+		owned := make([][]string, workers)     // surviving volumes, shared out
+		ownedSnaps := make([][]string, workers) // and snapshots
 		i := 0
 		for name := range m.acked {
 			owned[i%workers] = append(owned[i%workers], name)
+			i++
+		}
+		for name := range m.snaps {
+			ownedSnaps[i%workers] = append(ownedSnaps[i%workers], name)
 			i++
 		}
 		stop := make(chan struct{})
@@ -100,7 +120,7 @@ func TestKillStorm(t *testing.T) {
 			wg.Add(1)
 			go func(w int) {
 				defer wg.Done()
-				h.work(m, fmt.Sprintf("k%d-w%d", k, w), owned[w], stop)
+				h.work(m, fmt.Sprintf("k%d-w%d", k, w), owned[w], ownedSnaps[w], stop)
 			}(w)
 		}
 		time.Sleep(time.Duration(10+mrand.IntN(150)) * time.Millisecond)
@@ -110,11 +130,11 @@ func TestKillStorm(t *testing.T) {
 	}
 	h.start()
 	h.check(m)
-	t.Logf("%d kills, %d restarts checked, %d acknowledged operations, %d invariant checks, %d volumes alive, %d deleted",
-		kills, m.restarts, m.ops, m.checks, len(m.acked), len(m.deleted))
+	t.Logf("%d kills, %d restarts checked, %d acknowledged operations, %d invariant checks, %d volumes alive, %d deleted, %d snapshots alive, %d deleted",
+		kills, m.restarts, m.ops, m.checks, len(m.acked), len(m.deleted), len(m.snaps), len(m.deletedSnaps))
 	h.cleanupAll(m)
 	h.stop() // SIGTERM: waits for the background removal of deleted data
-	for _, sub := range []string{"volumes", "trash", "quarantine"} {
+	for _, sub := range []string{"volumes", "snapshots", "partial", "trash", "quarantine"} {
 		if left := dirSet(t, filepath.Join(dir, "data", sub)); len(left) != 0 {
 			t.Errorf("%d entries left in data/%s once every volume was deleted", len(left), sub)
 		}
@@ -200,8 +220,9 @@ func ctx5() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 5*time.Second)
 }
 
-// work runs random operations on the worker's own volumes (mine) until stop.
-func (h *harness) work(m *model, prefix string, mine []string, stop <-chan struct{}) {
+// work runs random operations on the worker's own volumes (mine) and
+// snapshots (snaps) until stop.
+func (h *harness) work(m *model, prefix string, mine, snaps []string, stop <-chan struct{}) {
 	for i := 0; ; i++ {
 		select {
 		case <-stop:
@@ -209,15 +230,18 @@ func (h *harness) work(m *model, prefix string, mine []string, stop <-chan struc
 		default:
 		}
 		var err error
-		r := mrand.IntN(11)
+		name := fmt.Sprintf("%s-%d", prefix, i)
+		r := mrand.IntN(14)
+		// Keep the live sets small so each check stays quick.
 		if len(mine) > 6 {
-			r = 10 // keep the live set small so each check stays quick
+			r = 9 // delete a volume
+		}
+		if len(snaps) > 4 {
+			r = 13 // delete a snapshot
 		}
 		switch {
 		case r < 4 || len(mine) == 0:
-			name := fmt.Sprintf("%s-%d", prefix, i)
-			err = h.create(m, name)
-			if err == nil {
+			if err = h.create(m, name, source{}); err == nil {
 				mine = append(mine, name)
 			}
 		case r < 6:
@@ -226,11 +250,28 @@ func (h *harness) work(m *model, prefix string, mine []string, stop <-chan struc
 			err = h.expand(m, mine[mrand.IntN(len(mine))])
 		case r < 8:
 			err = h.inspect(mine[mrand.IntN(len(mine))], m)
-		default:
+		case r < 10:
 			j := mrand.IntN(len(mine))
 			err = h.delete(m, mine[j])
 			if err == nil {
 				mine = slices.Delete(mine, j, j+1)
+			}
+		case r < 11:
+			if err = h.snapshot(m, "s"+name, mine[mrand.IntN(len(mine))]); err == nil {
+				snaps = append(snaps, "s"+name)
+			}
+		case r < 12 && len(snaps) > 0:
+			if err = h.create(m, name, source{snapName: snaps[mrand.IntN(len(snaps))]}); err == nil {
+				mine = append(mine, name)
+			}
+		case r < 13:
+			if err = h.create(m, name, source{volName: mine[mrand.IntN(len(mine))]}); err == nil {
+				mine = append(mine, name)
+			}
+		case len(snaps) > 0:
+			j := mrand.IntN(len(snaps))
+			if err = h.deleteSnapshot(m, snaps[j]); err == nil {
+				snaps = slices.Delete(snaps, j, j+1)
 			}
 		}
 		if err != nil {
@@ -251,20 +292,85 @@ func driverGone(err error) bool {
 	return false
 }
 
-func (h *harness) create(m *model, name string) error {
+// create makes a volume, empty or from a source; the model records the
+// data checksum the new volume must hold.
+func (h *harness) create(m *model, name string, src source) error {
 	m.mu.Lock()
-	m.maybeCreated[name] = true
+	m.maybeCreated[name] = src
+	req, sum := m.createRequest(name, src)
 	m.mu.Unlock()
 	ctx, cancel := ctx5()
 	defer cancel()
-	r, err := h.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{rwo},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20}})
+	r, err := h.ctrl.CreateVolume(ctx, req)
 	if err != nil {
 		return err
 	}
 	m.mu.Lock()
 	delete(m.maybeCreated, name)
-	m.acked[name] = &volume{id: r.GetVolume().GetVolumeId(), capacity: r.GetVolume().GetCapacityBytes()}
+	m.acked[name] = &volume{id: r.GetVolume().GetVolumeId(), capacity: r.GetVolume().GetCapacityBytes(), sum: sum}
+	m.ops++
+	m.mu.Unlock()
+	return nil
+}
+
+// createRequest builds the CreateVolume for a name and source, and the
+// checksum the volume will hold. m.mu must be held.
+func (m *model) createRequest(name string, src source) (*csi.CreateVolumeRequest, []byte) {
+	req := &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{rwo},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20}}
+	switch {
+	case src.snapName != "":
+		s := m.snaps[src.snapName]
+		req.CapacityRange = nil // the snapshot's source size
+		req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: s.id}}}
+		return req, s.sum
+	case src.volName != "":
+		v := m.acked[src.volName]
+		req.CapacityRange = nil
+		req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: v.id}}}
+		return req, v.sum
+	}
+	return req, nil
+}
+
+func (h *harness) snapshot(m *model, name, volName string) error {
+	m.mu.Lock()
+	m.maybeSnap[name] = volName
+	v := m.acked[volName]
+	m.mu.Unlock()
+	ctx, cancel := ctx5()
+	defer cancel()
+	r, err := h.ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: v.id})
+	if err != nil {
+		return err
+	}
+	if !r.GetSnapshot().GetReadyToUse() {
+		h.t.Errorf("snapshot %s answered but not ready", name)
+	}
+	m.mu.Lock()
+	delete(m.maybeSnap, name)
+	m.snaps[name] = &snap{id: r.GetSnapshot().GetSnapshotId(), sum: v.sum}
+	m.ops++
+	m.mu.Unlock()
+	return nil
+}
+
+func (h *harness) deleteSnapshot(m *model, name string) error {
+	m.mu.Lock()
+	s := m.snaps[name]
+	m.maybeSnapDel[name] = true
+	m.mu.Unlock()
+	ctx, cancel := ctx5()
+	defer cancel()
+	if _, err := h.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: s.id}); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	delete(m.maybeSnapDel, name)
+	delete(m.snaps, name)
+	m.deletedSnaps[s.id] = true
 	m.ops++
 	m.mu.Unlock()
 	return nil
@@ -440,6 +546,26 @@ func (h *harness) check(m *model) {
 		}
 		h.retryCreate(ctx, m, name)
 	}
+	// Snapshot calls without an answer are retried, as the snapshotter does.
+	for name, volName := range m.maybeSnap {
+		v := m.acked[volName]
+		r, err := h.ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: v.id})
+		if err != nil || !r.GetSnapshot().GetReadyToUse() {
+			t.Fatalf("restart %d: retried CreateSnapshot(%s): %v %v", m.restarts, name, r, err)
+		}
+		m.snaps[name] = &snap{id: r.GetSnapshot().GetSnapshotId(), sum: v.sum}
+		delete(m.maybeSnap, name)
+	}
+	for name := range m.maybeSnapDel {
+		sn := m.snaps[name]
+		if _, err := h.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: sn.id}); err != nil {
+			t.Fatalf("restart %d: retried DeleteSnapshot(%s): %v", m.restarts, sn.id, err)
+		}
+		delete(m.snaps, name)
+		delete(m.maybeSnapDel, name)
+		m.deletedSnaps[sn.id] = true
+	}
+	h.checkSnapshots(ctx, m)
 	// A delete without an answer is retried: it must succeed.
 	for name := range m.maybeDeleted {
 		v := m.acked[name]
@@ -508,7 +634,7 @@ func (h *harness) check(m *model) {
 	if !sameSet(onDisk, listed) {
 		t.Fatalf("restart %d: %d volume directories on disk, %d volumes listed: a crash left data without a ready volume", m.restarts, len(onDisk), len(listed))
 	}
-	for _, sub := range []string{"quarantine", "trash"} {
+	for _, sub := range []string{"quarantine", "trash", "partial"} {
 		if n := len(dirSet(t, filepath.Join(h.dir, "data", sub))); n != 0 {
 			t.Fatalf("restart %d: %d entries in %s", m.restarts, n, sub)
 		}
@@ -524,13 +650,64 @@ func (h *harness) check(m *model) {
 // retryCreate repeats an unanswered CreateVolume, as the provisioner does;
 // it must succeed with one volume for the name.
 func (h *harness) retryCreate(ctx context.Context, m *model, name string) {
-	r, err := h.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{rwo},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20}})
+	req, sum := m.createRequest(name, m.maybeCreated[name])
+	r, err := h.ctrl.CreateVolume(ctx, req)
 	if err != nil {
 		h.t.Fatalf("restart %d: retried CreateVolume(%s): %v", m.restarts, name, err)
 	}
-	m.acked[name] = &volume{id: r.GetVolume().GetVolumeId(), capacity: r.GetVolume().GetCapacityBytes()}
+	m.acked[name] = &volume{id: r.GetVolume().GetVolumeId(), capacity: r.GetVolume().GetCapacityBytes(), sum: sum}
 	delete(m.maybeCreated, name)
+}
+
+// checkSnapshots: every acknowledged snapshot is ready and holds the data
+// its source had; deleted ones stay deleted; listed snapshots, snapshot
+// directories and the client's knowledge agree.
+func (h *harness) checkSnapshots(ctx context.Context, m *model) {
+	t := h.t
+	want := map[string]bool{}
+	for name, sn := range m.snaps {
+		want[sn.id] = true
+		r, err := h.ctrl.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: sn.id})
+		if err != nil || !r.GetSnapshot().GetReadyToUse() {
+			t.Fatalf("restart %d: acknowledged snapshot %s (%s): %v %v", m.restarts, sn.id, name, r, err)
+		}
+		data, err := os.ReadFile(filepath.Join(h.dir, "data", "snapshots", sn.id, "data"))
+		switch {
+		case sn.sum == nil && !os.IsNotExist(err):
+			t.Fatalf("restart %d: snapshot %s has a data file its source did not have (%v)", m.restarts, sn.id, err)
+		case sn.sum != nil:
+			if sum := sha256.Sum256(data); err != nil || !bytes.Equal(sum[:], sn.sum) {
+				t.Fatalf("restart %d: snapshot %s does not hold its source's data: %v", m.restarts, sn.id, err)
+			}
+		}
+		m.checks += 2
+	}
+	listed := map[string]bool{}
+	token := ""
+	for {
+		r, err := h.ctrl.ListSnapshots(ctx, &csi.ListSnapshotsRequest{MaxEntries: 50, StartingToken: token})
+		if err != nil {
+			t.Fatalf("ListSnapshots: %v", err)
+		}
+		for _, e := range r.GetEntries() {
+			listed[e.GetSnapshot().GetSnapshotId()] = true
+		}
+		if token = r.GetNextToken(); token == "" {
+			break
+		}
+	}
+	if !sameSet(listed, want) {
+		t.Fatalf("restart %d: %d snapshots listed, the client knows %d", m.restarts, len(listed), len(want))
+	}
+	if onDisk := dirSet(t, filepath.Join(h.dir, "data", "snapshots")); !sameSet(onDisk, want) {
+		t.Fatalf("restart %d: %d snapshot directories, %d snapshots known", m.restarts, len(onDisk), len(want))
+	}
+	for id := range m.deletedSnaps {
+		if listed[id] {
+			t.Fatalf("restart %d: deleted snapshot %s is listed again", m.restarts, id)
+		}
+	}
+	m.checks += 2 + len(m.deletedSnaps)
 }
 
 // unmountAll undoes a stage/publish that a kill may have cut short, as the
@@ -569,6 +746,11 @@ func (h *harness) listAll(ctx context.Context) map[string]bool {
 func (h *harness) cleanupAll(m *model) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	for _, sn := range m.snaps {
+		if _, err := h.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: sn.id}); err != nil {
+			h.t.Errorf("final delete of snapshot %s: %v", sn.id, err)
+		}
+	}
 	for _, v := range m.acked {
 		if _, err := h.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.id}); err != nil {
 			h.t.Errorf("final delete of %s: %v", v.id, err)
