@@ -40,13 +40,36 @@ func TestFullDisk(t *testing.T) {
 			if err := os.WriteFile(data, []byte("precious"), 0o644); err != nil {
 				t.Fatal(err)
 			}
+			// 2 MiB of data, so a copy of this volume cannot fit once full.
+			if err := os.WriteFile(filepath.Join(e.d.vols.Path(before), "bulk"), make([]byte, 2<<20), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			sr, err := e.d.CreateSnapshot(ctx, snapReq("before", before))
+			if err != nil {
+				t.Fatal(err)
+			}
+			snapBefore := sr.GetSnapshot().GetSnapshotId()
 			filler := testutil.FillFS(t, mnt, tc.inodes)
 
-			_, err := e.d.CreateVolume(ctx, createReq("during", 1<<20))
+			_, err = e.d.CreateVolume(ctx, createReq("during", 1<<20))
 			wantCode(t, err, codes.ResourceExhausted)
 			if !tc.inodes {
 				_, err = e.d.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: before, CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}})
 				wantCode(t, err, codes.ResourceExhausted)
+			}
+			// Snapshot, restore and clone need space too (a snapshot taken
+			// before the disk filled serves the restore).
+			_, err = e.d.CreateSnapshot(ctx, snapReq("during", before))
+			wantCode(t, err, codes.ResourceExhausted)
+			_, err = e.d.CreateVolume(ctx, fromSnapshot("restored", 0, snapBefore))
+			wantCode(t, err, codes.ResourceExhausted)
+			_, err = e.d.CreateVolume(ctx, fromVolume("cloned", 0, before))
+			wantCode(t, err, codes.ResourceExhausted)
+			if left, _ := os.ReadDir(filepath.Join(mnt, "data", "partial")); len(left) != 0 {
+				t.Fatalf("failed copies left in partial/: %v", left)
+			}
+			if snaps, _ := e.d.vols.ListSnapshots(); len(snaps) != 1 {
+				t.Fatalf("snapshot directories after failed snapshots: %v", snaps)
 			}
 			if _, err := e.d.Probe(ctx, nil); err != nil {
 				t.Fatalf("Probe on a full disk: %v (a full disk is not a broken driver)", err)
@@ -73,6 +96,12 @@ func TestFullDisk(t *testing.T) {
 			// Freed space: everything works again.
 			if err := os.RemoveAll(filler); err != nil {
 				t.Fatal(err)
+			}
+			if _, err := e.d.CreateSnapshot(ctx, snapReq("after", before)); err != nil {
+				t.Fatalf("snapshot after freeing space: %v", err)
+			}
+			if _, err := e.d.CreateVolume(ctx, fromSnapshot("restored", 0, snapBefore)); err != nil {
+				t.Fatalf("restore after freeing space: %v", err)
 			}
 			id := e.create(t, "after")
 			if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {

@@ -103,7 +103,7 @@ func TestKillStorm(t *testing.T) {
 		h.start()
 		h.check(m)
 		const workers = 6
-		owned := make([][]string, workers)     // surviving volumes, shared out
+		owned := make([][]string, workers)      // surviving volumes, shared out
 		ownedSnaps := make([][]string, workers) // and snapshots
 		i := 0
 		for name := range m.acked {
