@@ -23,9 +23,13 @@ usage: csictl [-endpoint unix:///path/csi.sock] [-timeout 30s] <command> [flags]
 
 commands:
   info                       plugin name, version and capabilities
-  create NAME [-size 1Gi]    create a volume, print its ID
+  create NAME [-size 1Gi] [-from-snapshot ID | -from-volume ID]
+                             create a volume (empty, restored or cloned), print its ID
   list                       list volumes
   delete ID                  delete a volume
+  snapshot NAME -volume ID   snapshot a volume
+  snapshots [-volume ID]     list snapshots
+  delete-snapshot ID         delete a snapshot
   health ID                  a volume's health as the controller sees it
   demo [-dir D]              create, stage, publish, write, read, unpublish, unstage, delete
   bench create|scale|publish load benchmarks (see: csictl bench -h)
@@ -58,6 +62,7 @@ func main() {
 	commands := map[string]func(*client, []string) error{
 		"info": cmdInfo, "create": cmdCreate, "list": cmdList, "delete": cmdDelete,
 		"health": cmdHealth, "demo": cmdDemo, "bench": cmdBench,
+		"snapshot": cmdSnapshot, "snapshots": cmdSnapshots, "delete-snapshot": cmdDeleteSnapshot,
 	}
 	run, ok := commands[cmd]
 	if !ok {
@@ -141,21 +146,36 @@ var rwoCap = &csi.VolumeCapability{
 
 func cmdCreate(c *client, args []string) error {
 	fs := flag.NewFlagSet("create", flag.ExitOnError)
-	size := fs.String("size", "1Gi", "capacity (bytes, or with Ki/Mi/Gi/Ti)")
+	size := fs.String("size", "", "capacity (bytes, or with Ki/Mi/Gi/Ti); default 1Gi, or the source's size")
+	fromSnap := fs.String("from-snapshot", "", "restore this snapshot into the new volume")
+	fromVol := fs.String("from-volume", "", "clone this volume into the new volume")
 	var params paramFlag
 	fs.Var(&params, "param", "a parameter key=value (repeatable)")
 	name, err := oneArg(fs, args, "NAME")
 	if err != nil {
 		return err
 	}
-	bytes, err := parseSize(*size)
-	if err != nil {
-		return err
+	req := &csi.CreateVolumeRequest{Name: name, Parameters: params, VolumeCapabilities: []*csi.VolumeCapability{rwoCap}}
+	if *size != "" {
+		bytes, err := parseSize(*size)
+		if err != nil {
+			return err
+		}
+		req.CapacityRange = &csi.CapacityRange{RequiredBytes: bytes}
+	}
+	switch {
+	case *fromSnap != "" && *fromVol != "":
+		return fmt.Errorf("create: -from-snapshot and -from-volume exclude each other")
+	case *fromSnap != "":
+		req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: *fromSnap}}}
+	case *fromVol != "":
+		req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: *fromVol}}}
 	}
 	ctx, cancel := c.ctx()
 	defer cancel()
-	resp, err := c.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, Parameters: params,
-		VolumeCapabilities: []*csi.VolumeCapability{rwoCap}, CapacityRange: &csi.CapacityRange{RequiredBytes: bytes}})
+	resp, err := c.ctrl.CreateVolume(ctx, req)
 	if err != nil {
 		return err
 	}

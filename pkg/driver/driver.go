@@ -81,6 +81,7 @@ type Driver struct {
 	csi.UnimplementedIdentityServer
 	csi.UnimplementedControllerServer
 	csi.UnimplementedNodeServer
+	csi.UnimplementedGroupControllerServer
 
 	cfg   Config
 	store *state.Store
@@ -125,6 +126,7 @@ func (d *Driver) Register(r grpc.ServiceRegistrar) {
 	csi.RegisterIdentityServer(r, d)
 	if d.cfg.Controller {
 		csi.RegisterControllerServer(r, d)
+		csi.RegisterGroupControllerServer(r, d)
 	}
 	if d.cfg.Node {
 		csi.RegisterNodeServer(r, d)

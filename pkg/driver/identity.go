@@ -23,7 +23,8 @@ func (d *Driver) GetPluginCapabilities(context.Context, *csi.GetPluginCapabiliti
 			Type: csi.PluginCapability_VolumeExpansion_ONLINE}}},
 	}
 	if d.cfg.Controller {
-		caps = append(caps, service(csi.PluginCapability_Service_CONTROLLER_SERVICE))
+		caps = append(caps, service(csi.PluginCapability_Service_CONTROLLER_SERVICE),
+			service(csi.PluginCapability_Service_GROUP_CONTROLLER_SERVICE))
 	}
 	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
 }

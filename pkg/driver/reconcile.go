@@ -23,7 +23,8 @@ import (
 //     that no longer exists (the node rebooted) is dropped;
 //   - the trash (deletes cut short) and partial/ (copies cut short) are
 //     emptied;
-//   - snapshots get the same treatment as volumes.
+//   - snapshots get the same treatment as volumes, and a group snapshot
+//     that was not complete is removed with all its members.
 func (d *Driver) reconcile() error {
 	d.vols.EmptyTrash()
 	if err := d.reconcilePublications(); err != nil {
@@ -50,8 +51,33 @@ func (d *Driver) reconcile() error {
 	return d.reconcileSnapshots()
 }
 
+// reconcileGroups finishes or undoes group snapshots a crash interrupted,
+// members and all. It runs before reconcileSnapshots.
+func (d *Driver) reconcileGroups() error {
+	groups, err := d.store.Groups()
+	if err != nil {
+		return err
+	}
+	for _, g := range groups {
+		if g.Phase == state.PhaseReady {
+			continue
+		}
+		if err := d.removeGroupMembers(g); err != nil {
+			return fmt.Errorf("group snapshot %s (%s when interrupted): %w", g.ID, g.Phase, err)
+		}
+		if err := d.store.DeleteGroup(g.ID); err != nil {
+			return err
+		}
+		klog.InfoS("Removed a group snapshot that a crash interrupted", "groupSnapshotID", g.ID, "name", g.Name, "phase", g.Phase)
+	}
+	return nil
+}
+
 // reconcileSnapshots does for snapshots what reconcile does for volumes.
 func (d *Driver) reconcileSnapshots() error {
+	if err := d.reconcileGroups(); err != nil {
+		return err
+	}
 	snaps, _, err := d.store.ListSnapshots("", 0, nil)
 	if err != nil {
 		return err

@@ -36,11 +36,12 @@ func checkSnapshotParameters(params map[string]string) error {
 
 func csiSnapshot(s *state.Snapshot) *csi.Snapshot {
 	return &csi.Snapshot{
-		SnapshotId:     s.ID,
-		SourceVolumeId: s.SourceVolumeID,
-		SizeBytes:      s.SizeBytes,
-		CreationTime:   timestamppb.New(s.CreatedAt),
-		ReadyToUse:     s.Phase == state.PhaseReady,
+		SnapshotId:      s.ID,
+		SourceVolumeId:  s.SourceVolumeID,
+		SizeBytes:       s.SizeBytes,
+		CreationTime:    timestamppb.New(s.CreatedAt),
+		ReadyToUse:      s.Phase == state.PhaseReady,
+		GroupSnapshotId: s.GroupID,
 	}
 }
 
@@ -91,28 +92,38 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	}
 	snap := &state.Snapshot{ID: ids.NewSnapshotID(), Name: name, SourceVolumeID: srcID, SourceCapacity: src.CapacityBytes,
 		Parameters: req.GetParameters(), Phase: state.PhaseCreating, CreatedAt: time.Now().UTC()}
+	if err := d.takeSnapshot(ctx, snap); err != nil {
+		return nil, err
+	}
+	return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(snap)}, nil
+}
+
+// takeSnapshot records snap's intent, copies its source and records the
+// result; on failure nothing of it is left. The caller holds the source
+// volume's lock.
+func (d *Driver) takeSnapshot(ctx context.Context, snap *state.Snapshot) error {
 	if err := d.store.PutSnapshot(snap); err != nil {
-		return nil, stateError(err)
+		return stateError(err)
 	}
 	start := time.Now()
-	st, err := d.vols.Snapshot(ctx, srcID, snap.ID)
+	st, err := d.vols.Snapshot(ctx, snap.SourceVolumeID, snap.ID)
 	if err != nil {
 		d.rollbackSnapshot(snap)
-		return nil, diskError("copy volume into snapshot", err)
+		return diskError("copy volume into snapshot", err)
 	}
 	used, err := d.vols.SnapshotUsage(snap.ID)
 	if err != nil {
 		d.rollbackSnapshot(snap)
-		return nil, diskError("measure snapshot", err)
+		return diskError("measure snapshot", err)
 	}
 	snap.SizeBytes, snap.Mechanism, snap.Phase = used.Bytes, string(st.Mechanism()), state.PhaseReady
 	if err := d.store.PutSnapshot(snap); err != nil {
 		d.rollbackSnapshot(snap)
-		return nil, stateError(err)
+		return stateError(err)
 	}
-	klog.InfoS("Snapshot created", "snapshotID", snap.ID, "name", name, "source", srcID, "mechanism", snap.Mechanism,
-		"files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
-	return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(snap)}, nil
+	klog.InfoS("Snapshot created", "snapshotID", snap.ID, "name", snap.Name, "source", snap.SourceVolumeID, "group", snap.GroupID,
+		"mechanism", snap.Mechanism, "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
+	return nil
 }
 
 func (d *Driver) rollbackSnapshot(s *state.Snapshot) {
@@ -145,18 +156,30 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 	if err != nil {
 		return nil, stateError(err)
 	}
+	if snap.GroupID != "" {
+		return nil, status.Errorf(codes.FailedPrecondition, "snapshot %s is a member of group snapshot %s; delete the group", id, snap.GroupID)
+	}
+	if err := d.removeSnapshot(snap); err != nil {
+		return nil, err
+	}
+	return &csi.DeleteSnapshotResponse{}, nil
+}
+
+// removeSnapshot deletes a snapshot's data and record, intent first.
+func (d *Driver) removeSnapshot(snap *state.Snapshot) error {
+	id := snap.ID
 	snap.Phase = state.PhaseDeleting
 	if err := d.store.PutSnapshot(snap); err != nil {
-		return nil, stateError(err)
+		return stateError(err)
 	}
 	if err := d.vols.DeleteSnapshot(id); err != nil {
-		return nil, diskError("delete snapshot data", err)
+		return diskError("delete snapshot data", err)
 	}
 	if err := d.store.DeleteSnapshot(id); err != nil {
-		return nil, stateError(err)
+		return stateError(err)
 	}
 	klog.V(2).InfoS("Snapshot deleted", "snapshotID", id, "name", snap.Name)
-	return &csi.DeleteSnapshotResponse{}, nil
+	return nil
 }
 
 func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {

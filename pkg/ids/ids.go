@@ -19,6 +19,9 @@ const VolumePrefixV1 = "hpv1-"
 // does for volumes.
 const SnapshotPrefixV1 = "hps1-"
 
+// GroupSnapshotPrefixV1 starts every volume group snapshot ID of format 1.
+const GroupSnapshotPrefixV1 = "hpg1-"
+
 const randomHexLen = 32
 
 // NewVolumeID returns a fresh, random volume ID in the current format.
@@ -26,6 +29,9 @@ func NewVolumeID() string { return newID(VolumePrefixV1) }
 
 // NewSnapshotID returns a fresh, random snapshot ID in the current format.
 func NewSnapshotID() string { return newID(SnapshotPrefixV1) }
+
+// NewGroupSnapshotID returns a fresh, random group snapshot ID.
+func NewGroupSnapshotID() string { return newID(GroupSnapshotPrefixV1) }
 
 func newID(prefix string) string {
 	var b [randomHexLen / 2]byte
@@ -45,6 +51,11 @@ func ValidateVolumeID(id string) error { return validate(id, VolumePrefixV1, "vo
 
 // ValidateSnapshotID is ValidateVolumeID for snapshot IDs.
 func ValidateSnapshotID(id string) error { return validate(id, SnapshotPrefixV1, "snapshot") }
+
+// ValidateGroupSnapshotID is ValidateVolumeID for group snapshot IDs.
+func ValidateGroupSnapshotID(id string) error {
+	return validate(id, GroupSnapshotPrefixV1, "group snapshot")
+}
 
 func validate(id, prefix, kind string) error {
 	if len(id) != len(prefix)+randomHexLen || id[:len(prefix)] != prefix {

@@ -42,6 +42,18 @@ func fixtureV2Snapshot() *Snapshot {
 		CreatedAt: time.Date(2026, 11, 22, 13, 0, 0, 0, time.UTC)}
 }
 
+func fixtureV2Group() *GroupSnapshot {
+	return &GroupSnapshot{ID: "hpg1-0123456789abcdef0123456789abcdef", Name: "group-1",
+		SourceVolumeIDs: []string{"hpv1-0123456789abcdef0123456789abcdef"}, SnapshotIDs: []string{"hps1-ffeeddccbbaa99887766554433221100"},
+		Phase: PhaseReady, CreatedAt: time.Date(2026, 11, 22, 13, 2, 0, 0, time.UTC)}
+}
+
+func fixtureV2Member() *Snapshot {
+	return &Snapshot{ID: "hps1-ffeeddccbbaa99887766554433221100", Name: "group-1-member-0", SourceVolumeID: "hpv1-0123456789abcdef0123456789abcdef",
+		SourceCapacity: 1 << 30, SizeBytes: 4096, Mechanism: "copy", Phase: PhaseReady,
+		CreatedAt: time.Date(2026, 11, 22, 13, 2, 0, 0, time.UTC), GroupID: "hpg1-0123456789abcdef0123456789abcdef"}
+}
+
 func fixtureV2Restored() *Volume {
 	return &Volume{ID: "hpv1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", Name: "pvc-restored", CapacityBytes: 1 << 30, AccessType: "mount", NodeID: "node-a",
 		Phase: PhaseReady, CreatedAt: time.Date(2026, 11, 22, 13, 1, 0, 0, time.UTC), SourceSnapshotID: fixtureV2Snapshot().ID}
@@ -82,10 +94,16 @@ func TestOpenFixtures(t *testing.T) {
 				if len(snaps) != 0 {
 					t.Fatalf("schema 1 had no snapshots, got %d", len(snaps))
 				}
+				if gs, err := s.Groups(); err != nil || len(gs) != 0 {
+					t.Fatalf("group snapshots after migrating schema 1: %v %v", gs, err)
+				}
 				return
 			}
-			if len(snaps) != 1 || !reflect.DeepEqual(snaps[0], fixtureV2Snapshot()) {
+			if len(snaps) != 2 || !reflect.DeepEqual(snaps[0], fixtureV2Snapshot()) || !reflect.DeepEqual(snaps[1], fixtureV2Member()) {
 				t.Fatalf("snapshots: %+v", snaps)
+			}
+			if g, err := s.GetGroupByName("group-1"); err != nil || !reflect.DeepEqual(g, fixtureV2Group()) {
+				t.Fatalf("group snapshot: %+v %v", g, err)
 			}
 			if got, err := s.GetVolumeByName("pvc-restored"); err != nil || !reflect.DeepEqual(got, fixtureV2Restored()) {
 				t.Fatalf("restored volume: %+v %v", got, err)
@@ -110,7 +128,12 @@ func writeFixture(t *testing.T, path string) {
 			t.Fatal(err)
 		}
 	}
-	if err := s.PutSnapshot(fixtureV2Snapshot()); err != nil {
+	for _, sn := range []*Snapshot{fixtureV2Snapshot(), fixtureV2Member()} {
+		if err := s.PutSnapshot(sn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.PutGroup(fixtureV2Group()); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()

@@ -22,6 +22,9 @@ type Snapshot struct {
 	Parameters map[string]string `json:"parameters,omitempty"`
 	Phase      Phase             `json:"phase"`
 	CreatedAt  time.Time         `json:"createdAt"`
+	// GroupID is set on the members of a group snapshot; they are deleted
+	// with their group, never alone.
+	GroupID string `json:"groupID,omitempty"`
 }
 
 // GetSnapshot returns the snapshot with this ID, or ErrNotFound.

@@ -45,6 +45,8 @@ var (
 	bucketPublications  = []byte("publications")
 	bucketSnapshots     = []byte("snapshots")
 	bucketSnapshotNames = []byte("snapshot-names")
+	bucketGroups        = []byte("group-snapshots")
+	bucketGroupNames    = []byte("group-snapshot-names")
 	keySchema           = []byte("schema-version")
 )
 
@@ -117,7 +119,8 @@ func schemaCurrent(tx *bolt.Tx) error {
 }
 
 // currentBuckets are the buckets of schema SchemaVersion.
-var currentBuckets = [][]byte{bucketVolumes, bucketVolumeNames, bucketPublications, bucketSnapshots, bucketSnapshotNames}
+var currentBuckets = [][]byte{bucketVolumes, bucketVolumeNames, bucketPublications, bucketSnapshots, bucketSnapshotNames,
+	bucketGroups, bucketGroupNames}
 
 func createBuckets(tx *bolt.Tx, names ...[]byte) error {
 	for _, b := range names {
@@ -136,9 +139,9 @@ var migrations = map[int]func(*bolt.Tx) error{
 	0: func(tx *bolt.Tx) error {
 		return createBuckets(tx, bucketVolumes, bucketVolumeNames, bucketPublications)
 	},
-	// 1 -> 2: snapshots.
+	// 1 -> 2: snapshots and group snapshots.
 	1: func(tx *bolt.Tx) error {
-		return createBuckets(tx, bucketSnapshots, bucketSnapshotNames)
+		return createBuckets(tx, bucketSnapshots, bucketSnapshotNames, bucketGroups, bucketGroupNames)
 	},
 }
 

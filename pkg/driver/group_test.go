@@ -1,0 +1,110 @@
+package driver
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/state"
+)
+
+func TestGroupSnapshot(t *testing.T) {
+	e := newEnv(t)
+	var vols []string
+	for _, n := range []string{"db-0", "db-1", "db-2"} {
+		id := e.create(t, n)
+		testutil.WriteSampleTree(t, e.d.vols.Path(id), 20)
+		vols = append(vols, id)
+	}
+	wantFirst := testutil.TreeManifest(t, e.d.vols.Path(vols[0]))
+	req := &csi.CreateVolumeGroupSnapshotRequest{Name: "nightly", SourceVolumeIds: vols}
+	r, err := e.d.CreateVolumeGroupSnapshot(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := r.GetGroupSnapshot()
+	if !g.GetReadyToUse() || len(g.GetSnapshots()) != 3 {
+		t.Fatalf("group %+v: want ready with 3 members", g)
+	}
+	for i, s := range g.GetSnapshots() {
+		if s.GetSourceVolumeId() != vols[i] || s.GetGroupSnapshotId() != g.GetGroupSnapshotId() || !s.GetReadyToUse() {
+			t.Fatalf("member %d: %+v", i, s)
+		}
+	}
+	again, err := e.d.CreateVolumeGroupSnapshot(ctx, req)
+	if err != nil || again.GetGroupSnapshot().GetGroupSnapshotId() != g.GetGroupSnapshotId() {
+		t.Fatalf("repeated create: %v %v", again, err)
+	}
+	_, err = e.d.CreateVolumeGroupSnapshot(ctx, &csi.CreateVolumeGroupSnapshotRequest{Name: "nightly", SourceVolumeIds: vols[:2]})
+	wantCode(t, err, codes.AlreadyExists)
+	_, err = e.d.CreateVolumeGroupSnapshot(ctx, &csi.CreateVolumeGroupSnapshotRequest{Name: "dup", SourceVolumeIds: []string{vols[0], vols[0]}})
+	wantCode(t, err, codes.InvalidArgument)
+	_, err = e.d.CreateVolumeGroupSnapshot(ctx, &csi.CreateVolumeGroupSnapshotRequest{Name: "gone", SourceVolumeIds: []string{vols[0], "hpv1-00000000000000000000000000000000"}})
+	wantCode(t, err, codes.NotFound)
+	if snaps, _ := e.d.vols.ListSnapshots(); len(snaps) != 3 {
+		t.Fatalf("refused group snapshots left data: %d snapshot directories", len(snaps))
+	}
+
+	// Members are ordinary snapshots for restore, but are deleted only with
+	// their group.
+	member := g.GetSnapshots()[0].GetSnapshotId()
+	restored, err := e.d.CreateVolume(ctx, fromSnapshot("restored", 0, member))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.TreeManifest(t, e.d.vols.Path(restored.GetVolume().GetVolumeId())); testutil.DiffManifests(wantFirst, got) != "" {
+		t.Fatalf("restore from a member differs:\n%s", testutil.DiffManifests(wantFirst, got))
+	}
+	_, err = e.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: member})
+	wantCode(t, err, codes.FailedPrecondition)
+
+	got, err := e.d.GetVolumeGroupSnapshot(ctx, &csi.GetVolumeGroupSnapshotRequest{GroupSnapshotId: g.GetGroupSnapshotId()})
+	if err != nil || len(got.GetGroupSnapshot().GetSnapshots()) != 3 {
+		t.Fatalf("GetVolumeGroupSnapshot: %v %v", got, err)
+	}
+	_, err = e.d.GetVolumeGroupSnapshot(ctx, &csi.GetVolumeGroupSnapshotRequest{GroupSnapshotId: g.GetGroupSnapshotId(), SnapshotIds: []string{member}})
+	wantCode(t, err, codes.InvalidArgument)
+	e.restart(t) // a ready group survives a restart
+	for i := 0; i < 2; i++ {
+		if _, err := e.d.DeleteVolumeGroupSnapshot(ctx, &csi.DeleteVolumeGroupSnapshotRequest{GroupSnapshotId: g.GetGroupSnapshotId()}); err != nil {
+			t.Fatalf("delete #%d: %v", i, err)
+		}
+	}
+	_, err = e.d.GetVolumeGroupSnapshot(ctx, &csi.GetVolumeGroupSnapshotRequest{GroupSnapshotId: g.GetGroupSnapshotId()})
+	wantCode(t, err, codes.NotFound)
+	e.d.vols.WaitIdle()
+	if snaps, _ := e.d.vols.ListSnapshots(); len(snaps) != 0 {
+		t.Fatalf("members left after deleting the group: %v", snaps)
+	}
+}
+
+// A group snapshot cut short by a crash is removed with all its members.
+func TestReconcileGroupAfterCrash(t *testing.T) {
+	e := newEnv(t)
+	a, b := e.create(t, "a"), e.create(t, "b")
+	os.WriteFile(filepath.Join(e.d.vols.Path(a), "f"), []byte("x"), 0o644)
+	r, err := e.d.CreateVolumeGroupSnapshot(ctx, &csi.CreateVolumeGroupSnapshotRequest{Name: "g", SourceVolumeIds: []string{a, b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, _ := e.d.store.GetGroup(r.GetGroupSnapshot().GetGroupSnapshotId())
+	g.Phase = state.PhaseCreating
+	e.d.store.PutGroup(g)
+	e.restart(t)
+	e.d.vols.WaitIdle()
+	if _, err := e.d.store.GetGroup(g.ID); err == nil {
+		t.Fatal("interrupted group still on record")
+	}
+	for _, id := range g.SnapshotIDs {
+		if _, err := e.d.store.GetSnapshot(id); err == nil {
+			t.Fatalf("member %s of an interrupted group still on record", id)
+		}
+	}
+	if snaps, _ := e.d.vols.ListSnapshots(); len(snaps) != 0 {
+		t.Fatalf("member data left: %v", snaps)
+	}
+}
