@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"k8s.io/klog/v2"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/copytree"
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -139,7 +139,7 @@ func (d *Driver) makeVolumeData(ctx context.Context, v *state.Volume, src *conte
 		return nil
 	}
 	start := time.Now()
-	var st copytree.Stats
+	var st hostpath.CopyResult
 	var err error
 	if src.snapshotID != "" {
 		st, err = d.vols.Restore(ctx, src.snapshotID, v.ID)
@@ -150,7 +150,7 @@ func (d *Driver) makeVolumeData(ctx context.Context, v *state.Volume, src *conte
 		return diskError("copy content source into the new volume", err)
 	}
 	klog.InfoS("Volume made from a content source", "volumeID", v.ID, "snapshot", src.snapshotID, "volume", src.volumeID,
-		"mechanism", st.Mechanism(), "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
+		"mechanism", st.Mechanism, "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
 	return nil
 }
 

@@ -116,7 +116,7 @@ func (d *Driver) takeSnapshot(ctx context.Context, snap *state.Snapshot) error {
 		d.rollbackSnapshot(snap)
 		return diskError("measure snapshot", err)
 	}
-	snap.SizeBytes, snap.Mechanism, snap.Phase = used.Bytes, string(st.Mechanism()), state.PhaseReady
+	snap.SizeBytes, snap.Mechanism, snap.Phase = used.Bytes, st.Mechanism, state.PhaseReady
 	if err := d.store.PutSnapshot(snap); err != nil {
 		d.rollbackSnapshot(snap)
 		return stateError(err)

@@ -29,6 +29,7 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/copytree"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -59,6 +60,10 @@ type Backend struct {
 	trash      string
 	quarantine string
 
+	// btrfs: volumes are subvolumes, and snapshots, restores and clones
+	// of a subvolume are subvolume snapshots.
+	btrfs bool
+
 	trashSeq atomic.Uint64
 	cleaning sync.WaitGroup
 }
@@ -82,6 +87,9 @@ func New(root string) (*Backend, error) {
 		trash:      filepath.Join(resolved, "trash"),
 		quarantine: filepath.Join(resolved, "quarantine"),
 	}
+	if b.btrfs, err = btrfs.IsBtrfs(resolved); err != nil {
+		return nil, err
+	}
 	for _, d := range []string{b.volumes, b.snapshots, b.partial, b.trash, b.quarantine} {
 		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("create %s: %w", d, err)
@@ -104,7 +112,22 @@ func (b *Backend) Path(id string) string { return filepath.Join(b.volumes, id) }
 // a crash finishes the job.
 func (b *Backend) Create(id string, mode fs.FileMode) error {
 	p := b.Path(id)
-	err := os.Mkdir(p, mode)
+	var err error
+	if b.btrfs {
+		// A subvolume, so that its snapshots are one metadata operation.
+		err = btrfs.CreateSubvolume(p)
+		if err == nil {
+			err = os.Chmod(p, mode)
+		}
+		if errors.Is(err, unix.EEXIST) {
+			return requireDir(p)
+		}
+		if err != nil {
+			return fmt.Errorf("create volume subvolume: %w", err)
+		}
+		return nil
+	}
+	err = os.Mkdir(p, mode)
 	switch {
 	case errors.Is(err, fs.ErrExist):
 		// A retry: keep what is there, if it is a real directory.
@@ -181,44 +204,87 @@ func (b *Backend) SnapshotExists(id string) (bool, error) {
 	return err == nil, err
 }
 
+// CopyResult says how a snapshot, restore or clone was made.
+type CopyResult struct {
+	// Mechanism: "btrfs-snapshot", "reflink", "copy" or "mixed".
+	Mechanism string
+	// Files and Bytes copied (zero for a btrfs snapshot, which copies none).
+	Files, Bytes int64
+}
+
 // Snapshot copies a volume into a new snapshot, fastest mechanism first.
 // The copy goes to partial/ and is renamed into snapshots/ only when
 // complete, so a snapshot directory is never half made.
-func (b *Backend) Snapshot(ctx context.Context, volumeID, snapshotID string) (copytree.Stats, error) {
+func (b *Backend) Snapshot(ctx context.Context, volumeID, snapshotID string) (CopyResult, error) {
 	return b.copyInto(ctx, b.Path(volumeID), b.SnapshotPath(snapshotID), snapshotID)
 }
 
-// Restore makes volume volumeID from snapshot snapshotID, or, with
-// fromVolume, a clone of volume sourceID.
-func (b *Backend) Restore(ctx context.Context, snapshotID, volumeID string) (copytree.Stats, error) {
+// Restore makes volume volumeID from snapshot snapshotID.
+func (b *Backend) Restore(ctx context.Context, snapshotID, volumeID string) (CopyResult, error) {
 	return b.copyInto(ctx, b.SnapshotPath(snapshotID), b.Path(volumeID), volumeID)
 }
 
 // Clone makes volume volumeID as a copy of volume sourceID.
-func (b *Backend) Clone(ctx context.Context, sourceID, volumeID string) (copytree.Stats, error) {
+func (b *Backend) Clone(ctx context.Context, sourceID, volumeID string) (CopyResult, error) {
 	return b.copyInto(ctx, b.Path(sourceID), b.Path(volumeID), volumeID)
 }
 
-func (b *Backend) copyInto(ctx context.Context, src, dst, id string) (copytree.Stats, error) {
+func (b *Backend) copyInto(ctx context.Context, src, dst, id string) (CopyResult, error) {
 	if err := requireDir(src); err != nil {
-		return copytree.Stats{}, fmt.Errorf("copy source: %w", err)
+		return CopyResult{}, fmt.Errorf("copy source: %w", err)
 	}
 	tmp := filepath.Join(b.partial, id)
-	if err := removeTree(tmp); err != nil { // a previous attempt's leftovers
-		return copytree.Stats{}, err
+	if err := b.remove(tmp); err != nil { // a previous attempt's leftovers
+		return CopyResult{}, err
 	}
-	st, err := copytree.Tree(ctx, src, tmp, copytree.Options{})
+	res, err := b.copyTree(ctx, src, tmp)
 	if err == nil {
 		err = os.Rename(tmp, dst)
 	}
 	if err != nil {
-		if rmErr := removeTree(tmp); rmErr != nil {
+		if rmErr := b.remove(tmp); rmErr != nil {
 			klog.ErrorS(rmErr, "Cannot remove a failed copy; it is removed at the next start", "path", tmp)
 		}
-		return st, fmt.Errorf("copy %s: %w", filepath.Base(src), err)
+		return res, fmt.Errorf("copy %s: %w", filepath.Base(src), err)
 	}
-	klog.V(2).InfoS("Copied", "from", src, "to", dst, "mechanism", st.Mechanism(), "files", st.Files, "bytes", st.Bytes)
-	return st, nil
+	klog.V(2).InfoS("Copied", "from", src, "to", dst, "mechanism", res.Mechanism, "files", res.Files, "bytes", res.Bytes)
+	return res, nil
+}
+
+// copyTree takes a btrfs snapshot of a subvolume, and otherwise copies file
+// by file (reflink first).
+func (b *Backend) copyTree(ctx context.Context, src, dst string) (CopyResult, error) {
+	if b.btrfs {
+		mounted, err := MountsUnder(src)
+		if err != nil {
+			return CopyResult{}, err
+		}
+		if sub, err := btrfs.IsSubvolume(src); err == nil && sub && len(mounted) == 0 {
+			if err := btrfs.Snapshot(src, dst); err != nil {
+				return CopyResult{}, err
+			}
+			return CopyResult{Mechanism: "btrfs-snapshot"}, nil
+		}
+	}
+	st, err := copytree.Tree(ctx, src, dst, copytree.Options{})
+	return CopyResult{Mechanism: string(st.Mechanism()), Files: st.Files, Bytes: st.Bytes}, err
+}
+
+// remove deletes a tree this backend made: a btrfs subvolume at once, a
+// directory file by file without entering mounts.
+func (b *Backend) remove(p string) error {
+	if b.btrfs {
+		if sub, err := btrfs.IsSubvolume(p); err == nil && sub {
+			err := btrfs.DeleteSubvolume(p)
+			if err == nil {
+				return nil
+			}
+			// For instance a subvolume nested inside by a user: remove
+			// what is there file by file instead.
+			klog.V(2).InfoS("Subvolume delete failed; removing file by file", "path", p, "err", err)
+		}
+	}
+	return removeTree(p)
 }
 
 // ListSnapshots returns the names of all entries in the snapshots directory.
@@ -249,7 +315,7 @@ func (b *Backend) WaitIdle() { b.cleaning.Wait() }
 
 func (b *Backend) removeTrashEntry(p string) {
 	start := time.Now()
-	if err := removeTree(p); err != nil {
+	if err := b.remove(p); err != nil {
 		klog.ErrorS(err, "Cannot remove deleted volume data; it stays in the trash and is retried at the next start", "path", p)
 		return
 	}
