@@ -21,13 +21,14 @@ kinds:
   create   CreateVolume then DeleteVolume throughput at a given concurrency
   scale    CreateVolume latency as the number of existing volumes grows
   publish  NodeStageVolume + NodePublishVolume latency (needs root)
+  snapshot snapshot, restore and clone times, and CreateVolume during a snapshot (needs root)
 `
 
 func cmdBench(c *client, args []string) error {
 	if len(args) == 0 {
 		return fmt.Errorf("%s", benchUsage)
 	}
-	kinds := map[string]func(*client, []string) error{"create": benchCreate, "scale": benchScale, "publish": benchPublish}
+	kinds := map[string]func(*client, []string) error{"create": benchCreate, "scale": benchScale, "publish": benchPublish, "snapshot": benchSnapshot}
 	run, ok := kinds[args[0]]
 	if !ok {
 		return fmt.Errorf("unknown bench kind %q\n%s", args[0], benchUsage)

@@ -45,6 +45,11 @@ type Options struct {
 	Workers int
 	// NoReflink forces an in-kernel copy even where a reflink would work.
 	NoReflink bool
+	// Nice runs the copy's threads at this nice value (1..19, Linux), so a
+	// long copy yields the CPU to the rest of the process (calls on other
+	// volumes). Each copying goroutine locks its OS thread and the thread
+	// is discarded when the goroutine ends, so the priority never leaks.
+	Nice int
 }
 
 // Stats says what a copy did.
@@ -115,6 +120,7 @@ func Tree(ctx context.Context, src, dst string, opts Options) (Stats, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			lowerPriority(opts.Nice)
 			for j := range jobs {
 				if ctx.Err() != nil {
 					continue
@@ -126,8 +132,17 @@ func Tree(ctx context.Context, src, dst string, opts Options) (Stats, error) {
 			}
 		}()
 	}
-	dirs, links, walkErr := c.walk(ctx, src, dst, jobs)
-	close(jobs)
+	var dirs []dirMeta
+	var links [][2]string
+	var walkErr error
+	walked := make(chan struct{})
+	go func() { // the walk too, so that it can run at lower priority
+		defer close(walked)
+		lowerPriority(opts.Nice)
+		dirs, links, walkErr = c.walk(ctx, src, dst, jobs)
+		close(jobs)
+	}()
+	<-walked
 	wg.Wait()
 	if err := c.err(walkErr, ctx); err != nil {
 		return c.stats, err
@@ -147,6 +162,17 @@ func Tree(ctx context.Context, src, dst string, opts Options) (Stats, error) {
 		}
 	}
 	return c.stats, nil
+}
+
+// lowerPriority pins the calling goroutine to its thread and renices the
+// thread. The goroutine must end without unlocking: the runtime then
+// discards the thread instead of reusing it at the lower priority.
+func lowerPriority(nice int) {
+	if nice <= 0 {
+		return
+	}
+	runtime.LockOSThread()
+	_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), min(nice, 19))
 }
 
 func (c *copier) fail(err error) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -182,5 +183,29 @@ func TestTreeExistingDestination(t *testing.T) {
 	dir := t.TempDir()
 	if _, err := Tree(context.Background(), dir, dir, Options{}); err == nil {
 		t.Fatal("copy onto an existing directory accepted")
+	}
+}
+
+// A niced copy lowers only its own threads: the caller's thread and the
+// process keep their priority afterwards.
+func TestNiceDoesNotLeak(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	os.MkdirAll(filepath.Join(src, "d"), 0o755)
+	for i := 0; i < 50; i++ {
+		os.WriteFile(filepath.Join(src, "d", fmt.Sprint(i)), []byte("x"), 0o644)
+	}
+	before, err := unix.Getpriority(unix.PRIO_PROCESS, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Tree(context.Background(), src, filepath.Join(dir, "dst"), Options{Nice: 10}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ { // whatever thread this goroutine lands on
+		runtime.Gosched()
+		if after, _ := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid()); after != before {
+			t.Fatalf("thread priority %d after a niced copy, %d before", after, before)
+		}
 	}
 }

@@ -266,7 +266,8 @@ func (b *Backend) copyTree(ctx context.Context, src, dst string) (CopyResult, er
 			return CopyResult{Mechanism: "btrfs-snapshot"}, nil
 		}
 	}
-	st, err := copytree.Tree(ctx, src, dst, copytree.Options{})
+	// Nice 10: a long copy must not slow calls on other volumes.
+	st, err := copytree.Tree(ctx, src, dst, copytree.Options{Nice: 10})
 	return CopyResult{Mechanism: string(st.Mechanism()), Files: st.Files, Bytes: st.Bytes}, err
 }
 
