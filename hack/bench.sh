@@ -11,20 +11,29 @@ echo
 echo "== Go benchmarks (in-process, no gRPC) =="
 go test -run '^$' -bench . -benchtime 4000x ./pkg/state/ ./pkg/keylock/ ./pkg/driver/ | grep -E '^(Benchmark|ok|FAIL)'
 
-if [ "$(id -u)" = 0 ]; then
-	echo
-	echo "== Copy engine: 1 GiB file + 10000 x 4 KiB, per filesystem (loop images, warm cache) =="
-	go test -run '^$' -bench Tree -benchtime 3x ./pkg/copytree/ | grep -E '^(Benchmark|ok|FAIL)|mechanism' | sort -u
-fi
-
 if mount | grep -q " $bench/"; then echo "refusing: mounts left under $bench" >&2; exit 1; fi
 rm -rf "$bench"
 mkdir -p "$bench"
-"$out/hostpath-plugin" --endpoint="unix://$sock" --state-dir="$bench/state" --data-dir="$bench/data" \
-	--nodeid=bench >"$bench/plugin.log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
-for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+pid=""
+fsmounts=()
+cleanup() {
+	if [ -n "$pid" ]; then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; fi
+	for m in "${fsmounts[@]}"; do umount "$m" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# start_driver SOCKET STATE DATA: a driver in the background, pid in $pid.
+start_driver() {
+	"$out/hostpath-plugin" --endpoint="unix://$1" --state-dir="$2" --data-dir="$3" \
+		--nodeid=bench >>"$bench/plugin.log" 2>&1 &
+	pid=$!
+	for _ in $(seq 100); do [ -S "$1" ] && return; sleep 0.05; done
+	echo "driver did not start; see $bench/plugin.log" >&2
+	exit 1
+}
+stop_driver() { kill "$pid"; wait "$pid" || true; pid=""; }
+
+start_driver "$sock" "$bench/state" "$bench/data"
 ctl() { "$out/csictl" -endpoint "unix://$sock" "$@"; }
 
 echo
@@ -36,4 +45,44 @@ if [ "$(id -u)" = 0 ]; then
 	ctl bench publish -count 300 -dir "$bench/mounts"
 else
 	echo "NodeStage+NodePublish: skipped (needs root to mount)"
+fi
+
+# The copy benchmarks leave gigabytes to write back; they go last, and each
+# section starts from a synced disk so it does not pay for the one before.
+sync
+if [ "$(id -u)" = 0 ]; then
+	sync
+	echo
+	echo "== Copy engine: 1 GiB file + 10000 x 4 KiB, per filesystem (loop images, warm cache) =="
+	go test -run '^$' -bench Tree -benchtime 3x ./pkg/copytree/ | grep -E '^(Benchmark|ok|FAIL)|mechanism' | sort -u
+fi
+
+# Snapshot, restore and clone of issue 3's reference volume (1 GiB random
+# file + 10000 x 4 KiB) with the driver's state and data on each filesystem.
+if [ "$(id -u)" = 0 ]; then
+	stop_driver
+	for spec in "ext4:" "xfs:-m reflink=1" "btrfs:"; do
+		fs=${spec%%:*}
+		mkfsargs=${spec#*:}
+		command -v "mkfs.$fs" >/dev/null || { echo "== $fs: skipped, mkfs.$fs not installed =="; continue; }
+		img="$bench/$fs.img"
+		mnt="$bench/$fs"
+		truncate -s 8G "$img"
+		force=""
+		[ "$fs" = ext4 ] || force=-f
+		# shellcheck disable=SC2086
+		"mkfs.$fs" -q $force $mkfsargs "$img" >/dev/null
+		mkdir -p "$mnt"
+		mount -o loop "$img" "$mnt"
+		fsmounts+=("$mnt")
+		echo
+		echo "== Snapshot, restore, clone on $fs (loop image) =="
+		sync
+		start_driver "$bench/$fs.sock" "$mnt/state" "$mnt/data"
+		"$out/csictl" -endpoint "unix://$bench/$fs.sock" -timeout 10m bench snapshot -dir "$bench/$fs-mounts"
+		stop_driver
+		umount "$mnt"
+		fsmounts=("${fsmounts[@]/$mnt/}")
+		rm -f "$img"
+	done
 fi
