@@ -1,7 +1,6 @@
 package state
 
 import (
-	"fmt"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -38,47 +37,18 @@ type Volume struct {
 }
 
 // GetVolume returns the volume with this ID, or ErrNotFound.
-func (s *Store) GetVolume(id string) (*Volume, error) {
-	var v Volume
-	err := s.view(func(tx *bolt.Tx) error {
-		return getJSON(tx.Bucket(bucketVolumes), id, &v)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &v, nil
-}
+func (s *Store) GetVolume(id string) (*Volume, error) { return getByID[Volume](s, bucketVolumes, id) }
 
 // GetVolumeByName returns the volume with this name, or ErrNotFound.
 func (s *Store) GetVolumeByName(name string) (*Volume, error) {
-	var v Volume
-	err := s.view(func(tx *bolt.Tx) error {
-		id := tx.Bucket(bucketVolumeNames).Get([]byte(name))
-		if id == nil {
-			return ErrNotFound
-		}
-		return getJSON(tx.Bucket(bucketVolumes), string(id), &v)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &v, nil
+	return getByName[Volume](s, bucketVolumes, bucketVolumeNames, name)
 }
 
 // PutVolume inserts or replaces a volume and its name index entry durably.
 // It fails with ErrNameTaken if the name belongs to another volume.
 func (s *Store) PutVolume(v *Volume) error {
 	rec := *v
-	return s.update(func(tx *bolt.Tx) error {
-		names := tx.Bucket(bucketVolumeNames)
-		if owner := names.Get([]byte(rec.Name)); owner != nil && string(owner) != rec.ID {
-			return fmt.Errorf("volume name %q: %w (%s)", rec.Name, ErrNameTaken, owner)
-		}
-		if err := names.Put([]byte(rec.Name), []byte(rec.ID)); err != nil {
-			return err
-		}
-		return putJSON(tx.Bucket(bucketVolumes), rec.ID, &rec)
-	})
+	return s.putNamed(bucketVolumes, bucketVolumeNames, "volume", rec.ID, rec.Name, &rec)
 }
 
 // SetVolumePhase changes only the phase of an existing volume.
@@ -107,51 +77,19 @@ func (s *Store) modifyVolume(id string, change func(*Volume)) error {
 // Deleting a missing volume is not an error.
 func (s *Store) DeleteVolume(id string) error {
 	return s.update(func(tx *bolt.Tx) error {
-		vols := tx.Bucket(bucketVolumes)
-		var v Volume
-		switch err := getJSON(vols, id, &v); err {
-		case nil:
-		case ErrNotFound:
-			return nil
-		default:
+		found, err := deleteNamed(tx, bucketVolumes, bucketVolumeNames, id)
+		if err != nil || !found {
 			return err
 		}
-		names := tx.Bucket(bucketVolumeNames)
-		if owner := names.Get([]byte(v.Name)); string(owner) == id {
-			if err := names.Delete([]byte(v.Name)); err != nil {
-				return err
-			}
-		}
-		if err := deletePublicationsOf(tx, id); err != nil {
-			return err
-		}
-		return vols.Delete([]byte(id))
+		return deletePublicationsOf(tx, id)
 	})
 }
 
 // ListVolumes returns up to limit volumes (all if limit <= 0) that match keep,
 // in ID order, starting at the first ID >= start. next is the ID to start the
 // following page at, or "" when there is none.
-func (s *Store) ListVolumes(start string, limit int, keep func(*Volume) bool) (vols []*Volume, next string, err error) {
-	err = s.view(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketVolumes).Cursor()
-		for k, data := c.Seek([]byte(start)); k != nil; k, data = c.Next() {
-			v := new(Volume)
-			if err := jsonUnmarshal(k, data, v); err != nil {
-				return err
-			}
-			if keep != nil && !keep(v) {
-				continue
-			}
-			if limit > 0 && len(vols) == limit {
-				next = string(k)
-				return nil
-			}
-			vols = append(vols, v)
-		}
-		return nil
-	})
-	return vols, next, err
+func (s *Store) ListVolumes(start string, limit int, keep func(*Volume) bool) ([]*Volume, string, error) {
+	return list(s, bucketVolumes, start, limit, keep)
 }
 
 // VolumeExists reports whether a volume ID is known, in any phase.
