@@ -96,7 +96,8 @@ type copier struct {
 	first error
 }
 
-// Tree copies the tree at src to dst, which must not exist. On error dst is
+// Tree copies the tree at src to dst, which must not exist. src may be in
+// use: entries that vanish while it is copied are left out. On error dst is
 // left partial; the caller owns removing it.
 func Tree(ctx context.Context, src, dst string, opts Options) (Stats, error) {
 	if opts.Workers <= 0 {
@@ -164,6 +165,13 @@ func Tree(ctx context.Context, src, dst string, opts Options) (Stats, error) {
 	return c.stats, nil
 }
 
+// vanished reports an error that means the source entry is gone: a volume
+// in use changes while it is copied, and a file removed or renamed during
+// the copy is simply not in it (file-by-file consistency).
+func vanished(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOENT)
+}
+
 // lowerPriority pins the calling goroutine to its thread and renices the
 // thread. The goroutine must end without unlocking: the runtime then
 // discards the thread instead of reusing it at the lower priority.
@@ -205,6 +213,9 @@ func (c *copier) walk(ctx context.Context, src, dst string, jobs chan<- fileJob)
 	seen := map[inode]string{}
 	err := filepath.WalkDir(src, func(path string, _ fs.DirEntry, err error) error {
 		if err != nil {
+			if vanished(err) && path != src {
+				return nil // removed or renamed while we walked: a live volume
+			}
 			return err
 		}
 		if err := ctx.Err(); err != nil {
@@ -214,6 +225,9 @@ func (c *copier) walk(ctx context.Context, src, dst string, jobs chan<- fileJob)
 		to := filepath.Join(dst, rel)
 		var st unix.Stat_t
 		if err := unix.Lstat(path, &st); err != nil {
+			if vanished(err) && path != src {
+				return nil
+			}
 			return fmt.Errorf("lstat %s: %w", path, err)
 		}
 		switch st.Mode & unix.S_IFMT {
@@ -227,6 +241,9 @@ func (c *copier) walk(ctx context.Context, src, dst string, jobs chan<- fileJob)
 			return nil
 		case unix.S_IFLNK:
 			target, err := os.Readlink(path)
+			if vanished(err) {
+				return nil
+			}
 			if err != nil {
 				return fmt.Errorf("readlink %s: %w", path, err)
 			}
@@ -266,6 +283,9 @@ func (c *copier) walk(ctx context.Context, src, dst string, jobs chan<- fileJob)
 
 func (c *copier) copyFile(j fileJob) error {
 	in, err := os.OpenFile(j.src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if vanished(err) {
+		return nil // removed since the walk saw it
+	}
 	if err != nil {
 		return fmt.Errorf("open %s: %w", j.src, err)
 	}
@@ -379,11 +399,17 @@ func applyMeta(src, to string, st *unix.Stat_t) error {
 
 func copyXattrs(src, to string, isLink bool) error {
 	names, err := listXattrs(src)
+	if vanished(err) {
+		return nil // the source went away after its data was copied
+	}
 	if err != nil {
 		return fmt.Errorf("list xattrs of %s: %w", src, err)
 	}
 	for _, name := range names {
 		val, err := getXattr(src, name)
+		if vanished(err) || errors.Is(err, unix.ENODATA) {
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("read xattr %s of %s: %w", name, src, err)
 		}

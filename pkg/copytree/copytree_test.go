@@ -209,3 +209,36 @@ func TestNiceDoesNotLeak(t *testing.T) {
 		}
 	}
 }
+
+// A source in use: files appear, are renamed and removed while it is
+// copied. The copy succeeds every time and what it holds is whole.
+func TestTreeOfChangingSource(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	os.MkdirAll(filepath.Join(src, "sub"), 0o755)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			p := filepath.Join(src, "sub", fmt.Sprint(i%50))
+			os.WriteFile(p+".tmp", []byte(fmt.Sprint(i)), 0o644)
+			os.Rename(p+".tmp", p)
+			os.Remove(filepath.Join(src, "sub", fmt.Sprint((i+25)%50)))
+			os.Symlink("x", p+".link")
+			os.Remove(p + ".link")
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	for k := 0; k < 30; k++ {
+		dst := filepath.Join(dir, fmt.Sprint("dst", k))
+		if _, err := Tree(context.Background(), src, dst, Options{}); err != nil {
+			t.Fatalf("copy %d of a changing source: %v", k, err)
+		}
+	}
+}
