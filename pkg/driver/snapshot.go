@@ -220,11 +220,8 @@ func (d *Driver) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (
 }
 
 func (d *Driver) readySnapshot(id string) (*state.Snapshot, error) {
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "snapshot ID is required")
-	}
-	if err := ids.ValidateSnapshotID(id); err != nil {
-		return nil, status.Errorf(codes.NotFound, "snapshot not found: %v", err)
+	if err := snapshotIDOrNotFound(id); err != nil {
+		return nil, err
 	}
 	snap, err := d.store.GetSnapshot(id)
 	if errors.Is(err, state.ErrNotFound) {
@@ -252,7 +249,7 @@ func (d *Driver) lockContentSource(ctx context.Context, cs *csi.VolumeContentSou
 	switch {
 	case cs.GetSnapshot() != nil:
 		id := cs.GetSnapshot().GetSnapshotId()
-		if _, err := d.readySnapshotID(id); err != nil {
+		if err := snapshotIDOrNotFound(id); err != nil {
 			return nil, err
 		}
 		unlock, err := d.lock(ctx, "snap", id)
@@ -284,14 +281,16 @@ func (d *Driver) lockContentSource(ctx context.Context, cs *csi.VolumeContentSou
 	return nil, status.Error(codes.InvalidArgument, "volume content source has neither a snapshot nor a volume")
 }
 
-func (d *Driver) readySnapshotID(id string) (string, error) {
+// snapshotIDOrNotFound checks an ID that must name an existing snapshot; a
+// malformed one cannot, so it is NotFound, never a path.
+func snapshotIDOrNotFound(id string) error {
 	if id == "" {
-		return "", status.Error(codes.InvalidArgument, "content source snapshot ID is required")
+		return status.Error(codes.InvalidArgument, "snapshot ID is required")
 	}
 	if err := ids.ValidateSnapshotID(id); err != nil {
-		return "", status.Errorf(codes.NotFound, "source snapshot not found: %v", err)
+		return status.Errorf(codes.NotFound, "snapshot not found: %v", err)
 	}
-	return id, nil
+	return nil
 }
 
 // sizeFor picks the capacity of a volume made from content of srcCap bytes:
