@@ -115,15 +115,15 @@ func (b *Backend) Create(id string, mode fs.FileMode) error {
 	var err error
 	if b.btrfs {
 		// A subvolume, so that its snapshots are one metadata operation.
-		err = btrfs.CreateSubvolume(p)
-		if err == nil {
-			err = os.Chmod(p, mode)
-		}
-		if errors.Is(err, unix.EEXIST) {
-			return requireDir(p)
-		}
-		if err != nil {
+		// On a retry it already exists: keep it, and still set the mode.
+		if err := btrfs.CreateSubvolume(p); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("create volume subvolume: %w", err)
+		}
+		if err := requireDir(p); err != nil {
+			return err
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			return fmt.Errorf("set volume directory mode: %w", err)
 		}
 		return nil
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -233,5 +234,34 @@ func TestRemoveTreeStopsAtMounts(t *testing.T) {
 	}
 	if _, err := os.Lstat(tree); !os.IsNotExist(err) {
 		t.Fatalf("tree not removed: %v", err)
+	}
+}
+
+// On btrfs a volume is a subvolume; a retried create keeps it and still
+// applies the mode; delete destroys it.
+func TestBtrfsVolumesAreSubvolumes(t *testing.T) {
+	mnt := testutil.LoopFS(t, "btrfs", 256)
+	b, err := New(filepath.Join(mnt, "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Create(idA, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if sub, err := btrfs.IsSubvolume(b.Path(idA)); !sub || err != nil {
+		t.Fatalf("volume on btrfs is not a subvolume: %v %v", sub, err)
+	}
+	if err := b.Create(idA, 0o770|os.ModeSetgid); err != nil {
+		t.Fatalf("retried create: %v", err)
+	}
+	if fi, _ := os.Stat(b.Path(idA)); fi.Mode().Perm() != 0o770 || fi.Mode()&os.ModeSetgid == 0 {
+		t.Fatalf("mode after a retried create: %v, want setgid 0770", fi.Mode())
+	}
+	if err := b.Delete(idA); err != nil {
+		t.Fatal(err)
+	}
+	b.WaitIdle()
+	if left, _ := os.ReadDir(b.trash); len(left) != 0 {
+		t.Fatalf("subvolume not destroyed: %v", left)
 	}
 }
