@@ -1,6 +1,7 @@
-// Package keylock provides one mutex per key, so that calls on different
-// volumes never wait for each other while calls on the same volume (or the
-// same name) run one at a time.
+// Package keylock provides one readers-writer lock per key, so that calls on
+// different volumes never wait for each other, calls that only read a volume
+// (a snapshot copying it, a clone, a mount) run side by side, and a call that
+// changes it (a delete) runs alone.
 package keylock
 
 import (
@@ -8,53 +9,96 @@ import (
 	"sync"
 )
 
-// Locks is a set of per-key mutexes. The zero value is ready to use. Entries
-// live only while someone holds or waits for them, so memory stays bounded by
-// the number of calls in flight.
+// Locks is a set of per-key readers-writer locks. The zero value is ready to
+// use. Entries live only while someone holds or waits for them, so memory
+// stays bounded by the number of calls in flight.
+//
+// Readers are preferred: a waiting writer does not hold back new readers.
+// A long reader (a copy that takes minutes) must therefore never make
+// writers wait for it in a queue; callers check for such work first and
+// answer at once instead (see the driver's in-flight jobs).
 type Locks struct {
 	mu sync.Mutex
 	m  map[string]*entry
 }
 
 type entry struct {
-	sem  chan struct{} // capacity 1: holding a token is holding the lock
-	refs int
+	readers int
+	writer  bool
+	waiting int // goroutines holding or waiting for this entry
+	// changed is closed (and replaced) whenever the lock is released, to
+	// wake every waiter so it can try again.
+	changed chan struct{}
 }
 
-// Lock waits for the key's lock or for ctx to end. On success it returns the
-// function that releases the lock; on ctx's end it returns ctx.Err().
+// Lock waits for the key's exclusive lock or for ctx to end. On success it
+// returns the function that releases the lock; on ctx's end, ctx.Err().
 func (l *Locks) Lock(ctx context.Context, key string) (unlock func(), err error) {
+	return l.acquire(ctx, key, true)
+}
+
+// RLock waits for a shared hold of the key: any number of readers at once,
+// never together with a writer.
+func (l *Locks) RLock(ctx context.Context, key string) (unlock func(), err error) {
+	return l.acquire(ctx, key, false)
+}
+
+func (l *Locks) acquire(ctx context.Context, key string, exclusive bool) (func(), error) {
 	l.mu.Lock()
 	if l.m == nil {
 		l.m = make(map[string]*entry)
 	}
 	e := l.m[key]
 	if e == nil {
-		e = &entry{sem: make(chan struct{}, 1)}
+		e = &entry{changed: make(chan struct{})}
 		l.m[key] = e
 	}
-	e.refs++
-	l.mu.Unlock()
-
-	select {
-	case e.sem <- struct{}{}:
-		return func() {
-			<-e.sem
-			l.release(key, e)
-		}, nil
-	case <-ctx.Done():
-		l.release(key, e)
-		return nil, ctx.Err()
+	e.waiting++
+	for {
+		if !e.writer && (!exclusive || e.readers == 0) {
+			if exclusive {
+				e.writer = true
+			} else {
+				e.readers++
+			}
+			l.mu.Unlock()
+			var once sync.Once
+			return func() { once.Do(func() { l.release(key, e, exclusive) }) }, nil
+		}
+		wake := e.changed
+		l.mu.Unlock()
+		select {
+		case <-wake:
+			l.mu.Lock()
+		case <-ctx.Done():
+			l.mu.Lock()
+			l.drop(key, e)
+			l.mu.Unlock()
+			return nil, ctx.Err()
+		}
 	}
 }
 
-func (l *Locks) release(key string, e *entry) {
+func (l *Locks) release(key string, e *entry, exclusive bool) {
 	l.mu.Lock()
-	e.refs--
-	if e.refs == 0 {
+	defer l.mu.Unlock()
+	if exclusive {
+		e.writer = false
+	} else {
+		e.readers--
+	}
+	close(e.changed)
+	e.changed = make(chan struct{})
+	l.drop(key, e)
+}
+
+// drop forgets one holder or waiter; the entry goes when nobody is left.
+// l.mu is held.
+func (l *Locks) drop(key string, e *entry) {
+	e.waiting--
+	if e.waiting == 0 {
 		delete(l.m, key)
 	}
-	l.mu.Unlock()
 }
 
 // Len is the number of keys held or waited for (for tests and metrics).
