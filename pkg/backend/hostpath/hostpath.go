@@ -23,6 +23,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -125,7 +126,8 @@ func (b *Backend) Create(id string, mode fs.FileMode) error {
 		if err := os.Chmod(p, mode); err != nil {
 			return fmt.Errorf("set volume directory mode: %w", err)
 		}
-		return nil
+		// A new subvolume is on disk only once its transaction commits.
+		return syncFS(p)
 	}
 	err = os.Mkdir(p, mode)
 	switch {
@@ -137,14 +139,17 @@ func (b *Backend) Create(id string, mode fs.FileMode) error {
 	case err != nil:
 		return fmt.Errorf("create volume directory: %w", err)
 	case mode&(umask|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) == 0:
-		return nil // mkdir gave exactly this mode
+		// mkdir gave exactly this mode
+		return syncDirs(p, b.volumes)
 	}
 	// Mkdir applies the umask and drops special bits; the volume's mode is
 	// what the class asked for.
 	if err := os.Chmod(p, mode); err != nil {
 		return fmt.Errorf("set volume directory mode: %w", err)
 	}
-	return nil
+	// The caller records the volume as ready next: the directory and its
+	// entry in volumes/ must survive a power cut before that.
+	return syncDirs(p, b.volumes)
 }
 
 // Exists reports whether the volume directory is present. A symlink or a file
@@ -168,7 +173,9 @@ func (b *Backend) DeleteSnapshot(id string) error { return b.discard(b.SnapshotP
 
 func (b *Backend) discard(p string) error {
 	if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
-		return nil
+		// Gone already (a retry); a rename to the trash that an earlier
+		// attempt made may not be on disk yet.
+		return syncDirs(filepath.Dir(p), b.trash)
 	}
 	mounted, err := MountsUnder(p)
 	if err != nil {
@@ -183,6 +190,11 @@ func (b *Backend) discard(p string) error {
 			return nil
 		}
 		return fmt.Errorf("move to trash: %w", err)
+	}
+	// The caller drops the record next. If this rename were lost in a power
+	// cut, the data would come back without an owner (and be quarantined).
+	if err := syncDirs(filepath.Dir(p), b.trash); err != nil {
+		return err
 	}
 	b.cleaning.Add(1)
 	go func() {
@@ -239,7 +251,16 @@ func (b *Backend) copyInto(ctx context.Context, src, dst, id string) (CopyResult
 	}
 	res, err := b.copyTree(ctx, src, tmp)
 	if err == nil {
+		// Every file, directory and btrfs snapshot of the copy on disk
+		// before it is moved into place and the caller records it ready:
+		// after a power cut a ready snapshot must not hold empty files.
+		err = syncFS(tmp)
+	}
+	if err == nil {
 		err = os.Rename(tmp, dst)
+	}
+	if err == nil {
+		err = syncDirs(filepath.Dir(dst), b.partial)
 	}
 	if err != nil {
 		if rmErr := b.remove(tmp); rmErr != nil {
@@ -296,19 +317,61 @@ func (b *Backend) QuarantineSnapshot(name string) (string, error) {
 	return b.quarantineFrom(b.snapshots, name)
 }
 
-// EmptyTrash removes everything in the trash and in partial/, as a start-up
-// step: entries there are deletes and copies that a crash interrupted.
-func (b *Backend) EmptyTrash() {
-	for _, dir := range []string{b.trash, b.partial} {
-		entries, err := os.ReadDir(dir)
+// Leftover is an entry of partial/ (a snapshot, restore or clone cut short)
+// or of trash/ (a delete cut short), found at start-up.
+type Leftover struct {
+	Path string
+	// ID is the volume or snapshot ID the entry was made for (its name up
+	// to the first dot); the caller validates it before using it.
+	ID string
+	// Trash is true for a trash entry, false for a partial copy.
+	Trash bool
+}
+
+// Leftovers lists what partial/ and trash/ hold.
+func (b *Backend) Leftovers() ([]Leftover, error) {
+	var out []Leftover
+	for _, dir := range []string{b.partial, b.trash} {
+		names, err := listDir(dir)
 		if err != nil {
-			klog.ErrorS(err, "Cannot read directory", "path", dir)
-			continue
+			return nil, err
 		}
-		for _, e := range entries {
-			b.removeTrashEntry(filepath.Join(dir, e.Name()))
+		for _, n := range names {
+			id, _, _ := strings.Cut(n, ".")
+			out = append(out, Leftover{Path: filepath.Join(dir, n), ID: id, Trash: dir == b.trash})
 		}
 	}
+	return out, nil
+}
+
+// AdoptVolume moves a leftover into place as the data of volume l.ID, whose
+// record says it is ready while its directory is missing: a copy whose move
+// into place did not reach the disk. It never replaces an existing entry.
+func (b *Backend) AdoptVolume(l Leftover) error { return b.adopt(l, b.volumes) }
+
+// AdoptSnapshot is AdoptVolume for a snapshot's data.
+func (b *Backend) AdoptSnapshot(l Leftover) error { return b.adopt(l, b.snapshots) }
+
+func (b *Backend) adopt(l Leftover, dir string) error {
+	if l.ID == "" || l.ID != filepath.Base(l.ID) || strings.HasPrefix(l.ID, ".") {
+		return fmt.Errorf("adopt %s: bad ID %q", l.Path, l.ID)
+	}
+	if err := requireDir(l.Path); err != nil {
+		return fmt.Errorf("adopt %s: %w", l.Path, err)
+	}
+	dst := filepath.Join(dir, l.ID)
+	if err := unix.Renameat2(unix.AT_FDCWD, l.Path, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE); err != nil {
+		return fmt.Errorf("move %s into place at %s: %w", l.Path, dst, err)
+	}
+	return syncDirs(dir, filepath.Dir(l.Path))
+}
+
+// RemoveLeftover removes a leftover and everything in it.
+func (b *Backend) RemoveLeftover(l Leftover) error {
+	if err := b.remove(l.Path); err != nil {
+		return fmt.Errorf("remove %s: %w", l.Path, err)
+	}
+	return nil
 }
 
 // WaitIdle waits until background removals are finished.

@@ -177,12 +177,52 @@ func TestQuarantineAndEmptyTrash(t *testing.T) {
 			t.Errorf("Quarantine(%q) accepted", bad)
 		}
 	}
-	if err := os.MkdirAll(filepath.Join(b.trash, "old.1", "deep"), 0o700); err != nil {
+}
+
+// Leftovers of partial copies and deletes are listed with the ID they were
+// made for; one can be moved into place (never over an existing entry) or
+// removed.
+func TestLeftovers(t *testing.T) {
+	b := newBackend(t)
+	const idB = "hpv1-0000000000000000000000000000000b"
+	for _, p := range []string{filepath.Join(b.trash, "old.1", "deep"), filepath.Join(b.partial, idA, "sub"), filepath.Join(b.partial, idB)} {
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	left, err := b.Leftovers()
+	if err != nil {
 		t.Fatal(err)
 	}
-	b.EmptyTrash()
-	if left, _ := os.ReadDir(b.trash); len(left) != 0 {
-		t.Fatalf("trash not emptied: %v", left)
+	got := map[string]Leftover{}
+	for _, l := range left {
+		got[l.ID] = l
+	}
+	if len(left) != 3 || !got["old"].Trash || got[idA].Trash || got[idA].Path != filepath.Join(b.partial, idA) {
+		t.Fatalf("leftovers %+v", left)
+	}
+	if err := b.AdoptVolume(got[idA]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(b.Path(idA), "sub")); err != nil {
+		t.Fatalf("adopted copy not in place: %v", err)
+	}
+	if err := b.Create(idB, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.AdoptVolume(got[idB]); err == nil {
+		t.Fatal("adopt replaced an existing volume directory")
+	}
+	for _, id := range []string{"old", idB} {
+		if err := b.RemoveLeftover(got[id]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if left, _ := b.Leftovers(); len(left) != 0 {
+		t.Fatalf("leftovers not removed: %v", left)
+	}
+	if err := b.AdoptVolume(Leftover{Path: filepath.Join(b.trash, "x"), ID: "../x"}); err == nil {
+		t.Fatal("adopt accepted a path-like ID")
 	}
 }
 
