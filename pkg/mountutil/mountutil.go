@@ -29,8 +29,6 @@ var flagBits = map[string]uintptr{
 	"nodiratime":  unix.MS_NODIRATIME,
 	"relatime":    unix.MS_RELATIME,
 	"strictatime": unix.MS_STRICTATIME,
-	"sync":        unix.MS_SYNCHRONOUS,
-	"dirsync":     unix.MS_DIRSYNC,
 	"suid":        0,
 	"dev":         0,
 	"exec":        0,
@@ -52,7 +50,7 @@ func ParseFlags(options []string) (uintptr, error) {
 			}
 			bit, ok := flagBits[o]
 			if !ok {
-				return 0, fmt.Errorf("mount option %q is not supported on this volume type (supported: ro, nosuid, nodev, noexec, noatime, nodiratime, relatime, strictatime, sync, dirsync)", o)
+				return 0, fmt.Errorf("mount option %q is not supported on this volume type (supported: ro, nosuid, nodev, noexec, noatime, nodiratime, relatime, strictatime; sync and dirsync would change the whole data filesystem, not this mount)", o)
 			}
 			flags |= bit
 		}
@@ -75,12 +73,45 @@ func Bind(source, target string, readOnly bool, options []string) error {
 		return fmt.Errorf("bind mount %s at %s: %w", source, target, err)
 	}
 	if flags != 0 {
-		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|flags, ""); err != nil {
+		// A bind remount sets the mount's flags to exactly those given:
+		// keep what the new mount inherited (the data filesystem's nosuid,
+		// nodev, noexec, atime mode), or a read-only publish would drop
+		// them.
+		inherited, err := mountFlags(target)
+		if flags&atimeFlags != 0 {
+			inherited &^= atimeFlags // the caller chose the atime mode
+		}
+		if err == nil {
+			err = unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|flags|inherited, "")
+		}
+		if err != nil {
 			_ = unix.Unmount(target, 0)
 			return fmt.Errorf("apply mount options to %s: %w", target, err)
 		}
 	}
 	return nil
+}
+
+const atimeFlags = unix.MS_NOATIME | unix.MS_NODIRATIME | unix.MS_RELATIME | unix.MS_STRICTATIME
+
+// mountFlags returns the per-mount flags of the mount at path as mount(2)
+// flags.
+func mountFlags(path string) (uintptr, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", path, err)
+	}
+	var flags uintptr
+	for st_, ms := range map[int64]uintptr{
+		unix.ST_RDONLY: unix.MS_RDONLY, unix.ST_NOSUID: unix.MS_NOSUID, unix.ST_NODEV: unix.MS_NODEV,
+		unix.ST_NOEXEC: unix.MS_NOEXEC, unix.ST_NOATIME: unix.MS_NOATIME, unix.ST_NODIRATIME: unix.MS_NODIRATIME,
+		unix.ST_RELATIME: unix.MS_RELATIME,
+	} {
+		if st.Flags&st_ != 0 {
+			flags |= ms
+		}
+	}
+	return flags, nil
 }
 
 // IsMountPoint reports whether path is a mount point; it sees bind mounts of
