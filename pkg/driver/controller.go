@@ -22,7 +22,6 @@ var controllerCaps = []csi.ControllerServiceCapability_RPC_Type{
 	csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
 	csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
 	csi.ControllerServiceCapability_RPC_GET_CAPACITY,
-	csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 	csi.ControllerServiceCapability_RPC_GET_VOLUME,
 	csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
@@ -62,44 +61,109 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		return nil, err
 	}
 
+	j, resp, err := d.createVolume(ctx, req, params, size)
+	if j == nil {
+		return resp, err
+	}
+	// A volume made from a content source: its copy runs detached. Wait for
+	// it as long as the caller does; if the caller gives up, the copy goes
+	// on and a retry gets the result.
+	if err := d.jobs.await(ctx, j); err != nil {
+		return nil, err
+	}
+	v, err := d.store.GetVolume(j.id)
+	if err != nil {
+		return nil, stateError(err)
+	}
+	return &csi.CreateVolumeResponse{Volume: d.csiVolume(v)}, nil
+}
+
+// createVolume does the part of CreateVolume that holds the name's lock. An
+// empty volume is made at once; for a restore or a clone it records the
+// intent and starts the copy as a job, which it returns for the caller to
+// wait on without the lock.
+func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest, params volumeParams, size int64) (*job, *csi.CreateVolumeResponse, error) {
+	name := req.GetName()
 	unlock, err := d.lock(ctx, "name", name)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer unlock()
 
+	key := "volume/" + name
+	if err := d.jobs.collect(key); err != nil {
+		return nil, nil, err // a copy for this name still runs, or it failed
+	}
 	existing, err := d.store.GetVolumeByName(name)
 	switch {
 	case errors.Is(err, state.ErrNotFound):
 	case err != nil:
-		return nil, stateError(err)
+		return nil, nil, stateError(err)
+	case existing.Phase == state.PhaseCreating && existing.HasSource():
+		// A copy that no job runs any more (its rollback failed, or it
+		// was cut short): nobody was told of it. Undo it and start over.
+		if err := d.undoCreate(existing); err != nil {
+			return nil, nil, err
+		}
 	default:
-		return d.existingVolume(existing, req, params)
+		resp, err := d.existingVolume(existing, req, params)
+		return nil, resp, err
 	}
 
 	var src *contentSource
 	if cs := req.GetVolumeContentSource(); cs != nil {
 		if src, err = d.lockContentSource(ctx, cs); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		defer src.unlock()
+		started := false
+		defer func() {
+			if !started {
+				src.unlock()
+			}
+		}()
 		if size, err = sizeFor(req.GetCapacityRange(), size, src.capacity); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if size > d.cfg.MaxVolumeSize {
-			return nil, status.Errorf(codes.OutOfRange, "the source needs %d bytes; the largest volume this driver makes is %d bytes (--max-volume-size)", size, d.cfg.MaxVolumeSize)
+			return nil, nil, status.Errorf(codes.OutOfRange, "the source needs %d bytes; the largest volume this driver makes is %d bytes (--max-volume-size)", size, d.cfg.MaxVolumeSize)
 		}
+		v, err := d.newVolume(req, size, src)
+		if err != nil {
+			return nil, nil, err
+		}
+		started = true
+		j := d.jobs.start(key, v.ID, src.describe(v.ID), []string{src.lockKey}, func(jctx context.Context) error {
+			defer src.unlock()
+			return d.copyIntoVolume(jctx, v, src)
+		})
+		return j, nil, nil
 	}
 
+	v, err := d.newVolume(req, size, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := d.vols.Create(v.ID, params.mode); err != nil {
+		d.rollbackCreate(v)
+		return nil, nil, diskError("create volume directory", err)
+	}
+	if err := d.markVolumeReady(v); err != nil {
+		return nil, nil, err
+	}
+	return nil, &csi.CreateVolumeResponse{Volume: d.csiVolume(v)}, nil
+}
+
+// newVolume checks there is room and records the intent to make a volume
+// (phase creating: a crash after this point is rolled back at start-up).
+func (d *Driver) newVolume(req *csi.CreateVolumeRequest, size int64, src *contentSource) (*state.Volume, error) {
 	if fs, err := d.vols.Stats(); err != nil {
 		return nil, diskError("read free space", err)
 	} else if size > fs.AvailableBytes {
 		return nil, status.Errorf(codes.ResourceExhausted, "requested %d bytes but the node's data directory has %d bytes available", size, fs.AvailableBytes)
 	}
-
 	v := &state.Volume{
 		ID:            ids.NewVolumeID(),
-		Name:          name,
+		Name:          req.GetName(),
 		CapacityBytes: size,
 		Parameters:    req.GetParameters(),
 		AccessType:    "mount",
@@ -110,44 +174,42 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if src != nil {
 		v.SourceSnapshotID, v.SourceVolumeID = src.snapshotID, src.volumeID
 	}
-	// Intent first: a crash after this point is rolled back at start-up.
 	if err := d.store.PutVolume(v); err != nil {
 		return nil, stateError(err)
 	}
-	if err := d.makeVolumeData(ctx, v, src, params); err != nil {
-		d.rollbackCreate(v)
-		return nil, err
-	}
+	return v, nil
+}
+
+// markVolumeReady records the result: the data is complete and durable.
+func (d *Driver) markVolumeReady(v *state.Volume) error {
 	v.Phase = state.PhaseReady
 	if err := d.store.PutVolume(v); err != nil {
 		d.rollbackCreate(v)
-		return nil, stateError(err)
+		return stateError(err)
 	}
-	klog.V(2).InfoS("Volume created", "volumeID", v.ID, "name", name, "capacity", size,
+	klog.V(2).InfoS("Volume created", "volumeID", v.ID, "name", v.Name, "capacity", v.CapacityBytes,
 		"pvc", klog.KRef(v.Parameters[ParamPVCNamespace], v.Parameters[ParamPVCName]))
-	return &csi.CreateVolumeResponse{Volume: d.csiVolume(v)}, nil
+	return nil
 }
 
-// makeVolumeData makes an empty directory, or copies the content source into
-// the new volume (fastest mechanism first; a copy lands in place only once
-// complete).
-func (d *Driver) makeVolumeData(ctx context.Context, v *state.Volume, src *contentSource, params volumeParams) error {
-	if src == nil {
-		if err := d.vols.Create(v.ID, params.mode); err != nil {
-			return diskError("create volume directory", err)
-		}
-		return nil
-	}
+// copyIntoVolume is the job behind a restore or a clone: it copies the
+// content source into the new volume (fastest mechanism first; the copy
+// lands in place only once complete and on disk) and records the volume as
+// ready. On failure, or when cancelled, nothing of the volume is left.
+func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *contentSource) error {
 	start := time.Now()
-	var st hostpath.CopyResult
-	var err error
-	if src.snapshotID != "" {
-		st, err = d.vols.Restore(ctx, src.snapshotID, v.ID)
-	} else {
-		st, err = d.vols.Clone(ctx, src.volumeID, v.ID)
-	}
+	st, err := d.copyStep(ctx, v.ID, func() (hostpath.CopyResult, error) {
+		if src.snapshotID != "" {
+			return d.vols.Restore(ctx, src.snapshotID, v.ID)
+		}
+		return d.vols.Clone(ctx, src.volumeID, v.ID)
+	})
 	if err != nil {
+		d.rollbackCreate(v)
 		return diskError("copy content source into the new volume", err)
+	}
+	if err := d.markVolumeReady(v); err != nil {
+		return err
 	}
 	klog.InfoS("Volume made from a content source", "volumeID", v.ID, "snapshot", src.snapshotID, "volume", src.volumeID,
 		"mechanism", st.Mechanism, "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
@@ -174,9 +236,6 @@ func (d *Driver) existingVolume(v *state.Volume, req *csi.CreateVolumeRequest, p
 		v.SourceVolumeID != req.GetVolumeContentSource().GetVolume().GetVolumeId():
 		return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with other content (snapshot %q, volume %q)", v.Name, v.SourceSnapshotID, v.SourceVolumeID)
 	}
-	if v.Phase == state.PhaseCreating && (v.SourceSnapshotID != "" || v.SourceVolumeID != "") {
-		return nil, status.Errorf(codes.Aborted, "volume %q is still being copied from its source; retry", v.Name)
-	}
 	if v.Phase == state.PhaseCreating {
 		// An earlier attempt of this call failed half way in this process:
 		// finish it instead of making a second volume.
@@ -191,14 +250,23 @@ func (d *Driver) existingVolume(v *state.Volume, req *csi.CreateVolumeRequest, p
 	return &csi.CreateVolumeResponse{Volume: d.csiVolume(v)}, nil
 }
 
+// rollbackCreate undoes a create that failed; what it cannot undo stays in
+// phase creating, which a retry of the name or the next start-up undoes.
 func (d *Driver) rollbackCreate(v *state.Volume) {
+	if err := d.undoCreate(v); err != nil {
+		klog.ErrorS(err, "Rolling back a failed create; a retry of the name or the next start-up will finish it", "volumeID", v.ID)
+	}
+}
+
+// undoCreate removes a volume that was never made ready: data, then record.
+func (d *Driver) undoCreate(v *state.Volume) error {
 	if err := d.vols.Delete(v.ID); err != nil {
-		klog.ErrorS(err, "Rolling back a failed create: cannot remove the volume directory; start-up will retry", "volumeID", v.ID)
-		return
+		return diskError(fmt.Sprintf("remove the data of unfinished volume %s", v.ID), err)
 	}
 	if err := d.store.DeleteVolume(v.ID); err != nil {
-		klog.ErrorS(err, "Rolling back a failed create: cannot remove the record; start-up will retry", "volumeID", v.ID)
+		return stateError(err)
 	}
+	return nil
 }
 
 func (d *Driver) csiVolume(v *state.Volume) *csi.Volume {
@@ -254,6 +322,16 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 		// No volume can have this ID, so it is already gone.
 		klog.V(2).InfoS("DeleteVolume of an ID this driver never made; nothing to do", "volumeID", id)
 		return &csi.DeleteVolumeResponse{}, nil
+	}
+	if j := d.jobs.making(id); j != nil {
+		// Whoever asks to delete a volume still being copied wants it
+		// gone: stop the copy, which removes what it made.
+		if err := d.jobs.cancelAndWait(ctx, j); err != nil {
+			return nil, err
+		}
+	}
+	if j := d.jobs.reading("vol/" + id); j != nil {
+		return nil, status.Errorf(codes.Aborted, "volume %s is the source of a %s; retry once it ends", id, j.what)
 	}
 	unlock, err := d.lock(ctx, "vol", id)
 	if err != nil {
@@ -432,49 +510,12 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	}, nil
 }
 
-func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
-	}
-	if req.GetCapacityRange() == nil {
-		return nil, status.Error(codes.InvalidArgument, "capacity range is required")
-	}
-	if c := req.GetVolumeCapability(); c != nil {
-		if err := checkCapability(c); err != nil {
-			return nil, status.Error(codes.InvalidArgument, err.Error())
+// copyStep runs one copy of a job, after the test seam if one is set.
+func (d *Driver) copyStep(ctx context.Context, id string, copy func() (hostpath.CopyResult, error)) (hostpath.CopyResult, error) {
+	if d.beforeCopy != nil {
+		if err := d.beforeCopy(ctx, id); err != nil {
+			return hostpath.CopyResult{}, err
 		}
 	}
-	if err := volumeIDOrNotFound(req.GetVolumeId()); err != nil {
-		return nil, err
-	}
-	size, err := capacityFor(req.GetCapacityRange(), d.cfg.MaxVolumeSize)
-	if err != nil {
-		return nil, err
-	}
-	unlock, err := d.lock(ctx, "vol", req.GetVolumeId())
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	v, err := d.readyVolume(req.GetVolumeId())
-	if err != nil {
-		return nil, err
-	}
-	if size <= v.CapacityBytes {
-		// Already that large (a retry, or a shrink, which volumes never do).
-		return &csi.ControllerExpandVolumeResponse{CapacityBytes: v.CapacityBytes}, nil
-	}
-	fs, err := d.vols.Stats()
-	if err != nil {
-		return nil, diskError("read free space", err)
-	}
-	if grow := size - v.CapacityBytes; grow > fs.AvailableBytes {
-		return nil, status.Errorf(codes.ResourceExhausted, "growing volume %s by %d bytes, but the node's data directory has %d bytes available", v.ID, grow, fs.AvailableBytes)
-	}
-	if err := d.store.SetVolumeCapacity(v.ID, size); err != nil {
-		return nil, stateError(err)
-	}
-	klog.V(2).InfoS("Volume expanded", "volumeID", v.ID, "from", v.CapacityBytes, "to", size)
-	// A directory has no filesystem of its own to grow on the node.
-	return &csi.ControllerExpandVolumeResponse{CapacityBytes: size, NodeExpansionRequired: false}, nil
+	return copy()
 }

@@ -210,7 +210,9 @@ func TestHostileVolumeIDs(t *testing.T) {
 		wantCode(t, err, codes.NotFound)
 		_, err = e.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: e.dir + "/s", VolumeCapability: rwo})
 		wantCode(t, err, codes.NotFound)
-		_, err = e.d.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id, CapacityRange: &csi.CapacityRange{RequiredBytes: 1}})
+		_, err = e.d.CreateSnapshot(ctx, snapReq("of-hostile", id))
+		wantCode(t, err, codes.NotFound)
+		_, err = e.d.CreateVolume(ctx, fromVolume("from-hostile", 0, id))
 		wantCode(t, err, codes.NotFound)
 	}
 	if data, err := os.ReadFile(victim); err != nil || string(data) != "keep" {
@@ -256,35 +258,33 @@ func TestListVolumesPagination(t *testing.T) {
 	wantCode(t, err, codes.InvalidArgument)
 }
 
-func TestExpandVolume(t *testing.T) {
+// Expansion is not advertised while a volume's size is not enforced: it
+// would only change a number. Both expansion calls are Unimplemented.
+func TestExpansionNotAdvertised(t *testing.T) {
 	e := newEnv(t)
 	id := e.create(t, "grow")
-	tests := []struct {
-		name string
-		size int64
-		code codes.Code
-		want int64
-	}{
-		{"grow", 4 << 20, codes.OK, 4 << 20},
-		{"same again", 4 << 20, codes.OK, 4 << 20},
-		{"smaller keeps size", 2 << 20, codes.OK, 4 << 20},
-		{"over max", 1<<40 + 1, codes.OutOfRange, 0},
-		{"over free space", 1 << 40, codes.ResourceExhausted, 0},
+	pc, _ := e.d.GetPluginCapabilities(ctx, nil)
+	for _, c := range pc.GetCapabilities() {
+		if c.GetVolumeExpansion() != nil {
+			t.Errorf("plugin capability %v advertised", c)
+		}
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			resp, err := e.d.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id, CapacityRange: &csi.CapacityRange{RequiredBytes: tc.size}})
-			wantCode(t, err, tc.code)
-			if err == nil && resp.GetCapacityBytes() != tc.want {
-				t.Fatalf("capacity %d, want %d", resp.GetCapacityBytes(), tc.want)
-			}
-		})
+	cc, _ := e.d.ControllerGetCapabilities(ctx, nil)
+	for _, c := range cc.GetCapabilities() {
+		if c.GetRpc().GetType() == csi.ControllerServiceCapability_RPC_EXPAND_VOLUME {
+			t.Error("controller EXPAND_VOLUME advertised")
+		}
 	}
-	e.restart(t)
-	v, err := e.d.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id})
-	if err != nil || v.GetVolume().GetCapacityBytes() != 4<<20 {
-		t.Fatalf("after restart: %v %v, want 4 MiB", v, err)
+	nc, _ := e.d.NodeGetCapabilities(ctx, nil)
+	for _, c := range nc.GetCapabilities() {
+		if c.GetRpc().GetType() == csi.NodeServiceCapability_RPC_EXPAND_VOLUME {
+			t.Error("node EXPAND_VOLUME advertised")
+		}
 	}
+	_, err := e.d.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id, CapacityRange: &csi.CapacityRange{RequiredBytes: 4 << 20}})
+	wantCode(t, err, codes.Unimplemented)
+	_, err = e.d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: id, VolumePath: "/x", CapacityRange: &csi.CapacityRange{RequiredBytes: 4 << 20}})
+	wantCode(t, err, codes.Unimplemented)
 }
 
 func TestGetCapacity(t *testing.T) {

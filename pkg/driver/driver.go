@@ -4,9 +4,10 @@
 package driver
 
 import (
+	"context"
 	"errors"
-	"fmt"
 	"strings"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
@@ -45,6 +46,9 @@ type Config struct {
 	MaxVolumesPerNode int64
 	// MaxVolumeSize is the largest capacity a volume may have.
 	MaxVolumeSize int64
+	// ReconcileRetry is how often what start-up could not reconcile is
+	// retried while the driver serves (default 30 s).
+	ReconcileRetry time.Duration
 }
 
 func (c *Config) validate() error {
@@ -86,9 +90,25 @@ type Driver struct {
 	cfg   Config
 	store *state.Store
 	vols  *hostpath.Backend
-	// locks serialises calls per volume ID ("vol/<id>") and per volume name
-	// ("name/<name>"); different volumes never share a key.
+	// locks holds one readers-writer lock per key; different volumes never
+	// share a key:
+	//   vol/<id>       shared by whatever needs the volume to stay (mounts,
+	//                  copies from it), exclusive for its delete
+	//   node/<id>      exclusive for the volume's stage, publish and their undo
+	//   snap/<id>      shared by restores from the snapshot, exclusive for
+	//                  its delete
+	//   name/<name>, snapname/<name>, groupname/<name>, group/<id>
+	//                  exclusive while a create or delete by that name or ID
+	//                  is set up
 	locks keylock.Locks
+	// jobs are the copies that run detached from their calls.
+	jobs *jobs
+	// pending is what start-up could not reconcile, retried meanwhile.
+	pending *pending
+	// beforeCopy, when set (tests only), runs at the start of every copy
+	// job with the ID of what it makes: a seam to hold a copy at an exact
+	// step or fail it there.
+	beforeCopy func(ctx context.Context, id string) error
 }
 
 // New opens the backend and the state, and reconciles what a crash may have
@@ -105,18 +125,24 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{cfg: cfg, store: store, vols: vols}
-	if err := d.reconcile(); err != nil {
-		store.Close()
-		return nil, fmt.Errorf("reconcile state with disk: %w", err)
+	d := &Driver{cfg: cfg, store: store, vols: vols, jobs: newJobs()}
+	problems := d.reconcile()
+	every := cfg.ReconcileRetry
+	if every <= 0 {
+		every = 30 * time.Second
 	}
+	d.pending = startPending(problems, every)
 	klog.InfoS("Driver ready", "driver", cfg.DriverName, "version", Version(), "node", cfg.NodeID,
 		"controller", cfg.Controller, "nodeService", cfg.Node, "dataDir", vols.Root(), "stateDB", store.Path())
 	return d, nil
 }
 
-// Close finishes background removals and closes the state database.
+// Close cancels the copies still running (each rolls back what it made;
+// the CO's retry starts it again), finishes background removals and closes
+// the state database.
 func (d *Driver) Close() error {
+	d.pending.close()
+	d.jobs.close()
 	d.vols.WaitIdle()
 	return d.store.Close()
 }

@@ -35,12 +35,23 @@ func stateError(err error) error {
 	return status.Errorf(codes.Internal, "state database: %v", err)
 }
 
-// lock takes a per-key lock. If ctx ends first, the call is Aborted: another
-// call on the same volume is still running and the CO should retry.
+// lock takes a per-key exclusive lock. If ctx ends first, the call is
+// Aborted: another call on the same volume is still running and the CO
+// should retry.
 func (d *Driver) lock(ctx context.Context, kind, key string) (func(), error) {
 	unlock, err := d.locks.Lock(ctx, kind+"/"+key)
 	if err != nil {
 		return nil, status.Errorf(codes.Aborted, "another operation on %s %q is in progress: %v", kind, key, err)
+	}
+	return unlock, nil
+}
+
+// rlock takes a per-key shared lock: readers of a volume or snapshot (a
+// copy, a mount) run side by side; only a delete excludes them.
+func (d *Driver) rlock(ctx context.Context, kind, key string) (func(), error) {
+	unlock, err := d.locks.RLock(ctx, kind+"/"+key)
+	if err != nil {
+		return nil, status.Errorf(codes.Aborted, "%s %q is being deleted or changed: %v", kind, key, err)
 	}
 	return unlock, nil
 }

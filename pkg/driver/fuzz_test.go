@@ -1,7 +1,9 @@
 package driver
 
 import (
+	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -83,23 +85,53 @@ func FuzzRequirePath(f *testing.F) {
 	})
 }
 
-// Any token is either refused with Aborted (or InvalidArgument for a negative
-// count) or accepted and usable; none panics or reaches the store unchecked.
+// Paging from any starting token: a token the driver did not issue is
+// refused (ABORTED, or INVALID_ARGUMENT for a negative count); an accepted
+// one yields a page in ID order, starting at the token, of at most
+// max_entries volumes that exist, and a next token past every volume of
+// the page from which the rest of the listing follows without a gap.
 func FuzzPageToken(f *testing.F) {
+	e := newEnv(f)
+	var all []string
+	for i := 0; i < 9; i++ {
+		all = append(all, e.create(f, fmt.Sprint("page-", i)))
+	}
+	slices.Sort(all)
 	f.Add("", int32(0))
 	f.Add("invalid-token", int32(3))
+	f.Add(all[4], int32(2))
 	f.Add(ids.NewVolumeID(), int32(-1))
 	f.Add("hpv1-ffffffffffffffffffffffffffffffff", int32(1))
 	f.Fuzz(func(t *testing.T, token string, max int32) {
-		err := pageToken(max, token)
+		resp, err := e.d.ListVolumes(ctx, &csi.ListVolumesRequest{StartingToken: token, MaxEntries: max})
 		if err != nil {
 			if c := status.Code(err); c != codes.Aborted && c != codes.InvalidArgument {
 				t.Fatalf("code %s: %v", c, err)
 			}
 			return
 		}
-		if max < 0 || (token != "" && ids.ValidateVolumeID(token) != nil) {
-			t.Fatalf("accepted token %q with max %d", token, max)
+		var rest []string // what a listing from token must return, in order
+		for _, id := range all {
+			if id >= token {
+				rest = append(rest, id)
+			}
+		}
+		got := []string{}
+		for _, en := range resp.GetEntries() {
+			got = append(got, en.GetVolume().GetVolumeId())
+		}
+		if max > 0 && len(got) > int(max) {
+			t.Fatalf("page of %d entries for max_entries %d", len(got), max)
+		}
+		if !slices.Equal(got, rest[:len(got)]) {
+			t.Fatalf("page from %q = %v, want a prefix of %v", token, got, rest)
+		}
+		next := resp.GetNextToken()
+		if (next == "") != (len(got) == len(rest)) {
+			t.Fatalf("next token %q after %d of %d volumes", next, len(got), len(rest))
+		}
+		if next != "" && next != rest[len(got)] {
+			t.Fatalf("next token %q, want %q (the first volume not listed)", next, rest[len(got)])
 		}
 	})
 }

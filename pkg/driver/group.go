@@ -25,11 +25,13 @@ func (d *Driver) GroupControllerGetCapabilities(context.Context, *csi.GroupContr
 			Type: csi.GroupControllerServiceCapability_RPC_CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT}}}}}, nil
 }
 
-// CreateVolumeGroupSnapshot snapshots several volumes together. It holds
-// every source volume's lock (taken in ID order, so two groups never wait on
-// each other in a cycle) while the members are taken one after the other:
-// no CSI call changes any member's volume in between. Members are ordinary
-// snapshots for restore; they are deleted with their group.
+// CreateVolumeGroupSnapshot snapshots several volumes together. The spec
+// says a group snapshot MUST be write-order consistent or fail: members
+// copied one after the other while pods write to them are neither, so a
+// group is refused while any member is published writable, and while it is
+// taken no member can be published writable (NodePublishVolume answers
+// ABORTED until it ends). Members are ordinary snapshots for restore; they
+// are deleted with their group. The copy runs detached, as for CreateSnapshot.
 func (d *Driver) CreateVolumeGroupSnapshot(ctx context.Context, req *csi.CreateVolumeGroupSnapshotRequest) (*csi.CreateVolumeGroupSnapshotResponse, error) {
 	name, sources := req.GetName(), req.GetSourceVolumeIds()
 	if err := requireName(name); err != nil {
@@ -48,37 +50,96 @@ func (d *Driver) CreateVolumeGroupSnapshot(ctx context.Context, req *csi.CreateV
 	if err := checkSnapshotParameters(req.GetParameters()); err != nil {
 		return nil, err
 	}
-	unlock, err := d.lock(ctx, "groupname", name)
-	if err != nil {
+	j, resp, err := d.createGroup(ctx, req, sorted)
+	if j == nil {
+		return resp, err
+	}
+	if err := d.jobs.await(ctx, j); err != nil {
 		return nil, err
 	}
+	g, err := d.store.GetGroup(j.id)
+	if err != nil {
+		return nil, stateError(err)
+	}
+	return d.groupResponse(g)
+}
+
+// createGroup is the part of CreateVolumeGroupSnapshot under the name's
+// lock: it answers from the record, or starts the copies as a job.
+func (d *Driver) createGroup(ctx context.Context, req *csi.CreateVolumeGroupSnapshotRequest, sorted []string) (*job, *csi.CreateVolumeGroupSnapshotResponse, error) {
+	name, sources := req.GetName(), req.GetSourceVolumeIds()
+	unlock, err := d.lock(ctx, "groupname", name)
+	if err != nil {
+		return nil, nil, err
+	}
 	defer unlock()
+	key := "group/" + name
+	if err := d.jobs.collect(key); err != nil {
+		return nil, nil, err
+	}
 	existing, err := d.store.GetGroupByName(name)
 	switch {
 	case errors.Is(err, state.ErrNotFound):
 	case err != nil:
-		return nil, stateError(err)
+		return nil, nil, stateError(err)
 	case !slices.Equal(slices.Sorted(slices.Values(existing.SourceVolumeIDs)), sorted):
-		return nil, status.Errorf(codes.AlreadyExists, "group snapshot %q already exists for other volumes", name)
+		return nil, nil, status.Errorf(codes.AlreadyExists, "group snapshot %q already exists for other volumes", name)
 	case existing.Phase == state.PhaseReady:
-		return d.groupResponse(existing)
+		resp, err := d.groupResponse(existing)
+		return nil, resp, err
+	case existing.Phase == state.PhaseCreating:
+		// No job makes it any more: undo it and take it anew.
+		if err := d.undoGroup(existing); err != nil {
+			return nil, nil, diskError("remove an unfinished group snapshot", err)
+		}
 	default:
-		return nil, status.Errorf(codes.Aborted, "group snapshot %q is %s; retry", name, existing.Phase)
+		return nil, nil, status.Errorf(codes.Aborted, "group snapshot %q is %s; retry", name, existing.Phase)
 	}
 
+	// Every member's volume held shared (it cannot be deleted), in ID
+	// order so two groups never wait on each other in a cycle; and, while
+	// its publications are checked and the job is registered, its node
+	// lock, so no writable publish slips in between.
+	var unlocks []func()
+	release := func() {
+		for _, u := range slices.Backward(unlocks) {
+			u()
+		}
+	}
+	started := false
+	defer func() {
+		if !started {
+			release()
+		}
+	}()
 	vols := make(map[string]*state.Volume, len(sources))
+	var reads []string
 	for _, id := range sorted {
 		if err := volumeIDOrNotFound(id); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		unlockVol, err := d.lock(ctx, "vol", id)
+		unlockVol, err := d.rlock(ctx, "vol", id)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		defer unlockVol()
+		unlocks = append(unlocks, unlockVol)
+		unlockNode, err := d.lock(ctx, "node", id)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer unlockNode()
 		if vols[id], err = d.readyVolume(id); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
+		if p, err := d.writablePublication(id); err != nil {
+			return nil, nil, err
+		} else if p != nil {
+			return nil, nil, status.Errorf(codes.FailedPrecondition,
+				"volume %s is published writable at %s on node %s: its members would be copied one after the other while it is written, "+
+					"which is not write-order consistent; stop the writers (scale the workload down) or snapshot the volumes one by one",
+				id, p.Path, p.NodeID)
+		}
+		reads = append(reads, "vol/"+id, "nowrite/"+id)
 	}
 	g := &state.GroupSnapshot{ID: ids.NewGroupSnapshotID(), Name: name, SourceVolumeIDs: sources,
 		Parameters: req.GetParameters(), Phase: state.PhaseCreating, CreatedAt: time.Now().UTC()}
@@ -86,24 +147,51 @@ func (d *Driver) CreateVolumeGroupSnapshot(ctx context.Context, req *csi.CreateV
 		g.SnapshotIDs = append(g.SnapshotIDs, ids.NewSnapshotID())
 	}
 	if err := d.store.PutGroup(g); err != nil { // intent: members and all
-		return nil, stateError(err)
+		return nil, nil, stateError(err)
 	}
+	started = true
+	what := fmt.Sprintf("group snapshot %s of %d volumes", g.ID, len(sources))
+	j := d.jobs.start(key, g.ID, what, reads, func(jctx context.Context) error {
+		defer release()
+		return d.takeGroup(jctx, g, vols)
+	})
+	return j, nil, nil
+}
+
+// takeGroup is the job behind a group snapshot: every member, then the
+// group's result; on failure nothing of it is left.
+func (d *Driver) takeGroup(ctx context.Context, g *state.GroupSnapshot, vols map[string]*state.Volume) error {
 	start := time.Now()
-	for i, src := range sources {
+	for i, src := range g.SourceVolumeIDs {
 		snap := &state.Snapshot{ID: g.SnapshotIDs[i], Name: fmt.Sprintf("%s/%d", g.ID, i), SourceVolumeID: src,
 			SourceCapacity: vols[src].CapacityBytes, Phase: state.PhaseCreating, CreatedAt: g.CreatedAt, GroupID: g.ID}
 		if err := d.takeSnapshot(ctx, snap); err != nil {
 			d.rollbackGroup(g)
-			return nil, err
+			return err
 		}
 	}
 	g.Phase = state.PhaseReady
 	if err := d.store.PutGroup(g); err != nil {
 		d.rollbackGroup(g)
+		return stateError(err)
+	}
+	klog.InfoS("Group snapshot created", "groupSnapshotID", g.ID, "name", g.Name, "volumes", len(g.SourceVolumeIDs), "duration", time.Since(start))
+	return nil
+}
+
+// writablePublication returns a publication of the volume that pods can
+// write through, if any.
+func (d *Driver) writablePublication(id string) (*state.Publication, error) {
+	pubs, err := d.store.PublicationsOf(id)
+	if err != nil {
 		return nil, stateError(err)
 	}
-	klog.InfoS("Group snapshot created", "groupSnapshotID", g.ID, "name", name, "volumes", len(sources), "duration", time.Since(start))
-	return d.groupResponse(g)
+	for _, p := range pubs {
+		if p.Kind == state.KindPublish && !p.ReadOnly {
+			return p, nil
+		}
+	}
+	return nil, nil
 }
 
 func (d *Driver) groupResponse(g *state.GroupSnapshot) (*csi.CreateVolumeGroupSnapshotResponse, error) {
@@ -127,15 +215,20 @@ func (d *Driver) csiGroup(g *state.GroupSnapshot) (*csi.VolumeGroupSnapshot, err
 }
 
 // rollbackGroup removes whatever members were made and the group record;
-// what it cannot remove, start-up removes (the group is still "creating").
+// what it cannot remove stays "creating", which a retry of the name or the
+// next start-up removes.
 func (d *Driver) rollbackGroup(g *state.GroupSnapshot) {
+	if err := d.undoGroup(g); err != nil {
+		klog.ErrorS(err, "Rolling back a failed group snapshot; a retry of the name or the next start-up will finish it", "groupSnapshotID", g.ID)
+	}
+}
+
+// undoGroup removes a group and its members: members first, then the record.
+func (d *Driver) undoGroup(g *state.GroupSnapshot) error {
 	if err := d.removeGroupMembers(g); err != nil {
-		klog.ErrorS(err, "Rolling back a failed group snapshot; start-up will finish it", "groupSnapshotID", g.ID)
-		return
+		return err
 	}
-	if err := d.store.DeleteGroup(g.ID); err != nil {
-		klog.ErrorS(err, "Rolling back a failed group snapshot: cannot remove its record", "groupSnapshotID", g.ID)
-	}
+	return d.store.DeleteGroup(g.ID)
 }
 
 func (d *Driver) removeGroupMembers(g *state.GroupSnapshot) error {
@@ -165,6 +258,11 @@ func (d *Driver) DeleteVolumeGroupSnapshot(ctx context.Context, req *csi.DeleteV
 	if ids.ValidateGroupSnapshotID(id) != nil {
 		return &csi.DeleteVolumeGroupSnapshotResponse{}, nil // no group can have this ID
 	}
+	if j := d.jobs.making(id); j != nil {
+		if err := d.jobs.cancelAndWait(ctx, j); err != nil {
+			return nil, err
+		}
+	}
 	unlock, err := d.lock(ctx, "group", id)
 	if err != nil {
 		return nil, err
@@ -181,7 +279,9 @@ func (d *Driver) DeleteVolumeGroupSnapshot(ctx context.Context, req *csi.DeleteV
 		return nil, err
 	}
 	for _, sid := range g.SnapshotIDs {
-		// A restore from a member holds the member's lock; wait for it.
+		if j := d.jobs.reading("snap/" + sid); j != nil {
+			return nil, status.Errorf(codes.Aborted, "member %s of group snapshot %s is the source of a %s; retry once it ends", sid, id, j.what)
+		}
 		unlockSnap, err := d.lock(ctx, "snap", sid)
 		if err != nil {
 			return nil, err

@@ -1,8 +1,10 @@
 package driver
 
 import (
+	"google.golang.org/grpc/status"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -60,7 +62,7 @@ func TestGroupSnapshot(t *testing.T) {
 		t.Fatalf("restore from a member differs:\n%s", testutil.DiffManifests(wantFirst, got))
 	}
 	_, err = e.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: member})
-	wantCode(t, err, codes.FailedPrecondition)
+	wantCode(t, err, codes.InvalidArgument) // the spec's code for "part of a group"
 
 	got, err := e.d.GetVolumeGroupSnapshot(ctx, &csi.GetVolumeGroupSnapshotRequest{GroupSnapshotId: g.GetGroupSnapshotId()})
 	if err != nil || len(got.GetGroupSnapshot().GetSnapshots()) != 3 {
@@ -106,5 +108,69 @@ func TestReconcileGroupAfterCrash(t *testing.T) {
 	}
 	if snaps, _ := e.d.vols.ListSnapshots(); len(snaps) != 0 {
 		t.Fatalf("member data left: %v", snaps)
+	}
+}
+
+// The spec says a group snapshot MUST be write-order consistent or fail.
+// Members are copied one after the other, so a group is refused while a
+// member is published writable (FAILED_PRECONDITION, the spec's "cannot
+// snapshot multiple volumes together"), allowed when members are published
+// read-only, and while a group is taken no member can be published
+// writable (ABORTED: the kubelet retries).
+func TestGroupSnapshotRefusesWriters(t *testing.T) {
+	testutil.RequireRoot(t)
+	e := newEnv(t)
+	testutil.CleanupMounts(t, e.dir)
+	a, b := e.create(t, "a"), e.create(t, "b")
+	staging, target := e.dir+"/staging-a", e.dir+"/pod/a"
+	e.stage(t, a, staging)
+	groupReq := &csi.CreateVolumeGroupSnapshotRequest{Name: "g", SourceVolumeIds: []string{a, b}}
+
+	if _, err := e.d.NodePublishVolume(ctx, publishReq(a, staging, target, false, rwo)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.d.CreateVolumeGroupSnapshot(ctx, groupReq)
+	wantCode(t, err, codes.FailedPrecondition)
+	if !strings.Contains(status.Convert(err).Message(), target) {
+		t.Errorf("the refusal does not say where the volume is written: %v", err)
+	}
+	if snaps, _ := e.d.vols.ListSnapshots(); len(snaps) != 0 {
+		t.Fatalf("a refused group left %d snapshots", len(snaps))
+	}
+	if _, err := e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: a, TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.NodePublishVolume(ctx, publishReq(a, staging, target, true, rwo)); err != nil {
+		t.Fatal(err)
+	}
+
+	g := newGate(e)
+	done := make(chan error, 1)
+	go func() { _, err := e.d.CreateVolumeGroupSnapshot(ctx, groupReq); done <- err }()
+	g.wait(t)
+	_, err = e.d.NodePublishVolume(ctx, publishReq(b, staging, e.dir+"/pod/b", false, rwo))
+	wantCode(t, err, codes.FailedPrecondition) // b is not staged there: a plain refusal first
+	e.stage(t, b, e.dir+"/staging-b")
+	_, err = e.d.NodePublishVolume(ctx, publishReq(b, e.dir+"/staging-b", e.dir+"/pod/b", false, rwo))
+	wantCode(t, err, codes.Aborted)
+	if _, err := e.d.NodePublishVolume(ctx, publishReq(b, e.dir+"/staging-b", e.dir+"/pod/b-ro", true, rwo)); err != nil {
+		t.Fatalf("a read-only publish during a group snapshot: %v", err)
+	}
+	close(g.open)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.NodePublishVolume(ctx, publishReq(b, e.dir+"/staging-b", e.dir+"/pod/b", false, rwo)); err != nil {
+		t.Fatalf("a writable publish after the group snapshot: %v", err)
+	}
+	for _, u := range []struct{ id, path string }{{a, target}, {b, e.dir + "/pod/b"}, {b, e.dir + "/pod/b-ro"}} {
+		if _, err := e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: u.id, TargetPath: u.path}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, u := range []struct{ id, path string }{{a, staging}, {b, e.dir + "/staging-b"}} {
+		if _, err := e.d.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: u.id, StagingTargetPath: u.path}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -127,5 +127,14 @@ func (d *Driver) NodeGetStorageHealth(ctx context.Context, req *csi.NodeGetStora
 				Message: fmt.Sprintf("data directory %s has %d of %d inodes free (under %d%%)", d.vols.Root(), st.FreeInodes, st.TotalInodes, lowSpacePercent)})
 		}
 	}
+	if left := d.pending.list(); len(left) > 0 {
+		var what []string
+		for _, p := range left[:min(len(left), 5)] {
+			what = append(what, fmt.Sprintf("%s: %v", p.what, p.err))
+		}
+		entries = append(entries, &csi.NodeGetStorageHealthResponse_StorageBackendHealth{
+			Status: csi.StorageHealthErrorType_STORAGE_DEGRADED, Reason: "ReconcilePending",
+			Message: fmt.Sprintf("%d thing(s) start-up could not reconcile, retried in the background (see the log): %s", len(left), strings.Join(what, "; "))})
+	}
 	return &csi.NodeGetStorageHealthResponse{BackendHealth: entries}, nil
 }

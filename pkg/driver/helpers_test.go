@@ -19,7 +19,7 @@ type testEnv struct {
 	dataDir  string
 }
 
-func newEnv(t *testing.T) *testEnv {
+func newEnv(t testing.TB) *testEnv {
 	t.Helper()
 	dir := t.TempDir()
 	e := &testEnv{dir: dir, stateDir: filepath.Join(dir, "state"), dataDir: filepath.Join(dir, "data")}
@@ -34,7 +34,7 @@ func (e *testEnv) config() Config {
 }
 
 // start (re)starts the driver on the same directories, as a restart would.
-func (e *testEnv) start(t *testing.T) {
+func (e *testEnv) start(t testing.TB) {
 	t.Helper()
 	d, err := New(e.config())
 	if err != nil {
@@ -65,7 +65,7 @@ func createReq(name string, size int64) *csi.CreateVolumeRequest {
 		CapacityRange: &csi.CapacityRange{RequiredBytes: size}}
 }
 
-func (e *testEnv) create(t *testing.T, name string) string {
+func (e *testEnv) create(t testing.TB, name string) string {
 	t.Helper()
 	resp, err := e.d.CreateVolume(ctx, createReq(name, 1<<20))
 	if err != nil {

@@ -19,7 +19,6 @@ import (
 var nodeCaps = []csi.NodeServiceCapability_RPC_Type{
 	csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
 	csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
-	csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
 	csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
 	csi.NodeServiceCapability_RPC_GET_STORAGE_HEALTH,
@@ -48,7 +47,7 @@ func (d *Driver) nodeVolume(ctx context.Context, id string) (*state.Volume, func
 	if err := volumeIDOrNotFound(id); err != nil {
 		return nil, nil, err
 	}
-	unlock, err := d.lock(ctx, "vol", id)
+	unlock, err := d.lockForNode(ctx, id)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -64,6 +63,24 @@ func (d *Driver) nodeVolume(ctx context.Context, id string) (*state.Volume, func
 	return v, unlock, nil
 }
 
+// lockForNode holds a volume for a node call: shared, so that a snapshot or
+// a clone copying it never holds up its pods' mounts (a pod would otherwise
+// stay Terminating until the copy ends), yet a delete cannot run meanwhile;
+// and the volume's node lock, so its own stage and publish calls run one at
+// a time.
+func (d *Driver) lockForNode(ctx context.Context, id string) (func(), error) {
+	unlockVol, err := d.rlock(ctx, "vol", id)
+	if err != nil {
+		return nil, err
+	}
+	unlockNode, err := d.lock(ctx, "node", id)
+	if err != nil {
+		unlockVol()
+		return nil, err
+	}
+	return func() { unlockNode(); unlockVol() }, nil
+}
+
 // NodeStageVolume binds the volume's directory at the staging path. Pods get
 // bind mounts of the staging path (NodePublishVolume), so one staging serves
 // every pod on the node.
@@ -72,7 +89,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err := requirePath(path, "staging_target_path"); err != nil {
 		return nil, err
 	}
-	if err := validateCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}); err != nil {
+	if err := nodeCapability(req.GetVolumeCapability()); err != nil {
 		return nil, err
 	}
 	v, unlock, err := d.nodeVolume(ctx, req.GetVolumeId())
@@ -81,7 +98,16 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	}
 	defer unlock()
 
-	done, err := d.prepareMountPoint(v.ID, state.KindStage, path, func(*state.Publication) bool { return true })
+	pub := &state.Publication{VolumeID: v.ID, NodeID: d.cfg.NodeID, Kind: state.KindStage, Path: path,
+		AccessMode: req.GetVolumeCapability().GetAccessMode().GetMode().String(),
+		MountFlags: req.GetVolumeCapability().GetMount().GetMountFlags()}
+	// The spec: staged again at the same path with another capability is
+	// ALREADY_EXISTS. Records from before the capability was kept have no
+	// access mode and match any.
+	same := func(r *state.Publication) bool {
+		return r.AccessMode == "" || (r.AccessMode == pub.AccessMode && slices.Equal(r.MountFlags, pub.MountFlags))
+	}
+	done, err := d.prepareMountPoint(v.ID, state.KindStage, path, same)
 	if err != nil || done {
 		return &csi.NodeStageVolumeResponse{}, err
 	}
@@ -91,7 +117,6 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err := os.MkdirAll(path, 0o750); err != nil {
 		return nil, status.Errorf(codes.Internal, "create staging path: %v", err)
 	}
-	pub := &state.Publication{VolumeID: v.ID, NodeID: d.cfg.NodeID, Kind: state.KindStage, Path: path}
 	if err := d.mountRecorded(pub, func() error { return mountutil.Bind(d.vols.Path(v.ID), path, false, nil) }); err != nil {
 		return nil, err
 	}
@@ -119,7 +144,8 @@ func (d *Driver) prepareMountPoint(id string, kind state.PublicationKind, path s
 		return false, nil
 	case rec.Phase == state.PhaseMounted && mounted:
 		if !sameAs(rec) {
-			return false, status.Errorf(codes.AlreadyExists, "volume %s is already %sd at %s with other options (read-only %v, flags %v)", id, kind, path, rec.ReadOnly, rec.MountFlags)
+			return false, status.Errorf(codes.AlreadyExists, "volume %s is already %sd at %s with another capability (access mode %s, read-only %v, flags %v)",
+				id, kind, path, rec.AccessMode, rec.ReadOnly, rec.MountFlags)
 		}
 		return true, nil
 	}
@@ -204,7 +230,7 @@ func (d *Driver) publicationToRemove(ctx context.Context, id string, kind state.
 	if err := volumeIDOrNotFound(id); err != nil {
 		return nil, nil, err
 	}
-	unlock, err := d.lock(ctx, "vol", id)
+	unlock, err := d.lockForNode(ctx, id)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -243,10 +269,14 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err := requirePath(target, "target_path"); err != nil {
 		return nil, err
 	}
-	if err := requirePath(staging, "staging_target_path"); err != nil {
+	if err := nodeCapability(req.GetVolumeCapability()); err != nil {
 		return nil, err
 	}
-	if err := validateCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}); err != nil {
+	if staging == "" {
+		// The spec's code when STAGE_UNSTAGE_VOLUME is advertised.
+		return nil, status.Error(codes.FailedPrecondition, "staging_target_path is not set; this driver stages volumes (call NodeStageVolume first)")
+	}
+	if err := requirePath(staging, "staging_target_path"); err != nil {
 		return nil, err
 	}
 	v, unlock, err := d.nodeVolume(ctx, req.GetVolumeId())
@@ -279,6 +309,9 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	if err := d.checkSingleWriter(v.ID, pub); err != nil {
 		return nil, err
+	}
+	if j := d.jobs.reading("nowrite/" + v.ID); j != nil && !pub.ReadOnly {
+		return nil, status.Errorf(codes.Aborted, "volume %s is in a %s, which needs it unwritten; retry once it ends", v.ID, j.what)
 	}
 	if err := os.MkdirAll(target, 0o750); err != nil {
 		return nil, status.Errorf(codes.Internal, "create target path: %v", err)
@@ -371,27 +404,4 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 		{Unit: csi.VolumeUsage_BYTES, Total: v.CapacityBytes, Used: used.Bytes, Available: avail},
 		{Unit: csi.VolumeUsage_INODES, Total: used.Inodes + fsStats.FreeInodes, Used: used.Inodes, Available: fsStats.FreeInodes},
 	}}, nil
-}
-
-func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
-	}
-	if req.GetVolumePath() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume path is required")
-	}
-	if c := req.GetVolumeCapability(); c != nil {
-		if err := checkCapability(c); err != nil {
-			return nil, status.Error(codes.InvalidArgument, err.Error())
-		}
-	}
-	v, err := d.mountedAt(req.GetVolumeId(), req.GetVolumePath())
-	if err != nil {
-		return nil, err
-	}
-	if want := req.GetCapacityRange().GetRequiredBytes(); want > v.CapacityBytes {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %d bytes; ControllerExpandVolume must grow it to %d first", v.ID, v.CapacityBytes, want)
-	}
-	// Nothing to grow on the node: a directory volume's size is its record.
-	return &csi.NodeExpandVolumeResponse{CapacityBytes: v.CapacityBytes}, nil
 }

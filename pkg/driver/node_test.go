@@ -9,6 +9,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
@@ -186,5 +187,58 @@ func TestNodeGetInfo(t *testing.T) {
 	info, err := e.d.NodeGetInfo(ctx, nil)
 	if err != nil || info.GetNodeId() != "node-1" || info.GetAccessibleTopology().GetSegments()[TopologyKeyNode] != "node-1" {
 		t.Fatalf("NodeGetInfo = %v, %v", info, err)
+	}
+}
+
+// The node calls' codes from csi.proto's error tables where they differ
+// from the general ones: a capability the volume cannot serve is
+// FAILED_PRECONDITION ("exceeds capabilities"), a missing one
+// INVALID_ARGUMENT; staging again at the same path with another capability
+// is ALREADY_EXISTS; publishing without a staging path when the driver
+// stages is FAILED_PRECONDITION.
+func TestNodeErrorCodesFromTheSpec(t *testing.T) {
+	testutil.RequireRoot(t)
+	e := newEnv(t)
+	testutil.CleanupMounts(t, e.dir)
+	id := e.create(t, "vol")
+	staging, target := e.dir+"/staging", e.dir+"/pods/a/mount"
+	block := &csi.VolumeCapability{AccessMode: rwo.AccessMode, AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}}
+	multi := mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)
+	single := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER)
+	stage := func(c *csi.VolumeCapability) error {
+		_, err := e.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: c})
+		return err
+	}
+	publish := func(staging string, c *csi.VolumeCapability) error {
+		_, err := e.d.NodePublishVolume(ctx, publishReq(id, staging, target, false, c))
+		return err
+	}
+	tests := []struct {
+		name string
+		call func() error
+		code codes.Code
+	}{
+		{"stage without capability", func() error { return stage(nil) }, codes.InvalidArgument},
+		{"stage with block access", func() error { return stage(block) }, codes.FailedPrecondition},
+		{"stage multi-node", func() error { return stage(multi) }, codes.FailedPrecondition},
+		{"stage", func() error { return stage(rwo) }, codes.OK},
+		{"stage again, same capability", func() error { return stage(rwo) }, codes.OK},
+		{"stage again, other access mode", func() error { return stage(single) }, codes.AlreadyExists},
+		{"stage again, other mount flags", func() error { return stage(mountCap(rwo.AccessMode.Mode, "noatime")) }, codes.AlreadyExists},
+		{"publish without capability", func() error { return publish(staging, nil) }, codes.InvalidArgument},
+		{"publish with block access", func() error { return publish(staging, block) }, codes.FailedPrecondition},
+		{"publish without staging path", func() error { return publish("", rwo) }, codes.FailedPrecondition},
+		{"publish", func() error { return publish(staging, rwo) }, codes.OK},
+	}
+	for _, tc := range tests {
+		if err := tc.call(); status.Code(err) != tc.code {
+			t.Errorf("%s: %v, want %s", tc.name, err, tc.code)
+		}
+	}
+	if _, err := e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+		t.Fatal(err)
 	}
 }

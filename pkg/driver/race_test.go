@@ -170,8 +170,16 @@ func TestRaceSnapshotWhileDeletingSource(t *testing.T) {
 		var wg sync.WaitGroup
 		deleteVolume := func() {
 			defer wg.Done()
-			_, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src})
-			allowed(t, "delete", err)
+			// Refused at once (ABORTED) while a snapshot copies the volume;
+			// the CO retries, as here.
+			for {
+				_, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src})
+				if status.Code(err) != codes.Aborted {
+					allowed(t, "delete", err)
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
 		}
 		for g := 0; g < 16; g++ {
 			if g == 8 { // the delete joins in the middle of the stream

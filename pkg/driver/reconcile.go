@@ -1,17 +1,29 @@
 package driver
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"sync"
+	"time"
 
 	"k8s.io/klog/v2"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
 // reconcile runs once at start-up, before anything is served, and brings the
-// disk and the records back in line after a crash:
+// disk and the records back in line after a crash or a power cut:
 //
+//   - a copy left in partial/ (or data left in trash/) whose ID a ready
+//     record names, while the record's data is missing, is moved into place:
+//     data a ready record points to is never deleted;
+//   - every other entry of partial/ (copies cut short) and trash/ (deletes
+//     cut short) is removed;
+//   - a mount half made or half removed is undone, and a record of a mount
+//     that no longer exists (the node rebooted) is dropped;
 //   - a volume still "creating" was never acknowledged: its data and record
 //     are removed (the CO retries the create by name);
 //   - a volume "deleting" had its delete requested: the delete is finished;
@@ -19,115 +31,150 @@ import (
 //     reports it as DATA_LOSS;
 //   - a directory in volumes/ with no record is moved to quarantine/, never
 //     deleted, and logged;
-//   - a mount half made or half removed is undone, and a record of a mount
-//     that no longer exists (the node rebooted) is dropped;
-//   - the trash (deletes cut short) and partial/ (copies cut short) are
-//     emptied;
 //   - snapshots get the same treatment as volumes, and a group snapshot
 //     that was not complete is removed with all its members.
-func (d *Driver) reconcile() error {
-	d.vols.EmptyTrash()
-	if err := d.reconcilePublications(); err != nil {
-		return err
+//
+// Start-up fails open: what cannot be put right (an unmount that fails, a
+// removal blocked by a mount) is logged, reported by NodeGetStorageHealth
+// and retried in the background, while the driver serves. Refusing to start
+// would leave every pod on the node without a driver to unpublish its
+// volumes.
+func (d *Driver) reconcile() []*problem {
+	var problems []*problem
+	add := func(what string, err error, retry func() error) {
+		if err != nil {
+			klog.ErrorS(err, "Cannot reconcile at start-up; serving anyway and retrying in the background", "what", what)
+			problems = append(problems, &problem{what: what, err: err, retry: retry})
+		}
 	}
 	vols, _, err := d.store.ListVolumes("", 0, nil)
 	if err != nil {
-		return err
+		add("list volume records", err, nil)
+		return problems
 	}
+	snaps, _, err := d.store.ListSnapshots("", 0, nil)
+	if err != nil {
+		add("list snapshot records", err, nil)
+		return problems
+	}
+	add("leftovers in partial/ and trash/", d.reconcileLeftovers(vols, snaps, add), nil)
+
+	pubs, err := d.store.AllPublications()
+	add("list mount records", err, nil)
+	// Publish targets before staging paths, so that a staging mount is never
+	// removed from under a target still bound to it.
+	for _, kind := range []state.PublicationKind{state.KindPublish, state.KindStage} {
+		for _, p := range pubs {
+			if p.Kind == kind {
+				add(fmt.Sprintf("%s of volume %s at %s", p.Kind, p.VolumeID, p.Path), d.reconcilePublication(p),
+					func() error { return d.retryPublication(p) })
+			}
+		}
+	}
+
 	known := make(map[string]bool, len(vols))
 	for _, v := range vols {
 		known[v.ID] = true
-		if err := d.reconcileVolume(v); err != nil {
-			return err
-		}
+		add(fmt.Sprintf("volume %s (%s)", v.ID, v.Phase), d.reconcileVolume(v), func() error { return d.retryVolume(v.ID) })
 	}
 	names, err := d.vols.List()
-	if err != nil {
-		return err
+	add("list volume directories", err, nil)
+	d.quarantineUnknown(names, known, d.vols.Quarantine, "volume", add)
+
+	groups, err := d.store.Groups()
+	add("list group snapshot records", err, nil)
+	for _, g := range groups {
+		if g.Phase != state.PhaseReady {
+			add(fmt.Sprintf("group snapshot %s (%s)", g.ID, g.Phase), d.reconcileGroup(g), func() error { return d.retryGroup(g.ID) })
+		}
 	}
-	if err := quarantineUnknown(names, known, d.vols.Quarantine, "volume"); err != nil {
-		return err
+	// Groups may have removed member snapshots: read them again.
+	if snaps, _, err = d.store.ListSnapshots("", 0, nil); err != nil {
+		add("list snapshot records", err, nil)
+		return problems
 	}
-	return d.reconcileSnapshots()
+	knownSnaps := make(map[string]bool, len(snaps))
+	for _, s := range snaps {
+		knownSnaps[s.ID] = true
+		add(fmt.Sprintf("snapshot %s (%s)", s.ID, s.Phase), d.reconcileSnapshot(s), func() error { return d.retrySnapshot(s.ID) })
+	}
+	names, err = d.vols.ListSnapshots()
+	add("list snapshot directories", err, nil)
+	d.quarantineUnknown(names, knownSnaps, d.vols.QuarantineSnapshot, "snapshot", add)
+	return problems
 }
 
-// reconcileGroups finishes or undoes group snapshots a crash interrupted,
-// members and all. It runs before reconcileSnapshots.
-func (d *Driver) reconcileGroups() error {
-	groups, err := d.store.Groups()
+// reconcileLeftovers adopts or removes what partial/ and trash/ hold. Only a
+// ready record whose data is missing adopts a leftover of its ID; a copy
+// renamed into place is durable before its record says ready, so this
+// happens only when a disk broke that promise, and then the data is kept.
+func (d *Driver) reconcileLeftovers(vols []*state.Volume, snaps []*state.Snapshot, add func(string, error, func() error)) error {
+	left, err := d.vols.Leftovers()
 	if err != nil {
 		return err
 	}
-	for _, g := range groups {
-		if g.Phase == state.PhaseReady {
-			continue
+	readyVol := map[string]bool{}
+	for _, v := range vols {
+		if v.Phase == state.PhaseReady {
+			readyVol[v.ID] = true
 		}
-		if err := d.removeGroupMembers(g); err != nil {
-			return fmt.Errorf("group snapshot %s (%s when interrupted): %w", g.ID, g.Phase, err)
+	}
+	readySnap := map[string]bool{}
+	for _, s := range snaps {
+		if s.Phase == state.PhaseReady {
+			readySnap[s.ID] = true
 		}
-		if err := d.store.DeleteGroup(g.ID); err != nil {
-			return err
+	}
+	for _, l := range left {
+		switch {
+		case readyVol[l.ID] && ids.ValidateVolumeID(l.ID) == nil && d.missingVolume(l.ID):
+			add("adopt "+l.Path, d.vols.AdoptVolume(l), nil)
+			klog.ErrorS(nil, "A ready volume's data was found outside its place after a crash; moved it back", "volumeID", l.ID, "from", l.Path)
+			readyVol[l.ID] = false
+		case readySnap[l.ID] && ids.ValidateSnapshotID(l.ID) == nil && d.missingSnapshot(l.ID):
+			add("adopt "+l.Path, d.vols.AdoptSnapshot(l), nil)
+			klog.ErrorS(nil, "A ready snapshot's data was found outside its place after a crash; moved it back", "snapshotID", l.ID, "from", l.Path)
+			readySnap[l.ID] = false
+		default:
+			add("remove "+l.Path, d.vols.RemoveLeftover(l), func() error { return d.vols.RemoveLeftover(l) })
 		}
-		klog.InfoS("Removed a group snapshot that a crash interrupted", "groupSnapshotID", g.ID, "name", g.Name, "phase", g.Phase)
 	}
 	return nil
 }
 
-// reconcileSnapshots does for snapshots what reconcile does for volumes.
-func (d *Driver) reconcileSnapshots() error {
-	if err := d.reconcileGroups(); err != nil {
-		return err
-	}
-	snaps, _, err := d.store.ListSnapshots("", 0, nil)
-	if err != nil {
-		return err
-	}
-	known := make(map[string]bool, len(snaps))
-	for _, s := range snaps {
-		known[s.ID] = true
-		switch s.Phase {
-		case state.PhaseCreating, state.PhaseDeleting:
-			if err := d.vols.DeleteSnapshot(s.ID); err != nil {
-				return fmt.Errorf("snapshot %s (%s when interrupted): remove data: %w", s.ID, s.Phase, err)
-			}
-			if err := d.store.DeleteSnapshot(s.ID); err != nil {
-				return err
-			}
-			klog.InfoS("Removed a snapshot that a crash interrupted", "snapshotID", s.ID, "name", s.Name, "phase", s.Phase)
-		case state.PhaseReady:
-			if ok, err := d.vols.SnapshotExists(s.ID); !ok || err != nil {
-				klog.ErrorS(err, "Snapshot data is missing or unusable; keeping the record", "snapshotID", s.ID, "name", s.Name)
-			}
-		}
-	}
-	names, err := d.vols.ListSnapshots()
-	if err != nil {
-		return err
-	}
-	return quarantineUnknown(names, known, d.vols.QuarantineSnapshot, "snapshot")
+func (d *Driver) missingVolume(id string) bool {
+	ok, err := d.vols.Exists(id)
+	return !ok && err == nil
+}
+
+func (d *Driver) missingSnapshot(id string) bool {
+	ok, err := d.vols.SnapshotExists(id)
+	return !ok && err == nil
 }
 
 // quarantineUnknown moves every entry without a record out of the way.
-func quarantineUnknown(names []string, known map[string]bool, quarantine func(string) (string, error), kind string) error {
+func (d *Driver) quarantineUnknown(names []string, known map[string]bool, quarantine func(string) (string, error), kind string, add func(string, error, func() error)) {
 	for _, name := range names {
 		if known[name] {
 			continue
 		}
 		dst, err := quarantine(name)
 		if err != nil {
-			return err
+			// Not retried while serving: a create of that ID may have
+			// made it by then. The next start-up looks again.
+			add("quarantine "+kind+" entry "+name, err, nil)
+			continue
 		}
 		klog.ErrorS(nil, "Found "+kind+" data without a record; moved it to quarantine for an operator to inspect",
 			"entry", name, "quarantine", dst)
 	}
-	return nil
 }
 
 func (d *Driver) reconcileVolume(v *state.Volume) error {
 	switch v.Phase {
 	case state.PhaseCreating, state.PhaseDeleting:
 		if err := d.vols.Delete(v.ID); err != nil {
-			return fmt.Errorf("volume %s (%s when interrupted): remove data: %w", v.ID, v.Phase, err)
+			return fmt.Errorf("remove data: %w", err)
 		}
 		if err := d.store.DeleteVolume(v.ID); err != nil {
 			return err
@@ -148,23 +195,31 @@ func (d *Driver) reconcileVolume(v *state.Volume) error {
 	return nil
 }
 
-// reconcilePublications runs publish targets before staging paths, so that
-// a staging mount is never removed from under a target still bound to it.
-func (d *Driver) reconcilePublications() error {
-	pubs, err := d.store.AllPublications()
-	if err != nil {
-		return err
-	}
-	for _, kind := range []state.PublicationKind{state.KindPublish, state.KindStage} {
-		for _, p := range pubs {
-			if p.Kind != kind {
-				continue
-			}
-			if err := d.reconcilePublication(p); err != nil {
-				return err
-			}
+func (d *Driver) reconcileSnapshot(s *state.Snapshot) error {
+	switch s.Phase {
+	case state.PhaseCreating, state.PhaseDeleting:
+		if err := d.vols.DeleteSnapshot(s.ID); err != nil {
+			return fmt.Errorf("remove data: %w", err)
+		}
+		if err := d.store.DeleteSnapshot(s.ID); err != nil {
+			return err
+		}
+		klog.InfoS("Removed a snapshot that a crash interrupted", "snapshotID", s.ID, "name", s.Name, "phase", s.Phase)
+	case state.PhaseReady:
+		if ok, err := d.vols.SnapshotExists(s.ID); !ok || err != nil {
+			klog.ErrorS(err, "Snapshot data is missing or unusable; keeping the record", "snapshotID", s.ID, "name", s.Name)
 		}
 	}
+	return nil
+}
+
+// reconcileGroup removes a group snapshot that a crash interrupted, with its
+// members.
+func (d *Driver) reconcileGroup(g *state.GroupSnapshot) error {
+	if err := d.undoGroup(g); err != nil {
+		return err
+	}
+	klog.InfoS("Removed a group snapshot that a crash interrupted", "groupSnapshotID", g.ID, "name", g.Name, "phase", g.Phase)
 	return nil
 }
 
@@ -183,9 +238,165 @@ func (d *Driver) reconcilePublication(p *state.Publication) error {
 		// Mounting or unmounting when interrupted: the CO never got an
 		// answer and will call again, so undo what may be half done.
 		if err := mountutil.Unmount(p.Path, false); err != nil {
-			return fmt.Errorf("undo interrupted %s of volume %s at %s: %w", p.Kind, p.VolumeID, p.Path, err)
+			return fmt.Errorf("undo interrupted %s: %w", p.Kind, err)
 		}
 		klog.InfoS("Undid a mount change that a crash interrupted", "volumeID", p.VolumeID, "kind", p.Kind, "path", p.Path, "phase", p.Phase)
 	}
 	return d.store.DeletePublication(p.VolumeID, p.Kind, p.Path)
+}
+
+// The retries below run while the driver serves: each takes the locks a
+// call would, and first reads the record again, since a call may have
+// settled the matter in the meantime (a kubelet retrying its mount, a CO
+// retrying its delete).
+
+func (d *Driver) retryPublication(p *state.Publication) error {
+	unlock, err := d.lockForNode(context.Background(), p.VolumeID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	cur, err := d.store.GetPublication(p.VolumeID, p.Kind, p.Path)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil
+	}
+	if err != nil || cur.Phase == state.PhaseMounted && p.Phase != state.PhaseMounted {
+		return err // remounted by the kubelet meanwhile: nothing to undo
+	}
+	return d.reconcilePublication(cur)
+}
+
+func (d *Driver) retryVolume(id string) error {
+	if d.jobs.making(id) != nil {
+		return nil
+	}
+	unlock, err := d.lock(context.Background(), "vol", id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	v, err := d.store.GetVolume(id)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return d.reconcileVolume(v)
+}
+
+func (d *Driver) retrySnapshot(id string) error {
+	if d.jobs.making(id) != nil {
+		return nil
+	}
+	unlock, err := d.lock(context.Background(), "snap", id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	s, err := d.store.GetSnapshot(id)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return d.reconcileSnapshot(s)
+}
+
+func (d *Driver) retryGroup(id string) error {
+	if d.jobs.making(id) != nil {
+		return nil
+	}
+	unlock, err := d.lock(context.Background(), "group", id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	g, err := d.store.GetGroup(id)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil
+	}
+	if err != nil || g.Phase == state.PhaseReady {
+		return err
+	}
+	return d.reconcileGroup(g)
+}
+
+// problem is something start-up could not put right.
+type problem struct {
+	what  string
+	err   error
+	retry func() error // nil: only the next start-up tries again
+}
+
+// pending tracks the problems start-up left and retries them in the
+// background until none is left.
+type pending struct {
+	mu       sync.Mutex
+	problems []*problem
+	stop     chan struct{}
+	stopOnce sync.Once
+	done     chan struct{}
+}
+
+func startPending(problems []*problem, every time.Duration) *pending {
+	p := &pending{problems: problems, stop: make(chan struct{}), done: make(chan struct{})}
+	go p.loop(every)
+	return p
+}
+
+func (p *pending) loop(every time.Duration) {
+	defer close(p.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if p.retryOnce() {
+			return
+		}
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// retryOnce retries what can be retried; it reports whether nothing
+// retryable is left.
+func (p *pending) retryOnce() bool {
+	p.mu.Lock()
+	todo := p.problems
+	p.mu.Unlock()
+	var left []*problem
+	retryable := false
+	for _, pr := range todo {
+		if pr.retry == nil {
+			left = append(left, pr)
+			continue
+		}
+		if err := pr.retry(); err != nil {
+			pr.err = err
+			left = append(left, pr)
+			retryable = true
+			continue
+		}
+		klog.InfoS("Reconciled what start-up could not", "what", pr.what)
+	}
+	p.mu.Lock()
+	p.problems = left
+	p.mu.Unlock()
+	return !retryable
+}
+
+// list returns the problems left, for health reports.
+func (p *pending) list() []*problem {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]*problem(nil), p.problems...)
+}
+
+func (p *pending) close() {
+	p.stopOnce.Do(func() { close(p.stop) })
+	<-p.done
 }

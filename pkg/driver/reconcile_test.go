@@ -3,7 +3,9 @@ package driver
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -155,5 +157,98 @@ func TestReconcileSnapshotsAfterCrash(t *testing.T) {
 	q, _ := os.ReadDir(filepath.Join(e.dataDir, "quarantine"))
 	if len(q) != 1 {
 		t.Fatalf("quarantine: %v, want the stray snapshot", q)
+	}
+}
+
+// A copy that was renamed into place while its record went ready, but whose
+// rename the disk lost in a power cut (the copy is back in partial/): start-up
+// moves it into place instead of emptying partial/ of a ready volume's and a
+// ready snapshot's only copy.
+func TestReconcileAdoptsReadyCopies(t *testing.T) {
+	e := newEnv(t)
+	src := e.create(t, "src")
+	os.WriteFile(filepath.Join(e.d.vols.Path(src), "data"), []byte("precious"), 0o644)
+	r, err := e.d.CreateSnapshot(ctx, snapReq("snap", src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := r.GetSnapshot().GetSnapshotId()
+	clone, err := e.d.CreateVolume(ctx, fromVolume("clone", 0, src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cloneID := clone.GetVolume().GetVolumeId()
+	e.d.Close()
+	// What a lost rename leaves: the data back in partial/.
+	for _, p := range [][2]string{{e.d.vols.SnapshotPath(snap), snap}, {e.d.vols.Path(cloneID), cloneID}} {
+		if err := os.Rename(p[0], filepath.Join(e.dataDir, "partial", p[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// And an unfinished copy nobody owns, which goes.
+	os.MkdirAll(filepath.Join(e.dataDir, "partial", ids.NewVolumeID(), "x"), 0o755)
+	e.start(t)
+	for _, p := range []string{filepath.Join(e.d.vols.SnapshotPath(snap), "data"), filepath.Join(e.d.vols.Path(cloneID), "data")} {
+		if got, err := os.ReadFile(p); err != nil || string(got) != "precious" {
+			t.Fatalf("%s after start-up: %q %v", p, got, err)
+		}
+	}
+	if left, _ := os.ReadDir(filepath.Join(e.dataDir, "partial")); len(left) != 0 {
+		t.Fatalf("partial/ after start-up: %v", left)
+	}
+}
+
+// Start-up fails open: a volume whose interrupted create cannot be rolled
+// back (a mount inside it blocks the removal) does not stop the driver. It
+// serves, reports the problem in NodeGetStorageHealth, and retries until the
+// obstacle is gone.
+func TestStartupServesDespiteReconcileFailure(t *testing.T) {
+	testutil.RequireRoot(t)
+	e := newEnv(t)
+	testutil.CleanupMounts(t, e.dir)
+	stuck := e.create(t, "stuck")
+	if err := e.d.store.SetVolumePhase(stuck, state.PhaseCreating); err != nil {
+		t.Fatal(err)
+	}
+	inside := filepath.Join(e.d.vols.Path(stuck), "m")
+	os.Mkdir(inside, 0o755)
+	if err := unix.Mount(t.TempDir(), inside, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	mounted := true
+	defer func() {
+		if mounted {
+			unix.Unmount(inside, unix.MNT_DETACH)
+		}
+	}()
+	e.d.Close()
+	cfg := e.config()
+	cfg.ReconcileRetry = 20 * time.Millisecond
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatalf("start-up with something it cannot reconcile: %v", err)
+	}
+	e.d = d
+	e.create(t, "served") // it serves
+	h, err := e.d.NodeGetStorageHealth(ctx, nil)
+	if err != nil || len(h.GetBackendHealth()) != 1 || h.GetBackendHealth()[0].GetReason() != "ReconcilePending" ||
+		!strings.Contains(h.GetBackendHealth()[0].GetMessage(), stuck) {
+		t.Fatalf("storage health %v %v, want ReconcilePending naming %s", h, err, stuck)
+	}
+	if err := unix.Unmount(inside, 0); err != nil {
+		t.Fatal(err)
+	}
+	mounted = false
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		h, _ := e.d.NodeGetStorageHealth(ctx, nil)
+		ok, _ := e.d.store.VolumeExists(stuck)
+		if len(h.GetBackendHealth()) == 0 && !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the problem was not retried away: health %v, record still there: %v", h, ok)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

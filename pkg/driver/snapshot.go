@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"k8s.io/klog/v2"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -36,9 +38,11 @@ func checkSnapshotParameters(params map[string]string) error {
 
 func csiSnapshot(s *state.Snapshot) *csi.Snapshot {
 	return &csi.Snapshot{
-		SnapshotId:      s.ID,
-		SourceVolumeId:  s.SourceVolumeID,
-		SizeBytes:       s.SizeBytes,
+		SnapshotId:     s.ID,
+		SourceVolumeId: s.SourceVolumeID,
+		// The least size a restore needs (Kubernetes shows it as
+		// restoreSize): the source's capacity, not the bytes copied.
+		SizeBytes:       s.SourceCapacity,
 		CreationTime:    timestamppb.New(s.CreatedAt),
 		ReadyToUse:      s.Phase == state.PhaseReady,
 		GroupSnapshotId: s.GroupID,
@@ -46,77 +50,104 @@ func csiSnapshot(s *state.Snapshot) *csi.Snapshot {
 }
 
 // CreateSnapshot copies the source volume with the fastest mechanism its
-// filesystem offers. It holds the source volume's lock while copying, so the
-// source cannot be deleted mid-copy; other volumes are never held up.
+// filesystem offers. The copy runs detached from the call (see job): a retry
+// while it runs is ABORTED at once, and the first retry after it ended gets
+// the snapshot. The source is held shared, so it cannot be deleted mid-copy
+// while its pods' mounts and other copies of it go on.
 func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
-	name, srcID := req.GetName(), req.GetSourceVolumeId()
-	if err := requireName(name); err != nil {
+	if err := requireName(req.GetName()); err != nil {
 		return nil, err
 	}
-	if srcID == "" {
+	if req.GetSourceVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "source volume ID is required")
 	}
 	if err := checkSnapshotParameters(req.GetParameters()); err != nil {
 		return nil, err
 	}
-	unlock, err := d.lock(ctx, "snapname", name)
-	if err != nil {
+	j, resp, err := d.createSnapshot(ctx, req)
+	if j == nil {
+		return resp, err
+	}
+	if err := d.jobs.await(ctx, j); err != nil {
 		return nil, err
 	}
-	defer unlock()
-
-	existing, err := d.store.GetSnapshotByName(name)
-	switch {
-	case errors.Is(err, state.ErrNotFound):
-	case err != nil:
+	snap, err := d.store.GetSnapshot(j.id)
+	if err != nil {
 		return nil, stateError(err)
-	case existing.SourceVolumeID != srcID:
-		return nil, status.Errorf(codes.AlreadyExists, "snapshot %q already exists for volume %s, not %s", name, existing.SourceVolumeID, srcID)
-	case existing.Phase == state.PhaseReady:
-		return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(existing)}, nil
-	default:
-		return nil, status.Errorf(codes.Aborted, "snapshot %q is %s; retry", name, existing.Phase)
-	}
-
-	if err := volumeIDOrNotFound(srcID); err != nil {
-		return nil, err
-	}
-	unlockSrc, err := d.lock(ctx, "vol", srcID)
-	if err != nil {
-		return nil, err
-	}
-	defer unlockSrc()
-	src, err := d.readyVolume(srcID)
-	if err != nil {
-		return nil, err
-	}
-	snap := &state.Snapshot{ID: ids.NewSnapshotID(), Name: name, SourceVolumeID: srcID, SourceCapacity: src.CapacityBytes,
-		Parameters: req.GetParameters(), Phase: state.PhaseCreating, CreatedAt: time.Now().UTC()}
-	if err := d.takeSnapshot(ctx, snap); err != nil {
-		return nil, err
 	}
 	return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(snap)}, nil
 }
 
+// createSnapshot is the part of CreateSnapshot under the name's lock: it
+// answers from the record, or starts the copy as a job.
+func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*job, *csi.CreateSnapshotResponse, error) {
+	name, srcID := req.GetName(), req.GetSourceVolumeId()
+	unlock, err := d.lock(ctx, "snapname", name)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer unlock()
+
+	key := "snapshot/" + name
+	if err := d.jobs.collect(key); err != nil {
+		return nil, nil, err
+	}
+	existing, err := d.store.GetSnapshotByName(name)
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+	case err != nil:
+		return nil, nil, stateError(err)
+	case existing.SourceVolumeID != srcID:
+		return nil, nil, status.Errorf(codes.AlreadyExists, "snapshot %q already exists for volume %s, not %s", name, existing.SourceVolumeID, srcID)
+	case existing.Phase == state.PhaseReady:
+		return nil, &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(existing)}, nil
+	case existing.Phase == state.PhaseCreating:
+		// No job makes it any more: undo it and take the snapshot anew.
+		if err := d.undoSnapshot(existing); err != nil {
+			return nil, nil, err
+		}
+	default:
+		return nil, nil, status.Errorf(codes.Aborted, "snapshot %q is %s; retry", name, existing.Phase)
+	}
+
+	if err := volumeIDOrNotFound(srcID); err != nil {
+		return nil, nil, err
+	}
+	unlockSrc, err := d.rlock(ctx, "vol", srcID)
+	if err != nil {
+		return nil, nil, err
+	}
+	src, err := d.readyVolume(srcID)
+	if err != nil {
+		unlockSrc()
+		return nil, nil, err
+	}
+	snap := &state.Snapshot{ID: ids.NewSnapshotID(), Name: name, SourceVolumeID: srcID, SourceCapacity: src.CapacityBytes,
+		Parameters: req.GetParameters(), Phase: state.PhaseCreating, CreatedAt: time.Now().UTC()}
+	what := fmt.Sprintf("snapshot %s of volume %s", snap.ID, srcID)
+	j := d.jobs.start(key, snap.ID, what, []string{"vol/" + srcID}, func(jctx context.Context) error {
+		defer unlockSrc()
+		return d.takeSnapshot(jctx, snap)
+	})
+	return j, nil, nil
+}
+
 // takeSnapshot records snap's intent, copies its source and records the
 // result; on failure nothing of it is left. The caller holds the source
-// volume's lock.
+// volume shared.
 func (d *Driver) takeSnapshot(ctx context.Context, snap *state.Snapshot) error {
 	if err := d.store.PutSnapshot(snap); err != nil {
 		return stateError(err)
 	}
 	start := time.Now()
-	st, err := d.vols.Snapshot(ctx, snap.SourceVolumeID, snap.ID)
+	st, err := d.copyStep(ctx, snap.ID, func() (hostpath.CopyResult, error) {
+		return d.vols.Snapshot(ctx, snap.SourceVolumeID, snap.ID)
+	})
 	if err != nil {
 		d.rollbackSnapshot(snap)
 		return diskError("copy volume into snapshot", err)
 	}
-	used, err := d.vols.SnapshotUsage(snap.ID)
-	if err != nil {
-		d.rollbackSnapshot(snap)
-		return diskError("measure snapshot", err)
-	}
-	snap.SizeBytes, snap.Mechanism, snap.Phase = used.Bytes, st.Mechanism, state.PhaseReady
+	snap.SizeBytes, snap.Mechanism, snap.Phase = st.Bytes, st.Mechanism, state.PhaseReady
 	if err := d.store.PutSnapshot(snap); err != nil {
 		d.rollbackSnapshot(snap)
 		return stateError(err)
@@ -126,14 +157,23 @@ func (d *Driver) takeSnapshot(ctx context.Context, snap *state.Snapshot) error {
 	return nil
 }
 
+// rollbackSnapshot undoes a snapshot that failed; what it cannot undo stays
+// in phase creating, which a retry of the name or the next start-up undoes.
 func (d *Driver) rollbackSnapshot(s *state.Snapshot) {
+	if err := d.undoSnapshot(s); err != nil {
+		klog.ErrorS(err, "Rolling back a failed snapshot; a retry of the name or the next start-up will finish it", "snapshotID", s.ID)
+	}
+}
+
+// undoSnapshot removes a snapshot that was never made ready: data, then record.
+func (d *Driver) undoSnapshot(s *state.Snapshot) error {
 	if err := d.vols.DeleteSnapshot(s.ID); err != nil {
-		klog.ErrorS(err, "Rolling back a failed snapshot: cannot remove its data; start-up will retry", "snapshotID", s.ID)
-		return
+		return diskError(fmt.Sprintf("remove the data of unfinished snapshot %s", s.ID), err)
 	}
 	if err := d.store.DeleteSnapshot(s.ID); err != nil {
-		klog.ErrorS(err, "Rolling back a failed snapshot: cannot remove its record; start-up will retry", "snapshotID", s.ID)
+		return stateError(err)
 	}
+	return nil
 }
 
 func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
@@ -143,6 +183,14 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 	}
 	if ids.ValidateSnapshotID(id) != nil {
 		return &csi.DeleteSnapshotResponse{}, nil // no snapshot can have this ID
+	}
+	if j := d.jobs.making(id); j != nil {
+		if err := d.jobs.cancelAndWait(ctx, j); err != nil {
+			return nil, err
+		}
+	}
+	if j := d.jobs.reading("snap/" + id); j != nil {
+		return nil, status.Errorf(codes.Aborted, "snapshot %s is the source of a %s; retry once it ends", id, j.what)
 	}
 	unlock, err := d.lock(ctx, "snap", id)
 	if err != nil {
@@ -157,7 +205,8 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 		return nil, stateError(err)
 	}
 	if snap.GroupID != "" {
-		return nil, status.Errorf(codes.FailedPrecondition, "snapshot %s is a member of group snapshot %s; delete the group", id, snap.GroupID)
+		// The spec's code for "part of a group, cannot be deleted alone".
+		return nil, status.Errorf(codes.InvalidArgument, "snapshot %s is a member of group snapshot %s and cannot be deleted alone; delete the group", id, snap.GroupID)
 	}
 	if err := d.removeSnapshot(snap); err != nil {
 		return nil, err
@@ -240,11 +289,20 @@ func (d *Driver) readySnapshot(id string) (*state.Snapshot, error) {
 type contentSource struct {
 	snapshotID, volumeID string
 	capacity             int64 // the smallest volume the content fits in
+	lockKey              string
 	unlock               func()
 }
 
-// lockContentSource checks a CreateVolume content source and holds its lock
-// (snapshot or volume) so it cannot be deleted while it is copied.
+func (cs *contentSource) describe(newID string) string {
+	if cs.snapshotID != "" {
+		return fmt.Sprintf("restore of volume %s from snapshot %s", newID, cs.snapshotID)
+	}
+	return fmt.Sprintf("clone of volume %s into volume %s", cs.volumeID, newID)
+}
+
+// lockContentSource checks a CreateVolume content source and holds it
+// shared (snapshot or volume), so it cannot be deleted while it is copied;
+// other copies and mounts of it go on meanwhile.
 func (d *Driver) lockContentSource(ctx context.Context, cs *csi.VolumeContentSource) (*contentSource, error) {
 	switch {
 	case cs.GetSnapshot() != nil:
@@ -252,7 +310,7 @@ func (d *Driver) lockContentSource(ctx context.Context, cs *csi.VolumeContentSou
 		if err := snapshotIDOrNotFound(id); err != nil {
 			return nil, err
 		}
-		unlock, err := d.lock(ctx, "snap", id)
+		unlock, err := d.rlock(ctx, "snap", id)
 		if err != nil {
 			return nil, err
 		}
@@ -261,13 +319,13 @@ func (d *Driver) lockContentSource(ctx context.Context, cs *csi.VolumeContentSou
 			unlock()
 			return nil, err
 		}
-		return &contentSource{snapshotID: id, capacity: snap.SourceCapacity, unlock: unlock}, nil
+		return &contentSource{snapshotID: id, capacity: snap.SourceCapacity, lockKey: "snap/" + id, unlock: unlock}, nil
 	case cs.GetVolume() != nil:
 		id := cs.GetVolume().GetVolumeId()
 		if err := volumeIDOrNotFound(id); err != nil {
 			return nil, err
 		}
-		unlock, err := d.lock(ctx, "vol", id)
+		unlock, err := d.rlock(ctx, "vol", id)
 		if err != nil {
 			return nil, err
 		}
@@ -276,7 +334,7 @@ func (d *Driver) lockContentSource(ctx context.Context, cs *csi.VolumeContentSou
 			unlock()
 			return nil, err
 		}
-		return &contentSource{volumeID: id, capacity: v.CapacityBytes, unlock: unlock}, nil
+		return &contentSource{volumeID: id, capacity: v.CapacityBytes, lockKey: "vol/" + id, unlock: unlock}, nil
 	}
 	return nil, status.Error(codes.InvalidArgument, "volume content source has neither a snapshot nor a volume")
 }

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -180,49 +179,6 @@ func TestListSnapshotsFilters(t *testing.T) {
 	wantCode(t, err, codes.Aborted)
 }
 
-// A long snapshot holds only its own source: other volumes are created while
-// it copies, and a second call for the same snapshot name gets the same
-// snapshot, never a second copy.
-func TestSnapshotDoesNotBlockOthers(t *testing.T) {
-	e := newEnv(t)
-	big := e.create(t, "big")
-	testutil.WriteSampleTree(t, e.d.vols.Path(big), 12000)
-	var snapshotDone atomic.Bool
-	var createdDuring atomic.Int64
-	var ids [2]string
-	var wg sync.WaitGroup
-	for i := range ids {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			r, err := e.d.CreateSnapshot(ctx, snapReq("long", big))
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			snapshotDone.Store(true)
-			ids[i] = r.GetSnapshot().GetSnapshotId()
-		}(i)
-	}
-	for i := 0; i < 200 && !snapshotDone.Load(); i++ {
-		e.create(t, fmt.Sprint("other-", i))
-		if !snapshotDone.Load() {
-			createdDuring.Add(1)
-		}
-	}
-	wg.Wait()
-	if ids[0] == "" || ids[0] != ids[1] {
-		t.Fatalf("two calls for one snapshot name gave %q and %q", ids[0], ids[1])
-	}
-	if createdDuring.Load() == 0 {
-		t.Fatal("no other volume was created while the snapshot copied")
-	}
-	if snaps, _ := e.d.vols.ListSnapshots(); len(snaps) != 1 {
-		t.Fatalf("%d snapshot directories, want 1", len(snaps))
-	}
-	t.Logf("%d volumes created while the snapshot copied", createdDuring.Load())
-}
-
 // Snapshots of a volume that is being written: the source is never
 // corrupted, and every file a snapshot captured is complete (the writer
 // renames whole files into place, as databases and editors do).
@@ -244,11 +200,15 @@ func TestSnapshotOfVolumeBeingWritten(t *testing.T) {
 				return
 			default:
 			}
-			tmp := filepath.Join(dir, fmt.Sprintf(".tmp-%d", i))
-			if err := os.WriteFile(tmp, content(i), 0o644); err != nil {
+			// At most 3000 names: past them the writer replaces whole
+			// files (same content), so the volume stays bounded however
+			// long the snapshots take.
+			n := i % 3000
+			tmp := filepath.Join(dir, fmt.Sprintf(".tmp-%d", n))
+			if err := os.WriteFile(tmp, content(n), 0o644); err != nil {
 				t.Error(err)
 			}
-			if err := os.Rename(tmp, filepath.Join(dir, fmt.Sprint(i))); err != nil {
+			if err := os.Rename(tmp, filepath.Join(dir, fmt.Sprint(n))); err != nil {
 				t.Error(err)
 			}
 		}
@@ -262,7 +222,7 @@ func TestSnapshotOfVolumeBeingWritten(t *testing.T) {
 		snaps = append(snaps, r.GetSnapshot().GetSnapshotId())
 	}
 	n := stopWriter()
-	for i := 0; i < n; i++ {
+	for i := 0; i < min(n, 3000); i++ {
 		if got, err := os.ReadFile(filepath.Join(dir, fmt.Sprint(i))); err != nil || string(got) != string(content(i)) {
 			t.Fatalf("source file %d damaged: %v", i, err)
 		}

@@ -136,6 +136,20 @@ func checkCapability(c *csi.VolumeCapability) error {
 	return nil
 }
 
+// nodeCapability checks the capability of a node call. The spec's codes
+// differ from the controller's: a missing or malformed capability is
+// INVALID_ARGUMENT, one the volume cannot serve is FAILED_PRECONDITION
+// ("exceeds capabilities").
+func nodeCapability(c *csi.VolumeCapability) error {
+	if c == nil || c.GetAccessMode() == nil || c.GetAccessType() == nil {
+		return status.Error(codes.InvalidArgument, "volume capability with an access mode and an access type is required")
+	}
+	if err := checkCapability(c); err != nil {
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return nil
+}
+
 // validateCapabilities returns InvalidArgument for a missing or unsupported
 // capability.
 func validateCapabilities(caps []*csi.VolumeCapability) error {

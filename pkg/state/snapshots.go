@@ -14,7 +14,9 @@ type Snapshot struct {
 	// SourceCapacity is the source volume's capacity when the snapshot was
 	// taken: the smallest volume it can be restored into.
 	SourceCapacity int64 `json:"sourceCapacity"`
-	// SizeBytes is what the snapshot's data occupies on disk.
+	// SizeBytes is the logical size of the files the snapshot copied (0
+	// for a btrfs snapshot, which copies none); for logs and operators.
+	// CSI's size_bytes is SourceCapacity.
 	SizeBytes int64 `json:"sizeBytes"`
 	// Mechanism is how the data was copied (reflink, copy, ...).
 	Mechanism  string            `json:"mechanism"`

@@ -36,6 +36,9 @@ type Volume struct {
 	SourceVolumeID   string `json:"sourceVolumeID,omitempty"`
 }
 
+// HasSource reports whether the volume is made from a snapshot or a volume.
+func (v *Volume) HasSource() bool { return v.SourceSnapshotID != "" || v.SourceVolumeID != "" }
+
 // GetVolume returns the volume with this ID, or ErrNotFound.
 func (s *Store) GetVolume(id string) (*Volume, error) { return getByID[Volume](s, bucketVolumes, id) }
 

@@ -247,7 +247,15 @@ func (h *harness) work(m *model, prefix string, mine, snaps []string, stop <-cha
 		case r < 6:
 			err = h.write(m, mine[mrand.IntN(len(mine))])
 		case r < 7:
-			err = h.expand(m, mine[mrand.IntN(len(mine))])
+			// A caller with a deadline far shorter than the copy, retrying
+			// as csi-snapshotter and csi-provisioner do.
+			if mrand.IntN(2) == 0 {
+				if err = h.snapshotImpatient(m, "s"+name, mine[mrand.IntN(len(mine))]); err == nil {
+					snaps = append(snaps, "s"+name)
+				}
+			} else if err = h.createImpatient(m, name, source{volName: mine[mrand.IntN(len(mine))]}); err == nil {
+				mine = append(mine, name)
+			}
 		case r < 8:
 			err = h.inspect(mine[mrand.IntN(len(mine))], m)
 		case r < 10:
@@ -295,13 +303,47 @@ func driverGone(err error) bool {
 // create makes a volume, empty or from a source; the model records the
 // data checksum the new volume must hold.
 func (h *harness) create(m *model, name string, src source) error {
+	return h.createWith(m, name, src, once)
+}
+
+// createImpatient is create by a caller whose every call has 1-20 ms.
+func (h *harness) createImpatient(m *model, name string, src source) error {
+	return h.createWith(m, name, src, impatient)
+}
+
+// once makes one call with 5 s; impatient makes calls of 1-20 ms, retrying
+// on ABORTED (a copy in progress) and DEADLINE_EXCEEDED until an answer,
+// as the sidecars do. A call the kill cut short ends either way.
+func once(call func(context.Context) error) error {
+	ctx, cancel := ctx5()
+	defer cancel()
+	return call(ctx)
+}
+
+func impatient(call func(context.Context) error) error {
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(1+mrand.IntN(20))*time.Millisecond)
+		err := call(ctx)
+		cancel()
+		switch status.Code(err) {
+		case codes.Aborted, codes.DeadlineExceeded:
+			time.Sleep(time.Duration(1+mrand.IntN(10)) * time.Millisecond)
+			continue
+		}
+		return err
+	}
+}
+
+func (h *harness) createWith(m *model, name string, src source, calls func(func(context.Context) error) error) error {
 	m.mu.Lock()
 	m.maybeCreated[name] = src
 	req, sum := m.createRequest(name, src)
 	m.mu.Unlock()
-	ctx, cancel := ctx5()
-	defer cancel()
-	r, err := h.ctrl.CreateVolume(ctx, req)
+	var r *csi.CreateVolumeResponse
+	err := calls(func(ctx context.Context) (err error) {
+		r, err = h.ctrl.CreateVolume(ctx, req)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -336,13 +378,23 @@ func (m *model) createRequest(name string, src source) (*csi.CreateVolumeRequest
 }
 
 func (h *harness) snapshot(m *model, name, volName string) error {
+	return h.snapshotWith(m, name, volName, once)
+}
+
+func (h *harness) snapshotImpatient(m *model, name, volName string) error {
+	return h.snapshotWith(m, name, volName, impatient)
+}
+
+func (h *harness) snapshotWith(m *model, name, volName string, calls func(func(context.Context) error) error) error {
 	m.mu.Lock()
 	m.maybeSnap[name] = volName
 	v := m.acked[volName]
 	m.mu.Unlock()
-	ctx, cancel := ctx5()
-	defer cancel()
-	r, err := h.ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: v.id})
+	var r *csi.CreateSnapshotResponse
+	err := calls(func(ctx context.Context) (err error) {
+		r, err = h.ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: v.id})
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -399,9 +451,6 @@ func (h *harness) write(m *model, name string) error {
 	if _, err := h.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: v.id, VolumePath: target}); err != nil {
 		return err
 	}
-	if _, err := h.node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: v.id, VolumePath: target}); err != nil {
-		return err
-	}
 	if r, err := h.node.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: v.id, VolumePublishPath: target, StagingTargetPath: staging}); err != nil {
 		return err
 	} else if len(r.GetVolumeHealth().GetHealthStatuses()) > 0 {
@@ -445,24 +494,6 @@ func writeSync(path string, data []byte) error {
 		return err
 	}
 	return f.Close()
-}
-
-func (h *harness) expand(m *model, name string) error {
-	m.mu.Lock()
-	v := m.acked[name]
-	size := v.capacity + 1<<20
-	m.mu.Unlock()
-	ctx, cancel := ctx5()
-	defer cancel()
-	r, err := h.ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: v.id, CapacityRange: &csi.CapacityRange{RequiredBytes: size}})
-	if err != nil {
-		return err
-	}
-	m.mu.Lock()
-	v.capacity = r.GetCapacityBytes()
-	m.ops++
-	m.mu.Unlock()
-	return nil
 }
 
 // inspect makes the read-only controller calls on one of the worker's

@@ -1,0 +1,190 @@
+package driver
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// A job is a long operation (the copy behind a snapshot, a restore, a clone
+// or a group snapshot) that runs detached from the call that started it.
+// csi-provisioner and csi-snapshotter give each call 10 s by default and
+// retry; a copy of tens of GiB takes longer, so a copy bound to the call
+// would be cancelled and started over at every retry and never finish.
+// Instead the copy goes on when the caller gives up; a retry while it runs
+// is answered at once with ABORTED (the spec's "operation pending"), and
+// the first retry after it ended gets its result.
+type job struct {
+	key   string   // what the caller names: "volume/<name>", "snapshot/<name>", "group/<name>"
+	id    string   // the ID of what the job makes
+	reads []string // lock keys of the sources it copies ("vol/<id>", "snap/<id>")
+	what  string   // for messages: "restore of volume X from snapshot Y"
+
+	started time.Time
+	cancel  context.CancelFunc
+	done    chan struct{}
+	err     error // set before done is closed
+}
+
+func (j *job) finished() bool {
+	select {
+	case <-j.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// inProgress is the answer to a call that finds its job still running.
+func (j *job) inProgress() error {
+	return status.Errorf(codes.Aborted, "%s is in progress (running for %s); it goes on without the caller: retry to get its result",
+		j.what, time.Since(j.started).Round(time.Millisecond))
+}
+
+// jobs tracks the detached operations of one driver.
+type jobs struct {
+	base   context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	byKey map[string]*job
+	// keep is how long a finished job's result waits for a retry to
+	// collect it before it is forgotten (the caller gave up for good).
+	keep time.Duration
+}
+
+func newJobs() *jobs {
+	base, cancel := context.WithCancel(context.Background())
+	return &jobs{base: base, cancel: cancel, byKey: map[string]*job{}, keep: 15 * time.Minute}
+}
+
+// start runs fn detached. fn's context ends only when the job is cancelled
+// (a delete of what it makes, or the driver shutting down). There must be
+// no job under key already (the caller holds the name lock and checked).
+func (js *jobs) start(key, id, what string, reads []string, fn func(context.Context) error) *job {
+	ctx, cancel := context.WithCancel(js.base)
+	j := &job{key: key, id: id, what: what, reads: reads, started: time.Now(), cancel: cancel, done: make(chan struct{})}
+	js.mu.Lock()
+	js.byKey[key] = j
+	js.mu.Unlock()
+	js.wg.Add(1)
+	go func() {
+		defer js.wg.Done()
+		defer cancel()
+		j.err = fn(ctx)
+		close(j.done)
+		time.AfterFunc(js.keep, func() { js.forget(j) })
+	}()
+	return j
+}
+
+// get returns the job under key, running or finished and not yet collected.
+func (js *jobs) get(key string) *job {
+	js.mu.Lock()
+	defer js.mu.Unlock()
+	return js.byKey[key]
+}
+
+// forget drops a job (its result was delivered, or nobody came for it).
+func (js *jobs) forget(j *job) {
+	js.mu.Lock()
+	defer js.mu.Unlock()
+	if js.byKey[j.key] == j {
+		delete(js.byKey, j.key)
+	}
+}
+
+// reading returns a running job that copies from the given lock key.
+func (js *jobs) reading(lockKey string) *job {
+	js.mu.Lock()
+	defer js.mu.Unlock()
+	for _, j := range js.byKey {
+		if j.finished() {
+			continue
+		}
+		for _, r := range j.reads {
+			if r == lockKey {
+				return j
+			}
+		}
+	}
+	return nil
+}
+
+// making returns the running job that makes the volume, snapshot or group
+// with this ID.
+func (js *jobs) making(id string) *job {
+	js.mu.Lock()
+	defer js.mu.Unlock()
+	for _, j := range js.byKey {
+		if j.id == id && !j.finished() {
+			return j
+		}
+	}
+	return nil
+}
+
+// running counts the jobs still running.
+func (js *jobs) running() int {
+	js.mu.Lock()
+	defer js.mu.Unlock()
+	n := 0
+	for _, j := range js.byKey {
+		if !j.finished() {
+			n++
+		}
+	}
+	return n
+}
+
+// close cancels every job and waits for them to roll back.
+func (js *jobs) close() {
+	js.cancel()
+	js.wg.Wait()
+}
+
+// await waits for a job the caller started (or found) until the job ends or
+// the caller's context does. A result that reaches a caller is collected;
+// when the caller gives up first the job goes on, and its result waits for
+// the next retry.
+func (js *jobs) await(ctx context.Context, j *job) error {
+	select {
+	case <-j.done:
+		js.forget(j)
+		return j.err
+	case <-ctx.Done():
+		return j.inProgress()
+	}
+}
+
+// collect is for a call that finds a job under its key: a running one is
+// answered with ABORTED; a finished one is dropped and its error returned
+// (nil when it succeeded: the record then tells the result).
+func (js *jobs) collect(key string) error {
+	j := js.get(key)
+	if j == nil {
+		return nil
+	}
+	if !j.finished() {
+		return j.inProgress()
+	}
+	js.forget(j)
+	return j.err
+}
+
+// cancelAndWait stops a running job (its work is rolled back) and waits for
+// it, or for ctx.
+func (js *jobs) cancelAndWait(ctx context.Context, j *job) error {
+	j.cancel()
+	select {
+	case <-j.done:
+		js.forget(j)
+		return nil
+	case <-ctx.Done():
+		return status.Errorf(codes.Aborted, "cancelling %s: %v; retry", j.what, ctx.Err())
+	}
+}

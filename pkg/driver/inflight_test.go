@@ -1,0 +1,369 @@
+package driver
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/state"
+)
+
+// gate holds every copy job at its start until opened, and counts how many
+// are held at once.
+type gate struct {
+	open    chan struct{}
+	entered chan string
+	mu      sync.Mutex
+	inside  int
+	most    int
+	fail    error // returned instead of waiting, when set
+}
+
+func newGate(e *testEnv) *gate {
+	g := &gate{open: make(chan struct{}), entered: make(chan string, 100)}
+	e.d.beforeCopy = g.hook
+	return g
+}
+
+func (g *gate) hook(ctx context.Context, id string) error {
+	g.mu.Lock()
+	g.inside++
+	g.most = max(g.most, g.inside)
+	fail := g.fail
+	g.mu.Unlock()
+	defer func() { g.mu.Lock(); g.inside--; g.mu.Unlock() }()
+	g.entered <- id
+	if fail != nil {
+		return fail
+	}
+	select {
+	case <-g.open:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (g *gate) wait(t *testing.T) string {
+	t.Helper()
+	select {
+	case id := <-g.entered:
+		return id
+	case <-time.After(30 * time.Second):
+		t.Fatal("no copy started")
+		return ""
+	}
+}
+
+// deadline is a call's context with a timeout, released when the test ends.
+func deadline(t *testing.T, d time.Duration) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return c
+}
+
+// retry calls f as csi-provisioner and csi-snapshotter do: each attempt
+// gets a short deadline, and ABORTED or DEADLINE_EXCEEDED means "again".
+// It returns the attempts made.
+func retry(t *testing.T, perCall time.Duration, f func(context.Context) error) int {
+	t.Helper()
+	for n := 1; n <= 5000; n++ {
+		err := f(deadline(t, perCall))
+		switch status.Code(err) {
+		case codes.OK:
+			return n
+		case codes.Aborted, codes.DeadlineExceeded:
+			time.Sleep(perCall)
+		default:
+			t.Fatalf("attempt %d: %v", n, err)
+		}
+	}
+	t.Fatal("never completed in 5000 attempts")
+	return 0
+}
+
+func writeRandom(t *testing.T, path string, size int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.CopyN(f, rand.Reader, size); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A snapshot, a restore and a clone whose copies take many times the
+// caller's deadline complete through the caller's retries, as on a cluster
+// where csi-snapshotter and csi-provisioner give each call 10 s and a copy
+// of tens of GiB takes minutes. Each copy is a real in-kernel copy of
+// 256 MiB on ext4; every call has 20 ms.
+func TestCopyOutlivesItsCaller(t *testing.T) {
+	e := newEnvOn(t, testutil.LoopFS(t, "ext4", 3072))
+	src := e.create(t, "src")
+	writeRandom(t, filepath.Join(e.d.vols.Path(src), "data"), 256<<20)
+	want := testutil.TreeManifest(t, e.d.vols.Path(src))
+	const perCall = 20 * time.Millisecond
+
+	var snapID string
+	n := retry(t, perCall, func(c context.Context) error {
+		r, err := e.d.CreateSnapshot(c, snapReq("snap", src))
+		snapID = r.GetSnapshot().GetSnapshotId()
+		return err
+	})
+	t.Logf("snapshot completed at attempt %d", n)
+	if n < 2 {
+		t.Fatalf("the snapshot fit in one %v call: the test proves nothing", perCall)
+	}
+	for _, tc := range []struct {
+		name string
+		req  *csi.CreateVolumeRequest
+	}{
+		{"restore", fromSnapshot("restored", 0, snapID)},
+		{"clone", fromVolume("cloned", 0, src)},
+	} {
+		var id string
+		n := retry(t, perCall, func(c context.Context) error {
+			r, err := e.d.CreateVolume(c, tc.req)
+			id = r.GetVolume().GetVolumeId()
+			return err
+		})
+		t.Logf("%s completed at attempt %d", tc.name, n)
+		if n < 2 {
+			t.Fatalf("the %s fit in one %v call: the test proves nothing", tc.name, perCall)
+		}
+		if got := testutil.TreeManifest(t, e.d.vols.Path(id)); testutil.DiffManifests(want, got) != "" {
+			t.Fatalf("%s differs from the source:\n%s", tc.name, testutil.DiffManifests(want, got))
+		}
+	}
+	if got := testutil.TreeManifest(t, e.d.vols.SnapshotPath(snapID)); testutil.DiffManifests(want, got) != "" {
+		t.Fatalf("snapshot differs from the source:\n%s", testutil.DiffManifests(want, got))
+	}
+	vols, _ := e.d.vols.List()
+	snaps, _ := e.d.vols.ListSnapshots()
+	if len(vols) != 3 || len(snaps) != 1 {
+		t.Fatalf("%d volume and %d snapshot directories, want 3 and 1 (one copy each, never a second)", len(vols), len(snaps))
+	}
+}
+
+// While a snapshot copies a volume: a second call for the same snapshot
+// name is answered at once with ABORTED (no second copy), 200 other volumes
+// are created, the volume's pod can be stopped and started (unpublish,
+// unstage, stage, publish), another snapshot of the same volume copies at
+// the same time, and a delete of the volume is refused at once (ABORTED)
+// rather than queued behind the copy. Once the copy ends, the first retry
+// gets the snapshot.
+func TestSnapshotDoesNotBlockOthers(t *testing.T) {
+	testutil.RequireRoot(t)
+	e := newEnv(t)
+	testutil.CleanupMounts(t, e.dir)
+	g := newGate(e)
+	src := e.create(t, "busy")
+	staging, target := e.dir+"/staging", e.dir+"/pod/mount"
+	e.stage(t, src, staging)
+	if _, err := e.d.NodePublishVolume(ctx, publishReq(src, staging, target, false, rwo)); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err := e.d.CreateSnapshot(deadline(t, 50*time.Millisecond), snapReq("long", src))
+	wantCode(t, err, codes.Aborted)
+	first := g.wait(t)
+	_, err = e.d.CreateSnapshot(ctx, snapReq("long", src)) // no deadline: must not wait
+	wantCode(t, err, codes.Aborted)
+
+	for i := 0; i < 200; i++ {
+		e.create(t, fmt.Sprint("other-", i))
+	}
+	if _, err := e.d.NodeUnpublishVolume(deadline(t, 5*time.Second), &csi.NodeUnpublishVolumeRequest{VolumeId: src, TargetPath: target}); err != nil {
+		t.Fatalf("pod stop while its volume is snapshotted: %v", err)
+	}
+	if _, err := e.d.NodeUnstageVolume(deadline(t, 5*time.Second), &csi.NodeUnstageVolumeRequest{VolumeId: src, StagingTargetPath: staging}); err != nil {
+		t.Fatalf("unstage while the volume is snapshotted: %v", err)
+	}
+	e.stage(t, src, staging)
+	if _, err := e.d.NodePublishVolume(deadline(t, 5*time.Second), publishReq(src, staging, target, false, rwo)); err != nil {
+		t.Fatalf("pod start while its volume is snapshotted: %v", err)
+	}
+
+	second := make(chan error, 1)
+	go func() {
+		_, err := e.d.CreateSnapshot(ctx, snapReq("other", src))
+		second <- err
+	}()
+	g.wait(t)
+	if g.most != 2 {
+		t.Fatalf("%d copies of the volume at once, want 2", g.most)
+	}
+	_, err = e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src})
+	wantCode(t, err, codes.Aborted)
+
+	close(g.open)
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	retry(t, time.Second, func(c context.Context) error {
+		r, err := e.d.CreateSnapshot(c, snapReq("long", src))
+		got = r.GetSnapshot().GetSnapshotId()
+		return err
+	})
+	if got != first {
+		t.Fatalf("the retry got snapshot %q, the copy made %q", got, first)
+	}
+	if snaps, _ := e.d.vols.ListSnapshots(); len(snaps) != 2 {
+		t.Fatalf("%d snapshot directories, want 2", len(snaps))
+	}
+	for _, p := range []string{target} {
+		if _, err := e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: src, TargetPath: p}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.d.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: src, StagingTargetPath: staging}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Restores from one snapshot run side by side, and a delete of the snapshot
+// is refused while they copy.
+func TestRestoresShareTheirSnapshot(t *testing.T) {
+	e := newEnv(t)
+	src := e.create(t, "src")
+	r, err := e.d.CreateSnapshot(ctx, snapReq("snap", src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := r.GetSnapshot().GetSnapshotId()
+	g := newGate(e)
+	errs := make(chan error, 3)
+	for i := 0; i < 3; i++ {
+		go func(i int) {
+			_, err := e.d.CreateVolume(ctx, fromSnapshot(fmt.Sprint("restore-", i), 0, snap))
+			errs <- err
+		}(i)
+	}
+	for i := 0; i < 3; i++ {
+		g.wait(t)
+	}
+	if g.most != 3 {
+		t.Fatalf("%d restores copied at once, want 3", g.most)
+	}
+	_, err = e.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap})
+	wantCode(t, err, codes.Aborted)
+	close(g.open)
+	for i := 0; i < 3; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A copy that fails after its caller gave up: the first retry gets the
+// failure (with its code), and the retry after that starts a fresh copy.
+// Nothing of the failed copy is left.
+func TestFailedCopyIsReportedOnce(t *testing.T) {
+	e := newEnv(t)
+	src := e.create(t, "src")
+	g := newGate(e)
+	g.fail = fmt.Errorf("copy: %w", unix.ENOSPC)
+	_, err := e.d.CreateVolume(deadline(t, time.Millisecond), fromVolume("clone", 0, src))
+	if c := status.Code(err); c != codes.Aborted && c != codes.ResourceExhausted {
+		t.Fatalf("first call: %v", err)
+	}
+	g.wait(t)
+	for e.d.jobs.running() > 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if status.Code(err) == codes.Aborted { // the caller gave up before the failure
+		_, err = e.d.CreateVolume(ctx, fromVolume("clone", 0, src))
+		wantCode(t, err, codes.ResourceExhausted)
+	}
+	if vols, _ := e.d.vols.List(); len(vols) != 1 {
+		t.Fatalf("a failed clone left %d volume directories", len(vols)-1)
+	}
+	g.fail = nil
+	close(g.open)
+	if _, err := e.d.CreateVolume(ctx, fromVolume("clone", 0, src)); err != nil {
+		t.Fatalf("the retry after the failure: %v", err)
+	}
+}
+
+// A volume, a snapshot and a group snapshot still being copied are deleted
+// by their IDs: the copy stops and nothing of it is left. (A caller that
+// went away for good leaves a volume that the usual delete removes.)
+func TestDeleteStopsACopy(t *testing.T) {
+	e := newEnv(t)
+	src := e.create(t, "src")
+	g := newGate(e)
+	go e.d.CreateVolume(ctx, fromVolume("clone", 0, src))
+	cloneID := g.wait(t)
+	go e.d.CreateSnapshot(ctx, snapReq("snap", src))
+	snapID := g.wait(t)
+	go e.d.CreateVolumeGroupSnapshot(ctx, &csi.CreateVolumeGroupSnapshotRequest{Name: "group", SourceVolumeIds: []string{src}})
+	g.wait(t)
+	groups, _ := e.d.store.Groups()
+	if len(groups) != 1 {
+		t.Fatalf("%d group records", len(groups))
+	}
+	if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: cloneID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snapID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.DeleteVolumeGroupSnapshot(ctx, &csi.DeleteVolumeGroupSnapshotRequest{GroupSnapshotId: groups[0].ID}); err != nil {
+		t.Fatal(err)
+	}
+	e.d.vols.WaitIdle()
+	vols, _ := e.d.vols.List()
+	snaps, _ := e.d.vols.ListSnapshots()
+	recs, _, _ := e.d.store.ListSnapshots("", 0, nil)
+	groups, _ = e.d.store.Groups()
+	if len(vols) != 1 || len(snaps) != 0 || len(recs) != 0 || len(groups) != 0 {
+		t.Fatalf("left after deleting copies in progress: %d volumes (want 1), %d snapshot dirs, %d snapshot records, %d groups", len(vols), len(snaps), len(recs), len(groups))
+	}
+	if _, err := e.d.store.GetVolume(cloneID); !errors.Is(err, state.ErrNotFound) {
+		t.Fatalf("clone record: %v", err)
+	}
+}
+
+// A shutdown while copies run rolls them back; after the restart nothing
+// of them is left and a retry makes them afresh.
+func TestShutdownRollsBackCopies(t *testing.T) {
+	e := newEnv(t)
+	src := e.create(t, "src")
+	g := newGate(e)
+	go e.d.CreateVolume(ctx, fromVolume("clone", 0, src))
+	g.wait(t)
+	go e.d.CreateSnapshot(ctx, snapReq("snap", src))
+	g.wait(t)
+	e.restart(t)
+	vols, _ := e.d.vols.List()
+	snaps, _ := e.d.vols.ListSnapshots()
+	recs, _, _ := e.d.store.ListSnapshots("", 0, nil)
+	if len(vols) != 1 || len(snaps) != 0 || len(recs) != 0 {
+		t.Fatalf("after a shutdown mid-copy: %d volumes (want 1), %d snapshot dirs, %d snapshot records", len(vols), len(snaps), len(recs))
+	}
+	if _, err := e.d.CreateVolume(ctx, fromVolume("clone", 0, src)); err != nil {
+		t.Fatal(err)
+	}
+}
