@@ -86,6 +86,12 @@ func Open(dir string) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open state database %s: %w", path, err)
 	}
+	// The database file's entry in its directory must survive a power cut
+	// as surely as the commits inside it.
+	if err := syncDir(dir); err != nil {
+		db.Close()
+		return nil, err
+	}
 	// Write only when the layout needs it: a read-only check lets the driver
 	// start on a full disk.
 	err = db.View(schemaCurrent)
@@ -288,4 +294,16 @@ func putJSON(b *bolt.Bucket, key string, v any) error {
 		return fmt.Errorf("encode record %q: %w", key, err)
 	}
 	return b.Put([]byte(key), data)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open state directory: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync state directory: %w", err)
+	}
+	return nil
 }
