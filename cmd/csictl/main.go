@@ -8,6 +8,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/hostpath-csi/hostpath-csi/pkg/size"
 	"os"
 	"strings"
 	"time"
@@ -146,7 +147,7 @@ var rwoCap = &csi.VolumeCapability{
 
 func cmdCreate(c *client, args []string) error {
 	fs := flag.NewFlagSet("create", flag.ExitOnError)
-	size := fs.String("size", "", "capacity (bytes, or with Ki/Mi/Gi/Ti); default 1Gi, or the source's size")
+	sizeFlag := fs.String("size", "", "capacity (bytes, or with Ki/Mi/Gi/Ti); default 1Gi, or the source's size")
 	fromSnap := fs.String("from-snapshot", "", "restore this snapshot into the new volume")
 	fromVol := fs.String("from-volume", "", "clone this volume into the new volume")
 	var params paramFlag
@@ -156,8 +157,8 @@ func cmdCreate(c *client, args []string) error {
 		return err
 	}
 	req := &csi.CreateVolumeRequest{Name: name, Parameters: params, VolumeCapabilities: []*csi.VolumeCapability{rwoCap}}
-	if *size != "" {
-		bytes, err := parseSize(*size)
+	if *sizeFlag != "" {
+		bytes, err := size.Parse(*sizeFlag)
 		if err != nil {
 			return err
 		}
@@ -274,21 +275,4 @@ func (p *paramFlag) Set(s string) error {
 	}
 	(*p)[k] = v
 	return nil
-}
-
-func parseSize(s string) (int64, error) {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"Ti", 1 << 40}, {"Gi", 1 << 30}, {"Mi", 1 << 20}, {"Ki", 1 << 10}, {"", 1}}
-	for _, u := range units {
-		if num, ok := strings.CutSuffix(s, u.suffix); ok {
-			var n int64
-			if _, err := fmt.Sscan(num, &n); err != nil || n < 0 {
-				return 0, fmt.Errorf("bad size %q (examples: 1Gi, 500Mi, 1048576)", s)
-			}
-			return n * u.mult, nil
-		}
-	}
-	return 0, fmt.Errorf("bad size %q", s)
 }
