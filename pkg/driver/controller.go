@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -48,6 +49,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	}
 	if err := validateCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return nil, err
+	}
+	if strings.HasPrefix(name, ephemeralNamePrefix) {
+		return nil, status.Errorf(codes.InvalidArgument, "volume names starting with %q are reserved for inline ephemeral volumes", ephemeralNamePrefix)
 	}
 	params, err := parseParameters(req.GetParameters())
 	if err != nil {
@@ -156,21 +160,18 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 // newVolume checks there is room and records the intent to make a volume
 // (phase creating: a crash after this point is rolled back at start-up).
 func (d *Driver) newVolume(req *csi.CreateVolumeRequest, size int64, src *contentSource) (*state.Volume, error) {
+	return d.recordNewVolume(&state.Volume{Name: req.GetName(), Parameters: req.GetParameters()}, size, src)
+}
+
+// recordNewVolume fills in and records v as a new volume in phase creating.
+func (d *Driver) recordNewVolume(v *state.Volume, size int64, src *contentSource) (*state.Volume, error) {
 	if fs, err := d.vols.Stats(); err != nil {
 		return nil, diskError("read free space", err)
 	} else if size > fs.AvailableBytes {
 		return nil, status.Errorf(codes.ResourceExhausted, "requested %d bytes but the node's data directory has %d bytes available", size, fs.AvailableBytes)
 	}
-	v := &state.Volume{
-		ID:            ids.NewVolumeID(),
-		Name:          req.GetName(),
-		CapacityBytes: size,
-		Parameters:    req.GetParameters(),
-		AccessType:    "mount",
-		NodeID:        d.cfg.NodeID,
-		Phase:         state.PhaseCreating,
-		CreatedAt:     time.Now().UTC(),
-	}
+	v.ID, v.CapacityBytes, v.AccessType, v.NodeID = ids.NewVolumeID(), size, "mount", d.cfg.NodeID
+	v.Phase, v.CreatedAt = state.PhaseCreating, time.Now().UTC()
 	if src != nil {
 		v.SourceSnapshotID, v.SourceVolumeID = src.snapshotID, src.volumeID
 	}
@@ -431,13 +432,15 @@ func pageToken(maxEntries int32, token string) error {
 	return nil
 }
 
-func isReady(v *state.Volume) bool { return v.Phase == state.PhaseReady }
+// controllerListed keeps the volumes the controller lists: ready, and made by
+// CreateVolume (an inline ephemeral volume belongs to its pod alone).
+func controllerListed(v *state.Volume) bool { return v.Phase == state.PhaseReady && !v.Ephemeral }
 
 func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
 	if err := pageToken(req.GetMaxEntries(), req.GetStartingToken()); err != nil {
 		return nil, err
 	}
-	vols, next, err := d.store.ListVolumes(req.GetStartingToken(), int(req.GetMaxEntries()), isReady)
+	vols, next, err := d.store.ListVolumes(req.GetStartingToken(), int(req.GetMaxEntries()), controllerListed)
 	if err != nil {
 		return nil, stateError(err)
 	}

@@ -56,7 +56,7 @@ func (d *Driver) ControllerListVolumeHealth(ctx context.Context, req *csi.Contro
 	if err := pageToken(req.GetMaxEntries(), req.GetStartingToken()); err != nil {
 		return nil, err
 	}
-	unhealthy := func(v *state.Volume) bool { return isReady(v) && len(d.dataHealth(v)) > 0 }
+	unhealthy := func(v *state.Volume) bool { return controllerListed(v) && len(d.dataHealth(v)) > 0 }
 	vols, next, err := d.store.ListVolumes(req.GetStartingToken(), int(req.GetMaxEntries()), unhealthy)
 	if err != nil {
 		return nil, stateError(err)

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -249,19 +250,35 @@ func (d *Driver) publicationToRemove(ctx context.Context, id string, kind state.
 	if !errors.Is(err, state.ErrNotFound) {
 		return nil, nil, stateError(err)
 	}
-	mounted, mErr := mountutil.IsMountPoint(path)
-	if mErr != nil && !errors.Is(mErr, fs.ErrNotExist) {
-		return nil, nil, status.Errorf(codes.Internal, "check mount point %s: %v", path, mErr)
+	if kind == state.KindPublish {
+		return nil, nil, removeTarget(path, id)
+	}
+	return nil, nil, refuseForeignMount(path, id)
+}
+
+// refuseForeignMount fails when path is a mount point that no record of ours
+// explains: it is someone else's, and never ours to remove.
+func refuseForeignMount(path, id string) error {
+	mounted, err := mountutil.IsMountPoint(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return status.Errorf(codes.Internal, "check mount point %s: %v", path, err)
 	}
 	if mounted {
-		return nil, nil, status.Errorf(codes.FailedPrecondition, "%s is mounted, but not by this driver for volume %s; not touching it", path, id)
+		return status.Errorf(codes.FailedPrecondition, "%s is mounted, but not by this driver for volume %s; not touching it", path, id)
 	}
-	if kind == state.KindPublish {
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, nil, status.Errorf(codes.Internal, "remove target path %s: %v", path, err)
-		}
+	return nil
+}
+
+// removeTarget removes a publish target that no record of ours mounts (the
+// driver made the directory), unless something else is mounted there.
+func removeTarget(path, id string) error {
+	if err := refuseForeignMount(path, id); err != nil {
+		return err
 	}
-	return nil, nil, nil
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return status.Errorf(codes.Internal, "remove target path %s: %v", path, err)
+	}
+	return nil
 }
 
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
@@ -271,6 +288,9 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	if err := nodeCapability(req.GetVolumeCapability()); err != nil {
 		return nil, err
+	}
+	if isEphemeral(req.GetVolumeContext()) {
+		return d.publishEphemeral(ctx, req)
 	}
 	if staging == "" {
 		// The spec's code when STAGE_UNSTAGE_VOLUME is advertised.
@@ -344,6 +364,14 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	if err := requirePath(target, "target_path"); err != nil {
 		return nil, err
 	}
+	if id := req.GetVolumeId(); id != "" && ids.ValidateVolumeID(id) != nil {
+		// Not one of our IDs: the kubelet's handle of an inline volume.
+		// Once that is gone (a retry), there is nothing left to do.
+		if err := d.unpublishEphemeral(ctx, id, target); err != nil {
+			return nil, err
+		}
+		return &csi.NodeUnpublishVolumeResponse{}, removeTarget(target, id)
+	}
 	pub, unlock, err := d.publicationToRemove(ctx, req.GetVolumeId(), state.KindPublish, target)
 	if err != nil || pub == nil {
 		return &csi.NodeUnpublishVolumeResponse{}, err
@@ -382,7 +410,15 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	if req.GetVolumePath() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume path is required")
 	}
-	v, err := d.mountedAt(req.GetVolumeId(), req.GetVolumePath())
+	id := req.GetVolumeId()
+	if ids.ValidateVolumeID(id) != nil {
+		if v, err := d.ephemeralVolume(id); err != nil {
+			return nil, err
+		} else if v != nil {
+			id = v.ID
+		}
+	}
+	v, err := d.mountedAt(id, req.GetVolumePath())
 	if err != nil {
 		return nil, err
 	}

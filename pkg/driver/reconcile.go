@@ -77,6 +77,14 @@ func (d *Driver) reconcile() []*problem {
 		known[v.ID] = true
 		add(fmt.Sprintf("volume %s (%s)", v.ID, v.Phase), d.reconcileVolume(v), func() error { return d.retryVolume(v.ID) })
 	}
+	// An inline volume that no mount holds after the mounts were checked
+	// belongs to no running pod (a crash between its create and its
+	// publish, or a reboot): it goes. A kubelet's retry makes it afresh.
+	for _, v := range vols {
+		if v.Ephemeral && v.Phase == state.PhaseReady {
+			add(fmt.Sprintf("inline volume %s", v.ID), d.reconcileEphemeral(v), func() error { return d.reconcileEphemeral(v) })
+		}
+	}
 	names, err := d.vols.List()
 	add("list volume directories", err, nil)
 	d.quarantineUnknown(names, known, d.vols.Quarantine, "volume", add)
@@ -192,6 +200,26 @@ func (d *Driver) reconcileVolume(v *state.Volume) error {
 	default:
 		klog.ErrorS(nil, "Volume record in an unknown phase; leaving it alone", "volumeID", v.ID, "phase", v.Phase)
 	}
+	return nil
+}
+
+func (d *Driver) reconcileEphemeral(v *state.Volume) error {
+	unlock, err := d.lock(context.Background(), "name", v.Name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	pubs, err := d.store.PublicationsOf(v.ID)
+	if err != nil || len(pubs) > 0 {
+		return err
+	}
+	if ok, err := d.store.VolumeExists(v.ID); err != nil || !ok {
+		return err
+	}
+	if err := d.removeEphemeral(context.Background(), v, ""); err != nil {
+		return err
+	}
+	klog.InfoS("Removed an inline volume that no pod mounts any more", "volumeID", v.ID, "name", v.Name)
 	return nil
 }
 

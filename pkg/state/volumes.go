@@ -34,6 +34,10 @@ type Volume struct {
 	// The content the volume was made from, if any (schema 2).
 	SourceSnapshotID string `json:"sourceSnapshotID,omitempty"`
 	SourceVolumeID   string `json:"sourceVolumeID,omitempty"`
+	// Ephemeral: a CSI inline volume, made by NodePublishVolume for one pod
+	// and removed by its NodeUnpublishVolume. Its name is
+	// "csi-ephemeral:" + the kubelet's volume handle.
+	Ephemeral bool `json:"ephemeral,omitempty"`
 }
 
 // HasSource reports whether the volume is made from a snapshot or a volume.

@@ -70,6 +70,7 @@ type model struct {
 	maybeSnap     map[string]string  // snapshot names without an answer -> source volume name
 	maybeSnapDel  map[string]bool    // snapshot names whose delete got no answer
 	deletedSnaps  map[string]bool    // snapshot IDs whose delete was acknowledged
+	maybeInline   map[string]string  // inline volume handles published or unpublished without an answer -> target
 	ops, restarts int
 	checks        int // invariant assertions made
 }
@@ -97,7 +98,8 @@ func TestKillStorm(t *testing.T) {
 	h := &harness{t: t, dir: dir, socket: filepath.Join(dir, "csi.sock"), bin: buildPlugin(t)}
 	t.Cleanup(h.kill)
 	m := &model{acked: map[string]*volume{}, maybeCreated: map[string]source{}, maybeDeleted: map[string]bool{}, deleted: map[string]bool{},
-		snaps: map[string]*snap{}, maybeSnap: map[string]string{}, maybeSnapDel: map[string]bool{}, deletedSnaps: map[string]bool{}}
+		snaps: map[string]*snap{}, maybeSnap: map[string]string{}, maybeSnapDel: map[string]bool{}, deletedSnaps: map[string]bool{},
+		maybeInline: map[string]string{}}
 
 	for k := 0; k < kills; k++ {
 		h.start()
@@ -244,8 +246,10 @@ func (h *harness) work(m *model, prefix string, mine, snaps []string, stop <-cha
 			if err = h.create(m, name, source{}); err == nil {
 				mine = append(mine, name)
 			}
-		case r < 6:
+		case r < 5:
 			err = h.write(m, mine[mrand.IntN(len(mine))])
+		case r < 6:
+			err = h.inline(m, "csi-"+name)
 		case r < 7:
 			// A caller with a deadline far shorter than the copy, retrying
 			// as csi-snapshotter and csi-provisioner do.
@@ -480,6 +484,33 @@ func (h *harness) write(m *model, name string) error {
 	return nil
 }
 
+// inline publishes a CSI inline volume as the kubelet does for a pod's
+// csi: volume, writes to it and unpublishes it, which removes it.
+func (h *harness) inline(m *model, handle string) error {
+	target := filepath.Join(h.dir, "pods", handle, "mount")
+	m.mu.Lock()
+	m.maybeInline[handle] = target
+	m.mu.Unlock()
+	ctx, cancel := ctx5()
+	defer cancel()
+	vctx := map[string]string{"csi.storage.k8s.io/ephemeral": "true", "size": "1Mi"}
+	if _, err := h.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: handle, TargetPath: target, VolumeCapability: rwo, VolumeContext: vctx}); err != nil {
+		return err
+	}
+	if err := writeSync(filepath.Join(target, "scratch"), []byte(handle)); err != nil {
+		h.t.Errorf("write to an inline volume: %v", err)
+		return err
+	}
+	if _, err := h.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: handle, TargetPath: target}); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	delete(m.maybeInline, handle)
+	m.ops += 2
+	m.mu.Unlock()
+	return nil
+}
+
 func writeSync(path string, data []byte) error {
 	f, err := os.Create(path)
 	if err != nil {
@@ -607,6 +638,16 @@ func (h *harness) check(m *model) {
 		delete(m.acked, name)
 		delete(m.maybeDeleted, name)
 		m.deleted[v.id] = true
+	}
+	// The kubelet retries the unpublish of an inline volume whose pod it
+	// tore down without an answer: afterwards nothing of it is left (the
+	// disk check below counts every volume directory).
+	for handle, target := range m.maybeInline {
+		if _, err := h.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: handle, TargetPath: target}); err != nil {
+			t.Fatalf("restart %d: retried NodeUnpublishVolume of inline volume %s: %v", m.restarts, handle, err)
+		}
+		delete(m.maybeInline, handle)
+		m.checks++
 	}
 	alive := map[string]bool{}
 	for name, v := range m.acked {

@@ -1,0 +1,123 @@
+package driver
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
+)
+
+func inlineReq(handle, target string, attrs map[string]string) *csi.NodePublishVolumeRequest {
+	ctx := map[string]string{ephemeralContextKey: "true", "csi.storage.k8s.io/pod.name": "web", "csi.storage.k8s.io/pod.namespace": "default",
+		"csi.storage.k8s.io/pod.uid": "1234", "csi.storage.k8s.io/serviceAccount.name": "default"}
+	for k, v := range attrs {
+		ctx[k] = v
+	}
+	return &csi.NodePublishVolumeRequest{VolumeId: handle, TargetPath: target, VolumeCapability: rwo, VolumeContext: ctx}
+}
+
+// An inline volume: made at the pod's publish with the size and mode its
+// attributes ask for, published again idempotently, measured by the
+// kubelet's handle, never listed by the controller, and gone (data and
+// record) at the unpublish.
+func TestInlineEphemeralVolume(t *testing.T) {
+	testutil.RequireRoot(t)
+	e := newEnv(t)
+	testutil.CleanupMounts(t, e.dir)
+	const handle = "csi-8f1c0e0a7d3e2b1f6a5c4d3e2b1f0a9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a"
+	target := e.dir + "/pods/web/volumes/scratch/mount"
+	attrs := map[string]string{AttrSize: "64Mi", ParamMountPermissions: "0750"}
+
+	for i := 0; i < 2; i++ {
+		if _, err := e.d.NodePublishVolume(ctx, inlineReq(handle, target, attrs)); err != nil {
+			t.Fatalf("publish #%d: %v", i, err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(target, "f"), []byte("scratch"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(target); err != nil || fi.Mode().Perm() != 0o750 {
+		t.Fatalf("inline volume root: %v %v, want mode 0750", fi, err)
+	}
+	st, err := e.d.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: handle, VolumePath: target})
+	if err != nil || st.GetUsage()[0].GetTotal() != 64<<20 {
+		t.Fatalf("stats by the kubelet's handle: %v %v, want 64 MiB", st, err)
+	}
+	if l, _ := e.d.ListVolumes(ctx, &csi.ListVolumesRequest{}); len(l.GetEntries()) != 0 {
+		t.Fatalf("the controller lists an inline volume: %v", l)
+	}
+	vols, _ := e.d.vols.List()
+	if len(vols) != 1 {
+		t.Fatalf("%d volume directories, want 1", len(vols))
+	}
+
+	for _, bad := range []map[string]string{{"fsType": "ext4"}, {AttrSize: "lots"}, {AttrSize: "2Ti"}, {ParamMountPermissions: "rwx"}} {
+		_, err := e.d.NodePublishVolume(ctx, inlineReq("csi-other", e.dir+"/pods/x/mount", bad))
+		if c := status.Code(err); c != codes.InvalidArgument && c != codes.OutOfRange {
+			t.Errorf("attributes %v: %v, want InvalidArgument or OutOfRange", bad, err)
+		}
+	}
+	_, err = e.d.CreateVolume(ctx, createReq(ephemeralNamePrefix+"x", 1<<20))
+	wantCode(t, err, codes.InvalidArgument)
+
+	for i := 0; i < 2; i++ {
+		if _, err := e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: handle, TargetPath: target}); err != nil {
+			t.Fatalf("unpublish #%d: %v", i, err)
+		}
+	}
+	e.d.vols.WaitIdle()
+	if vols, _ := e.d.vols.List(); len(vols) != 0 {
+		t.Fatalf("inline volume data left after unpublish: %v", vols)
+	}
+	if _, err := os.Stat(target); !os.IsNotExist(err) {
+		t.Fatalf("target left: %v", err)
+	}
+	if v, _ := e.d.ephemeralVolume(handle); v != nil {
+		t.Fatalf("record left: %+v", v)
+	}
+}
+
+// Crash safety: an inline volume made but not mounted when the driver died
+// is removed at start-up; one a pod still mounts survives the restart and
+// goes at its unpublish.
+func TestInlineEphemeralAcrossRestart(t *testing.T) {
+	testutil.RequireRoot(t)
+	e := newEnv(t)
+	testutil.CleanupMounts(t, e.dir)
+	params, capacity, attrs, err := e.d.ephemeralAttributes(map[string]string{AttrSize: "1Mi"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan, err := e.d.makeEphemeral(ephemeralName("csi-crashed"), capacity, attrs, params) // made, never published
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := e.dir + "/pods/live/mount"
+	if _, err := e.d.NodePublishVolume(ctx, inlineReq("csi-live", target, nil)); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(target, "kept"), []byte("x"), 0o644)
+	e.restart(t)
+	if ok, _ := e.d.store.VolumeExists(orphan.ID); ok {
+		t.Fatal("an inline volume no pod mounts survived the restart")
+	}
+	if _, err := os.ReadFile(filepath.Join(target, "kept")); err != nil {
+		t.Fatalf("a mounted inline volume lost its data in a restart: %v", err)
+	}
+	if m, _ := mountutil.IsMountPoint(target); !m {
+		t.Fatal("a mounted inline volume was unmounted by a restart")
+	}
+	if _, err := e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-live", TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	e.d.vols.WaitIdle()
+	if vols, _ := e.d.vols.List(); len(vols) != 0 {
+		t.Fatalf("volume directories left: %v", vols)
+	}
+}
