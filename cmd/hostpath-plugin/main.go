@@ -48,7 +48,7 @@ func parseFlags() *options {
 	fs.BoolVar(&o.cfg.Node, "node", false, "serve the node service (with --controller: both; with neither: both)")
 	fs.Int64Var(&o.cfg.MaxVolumesPerNode, "max-volumes-per-node", 0, "volumes a node may have published, reported to the scheduler; 0 means no limit")
 	fs.Int64Var(&o.cfg.MaxVolumeSize, "max-volume-size", driver.DefaultMaxVolumeSize, "largest volume capacity in bytes; larger requests fail with OutOfRange")
-	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "address (host:port) of the HTTP server for /healthz; empty disables it")
+	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "address (host:port, or :port for every address) of the HTTP server for /healthz and /metrics; empty disables it")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight calls may take to finish")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	klog.InitFlags(fs)
@@ -124,6 +124,7 @@ func startHTTP(addr string, d *driver.Driver, errs chan<- error) (*http.Server, 
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	mux.Handle("/metrics", d.MetricsHandler())
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("http endpoint: %w", err)

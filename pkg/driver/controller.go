@@ -212,6 +212,11 @@ func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *conte
 	if err := d.markVolumeReady(v); err != nil {
 		return err
 	}
+	op := "clone"
+	if src.snapshotID != "" {
+		op = "restore"
+	}
+	d.metrics.copied(op, st.Mechanism, st.Bytes, time.Since(start))
 	klog.InfoS("Volume made from a content source", "volumeID", v.ID, "snapshot", src.snapshotID, "volume", src.volumeID,
 		"mechanism", st.Mechanism, "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
 	return nil
@@ -369,6 +374,7 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	if err := d.store.DeleteVolume(id); err != nil {
 		return nil, stateError(err)
 	}
+	d.usage.forget(id)
 	klog.V(2).InfoS("Volume deleted", "volumeID", id, "name", v.Name)
 	return &csi.DeleteVolumeResponse{}, nil
 }

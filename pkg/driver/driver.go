@@ -105,6 +105,8 @@ type Driver struct {
 	jobs *jobs
 	// pending is what start-up could not reconcile, retried meanwhile.
 	pending *pending
+	metrics *metrics
+	usage   usageCache
 	// beforeCopy, when set (tests only), runs at the start of every copy
 	// job with the ID of what it makes: a seam to hold a copy at an exact
 	// step or fail it there.
@@ -125,7 +127,8 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{cfg: cfg, store: store, vols: vols, jobs: newJobs()}
+	d := &Driver{cfg: cfg, store: store, vols: vols, jobs: newJobs(), metrics: newMetrics(cfg.DriverName)}
+	d.metrics.registry.MustRegister(stateCollector{d})
 	problems := d.reconcile()
 	every := cfg.ReconcileRetry
 	if every <= 0 {

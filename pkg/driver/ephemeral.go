@@ -249,5 +249,6 @@ func (d *Driver) removeEphemeral(ctx context.Context, v *state.Volume, target st
 	if err := d.store.DeleteVolume(v.ID); err != nil {
 		return stateError(err)
 	}
+	d.usage.forget(v.ID)
 	return nil
 }

@@ -429,6 +429,7 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 		}
 		return nil, diskError("measure volume usage", err)
 	}
+	d.usage.set(v.ID, used.Bytes)
 	fsStats, err := d.vols.Stats()
 	if err != nil {
 		return nil, diskError("read filesystem stats", err)

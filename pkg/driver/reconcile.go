@@ -43,6 +43,7 @@ func (d *Driver) reconcile() []*problem {
 	var problems []*problem
 	add := func(what string, err error, retry func() error) {
 		if err != nil {
+			d.metrics.reconcileAction("failed")
 			klog.ErrorS(err, "Cannot reconcile at start-up; serving anyway and retrying in the background", "what", what)
 			problems = append(problems, &problem{what: what, err: err, retry: retry})
 		}
@@ -137,14 +138,17 @@ func (d *Driver) reconcileLeftovers(vols []*state.Volume, snaps []*state.Snapsho
 		switch {
 		case readyVol[l.ID] && ids.ValidateVolumeID(l.ID) == nil && d.missingVolume(l.ID):
 			add("adopt "+l.Path, d.vols.AdoptVolume(l), nil)
+			d.metrics.reconcileAction("adopted_copy")
 			klog.ErrorS(nil, "A ready volume's data was found outside its place after a crash; moved it back", "volumeID", l.ID, "from", l.Path)
 			readyVol[l.ID] = false
 		case readySnap[l.ID] && ids.ValidateSnapshotID(l.ID) == nil && d.missingSnapshot(l.ID):
 			add("adopt "+l.Path, d.vols.AdoptSnapshot(l), nil)
+			d.metrics.reconcileAction("adopted_copy")
 			klog.ErrorS(nil, "A ready snapshot's data was found outside its place after a crash; moved it back", "snapshotID", l.ID, "from", l.Path)
 			readySnap[l.ID] = false
 		default:
 			add("remove "+l.Path, d.vols.RemoveLeftover(l), func() error { return d.vols.RemoveLeftover(l) })
+			d.metrics.reconcileAction("removed_leftover")
 		}
 	}
 	return nil
@@ -173,6 +177,7 @@ func (d *Driver) quarantineUnknown(names []string, known map[string]bool, quaran
 			add("quarantine "+kind+" entry "+name, err, nil)
 			continue
 		}
+		d.metrics.reconcileAction("quarantined")
 		klog.ErrorS(nil, "Found "+kind+" data without a record; moved it to quarantine for an operator to inspect",
 			"entry", name, "quarantine", dst)
 	}
@@ -187,10 +192,11 @@ func (d *Driver) reconcileVolume(v *state.Volume) error {
 		if err := d.store.DeleteVolume(v.ID); err != nil {
 			return err
 		}
-		what := "Rolled back a create that a crash interrupted"
+		what, action := "Rolled back a create that a crash interrupted", "rolled_back_create"
 		if v.Phase == state.PhaseDeleting {
-			what = "Finished a delete that a crash interrupted"
+			what, action = "Finished a delete that a crash interrupted", "finished_delete"
 		}
+		d.metrics.reconcileAction(action)
 		klog.InfoS(what, "volumeID", v.ID, "name", v.Name)
 	case state.PhaseReady:
 		if h := d.dataHealth(v); len(h) > 0 {
@@ -219,6 +225,7 @@ func (d *Driver) reconcileEphemeral(v *state.Volume) error {
 	if err := d.removeEphemeral(context.Background(), v, ""); err != nil {
 		return err
 	}
+	d.metrics.reconcileAction("removed_inline_volume")
 	klog.InfoS("Removed an inline volume that no pod mounts any more", "volumeID", v.ID, "name", v.Name)
 	return nil
 }
@@ -232,6 +239,7 @@ func (d *Driver) reconcileSnapshot(s *state.Snapshot) error {
 		if err := d.store.DeleteSnapshot(s.ID); err != nil {
 			return err
 		}
+		d.metrics.reconcileAction("removed_snapshot")
 		klog.InfoS("Removed a snapshot that a crash interrupted", "snapshotID", s.ID, "name", s.Name, "phase", s.Phase)
 	case state.PhaseReady:
 		if ok, err := d.vols.SnapshotExists(s.ID); !ok || err != nil {
@@ -247,6 +255,7 @@ func (d *Driver) reconcileGroup(g *state.GroupSnapshot) error {
 	if err := d.undoGroup(g); err != nil {
 		return err
 	}
+	d.metrics.reconcileAction("removed_group_snapshot")
 	klog.InfoS("Removed a group snapshot that a crash interrupted", "groupSnapshotID", g.ID, "name", g.Name, "phase", g.Phase)
 	return nil
 }
@@ -260,6 +269,7 @@ func (d *Driver) reconcilePublication(p *state.Publication) error {
 	case p.Phase == state.PhaseMounted && mounted:
 		return nil
 	case p.Phase == state.PhaseMounted:
+		d.metrics.reconcileAction("dropped_mount_record")
 		klog.InfoS("Mount on record is gone (node restarted?); dropping the record; the CO will publish again",
 			"volumeID", p.VolumeID, "kind", p.Kind, "path", p.Path)
 	default:
@@ -268,6 +278,7 @@ func (d *Driver) reconcilePublication(p *state.Publication) error {
 		if err := mountutil.Unmount(p.Path, false); err != nil {
 			return fmt.Errorf("undo interrupted %s: %w", p.Kind, err)
 		}
+		d.metrics.reconcileAction("undid_mount")
 		klog.InfoS("Undid a mount change that a crash interrupted", "volumeID", p.VolumeID, "kind", p.Kind, "path", p.Path, "phase", p.Phase)
 	}
 	return d.store.DeletePublication(p.VolumeID, p.Kind, p.Path)

@@ -25,7 +25,7 @@ import (
 // an interceptor that logs each call and turns a panic into Internal.
 func (d *Driver) NewGRPCServer() *grpc.Server {
 	srv := grpc.NewServer(
-		grpc.UnaryInterceptor(logAndRecover),
+		grpc.UnaryInterceptor(d.logAndRecover),
 		// A fixed pool of handler goroutines instead of one new goroutine
 		// (and stack growth) per call: CSI calls are small and many.
 		grpc.NumStreamWorkers(uint32(4*runtime.NumCPU())),
@@ -34,7 +34,9 @@ func (d *Driver) NewGRPCServer() *grpc.Server {
 	return srv
 }
 
-func logAndRecover(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+// logAndRecover logs each call, counts it in the operations metric, and
+// turns a panic into Internal.
+func (d *Driver) logAndRecover(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 	start := time.Now()
 	if klog.V(5).Enabled() {
 		klog.InfoS("GRPC request", "method", info.FullMethod, "request", protosanitizer.StripSecrets(req))
@@ -44,6 +46,7 @@ func logAndRecover(ctx context.Context, req any, info *grpc.UnaryServerInfo, han
 			klog.ErrorS(nil, "Panic in GRPC handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
 			err = status.Errorf(codes.Internal, "internal error in %s: %v", info.FullMethod, r)
 		}
+		d.metrics.calls.RecordMetrics(info.FullMethod, err, time.Since(start))
 		code := status.Code(err)
 		switch {
 		case code == codes.OK:

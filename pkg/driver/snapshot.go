@@ -152,6 +152,7 @@ func (d *Driver) takeSnapshot(ctx context.Context, snap *state.Snapshot) error {
 		d.rollbackSnapshot(snap)
 		return stateError(err)
 	}
+	d.metrics.copied("snapshot", snap.Mechanism, st.Bytes, time.Since(start))
 	klog.InfoS("Snapshot created", "snapshotID", snap.ID, "name", snap.Name, "source", snap.SourceVolumeID, "group", snap.GroupID,
 		"mechanism", snap.Mechanism, "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
 	return nil
