@@ -51,6 +51,15 @@ type Options struct {
 	// BlockSize is the logical block size the device presents (512, 1024,
 	// 2048 or 4096). Zero lets the kernel choose: 512, or with direct I/O
 	// the backing file's direct I/O alignment.
+	//
+	// Set it for anything attached more than once: the kernel's choice can
+	// change under the same file. xfs reports a 4096-byte direct I/O
+	// alignment instead of 512 once a file shares blocks (after a reflink
+	// copy of it), so a device that had 512-byte sectors comes back with
+	// 4096-byte ones, and what was made on it (a filesystem with 1 KiB
+	// blocks, a database's 512-byte writes) may not work any more. With a
+	// fixed 512 on such a file the kernel attaches with buffered I/O
+	// instead (Device.DirectIO says so).
 	BlockSize uint32
 }
 
