@@ -161,6 +161,11 @@ func Expand(img string, newSize int64) (*Expansion, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !sb.needsGrow(res.DeviceSize) {
+		// Already as large as its device: a retried Expand after the
+		// grow happened (online, or at a Mount in between).
+		return res, finish(res)
+	}
 	if sb.fsType == Ext4 && !hasCapSysResource() {
 		return res, fmt.Errorf("image %s and %s grew to %d bytes, but ext4 grows online only with CAP_SYS_RESOURCE, which this process lacks: %w",
 			img, d.Path, res.DeviceSize, ErrGrowAtNextMount)
@@ -171,14 +176,22 @@ func Expand(img string, newSize int64) (*Expansion, error) {
 		}
 		return res, fmt.Errorf("grow filesystem of %s at %s: %w", img, res.MountPath, err)
 	}
+	if err := finish(res); err != nil {
+		return res, err
+	}
+	klog.V(2).InfoS("Grew image online", "image", img, "device", d.Path, "deviceSize", res.DeviceSize, "fsSize", res.FSSize)
+	return res, nil
+}
+
+// finish records a mounted filesystem that has its full size.
+func finish(res *Expansion) error {
 	var st unix.Statfs_t
 	if err := unix.Statfs(res.MountPath, &st); err != nil {
-		return res, fmt.Errorf("statfs %s: %w", res.MountPath, err)
+		return fmt.Errorf("statfs %s: %w", res.MountPath, err)
 	}
 	res.FSSize = st.Blocks * uint64(st.Bsize)
 	res.Pending = false
-	klog.V(2).InfoS("Grew image online", "image", img, "device", d.Path, "deviceSize", res.DeviceSize, "fsSize", res.FSSize)
-	return res, nil
+	return nil
 }
 
 // growFile makes img newSize bytes long, durably; never shorter.

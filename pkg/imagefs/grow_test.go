@@ -84,6 +84,12 @@ func TestExpandMounted(t *testing.T) {
 			if err := fill(filepath.Join(mnt, "big"), want); err != nil {
 				t.Fatalf("the same write after the grow: %v", err)
 			}
+			// The kubelet retries NodeExpandVolume until it succeeds: once
+			// the filesystem has its size, a retry succeeds and does nothing.
+			res, err = Expand(img, tc.newSize)
+			if err != nil || res.Pending || res.FSSize != total(t, mnt) {
+				t.Fatalf("Expand after the grow = %+v, %v; want done", res, err)
+			}
 		})
 	}
 }

@@ -416,6 +416,9 @@ func find(devDir, file string) ([]Device, error) {
 // when it was bound to d's file... which cannot be told any more, so it
 // returns ErrNotAttached and the caller decides.
 func Detach(d *Device) (deferred bool, err error) {
+	// Releasing Attach's hold on an AutoClear device detaches it when
+	// nothing else has it open: then there is nothing left to do.
+	held := d.held != nil
 	if err := d.Close(); err != nil {
 		return false, err
 	}
@@ -426,6 +429,9 @@ func Detach(d *Device) (deferred bool, err error) {
 	info, err := unix.IoctlLoopGetStatus64(fd)
 	if err != nil {
 		unix.Close(fd)
+		if errors.Is(err, unix.ENXIO) && held {
+			return false, nil
+		}
 		if errors.Is(err, unix.ENXIO) {
 			return false, fmt.Errorf("detach %s: %w", d.Path, ErrNotAttached)
 		}

@@ -386,6 +386,17 @@ func TestAutoClear(t *testing.T) {
 	if deferred, _ := waitUnbound(d.Number); deferred {
 		t.Fatalf("autoclear device still attached after Close without a mount")
 	}
+	// Detach of a held autoclear device is the same give-up, not an error.
+	d, err = Attach(file, Options{AutoClear: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if deferred, err := Detach(d); deferred || err != nil {
+		t.Fatalf("Detach of a held autoclear device = %v, %v", deferred, err)
+	}
+	if _, err := Status(d.Path); !errors.Is(err, ErrNotAttached) {
+		t.Fatalf("held autoclear device still attached after Detach: %v", err)
+	}
 }
 
 // TestConcurrentAttach: many goroutines attaching at once race for the same
