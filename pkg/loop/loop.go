@@ -81,6 +81,8 @@ type Device struct {
 	// DirectIO is true when the device reads and writes its backing file
 	// with direct I/O.
 	DirectIO bool
+	// BlockSize is the device's logical block (sector) size.
+	BlockSize uint32
 
 	// held keeps an AutoClear device open until Close; nil otherwise.
 	held *os.File
@@ -242,6 +244,11 @@ func deviceFrom(path string, n int, info *unix.LoopInfo64) *Device {
 		DirectIO:     info.Flags&unix.LO_FLAGS_DIRECT_IO != 0,
 	}
 	d.BackingFile, d.BackingDeleted = backingFile(n)
+	if b, err := os.ReadFile(filepath.Join(sysBlock, "loop"+strconv.Itoa(n), "queue", "logical_block_size")); err == nil {
+		if v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32); err == nil {
+			d.BlockSize = uint32(v)
+		}
+	}
 	return d
 }
 
@@ -482,6 +489,66 @@ func waitUnbound(n int) (deferred bool, err error) {
 		time.Sleep(2 * time.Millisecond)
 	}
 	return true, nil
+}
+
+// Ensure returns a device that holds file as opts ask, reusing one that
+// already does, and attaches one otherwise. It is what a driver does for a
+// raw block volume at stage time and for every block volume its state knows
+// at start-up: after a restart the device is still there, after a reboot it
+// is not. A device found with a pending detach (a Detach while it was in
+// use set AutoClear) has the detach cancelled, so that it stays.
+//
+// A device that holds the file differently (read-only when read-write is
+// asked, another block size) is an error: two devices over one file do not
+// share their caches. Ensure is for devices that stay attached; AutoClear
+// in opts is refused.
+func Ensure(file string, opts Options) (d *Device, reused bool, err error) {
+	if opts.AutoClear {
+		return nil, false, fmt.Errorf("ensure %s: an autoclear device does not stay attached; use Attach", file)
+	}
+	found, err := Find(file)
+	if err != nil {
+		return nil, false, err
+	}
+	for i := range found {
+		f := &found[i]
+		if f.ReadOnly != opts.ReadOnly || (opts.BlockSize != 0 && f.BlockSize != opts.BlockSize) {
+			return nil, false, fmt.Errorf("%s already holds %s (read-only %v, %d-byte sectors); asked read-only %v, %d-byte sectors",
+				f.Path, file, f.ReadOnly, f.BlockSize, opts.ReadOnly, opts.BlockSize)
+		}
+		if f.AutoClear {
+			if err := keepAttached(f); err != nil {
+				return nil, false, err
+			}
+		}
+		return f, true, nil
+	}
+	d, err = Attach(file, opts)
+	return d, false, err
+}
+
+// keepAttached clears AutoClear on d (LOOP_SET_STATUS64 with the flag off;
+// the kernel lets exactly that flag be cleared), cancelling a pending
+// detach.
+func keepAttached(d *Device) error {
+	fd, err := unix.Open(d.Path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", d.Path, err)
+	}
+	defer unix.Close(fd)
+	info, err := unix.IoctlLoopGetStatus64(fd)
+	if err != nil {
+		return fmt.Errorf("LOOP_GET_STATUS64 %s: %w", d.Path, err)
+	}
+	if info.Device != d.BackingDev || info.Inode != d.BackingInode {
+		return fmt.Errorf("%s: %w", d.Path, ErrNotAttached)
+	}
+	info.Flags &^= unix.LO_FLAGS_AUTOCLEAR
+	if err := unix.IoctlLoopSetStatus64(fd, info); err != nil {
+		return fmt.Errorf("clear autoclear on %s: %w", d.Path, err)
+	}
+	d.AutoClear = false
+	return nil
 }
 
 // DetachFile detaches every device that holds file and returns them; the

@@ -546,3 +546,66 @@ func TestMissingDeviceNode(t *testing.T) {
 		t.Fatalf("find through the made node = %+v, %v", found, err)
 	}
 }
+
+// TestEnsure is a block volume's stage and a restart's reconcile: the
+// first call attaches, later ones reuse, a pending detach is cancelled, and
+// a device that holds the file differently is refused.
+func TestEnsure(t *testing.T) {
+	dir := scratch(t)
+	file := newFile(t, dir, "vol", pattern(1<<20, 17))
+	opts := Options{DirectIO: true, BlockSize: 4096}
+	d, reused, err := Ensure(file, opts)
+	if err != nil || reused {
+		t.Fatalf("first Ensure = %+v, reused %v, %v", d, reused, err)
+	}
+	defer Detach(d)
+	if d.BlockSize != 4096 {
+		t.Errorf("BlockSize = %d, want 4096", d.BlockSize)
+	}
+	again, reused, err := Ensure(file, opts)
+	if err != nil || !reused || again.Path != d.Path {
+		t.Fatalf("second Ensure = %+v, reused %v, %v; want %s reused", again, reused, err, d.Path)
+	}
+	for _, bad := range []Options{
+		{ReadOnly: true, BlockSize: 4096},
+		{BlockSize: 512},
+		{AutoClear: true},
+	} {
+		if x, _, err := Ensure(file, bad); err == nil {
+			Detach(x)
+			t.Errorf("Ensure(%+v) over a device attached as %+v succeeded", bad, opts)
+		}
+	}
+
+	// A detach deferred by a user, then Ensure (the volume is staged again
+	// before the user let go): the device must stay after the user closes.
+	user, err := os.Open(d.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if deferred, err := Detach(d); err != nil || !deferred {
+		user.Close()
+		t.Fatalf("Detach with a user = %v, %v", deferred, err)
+	}
+	kept, reused, err := Ensure(file, opts)
+	user.Close()
+	if err != nil || !reused || kept.AutoClear {
+		t.Fatalf("Ensure over a pending detach = %+v, reused %v, %v", kept, reused, err)
+	}
+	if st, err := Status(d.Path); err != nil || st.AutoClear || st.BackingInode != d.BackingInode {
+		t.Fatalf("after the user closed, %s = %+v, %v; want still attached", d.Path, st, err)
+	}
+	if list, err := List(); err != nil || len(filterFile(list, d)) != 1 {
+		t.Fatalf("want exactly one device for the file, List = %v", err)
+	}
+}
+
+func filterFile(devs []Device, of *Device) []Device {
+	var out []Device
+	for _, d := range devs {
+		if d.BackingDev == of.BackingDev && d.BackingInode == of.BackingInode {
+			out = append(out, d)
+		}
+	}
+	return out
+}
