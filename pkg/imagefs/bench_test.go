@@ -13,15 +13,19 @@ import (
 const benchWrite = 256 << 20
 
 // writeCases: a new volume's first fill and a full overwrite of it, each
-// with O_DIRECT and through the page cache (fsync at the end).
+// with O_DIRECT and through the page cache (fsync at the end), by one
+// writer; and O_DIRECT by four writers at once (several I/Os in flight).
 var writeCases = []struct {
 	name              string
 	direct, overwrite bool
+	writers           int
 }{
-	{"fresh/direct", true, false},
-	{"fresh/buffered", false, false},
-	{"overwrite/direct", true, true},
-	{"overwrite/buffered", false, true},
+	{"fresh/direct", true, false, 1},
+	{"fresh/buffered", false, false, 1},
+	{"overwrite/direct", true, true, 1},
+	{"overwrite/buffered", false, true, 1},
+	{"fresh/direct-4writers", true, false, 4},
+	{"overwrite/direct-4writers", true, true, 4},
 }
 
 func benchScratch(b *testing.B, fs string) string {
@@ -71,7 +75,7 @@ func BenchmarkImageWriteVsPlain(b *testing.B) {
 						os.Remove(mnt)
 					}
 				}
-				testutil.WriteRatio(b, benchWrite, tc.direct, tc.overwrite, plain, vol)
+				testutil.WriteRatio(b, benchWrite, tc.direct, tc.overwrite, tc.writers, plain, vol)
 			})
 		}
 	}
