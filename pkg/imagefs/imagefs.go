@@ -1,0 +1,337 @@
+// Package imagefs keeps a volume as a filesystem image: a sparse file,
+// attached to a loop device (pkg/loop), formatted ext4 or xfs through
+// k8s.io/mount-utils and mounted where the node service wants it. The image
+// is a hard size limit on any backing filesystem (a full image is ENOSPC for
+// its volume and nobody else), its usage is one statfs, it grows online where
+// the kernel allows, and a point-in-time copy is a freeze, a reflink and a
+// thaw.
+//
+// The image file is the durable record of a volume's size: a grow that the
+// filesystem cannot take at once (ext4 without CAP_SYS_RESOURCE, or an image
+// that is not mounted) is kept as a larger file and applied at the next
+// Mount.
+//
+// Callers serialize calls per image (the driver's per-volume lock); this
+// package also takes its own per-image lock, because two mounts of one image
+// through two loop devices would corrupt it.
+package imagefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/keylock"
+	"github.com/hostpath-csi/hostpath-csi/pkg/loop"
+)
+
+// Filesystem types an image can hold.
+const (
+	Ext4 = "ext4"
+	XFS  = "xfs"
+)
+
+// ErrUnsupportedFS is returned for a filesystem type other than ext4 or xfs.
+var ErrUnsupportedFS = errors.New("unsupported filesystem type for an image (use ext4 or xfs)")
+
+// ErrTooSmall is returned when an image is smaller than its filesystem's
+// mkfs accepts (see MinSize).
+var ErrTooSmall = errors.New("image too small for its filesystem")
+
+// ErrShrink is returned by Expand for a size below the image's current one:
+// filesystems on images are never shrunk.
+var ErrShrink = errors.New("an image cannot shrink")
+
+// ErrInUse is returned when the image is attached to a loop device that no
+// mount holds: something else (a raw block user, another attacher) has it,
+// and mounting it a second time through another device would corrupt it.
+var ErrInUse = errors.New("image is attached to a loop device that is not mounted")
+
+// MinSize returns the smallest image mkfs accepts for fsType: xfsprogs 5.19
+// and later refuse filesystems under 300 MiB. A driver rounds a smaller
+// request up to it (CSI allows a larger capacity than required).
+func MinSize(fsType string) (int64, error) {
+	switch fsType {
+	case Ext4:
+		// With 4 KiB blocks (see imageSector), mke2fs leaves out the
+		// journal below 8 MiB; an ext4 without one is not crash-safe.
+		return 8 << 20, nil
+	case XFS:
+		return 300 << 20, nil
+	}
+	return 0, fmt.Errorf("%q: %w", fsType, ErrUnsupportedFS)
+}
+
+// Create makes a sparse image file of size bytes at path, which must not
+// exist. It allocates nothing: blocks are taken from the backing filesystem
+// as the volume's filesystem writes them. The file is fsync'd, and so is its
+// directory, so a crash after Create returns leaves the file in place.
+func Create(path string, size int64, fsType string) error {
+	min, err := MinSize(fsType)
+	if err != nil {
+		return err
+	}
+	if size < min {
+		return fmt.Errorf("%s image of %d bytes: %w (at least %d bytes)", fsType, size, ErrTooSmall, min)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("create image: %w", err)
+	}
+	err = f.Truncate(size)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = syncDir(filepath.Dir(path))
+	}
+	if err != nil {
+		_ = os.Remove(path)
+		return fmt.Errorf("create image %s of %d bytes: %w", path, size, err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// MountOptions say how an image is mounted.
+type MountOptions struct {
+	// FSType is the filesystem the image holds, or gets when it is blank.
+	FSType string
+	// Options are mount options (for example "noatime"), as in CSI
+	// mount_flags.
+	Options []string
+	// ReadOnly attaches and mounts read-only. A blank image cannot be
+	// mounted read-only: there is nothing to format it with.
+	ReadOnly bool
+}
+
+// Mounted says what Mount did.
+type Mounted struct {
+	// Device is the loop device under the mount.
+	Device string
+	// DirectIO is true when the loop device writes the image with direct
+	// I/O (no second page cache between the filesystem and the disk).
+	DirectIO bool
+	// Grown is true when Mount applied a grow that was pending (the image
+	// file is larger than its filesystem).
+	Grown bool
+}
+
+var locks keylock.Locks
+
+func lockImage(img string) (func(), error) {
+	abs, err := filepath.Abs(img)
+	if err != nil {
+		return nil, err
+	}
+	return locks.Lock(context.Background(), abs)
+}
+
+func newMounter() *mount.SafeFormatAndMount {
+	return &mount.SafeFormatAndMount{Interface: mount.New(""), Exec: utilexec.New()}
+}
+
+// Mount makes the filesystem in img available at target, which must be an
+// existing directory: it attaches the image to a loop device (direct I/O
+// where the backing filesystem allows, autoclear so that the unmount frees
+// the device), formats it when blank, applies a pending grow, and mounts it.
+// Mounting an image already mounted at target does nothing; an image mounted
+// elsewhere is mounted at target through the same device.
+func Mount(img, target string, opts MountOptions) (*Mounted, error) {
+	if _, err := MinSize(opts.FSType); err != nil {
+		return nil, err
+	}
+	unlock, err := lockImage(img)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	devs, err := loop.Find(img)
+	if err != nil {
+		return nil, fmt.Errorf("find loop devices of %s: %w", img, err)
+	}
+	for _, d := range devs {
+		mounts, err := mountsOf(d.Path)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range mounts {
+			if m.Mountpoint == filepath.Clean(target) {
+				return &Mounted{Device: d.Path, DirectIO: d.DirectIO}, nil
+			}
+		}
+		if len(mounts) > 0 {
+			// Same device, same superblock: a second mount point of one
+			// filesystem, not a second filesystem over one file.
+			if err := newMounter().Mount(d.Path, target, opts.FSType, mountOptions(opts)); err != nil {
+				return nil, fmt.Errorf("mount %s (already mounted at %s) at %s: %w", d.Path, mounts[0].Mountpoint, target, err)
+			}
+			return &Mounted{Device: d.Path, DirectIO: d.DirectIO}, nil
+		}
+	}
+	if len(devs) > 0 {
+		return nil, fmt.Errorf("%s on %s: %w", img, devs[0].Path, ErrInUse)
+	}
+
+	// Nothing has the image attached, so its file is its current content.
+	sb, err := readSuperblock(img)
+	if err != nil {
+		return nil, err
+	}
+	if sb.fsType != "" && sb.fsType != opts.FSType {
+		return nil, fmt.Errorf("image %s holds %s, asked to mount it as %s", img, sb.fsType, opts.FSType)
+	}
+	d, err := loop.Attach(img, loop.Options{AutoClear: true, DirectIO: true, ReadOnly: opts.ReadOnly, BlockSize: sectorSize(sb)})
+	if err != nil {
+		return nil, fmt.Errorf("attach image: %w", err)
+	}
+	// Until the mount holds the device, this hold keeps it; on any failure
+	// the close detaches it, so nothing leaks.
+	defer d.Close()
+	res := &Mounted{Device: d.Path, DirectIO: d.DirectIO}
+	devSize, err := loop.Size(d.Path)
+	if err != nil {
+		return nil, err
+	}
+	pending := sb.fsType != "" && !opts.ReadOnly && sb.needsGrow(devSize)
+	if pending && sb.fsType == Ext4 {
+		// ext4 grows offline here, before the mount, which needs no
+		// CAP_SYS_RESOURCE (an online grow does).
+		if err := growExt4Offline(d.Path); err != nil {
+			return nil, err
+		}
+		res.Grown = true
+	}
+	if err := newMounter().FormatAndMount(d.Path, target, opts.FSType, mountOptions(opts)); err != nil {
+		return nil, fmt.Errorf("format and mount %s (%s) at %s: %w", img, d.Path, target, err)
+	}
+	if pending && sb.fsType == XFS {
+		// xfs only grows mounted.
+		if _, err := mount.NewResizeFs(utilexec.New()).Resize(d.Path, target); err != nil {
+			_ = unix.Unmount(target, 0)
+			return nil, fmt.Errorf("grow xfs on %s at %s: %w", d.Path, target, err)
+		}
+		res.Grown = true
+	}
+	klog.V(2).InfoS("Mounted image", "image", img, "target", target, "device", d.Path, "directIO", d.DirectIO, "grown", res.Grown)
+	return res, nil
+}
+
+// imageSector is the logical sector size of every image's loop device. It is
+// fixed, not left to the kernel, because the kernel's choice follows the
+// backing file's direct I/O alignment, and that changes under a file: xfs
+// reports 4096 instead of 512 once a file shares blocks (after the first
+// reflink snapshot). A filesystem made on a 512-byte device with 1 KiB
+// blocks would then no longer mount. 4096 does direct I/O on every backing
+// filesystem here, and mkfs picks 4 KiB blocks and sectors to match.
+const imageSector = 4096
+
+// sectorSize is the loop sector size for an image: imageSector, or smaller
+// for a filesystem made elsewhere with smaller blocks (it mounts, with
+// buffered I/O where direct I/O needs the larger sector).
+func sectorSize(sb superblock) uint32 {
+	if sb.fsType != "" && sb.sector != 0 && sb.sector < imageSector {
+		return sb.sector
+	}
+	return imageSector
+}
+
+func mountOptions(opts MountOptions) []string {
+	o := append([]string(nil), opts.Options...)
+	if opts.ReadOnly {
+		o = append(o, "ro")
+	}
+	return o
+}
+
+// mountsOf lists where the block device at dev is mounted.
+func mountsOf(dev string) ([]*mountinfo.Info, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(dev, &st); err != nil {
+		return nil, fmt.Errorf("stat %s: %w", dev, err)
+	}
+	major, minor := int(unix.Major(st.Rdev)), int(unix.Minor(st.Rdev))
+	mounts, err := mountinfo.GetMounts(func(i *mountinfo.Info) (skip, stop bool) {
+		return i.Major != major || i.Minor != minor, false
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read mount table: %w", err)
+	}
+	return mounts, nil
+}
+
+// Unmount unmounts the image img from target and, when that was its last
+// mount, makes sure its loop device is gone. Unmounting what is not mounted
+// does nothing; a target that holds something other than img is refused.
+func Unmount(img, target string) error {
+	unlock, err := lockImage(img)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	devs, err := loop.Find(img)
+	if err != nil {
+		return fmt.Errorf("find loop devices of %s: %w", img, err)
+	}
+	target = filepath.Clean(target)
+	at, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(target))
+	if err != nil {
+		return fmt.Errorf("read mount table: %w", err)
+	}
+	if len(at) > 0 {
+		top := at[len(at)-1] // the mount a path resolves to when stacked
+		if !sameDevice(top, devs) {
+			return fmt.Errorf("%s holds %s, not image %s; left alone", target, top.Source, img)
+		}
+		if err := unix.Unmount(target, 0); err != nil {
+			return fmt.Errorf("unmount image %s from %s: %w", img, target, err)
+		}
+	}
+	for _, d := range devs {
+		mounts, err := mountsOf(d.Path)
+		if err != nil {
+			return err
+		}
+		if len(mounts) > 0 {
+			return nil // still mounted elsewhere; the device stays
+		}
+	}
+	// The autoclear device went with the unmount; one attached some other
+	// way (by hand, by an older driver) is detached here.
+	for i := range devs {
+		if _, err := loop.Detach(&devs[i]); err != nil && !errors.Is(err, loop.ErrNotAttached) {
+			return fmt.Errorf("detach %s after unmount: %w", devs[i].Path, err)
+		}
+	}
+	return nil
+}
+
+func sameDevice(m *mountinfo.Info, devs []loop.Device) bool {
+	for _, d := range devs {
+		var st unix.Stat_t
+		if unix.Stat(d.Path, &st) == nil && int(unix.Major(st.Rdev)) == m.Major && int(unix.Minor(st.Rdev)) == m.Minor {
+			return true
+		}
+	}
+	return false
+}
