@@ -126,7 +126,7 @@ func (d *Dir) OpenDir(rel string) (*Dir, error) {
 	// A path longer than PATH_MAX is opened in pieces.
 	const chunk = 2048
 	from, shown := d.fd, d.path
-	var prev int = -1
+	prev := -1
 	defer func() {
 		if prev >= 0 {
 			unix.Close(prev)

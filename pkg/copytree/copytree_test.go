@@ -77,6 +77,10 @@ func makeTree(t *testing.T, root string) {
 	must(unix.Setxattr(filepath.Join(root, "big"), "user.color", []byte("blue"), 0))
 	must(unix.Setxattr(filepath.Join(root, "a"), "user.owner", []byte("team-a"), 0))
 	must(unix.Setxattr(filepath.Join(root, "h1"), "trusted.note", []byte{0, 1, 2}, 0))
+	// Symlinks and special files cannot be opened: their xattrs are copied
+	// by name relative to the directory.
+	must(unix.Lsetxattr(filepath.Join(root, "rel"), "trusted.link", []byte("of a symlink"), 0))
+	must(unix.Lsetxattr(filepath.Join(root, "pipe"), "trusted.fifo", []byte("of a fifo"), 0))
 
 	// Fixed, distinct times, directories last so their own stick.
 	when := time.Date(2020, 1, 2, 3, 4, 5, 600, time.UTC)
