@@ -6,22 +6,25 @@
 // btrfs), otherwise an in-kernel copy (copy_file_range) of the data segments
 // only. Regular files are copied by a pool of workers; nothing is buffered
 // in user space and nothing is archived.
+//
+// The source is a volume that its pod may be changing while it is copied,
+// as root: it is read through directory descriptors only (package beneath),
+// so renaming a directory and a symlink back and forth cannot steer the copy
+// outside the source or the destination. Entries that vanish or change type
+// while they are copied are left out.
 package copytree
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
-	"path/filepath"
 	"runtime"
-	"slices"
 	"sync"
-	"sync/atomic"
 
-	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
 )
 
 // Mechanism names how file data was copied.
@@ -76,54 +79,43 @@ func (s Stats) Mechanism() Mechanism {
 
 // ErrMountInside is returned when something is mounted below src: a copy
 // would silently include (or miss) another filesystem.
-var ErrMountInside = errors.New("a filesystem is mounted inside the source")
+var ErrMountInside = beneath.ErrMountInside
 
-type dirMeta struct {
-	path string
-	st   unix.Stat_t
-	src  string
-}
-
-type fileJob struct {
-	src, dst string
-	st       unix.Stat_t
-}
-
-type copier struct {
-	opts  Options
-	stats Stats
-	mu    sync.Mutex
-	first error
-}
-
-// Tree copies the tree at src to dst, which must not exist. src may be in
-// use: entries that vanish while it is copied are left out. On error dst is
-// left partial; the caller owns removing it.
+// Tree copies the tree at src to dst, which must not exist. src and dst are
+// trusted paths; everything below src may change while it is copied:
+// entries that vanish are left out, and nothing outside src is ever read or
+// outside dst written. On error dst is left partial; the caller owns
+// removing it.
 func Tree(ctx context.Context, src, dst string, opts Options) (Stats, error) {
 	if opts.Workers <= 0 {
 		opts.Workers = max(2, runtime.NumCPU())
 	}
-	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(src))
+	srcRoot, err := beneath.OpenRoot(src)
 	if err != nil {
-		return Stats{}, fmt.Errorf("read mount table: %w", err)
+		return Stats{}, fmt.Errorf("open copy source: %w", err)
 	}
-	for _, m := range mounts {
-		if m.Mountpoint != src {
-			return Stats{}, fmt.Errorf("%w: %s", ErrMountInside, m.Mountpoint)
-		}
+	defer srcRoot.Close()
+	if err := os.Mkdir(dst, 0o700); err != nil { // owner-writable until the end
+		return Stats{}, fmt.Errorf("create copy destination: %w", err)
 	}
-	c := &copier{opts: opts}
-	jobs := make(chan fileJob, 4*opts.Workers)
+	dstRoot, err := beneath.OpenRoot(dst)
+	if err != nil {
+		return Stats{}, fmt.Errorf("open copy destination: %w", err)
+	}
+	defer dstRoot.Close()
+
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	c := &copier{opts: opts, ctx: ctx, dstRoot: dstRoot, jobs: make(chan fileJob, 4*opts.Workers), seen: map[inode]linkName{}}
 	var wg sync.WaitGroup
 	for i := 0; i < opts.Workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			lowerPriority(opts.Nice)
-			for j := range jobs {
+			for j := range c.jobs {
 				if ctx.Err() != nil {
+					j.release()
 					continue
 				}
 				if err := c.copyFile(j); err != nil {
@@ -133,15 +125,19 @@ func Tree(ctx context.Context, src, dst string, opts Options) (Stats, error) {
 			}
 		}()
 	}
-	var dirs []dirMeta
-	var links [][2]string
 	var walkErr error
 	walked := make(chan struct{})
 	go func() { // the walk too, so that it can run at lower priority
 		defer close(walked)
 		lowerPriority(opts.Nice)
-		dirs, links, walkErr = c.walk(ctx, src, dst, jobs)
-		close(jobs)
+		walkErr = beneath.Walk(srcRoot, c.visit, beneath.WalkOptions{Leave: c.leave})
+		for _, l := range c.stack { // left open by a failed walk
+			l.dst.Close()
+		}
+		if walkErr != nil {
+			cancel()
+		}
+		close(c.jobs)
 	}()
 	<-walked
 	wg.Wait()
@@ -149,27 +145,80 @@ func Tree(ctx context.Context, src, dst string, opts Options) (Stats, error) {
 		return c.stats, err
 	}
 	// Hard links once every first name has its data.
-	for _, l := range links {
-		if err := os.Link(l[0], l[1]); err != nil {
-			return c.stats, fmt.Errorf("hard link %s: %w", l[1], err)
-		}
-		c.stats.HardLinks++
+	if err := c.makeLinks(); err != nil {
+		return c.stats, err
 	}
 	// Directories last, deepest first: writing inside a directory changes
 	// its mtime, and a read-only mode would stop the writes.
-	for _, d := range slices.Backward(dirs) {
-		if err := applyMeta(d.src, d.path, &d.st); err != nil {
-			return c.stats, err
-		}
+	if err := setDirMeta(dstRoot, c.root); err != nil {
+		return c.stats, err
 	}
 	return c.stats, nil
 }
 
-// vanished reports an error that means the source entry is gone: a volume
-// in use changes while it is copied, and a file removed or renamed during
-// the copy is simply not in it (file-by-file consistency).
-func vanished(err error) bool {
-	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOENT)
+// dirNode is a directory of the copy, kept until the end for its metadata
+// and to be found again (by name from the destination's root) for hard links.
+type dirNode struct {
+	parent   *dirNode
+	name     string
+	st       unix.Statx_t
+	xattrs   []xattr
+	children []*dirNode
+}
+
+// rel is the directory's path below the destination root.
+func (n *dirNode) rel() string {
+	if n.parent == nil {
+		return "."
+	}
+	if n.parent.parent == nil {
+		return n.name
+	}
+	return n.parent.rel() + "/" + n.name
+}
+
+// level is a directory being walked: where its entries go.
+type level struct {
+	dst  *beneath.Dir
+	node *dirNode
+}
+
+type inode struct{ dev, ino uint64 }
+
+type linkName struct {
+	dir  *dirNode
+	name string
+}
+
+type hardLink struct{ first, link linkName }
+
+// fileJob is a regular file for a worker to copy; it holds both directories
+// open until it is done.
+type fileJob struct {
+	src, dst *beneath.Dir
+	name     string
+}
+
+func (j fileJob) release() {
+	j.src.Close()
+	j.dst.Close()
+}
+
+type copier struct {
+	opts    Options
+	ctx     context.Context
+	dstRoot *beneath.Dir
+	jobs    chan fileJob
+
+	// The walk's own, used by its goroutine only.
+	root  *dirNode
+	stack []level
+	seen  map[inode]linkName
+	links []hardLink
+
+	stats Stats // counters of the walk; workers add to Reflinked and Copied atomically
+	mu    sync.Mutex
+	first error
 }
 
 // lowerPriority pins the calling goroutine to its thread and renices the
@@ -203,274 +252,151 @@ func (c *copier) err(walkErr error, ctx context.Context) error {
 	return ctx.Err()
 }
 
-// walk creates directories, symlinks and special files, queues regular
-// files, and returns the directories (for metadata at the end) and the hard
-// links to make once the data is there.
-func (c *copier) walk(ctx context.Context, src, dst string, jobs chan<- fileJob) ([]dirMeta, [][2]string, error) {
-	var dirs []dirMeta
-	var links [][2]string
-	type inode struct{ dev, ino uint64 }
-	seen := map[inode]string{}
-	err := filepath.WalkDir(src, func(path string, _ fs.DirEntry, err error) error {
-		if err != nil {
-			if vanished(err) && path != src {
-				return nil // removed or renamed while we walked: a live volume
-			}
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, path)
-		to := filepath.Join(dst, rel)
-		var st unix.Stat_t
-		if err := unix.Lstat(path, &st); err != nil {
-			if vanished(err) && path != src {
-				return nil
-			}
-			return fmt.Errorf("lstat %s: %w", path, err)
-		}
-		switch st.Mode & unix.S_IFMT {
-		case unix.S_IFDIR:
-			// Owner-writable until the end so the copy can fill it.
-			if err := os.Mkdir(to, 0o700); err != nil {
-				return fmt.Errorf("mkdir %s: %w", to, err)
-			}
-			dirs = append(dirs, dirMeta{path: to, st: st, src: path})
-			c.stats.Dirs++
-			return nil
-		case unix.S_IFLNK:
-			target, err := os.Readlink(path)
-			if vanished(err) {
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("readlink %s: %w", path, err)
-			}
-			if err := os.Symlink(target, to); err != nil {
-				return fmt.Errorf("symlink %s: %w", to, err)
-			}
-			c.stats.Symlinks++
-			return applyMeta(path, to, &st)
-		}
-		if st.Nlink > 1 {
-			key := inode{st.Dev, st.Ino}
-			if first, ok := seen[key]; ok {
-				links = append(links, [2]string{first, to})
-				return nil
-			}
-			seen[key] = to
-		}
-		if st.Mode&unix.S_IFMT == unix.S_IFREG {
-			c.stats.Files++
-			c.stats.Bytes += st.Size
-			select {
-			case jobs <- fileJob{src: path, dst: to, st: st}:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			return nil
-		}
-		// FIFO, socket, character or block device.
-		if err := unix.Mknod(to, st.Mode, int(st.Rdev)); err != nil {
-			return fmt.Errorf("mknod %s: %w", to, err)
-		}
-		c.stats.Specials++
-		return applyMeta(path, to, &st)
-	})
-	return dirs, links, err
-}
-
-func (c *copier) copyFile(j fileJob) error {
-	in, err := os.OpenFile(j.src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
-	if vanished(err) {
-		return nil // removed since the walk saw it
-	}
-	if err != nil {
-		return fmt.Errorf("open %s: %w", j.src, err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(j.dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("create %s: %w", j.dst, err)
-	}
-	defer out.Close()
-	cloned := false
-	if !c.opts.NoReflink && j.st.Size > 0 {
-		cloned = unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) == nil
-	}
-	if !cloned {
-		if err := copyData(in, out, j.st.Size); err != nil {
-			return fmt.Errorf("copy %s: %w", j.src, err)
-		}
-	}
-	if j.st.Size > 0 {
-		if cloned {
-			atomic.AddInt64(&c.stats.Reflinked, 1)
-		} else {
-			atomic.AddInt64(&c.stats.Copied, 1)
-		}
-	}
-	if err := out.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", j.dst, err)
-	}
-	return applyMeta(j.src, j.dst, &j.st)
-}
-
-// copyData copies only the data segments of in (SEEK_DATA/SEEK_HOLE) with
-// copy_file_range, so holes stay holes, and sets the size for a trailing hole.
-func copyData(in, out *os.File, size int64) error {
-	ifd, ofd := int(in.Fd()), int(out.Fd())
-	for off := int64(0); off < size; {
-		data, err := unix.Seek(ifd, off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			break // only a hole is left
-		}
-		if err != nil {
-			return fmt.Errorf("seek data: %w", err)
-		}
-		hole, err := unix.Seek(ifd, data, unix.SEEK_HOLE)
-		if err != nil {
-			return fmt.Errorf("seek hole: %w", err)
-		}
-		for data < hole {
-			roff, woff := data, data
-			n, err := unix.CopyFileRange(ifd, &roff, ofd, &woff, int(min(hole-data, 1<<30)), 0)
-			if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
-				// Some filesystem pairs refuse an in-kernel copy.
-				n, err = copyRange(ifd, ofd, data, hole-data)
-			}
-			if err != nil {
-				return fmt.Errorf("copy_file_range: %w", err)
-			}
-			if n == 0 {
-				return fmt.Errorf("copy_file_range: source shrank at %d", data)
-			}
-			data += int64(n)
-		}
-		off = hole
-	}
-	return out.Truncate(size)
-}
-
-// copyRange copies [off, off+n) with pread/pwrite, for when the kernel
-// cannot copy between the two files.
-func copyRange(ifd, ofd int, off, n int64) (int, error) {
-	buf := make([]byte, min(n, 1<<20))
-	done := 0
-	for int64(done) < n {
-		r, err := unix.Pread(ifd, buf[:min(int64(len(buf)), n-int64(done))], off+int64(done))
-		if err != nil {
-			return done, err
-		}
-		if r == 0 {
-			break
-		}
-		if _, err := unix.Pwrite(ofd, buf[:r], off+int64(done)); err != nil {
-			return done, err
-		}
-		done += r
-	}
-	return done, nil
-}
-
-// applyMeta gives to the owner, mode, extended attributes and times of src.
-// Order matters: chown clears setuid/setgid and file capabilities, so the
-// mode and xattrs come after it, and times come last.
-func applyMeta(src, to string, st *unix.Stat_t) error {
-	isLink := st.Mode&unix.S_IFMT == unix.S_IFLNK
-	if err := unix.Fchownat(unix.AT_FDCWD, to, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("chown %s: %w", to, err)
-	}
-	if !isLink { // a symlink's own mode is always 0777 on Linux
-		if err := unix.Fchmodat(unix.AT_FDCWD, to, st.Mode&0o7777, 0); err != nil {
-			return fmt.Errorf("chmod %s: %w", to, err)
-		}
-	}
-	if err := copyXattrs(src, to, isLink); err != nil {
+// visit copies one entry of the source: directories, symlinks and special
+// files at once, regular files by queueing them for the workers.
+func (c *copier) visit(e *beneath.Entry) error {
+	if err := c.ctx.Err(); err != nil {
 		return err
 	}
-	ts := []unix.Timespec{st.Atim, st.Mtim}
-	if err := unix.UtimesNanoAt(unix.AT_FDCWD, to, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("set times of %s: %w", to, err)
+	if e.IsDir() {
+		return c.enter(e)
 	}
-	return nil
+	st := &e.Stat
+	to := c.stack[len(c.stack)-1]
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		target, err := e.Parent.Readlink(e.Name)
+		if beneath.Gone(err) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := to.dst.Symlink(target, e.Name); err != nil {
+			return err
+		}
+		c.stats.Symlinks++
+		return setMetaAt(e.Parent, to.dst, e.Name, st)
+	}
+	if st.Nlink > 1 {
+		key := inode{unix.Mkdev(st.Dev_major, st.Dev_minor), st.Ino}
+		if first, ok := c.seen[key]; ok {
+			c.links = append(c.links, hardLink{first: first, link: linkName{to.node, e.Name}})
+			return nil
+		}
+		c.seen[key] = linkName{to.node, e.Name}
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFREG {
+		c.stats.Files++
+		c.stats.Bytes += int64(st.Size)
+		j := fileJob{src: e.Parent.Retain(), dst: to.dst.Retain(), name: e.Name}
+		select {
+		case c.jobs <- j:
+			return nil
+		case <-c.ctx.Done():
+			j.release()
+			return c.ctx.Err()
+		}
+	}
+	// FIFO, socket, character or block device.
+	if err := to.dst.Mknod(e.Name, uint32(st.Mode), unix.Mkdev(st.Rdev_major, st.Rdev_minor)); err != nil {
+		return err
+	}
+	c.stats.Specials++
+	return setMetaAt(e.Parent, to.dst, e.Name, st)
 }
 
-func copyXattrs(src, to string, isLink bool) error {
-	names, err := listXattrs(src)
-	if vanished(err) {
-		return nil // the source went away after its data was copied
-	}
+// enter makes the directory's copy, to be filled by what follows until leave.
+func (c *copier) enter(e *beneath.Entry) error {
+	xattrs, err := readXattrs(fdXattrs(e.Dir.Fd()))
 	if err != nil {
-		return fmt.Errorf("list xattrs of %s: %w", src, err)
+		return fmt.Errorf("read xattrs of %s: %w", e.Dir.Path(), err)
 	}
-	for _, name := range names {
-		val, err := getXattr(src, name)
-		if vanished(err) || errors.Is(err, unix.ENODATA) {
-			continue
+	node := &dirNode{name: e.Name, st: e.Stat, xattrs: xattrs}
+	var dst *beneath.Dir
+	if e.Parent == nil {
+		c.root, dst = node, c.dstRoot.Retain()
+	} else {
+		parent := c.stack[len(c.stack)-1]
+		if err := parent.dst.Mkdir(e.Name, 0o700); err != nil { // owner-writable until the end
+			return err
 		}
-		if err != nil {
-			return fmt.Errorf("read xattr %s of %s: %w", name, src, err)
+		if dst, err = parent.dst.OpenDir(e.Name); err != nil {
+			return err
 		}
-		if err := unix.Lsetxattr(to, name, val, 0); err != nil {
-			if isLink && errors.Is(err, unix.EPERM) {
-				continue // user.* xattrs cannot exist on symlinks anyway
+		node.parent = parent.node
+		parent.node.children = append(parent.node.children, node)
+	}
+	c.stats.Dirs++
+	c.stack = append(c.stack, level{dst: dst, node: node})
+	return nil
+}
+
+func (c *copier) leave(*beneath.Entry) error {
+	top := c.stack[len(c.stack)-1]
+	c.stack = c.stack[:len(c.stack)-1]
+	return top.dst.Close()
+}
+
+// makeLinks makes the hard links, each relative to the destination's root.
+// A link whose first name vanished from the source before it was copied is
+// left out with it.
+func (c *copier) makeLinks() error {
+	open := map[*dirNode]*beneath.Dir{}
+	defer func() {
+		for _, d := range open {
+			d.Close()
+		}
+	}()
+	dirOf := func(n *dirNode) (*beneath.Dir, error) {
+		if d, ok := open[n]; ok {
+			return d, nil
+		}
+		if len(open) >= 64 { // bounded: a tree may link across many directories
+			for k, d := range open {
+				d.Close()
+				delete(open, k)
 			}
-			return fmt.Errorf("set xattr %s on %s: %w", name, to, err)
 		}
+		d, err := c.dstRoot.OpenDir(n.rel())
+		if err != nil {
+			return nil, err
+		}
+		open[n] = d
+		return d, nil
+	}
+	for _, l := range c.links {
+		from, err := dirOf(l.first.dir)
+		if err != nil {
+			return err
+		}
+		to, err := dirOf(l.link.dir)
+		if err != nil {
+			return err
+		}
+		if err := from.Link(l.first.name, to, l.link.name); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue
+			}
+			return fmt.Errorf("hard link: %w", err)
+		}
+		c.stats.HardLinks++
 	}
 	return nil
 }
 
-func listXattrs(path string) ([]string, error) {
-	buf := make([]byte, 1024)
-	for {
-		n, err := unix.Llistxattr(path, buf)
-		if errors.Is(err, unix.ERANGE) {
-			buf = make([]byte, 2*len(buf))
-			continue
-		}
-		if errors.Is(err, unix.ENOTSUP) {
-			return nil, nil
-		}
+// setDirMeta gives each directory below and at d its source's metadata,
+// children before their parent.
+func setDirMeta(d *beneath.Dir, n *dirNode) error {
+	for _, child := range n.children {
+		sub, err := d.OpenDir(child.name)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		var names []string
-		for _, b := range splitNUL(buf[:n]) {
-			names = append(names, string(b))
-		}
-		return names, nil
-	}
-}
-
-func getXattr(path, name string) ([]byte, error) {
-	buf := make([]byte, 256)
-	for {
-		n, err := unix.Lgetxattr(path, name, buf)
-		if errors.Is(err, unix.ERANGE) {
-			buf = make([]byte, 2*len(buf))
-			continue
-		}
+		err = setDirMeta(sub, child)
+		sub.Close()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		return buf[:n], nil
 	}
-}
-
-func splitNUL(b []byte) [][]byte {
-	var out [][]byte
-	for len(b) > 0 {
-		i := slices.Index(b, 0)
-		if i < 0 {
-			i = len(b)
-		}
-		if i > 0 {
-			out = append(out, b[:i])
-		}
-		b = b[min(i+1, len(b)):]
-	}
-	return out
+	return setMetaFd(d.Fd(), d.Path(), &n.st, n.xattrs)
 }

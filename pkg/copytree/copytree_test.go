@@ -1,13 +1,17 @@
 package copytree
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,6 +77,10 @@ func makeTree(t *testing.T, root string) {
 	must(unix.Setxattr(filepath.Join(root, "big"), "user.color", []byte("blue"), 0))
 	must(unix.Setxattr(filepath.Join(root, "a"), "user.owner", []byte("team-a"), 0))
 	must(unix.Setxattr(filepath.Join(root, "h1"), "trusted.note", []byte{0, 1, 2}, 0))
+	// Symlinks and special files cannot be opened: their xattrs are copied
+	// by name relative to the directory.
+	must(unix.Lsetxattr(filepath.Join(root, "rel"), "trusted.link", []byte("of a symlink"), 0))
+	must(unix.Lsetxattr(filepath.Join(root, "pipe"), "trusted.fifo", []byte("of a fifo"), 0))
 
 	// Fixed, distinct times, directories last so their own stick.
 	when := time.Date(2020, 1, 2, 3, 4, 5, 600, time.UTC)
@@ -210,35 +218,149 @@ func TestNiceDoesNotLeak(t *testing.T) {
 	}
 }
 
-// A source in use: files appear, are renamed and removed while it is
-// copied. The copy succeeds every time and what it holds is whole.
+// changingContent is what the writer of TestTreeOfChangingSource puts in
+// file k at generation gen: it names both and its length depends on both,
+// so a torn file (cut short or run on) or a mixed one (parts of two
+// generations) cannot pass for whole.
+func changingContent(k, gen int) []byte {
+	head := fmt.Sprintf("file %d generation %d\n", k, gen)
+	return append([]byte(head), bytes.Repeat([]byte(fmt.Sprintf("<%d/%d>", k, gen)), 1+(gen*7919+k*131)%3000)...)
+}
+
+// checkChangingFile reports whether data is whole content of file k.
+func checkChangingFile(k int, data []byte) error {
+	var gotK, gen int
+	if _, err := fmt.Sscanf(string(data), "file %d generation %d\n", &gotK, &gen); err != nil {
+		return fmt.Errorf("no header (%d bytes): %v", len(data), err)
+	}
+	if gotK != k {
+		return fmt.Errorf("holds file %d's content", gotK)
+	}
+	if want := changingContent(k, gen); !bytes.Equal(data, want) {
+		return fmt.Errorf("generation %d torn or mixed: %d bytes, want %d", gen, len(data), len(want))
+	}
+	return nil
+}
+
+// A source in use: files are replaced whole (written aside and renamed into
+// place, as databases and editors do) and removed, symlinks and directories
+// appear and vanish, all while it is copied. The copy succeeds every time;
+// every file it holds is one the writer wrote, whole, under its own name;
+// every symlink is one the writer made; and the source is never damaged.
 func TestTreeOfChangingSource(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")
-	os.MkdirAll(filepath.Join(src, "sub"), 0o755)
+	sub := filepath.Join(src, "sub")
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		// Errors are expected and ignored where the writer races itself:
+		// a directory removed while a file is written into it.
 		for i := 0; ; i++ {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			p := filepath.Join(src, "sub", fmt.Sprint(i%50))
-			os.WriteFile(p+".tmp", []byte(fmt.Sprint(i)), 0o644)
-			os.Rename(p+".tmp", p)
-			os.Remove(filepath.Join(src, "sub", fmt.Sprint((i+25)%50)))
-			os.Symlink("x", p+".link")
+			k := i % 50
+			d := sub
+			if i%3 == 0 { // some files in directories that come and go
+				d = filepath.Join(sub, fmt.Sprint("dir", k%5))
+				os.Mkdir(d, 0o755)
+			}
+			p := filepath.Join(d, strconv.Itoa(k))
+			if os.WriteFile(p+".tmp", changingContent(k, i), 0o644) == nil {
+				os.Rename(p+".tmp", p)
+			}
+			gone := filepath.Join(sub, strconv.Itoa((i+25)%50))
+			os.Remove(gone)
+			os.Remove(gone + ".link")
 			os.Remove(p + ".link")
+			os.Symlink(fmt.Sprintf("target-%d-%d", k, i), p+".link")
+			if i%40 == 39 {
+				os.RemoveAll(filepath.Join(sub, fmt.Sprint("dir", (k+2)%5)))
+			}
 		}
 	}()
-	defer func() { close(stop); <-done }()
-	for k := 0; k < 30; k++ {
-		dst := filepath.Join(dir, fmt.Sprint("dst", k))
-		if _, err := Tree(context.Background(), src, dst, Options{}); err != nil {
-			t.Fatalf("copy %d of a changing source: %v", k, err)
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
 		}
+		<-done
+	}()
+	files, links := 0, 0
+	for n := 0; n < 30; n++ {
+		dst := filepath.Join(dir, fmt.Sprint("dst", n))
+		if _, err := Tree(context.Background(), src, dst, Options{}); err != nil {
+			t.Fatalf("copy %d of a changing source: %v", n, err)
+		}
+		f, l, err := checkChangingTree(dst)
+		if err != nil {
+			t.Fatalf("copy %d: %v", n, err)
+		}
+		files, links = files+f, links+l
 	}
+	close(stop)
+	<-done
+	if _, _, err := checkChangingTree(src); err != nil {
+		t.Fatalf("source damaged: %v", err)
+	}
+	if files == 0 || links == 0 {
+		t.Fatalf("30 copies captured %d files and %d symlinks: the writer did not overlap the copies", files, links)
+	}
+	t.Logf("30 copies captured %d whole files and %d symlinks of the writer's", files, links)
+}
+
+// checkChangingTree checks a tree made by TestTreeOfChangingSource's writer
+// (or a copy of one) and counts its finished files and its symlinks.
+func checkChangingTree(root string) (files, links int, err error) {
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		name := d.Name()
+		switch {
+		case d.IsDir():
+			if rel != "." && rel != "sub" && !(filepath.Dir(rel) == "sub" && strings.HasPrefix(name, "dir")) {
+				return fmt.Errorf("%s: a directory the writer never made", rel)
+			}
+		case d.Type()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			k, ok := strings.CutSuffix(name, ".link")
+			if !ok || !strings.HasPrefix(target, "target-"+k+"-") {
+				return fmt.Errorf("%s: symlink to %q, which the writer never made", rel, target)
+			}
+			links++
+		case d.Type().IsRegular():
+			if strings.HasSuffix(name, ".tmp") {
+				return nil // caught while the writer wrote it: its own business
+			}
+			k, err := strconv.Atoi(name)
+			if err != nil {
+				return fmt.Errorf("%s: a file the writer never made", rel)
+			}
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			if err := checkChangingFile(k, data); err != nil {
+				return fmt.Errorf("%s: %w", rel, err)
+			}
+			files++
+		default:
+			return fmt.Errorf("%s: %s, which the writer never made", rel, d.Type())
+		}
+		return nil
+	})
+	return files, links, err
 }

@@ -30,6 +30,7 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
 	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/copytree"
 	"golang.org/x/sys/unix"
@@ -430,31 +431,20 @@ func (b *Backend) Usage(id string) (Usage, error) { return usage(b.Path(id)) }
 func (b *Backend) SnapshotUsage(id string) (Usage, error) { return usage(b.SnapshotPath(id)) }
 
 func usage(p string) (Usage, error) {
-	var rootDev uint64
+	root, err := beneath.OpenRoot(p)
+	if err != nil {
+		return Usage{}, fmt.Errorf("measure volume usage: %w", err)
+	}
+	defer root.Close()
 	var u Usage
-	err := filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) && path != p {
-				return nil // removed while we walked
-			}
-			return err
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(path, &st); err != nil {
-			if errors.Is(err, unix.ENOENT) && path != p {
-				return nil
-			}
-			return err
-		}
-		if path == p {
-			rootDev = st.Dev
-		} else if st.Dev != rootDev {
-			return fs.SkipDir // a mount inside the volume is not the volume's usage
-		}
-		u.Bytes += st.Blocks * 512
+	// Through directory descriptors: a pod renaming a directory and a
+	// symlink back and forth cannot make the walk count (or reach) anything
+	// outside the volume. A mount inside the volume is not its usage.
+	err = beneath.Walk(root, func(e *beneath.Entry) error {
+		u.Bytes += int64(e.Stat.Blocks) * 512
 		u.Inodes++
 		return nil
-	})
+	}, beneath.WalkOptions{SkipMounts: true})
 	if err != nil {
 		return Usage{}, fmt.Errorf("measure volume usage: %w", err)
 	}

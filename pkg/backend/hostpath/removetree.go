@@ -3,10 +3,11 @@ package hostpath
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
 )
 
 // removeTree removes path and everything below it. Unlike os.RemoveAll it
@@ -16,16 +17,16 @@ import (
 // directory is opened, so a mount that appears during the walk is seen too.
 func removeTree(path string) error {
 	parent, name := filepath.Split(filepath.Clean(path))
-	pfd, err := unix.Open(parent, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	dir, err := beneath.OpenRoot(parent)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", parent, err)
 	}
-	defer unix.Close(pfd)
-	return removeAt(pfd, name, path)
+	defer dir.Close()
+	return removeAt(dir, name, path)
 }
 
-func removeAt(dirfd int, name, shown string) error {
-	err := unix.Unlinkat(dirfd, name, 0)
+func removeAt(dir *beneath.Dir, name, shown string) error {
+	err := dir.Unlink(name, 0)
 	if err == nil || errors.Is(err, unix.ENOENT) {
 		return nil
 	}
@@ -33,38 +34,39 @@ func removeAt(dirfd int, name, shown string) error {
 		if errors.Is(err, unix.EBUSY) {
 			return fmt.Errorf("%w: %s", ErrMountedInside, shown)
 		}
-		return fmt.Errorf("remove %s: %w", shown, err)
+		return err
 	}
-	fd, err := unix.Openat2(dirfd, name, &unix.OpenHow{
-		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
-		Resolve: unix.RESOLVE_NO_XDEV | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_BENEATH,
-	})
+	sub, err := dir.OpenDir(name)
 	switch {
-	case errors.Is(err, unix.EXDEV):
+	case errors.Is(err, beneath.ErrMountInside):
 		return fmt.Errorf("%w: %s", ErrMountedInside, shown)
 	case errors.Is(err, unix.ENOENT):
 		return nil
 	case err != nil:
-		return fmt.Errorf("open %s: %w", shown, err)
+		return err
 	}
-	dir := os.NewFile(uintptr(fd), shown)
-	defer dir.Close()
+	defer sub.Close()
+	// A batch at a time: a directory of millions of entries is removed
+	// without holding all their names.
 	for {
-		names, err := dir.Readdirnames(1024)
+		names, err := sub.ReadNames()
+		if err != nil {
+			return err
+		}
+		if len(names) == 0 {
+			break
+		}
 		for _, n := range names {
-			if err := removeAt(fd, n, shown+"/"+n); err != nil {
+			if err := removeAt(sub, n, shown+"/"+n); err != nil {
 				return err
 			}
 		}
-		if err != nil { // io.EOF once the directory is exhausted
-			break
-		}
 	}
-	if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+	if err := dir.Unlink(name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
 		if errors.Is(err, unix.EBUSY) {
 			return fmt.Errorf("%w: %s", ErrMountedInside, shown)
 		}
-		return fmt.Errorf("remove %s: %w", shown, err)
+		return err
 	}
 	return nil
 }
