@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
 )
 
 // diskError maps a backend failure to the code that tells the CO what to do.
@@ -18,7 +19,9 @@ func diskError(what string, err error) error {
 	switch {
 	case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT):
 		code = codes.ResourceExhausted
-	case errors.Is(err, hostpath.ErrMountedInside):
+	case errors.Is(err, hostpath.ErrMountedInside), errors.Is(err, beneath.ErrMountInside), errors.Is(err, beneath.ErrTooDeep):
+		// Something inside the volume the driver will not reach into or
+		// through: a mount a pod made, a tree deeper than it walks.
 		code = codes.FailedPrecondition
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		code = codes.Aborted

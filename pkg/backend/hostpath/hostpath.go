@@ -427,8 +427,6 @@ type Usage struct {
 // filesystems.
 func (b *Backend) Usage(id string) (Usage, error) { return usage(b.Path(id)) }
 
-// SnapshotUsage is what a snapshot's data occupies.
-func (b *Backend) SnapshotUsage(id string) (Usage, error) { return usage(b.SnapshotPath(id)) }
 
 func usage(p string) (Usage, error) {
 	root, err := beneath.OpenRoot(p)
