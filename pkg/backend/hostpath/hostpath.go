@@ -427,7 +427,6 @@ type Usage struct {
 // filesystems.
 func (b *Backend) Usage(id string) (Usage, error) { return usage(b.Path(id)) }
 
-
 func usage(p string) (Usage, error) {
 	root, err := beneath.OpenRoot(p)
 	if err != nil {
