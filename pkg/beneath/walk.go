@@ -79,7 +79,12 @@ func (w *walker) dir(e *Entry) error {
 	}
 	names, err := e.Dir.Names()
 	if err != nil {
-		return err
+		// A directory removed after it was opened reads as gone: what it
+		// held vanished with it, so it is walked as empty.
+		if !Gone(err) || e.Depth == 0 {
+			return err
+		}
+		names = nil
 	}
 	for _, name := range names {
 		child := Entry{Parent: e.Dir, Name: name, Path: join(e.Path, name), Depth: e.Depth + 1}
