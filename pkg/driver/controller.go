@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -57,6 +59,10 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
+	kind, err := kindFor(req.GetVolumeCapabilities(), params.layout, d.cfg.ImageFSType)
+	if err != nil {
+		return nil, err
+	}
 	size, err := capacityFor(req.GetCapacityRange(), d.cfg.MaxVolumeSize)
 	if err != nil {
 		return nil, err
@@ -65,7 +71,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		return nil, err
 	}
 
-	j, resp, err := d.createVolume(ctx, req, params, size)
+	j, resp, err := d.createVolume(ctx, req, params, kind, size)
 	if j == nil {
 		return resp, err
 	}
@@ -86,7 +92,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 // empty volume is made at once; for a restore or a clone it records the
 // intent and starts the copy as a job, which it returns for the caller to
 // wait on without the lock.
-func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest, params volumeParams, size int64) (*job, *csi.CreateVolumeResponse, error) {
+func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest, params volumeParams, kind volumeKind, size int64) (*job, *csi.CreateVolumeResponse, error) {
 	name := req.GetName()
 	unlock, err := d.lock(ctx, "name", name)
 	if err != nil {
@@ -110,7 +116,7 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 			return nil, nil, err
 		}
 	default:
-		resp, err := d.existingVolume(existing, req, params)
+		resp, err := d.existingVolume(existing, req, params, kind)
 		return nil, resp, err
 	}
 
@@ -125,16 +131,21 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 				src.unlock()
 			}
 		}()
+		if src.kind != kind {
+			// The spec's code for a source the new volume cannot be made from.
+			return nil, nil, status.Errorf(codes.InvalidArgument, "the source is a %s volume; this request asks for a %s volume (use the source's volume mode, layout and filesystem)", src.kind, kind)
+		}
 		if size, err = sizeFor(req.GetCapacityRange(), size, src.capacity); err != nil {
 			return nil, nil, err
 		}
 		if size > d.cfg.MaxVolumeSize {
 			return nil, nil, status.Errorf(codes.OutOfRange, "the source needs %d bytes; the largest volume this driver makes is %d bytes (--max-volume-size)", size, d.cfg.MaxVolumeSize)
 		}
-		v, err := d.newVolume(req, size, src)
+		v, err := d.newVolume(req, kind, size, src)
 		if err != nil {
 			return nil, nil, err
 		}
+		v.Formatted = src.formatted
 		started = true
 		j := d.jobs.start(key, v.ID, src.describe(v.ID), []string{src.lockKey}, func(jctx context.Context) error {
 			defer src.unlock()
@@ -143,13 +154,16 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 		return j, nil, nil
 	}
 
-	v, err := d.newVolume(req, size, nil)
+	if size, err = sizeForKind(size, kind, req.GetCapacityRange()); err != nil {
+		return nil, nil, err
+	}
+	v, err := d.newVolume(req, kind, size, nil)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := d.vols.Create(v.ID, params.mode); err != nil {
+	if err := d.makeEmpty(v, params.mode); err != nil {
 		d.rollbackCreate(v)
-		return nil, nil, diskError("create volume directory", err)
+		return nil, nil, err
 	}
 	if err := d.markVolumeReady(v); err != nil {
 		return nil, nil, err
@@ -159,26 +173,85 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 
 // newVolume checks there is room and records the intent to make a volume
 // (phase creating: a crash after this point is rolled back at start-up).
-func (d *Driver) newVolume(req *csi.CreateVolumeRequest, size int64, src *contentSource) (*state.Volume, error) {
-	return d.recordNewVolume(&state.Volume{Name: req.GetName(), Parameters: req.GetParameters()}, size, src)
+func (d *Driver) newVolume(req *csi.CreateVolumeRequest, kind volumeKind, size int64, src *contentSource) (*state.Volume, error) {
+	v := &state.Volume{Name: req.GetName(), Parameters: req.GetParameters(), AccessType: "mount", Layout: kind.layout, FSType: kind.fsType}
+	switch kind.layout {
+	case layoutBlock:
+		v.AccessType, v.Layout, v.Limit = "block", "", hostpath.EnforceImage
+	case LayoutImage:
+		v.Limit = hostpath.EnforceImage
+	default:
+		v.Limit, _ = d.vols.DirectoryLimit()
+	}
+	return d.recordNewVolume(v, size, src)
+}
+
+// makeEmpty makes the data of a new, empty volume: a directory held to its
+// size where the data filesystem can, or an image or block file.
+func (d *Driver) makeEmpty(v *state.Volume, mode os.FileMode) error {
+	switch k := kindOf(v); k.layout {
+	case LayoutImage, layoutBlock:
+		if err := d.vols.CreateImage(v.ID, v.CapacityBytes, k.fsType); err != nil {
+			return diskError("create volume image", err)
+		}
+	default:
+		if err := d.vols.Create(v.ID, mode); err != nil {
+			return diskError("create volume directory", err)
+		}
+		if err := d.vols.SetDirectoryLimit(v.ID, v.Limit, v.CapacityBytes, v.ProjectID); err != nil {
+			return diskError("limit the volume to its size", err)
+		}
+	}
+	return nil
 }
 
 // recordNewVolume fills in and records v as a new volume in phase creating.
 func (d *Driver) recordNewVolume(v *state.Volume, size int64, src *contentSource) (*state.Volume, error) {
-	if fs, err := d.vols.Stats(); err != nil {
-		return nil, diskError("read free space", err)
-	} else if size > fs.AvailableBytes {
-		return nil, status.Errorf(codes.ResourceExhausted, "requested %d bytes but the node's data directory has %d bytes available", size, fs.AvailableBytes)
+	if avail, err := d.available(); err != nil {
+		return nil, err
+	} else if size > avail {
+		return nil, status.Errorf(codes.ResourceExhausted, "requested %d bytes but the node's data directory has %d bytes available (what volumes held to their size may still fill is set aside)", size, avail)
 	}
-	v.ID, v.CapacityBytes, v.AccessType, v.NodeID = ids.NewVolumeID(), size, "mount", d.cfg.NodeID
+	v.ID, v.CapacityBytes, v.NodeID = ids.NewVolumeID(), size, d.cfg.NodeID
+	if v.AccessType == "" {
+		v.AccessType = "mount"
+	}
 	v.Phase, v.CreatedAt = state.PhaseCreating, time.Now().UTC()
 	if src != nil {
 		v.SourceSnapshotID, v.SourceVolumeID = src.snapshotID, src.volumeID
+	}
+	if v.Limit == hostpath.EnforceProject {
+		// Allocated and recorded under one lock, so two volumes never
+		// share a project.
+		d.projectMu.Lock()
+		defer d.projectMu.Unlock()
+		id, err := d.nextProjectID()
+		if err != nil {
+			return nil, err
+		}
+		v.ProjectID = id
 	}
 	if err := d.store.PutVolume(v); err != nil {
 		return nil, stateError(err)
 	}
 	return v, nil
+}
+
+// nextProjectID is one past the highest project ID on record (IDs of deleted
+// volumes are not reused while a higher one lives, which keeps allocation a
+// scan instead of a free list). d.projectMu is held.
+func (d *Driver) nextProjectID() (uint32, error) {
+	vols, _, err := d.store.ListVolumes("", 0, nil)
+	if err != nil {
+		return 0, stateError(err)
+	}
+	next := uint32(hostpath.ProjectIDBase)
+	for _, v := range vols {
+		if v.ProjectID >= next {
+			next = v.ProjectID + 1
+		}
+	}
+	return next, nil
 }
 
 // markVolumeReady records the result: the data is complete and durable.
@@ -203,8 +276,11 @@ func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *conte
 		if src.snapshotID != "" {
 			return d.vols.Restore(ctx, src.snapshotID, v.ID)
 		}
-		return d.vols.Clone(ctx, src.volumeID, v.ID)
+		return d.vols.Clone(ctx, src.volumeID, v.ID, src.freeze)
 	})
+	if err == nil {
+		err = d.fitToCapacity(v)
+	}
 	if err != nil {
 		d.rollbackCreate(v)
 		return diskError("copy content source into the new volume", err)
@@ -222,11 +298,30 @@ func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *conte
 	return nil
 }
 
+// fitToCapacity makes a restored or cloned volume hold its capacity, which
+// may be larger than its source's: a directory's limit, an image's file
+// (its filesystem grows at its first stage) or a block volume's file.
+func (d *Driver) fitToCapacity(v *state.Volume) error {
+	switch kindOf(v).layout {
+	case LayoutImage:
+		if _, err := d.vols.ExpandImage(v.ID, v.CapacityBytes); err != nil && !errors.Is(err, imagefs.ErrGrowAtNextMount) {
+			return err
+		}
+		return nil
+	case layoutBlock:
+		return d.vols.ExpandBlock(v.ID, v.CapacityBytes)
+	}
+	return d.vols.SetDirectoryLimit(v.ID, v.Limit, v.CapacityBytes, v.ProjectID)
+}
+
 // existingVolume answers a CreateVolume for a name already on record: the
 // same volume if the request is compatible with it, AlreadyExists if not.
-func (d *Driver) existingVolume(v *state.Volume, req *csi.CreateVolumeRequest, params volumeParams) (*csi.CreateVolumeResponse, error) {
+func (d *Driver) existingVolume(v *state.Volume, req *csi.CreateVolumeRequest, params volumeParams, kind volumeKind) (*csi.CreateVolumeResponse, error) {
 	if v.Phase == state.PhaseDeleting {
 		return nil, status.Errorf(codes.Aborted, "volume %s with name %q is being deleted; retry", v.ID, v.Name)
+	}
+	if k := kindOf(v); k != kind {
+		return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists as a %s volume; this request asks for a %s volume", v.Name, k, kind)
 	}
 	req0, lim := req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes()
 	switch {
@@ -245,8 +340,8 @@ func (d *Driver) existingVolume(v *state.Volume, req *csi.CreateVolumeRequest, p
 	if v.Phase == state.PhaseCreating {
 		// An earlier attempt of this call failed half way in this process:
 		// finish it instead of making a second volume.
-		if err := d.vols.Create(v.ID, params.mode); err != nil {
-			return nil, diskError("create volume directory", err)
+		if err := d.makeEmpty(v, params.mode); err != nil {
+			return nil, err
 		}
 		v.Phase = state.PhaseReady
 		if err := d.store.PutVolume(v); err != nil {
@@ -266,7 +361,7 @@ func (d *Driver) rollbackCreate(v *state.Volume) {
 
 // undoCreate removes a volume that was never made ready: data, then record.
 func (d *Driver) undoCreate(v *state.Volume) error {
-	if err := d.vols.Delete(v.ID); err != nil {
+	if err := d.removeVolumeData(v); err != nil {
 		return diskError(fmt.Sprintf("remove the data of unfinished volume %s", v.ID), err)
 	}
 	if err := d.store.DeleteVolume(v.ID); err != nil {
@@ -276,10 +371,17 @@ func (d *Driver) undoCreate(v *state.Volume) error {
 }
 
 func (d *Driver) csiVolume(v *state.Volume) *csi.Volume {
+	limit := v.Limit
+	if limit == "" {
+		limit = hostpath.EnforceNone
+	}
 	vol := &csi.Volume{
 		VolumeId:           v.ID,
 		CapacityBytes:      v.CapacityBytes,
 		AccessibleTopology: []*csi.Topology{d.topology()},
+		// What the volume is and what holds it to its size, for whoever
+		// reads the PV (kubectl get pv -o yaml).
+		VolumeContext: map[string]string{ContextLayout: kindOf(v).layout, ContextLimit: limit},
 	}
 	switch {
 	case v.SourceSnapshotID != "":
@@ -365,7 +467,7 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 			return nil, stateError(err)
 		}
 	}
-	if err := d.vols.Delete(id); err != nil {
+	if err := d.removeVolumeData(v); err != nil {
 		if perr := d.store.SetVolumePhase(id, v.Phase); perr != nil {
 			klog.ErrorS(perr, "Cannot restore the phase of a volume whose delete failed", "volumeID", id)
 		}
@@ -377,6 +479,17 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	d.usage.forget(id)
 	klog.V(2).InfoS("Volume deleted", "volumeID", id, "name", v.Name)
 	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// removeVolumeData frees what a volume holds on the node (a block or image
+// file's loop devices a crash may have left) and moves its data to the trash.
+func (d *Driver) removeVolumeData(v *state.Volume) error {
+	if kindOf(v).layout != LayoutDirectory {
+		if err := d.vols.DetachBlock(v.ID); err != nil {
+			return err
+		}
+	}
+	return d.vols.Delete(v.ID)
 }
 
 // readyVolume returns a volume that exists and is ready, or NotFound.
@@ -409,7 +522,7 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 		return nil, err
 	}
 	for _, c := range req.GetVolumeCapabilities() {
-		if err := checkCapability(c); err != nil {
+		if err := servesKind(kindOf(v), c); err != nil {
 			return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
 		}
 	}
@@ -508,11 +621,10 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	if t := req.GetAccessibleTopology(); t != nil && !d.topologyMatches(t) {
 		return &csi.GetCapacityResponse{}, nil // another node's capacity is not ours to report
 	}
-	fs, err := d.vols.Stats()
+	avail, err := d.available()
 	if err != nil {
-		return nil, diskError("read free space", err)
+		return nil, err
 	}
-	avail := max(fs.AvailableBytes, 0)
 	return &csi.GetCapacityResponse{
 		AvailableCapacity: avail,
 		MaximumVolumeSize: wrapperspb.Int64(min(avail, d.cfg.MaxVolumeSize)),

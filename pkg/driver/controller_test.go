@@ -32,9 +32,24 @@ func TestCreateVolumeRejects(t *testing.T) {
 		{"multi-node mode", withReq(func(r *csi.CreateVolumeRequest) {
 			r.VolumeCapabilities = []*csi.VolumeCapability{mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)}
 		}), codes.InvalidArgument, "MULTI_NODE_MULTI_WRITER is not supported"},
-		{"block", withReq(func(r *csi.CreateVolumeRequest) {
-			r.VolumeCapabilities = []*csi.VolumeCapability{{AccessMode: rwo.AccessMode, AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}}}
-		}), codes.InvalidArgument, "block access type"},
+		{"block with a layout", withReq(func(r *csi.CreateVolumeRequest) {
+			r.VolumeCapabilities = []*csi.VolumeCapability{blockCap}
+			r.Parameters = map[string]string{ParamLayout: LayoutImage}
+		}), codes.InvalidArgument, "does not apply to a block volume"},
+		{"block and mount", withReq(func(r *csi.CreateVolumeRequest) {
+			r.VolumeCapabilities = []*csi.VolumeCapability{blockCap, rwo}
+		}), codes.InvalidArgument, "both block and mount"},
+		{"unknown layout", withReq(func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{ParamLayout: "lvm"} }), codes.InvalidArgument, "want directory or image"},
+		{"image of btrfs", withReq(func(r *csi.CreateVolumeRequest) {
+			c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+			c.GetMount().FsType = "btrfs"
+			r.VolumeCapabilities = []*csi.VolumeCapability{c}
+			r.Parameters = map[string]string{ParamLayout: LayoutImage}
+		}), codes.InvalidArgument, "ext4 or xfs"},
+		{"image under its filesystem's minimum", withReq(func(r *csi.CreateVolumeRequest) {
+			r.Parameters = map[string]string{ParamLayout: LayoutImage}
+			r.CapacityRange.LimitBytes = 1 << 20
+		}), codes.OutOfRange, "needs at least"},
 		{"fs type", withReq(func(r *csi.CreateVolumeRequest) {
 			c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
 			c.GetMount().FsType = "xfs"
@@ -256,35 +271,6 @@ func TestListVolumesPagination(t *testing.T) {
 	wantCode(t, err, codes.Aborted)
 	_, err = e.d.ListVolumes(ctx, &csi.ListVolumesRequest{MaxEntries: -1})
 	wantCode(t, err, codes.InvalidArgument)
-}
-
-// Expansion is not advertised while a volume's size is not enforced: it
-// would only change a number. Both expansion calls are Unimplemented.
-func TestExpansionNotAdvertised(t *testing.T) {
-	e := newEnv(t)
-	id := e.create(t, "grow")
-	pc, _ := e.d.GetPluginCapabilities(ctx, nil)
-	for _, c := range pc.GetCapabilities() {
-		if c.GetVolumeExpansion() != nil {
-			t.Errorf("plugin capability %v advertised", c)
-		}
-	}
-	cc, _ := e.d.ControllerGetCapabilities(ctx, nil)
-	for _, c := range cc.GetCapabilities() {
-		if c.GetRpc().GetType() == csi.ControllerServiceCapability_RPC_EXPAND_VOLUME {
-			t.Error("controller EXPAND_VOLUME advertised")
-		}
-	}
-	nc, _ := e.d.NodeGetCapabilities(ctx, nil)
-	for _, c := range nc.GetCapabilities() {
-		if c.GetRpc().GetType() == csi.NodeServiceCapability_RPC_EXPAND_VOLUME {
-			t.Error("node EXPAND_VOLUME advertised")
-		}
-	}
-	_, err := e.d.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id, CapacityRange: &csi.CapacityRange{RequiredBytes: 4 << 20}})
-	wantCode(t, err, codes.Unimplemented)
-	_, err = e.d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: id, VolumePath: "/x", CapacityRange: &csi.CapacityRange{RequiredBytes: 4 << 20}})
-	wantCode(t, err, codes.Unimplemented)
 }
 
 func TestGetCapacity(t *testing.T) {

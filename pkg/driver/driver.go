@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/keylock"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -46,6 +48,16 @@ type Config struct {
 	MaxVolumesPerNode int64
 	// MaxVolumeSize is the largest capacity a volume may have.
 	MaxVolumeSize int64
+	// ImageFSType is an image volume's filesystem when the request names
+	// none: ext4 or xfs (default ext4).
+	ImageFSType string
+	// NoBtrfsQuotas leaves btrfs quotas off on a btrfs data directory
+	// (directory volumes are then not held to their size).
+	NoBtrfsQuotas bool
+	// UsageInterval is how long NodeGetVolumeStats reuses the usage it
+	// measured by walking a directory volume that nothing holds to its
+	// size (enforced volumes are read at once, never walked).
+	UsageInterval time.Duration
 	// ReconcileRetry is how often what start-up could not reconcile is
 	// retried while the driver serves (default 30 s).
 	ReconcileRetry time.Duration
@@ -70,6 +82,12 @@ func (c *Config) validate() error {
 	}
 	if c.MaxVolumesPerNode < 0 {
 		problems = append(problems, "max volumes per node is negative")
+	}
+	if c.ImageFSType == "" {
+		c.ImageFSType = DefaultImageFSType
+	}
+	if c.ImageFSType != imagefs.Ext4 && c.ImageFSType != imagefs.XFS {
+		problems = append(problems, "image filesystem type must be ext4 or xfs")
 	}
 	if c.MaxVolumeSize <= 0 {
 		problems = append(problems, "max volume size must be positive")
@@ -107,6 +125,8 @@ type Driver struct {
 	pending *pending
 	metrics *metrics
 	usage   usageCache
+	// projectMu serializes the allocation of project IDs.
+	projectMu sync.Mutex
 	// beforeCopy, when set (tests only), runs at the start of every copy
 	// job with the ID of what it makes: a seam to hold a copy at an exact
 	// step or fail it there.
@@ -119,7 +139,7 @@ func New(cfg Config) (*Driver, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	vols, err := hostpath.New(cfg.DataDir)
+	vols, err := hostpath.New(cfg.DataDir, hostpath.Options{BtrfsQuotas: !cfg.NoBtrfsQuotas})
 	if err != nil {
 		return nil, err
 	}
@@ -135,6 +155,11 @@ func New(cfg Config) (*Driver, error) {
 		every = 30 * time.Second
 	}
 	d.pending = startPending(problems, every)
+	if limit, why := vols.DirectoryLimit(); limit == hostpath.EnforceNone {
+		klog.InfoS("Directory volumes are NOT held to their size on this data directory: a pod can fill it past its volume's capacity; use StorageClass parameter layout: image for sizes that hold", "why", why)
+	} else {
+		klog.InfoS("Directory volumes are held to their size", "by", limit)
+	}
 	klog.InfoS("Driver ready", "driver", cfg.DriverName, "version", Version(), "node", cfg.NodeID,
 		"controller", cfg.Controller, "nodeService", cfg.Node, "dataDir", vols.Root(), "stateDB", store.Path())
 	return d, nil

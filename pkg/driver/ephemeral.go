@@ -111,8 +111,8 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 	case err != nil:
 		return nil, stateError(err)
 	case v.Phase == state.PhaseCreating: // an earlier attempt failed half way
-		if err := d.vols.Create(v.ID, params.mode); err != nil {
-			return nil, diskError("create inline volume directory", err)
+		if err := d.makeEmpty(v, params.mode); err != nil {
+			return nil, err
 		}
 		if err := d.markVolumeReady(v); err != nil {
 			return nil, err
@@ -136,7 +136,7 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 	same := func(r *state.Publication) bool {
 		return r.ReadOnly == pub.ReadOnly && slices.Equal(r.MountFlags, pub.MountFlags)
 	}
-	done, err := d.prepareMountPoint(v.ID, state.KindPublish, target, same)
+	done, err := d.prepareMountPoint(v, state.KindPublish, target, same)
 	if err != nil || done {
 		return &csi.NodePublishVolumeResponse{}, err
 	}
@@ -158,13 +158,14 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 
 // makeEphemeral makes a new, empty inline volume: intent, data, result.
 func (d *Driver) makeEphemeral(name string, capacity int64, attrs map[string]string, params volumeParams) (*state.Volume, error) {
-	v, err := d.recordNewVolume(&state.Volume{Name: name, Parameters: attrs, Ephemeral: true}, capacity, nil)
+	limit, _ := d.vols.DirectoryLimit()
+	v, err := d.recordNewVolume(&state.Volume{Name: name, Parameters: attrs, Ephemeral: true, Layout: LayoutDirectory, Limit: limit}, capacity, nil)
 	if err != nil {
 		return nil, err
 	}
-	if err := d.vols.Create(v.ID, params.mode); err != nil {
+	if err := d.makeEmpty(v, params.mode); err != nil {
 		d.rollbackCreate(v)
-		return nil, diskError("create inline volume directory", err)
+		return nil, err
 	}
 	if err := d.markVolumeReady(v); err != nil {
 		return nil, err

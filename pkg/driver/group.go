@@ -14,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -113,7 +114,7 @@ func (d *Driver) createGroup(ctx context.Context, req *csi.CreateVolumeGroupSnap
 		}
 	}()
 	vols := make(map[string]*state.Volume, len(sources))
-	var reads []string
+	var reads, freeze []string
 	for _, id := range sorted {
 		if err := volumeIDOrNotFound(id); err != nil {
 			return nil, nil, err
@@ -131,13 +132,25 @@ func (d *Driver) createGroup(ctx context.Context, req *csi.CreateVolumeGroupSnap
 		if vols[id], err = d.readyVolume(id); err != nil {
 			return nil, nil, err
 		}
+		if kindOf(vols[id]).layout == LayoutImage {
+			// Frozen, all members at once, for the copies: one point
+			// in time across the group even while pods write.
+			f, err := d.copyPlan(vols[id])
+			if err != nil {
+				return nil, nil, err
+			}
+			freeze = append(freeze, f...)
+			reads = append(reads, "vol/"+id)
+			continue
+		}
 		if p, err := d.writablePublication(id); err != nil {
 			return nil, nil, err
 		} else if p != nil {
 			return nil, nil, status.Errorf(codes.FailedPrecondition,
-				"volume %s is published writable at %s on node %s: its members would be copied one after the other while it is written, "+
-					"which is not write-order consistent; stop the writers (scale the workload down) or snapshot the volumes one by one",
-				id, p.Path, p.NodeID)
+				"volume %s (%s) is published writable at %s on node %s: its members would be copied one after the other while it is written, "+
+					"which is not write-order consistent; stop the writers (scale the workload down), use image volumes (layout: image, frozen together), "+
+					"or snapshot the volumes one by one",
+				id, kindOf(vols[id]), p.Path, p.NodeID)
 		}
 		reads = append(reads, "vol/"+id, "nowrite/"+id)
 	}
@@ -153,22 +166,28 @@ func (d *Driver) createGroup(ctx context.Context, req *csi.CreateVolumeGroupSnap
 	what := fmt.Sprintf("group snapshot %s of %d volumes", g.ID, len(sources))
 	j := d.jobs.start(key, g.ID, what, reads, func(jctx context.Context) error {
 		defer release()
-		return d.takeGroup(jctx, g, vols)
+		return d.takeGroup(jctx, g, vols, freeze)
 	})
 	return j, nil, nil
 }
 
 // takeGroup is the job behind a group snapshot: every member, then the
 // group's result; on failure nothing of it is left.
-func (d *Driver) takeGroup(ctx context.Context, g *state.GroupSnapshot, vols map[string]*state.Volume) error {
+func (d *Driver) takeGroup(ctx context.Context, g *state.GroupSnapshot, vols map[string]*state.Volume, freeze []string) error {
 	start := time.Now()
-	for i, src := range g.SourceVolumeIDs {
-		snap := &state.Snapshot{ID: g.SnapshotIDs[i], Name: fmt.Sprintf("%s/%d", g.ID, i), SourceVolumeID: src,
-			SourceCapacity: vols[src].CapacityBytes, Phase: state.PhaseCreating, CreatedAt: g.CreatedAt, GroupID: g.ID}
-		if err := d.takeSnapshot(ctx, snap); err != nil {
-			d.rollbackGroup(g)
-			return err
+	err := imagefs.WithFrozen(freeze, func() error {
+		for i, src := range g.SourceVolumeIDs {
+			snap := newSnapshotOf(vols[src], g.SnapshotIDs[i], fmt.Sprintf("%s/%d", g.ID, i))
+			snap.CreatedAt, snap.GroupID = g.CreatedAt, g.ID
+			if err := d.takeSnapshot(ctx, snap, nil); err != nil {
+				return err
+			}
 		}
+		return nil
+	})
+	if err != nil {
+		d.rollbackGroup(g)
+		return err
 	}
 	g.Phase = state.PhaseReady
 	if err := d.store.PutGroup(g); err != nil {

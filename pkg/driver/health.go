@@ -39,6 +39,14 @@ func (d *Driver) dataHealth(v *state.Volume) []*csi.VolumeHealth_VolumeHealthEnt
 			Message: fmt.Sprintf("volume data directory %s is missing on node %s", d.vols.Path(v.ID), v.NodeID),
 		}}
 	}
+	if kindOf(v).layout != LayoutDirectory {
+		if _, err := d.vols.ImageSize(v.ID); err != nil {
+			return []*csi.VolumeHealth_VolumeHealthEntry{{
+				Status: csi.VolumeHealthErrorType_DATA_LOSS, Reason: ReasonDataMissing,
+				Message: fmt.Sprintf("volume file %s is unusable on node %s: %v", d.vols.ImagePath(v.ID), v.NodeID, err),
+			}}
+		}
+	}
 	return nil
 }
 

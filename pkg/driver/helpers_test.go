@@ -60,6 +60,8 @@ func mountCap(mode csi.VolumeCapability_AccessMode_Mode, flags ...string) *csi.V
 
 var rwo = mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
 
+var blockCap = &csi.VolumeCapability{AccessMode: rwo.AccessMode, AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}}
+
 func createReq(name string, size int64) *csi.CreateVolumeRequest {
 	return &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{rwo},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: size}}

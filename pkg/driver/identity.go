@@ -17,10 +17,11 @@ func (d *Driver) GetPluginCapabilities(context.Context, *csi.GetPluginCapabiliti
 	service := func(t csi.PluginCapability_Service_Type) *csi.PluginCapability {
 		return &csi.PluginCapability{Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{Type: t}}}
 	}
-	// No expansion yet: a directory volume's size is not enforced, so
-	// growing it would only change a number (sizes that hold come first).
+	// Expansion is online and on the node only (see NodeExpandVolume).
 	caps := []*csi.PluginCapability{
 		service(csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS),
+		{Type: &csi.PluginCapability_VolumeExpansion_{VolumeExpansion: &csi.PluginCapability_VolumeExpansion{
+			Type: csi.PluginCapability_VolumeExpansion_ONLINE}}},
 	}
 	if d.cfg.Controller {
 		caps = append(caps, service(csi.PluginCapability_Service_CONTROLLER_SERVICE),

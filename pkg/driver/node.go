@@ -12,7 +12,9 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -20,6 +22,7 @@ import (
 var nodeCaps = []csi.NodeServiceCapability_RPC_Type{
 	csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
 	csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+	csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
 	csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
 	csi.NodeServiceCapability_RPC_GET_STORAGE_HEALTH,
@@ -98,6 +101,9 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, err
 	}
 	defer unlock()
+	if err := servesKind(kindOf(v), req.GetVolumeCapability()); err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
 
 	pub := &state.Publication{VolumeID: v.ID, NodeID: d.cfg.NodeID, Kind: state.KindStage, Path: path,
 		AccessMode: req.GetVolumeCapability().GetAccessMode().GetMode().String(),
@@ -108,17 +114,14 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	same := func(r *state.Publication) bool {
 		return r.AccessMode == "" || (r.AccessMode == pub.AccessMode && slices.Equal(r.MountFlags, pub.MountFlags))
 	}
-	done, err := d.prepareMountPoint(v.ID, state.KindStage, path, same)
+	done, err := d.prepareMountPoint(v, state.KindStage, path, same)
 	if err != nil || done {
 		return &csi.NodeStageVolumeResponse{}, err
 	}
-	if ok, err := d.vols.Exists(v.ID); err != nil || !ok {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s has no usable data directory (%v); see its volume health", v.ID, err)
+	if h := d.dataHealth(v); len(h) > 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s has no usable data (%s); see its volume health", v.ID, h[0].Message)
 	}
-	if err := os.MkdirAll(path, 0o750); err != nil {
-		return nil, status.Errorf(codes.Internal, "create staging path: %v", err)
-	}
-	if err := d.mountRecorded(pub, func() error { return mountutil.Bind(d.vols.Path(v.ID), path, false, nil) }); err != nil {
+	if err := d.mountRecorded(pub, func() error { return d.stage(v, pub) }); err != nil {
 		return nil, err
 	}
 	klog.V(2).InfoS("Volume staged", "volumeID", v.ID, "stagingPath", path)
@@ -129,21 +132,20 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 // It reports done=true when the same mount is already in place (an
 // idempotent retry), clears a half-made mount a crash left, and refuses a
 // path that is mounted but not by us, or mounted by us differently.
-func (d *Driver) prepareMountPoint(id string, kind state.PublicationKind, path string, sameAs func(*state.Publication) bool) (done bool, err error) {
+func (d *Driver) prepareMountPoint(v *state.Volume, kind state.PublicationKind, path string, sameAs func(*state.Publication) bool) (done bool, err error) {
+	id := v.ID
 	rec, err := d.store.GetPublication(id, kind, path)
 	if err != nil && !errors.Is(err, state.ErrNotFound) {
 		return false, stateError(err)
 	}
-	mounted, mErr := mountutil.IsMountPoint(path)
-	if mErr != nil && !errors.Is(mErr, fs.ErrNotExist) {
-		return false, status.Errorf(codes.Internal, "check mount point %s: %v", path, mErr)
+	if rec == nil {
+		return false, refuseForeignMount(path, id)
 	}
-	switch {
-	case rec == nil && mounted:
-		return false, status.Errorf(codes.FailedPrecondition, "%s is already a mount point, not made by this driver for volume %s", path, id)
-	case rec == nil:
-		return false, nil
-	case rec.Phase == state.PhaseMounted && mounted:
+	present, err := d.inPlace(v, rec)
+	if err != nil {
+		return false, status.Errorf(codes.Internal, "check %s of volume %s at %s: %v", kind, id, path, err)
+	}
+	if rec.Phase == state.PhaseMounted && present {
 		if !sameAs(rec) {
 			return false, status.Errorf(codes.AlreadyExists, "volume %s is already %sd at %s with another capability (access mode %s, read-only %v, flags %v)",
 				id, kind, path, rec.AccessMode, rec.ReadOnly, rec.MountFlags)
@@ -151,8 +153,8 @@ func (d *Driver) prepareMountPoint(id string, kind state.PublicationKind, path s
 		return true, nil
 	}
 	// A record whose mount is missing or half made: start over.
-	if err := mountutil.Unmount(path, false); err != nil {
-		return false, status.Errorf(codes.Internal, "clear previous mount: %v", err)
+	if err := d.detach(v, rec); err != nil {
+		return false, status.Errorf(codes.Internal, "clear previous %s: %v", kind, err)
 	}
 	if err := d.store.DeletePublication(id, kind, path); err != nil {
 		return false, stateError(err)
@@ -184,11 +186,15 @@ func (d *Driver) mountRecorded(pub *state.Publication, mount func() error) error
 // the record. A publish target's directory is removed too (the driver made
 // it); a staging path belongs to the CO and stays.
 func (d *Driver) unmountRecorded(pub *state.Publication) error {
+	v, err := d.store.GetVolume(pub.VolumeID)
+	if err != nil {
+		return stateError(err)
+	}
 	pub.Phase = state.PhaseUnmounting
 	if err := d.store.PutPublication(pub); err != nil {
 		return stateError(err)
 	}
-	if err := mountutil.Unmount(pub.Path, pub.Kind == state.KindPublish); err != nil {
+	if err := d.detach(v, pub); err != nil {
 		return status.Errorf(codes.Internal, "unmount volume %s at %s: %v", pub.VolumeID, pub.Path, err)
 	}
 	if err := d.store.DeletePublication(pub.VolumeID, pub.Kind, pub.Path); err != nil {
@@ -304,6 +310,9 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, err
 	}
 	defer unlock()
+	if err := servesKind(kindOf(v), req.GetVolumeCapability()); err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
 
 	stage, err := d.store.GetPublication(v.ID, state.KindStage, staging)
 	if errors.Is(err, state.ErrNotFound) || (err == nil && stage.Phase != state.PhaseMounted) {
@@ -323,7 +332,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	same := func(r *state.Publication) bool {
 		return r.ReadOnly == pub.ReadOnly && slices.Equal(r.MountFlags, pub.MountFlags) && r.StagingPath == pub.StagingPath
 	}
-	done, err := d.prepareMountPoint(v.ID, state.KindPublish, target, same)
+	done, err := d.prepareMountPoint(v, state.KindPublish, target, same)
 	if err != nil || done {
 		return &csi.NodePublishVolumeResponse{}, err
 	}
@@ -333,10 +342,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if j := d.jobs.reading("nowrite/" + v.ID); j != nil && !pub.ReadOnly {
 		return nil, status.Errorf(codes.Aborted, "volume %s is in a %s, which needs it unwritten; retry once it ends", v.ID, j.what)
 	}
-	if err := os.MkdirAll(target, 0o750); err != nil {
-		return nil, status.Errorf(codes.Internal, "create target path: %v", err)
-	}
-	if err := d.mountRecorded(pub, func() error { return mountutil.Bind(staging, target, pub.ReadOnly, pub.MountFlags) }); err != nil {
+	if err := d.mountRecorded(pub, func() error { return d.publish(v, pub, stage) }); err != nil {
 		return nil, err
 	}
 	klog.V(2).InfoS("Volume published", "volumeID", v.ID, "targetPath", target, "readOnly", pub.ReadOnly)
@@ -422,23 +428,57 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	if err != nil {
 		return nil, err
 	}
-	used, err := d.vols.Usage(v.ID)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, status.Errorf(codes.FailedPrecondition, "volume %s: data directory is missing; see its volume health", v.ID)
+	return d.volumeStats(v, req.GetVolumePath())
+}
+
+// volumeStats reads usage from what holds the volume to its size, at once:
+// an image's filesystem (one statfs), a qgroup or project quota's own
+// accounting. Only a directory that nothing holds is walked, at most once
+// per --usage-interval.
+func (d *Driver) volumeStats(v *state.Volume, path string) (*csi.NodeGetVolumeStatsResponse, error) {
+	switch kindOf(v).layout {
+	case layoutBlock:
+		// A device: its size, nothing a filesystem could tell.
+		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: v.CapacityBytes}}}, nil
+	case LayoutImage:
+		u, err := imagefs.Stats(path)
+		if err != nil {
+			return nil, diskError("read the image filesystem's usage", err)
 		}
-		return nil, diskError("measure volume usage", err)
+		d.usage.set(v.ID, int64(u.UsedBytes))
+		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
+			{Unit: csi.VolumeUsage_BYTES, Total: int64(u.TotalBytes), Used: int64(u.UsedBytes), Available: int64(u.AvailableBytes)},
+			{Unit: csi.VolumeUsage_INODES, Total: int64(u.Inodes), Used: int64(u.InodesUsed), Available: int64(u.InodesFree)},
+		}}, nil
 	}
-	d.usage.set(v.ID, used.Bytes)
 	fsStats, err := d.vols.Stats()
 	if err != nil {
 		return nil, diskError("read filesystem stats", err)
 	}
+	var used, inodes int64
+	switch v.Limit {
+	case hostpath.EnforceQgroup, hostpath.EnforceProject:
+		if used, _, err = d.vols.DirectoryUsage(v.ID, v.Limit, v.ProjectID); err != nil {
+			return nil, diskError("read the volume's quota usage", err)
+		}
+		d.usage.set(v.ID, used)
+		inodes = -1 // a quota counts bytes; inodes are the filesystem's
+	default:
+		u, err := d.usage.measure(v.ID, d.cfg.UsageInterval, func() (hostpath.Usage, error) { return d.vols.Usage(v.ID) })
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil, status.Errorf(codes.FailedPrecondition, "volume %s: data directory is missing; see its volume health", v.ID)
+			}
+			return nil, diskError("measure volume usage", err)
+		}
+		used, inodes = u.Bytes, u.Inodes
+	}
 	// A directory shares its filesystem: what is left is the smaller of its
 	// own capacity and what the filesystem still has.
-	avail := max(0, min(v.CapacityBytes-used.Bytes, fsStats.AvailableBytes))
-	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
-		{Unit: csi.VolumeUsage_BYTES, Total: v.CapacityBytes, Used: used.Bytes, Available: avail},
-		{Unit: csi.VolumeUsage_INODES, Total: used.Inodes + fsStats.FreeInodes, Used: used.Inodes, Available: fsStats.FreeInodes},
-	}}, nil
+	avail := max(0, min(v.CapacityBytes-used, fsStats.AvailableBytes))
+	usage := []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: v.CapacityBytes, Used: used, Available: avail}}
+	if inodes >= 0 {
+		usage = append(usage, &csi.VolumeUsage{Unit: csi.VolumeUsage_INODES, Total: inodes + fsStats.FreeInodes, Used: inodes, Available: fsStats.FreeInodes})
+	}
+	return &csi.NodeGetVolumeStatsResponse{Usage: usage}, nil
 }

@@ -10,7 +10,8 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
-	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
+	"github.com/hostpath-csi/hostpath-csi/pkg/loop"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -73,6 +74,8 @@ func (d *Driver) reconcile() []*problem {
 		}
 	}
 
+	add("loop devices left attached", d.detachLeakedDevices(), nil)
+
 	known := make(map[string]bool, len(vols))
 	for _, v := range vols {
 		known[v.ID] = true
@@ -111,6 +114,36 @@ func (d *Driver) reconcile() []*problem {
 	add("list snapshot directories", err, nil)
 	d.quarantineUnknown(names, knownSnaps, d.vols.QuarantineSnapshot, "snapshot", add)
 	return problems
+}
+
+// detachLeakedDevices detaches loop devices of files under the data
+// directory that no stage record holds: a crash between an attach and its
+// record, or a deleted volume's device.
+func (d *Driver) detachLeakedDevices() error {
+	pubs, err := d.store.AllPublications()
+	if err != nil {
+		return err
+	}
+	held := map[string]bool{}
+	for _, p := range pubs {
+		if p.Kind == state.KindStage {
+			held[p.VolumeID] = true
+		}
+	}
+	leaked, err := d.vols.LeakedBlockDevices(held)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for i := range leaked {
+		if _, err := loop.Detach(&leaked[i]); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		d.metrics.reconcileAction("detached_loop_device")
+		klog.InfoS("Detached a loop device no stage holds", "device", leaked[i].Path, "file", leaked[i].BackingFile)
+	}
+	return errors.Join(errs...)
 }
 
 // reconcileLeftovers adopts or removes what partial/ and trash/ hold. Only a
@@ -186,7 +219,7 @@ func (d *Driver) quarantineUnknown(names []string, known map[string]bool, quaran
 func (d *Driver) reconcileVolume(v *state.Volume) error {
 	switch v.Phase {
 	case state.PhaseCreating, state.PhaseDeleting:
-		if err := d.vols.Delete(v.ID); err != nil {
+		if err := d.removeVolumeData(v); err != nil {
 			return fmt.Errorf("remove data: %w", err)
 		}
 		if err := d.store.DeleteVolume(v.ID); err != nil {
@@ -261,13 +294,33 @@ func (d *Driver) reconcileGroup(g *state.GroupSnapshot) error {
 }
 
 func (d *Driver) reconcilePublication(p *state.Publication) error {
-	mounted, err := mountutil.IsMountPoint(p.Path)
+	v, err := d.store.GetVolume(p.VolumeID)
 	if err != nil {
-		mounted = false // a missing path is simply not mounted
+		return err
 	}
+	present, err := d.inPlace(v, p)
+	if err != nil {
+		present = false // a missing path is simply not mounted
+	}
+	k := kindOf(v)
 	switch {
-	case p.Phase == state.PhaseMounted && mounted:
+	case p.Phase == state.PhaseMounted && present:
+		if k.layout == LayoutImage && p.Kind == state.KindStage {
+			// A kill between a snapshot's freeze and its thaw would leave
+			// the pod's filesystem frozen.
+			if was, err := imagefs.Thaw(p.Path); err != nil {
+				return fmt.Errorf("thaw %s: %w", p.Path, err)
+			} else if was {
+				d.metrics.reconcileAction("thawed_image")
+				klog.InfoS("Thawed an image filesystem a crash left frozen", "volumeID", p.VolumeID, "path", p.Path)
+			}
+		}
 		return nil
+	case p.Phase == state.PhaseMounted && k.block() && p.Kind == state.KindStage:
+		// The device went (a reboot): a block volume state knows as staged
+		// is attached again, so the kubelet's publish finds it.
+		d.metrics.reconcileAction("reattached_block")
+		return d.reattachBlock(v, p)
 	case p.Phase == state.PhaseMounted:
 		d.metrics.reconcileAction("dropped_mount_record")
 		klog.InfoS("Mount on record is gone (node restarted?); dropping the record; the CO will publish again",
@@ -275,7 +328,7 @@ func (d *Driver) reconcilePublication(p *state.Publication) error {
 	default:
 		// Mounting or unmounting when interrupted: the CO never got an
 		// answer and will call again, so undo what may be half done.
-		if err := mountutil.Unmount(p.Path, false); err != nil {
+		if err := d.detach(v, p); err != nil {
 			return fmt.Errorf("undo interrupted %s: %w", p.Kind, err)
 		}
 		d.metrics.reconcileAction("undid_mount")

@@ -122,12 +122,17 @@ func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		unlockSrc()
 		return nil, nil, err
 	}
-	snap := &state.Snapshot{ID: ids.NewSnapshotID(), Name: name, SourceVolumeID: srcID, SourceCapacity: src.CapacityBytes,
-		Parameters: req.GetParameters(), Phase: state.PhaseCreating, CreatedAt: time.Now().UTC()}
+	freeze, err := d.copyPlan(src)
+	if err != nil {
+		unlockSrc()
+		return nil, nil, err
+	}
+	snap := newSnapshotOf(src, ids.NewSnapshotID(), name)
+	snap.Parameters = req.GetParameters()
 	what := fmt.Sprintf("snapshot %s of volume %s", snap.ID, srcID)
 	j := d.jobs.start(key, snap.ID, what, []string{"vol/" + srcID}, func(jctx context.Context) error {
 		defer unlockSrc()
-		return d.takeSnapshot(jctx, snap)
+		return d.takeSnapshot(jctx, snap, freeze)
 	})
 	return j, nil, nil
 }
@@ -135,13 +140,13 @@ func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 // takeSnapshot records snap's intent, copies its source and records the
 // result; on failure nothing of it is left. The caller holds the source
 // volume shared.
-func (d *Driver) takeSnapshot(ctx context.Context, snap *state.Snapshot) error {
+func (d *Driver) takeSnapshot(ctx context.Context, snap *state.Snapshot, freeze []string) error {
 	if err := d.store.PutSnapshot(snap); err != nil {
 		return stateError(err)
 	}
 	start := time.Now()
 	st, err := d.copyStep(ctx, snap.ID, func() (hostpath.CopyResult, error) {
-		return d.vols.Snapshot(ctx, snap.SourceVolumeID, snap.ID)
+		return d.vols.Snapshot(ctx, snap.SourceVolumeID, snap.ID, freeze)
 	})
 	if err != nil {
 		d.rollbackSnapshot(snap)
@@ -156,6 +161,41 @@ func (d *Driver) takeSnapshot(ctx context.Context, snap *state.Snapshot) error {
 	klog.InfoS("Snapshot created", "snapshotID", snap.ID, "name", snap.Name, "source", snap.SourceVolumeID, "group", snap.GroupID,
 		"mechanism", snap.Mechanism, "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
 	return nil
+}
+
+// newSnapshotOf is the record of a new snapshot of src, in phase creating.
+func newSnapshotOf(src *state.Volume, id, name string) *state.Snapshot {
+	return &state.Snapshot{ID: id, Name: name, SourceVolumeID: src.ID, SourceCapacity: src.CapacityBytes,
+		SourceAccessType: src.AccessType, SourceLayout: src.Layout, SourceFSType: src.FSType, SourceFormatted: src.Formatted,
+		Phase: state.PhaseCreating, CreatedAt: time.Now().UTC()}
+}
+
+// copyPlan says how volume v is copied as one whole now: the mounts of its
+// filesystem image to freeze during the copy (a point in time even while
+// pods write), or, for a block volume pods write to on a data filesystem
+// without reflinks, that it cannot be (a copy taken while the device is
+// written would be torn).
+func (d *Driver) copyPlan(v *state.Volume) ([]string, error) {
+	pubs, err := d.store.PublicationsOf(v.ID)
+	if err != nil {
+		return nil, stateError(err)
+	}
+	var freeze []string
+	for _, p := range pubs {
+		switch kindOf(v).layout {
+		case LayoutImage:
+			if p.Kind == state.KindStage && p.Phase == state.PhaseMounted {
+				freeze = append(freeze, p.Path)
+			}
+		case layoutBlock:
+			if p.Kind == state.KindPublish && !p.ReadOnly && !d.vols.CanReflink() {
+				return nil, status.Errorf(codes.FailedPrecondition,
+					"block volume %s is published writable at %s, and the data directory's filesystem cannot reflink: a copy of a device being written would be torn; stop the writer, or keep the data directory on xfs (reflink=1) or btrfs",
+					v.ID, p.Path)
+			}
+		}
+	}
+	return freeze, nil
 }
 
 // rollbackSnapshot undoes a snapshot that failed; what it cannot undo stays
@@ -290,6 +330,9 @@ func (d *Driver) readySnapshot(id string) (*state.Snapshot, error) {
 type contentSource struct {
 	snapshotID, volumeID string
 	capacity             int64 // the smallest volume the content fits in
+	kind                 volumeKind
+	formatted            bool     // an image source holds a filesystem
+	freeze               []string // a cloned image's mounts, frozen while it is copied
 	lockKey              string
 	unlock               func()
 }
@@ -320,7 +363,8 @@ func (d *Driver) lockContentSource(ctx context.Context, cs *csi.VolumeContentSou
 			unlock()
 			return nil, err
 		}
-		return &contentSource{snapshotID: id, capacity: snap.SourceCapacity, lockKey: "snap/" + id, unlock: unlock}, nil
+		return &contentSource{snapshotID: id, capacity: snap.SourceCapacity, kind: kindOfSnapshot(snap), formatted: snap.SourceFormatted,
+			lockKey: "snap/" + id, unlock: unlock}, nil
 	case cs.GetVolume() != nil:
 		id := cs.GetVolume().GetVolumeId()
 		if err := volumeIDOrNotFound(id); err != nil {
@@ -335,7 +379,13 @@ func (d *Driver) lockContentSource(ctx context.Context, cs *csi.VolumeContentSou
 			unlock()
 			return nil, err
 		}
-		return &contentSource{volumeID: id, capacity: v.CapacityBytes, lockKey: "vol/" + id, unlock: unlock}, nil
+		freeze, err := d.copyPlan(v)
+		if err != nil {
+			unlock()
+			return nil, err
+		}
+		return &contentSource{volumeID: id, capacity: v.CapacityBytes, kind: kindOf(v), formatted: v.Formatted, freeze: freeze,
+			lockKey: "vol/" + id, unlock: unlock}, nil
 	}
 	return nil, status.Error(codes.InvalidArgument, "volume content source has neither a snapshot nor a volume")
 }

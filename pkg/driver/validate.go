@@ -20,6 +20,8 @@ import (
 const (
 	// ParamMountPermissions is the octal mode of the volume's root directory.
 	ParamMountPermissions = "mountPermissions"
+	// ParamLayout is how a mount volume keeps its data: directory or image.
+	ParamLayout = "layout"
 	// Keys the external-provisioner adds with --extra-create-metadata; they
 	// are kept with the volume so an operator can tell which claim owns it.
 	ParamPVCName      = "csi.storage.k8s.io/pvc/name"
@@ -32,7 +34,7 @@ const (
 // narrow it with mountPermissions.
 const DefaultMountPermissions os.FileMode = 0o777
 
-var knownParameters = []string{ParamMountPermissions, ParamPVCName, ParamPVCNamespace, ParamPVName}
+var knownParameters = []string{ParamLayout, ParamMountPermissions, ParamPVCName, ParamPVCNamespace, ParamPVName}
 
 // Limits on request fields, so a hostile request cannot make the driver
 // store or log megabytes.
@@ -45,7 +47,8 @@ const (
 )
 
 type volumeParams struct {
-	mode os.FileMode
+	mode   os.FileMode
+	layout string // "" when the class names none
 }
 
 // parseParameters checks parameters against the known list. An unknown key is
@@ -67,6 +70,11 @@ func parseParameters(params map[string]string) (volumeParams, error) {
 				return p, status.Errorf(codes.InvalidArgument, "parameter %s=%q: want an octal mode such as 0750", k, v)
 			}
 			p.mode = os.FileMode(mode&0o777) | unixModeBits(uint32(mode))
+		case ParamLayout:
+			if v != LayoutDirectory && v != LayoutImage {
+				return p, status.Errorf(codes.InvalidArgument, "parameter %s=%.64q: want %s or %s", k, v, LayoutDirectory, LayoutImage)
+			}
+			p.layout = v
 		case ParamPVCName, ParamPVCNamespace, ParamPVName:
 		default:
 			unknown = append(unknown, k)
@@ -122,14 +130,11 @@ func checkCapability(c *csi.VolumeCapability) error {
 	}
 	switch t := c.GetAccessType().(type) {
 	case *csi.VolumeCapability_Mount:
-		if fs := t.Mount.GetFsType(); fs != "" {
-			return fmt.Errorf("fs_type %q cannot be chosen: a directory volume has the filesystem of the node's data directory", fs)
-		}
+		// fs_type is checked against the volume's kind (servesKind).
 		if _, err := mountutil.ParseFlags(t.Mount.GetMountFlags()); err != nil {
 			return err
 		}
 	case *csi.VolumeCapability_Block:
-		return fmt.Errorf("block access type is not supported: volumes are directories (use volumeMode: Filesystem)")
 	default:
 		return fmt.Errorf("volume capability has no access type (mount or block)")
 	}

@@ -50,6 +50,10 @@ var ErrTooSmall = errors.New("image too small for its filesystem")
 // filesystems on images are never shrunk.
 var ErrShrink = errors.New("an image cannot shrink")
 
+// ErrBlank is returned by Mount with NoFormat for an image that holds no
+// filesystem.
+var ErrBlank = errors.New("image holds no filesystem, and was formatted before: refusing to format it again")
+
 // ErrInUse is returned when the image is attached to a loop device that no
 // mount holds: something else (a raw block user, another attacher) has it,
 // and mounting it a second time through another device would corrupt it.
@@ -122,6 +126,10 @@ type MountOptions struct {
 	// ReadOnly attaches and mounts read-only. A blank image cannot be
 	// mounted read-only: there is nothing to format it with.
 	ReadOnly bool
+	// NoFormat refuses a blank image (ErrBlank) instead of formatting it:
+	// for an image whose owner knows it was formatted, a blank superblock
+	// means damage, and a new filesystem over it would lose what is left.
+	NoFormat bool
 }
 
 // Mounted says what Mount did.
@@ -134,6 +142,9 @@ type Mounted struct {
 	// Grown is true when Mount applied a grow that was pending (the image
 	// file is larger than its filesystem).
 	Grown bool
+	// Formatted is true when Mount made the filesystem (the image was
+	// blank).
+	Formatted bool
 }
 
 var locks keylock.Locks
@@ -201,6 +212,9 @@ func Mount(img, target string, opts MountOptions) (*Mounted, error) {
 	if sb.fsType != "" && sb.fsType != opts.FSType {
 		return nil, fmt.Errorf("image %s holds %s, asked to mount it as %s", img, sb.fsType, opts.FSType)
 	}
+	if sb.fsType == "" && opts.NoFormat {
+		return nil, fmt.Errorf("image %s: %w", img, ErrBlank)
+	}
 	d, err := loop.Attach(img, loop.Options{AutoClear: true, DirectIO: true, ReadOnly: opts.ReadOnly, BlockSize: sectorSize(sb)})
 	if err != nil {
 		return nil, fmt.Errorf("attach image: %w", err)
@@ -208,7 +222,7 @@ func Mount(img, target string, opts MountOptions) (*Mounted, error) {
 	// Until the mount holds the device, this hold keeps it; on any failure
 	// the close detaches it, so nothing leaks.
 	defer d.Close()
-	res := &Mounted{Device: d.Path, DirectIO: d.DirectIO}
+	res := &Mounted{Device: d.Path, DirectIO: d.DirectIO, Formatted: sb.fsType == ""}
 	devSize, err := loop.Size(d.Path)
 	if err != nil {
 		return nil, err

@@ -328,3 +328,35 @@ func TestMountImageMadeElsewhere(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Mount says when it formatted a blank image, and with NoFormat refuses a
+// blank image rather than make a new filesystem over what may be damage.
+func TestMountFormattedAndNoFormat(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	testutil.CleanupMounts(t, dir)
+	img, mnt := filepath.Join(dir, "img"), filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := Create(img, 64<<20, Ext4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Mount(img, mnt, MountOptions{FSType: Ext4, NoFormat: true}); !errors.Is(err, ErrBlank) {
+		t.Fatalf("NoFormat mount of a blank image: %v, want ErrBlank", err)
+	}
+	m, err := Mount(img, mnt, MountOptions{FSType: Ext4})
+	if err != nil || !m.Formatted {
+		t.Fatalf("first mount: %+v %v, want Formatted", m, err)
+	}
+	if err := Unmount(img, mnt); err != nil {
+		t.Fatal(err)
+	}
+	m, err = Mount(img, mnt, MountOptions{FSType: Ext4, NoFormat: true})
+	if err != nil || m.Formatted {
+		t.Fatalf("second mount: %+v %v, want a plain mount", m, err)
+	}
+	if err := Unmount(img, mnt); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -251,7 +251,8 @@ func kernelConfig(name string) string {
 	return config[name]
 }
 
-// SetProjectID gives dir the project ID id and marks it so that everything
+// SetProjectID gives dir (or a regular file) the project ID id and marks a
+// directory so that everything
 // created inside inherits the ID: the whole tree below a volume's directory
 // is then counted against the volume's project. Files already inside keep
 // their old ID (a new volume's directory is empty).
@@ -259,17 +260,23 @@ func kernelConfig(name string) string {
 // xfs stores project IDs whether or not quotas are on; ext4 only with the
 // project feature (EOPNOTSUPP otherwise).
 func SetProjectID(dir string, id uint32) error {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", dir, err)
 	}
 	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", dir, err)
+	}
 	var fa fsxattr
 	if err := ioctl(fd, fsIocGetXattr, unsafe.Pointer(&fa)); err != nil {
 		return fmt.Errorf("FS_IOC_FSGETXATTR %s: %w", dir, err)
 	}
 	fa.projid = id
-	fa.xflags |= fsXflagProjInherit
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		fa.xflags |= fsXflagProjInherit // only directories take it
+	}
 	if err := ioctl(fd, fsIocSetXattr, unsafe.Pointer(&fa)); err != nil {
 		if errors.Is(err, unix.EOPNOTSUPP) {
 			return fmt.Errorf("set project ID %d on %s: the filesystem stores no project IDs (ext4 needs -O project): %w", id, dir, err)

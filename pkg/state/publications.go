@@ -34,7 +34,9 @@ type Publication struct {
 	MountFlags  []string `json:"mountFlags,omitempty"`
 	// AccessMode is the CSI access mode name the volume was published with.
 	AccessMode string `json:"accessMode,omitempty"`
-	Phase      Phase  `json:"phase"`
+	// Device is the loop device a block volume's stage attached.
+	Device string `json:"device,omitempty"`
+	Phase  Phase  `json:"phase"`
 }
 
 // Key identifies a publication; paths cannot contain NUL, so it is unambiguous.

@@ -14,6 +14,13 @@ type Snapshot struct {
 	// SourceCapacity is the source volume's capacity when the snapshot was
 	// taken: the smallest volume it can be restored into.
 	SourceCapacity int64 `json:"sourceCapacity"`
+	// The source's access type, layout and filesystem: a restore makes a
+	// volume of the same kind ("" for snapshots made before layouts: a
+	// mount directory).
+	SourceAccessType string `json:"sourceAccessType,omitempty"`
+	SourceLayout     string `json:"sourceLayout,omitempty"`
+	SourceFSType     string `json:"sourceFSType,omitempty"`
+	SourceFormatted  bool   `json:"sourceFormatted,omitempty"`
 	// SizeBytes is the logical size of the files the snapshot copied (0
 	// for a btrfs snapshot, which copies none); for logs and operators.
 	// CSI's size_bytes is SourceCapacity.

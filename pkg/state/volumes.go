@@ -25,8 +25,24 @@ type Volume struct {
 	Name          string            `json:"name"`
 	CapacityBytes int64             `json:"capacityBytes"`
 	Parameters    map[string]string `json:"parameters,omitempty"`
-	// AccessType is "mount" (the only one so far).
+	// AccessType is "mount" (a filesystem) or "block" (a raw device).
 	AccessType string `json:"accessType"`
+	// Layout is how a mount volume keeps its data: "directory" (also
+	// every volume made before layouts existed, recorded as "") or
+	// "image" (a filesystem image). Block volumes are a device file.
+	Layout string `json:"layout,omitempty"`
+	// FSType is an image volume's filesystem (ext4 or xfs).
+	FSType string `json:"fsType,omitempty"`
+	// Limit is what holds the volume to its size: btrfs-qgroup,
+	// project-quota, image or none ("" for volumes made before sizes were
+	// enforced: none).
+	Limit string `json:"limit,omitempty"`
+	// ProjectID is a directory volume's project, with Limit project-quota.
+	ProjectID uint32 `json:"projectID,omitempty"`
+	// Formatted is set once an image volume's filesystem exists (after
+	// its first stage, or copied from a source): a blank image is
+	// formatted, a formatted one never again.
+	Formatted bool `json:"formatted,omitempty"`
 	// NodeID is the node whose disk holds the data.
 	NodeID    string    `json:"nodeID"`
 	Phase     Phase     `json:"phase"`
@@ -61,6 +77,11 @@ func (s *Store) PutVolume(v *Volume) error {
 // SetVolumePhase changes only the phase of an existing volume.
 func (s *Store) SetVolumePhase(id string, phase Phase) error {
 	return s.modifyVolume(id, func(v *Volume) { v.Phase = phase })
+}
+
+// SetVolumeFormatted records that an image volume's filesystem exists.
+func (s *Store) SetVolumeFormatted(id string) error {
+	return s.modifyVolume(id, func(v *Volume) { v.Formatted = true })
 }
 
 // SetVolumeCapacity changes only the recorded capacity of an existing volume.

@@ -33,6 +33,7 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
 	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/copytree"
+	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
@@ -65,6 +66,11 @@ type Backend struct {
 	// btrfs: volumes are subvolumes, and snapshots, restores and clones
 	// of a subvolume are subvolume snapshots.
 	btrfs bool
+	// dirLimit is what holds a new directory volume to its size here,
+	// proven at start-up; dirLimitWhy says why when nothing does.
+	dirLimit, dirLimitWhy string
+	// reflink: the data filesystem shares blocks between files.
+	reflink bool
 
 	trashSeq atomic.Uint64
 	cleaning sync.WaitGroup
@@ -73,7 +79,7 @@ type Backend struct {
 // New prepares the layout under root. root is resolved once, so a data
 // directory reached through a symlink works, and every later path is built
 // lexically from the resolved root.
-func New(root string) (*Backend, error) {
+func New(root string, opts Options) (*Backend, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
@@ -100,6 +106,7 @@ func New(root string) (*Backend, error) {
 			return nil, err
 		}
 	}
+	b.probeDirectoryLimits(opts)
 	return b, nil
 }
 
@@ -228,21 +235,25 @@ type CopyResult struct {
 // Snapshot copies a volume into a new snapshot, fastest mechanism first.
 // The copy goes to partial/ and is renamed into snapshots/ only when
 // complete, so a snapshot directory is never half made.
-func (b *Backend) Snapshot(ctx context.Context, volumeID, snapshotID string) (CopyResult, error) {
-	return b.copyInto(ctx, b.Path(volumeID), b.SnapshotPath(snapshotID), snapshotID)
+// freeze lists the mounts of the volume's filesystem image to freeze while
+// it is copied, so the copy is one point in time even while pods write
+// (nil for a directory volume, or a caller that froze them already).
+func (b *Backend) Snapshot(ctx context.Context, volumeID, snapshotID string, freeze []string) (CopyResult, error) {
+	return b.copyInto(ctx, b.Path(volumeID), b.SnapshotPath(snapshotID), snapshotID, freeze)
 }
 
 // Restore makes volume volumeID from snapshot snapshotID.
 func (b *Backend) Restore(ctx context.Context, snapshotID, volumeID string) (CopyResult, error) {
-	return b.copyInto(ctx, b.SnapshotPath(snapshotID), b.Path(volumeID), volumeID)
+	return b.copyInto(ctx, b.SnapshotPath(snapshotID), b.Path(volumeID), volumeID, nil)
 }
 
-// Clone makes volume volumeID as a copy of volume sourceID.
-func (b *Backend) Clone(ctx context.Context, sourceID, volumeID string) (CopyResult, error) {
-	return b.copyInto(ctx, b.Path(sourceID), b.Path(volumeID), volumeID)
+// Clone makes volume volumeID as a copy of volume sourceID; freeze as for
+// Snapshot.
+func (b *Backend) Clone(ctx context.Context, sourceID, volumeID string, freeze []string) (CopyResult, error) {
+	return b.copyInto(ctx, b.Path(sourceID), b.Path(volumeID), volumeID, freeze)
 }
 
-func (b *Backend) copyInto(ctx context.Context, src, dst, id string) (CopyResult, error) {
+func (b *Backend) copyInto(ctx context.Context, src, dst, id string, freeze []string) (CopyResult, error) {
 	if err := requireDir(src); err != nil {
 		return CopyResult{}, fmt.Errorf("copy source: %w", err)
 	}
@@ -250,7 +261,11 @@ func (b *Backend) copyInto(ctx context.Context, src, dst, id string) (CopyResult
 	if err := b.remove(tmp); err != nil { // a previous attempt's leftovers
 		return CopyResult{}, err
 	}
-	res, err := b.copyTree(ctx, src, tmp)
+	var res CopyResult
+	err := imagefs.WithFrozen(freeze, func() (err error) {
+		res, err = b.copyTree(ctx, src, tmp)
+		return err
+	})
 	if err == nil {
 		// Every file, directory and btrfs snapshot of the copy on disk
 		// before it is moved into place and the caller records it ready:

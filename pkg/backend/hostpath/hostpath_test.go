@@ -15,7 +15,7 @@ const idA = "hpv1-0000000000000000000000000000000a"
 
 func newBackend(t *testing.T) *Backend {
 	t.Helper()
-	b, err := New(filepath.Join(t.TempDir(), "data"))
+	b, err := New(filepath.Join(t.TempDir(), "data"), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,7 +281,7 @@ func TestRemoveTreeStopsAtMounts(t *testing.T) {
 // applies the mode; delete destroys it.
 func TestBtrfsVolumesAreSubvolumes(t *testing.T) {
 	mnt := testutil.LoopFS(t, "btrfs", 256)
-	b, err := New(filepath.Join(mnt, "data"))
+	b, err := New(filepath.Join(mnt, "data"), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,221 @@
+package hostpath
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
+	"github.com/hostpath-csi/hostpath-csi/pkg/loop"
+)
+
+// An image volume and a block volume keep their data in one sparse file,
+// volumes/<id>/disk.img: a filesystem image (ext4 or xfs, formatted at its
+// first stage and mounted at the staging path), or the backing file of a
+// loop device that pods get as a raw block device. The file's size is the
+// volume's size, enforced by the kernel on any data filesystem.
+const imageName = "disk.img"
+
+// blockSectorSize is the logical sector size of a block volume's loop
+// device. It is fixed: left to the kernel it can change between two attaches
+// of the same file (xfs reports another direct I/O alignment once a file
+// shares blocks after a reflink), and what a pod made on the device would no
+// longer fit it.
+const blockSectorSize = 4096
+
+// ImagePath is the file holding an image or block volume's data.
+func (b *Backend) ImagePath(id string) string { return filepath.Join(b.Path(id), imageName) }
+
+// ImageMinSize is the smallest image of fsType mkfs accepts ("" for a raw
+// block volume: any size).
+func ImageMinSize(fsType string) (int64, error) {
+	if fsType == "" {
+		return blockSectorSize, nil
+	}
+	return imagefs.MinSize(fsType)
+}
+
+// CreateImage makes volume id as a sparse file of capacity bytes: an image
+// that gets an fsType filesystem at its first stage, or with fsType "" the
+// backing file of a block volume. It is idempotent: a file already there
+// from an interrupted attempt is kept, grown to capacity if it is smaller.
+func (b *Backend) CreateImage(id string, capacity int64, fsType string) error {
+	dir := b.Path(id)
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create volume directory: %w", err)
+	}
+	if err := requireDir(dir); err != nil {
+		return err
+	}
+	img := b.ImagePath(id)
+	if fi, err := os.Lstat(img); err == nil {
+		if !fi.Mode().IsRegular() {
+			return fmt.Errorf("%s: not a regular file (%s)", img, fi.Mode().Type())
+		}
+		if fi.Size() < capacity {
+			return growFile(img, capacity)
+		}
+		return syncDirs(dir, b.volumes)
+	}
+	var err error
+	if fsType == "" {
+		err = createSparse(img, capacity)
+	} else {
+		err = imagefs.Create(img, capacity, fsType)
+	}
+	if err != nil {
+		return err
+	}
+	return syncDirs(dir, b.volumes)
+}
+
+func createSparse(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("create block volume file: %w", err)
+	}
+	err = f.Truncate(size)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(path)
+		return fmt.Errorf("create block volume file of %d bytes: %w", size, err)
+	}
+	return nil
+}
+
+// growFile makes the file at path size bytes long (never shorter), durably.
+func growFile(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() < size {
+		if err := f.Truncate(size); err != nil {
+			return fmt.Errorf("grow %s to %d bytes: %w", path, size, err)
+		}
+	}
+	return f.Sync()
+}
+
+// MountImage mounts image volume id's filesystem at target (formatting a
+// blank image with fsType first, and applying a grow that waited for it).
+// formatted says the image was formatted before: a blank one is then
+// refused, never formatted again.
+func (b *Backend) MountImage(id, target, fsType string, flags []string, readOnly, formatted bool) (*imagefs.Mounted, error) {
+	return imagefs.Mount(b.ImagePath(id), target, imagefs.MountOptions{FSType: fsType, Options: flags, ReadOnly: readOnly, NoFormat: formatted})
+}
+
+// UnmountImage unmounts image volume id from target; the last unmount frees
+// its loop device.
+func (b *Backend) UnmountImage(id, target string) error {
+	return imagefs.Unmount(b.ImagePath(id), target)
+}
+
+// AttachBlock gives block volume id a loop device (the one it has, if any)
+// and returns the device's path. Direct I/O where the data filesystem
+// allows; the device stays until DetachBlock, whoever opens or closes it.
+func (b *Backend) AttachBlock(id string, readOnly bool) (*loop.Device, error) {
+	d, _, err := loop.Ensure(b.ImagePath(id), loop.Options{DirectIO: true, BlockSize: blockSectorSize, ReadOnly: readOnly})
+	if err != nil {
+		return nil, fmt.Errorf("attach block volume %s: %w", id, err)
+	}
+	return d, nil
+}
+
+// BlockDevices returns the loop devices that hold block volume id's file.
+func (b *Backend) BlockDevices(id string) ([]loop.Device, error) {
+	devs, err := loop.Find(b.ImagePath(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	return devs, err
+}
+
+// DetachBlock frees every loop device of volume id's file. A device a pod
+// still has open goes when it closes it.
+func (b *Backend) DetachBlock(id string) error {
+	if _, err := loop.DetachFile(b.ImagePath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("detach block volume %s: %w", id, err)
+	}
+	return nil
+}
+
+// LeakedBlockDevices lists loop devices whose backing file lies under the
+// data directory but belongs to none of the given volume IDs (or was
+// deleted): devices a crash left attached.
+func (b *Backend) LeakedBlockDevices(attached map[string]bool) ([]loop.Device, error) {
+	all, err := loop.List()
+	if err != nil {
+		return nil, err
+	}
+	var leaked []loop.Device
+	for _, d := range all {
+		rel, err := filepath.Rel(b.volumes, d.BackingFile)
+		if err != nil || filepath.IsAbs(rel) || rel == "." || rel[0] == '.' {
+			continue // not under volumes/
+		}
+		id, name := filepath.Split(rel)
+		if d.BackingDeleted || name != imageName || !attached[filepath.Clean(id)] {
+			leaked = append(leaked, d)
+		}
+	}
+	return leaked, nil
+}
+
+// ExpandImage grows image volume id to size bytes, and its filesystem online
+// when mounted. imagefs.ErrGrowAtNextMount means the file and device grew
+// but the filesystem grows at the next stage.
+func (b *Backend) ExpandImage(id string, size int64) (*imagefs.Expansion, error) {
+	return imagefs.Expand(b.ImagePath(id), size)
+}
+
+// ExpandBlock grows block volume id's file to size bytes and tells each of
+// its loop devices, so a pod sees the new size at once.
+func (b *Backend) ExpandBlock(id string, size int64) error {
+	if err := growFile(b.ImagePath(id), size); err != nil {
+		return err
+	}
+	devs, err := b.BlockDevices(id)
+	if err != nil {
+		return err
+	}
+	for _, d := range devs {
+		if _, err := loop.SetCapacity(d.Path); err != nil {
+			return fmt.Errorf("grow block device %s: %w", d.Path, err)
+		}
+	}
+	return nil
+}
+
+// ImageAllocated is what an image or block volume's file occupies on the
+// data filesystem now (its holes take nothing).
+func (b *Backend) ImageAllocated(id string) (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(b.ImagePath(id), &st); err != nil {
+		return 0, err
+	}
+	return st.Blocks * 512, nil
+}
+
+// ImageSize is the size of an image or block volume's file.
+func (b *Backend) ImageSize(id string) (int64, error) {
+	fi, err := os.Lstat(b.ImagePath(id))
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}

@@ -1,0 +1,147 @@
+package driver
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/loop"
+	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/state"
+)
+
+// What a publication record stands for on the node, by the volume's kind:
+//
+//	               stage (staging path)               publish (pod's target)
+//	directory      bind mount of the volume directory  bind mount of the staging path
+//	image          the image's filesystem, mounted      bind mount of the staging path
+//	block          a loop device holding the file      bind mount of the device onto a file
+//
+// inPlace, attach and detach below are the only places that know this.
+
+type loopDevice = loop.Device
+
+// inPlace reports whether what pub records is really there.
+func (d *Driver) inPlace(v *state.Volume, pub *state.Publication) (bool, error) {
+	if kindOf(v).block() && pub.Kind == state.KindStage {
+		devs, err := d.vols.BlockDevices(v.ID)
+		if err != nil {
+			return false, err
+		}
+		return slices.ContainsFunc(devs, func(dev loopDevice) bool { return dev.Path == pub.Device }), nil
+	}
+	mounted, err := mountutil.IsMountPoint(pub.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return mounted, err
+}
+
+// detach undoes what pub records (whatever part of it is there) and removes
+// a publish target, which the driver made.
+func (d *Driver) detach(v *state.Volume, pub *state.Publication) error {
+	switch {
+	case pub.Kind == state.KindPublish:
+		return mountutil.Unmount(pub.Path, true)
+	case kindOf(v).block():
+		return d.vols.DetachBlock(v.ID)
+	case kindOf(v).layout == LayoutImage:
+		return d.vols.UnmountImage(v.ID, pub.Path)
+	}
+	return mountutil.Unmount(pub.Path, false)
+}
+
+// stage makes pub (a stage record of v, already recorded as mounting)
+// real: it binds a directory, mounts an image (formatting it the first time,
+// with the class's mountPermissions on its root) or attaches a block file.
+func (d *Driver) stage(v *state.Volume, pub *state.Publication) error {
+	k := kindOf(v)
+	if !k.block() {
+		if err := os.MkdirAll(pub.Path, 0o750); err != nil {
+			return fmt.Errorf("create staging path: %w", err)
+		}
+	}
+	switch k.layout {
+	case layoutBlock:
+		dev, err := d.vols.AttachBlock(v.ID, false)
+		if err != nil {
+			return err
+		}
+		pub.Device = dev.Path
+		return nil
+	case LayoutImage:
+		m, err := d.vols.MountImage(v.ID, pub.Path, k.fsType, pub.MountFlags, false, v.Formatted)
+		if err != nil {
+			return err
+		}
+		if m.Formatted || !v.Formatted {
+			params, _ := parseParameters(v.Parameters)
+			if err := os.Chmod(pub.Path, params.mode); err != nil {
+				_ = d.vols.UnmountImage(v.ID, pub.Path)
+				return fmt.Errorf("set the mode of the new filesystem's root: %w", err)
+			}
+			if err := d.store.SetVolumeFormatted(v.ID); err != nil {
+				_ = d.vols.UnmountImage(v.ID, pub.Path)
+				return err
+			}
+			v.Formatted = true
+		}
+		return nil
+	}
+	return mountutil.Bind(d.vols.Path(v.ID), pub.Path, false, nil)
+}
+
+// publish makes pub (a publish record, recorded as mounting) real: a bind
+// mount of the staging path, or of a block volume's device onto a file at
+// the target.
+func (d *Driver) publish(v *state.Volume, pub *state.Publication, stage *state.Publication) error {
+	if !kindOf(v).block() {
+		if err := os.MkdirAll(pub.Path, 0o750); err != nil {
+			return fmt.Errorf("create target path: %w", err)
+		}
+		return mountutil.Bind(pub.StagingPath, pub.Path, pub.ReadOnly, pub.MountFlags)
+	}
+	// The kubelet names a file for a block volume: the device node is bound
+	// onto it.
+	if err := os.MkdirAll(filepath.Dir(pub.Path), 0o750); err != nil {
+		return fmt.Errorf("create target directory: %w", err)
+	}
+	f, err := os.OpenFile(pub.Path, os.O_CREATE|os.O_RDONLY, 0o640)
+	if err != nil {
+		return fmt.Errorf("create target file: %w", err)
+	}
+	f.Close()
+	if stage.Device == "" {
+		return status.Errorf(codes.FailedPrecondition, "block volume %s is staged without a device; unstage and stage it again", v.ID)
+	}
+	if err := mountutil.Bind(stage.Device, pub.Path, pub.ReadOnly, nil); err != nil {
+		_ = os.Remove(pub.Path)
+		return err
+	}
+	return nil
+}
+
+// reattachBlock gives a block volume's stage record, whose device is gone
+// (the node rebooted, or someone detached it), a device again: a volume
+// state knows as staged is attached.
+func (d *Driver) reattachBlock(v *state.Volume, pub *state.Publication) error {
+	dev, err := d.vols.AttachBlock(v.ID, false)
+	if err != nil {
+		return err
+	}
+	if dev.Path != pub.Device {
+		klog.InfoS("Attached a staged block volume again", "volumeID", v.ID, "device", dev.Path, "was", pub.Device)
+		pub.Device = dev.Path
+		if err := d.store.PutPublication(pub); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,159 @@
+package driver
+
+import (
+	"context"
+	"errors"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
+	"github.com/hostpath-csi/hostpath-csi/pkg/state"
+)
+
+// Expansion happens on the node that holds the volume, with no controller
+// call: the driver advertises the node's EXPAND_VOLUME (and online
+// expansion) but not the controller's, so csi-resizer only updates the PV
+// and the kubelet calls NodeExpandVolume here, on the right node, in a
+// one-node or a many-node cluster alike.
+
+// NodeExpandVolume grows a staged or published volume: a directory's quota
+// limit, an image and its filesystem (online where the kernel allows), or a
+// block volume's file and device. The new size is recorded once it holds.
+func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
+	}
+	if req.GetVolumePath() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume path is required")
+	}
+	if err := volumeIDOrNotFound(req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	unlock, err := d.lockForNode(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	v, err := d.mountedAt(req.GetVolumeId(), req.GetVolumePath())
+	if err != nil {
+		return nil, err
+	}
+	want := req.GetCapacityRange().GetRequiredBytes()
+	if want <= 0 {
+		return nil, status.Error(codes.InvalidArgument, "capacity_range.required_bytes is required: the size to grow to")
+	}
+	if lim := req.GetCapacityRange().GetLimitBytes(); lim > 0 && lim < want {
+		return nil, status.Errorf(codes.InvalidArgument, "capacity range: required bytes %d exceed limit bytes %d", want, lim)
+	}
+	if want > d.cfg.MaxVolumeSize {
+		return nil, status.Errorf(codes.OutOfRange, "requested %d bytes; the largest volume this driver makes is %d bytes (--max-volume-size)", want, d.cfg.MaxVolumeSize)
+	}
+	k := kindOf(v)
+	if c := req.GetVolumeCapability(); c != nil {
+		if err := servesKind(k, c); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	if want < v.CapacityBytes {
+		return nil, status.Errorf(codes.OutOfRange, "volume %s has %d bytes; volumes never shrink (asked for %d)", v.ID, v.CapacityBytes, want)
+	}
+	if k.block() && want%blockSector != 0 {
+		want = (want/blockSector + 1) * blockSector
+	}
+	if grow := want - v.CapacityBytes; grow > 0 && v.Limit != hostpath.EnforceNone && v.Limit != "" {
+		avail, err := d.available()
+		if err != nil {
+			return nil, err
+		}
+		if grow > avail {
+			return nil, status.Errorf(codes.ResourceExhausted, "growing volume %s by %d bytes, but the node has %d bytes available for enforced volumes", v.ID, grow, avail)
+		}
+	}
+	switch k.layout {
+	case LayoutImage:
+		// Every call, even at the recorded size: a grow the filesystem
+		// could not take at once is finished here or at the next stage.
+		_, err = d.vols.ExpandImage(v.ID, want)
+		if errors.Is(err, imagefs.ErrGrowAtNextMount) {
+			if rerr := d.recordCapacity(v, want); rerr != nil {
+				return nil, rerr
+			}
+			// The spec's code for a filesystem that cannot grow while
+			// staged; the kubelet keeps retrying, and the next stage
+			// (a pod restart) grows it offline.
+			return nil, status.Errorf(codes.FailedPrecondition,
+				"volume %s: the image grew to %d bytes, but its %s filesystem cannot grow while mounted on this node (online ext4 growth needs CAP_SYS_RESOURCE); it grows at the next stage: restart the pod",
+				v.ID, want, k.fsType)
+		}
+	case layoutBlock:
+		err = d.vols.ExpandBlock(v.ID, want)
+	default:
+		err = d.vols.SetDirectoryLimit(v.ID, v.Limit, want, v.ProjectID)
+	}
+	if err != nil {
+		if errors.Is(err, imagefs.ErrShrink) {
+			return nil, status.Errorf(codes.OutOfRange, "volume %s: %v", v.ID, err)
+		}
+		return nil, diskError("grow volume", err)
+	}
+	if err := d.recordCapacity(v, want); err != nil {
+		return nil, err
+	}
+	return &csi.NodeExpandVolumeResponse{CapacityBytes: want}, nil
+}
+
+// blockSector is the unit a block volume's size is rounded up to.
+const blockSector = 4096
+
+// recordCapacity records a volume's new size, after it holds (a retry of an
+// expansion cut short finds the volume already grown and records it then).
+func (d *Driver) recordCapacity(v *state.Volume, size int64) error {
+	if size == v.CapacityBytes {
+		return nil
+	}
+	if err := d.store.SetVolumeCapacity(v.ID, size); err != nil {
+		return stateError(err)
+	}
+	klog.V(2).InfoS("Volume expanded", "volumeID", v.ID, "from", v.CapacityBytes, "to", size, "limit", v.Limit)
+	v.CapacityBytes = size
+	return nil
+}
+
+// available is what the data directory can still give enforced volumes:
+// the filesystem's available bytes less what enforced volumes may still
+// fill (their capacity minus what they use). A directory that nothing holds
+// reserves nothing, as it is not held to its size.
+func (d *Driver) available() (int64, error) {
+	fs, err := d.vols.Stats()
+	if err != nil {
+		return 0, diskError("read free space", err)
+	}
+	vols, _, err := d.store.ListVolumes("", 0, nil)
+	if err != nil {
+		return 0, stateError(err)
+	}
+	var reserved int64
+	for _, v := range vols {
+		if v.Phase == state.PhaseDeleting {
+			continue
+		}
+		var used int64
+		switch v.Limit {
+		case hostpath.EnforceImage:
+			used, err = d.vols.ImageAllocated(v.ID)
+		case hostpath.EnforceQgroup, hostpath.EnforceProject:
+			used, _, err = d.vols.DirectoryUsage(v.ID, v.Limit, v.ProjectID)
+		default:
+			continue
+		}
+		if err != nil {
+			used = 0 // missing data (health says so) or a volume being made: reserve it all
+		}
+		reserved += max(0, v.CapacityBytes-used)
+	}
+	return max(0, fs.AvailableBytes-reserved), nil
+}

@@ -1,0 +1,417 @@
+package driver
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
+)
+
+// cleanupUnder fails the test if a loop device or a mount of the driver's is
+// left on the data filesystem at mnt (and removes them anyway).
+func cleanupUnder(t *testing.T, mnt string) {
+	testutil.CleanupLoopDevices(t, filepath.Join(mnt, "data"))
+	testutil.CleanupMounts(t, filepath.Join(mnt, "kubelet"))
+}
+
+// kubeletPaths are where a kubelet stages and publishes a volume.
+func kubeletPaths(e *testEnv, id string) (staging, target string) {
+	return filepath.Join(e.dir, "kubelet", "staging", id), filepath.Join(e.dir, "kubelet", "pods", id, "mount")
+}
+
+func (e *testEnv) stageAndPublish(t *testing.T, id string, c *csi.VolumeCapability) (staging, target string) {
+	t.Helper()
+	staging, target = kubeletPaths(e, id)
+	if _, err := e.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: c}); err != nil {
+		t.Fatalf("NodeStageVolume: %v", err)
+	}
+	if _, err := e.d.NodePublishVolume(ctx, publishReq(id, staging, target, false, c)); err != nil {
+		t.Fatalf("NodePublishVolume: %v", err)
+	}
+	return staging, target
+}
+
+func (e *testEnv) unpublishAndUnstage(t *testing.T, id string) {
+	t.Helper()
+	staging, target := kubeletPaths(e, id)
+	if _, err := e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
+		t.Fatalf("NodeUnpublishVolume: %v", err)
+	}
+	if _, err := e.d.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+		t.Fatalf("NodeUnstageVolume: %v", err)
+	}
+}
+
+// fill asks for n bytes in the volume published at target: allocated in a
+// file for a filesystem, written at offset n-4096 of a block device. It
+// returns the kernel's answer.
+func fill(target string, n int64, block bool) error {
+	if block {
+		f, err := os.OpenFile(target, os.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		w, err := f.WriteAt(make([]byte, 4096), n-4096)
+		if err == nil && w < 4096 {
+			err = unix.ENOSPC
+		}
+		if err == nil {
+			err = f.Sync()
+		}
+		return err
+	}
+	p := filepath.Join(target, "fill")
+	defer os.Remove(p)
+	f, err := os.Create(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, n); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+func refused(err error) bool {
+	return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) || errors.Is(err, unix.EFBIG)
+}
+
+// A volume holds its capacity and not a byte more where anything can hold
+// it (a btrfs qgroup, a filesystem image, a block device's file), says so in
+// its volume context, and grows online through NodeExpandVolume: the write
+// refused before the expansion succeeds after it. Where nothing can hold a
+// directory (ext4 here has no project quotas), the volume says so instead
+// of pretending. ext4 cannot grow online here (no CAP_SYS_RESOURCE): the
+// expansion answers FAILED_PRECONDITION and the next stage grows it.
+func TestSizesHold(t *testing.T) {
+	image := map[string]string{ParamLayout: LayoutImage}
+	xfsCap := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	xfsCap.GetMount().FsType = "xfs"
+	tests := []struct {
+		name      string
+		dataFS    string
+		params    map[string]string
+		cap       *csi.VolumeCapability
+		size      int64
+		limit     string
+		grows     bool // online, here
+		usedStats bool // NodeGetVolumeStats reports what the limit counts
+	}{
+		{"directory on ext4: nothing holds it", "ext4", nil, rwo, 16 << 20, hostpath.EnforceNone, true, true},
+		{"directory on btrfs: qgroup", "btrfs", nil, rwo, 16 << 20, hostpath.EnforceQgroup, true, true},
+		{"ext4 image", "ext4", image, rwo, 32 << 20, hostpath.EnforceImage, false, true},
+		{"xfs image", "ext4", image, xfsCap, 320 << 20, hostpath.EnforceImage, true, true},
+		{"block", "ext4", nil, blockCap, 16 << 20, hostpath.EnforceImage, true, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			mnt := testutil.LoopFS(t, tc.dataFS, 1024)
+			cleanupUnder(t, mnt)
+			e := newEnvOn(t, mnt)
+			block := tc.cap.GetBlock() != nil
+			req := createReq("v", tc.size)
+			req.Parameters, req.VolumeCapabilities = tc.params, []*csi.VolumeCapability{tc.cap}
+			r, err := e.d.CreateVolume(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := r.GetVolume().GetVolumeId()
+			if got := r.GetVolume().GetVolumeContext()[ContextLimit]; got != tc.limit {
+				t.Fatalf("volume context says the size is held by %q, want %q", got, tc.limit)
+			}
+			_, target := e.stageAndPublish(t, id, tc.cap)
+
+			over := tc.size + 8<<20
+			err = fill(target, over, block)
+			if tc.limit == hostpath.EnforceNone {
+				if err != nil {
+					t.Fatalf("a write past an unheld directory's capacity: %v", err)
+				}
+			} else if !refused(err) {
+				t.Fatalf("%d bytes in a volume of %d: %v, want ENOSPC or EDQUOT", over, tc.size, err)
+			}
+			if st, err := e.d.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: target}); err != nil {
+				t.Fatal(err)
+			} else if total := st.GetUsage()[0].GetTotal(); total > tc.size || total < tc.size*7/10 {
+				t.Fatalf("stats total %d for a volume of %d", total, tc.size)
+			}
+
+			grown := 2 * tc.size
+			_, err = e.d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: id, VolumePath: target,
+				CapacityRange: &csi.CapacityRange{RequiredBytes: grown}})
+			if !tc.grows {
+				wantCode(t, err, codes.FailedPrecondition)
+				e.unpublishAndUnstage(t, id)
+				e.stageAndPublish(t, id, tc.cap) // the stage grows it offline
+				_, err = e.d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: id, VolumePath: target,
+					CapacityRange: &csi.CapacityRange{RequiredBytes: grown}})
+			}
+			if err != nil {
+				t.Fatalf("NodeExpandVolume: %v", err)
+			}
+			if err := fill(target, over, block); err != nil {
+				t.Fatalf("the same write after growing to %d bytes: %v", grown, err)
+			}
+			_, err = e.d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: id, VolumePath: target,
+				CapacityRange: &csi.CapacityRange{RequiredBytes: tc.size}})
+			wantCode(t, err, codes.OutOfRange) // never shrinks
+			e.restart(t)
+			if v, _ := e.d.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id}); v.GetVolume().GetCapacityBytes() != grown {
+				t.Fatalf("capacity after a restart: %d, want %d", v.GetVolume().GetCapacityBytes(), grown)
+			}
+			e.unpublishAndUnstage(t, id)
+			if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+				t.Fatal(err)
+			}
+			e.d.vols.WaitIdle()
+			if left := testutil.LoopDevicesUnder(t, mnt); len(left) != 0 {
+				t.Fatalf("loop devices left after delete: %v", left)
+			}
+		})
+	}
+}
+
+// A block volume: the pod gets a device at its target; what it wrote is
+// there after a driver restart (the device stays attached), and after a
+// reboot (devices and mounts gone: start-up attaches the staged volume
+// again, and the kubelet's publish finds it). Nothing leaks a loop device.
+func TestBlockVolumeAcrossRestartAndReboot(t *testing.T) {
+	mnt := testutil.LoopFS(t, "ext4", 256)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	req := createReq("db", 8<<20)
+	req.VolumeCapabilities = []*csi.VolumeCapability{blockCap}
+	r, err := e.d.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := r.GetVolume().GetVolumeId()
+	staging, target := e.stageAndPublish(t, id, blockCap)
+	if fi, err := os.Stat(target); err != nil || fi.Mode()&os.ModeDevice == 0 {
+		t.Fatalf("target %v %v, want a block device", fi, err)
+	}
+	data := make([]byte, 1<<20)
+	rand.Read(data)
+	writeAt := func(off int64) {
+		f, err := os.OpenFile(target, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteAt(data, off); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readBack := func(when string) {
+		t.Helper()
+		got := make([]byte, len(data))
+		f, err := os.Open(target)
+		if err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		defer f.Close()
+		if _, err := f.ReadAt(got, 3<<20); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%s: the block volume does not hold what was written (%v)", when, err)
+		}
+	}
+	writeAt(3 << 20)
+	e.restart(t)
+	readBack("after a driver restart")
+
+	// A reboot: every mount and loop device of the volume is gone.
+	e.d.Close()
+	if err := mountutil.Unmount(target, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.vols.DetachBlock(id); err != nil {
+		t.Fatal(err)
+	}
+	if left := testutil.LoopDevicesUnder(t, mnt); len(left) != 0 {
+		t.Fatalf("devices still attached in the simulated reboot: %v", left)
+	}
+	e.start(t)
+	if devs, _ := e.d.vols.BlockDevices(id); len(devs) != 1 {
+		t.Fatalf("start-up attached the staged block volume %d times, want once", len(devs))
+	}
+	if _, err := e.d.NodePublishVolume(ctx, publishReq(id, staging, target, false, blockCap)); err != nil {
+		t.Fatalf("the kubelet's publish after a reboot: %v", err)
+	}
+	readBack("after a reboot")
+	e.unpublishAndUnstage(t, id)
+	if left := testutil.LoopDevicesUnder(t, mnt); len(left) != 0 {
+		t.Fatalf("devices left after unstage: %v", left)
+	}
+	if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A snapshot of a mounted image volume is one point in time while a pod
+// writes (its filesystem is frozen for the copy): the restored volume mounts
+// cleanly and holds a prefix of what was written, record for record. So
+// does a group snapshot of two image volumes being written, which is allowed
+// where directories being written are refused.
+func TestImageSnapshotsWhileWritten(t *testing.T) {
+	for _, dataFS := range []string{"ext4", "xfs"} {
+		t.Run(dataFS, func(t *testing.T) {
+			var mkfs []string
+			if dataFS == "xfs" {
+				mkfs = []string{"-m", "reflink=1"}
+			}
+			mnt := testutil.LoopFS(t, dataFS, 1024, mkfs...)
+			cleanupUnder(t, mnt)
+			e := newEnvOn(t, mnt)
+			var vols, targets []string
+			for _, name := range []string{"a", "b"} {
+				req := createReq(name, 32<<20)
+				req.Parameters = map[string]string{ParamLayout: LayoutImage}
+				r, err := e.d.CreateVolume(ctx, req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				vols = append(vols, r.GetVolume().GetVolumeId())
+				_, target := e.stageAndPublish(t, vols[len(vols)-1], rwo)
+				targets = append(targets, target)
+			}
+			stop := make(chan struct{})
+			done := make(chan error, 2)
+			for _, target := range targets {
+				go func(target string) { done <- appendRecords(target, stop) }(target)
+			}
+			snap, err := e.d.CreateSnapshot(ctx, snapReq("one", vols[0]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			group, err := e.d.CreateVolumeGroupSnapshot(ctx, &csi.CreateVolumeGroupSnapshotRequest{Name: "g", SourceVolumeIds: vols})
+			if err != nil {
+				t.Fatalf("a group snapshot of image volumes being written: %v", err)
+			}
+			close(stop)
+			for range targets {
+				if err := <-done; err != nil {
+					t.Fatal(err)
+				}
+			}
+			ids := []string{snap.GetSnapshot().GetSnapshotId()}
+			for _, m := range group.GetGroupSnapshot().GetSnapshots() {
+				ids = append(ids, m.GetSnapshotId())
+			}
+			for i, sid := range ids {
+				// A restore is a volume of its source's kind; asked as a
+				// directory, the source is incompatible.
+				_, err := e.d.CreateVolume(ctx, fromSnapshot(fmt.Sprint("dir-", i), 0, sid))
+				wantCode(t, err, codes.InvalidArgument)
+				r, err := e.d.CreateVolume(ctx, withParams(fromSnapshot(fmt.Sprint("image-", i), 0, sid), map[string]string{ParamLayout: LayoutImage}))
+				if err != nil {
+					t.Fatal(err)
+				}
+				rid := r.GetVolume().GetVolumeId()
+				_, target := e.stageAndPublish(t, rid, rwo)
+				n, err := checkRecords(target)
+				if err != nil {
+					t.Fatalf("snapshot %s: %v", sid, err)
+				}
+				t.Logf("snapshot %d holds %d whole records", i, n)
+				e.unpublishAndUnstage(t, rid)
+			}
+			for _, id := range vols {
+				e.unpublishAndUnstage(t, id)
+			}
+		})
+	}
+}
+
+func withParams(r *csi.CreateVolumeRequest, p map[string]string) *csi.CreateVolumeRequest {
+	r.Parameters = p
+	return r
+}
+
+// appendRecords appends numbered 4 KiB records to a file in target, each
+// fsync'd, until stop.
+func appendRecords(target string, stop <-chan struct{}) error {
+	f, err := os.OpenFile(filepath.Join(target, "log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		if _, err := f.Write(record(i)); err != nil {
+			return err
+		}
+		if err := f.Sync(); err != nil {
+			return err
+		}
+	}
+}
+
+func record(i int) []byte {
+	return bytes.Repeat([]byte(fmt.Sprintf("%08d", i)), 512)
+}
+
+// checkRecords says how many whole records the log in target holds, or
+// what is wrong with it.
+func checkRecords(target string) (int, error) {
+	data, err := os.ReadFile(filepath.Join(target, "log"))
+	if os.IsNotExist(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n := len(data) / 4096
+	for i := 0; i < n; i++ {
+		if !bytes.Equal(data[i*4096:(i+1)*4096], record(i)) {
+			return i, fmt.Errorf("record %d is torn or out of order", i)
+		}
+	}
+	return n, nil
+}
+
+// GetCapacity and CreateVolume set aside what volumes held to their size may
+// still fill: a sparse image takes nearly nothing on disk, but its capacity
+// is promised.
+func TestCapacityCountsWhatIsPromised(t *testing.T) {
+	mnt := testutil.LoopFS(t, "ext4", 1024)
+	e := newEnvOn(t, mnt)
+	before, err := e.d.GetCapacity(ctx, &csi.GetCapacityRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := createReq("big", 512<<20)
+	req.Parameters = map[string]string{ParamLayout: LayoutImage}
+	if _, err := e.d.CreateVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	after, err := e.d.GetCapacity(ctx, &csi.GetCapacityRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if drop := before.GetAvailableCapacity() - after.GetAvailableCapacity(); drop < 500<<20 {
+		t.Fatalf("GetCapacity dropped by %d bytes after a 512 MiB image volume", drop)
+	}
+	req = createReq("second", 512<<20)
+	req.Parameters = map[string]string{ParamLayout: LayoutImage}
+	_, err = e.d.CreateVolume(ctx, req)
+	wantCode(t, err, codes.ResourceExhausted)
+}
