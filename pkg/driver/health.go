@@ -92,7 +92,7 @@ func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolume
 		if err := requirePath(p, "path"); err != nil {
 			return nil, err
 		}
-		mounted, err := mountutil.IsMountPoint(p)
+		mounted, err := d.inPlaceAt(v, p)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, status.Errorf(codes.Internal, "check mount point %s: %v", p, err)
 		}
@@ -107,6 +107,22 @@ func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolume
 		})
 	}
 	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: &csi.VolumeHealth{VolumeId: v.ID, HealthStatuses: entries}}, nil
+}
+
+// inPlaceAt says whether the volume is in place at path: as its record of
+// that path says (a block volume's stage is a device, not a mount), or, with
+// no record, whether something is mounted there.
+func (d *Driver) inPlaceAt(v *state.Volume, path string) (bool, error) {
+	pubs, err := d.store.PublicationsOf(v.ID)
+	if err != nil {
+		return false, err
+	}
+	for _, p := range pubs {
+		if p.Path == path {
+			return d.inPlace(v, p)
+		}
+	}
+	return mountutil.IsMountPoint(path)
 }
 
 // lowSpacePercent is the free-space share under which the node reports its

@@ -11,6 +11,8 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"io"
 	mrand "math/rand/v2"
 	"os"
 	"os/exec"
@@ -30,6 +32,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
 )
 
 var rwo = &csi.VolumeCapability{
@@ -37,10 +40,34 @@ var rwo = &csi.VolumeCapability{
 	AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
 }
 
+var rwoBlock = &csi.VolumeCapability{
+	AccessMode: rwo.AccessMode,
+	AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+}
+
+// Kinds of volume the workload makes: a directory, an ext4 image, a block
+// volume.
+const (
+	kindDir   = "directory"
+	kindImage = "image"
+	kindBlock = "block"
+)
+
+func capFor(kind string) *csi.VolumeCapability {
+	if kind == kindBlock {
+		return rwoBlock
+	}
+	return rwo
+}
+
+// blockData is how much a write puts at the start of a block volume.
+const blockData = 64 << 10
+
 // volume is what the client was told about one volume.
 type volume struct {
 	id       string
 	capacity int64  // the largest capacity acknowledged
+	kind     string
 	sum      []byte // checksum of the data file once a write was acknowledged
 	// maybeMounted: a stage or publish may have been cut short, so the
 	// next check unpublishes and unstages, as a kubelet would retry.
@@ -50,7 +77,8 @@ type volume struct {
 // snap is what the client was told about one snapshot.
 type snap struct {
 	id  string
-	sum []byte // the source's data checksum when the snapshot was taken
+	kind string
+	sum  []byte // the source's data checksum when the snapshot was taken
 }
 
 // source is what a volume is made from: nothing, a snapshot or a volume
@@ -341,7 +369,7 @@ func impatient(call func(context.Context) error) error {
 func (h *harness) createWith(m *model, name string, src source, calls func(func(context.Context) error) error) error {
 	m.mu.Lock()
 	m.maybeCreated[name] = src
-	req, sum := m.createRequest(name, src)
+	req, sum, kind := m.createRequest(name, src)
 	m.mu.Unlock()
 	var r *csi.CreateVolumeResponse
 	err := calls(func(ctx context.Context) (err error) {
@@ -353,7 +381,7 @@ func (h *harness) createWith(m *model, name string, src source, calls func(func(
 	}
 	m.mu.Lock()
 	delete(m.maybeCreated, name)
-	m.acked[name] = &volume{id: r.GetVolume().GetVolumeId(), capacity: r.GetVolume().GetCapacityBytes(), sum: sum}
+	m.acked[name] = &volume{id: r.GetVolume().GetVolumeId(), capacity: r.GetVolume().GetCapacityBytes(), sum: sum, kind: kind}
 	m.ops++
 	m.mu.Unlock()
 	return nil
@@ -361,24 +389,47 @@ func (h *harness) createWith(m *model, name string, src source, calls func(func(
 
 // createRequest builds the CreateVolume for a name and source, and the
 // checksum the volume will hold. m.mu must be held.
-func (m *model) createRequest(name string, src source) (*csi.CreateVolumeRequest, []byte) {
-	req := &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{rwo},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20}}
+func (m *model) createRequest(name string, src source) (*csi.CreateVolumeRequest, []byte, string) {
+	kind := kindOfName(name)
+	var sum []byte
 	switch {
 	case src.snapName != "":
-		s := m.snaps[src.snapName]
+		kind, sum = m.snaps[src.snapName].kind, m.snaps[src.snapName].sum
+	case src.volName != "":
+		kind, sum = m.acked[src.volName].kind, m.acked[src.volName].sum
+	}
+	req := &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{capFor(kind)},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20}}
+	if kind == kindImage {
+		req.Parameters = map[string]string{"layout": "image"}
+		req.CapacityRange.RequiredBytes = 8 << 20 // ext4's least
+	}
+	switch {
+	case src.snapName != "":
 		req.CapacityRange = nil // the snapshot's source size
 		req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
-			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: s.id}}}
-		return req, s.sum
+			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: m.snaps[src.snapName].id}}}
 	case src.volName != "":
-		v := m.acked[src.volName]
 		req.CapacityRange = nil
 		req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
-			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: v.id}}}
-		return req, v.sum
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: m.acked[src.volName].id}}}
 	}
-	return req, nil
+	return req, sum, kind
+}
+
+// kindOfName picks the kind of a new empty volume from its name, so that a
+// retried create asks for the same: mostly directories, some images and
+// block volumes.
+func kindOfName(name string) string {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	switch h.Sum32() % 10 {
+	case 0, 1:
+		return kindImage
+	case 2, 3:
+		return kindBlock
+	}
+	return kindDir
 }
 
 func (h *harness) snapshot(m *model, name, volName string) error {
@@ -407,7 +458,7 @@ func (h *harness) snapshotWith(m *model, name, volName string, calls func(func(c
 	}
 	m.mu.Lock()
 	delete(m.maybeSnap, name)
-	m.snaps[name] = &snap{id: r.GetSnapshot().GetSnapshotId(), sum: v.sum}
+	m.snaps[name] = &snap{id: r.GetSnapshot().GetSnapshotId(), sum: v.sum, kind: v.kind}
 	m.ops++
 	m.mu.Unlock()
 	return nil
@@ -446,13 +497,31 @@ func (h *harness) write(m *model, name string) error {
 		h.t.Error(err)
 		return err
 	}
-	if _, err := h.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.id, StagingTargetPath: staging, VolumeCapability: rwo}); err != nil {
+	c := capFor(v.kind)
+	if _, err := h.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.id, StagingTargetPath: staging, VolumeCapability: c}); err != nil {
 		return err
 	}
-	if _, err := h.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: rwo}); err != nil {
+	if _, err := h.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: c}); err != nil {
 		return err
 	}
 	if _, err := h.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: v.id, VolumePath: target}); err != nil {
+		return err
+	}
+	// Grow it by a MiB, online. An ext4 image cannot grow while mounted on
+	// this machine (no CAP_SYS_RESOURCE): FAILED_PRECONDITION, and the
+	// next stage grows it.
+	m.mu.Lock()
+	grown := v.capacity + 1<<20
+	m.mu.Unlock()
+	r, err := h.node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: v.id, VolumePath: target, StagingTargetPath: staging,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: grown}, VolumeCapability: c})
+	switch {
+	case err == nil:
+		m.mu.Lock()
+		v.capacity = r.GetCapacityBytes()
+		m.mu.Unlock()
+	case status.Code(err) == codes.FailedPrecondition && v.kind == kindImage:
+	default:
 		return err
 	}
 	if r, err := h.node.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: v.id, VolumePublishPath: target, StagingTargetPath: staging}); err != nil {
@@ -461,8 +530,11 @@ func (h *harness) write(m *model, name string) error {
 		h.t.Errorf("a freshly published volume is unhealthy: %v", r)
 	}
 	data := make([]byte, 4096+mrand.IntN(60000))
+	if v.kind == kindBlock {
+		data = make([]byte, blockData)
+	}
 	rand.Read(data)
-	if err := writeSync(filepath.Join(target, "data"), data); err != nil {
+	if err := writeData(target, data, v.kind); err != nil {
 		h.t.Errorf("write through a published target: %v", err)
 		return err
 	}
@@ -511,6 +583,27 @@ func (h *harness) inline(m *model, handle string) error {
 	return nil
 }
 
+// writeData writes data where the volume at target keeps it: a data file,
+// or the start of a block device; fsync'd.
+func writeData(target string, data []byte, kind string) error {
+	if kind != kindBlock {
+		return writeSync(filepath.Join(target, "data"), data)
+	}
+	f, err := os.OpenFile(target, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(data, 0); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
 func writeSync(path string, data []byte) error {
 	f, err := os.Create(path)
 	if err != nil {
@@ -531,14 +624,14 @@ func writeSync(path string, data []byte) error {
 // volumes; they must answer while other calls change things.
 func (h *harness) inspect(name string, m *model) error {
 	m.mu.Lock()
-	id := m.acked[name].id
+	id, kind := m.acked[name].id, m.acked[name].kind
 	m.mu.Unlock()
 	ctx, cancel := ctx5()
 	defer cancel()
 	if _, err := h.ctrl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id}); err != nil {
 		return err
 	}
-	r, err := h.ctrl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: id, VolumeCapabilities: []*csi.VolumeCapability{rwo}})
+	r, err := h.ctrl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: id, VolumeCapabilities: []*csi.VolumeCapability{capFor(kind)}})
 	if err != nil {
 		return err
 	}
@@ -615,7 +708,7 @@ func (h *harness) check(m *model) {
 		if err != nil || !r.GetSnapshot().GetReadyToUse() {
 			t.Fatalf("restart %d: retried CreateSnapshot(%s): %v %v", m.restarts, name, r, err)
 		}
-		m.snaps[name] = &snap{id: r.GetSnapshot().GetSnapshotId(), sum: v.sum}
+		m.snaps[name] = &snap{id: r.GetSnapshot().GetSnapshotId(), sum: v.sum, kind: v.kind}
 		delete(m.maybeSnap, name)
 	}
 	for name := range m.maybeSnapDel {
@@ -667,9 +760,9 @@ func (h *harness) check(m *model) {
 		}
 		m.checks++
 		if v.sum != nil {
-			data, err := os.ReadFile(filepath.Join(h.dir, "data", "volumes", v.id, "data"))
+			data, err := h.volumeData(ctx, v)
 			if sum := sha256.Sum256(data); err != nil || !bytes.Equal(sum[:], v.sum) {
-				t.Fatalf("restart %d: volume %s lost its acknowledged data: %v", m.restarts, v.id, err)
+				t.Fatalf("restart %d: %s volume %s lost its acknowledged data: %v", m.restarts, v.kind, v.id, err)
 			}
 		}
 	}
@@ -722,12 +815,12 @@ func (h *harness) check(m *model) {
 // retryCreate repeats an unanswered CreateVolume, as the provisioner does;
 // it must succeed with one volume for the name.
 func (h *harness) retryCreate(ctx context.Context, m *model, name string) {
-	req, sum := m.createRequest(name, m.maybeCreated[name])
+	req, sum, kind := m.createRequest(name, m.maybeCreated[name])
 	r, err := h.ctrl.CreateVolume(ctx, req)
 	if err != nil {
 		h.t.Fatalf("restart %d: retried CreateVolume(%s): %v", m.restarts, name, err)
 	}
-	m.acked[name] = &volume{id: r.GetVolume().GetVolumeId(), capacity: r.GetVolume().GetCapacityBytes(), sum: sum}
+	m.acked[name] = &volume{id: r.GetVolume().GetVolumeId(), capacity: r.GetVolume().GetCapacityBytes(), sum: sum, kind: kind}
 	delete(m.maybeCreated, name)
 }
 
@@ -743,9 +836,9 @@ func (h *harness) checkSnapshots(ctx context.Context, m *model) {
 		if err != nil || !r.GetSnapshot().GetReadyToUse() {
 			t.Fatalf("restart %d: acknowledged snapshot %s (%s): %v %v", m.restarts, sn.id, name, r, err)
 		}
-		data, err := os.ReadFile(filepath.Join(h.dir, "data", "snapshots", sn.id, "data"))
+		data, err := h.snapshotData(sn)
 		switch {
-		case sn.sum == nil && !os.IsNotExist(err):
+		case sn.sum == nil && sn.kind == kindDir && !os.IsNotExist(err):
 			t.Fatalf("restart %d: snapshot %s has a data file its source did not have (%v)", m.restarts, sn.id, err)
 		case sn.sum != nil:
 			if sum := sha256.Sum256(data); err != nil || !bytes.Equal(sum[:], sn.sum) {
@@ -780,6 +873,70 @@ func (h *harness) checkSnapshots(ctx context.Context, m *model) {
 		}
 	}
 	m.checks += 2 + len(m.deletedSnaps)
+}
+
+// volumeData reads what a volume holds: its data file, the start of its
+// block file, or, for an image, its data file through a stage and publish
+// as a kubelet would.
+func (h *harness) volumeData(ctx context.Context, v *volume) ([]byte, error) {
+	dir := filepath.Join(h.dir, "data", "volumes", v.id)
+	switch v.kind {
+	case kindBlock:
+		return readHead(filepath.Join(dir, "disk.img"))
+	case kindImage:
+		staging, target := h.paths(v.id)
+		v.maybeMounted = true
+		c := capFor(v.kind)
+		if _, err := h.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.id, StagingTargetPath: staging, VolumeCapability: c}); err != nil {
+			return nil, err
+		}
+		if _, err := h.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: c}); err != nil {
+			return nil, err
+		}
+		data, err := os.ReadFile(filepath.Join(target, "data"))
+		h.unmountAll(ctx, v)
+		return data, err
+	}
+	return os.ReadFile(filepath.Join(dir, "data"))
+}
+
+// snapshotData reads what a snapshot holds; an image snapshot is mounted
+// read-only for it.
+func (h *harness) snapshotData(sn *snap) ([]byte, error) {
+	dir := filepath.Join(h.dir, "data", "snapshots", sn.id)
+	switch sn.kind {
+	case kindBlock:
+		return readHead(filepath.Join(dir, "disk.img"))
+	case kindImage:
+		if sn.sum == nil {
+			return nil, nil // a blank image: nothing to mount
+		}
+		mnt := filepath.Join(h.dir, "snapcheck")
+		if err := os.MkdirAll(mnt, 0o700); err != nil {
+			return nil, err
+		}
+		img := filepath.Join(dir, "disk.img")
+		if _, err := imagefs.Mount(img, mnt, imagefs.MountOptions{FSType: "ext4", ReadOnly: true}); err != nil {
+			return nil, err
+		}
+		data, err := os.ReadFile(filepath.Join(mnt, "data"))
+		if uerr := imagefs.Unmount(img, mnt); uerr != nil {
+			h.t.Fatalf("unmount snapshot image: %v", uerr)
+		}
+		return data, err
+	}
+	return os.ReadFile(filepath.Join(dir, "data"))
+}
+
+func readHead(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data := make([]byte, blockData)
+	_, err = io.ReadFull(f, data)
+	return data, err
 }
 
 // unmountAll undoes a stage/publish that a kill may have cut short, as the
