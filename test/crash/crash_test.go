@@ -66,7 +66,7 @@ const blockData = 64 << 10
 // volume is what the client was told about one volume.
 type volume struct {
 	id       string
-	capacity int64  // the largest capacity acknowledged
+	capacity int64 // the largest capacity acknowledged
 	kind     string
 	sum      []byte // checksum of the data file once a write was acknowledged
 	// maybeMounted: a stage or publish may have been cut short, so the
@@ -76,7 +76,7 @@ type volume struct {
 
 // snap is what the client was told about one snapshot.
 type snap struct {
-	id  string
+	id   string
 	kind string
 	sum  []byte // the source's data checksum when the snapshot was taken
 }
