@@ -150,13 +150,20 @@ func cmdCreate(c *client, args []string) error {
 	sizeFlag := fs.String("size", "", "capacity (bytes, or with Ki/Mi/Gi/Ti); default 1Gi, or the source's size")
 	fromSnap := fs.String("from-snapshot", "", "restore this snapshot into the new volume")
 	fromVol := fs.String("from-volume", "", "clone this volume into the new volume")
+	block := fs.Bool("block", false, "a raw block volume (volumeMode: Block)")
+	fsType := fs.String("fstype", "", "filesystem of an image volume (with -param layout=image): ext4 or xfs")
 	var params paramFlag
 	fs.Var(&params, "param", "a parameter key=value (repeatable)")
 	name, err := oneArg(fs, args, "NAME")
 	if err != nil {
 		return err
 	}
-	req := &csi.CreateVolumeRequest{Name: name, Parameters: params, VolumeCapabilities: []*csi.VolumeCapability{rwoCap}}
+	capability := &csi.VolumeCapability{AccessMode: rwoCap.AccessMode,
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: *fsType}}}
+	if *block {
+		capability.AccessType = &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}
+	}
+	req := &csi.CreateVolumeRequest{Name: name, Parameters: params, VolumeCapabilities: []*csi.VolumeCapability{capability}}
 	if *sizeFlag != "" {
 		bytes, err := size.Parse(*sizeFlag)
 		if err != nil {
@@ -186,7 +193,9 @@ func cmdCreate(c *client, args []string) error {
 			topo = append(topo, k+"="+v)
 		}
 	}
-	fmt.Printf("%s  %d bytes  %s\n", resp.GetVolume().GetVolumeId(), resp.GetVolume().GetCapacityBytes(), strings.Join(topo, ","))
+	vc := resp.GetVolume().GetVolumeContext()
+	fmt.Printf("%s  %d bytes  %s  layout=%s size-limit=%s\n", resp.GetVolume().GetVolumeId(), resp.GetVolume().GetCapacityBytes(),
+		strings.Join(topo, ","), vc["hostpath-csi.github.io/layout"], vc["hostpath-csi.github.io/size-limit"])
 	return nil
 }
 
