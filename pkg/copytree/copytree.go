@@ -307,12 +307,9 @@ func (c *copier) visit(e *beneath.Entry) error {
 
 // enter makes the directory's copy, to be filled by what follows until leave.
 func (c *copier) enter(e *beneath.Entry) error {
-	xattrs, err := readXattrs(fdXattrs(e.Dir.Fd()))
-	if err != nil {
-		return fmt.Errorf("read xattrs of %s: %w", e.Dir.Path(), err)
-	}
-	node := &dirNode{name: e.Name, st: e.Stat, xattrs: xattrs}
+	node := &dirNode{name: e.Name, st: e.Stat}
 	var dst *beneath.Dir
+	var err error
 	if e.Parent == nil {
 		c.root, dst = node, c.dstRoot.Retain()
 	} else {
@@ -325,6 +322,22 @@ func (c *copier) enter(e *beneath.Entry) error {
 		}
 		node.parent = parent.node
 		parent.node.children = append(parent.node.children, node)
+	}
+	// Extended attributes now, one at a time (setting one changes no
+	// mtime), so none is held until the end; only a default ACL waits for
+	// the end, or the files copied into the directory would inherit it.
+	err = copyXattrs(fdXattrs(e.Dir.Fd()), setOnFd(dst.Fd()), func(n string) bool { return n != defaultACL })
+	if err == nil {
+		var acl []byte
+		if acl, err = getXattr(fdXattrs(e.Dir.Fd()), defaultACL); err == nil {
+			node.xattrs = []xattr{{name: defaultACL, value: acl}}
+		} else if errors.Is(err, unix.ENODATA) || errors.Is(err, unix.ENOTSUP) {
+			err = nil
+		}
+	}
+	if err != nil {
+		dst.Close()
+		return fmt.Errorf("copy xattrs of %s: %w", e.Dir.Path(), err)
 	}
 	c.stats.Dirs++
 	c.stack = append(c.stack, level{dst: dst, node: node})
@@ -398,5 +411,16 @@ func setDirMeta(d *beneath.Dir, n *dirNode) error {
 			return err
 		}
 	}
-	return setMetaFd(d.Fd(), d.Path(), &n.st, n.xattrs)
+	return setMetaFd(d.Fd(), d.Path(), &n.st, func(fd int) error {
+		for _, x := range n.xattrs {
+			if err := unix.Fsetxattr(fd, x.name, x.value, 0); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
+
+// defaultACL is the attribute that gives new entries of a directory their
+// ACL.
+const defaultACL = "system.posix_acl_default"

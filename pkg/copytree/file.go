@@ -55,11 +55,7 @@ func (c *copier) fillFile(in, out int, st *unix.Statx_t, from, to string) error 
 			atomic.AddInt64(&c.stats.Copied, 1)
 		}
 	}
-	xattrs, err := readXattrs(fdXattrs(in))
-	if err != nil {
-		return fmt.Errorf("read xattrs of %s: %w", from, err)
-	}
-	return setMetaFd(out, to, st, xattrs)
+	return setMetaFd(out, to, st, func(fd int) error { return copyXattrs(fdXattrs(in), setOnFd(fd), nil) })
 }
 
 // copyData copies only the data segments of in (SEEK_DATA/SEEK_HOLE) with
@@ -74,6 +70,9 @@ func copyData(ifd, ofd int, size int64) error {
 			return fmt.Errorf("seek data: %w", err)
 		}
 		hole, err := unix.Seek(ifd, data, unix.SEEK_HOLE)
+		if errors.Is(err, unix.ENXIO) {
+			return unix.Ftruncate(ofd, data) // truncated below data meanwhile
+		}
 		if err != nil {
 			return fmt.Errorf("seek hole: %w", err)
 		}
@@ -88,7 +87,10 @@ func copyData(ifd, ofd int, size int64) error {
 				return fmt.Errorf("copy_file_range: %w", err)
 			}
 			if n == 0 {
-				return fmt.Errorf("copy_file_range: source shrank at %d", data)
+				// Truncated while it is copied (logrotate's copytruncate,
+				// a database resetting its log): the copy is the file as
+				// it was cut, as a copy taken a moment later would be.
+				return unix.Ftruncate(ofd, data)
 			}
 			data += int64(n)
 		}

@@ -15,18 +15,16 @@ import (
 // last.
 
 // setMetaFd gives the open copy fd (a regular file or a directory) the
-// owner, mode, extended attributes and times of st.
-func setMetaFd(fd int, shown string, st *unix.Statx_t, xattrs []xattr) error {
+// owner, mode, extended attributes (what setXattrs sets) and times of st.
+func setMetaFd(fd int, shown string, st *unix.Statx_t, setXattrs func(fd int) error) error {
 	if err := unix.Fchown(fd, int(st.Uid), int(st.Gid)); err != nil {
 		return fmt.Errorf("chown %s: %w", shown, err)
 	}
 	if err := unix.Fchmod(fd, uint32(st.Mode)&0o7777); err != nil {
 		return fmt.Errorf("chmod %s: %w", shown, err)
 	}
-	for _, x := range xattrs {
-		if err := unix.Fsetxattr(fd, x.name, x.value, 0); err != nil {
-			return fmt.Errorf("set xattr %s on %s: %w", x.name, shown, err)
-		}
+	if err := setXattrs(fd); err != nil {
+		return fmt.Errorf("copy xattrs to %s: %w", shown, err)
 	}
 	if err := beneath.Futimens(fd, timespec(st.Atime), timespec(st.Mtime)); err != nil {
 		return fmt.Errorf("set times of %s: %w", shown, err)
@@ -50,25 +48,22 @@ func setMetaAt(srcDir, dstDir *beneath.Dir, name string, st *unix.Statx_t) error
 	if err != nil {
 		return err
 	}
-	xattrs, err := readXattrs(pathXattrs(from))
-	if beneath.Gone(err) {
-		xattrs = nil // the source went away after it was copied
-	} else if err != nil {
-		return fmt.Errorf("read xattrs of %s/%s: %w", srcDir.Path(), name, err)
+	to, err := dstDir.XattrPath(name)
+	if err != nil {
+		return err
 	}
-	if len(xattrs) > 0 {
-		to, err := dstDir.XattrPath(name)
-		if err != nil {
-			return err
+	err = copyXattrs(pathXattrs(from), func(n string, v []byte) error {
+		err := unix.Lsetxattr(to, n, v, 0)
+		if isLink && errors.Is(err, unix.EPERM) {
+			return nil // user.* xattrs cannot exist on symlinks anyway
 		}
-		for _, x := range xattrs {
-			if err := unix.Lsetxattr(to, x.name, x.value, 0); err != nil {
-				if isLink && errors.Is(err, unix.EPERM) {
-					continue // user.* xattrs cannot exist on symlinks anyway
-				}
-				return fmt.Errorf("set xattr %s on %s/%s: %w", x.name, dstDir.Path(), name, err)
-			}
-		}
+		return err
+	}, nil)
+	if beneath.Gone(err) {
+		err = nil // the source went away after it was copied
+	}
+	if err != nil {
+		return fmt.Errorf("copy xattrs of %s/%s: %w", srcDir.Path(), name, err)
 	}
 	return dstDir.Lutimes(name, timespec(st.Atime), timespec(st.Mtime))
 }
@@ -103,23 +98,53 @@ func pathXattrs(path string) xattrSource {
 	}
 }
 
-// readXattrs returns all extended attributes; none where the filesystem
-// has none. Asking the size first costs one call for the usual entry with
-// no attributes and allocates nothing for it.
-func readXattrs(src xattrSource) ([]xattr, error) {
-	var names []byte
+// copyXattrs hands set each extended attribute of src that keep accepts
+// (all with a nil keep), one at a time: a value lives only while it is
+// copied, so a tenant's thousands of 64 KiB attributes never sit in memory
+// together. set must not keep the value.
+func copyXattrs(src xattrSource, set func(name string, value []byte) error, keep func(string) bool) error {
+	names, err := listXattrs(src)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 256)
+	for _, name := range splitNUL(names) {
+		if keep != nil && !keep(string(name)) {
+			continue
+		}
+		var val []byte
+		val, buf, err = getXattrInto(src, string(name), buf)
+		if errors.Is(err, unix.ENODATA) {
+			continue // removed in between
+		}
+		if err != nil {
+			return fmt.Errorf("xattr %s: %w", name, err)
+		}
+		if err := set(string(name), val); err != nil {
+			return fmt.Errorf("set xattr %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// setOnFd is the set of copyXattrs for an open copy.
+func setOnFd(fd int) func(string, []byte) error {
+	return func(n string, v []byte) error { return unix.Fsetxattr(fd, n, v, 0) }
+}
+
+// listXattrs returns the names of src's extended attributes, NUL
+// separated; none where the filesystem has none. Asking the size first
+// costs one call for the usual entry with no attributes.
+func listXattrs(src xattrSource) ([]byte, error) {
 	for {
 		n, err := src.list(nil)
-		if errors.Is(err, unix.ENOTSUP) {
+		if errors.Is(err, unix.ENOTSUP) || n == 0 && err == nil {
 			return nil, nil
 		}
 		if err != nil {
 			return nil, err
 		}
-		if n == 0 {
-			return nil, nil
-		}
-		names = make([]byte, n)
+		names := make([]byte, n)
 		n, err = src.list(names)
 		if errors.Is(err, unix.ERANGE) {
 			continue // grew in between
@@ -127,25 +152,18 @@ func readXattrs(src xattrSource) ([]xattr, error) {
 		if err != nil {
 			return nil, err
 		}
-		names = names[:n]
-		break
+		return names[:n], nil
 	}
-	var out []xattr
-	for _, name := range splitNUL(names) {
-		val, err := getXattr(src, string(name))
-		if errors.Is(err, unix.ENODATA) {
-			continue // removed in between
-		}
-		if err != nil {
-			return nil, fmt.Errorf("xattr %s: %w", name, err)
-		}
-		out = append(out, xattr{name: string(name), value: val})
-	}
-	return out, nil
 }
 
 func getXattr(src xattrSource, name string) ([]byte, error) {
-	buf := make([]byte, 256)
+	val, _, err := getXattrInto(src, name, make([]byte, 256))
+	return val, err
+}
+
+// getXattrInto reads one attribute's value into buf, growing it as needed;
+// it returns the value and the buffer to reuse.
+func getXattrInto(src xattrSource, name string, buf []byte) ([]byte, []byte, error) {
 	for {
 		n, err := src.get(name, buf)
 		if errors.Is(err, unix.ERANGE) {
@@ -153,9 +171,9 @@ func getXattr(src xattrSource, name string) ([]byte, error) {
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return nil, buf, err
 		}
-		return buf[:n], nil
+		return buf[:n], buf, nil
 	}
 }
 
