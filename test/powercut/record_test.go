@@ -1,0 +1,288 @@
+package powercut
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/hostpath-csi/hostpath-csi/test/powercut/proto"
+)
+
+// record is the host's knowledge: built only from the guest's intent and
+// ack lines that reached the host before the power went.
+type record struct {
+	vols, snaps  map[string]*proto.Obj // by name
+	deletedVols  map[string]string     // ID -> name, for deletes that were acknowledged
+	deletedSnaps map[string]string
+	acks         int // acknowledged calls
+}
+
+func newRecord() *record {
+	return &record{vols: map[string]*proto.Obj{}, snaps: map[string]*proto.Obj{},
+		deletedVols: map[string]string{}, deletedSnaps: map[string]string{}}
+}
+
+// apply takes one intent or ack into the record.
+func (r *record) apply(e proto.Event, boot int) {
+	objs, deleted := r.vols, r.deletedVols
+	if e.Op == proto.OpSnapshot || e.Op == proto.OpDeleteSnp {
+		objs, deleted = r.snaps, r.deletedSnaps
+	}
+	o := objs[e.Name]
+	switch {
+	case e.Kind == proto.KindIntent && (e.Op == proto.OpCreateVol || e.Op == proto.OpSnapshot):
+		if o == nil { // a retry keeps the record of the first call
+			objs[e.Name] = &proto.Obj{Name: e.Name, State: proto.Creating, Src: e.Src, Sums: []string{e.Sum}, Boot: boot}
+		}
+	case e.Kind == proto.KindAck && (e.Op == proto.OpCreateVol || e.Op == proto.OpSnapshot):
+		if o == nil {
+			o = &proto.Obj{Name: e.Name, Src: e.Src, Boot: boot}
+			objs[e.Name] = o
+		}
+		o.ID, o.State, o.Sums = e.ID, proto.Acked, []string{e.Sum}
+		r.acks++
+	case o == nil:
+		// A write or delete of something no longer recorded: its loss was
+		// reported when it was found missing.
+	case e.Kind == proto.KindIntent && e.Op == proto.OpWrite:
+		if !slices.Contains(o.Sums, e.Sum) {
+			o.Sums = append(o.Sums, e.Sum)
+		}
+	case e.Kind == proto.KindAck && e.Op == proto.OpWrite:
+		o.Sums = []string{e.Sum}
+		r.acks++
+	case e.Kind == proto.KindIntent: // a delete
+		if o.State == proto.Acked {
+			o.State = proto.Deleting
+		}
+	case e.Kind == proto.KindAck: // a delete
+		delete(objs, e.Name)
+		deleted[e.ID] = e.Name
+		r.acks++
+	}
+}
+
+// adopt replaces the live objects with the state the guest's load starts
+// from, once the check has judged what the power cut left.
+func (r *record) adopt(state []proto.Event, boot int) {
+	old := map[string]map[string]*proto.Obj{"vol": r.vols, "snap": r.snaps}
+	r.vols, r.snaps = map[string]*proto.Obj{}, map[string]*proto.Obj{}
+	for _, e := range state {
+		objs := r.vols
+		if e.Op == "snap" {
+			objs = r.snaps
+		}
+		made := boot
+		if prev := old[e.Op][e.Name]; prev != nil {
+			made = prev.Boot
+		}
+		objs[e.Name] = &proto.Obj{Name: e.Name, ID: e.ID, State: proto.Acked, Src: e.Src, Sums: []string{e.Sum}, Boot: made}
+	}
+}
+
+// plan is what the next boot is told.
+func (r *record) plan(boot int, fs string, final bool, workers int) *proto.Plan {
+	p := &proto.Plan{Boot: boot, FS: fs, Final: final, Workers: workers}
+	for _, name := range slices.Sorted(maps.Keys(r.vols)) {
+		p.Vols = append(p.Vols, *r.vols[name])
+	}
+	for _, name := range slices.Sorted(maps.Keys(r.snaps)) {
+		p.Snaps = append(p.Snaps, *r.snaps[name])
+	}
+	return p
+}
+
+// observation is what one boot's check reported.
+type observation struct {
+	started   bool
+	checkDone bool
+	dirs      map[string][]string
+	dirErrs   map[string]string
+	vols      map[string]proto.Event // listed volumes by ID
+	snaps     map[string]proto.Event // listed snapshots by ID
+	retried   map[string]string      // "vol:"/"snap:" + name -> ID, from retried creates
+	fails     []string               // what the guest found wrong by itself
+	state     []proto.Event
+}
+
+func newObservation() *observation {
+	return &observation{dirs: map[string][]string{}, dirErrs: map[string]string{}, vols: map[string]proto.Event{},
+		snaps: map[string]proto.Event{}, retried: map[string]string{}}
+}
+
+// take files one check-phase event; it reports whether the check is over.
+func (o *observation) take(e proto.Event) bool {
+	switch e.Kind {
+	case proto.KindStarted:
+		o.started = true
+	case proto.KindDir:
+		o.dirs[e.Dir] = e.Entries
+		if e.Err != "" {
+			o.dirErrs[e.Dir] = e.Err
+		}
+	case proto.KindObsVol:
+		o.vols[e.ID] = e
+	case proto.KindObsSnap:
+		o.snaps[e.ID] = e
+	case proto.KindAck:
+		if e.Retry && e.Op == proto.OpCreateVol {
+			o.retried["vol:"+e.Name] = e.ID
+		} else if e.Retry && e.Op == proto.OpSnapshot {
+			o.retried["snap:"+e.Name] = e.ID
+		}
+	case proto.KindFail:
+		o.fails = append(o.fails, e.Msg)
+	case proto.KindState:
+		o.state = append(o.state, e)
+	case proto.KindCheckDone:
+		o.checkDone = true
+		return true
+	}
+	return false
+}
+
+var emptySum = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" // sha256 of nothing
+
+// content says what a checksum stands for, in words.
+func content(sum string, size int64) string {
+	switch sum {
+	case proto.None:
+		return "no data file"
+	case emptySum:
+		return "an empty data file"
+	case "":
+		return "unreadable data"
+	}
+	if z := sha256.Sum256(make([]byte, size)); sum == hex.EncodeToString(z[:]) {
+		return fmt.Sprintf("a data file of %d zero bytes (its size made it to the disk, its data did not)", size)
+	}
+	return fmt.Sprintf("data sha256 %.12s (%d bytes)", sum, size)
+}
+
+func contents(sums []string) string {
+	var s []string
+	for _, sum := range sums {
+		if sum == proto.None {
+			s = append(s, "no data file")
+		} else {
+			s = append(s, "sha256 "+sum[:min(12, len(sum))])
+		}
+	}
+	return strings.Join(s, " or ")
+}
+
+func describe(kind string, o proto.Obj) string {
+	how := "an empty volume"
+	switch {
+	case strings.HasPrefix(o.Src, "snap:"):
+		how = "restored from snapshot " + strings.TrimPrefix(o.Src, "snap:")
+	case strings.HasPrefix(o.Src, "vol:") && kind == "snapshot":
+		how = "of volume " + strings.TrimPrefix(o.Src, "vol:")
+	case strings.HasPrefix(o.Src, "vol:"):
+		how = "cloned from volume " + strings.TrimPrefix(o.Src, "vol:")
+	}
+	state := "acknowledged"
+	switch o.State {
+	case proto.Creating:
+		state = "create unanswered"
+	case proto.Deleting:
+		state = "delete unanswered"
+	}
+	return fmt.Sprintf("%s %s (%s, %s, made in boot %d, %s)", kind, o.Name, o.ID, how, o.Boot, state)
+}
+
+// judge checks one boot's observation against the record the plan was
+// made from (the record before the check's own retries) and the deletes
+// acknowledged before it. It returns what is wrong and how many checks
+// it made.
+func judge(plan *proto.Plan, deletedVols, deletedSnaps map[string]string, obs *observation) (failures []string, checks int) {
+	fail := func(format string, args ...any) { failures = append(failures, fmt.Sprintf(format, args...)) }
+	for _, f := range obs.fails {
+		fail("the guest reports: %s", f)
+	}
+	checks++
+	if !obs.started || !obs.checkDone {
+		fail("the check did not complete (driver started: %v)", obs.started)
+		return failures, checks
+	}
+	for _, k := range []struct {
+		kind    string
+		objs    []proto.Obj
+		listed  map[string]proto.Event
+		deleted map[string]string
+		dir     string
+	}{
+		{"volume", plan.Vols, obs.vols, deletedVols, "volumes"},
+		{"snapshot", plan.Snaps, obs.snaps, deletedSnaps, "snapshots"},
+	} {
+		claimed := map[string]bool{}
+		for _, o := range k.objs {
+			id := o.ID
+			if o.State == proto.Creating {
+				id = obs.retried[map[string]string{"volume": "vol:", "snapshot": "snap:"}[k.kind]+o.Name]
+				o.ID = id
+			}
+			claimed[id] = true
+			e, listed := k.listed[id]
+			checks++
+			if !listed {
+				if o.State == proto.Acked {
+					fail("%s is gone after the power cut", describe(k.kind, o))
+				}
+				continue // an unanswered call that did not happen, or happened only now
+			}
+			checks += 3
+			switch {
+			case e.Err != "":
+				fail("%s cannot be read after the power cut: %s", describe(k.kind, o), e.Err)
+			case e.Health != "":
+				fail("%s is unhealthy after the power cut: %s", describe(k.kind, o), e.Health)
+			case k.kind == "snapshot" && !e.Ready:
+				fail("%s is listed but not ready to use after the power cut", describe(k.kind, o))
+			case !slices.Contains(o.Sums, e.Sum):
+				fail("%s holds %s after the power cut; it must hold %s", describe(k.kind, o), content(e.Sum, e.Size), contents(o.Sums))
+			}
+		}
+		for _, id := range slices.Sorted(maps.Keys(k.listed)) {
+			checks++
+			if name, ok := k.deleted[id]; ok {
+				fail("%s %s (%s) is listed again after its delete was acknowledged", k.kind, id, name)
+			} else if !claimed[id] {
+				e := k.listed[id]
+				fail("%s %s is listed, holding %s, but no acknowledged or unanswered call made it", k.kind, id, content(e.Sum, e.Size))
+			}
+		}
+		checks++
+		if missing, extra := diff(slices.Collect(maps.Keys(k.listed)), obs.dirs[k.dir]); len(missing)+len(extra) > 0 {
+			fail("data/%s does not match the %ss listed: listed without a directory %v, a directory but not listed %v", k.dir, k.kind, missing, extra)
+		}
+	}
+	for _, dir := range []string{"partial", "trash", "quarantine"} {
+		checks++
+		if len(obs.dirs[dir]) > 0 || obs.dirErrs[dir] != "" {
+			fail("data/%s is not empty once start-up is done: %v %s", dir, obs.dirs[dir], obs.dirErrs[dir])
+		}
+	}
+	return failures, checks
+}
+
+// diff returns what is in want but not in got, and what is in got but not
+// in want, each sorted.
+func diff(want, got []string) (missing, extra []string) {
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			missing = append(missing, w)
+		}
+	}
+	for _, g := range got {
+		if !slices.Contains(want, g) {
+			extra = append(extra, g)
+		}
+	}
+	slices.Sort(missing)
+	slices.Sort(extra)
+	return missing, extra
+}
