@@ -146,18 +146,45 @@ func TestJudge(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p, o := basePlan(), baseObs()
 			tc.change(p, o)
-			got, checks := judge(p, map[string]string{"hpv1-old": "old"}, map[string]string{}, o)
+			got, checks, _ := judge(p, map[string]string{"hpv1-old": "old"}, map[string]string{}, map[string]bool{}, o)
 			if checks == 0 {
 				t.Error("no checks counted")
 			}
 			if len(got) != len(tc.want) {
-				t.Fatalf("failures:\n%s\nwant %d: %q", strings.Join(got, "\n"), len(tc.want), tc.want)
+				t.Fatalf("failures:\n%v\nwant %d: %q", got, len(tc.want), tc.want)
 			}
 			for i := range got {
-				if !strings.Contains(got[i], tc.want[i]) {
-					t.Errorf("failure %d: %q\nwant it to contain %q", i, got[i], tc.want[i])
+				if !strings.Contains(got[i].msg, tc.want[i]) {
+					t.Errorf("failure %d: %q\nwant it to contain %q", i, got[i].msg, tc.want[i])
 				}
 			}
 		})
+	}
+}
+
+// TestJudgeReportsDamageOnce: a volume listed without usable data is
+// reported by the check that finds it, and not again by later ones.
+func TestJudgeReportsDamageOnce(t *testing.T) {
+	plan := &proto.Plan{Vols: []proto.Obj{{Name: "v", ID: "hpv1-v", State: proto.Acked, Sums: []string{"aa"}}}}
+	o := newObservation()
+	for _, e := range []proto.Event{
+		{Kind: proto.KindStarted},
+		{Kind: proto.KindDir, Dir: "volumes"},
+		{Kind: proto.KindObsVol, ID: "hpv1-v", Err: "no usable data directory", Health: "DATA_LOSS"},
+		{Kind: proto.KindCheckDone},
+	} {
+		o.take(e)
+	}
+	damaged := map[string]bool{}
+	first, _, broken := judge(plan, nil, nil, damaged, o)
+	if len(first) != 2 || first[0].cat != catUnusable || first[1].cat != catDisk || !reflect.DeepEqual(broken, []string{"hpv1-v"}) {
+		t.Fatalf("first check: %v, broken %v", first, broken)
+	}
+	for _, id := range broken {
+		damaged[id] = true
+	}
+	// The next boot: the guest no longer counts it among its volumes.
+	if again, _, _ := judge(&proto.Plan{}, nil, nil, damaged, o); len(again) != 0 {
+		t.Errorf("second check reports it again: %v", again)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,11 +41,11 @@ const (
 	bootTimeout = 5 * time.Minute
 )
 
-// TestPowerCut runs HOSTPATH_POWERCUT_CUTS power cuts (default 3) with the
+// TestPowerCut runs HOSTPATH_POWERCUT_CUTS power cuts (default 2) with the
 // driver's state and data on ext4, then on xfs with reflinks; `make
 // powercut` runs many more. HOSTPATH_POWERCUT_FS=ext4 (or xfs) runs one.
 func TestPowerCut(t *testing.T) {
-	cuts := 3
+	cuts := 2
 	if s := os.Getenv("HOSTPATH_POWERCUT_CUTS"); s != "" {
 		var err error
 		if cuts, err = strconv.Atoi(s); err != nil || cuts < 0 {
@@ -201,23 +202,47 @@ func (c *console) tail() string {
 // stats are the figures the summary line reports.
 type stats struct {
 	boots, checks, failures int
-	bootToReady, perCut     time.Duration
+	bootToReady             time.Duration
 	loadAcks                int
+	byCat                   map[string]int
+	firstFailedCut          int // 0: none yet
+}
+
+func (st *stats) failed(t *testing.T, cut int, cat, format string, args ...any) {
+	t.Helper()
+	st.failures++
+	st.byCat[cat]++
+	if st.firstFailedCut == 0 {
+		st.firstFailedCut = cut
+	}
+	t.Errorf(format, args...)
+}
+
+// summary lists the failures by kind.
+func (st *stats) summary() string {
+	if st.failures == 0 {
+		return "no failures"
+	}
+	var parts []string
+	for _, cat := range slices.Sorted(maps.Keys(st.byCat)) {
+		parts = append(parts, fmt.Sprintf("%d %s", st.byCat[cat], cat))
+	}
+	return fmt.Sprintf("%d failures, the first after cut %d: %s", st.failures, st.firstFailedCut, strings.Join(parts, ", "))
 }
 
 func runCuts(t *testing.T, k *vm.Kernel, initrd, fs string, cuts int) {
 	disk := makeDisk(t, fs)
 	planImg := filepath.Join(t.TempDir(), "plan.img")
 	rec := newRecord()
-	var st stats
+	st := stats{byCat: map[string]int{}}
 	start := time.Now()
 	for boot := 1; boot <= cuts+1; boot++ {
 		final := boot == cuts+1
 		bootOnce(t, k, initrd, disk, planImg, fs, rec, boot, final, &st)
 	}
-	t.Logf("%s: %d cuts, %d boots, %d acknowledged operations (%d in load phases), %d checks made, %d failures; "+
+	t.Logf("%s: %d cuts, %d boots, %d acknowledged operations (%d in load phases), %d checks made, %s; "+
 		"per boot: %.1f s from qemu start to driver ready; per cut: %.1f s (%.1f s in all)",
-		fs, cuts, st.boots, rec.acks, st.loadAcks, st.checks, st.failures,
+		fs, cuts, st.boots, rec.acks, st.loadAcks, st.checks, st.summary(),
 		st.bootToReady.Seconds()/float64(st.boots), time.Since(start).Seconds()/float64(max(cuts, 1)), time.Since(start).Seconds())
 }
 
@@ -263,11 +288,13 @@ func bootOnce(t *testing.T, k *vm.Kernel, initrd, disk, planImg, fs string, rec 
 		}
 		obs.take(e)
 	}
-	failures, checks := judge(plan, deletedVols, deletedSnaps, obs)
+	failures, checks, broken := judge(plan, deletedVols, deletedSnaps, rec.damaged, obs)
+	for _, id := range broken {
+		rec.damaged[id] = true
+	}
 	st.checks += checks
-	st.failures += len(failures)
 	for _, f := range failures {
-		t.Errorf("%s, %s: %s", fs, what, f)
+		st.failed(t, boot-1, f.cat, "%s, %s: %s", fs, what, f.msg)
 	}
 	if !obs.checkDone {
 		m.Kill()
@@ -279,6 +306,8 @@ func bootOnce(t *testing.T, k *vm.Kernel, initrd, disk, planImg, fs string, rec 
 	rec.adopt(obs.state, boot)
 
 	if final {
+		t.Logf("%s, %s (final): check: %d volumes and %d snapshots listed, %d checks, %d failures",
+			fs, what, len(obs.vols), len(obs.snaps), checks, len(failures))
 		if err := m.WaitTimeout(bootTimeout); err != nil {
 			t.Errorf("%s, final boot: %v; console:\n%s", fs, err, con.tail())
 		}
@@ -314,8 +343,7 @@ func bootOnce(t *testing.T, k *vm.Kernel, initrd, disk, planImg, fs string, rec 
 		case proto.KindIntent, proto.KindAck:
 			rec.apply(e, boot)
 		case proto.KindFail:
-			st.failures++
-			t.Errorf("%s, %s, load: the guest reports: %s", fs, what, e.Msg)
+			st.failed(t, boot, catCall, "%s, %s, load: the guest reports: %s", fs, what, e.Msg)
 		}
 	}
 	if cut == nil {
@@ -332,8 +360,7 @@ func bootOnce(t *testing.T, k *vm.Kernel, initrd, disk, planImg, fs string, rec 
 			rec.apply(e, boot)
 		}
 		if e.Kind == proto.KindFail {
-			st.failures++
-			t.Errorf("%s, %s, load: the guest reports: %s", fs, what, e.Msg)
+			st.failed(t, boot, catCall, "%s, %s, load: the guest reports: %s", fs, what, e.Msg)
 		}
 	}
 	st.loadAcks += rec.acks - acksBefore

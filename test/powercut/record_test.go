@@ -17,12 +17,13 @@ type record struct {
 	vols, snaps  map[string]*proto.Obj // by name
 	deletedVols  map[string]string     // ID -> name, for deletes that were acknowledged
 	deletedSnaps map[string]string
-	acks         int // acknowledged calls
+	damaged      map[string]bool // IDs found listed but unusable (reported once)
+	acks         int             // acknowledged calls
 }
 
 func newRecord() *record {
 	return &record{vols: map[string]*proto.Obj{}, snaps: map[string]*proto.Obj{},
-		deletedVols: map[string]string{}, deletedSnaps: map[string]string{}}
+		deletedVols: map[string]string{}, deletedSnaps: map[string]string{}, damaged: map[string]bool{}}
 }
 
 // apply takes one intent or ack into the record.
@@ -194,19 +195,37 @@ func describe(kind string, o proto.Obj) string {
 	return fmt.Sprintf("%s %s (%s, %s, made in boot %d, %s)", kind, o.Name, o.ID, how, o.Boot, state)
 }
 
+// Kinds of failure, for the summary.
+const (
+	catGone       = "acknowledged and gone"
+	catData       = "wrong data"
+	catUnusable   = "listed but unusable"
+	catStray      = "listed but never made, or deleted"
+	catDisk       = "disk and listing disagree"
+	catLeftovers  = "left in partial, trash or quarantine"
+	catCall       = "a call failed"
+	catIncomplete = "check incomplete"
+)
+
+// failure is one thing a check found wrong.
+type failure struct{ cat, msg string }
+
 // judge checks one boot's observation against the record the plan was
-// made from (the record before the check's own retries) and the deletes
-// acknowledged before it. It returns what is wrong and how many checks
-// it made.
-func judge(plan *proto.Plan, deletedVols, deletedSnaps map[string]string, obs *observation) (failures []string, checks int) {
-	fail := func(format string, args ...any) { failures = append(failures, fmt.Sprintf(format, args...)) }
+// made from (the record before the check's own retries), the deletes
+// acknowledged before it, and what earlier checks already found damaged
+// (reported once, not at every boot). It returns what is wrong, how many
+// checks it made, and the IDs it found damaged.
+func judge(plan *proto.Plan, deletedVols, deletedSnaps map[string]string, damaged map[string]bool, obs *observation) (failures []failure, checks int, broken []string) {
+	fail := func(cat, format string, args ...any) {
+		failures = append(failures, failure{cat, fmt.Sprintf(format, args...)})
+	}
 	for _, f := range obs.fails {
-		fail("the guest reports: %s", f)
+		fail(catCall, "the guest reports: %s", f)
 	}
 	checks++
 	if !obs.started || !obs.checkDone {
-		fail("the check did not complete (driver started: %v)", obs.started)
-		return failures, checks
+		fail(catIncomplete, "the check did not complete (driver started: %v)", obs.started)
+		return failures, checks, nil
 	}
 	for _, k := range []struct {
 		kind    string
@@ -230,43 +249,58 @@ func judge(plan *proto.Plan, deletedVols, deletedSnaps map[string]string, obs *o
 			checks++
 			if !listed {
 				if o.State == proto.Acked {
-					fail("%s is gone after the power cut", describe(k.kind, o))
+					fail(catGone, "%s is gone after the power cut", describe(k.kind, o))
 				}
 				continue // an unanswered call that did not happen, or happened only now
 			}
 			checks += 3
 			switch {
 			case e.Err != "":
-				fail("%s cannot be read after the power cut: %s", describe(k.kind, o), e.Err)
+				fail(catUnusable, "%s cannot be read after the power cut: %s", describe(k.kind, o), e.Err)
 			case e.Health != "":
-				fail("%s is unhealthy after the power cut: %s", describe(k.kind, o), e.Health)
+				fail(catUnusable, "%s is unhealthy after the power cut: %s", describe(k.kind, o), e.Health)
 			case k.kind == "snapshot" && !e.Ready:
-				fail("%s is listed but not ready to use after the power cut", describe(k.kind, o))
+				fail(catUnusable, "%s is listed but not ready to use after the power cut", describe(k.kind, o))
 			case !slices.Contains(o.Sums, e.Sum):
-				fail("%s holds %s after the power cut; it must hold %s", describe(k.kind, o), content(e.Sum, e.Size), contents(o.Sums))
+				// Usable, with the wrong data: the load goes on with it.
+				fail(catData, "%s holds %s after the power cut; it must hold %s", describe(k.kind, o), content(e.Sum, e.Size), contents(o.Sums))
 			}
 		}
+		var listed []string
 		for _, id := range slices.Sorted(maps.Keys(k.listed)) {
+			if damaged[id] {
+				continue // reported by an earlier check
+			}
+			listed = append(listed, id)
 			checks++
+			e := k.listed[id]
 			if name, ok := k.deleted[id]; ok {
-				fail("%s %s (%s) is listed again after its delete was acknowledged", k.kind, id, name)
+				fail(catStray, "%s %s (%s) is listed again after its delete was acknowledged", k.kind, id, name)
 			} else if !claimed[id] {
-				e := k.listed[id]
-				fail("%s %s is listed, holding %s, but no acknowledged or unanswered call made it", k.kind, id, content(e.Sum, e.Size))
+				fail(catStray, "%s %s is listed, holding %s, but no acknowledged or unanswered call made it", k.kind, id, content(e.Sum, e.Size))
+			}
+			if e.Err != "" || e.Health != "" || (k.kind == "snapshot" && !e.Ready) {
+				broken = append(broken, id)
 			}
 		}
 		checks++
-		if missing, extra := diff(slices.Collect(maps.Keys(k.listed)), obs.dirs[k.dir]); len(missing)+len(extra) > 0 {
-			fail("data/%s does not match the %ss listed: listed without a directory %v, a directory but not listed %v", k.dir, k.kind, missing, extra)
+		var onDisk []string
+		for _, d := range obs.dirs[k.dir] {
+			if !damaged[d] {
+				onDisk = append(onDisk, d)
+			}
+		}
+		if missing, extra := diff(listed, onDisk); len(missing)+len(extra) > 0 {
+			fail(catDisk, "data/%s does not match the %ss listed: listed without a directory %v, a directory but not listed %v", k.dir, k.kind, missing, extra)
 		}
 	}
 	for _, dir := range []string{"partial", "trash", "quarantine"} {
 		checks++
 		if len(obs.dirs[dir]) > 0 || obs.dirErrs[dir] != "" {
-			fail("data/%s is not empty once start-up is done: %v %s", dir, obs.dirs[dir], obs.dirErrs[dir])
+			fail(catLeftovers, "data/%s is not empty once start-up is done: %v %s", dir, obs.dirs[dir], obs.dirErrs[dir])
 		}
 	}
-	return failures, checks
+	return failures, checks, broken
 }
 
 // diff returns what is in want but not in got, and what is in got but not

@@ -18,7 +18,10 @@ import (
 type Kernel struct {
 	Package string // the package file it came from, e.g. linux-image-6.1.0-56-amd64_6.1.192-2_amd64
 	Release string // what uname -r says in the guest, e.g. 6.1.0-56-amd64
-	Image   string // path of vmlinuz
+	Image   string // path of vmlinuz (a bzImage)
+	// PVH is the same kernel uncompressed, which qemu boots without the
+	// guest decompressing it; empty when it could not be extracted.
+	PVH     string
 	Modules string // path of lib/modules/<release>, with a modules.dep
 }
 
@@ -73,9 +76,19 @@ func FetchKernel(cacheDir string) (*Kernel, error) {
 	}
 	defer unix.Flock(int(lock.Fd()), unix.LOCK_UN) //nolint:errcheck // closing releases it anyway
 
-	if k, err := cachedKernel(cacheDir); k != nil || err != nil {
-		return k, err
+	k, err := cachedKernel(cacheDir)
+	if k == nil && err == nil {
+		k, err = fetchKernel(cacheDir)
 	}
+	if err != nil {
+		return nil, err
+	}
+	ensurePVH(k)
+	return k, nil
+}
+
+// fetchKernel downloads and unpacks the kernel package into the cache.
+func fetchKernel(cacheDir string) (*Kernel, error) {
 	for _, tool := range []string{"apt-get", "apt-cache", "dpkg-deb", "depmod"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, fmt.Errorf("%w: %s not found, so Debian's kernel package cannot be fetched", ErrUnavailable, tool)

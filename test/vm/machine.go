@@ -87,6 +87,10 @@ func Start(cfg Config) (*Machine, error) {
 	if len(cfg.Serial) == 0 {
 		cfg.Serial = []io.Writer{nil}
 	}
+	kernel := cfg.Kernel.Image
+	if cfg.Kernel.PVH != "" {
+		kernel = cfg.Kernel.PVH
+	}
 	// Unix socket paths are limited to 108 bytes: keep them short.
 	dir, err := os.MkdirTemp("", "vm-")
 	if err != nil {
@@ -107,7 +111,7 @@ func Start(cfg Config) (*Machine, error) {
 		"-nodefaults", "-no-user-config", "-machine", "pc", "-accel", "tcg",
 		"-m", strconv.Itoa(cfg.MemoryMiB), "-smp", strconv.Itoa(cfg.CPUs),
 		"-display", "none", "-nic", "none", "-no-reboot",
-		"-kernel", cfg.Kernel.Image, "-initrd", cfg.Initramfs,
+		"-kernel", kernel, "-initrd", cfg.Initramfs,
 		"-append", strings.TrimSpace("console=ttyS0 panic=-1 loglevel=4 " + cfg.Cmdline),
 	}
 	for i := range cfg.Serial {

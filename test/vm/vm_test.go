@@ -271,3 +271,23 @@ func BenchmarkBoot(b *testing.B) {
 		}
 	}
 }
+
+func TestBzPayload(t *testing.T) {
+	img := make([]byte, 4096)
+	copy(img[0x202:], "HdrS")
+	img[0x206], img[0x207] = 0x0f, 0x02 // protocol 2.15
+	img[0x1f1] = 2                      // setup sectors: code starts at 3*512
+	img[0x248], img[0x24c] = 16, 5      // payload at 1536+16, 5 bytes
+	copy(img[1552:], "hello")
+	if p, err := bzPayload(img); err != nil || string(p) != "hello" {
+		t.Errorf("bzPayload = %q, %v", p, err)
+	}
+	img[0x24c] = 255
+	img[0x24d] = 255
+	if _, err := bzPayload(img); err == nil {
+		t.Error("a payload past the end of the image was accepted")
+	}
+	if _, err := bzPayload(make([]byte, 4096)); err == nil {
+		t.Error("an image without a setup header was accepted")
+	}
+}

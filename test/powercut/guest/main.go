@@ -269,6 +269,15 @@ func (g *guest) observe() (vols, snaps map[string]obsVol) {
 			ev.Entries = append(ev.Entries, e.Name())
 		}
 		g.out.emit(ev, false)
+		if sub == "quarantine" {
+			// Reported; now clear it away as an operator would, so that
+			// the next boot's check reports only what that cut left.
+			for _, e := range entries {
+				if err := os.RemoveAll(filepath.Join(data, sub, e.Name())); err != nil {
+					g.fail("remove quarantined %s: %v", e.Name(), err)
+				}
+			}
+		}
 	}
 	vols, snaps = map[string]obsVol{}, map[string]obsVol{}
 	c, cancel := ctx()
@@ -304,8 +313,14 @@ func (g *guest) observe() (vols, snaps map[string]obsVol) {
 		for _, e := range r.GetEntries() {
 			s := e.GetSnapshot()
 			ev := proto.Event{Kind: proto.KindObsSnap, ID: s.GetSnapshotId(), Ready: s.GetReadyToUse(), Src: s.GetSourceVolumeId()}
-			var err error
-			ev.Sum, ev.Size, err = sumFile(filepath.Join(data, "snapshots", s.GetSnapshotId(), "data"))
+			dir := filepath.Join(data, "snapshots", s.GetSnapshotId())
+			st, err := os.Lstat(dir)
+			if err == nil && !st.IsDir() {
+				err = fmt.Errorf("%s is not a directory", dir)
+			}
+			if err == nil {
+				ev.Sum, ev.Size, err = sumFile(filepath.Join(dir, "data"))
+			}
 			if err != nil {
 				ev.Err = err.Error()
 			}
