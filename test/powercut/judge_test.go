@@ -135,9 +135,9 @@ func TestJudge(t *testing.T) {
 		}, want: []string{"volume hpv1-old (old) is listed again after its delete was acknowledged"}},
 		{name: "leftovers", change: func(p *proto.Plan, o *observation) {
 			o.dirs["quarantine"] = []string{"hpv1-q.123"}
-			o.dirs["partial"] = []string{"hpv1-p"}
+			o.dirs["partial"] = []string{"hpv1-old.7"}
 			o.dirs["snapshots"] = append(o.dirs["snapshots"], "hps1-orphan")
-		}, want: []string{"data/snapshots does not match", "data/partial is not empty", "data/quarantine is not empty once start-up is done: [hpv1-q.123]"}},
+		}, want: []string{"data/snapshots does not match", "data/partial is not empty once start-up is done: hpv1-old.7 (volume old, delete acknowledged)", "data/quarantine is not empty once start-up is done: hpv1-q.123 (an ID the record does not know: an unanswered create?)"}},
 		{name: "driver did not start", change: func(p *proto.Plan, o *observation) {
 			*o = *newObservation()
 			o.take(proto.Event{Kind: proto.KindFail, Msg: "the driver exited during start-up"})

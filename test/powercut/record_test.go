@@ -297,10 +297,37 @@ func judge(plan *proto.Plan, deletedVols, deletedSnaps map[string]string, damage
 	for _, dir := range []string{"partial", "trash", "quarantine"} {
 		checks++
 		if len(obs.dirs[dir]) > 0 || obs.dirErrs[dir] != "" {
-			fail(catLeftovers, "data/%s is not empty once start-up is done: %v %s", dir, obs.dirs[dir], obs.dirErrs[dir])
+			var what []string
+			for _, entry := range obs.dirs[dir] {
+				what = append(what, entry+" ("+whose(entry, plan, deletedVols, deletedSnaps)+")")
+			}
+			fail(catLeftovers, "data/%s is not empty once start-up is done: %s %s", dir, strings.Join(what, ", "), obs.dirErrs[dir])
 		}
 	}
 	return failures, checks, broken
+}
+
+// whose says what the record knows of a leftover entry, named by an ID
+// and perhaps a ".<suffix>" the driver added.
+func whose(entry string, plan *proto.Plan, deletedVols, deletedSnaps map[string]string) string {
+	id, _, _ := strings.Cut(entry, ".")
+	if name, ok := deletedVols[id]; ok {
+		return "volume " + name + ", delete acknowledged"
+	}
+	if name, ok := deletedSnaps[id]; ok {
+		return "snapshot " + name + ", delete acknowledged"
+	}
+	for _, o := range plan.Vols {
+		if o.ID == id {
+			return "volume " + o.Name + ", " + o.State
+		}
+	}
+	for _, o := range plan.Snaps {
+		if o.ID == id {
+			return "snapshot " + o.Name + ", " + o.State
+		}
+	}
+	return "an ID the record does not know: an unanswered create?"
 }
 
 // diff returns what is in want but not in got, and what is in got but not
