@@ -18,18 +18,22 @@ FUZZTIME_SHORT ?= 3s
 FUZZTIME ?= 2m
 # make torture: the kill storm with many more kills than the short one in make test.
 TORTURE_KILLS ?= 200
+# make powercut: power cuts of a VM running the driver, on ext4 and on xfs
+# (make test runs 2 of each).
+POWERCUT_CUTS ?= 30
 
-.PHONY: help build test bench lint run demo clean fuzz fuzz-short torture
+.PHONY: help build test bench lint run demo clean fuzz fuzz-short torture powercut
 
 help:
 	@echo "make build   build hostpath-plugin and csictl into $(OUT)/ (version $(VERSION))"
 	@echo "make run     run the driver on $(OUT)/csi.sock with state and data under $(OUT)/"
 	@echo "make demo    (with make run going) create, publish, write, unpublish and delete a volume"
-	@echo "make test    lint, unit tests with -race, csi-sanity and the 50-kill crash test"
+	@echo "make test    lint, unit tests with -race, csi-sanity, the 50-kill crash test and 2+2 power cuts"
 	@echo "make bench   Go benchmarks and the load tool against a fresh driver"
 	@echo "make lint    gofmt and go vet"
 	@echo "make fuzz    each fuzz target for $(FUZZTIME) (make test runs them for $(FUZZTIME_SHORT))"
 	@echo "make torture the kill storm with $(TORTURE_KILLS) SIGKILLs (make test runs 50)"
+	@echo "make powercut $(POWERCUT_CUTS) power cuts of a VM running the driver on ext4, then on xfs (make test runs 2 each)"
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(OUT)/ ./cmd/...
@@ -54,6 +58,10 @@ fuzz:
 
 torture:
 	HOSTPATH_CRASH_KILLS=$(TORTURE_KILLS) $(GO) test -count=1 -v -timeout 60m -run TestKillStorm ./test/crash/
+
+# Each cut costs one boot of a VM under software emulation (about 20-50 s here).
+powercut:
+	HOSTPATH_POWERCUT_CUTS=$(POWERCUT_CUTS) $(GO) test -count=1 -v -timeout 180m -run TestPowerCut ./test/powercut/
 
 run: build
 	$(OUT)/hostpath-plugin $(RUN_FLAGS)
