@@ -49,6 +49,7 @@ func parseFlags() *options {
 	fs.Int64Var(&o.cfg.MaxVolumesPerNode, "max-volumes-per-node", 0, "volumes a node may have published, reported to the scheduler; 0 means no limit")
 	fs.Int64Var(&o.cfg.MaxVolumeSize, "max-volume-size", driver.DefaultMaxVolumeSize, "largest volume capacity in bytes; larger requests fail with OutOfRange")
 	fs.StringVar(&o.cfg.ImageFSType, "image-fstype", driver.DefaultImageFSType, "filesystem of an image volume (layout: image) whose class names none (csi.storage.k8s.io/fstype): ext4 or xfs")
+	fs.IntVar(&o.cfg.MaxConcurrentCopies, "max-concurrent-copies", 4, "snapshot, restore and clone copies that run at once; more wait their turn (a retry meanwhile is ABORTED)")
 	btrfsQuotas := fs.Bool("btrfs-quotas", true, "on a btrfs data directory, turn btrfs quotas on (if off) so directory volumes are held to their size by qgroup limits")
 	fs.DurationVar(&o.cfg.UsageInterval, "usage-interval", time.Minute, "how long NodeGetVolumeStats reuses the usage it measured by walking a directory volume that nothing holds to its size (enforced volumes are read at once)")
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "address (host:port, or :port for every address) of the HTTP server for /healthz and /metrics; empty disables it")

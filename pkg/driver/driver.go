@@ -58,6 +58,9 @@ type Config struct {
 	// measured by walking a directory volume that nothing holds to its
 	// size (enforced volumes are read at once, never walked).
 	UsageInterval time.Duration
+	// MaxConcurrentCopies bounds the snapshot, restore and clone copies
+	// that run at once; more wait their turn (default 4).
+	MaxConcurrentCopies int
 	// ReconcileRetry is how often what start-up could not reconcile is
 	// retried while the driver serves (default 30 s).
 	ReconcileRetry time.Duration
@@ -82,6 +85,9 @@ func (c *Config) validate() error {
 	}
 	if c.MaxVolumesPerNode < 0 {
 		problems = append(problems, "max volumes per node is negative")
+	}
+	if c.MaxConcurrentCopies <= 0 {
+		c.MaxConcurrentCopies = 4
 	}
 	if c.ImageFSType == "" {
 		c.ImageFSType = DefaultImageFSType
@@ -147,7 +153,7 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{cfg: cfg, store: store, vols: vols, jobs: newJobs(), metrics: newMetrics(cfg.DriverName)}
+	d := &Driver{cfg: cfg, store: store, vols: vols, jobs: newJobs(cfg.MaxConcurrentCopies), metrics: newMetrics(cfg.DriverName)}
 	d.metrics.registry.MustRegister(stateCollector{d})
 	problems := d.reconcile()
 	every := cfg.ReconcileRetry

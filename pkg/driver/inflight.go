@@ -55,11 +55,17 @@ type jobs struct {
 	// keep is how long a finished job's result waits for a retry to
 	// collect it before it is forgotten (the caller gave up for good).
 	keep time.Duration
+	// slots bounds the copies that run at once: detached from their calls,
+	// copies are no longer bounded by the sidecars' worker pools, and each
+	// holds threads and descriptors. A job waits for a slot without
+	// holding a thread.
+	slots chan struct{}
 }
 
-func newJobs() *jobs {
+func newJobs(maxCopies int) *jobs {
 	base, cancel := context.WithCancel(context.Background())
-	return &jobs{base: base, cancel: cancel, byKey: map[string]*job{}, keep: 15 * time.Minute}
+	return &jobs{base: base, cancel: cancel, byKey: map[string]*job{}, keep: 15 * time.Minute,
+		slots: make(chan struct{}, max(1, maxCopies))}
 }
 
 // start runs fn detached. fn's context ends only when the job is cancelled
@@ -75,7 +81,13 @@ func (js *jobs) start(key, id, what string, reads []string, fn func(context.Cont
 	go func() {
 		defer js.wg.Done()
 		defer cancel()
-		j.err = fn(ctx)
+		select {
+		case js.slots <- struct{}{}:
+			j.err = fn(ctx)
+			<-js.slots
+		case <-ctx.Done():
+			j.err = fn(ctx) // cancelled while queued: fn rolls back at once
+		}
 		close(j.done)
 		time.AfterFunc(js.keep, func() { js.forget(j) })
 	}()

@@ -57,6 +57,13 @@ func (g *gate) hook(ctx context.Context, id string) error {
 	}
 }
 
+// peak is the most copies held at once so far.
+func (g *gate) peak() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.most
+}
+
 func (g *gate) wait(t *testing.T) string {
 	t.Helper()
 	select {
@@ -208,8 +215,8 @@ func TestSnapshotDoesNotBlockOthers(t *testing.T) {
 		second <- err
 	}()
 	g.wait(t)
-	if g.most != 2 {
-		t.Fatalf("%d copies of the volume at once, want 2", g.most)
+	if g.peak() != 2 {
+		t.Fatalf("%d copies of the volume at once, want 2", g.peak())
 	}
 	_, err = e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src})
 	wantCode(t, err, codes.Aborted)
@@ -261,8 +268,8 @@ func TestRestoresShareTheirSnapshot(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		g.wait(t)
 	}
-	if g.most != 3 {
-		t.Fatalf("%d restores copied at once, want 3", g.most)
+	if g.peak() != 3 {
+		t.Fatalf("%d restores copied at once, want 3", g.peak())
 	}
 	_, err = e.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap})
 	wantCode(t, err, codes.Aborted)
@@ -365,5 +372,42 @@ func TestShutdownRollsBackCopies(t *testing.T) {
 	}
 	if _, err := e.d.CreateVolume(ctx, fromVolume("clone", 0, src)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Copies beyond --max-concurrent-copies wait their turn (a retry meanwhile
+// is ABORTED), so callers that give up cannot pile up copies without bound.
+func TestCopiesWaitForASlot(t *testing.T) {
+	e := newEnv(t)
+	e.d.Close()
+	cfg := e.config()
+	cfg.MaxConcurrentCopies = 1
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.d = d
+	src := e.create(t, "src")
+	g := newGate(e)
+	errs := make(chan error, 3)
+	for i := 0; i < 3; i++ {
+		go func(i int) {
+			_, err := e.d.CreateSnapshot(ctx, snapReq(fmt.Sprint("s", i), src))
+			errs <- err
+		}(i)
+	}
+	g.wait(t)
+	for e.d.jobs.running() < 3 {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond) // time for a second copy to start, were it allowed to
+	if g.peak() != 1 {
+		t.Fatalf("%d copies at once with a limit of 1", g.peak())
+	}
+	close(g.open)
+	for i := 0; i < 3; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -362,12 +362,26 @@ func (d *Driver) retryVolume(id string) error {
 	if d.jobs.making(id) != nil {
 		return nil
 	}
+	// The name's lock first, as CreateVolume takes it: a retried create
+	// may finish this very volume and answer with it meanwhile.
+	v, err := d.store.GetVolume(id)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	unlockName, err := d.lock(context.Background(), "name", v.Name)
+	if err != nil {
+		return err
+	}
+	defer unlockName()
 	unlock, err := d.lock(context.Background(), "vol", id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	v, err := d.store.GetVolume(id)
+	v, err = d.store.GetVolume(id)
 	if errors.Is(err, state.ErrNotFound) {
 		return nil
 	}
@@ -381,12 +395,24 @@ func (d *Driver) retrySnapshot(id string) error {
 	if d.jobs.making(id) != nil {
 		return nil
 	}
+	s, err := d.store.GetSnapshot(id)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	unlockName, err := d.lock(context.Background(), "snapname", s.Name)
+	if err != nil {
+		return err
+	}
+	defer unlockName()
 	unlock, err := d.lock(context.Background(), "snap", id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	s, err := d.store.GetSnapshot(id)
+	s, err = d.store.GetSnapshot(id)
 	if errors.Is(err, state.ErrNotFound) {
 		return nil
 	}
@@ -400,12 +426,24 @@ func (d *Driver) retryGroup(id string) error {
 	if d.jobs.making(id) != nil {
 		return nil
 	}
+	g, err := d.store.GetGroup(id)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	unlockName, err := d.lock(context.Background(), "groupname", g.Name)
+	if err != nil {
+		return err
+	}
+	defer unlockName()
 	unlock, err := d.lock(context.Background(), "group", id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	g, err := d.store.GetGroup(id)
+	g, err = d.store.GetGroup(id)
 	if errors.Is(err, state.ErrNotFound) {
 		return nil
 	}
@@ -468,8 +506,7 @@ func (p *pending) retryOnce() bool {
 			continue
 		}
 		if err := pr.retry(); err != nil {
-			pr.err = err
-			left = append(left, pr)
+			left = append(left, &problem{what: pr.what, err: err, retry: pr.retry})
 			retryable = true
 			continue
 		}

@@ -22,6 +22,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -304,7 +305,9 @@ func (b *Backend) copyTree(ctx context.Context, src, dst string) (CopyResult, er
 		}
 	}
 	// Nice 10: a long copy must not slow calls on other volumes.
-	st, err := copytree.Tree(ctx, src, dst, copytree.Options{Nice: 10})
+	// At most 8 workers: a copy is bound by the disk, and each worker
+	// holds a thread of its own.
+	st, err := copytree.Tree(ctx, src, dst, copytree.Options{Nice: 10, Workers: min(8, max(2, runtime.NumCPU()))})
 	return CopyResult{Mechanism: string(st.Mechanism()), Files: st.Files, Bytes: st.Bytes}, err
 }
 

@@ -305,3 +305,54 @@ func TestBtrfsVolumesAreSubvolumes(t *testing.T) {
 		t.Fatalf("subvolume not destroyed: %v", left)
 	}
 }
+
+// A tree far deeper than removeTree holds directories open is removed whole,
+// with a bounded number of descriptors, and nothing is left beside it.
+func TestRemoveDeepTree(t *testing.T) {
+	b := newBackend(t)
+	top := filepath.Join(b.trash, "deep.1")
+	if err := os.Mkdir(top, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.Open(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := int(dir.Fd())
+	for i := 0; i < 3000; i++ { // past beneath.MaxDepth too
+		if err := unix.Mkdirat(fd, "d", 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if i%500 == 0 {
+			unix.Mknodat(fd, "f", unix.S_IFREG|0o600, 0)
+		}
+		next, err := unix.Openat(fd, "d", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fd != int(dir.Fd()) {
+			unix.Close(fd)
+		}
+		fd = next
+	}
+	unix.Close(fd)
+	dir.Close()
+	// Far fewer descriptors than the tree is deep.
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	low := lim
+	low.Cur = 512
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	err = removeTree(top)
+	unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := os.ReadDir(b.trash); len(left) != 0 {
+		t.Fatalf("left in the trash: %v", left)
+	}
+}

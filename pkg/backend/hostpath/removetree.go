@@ -4,28 +4,62 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strconv"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
 )
 
+// removeDepth bounds how deep removeTree descends while holding a
+// descriptor per level. A tenant controls its volume's shape: a tree deeper
+// than the process may open descriptors (a few hundred MiB of nested
+// directories) would otherwise never be removed, and each attempt would
+// take every free descriptor of the driver.
+const removeDepth = 64
+
+// spillSeq numbers the subtrees removeTree moves up to remove them apart.
+var spillSeq atomic.Uint64
+
 // removeTree removes path and everything below it. Unlike os.RemoveAll it
 // never enters another mount, not even a bind mount of the same filesystem
 // (openat2 with RESOLVE_NO_XDEV fails with EXDEV at a mount point), and
 // never follows a symlink. The check is made by the kernel as each
 // directory is opened, so a mount that appears during the walk is seen too.
+//
+// It holds at most removeDepth directories open: a directory found deeper
+// is moved up next to path (path must be in a directory the driver owns,
+// trash/ or partial/) and removed after, so any depth is removed with
+// bounded descriptors. A moved subtree left by a crash is named ".deep-…",
+// which start-up removes like any leftover.
 func removeTree(path string) error {
-	parent, name := filepath.Split(filepath.Clean(path))
-	dir, err := beneath.OpenRoot(parent)
+	parentPath, name := filepath.Split(filepath.Clean(path))
+	parent, err := beneath.OpenRoot(parentPath)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", parent, err)
+		return fmt.Errorf("open %s: %w", parentPath, err)
 	}
-	defer dir.Close()
-	return removeAt(dir, name, path)
+	defer parent.Close()
+	queue := []string{name}
+	spill := func(dir *beneath.Dir, child string) error {
+		moved := ".deep-" + strconv.FormatUint(spillSeq.Add(1), 10) + "-" + name
+		if err := unix.Renameat2(dir.Fd(), child, parent.Fd(), moved, unix.RENAME_NOREPLACE); err != nil {
+			return fmt.Errorf("move a deep directory of %s up to remove it: %w", path, err)
+		}
+		queue = append(queue, moved)
+		return nil
+	}
+	for len(queue) > 0 {
+		n := queue[0]
+		queue = queue[1:]
+		if err := removeAt(parent, n, filepath.Join(parentPath, n), 0, spill); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-func removeAt(dir *beneath.Dir, name, shown string) error {
+func removeAt(dir *beneath.Dir, name, shown string, depth int, spill func(*beneath.Dir, string) error) error {
 	err := dir.Unlink(name, 0)
 	if err == nil || errors.Is(err, unix.ENOENT) {
 		return nil
@@ -35,6 +69,9 @@ func removeAt(dir *beneath.Dir, name, shown string) error {
 			return fmt.Errorf("%w: %s", ErrMountedInside, shown)
 		}
 		return err
+	}
+	if depth >= removeDepth {
+		return spill(dir, name)
 	}
 	sub, err := dir.OpenDir(name)
 	switch {
@@ -57,7 +94,11 @@ func removeAt(dir *beneath.Dir, name, shown string) error {
 			break
 		}
 		for _, n := range names {
-			if err := removeAt(sub, n, shown+"/"+n); err != nil {
+			childShown := shown + "/" + n
+			if depth > 8 {
+				childShown = shown // keep messages short in a deep tree
+			}
+			if err := removeAt(sub, n, childShown, depth+1, spill); err != nil {
 				return err
 			}
 		}
