@@ -150,7 +150,7 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 		j := d.jobs.start(key, v.ID, src.describe(v.ID), []string{src.lockKey}, func(jctx context.Context) error {
 			defer src.unlock()
 			return d.copyIntoVolume(jctx, v, src)
-		})
+		}, d.abandonVolume)
 		return j, nil, nil
 	}
 
@@ -296,6 +296,36 @@ func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *conte
 	klog.InfoS("Volume made from a content source", "volumeID", v.ID, "snapshot", src.snapshotID, "volume", src.volumeID,
 		"mechanism", st.Mechanism, "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
 	return nil
+}
+
+// abandonVolume removes a restore or clone that finished while no caller
+// waited, and that no retry came for: nobody knows its ID (see jobs.start).
+func (d *Driver) abandonVolume(j *job) {
+	v, err := d.store.GetVolume(j.id)
+	if err != nil {
+		return
+	}
+	unlock, err := d.lock(context.Background(), "name", v.Name)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	if !d.jobs.stillUncollected(j) || d.jobs.reading("vol/"+v.ID) != nil {
+		return
+	}
+	unlockVol, err := d.lock(context.Background(), "vol", v.ID)
+	if err != nil {
+		return
+	}
+	defer unlockVol()
+	if pubs, err := d.store.PublicationsOf(v.ID); err != nil || len(pubs) > 0 {
+		return
+	}
+	if err := d.undoCreate(v); err != nil {
+		klog.ErrorS(err, "Cannot remove a volume whose caller never came back for it", "volumeID", v.ID, "name", v.Name)
+		return
+	}
+	klog.InfoS("Removed a volume whose caller never came back for it (its claim was deleted while it was copied?)", "volumeID", v.ID, "name", v.Name, "after", d.jobs.keep)
 }
 
 // fitToCapacity makes a restored or cloned volume hold its capacity, which

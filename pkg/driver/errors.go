@@ -19,7 +19,8 @@ func diskError(what string, err error) error {
 	switch {
 	case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT):
 		code = codes.ResourceExhausted
-	case errors.Is(err, hostpath.ErrMountedInside), errors.Is(err, beneath.ErrMountInside), errors.Is(err, beneath.ErrTooDeep):
+	case errors.Is(err, hostpath.ErrMountedInside), errors.Is(err, beneath.ErrMountInside), errors.Is(err, beneath.ErrTooDeep),
+		errors.Is(err, hostpath.ErrNestedSubvolumes):
 		// Something inside the volume the driver will not reach into or
 		// through: a mount a pod made, a tree deeper than it walks.
 		code = codes.FailedPrecondition

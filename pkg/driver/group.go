@@ -167,8 +167,35 @@ func (d *Driver) createGroup(ctx context.Context, req *csi.CreateVolumeGroupSnap
 	j := d.jobs.start(key, g.ID, what, reads, func(jctx context.Context) error {
 		defer release()
 		return d.takeGroup(jctx, g, vols, freeze)
-	})
+	}, d.abandonGroup)
 	return j, nil, nil
+}
+
+// abandonGroup removes a group snapshot that finished while no caller
+// waited, and that no retry came for (see jobs.start).
+func (d *Driver) abandonGroup(j *job) {
+	g, err := d.store.GetGroup(j.id)
+	if err != nil {
+		return
+	}
+	unlock, err := d.lock(context.Background(), "groupname", g.Name)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	if !d.jobs.stillUncollected(j) {
+		return
+	}
+	for _, sid := range g.SnapshotIDs {
+		if d.jobs.reading("snap/"+sid) != nil {
+			return
+		}
+	}
+	if err := d.undoGroup(g); err != nil {
+		klog.ErrorS(err, "Cannot remove a group snapshot whose caller never came back for it", "groupSnapshotID", g.ID)
+		return
+	}
+	klog.InfoS("Removed a group snapshot whose caller never came back for it", "groupSnapshotID", g.ID, "name", g.Name, "after", d.jobs.keep)
 }
 
 // takeGroup is the job behind a group snapshot: every member, then the

@@ -71,7 +71,14 @@ func newJobs(maxCopies int) *jobs {
 // start runs fn detached. fn's context ends only when the job is cancelled
 // (a delete of what it makes, or the driver shutting down). There must be
 // no job under key already (the caller holds the name lock and checked).
-func (js *jobs) start(key, id, what string, reads []string, fn func(context.Context) error) *job {
+//
+// When a job that succeeded waits for keep without anyone collecting its
+// result, abandon runs: the caller gave up for good (the claim or snapshot
+// was deleted while it was copied) and never learned the ID, so nobody
+// could ever delete what it made. abandon takes the name's lock, checks
+// with stillUncollected that no retry collected the result meanwhile, and
+// removes what the job made.
+func (js *jobs) start(key, id, what string, reads []string, fn func(context.Context) error, abandon func(*job)) *job {
 	ctx, cancel := context.WithCancel(js.base)
 	j := &job{key: key, id: id, what: what, reads: reads, started: time.Now(), cancel: cancel, done: make(chan struct{})}
 	js.mu.Lock()
@@ -89,7 +96,12 @@ func (js *jobs) start(key, id, what string, reads []string, fn func(context.Cont
 			j.err = fn(ctx) // cancelled while queued: fn rolls back at once
 		}
 		close(j.done)
-		time.AfterFunc(js.keep, func() { js.forget(j) })
+		time.AfterFunc(js.keep, func() {
+			if j.err == nil && abandon != nil && !js.shuttingDown() {
+				abandon(j)
+			}
+			js.forget(j)
+		})
 	}()
 	return j
 }
@@ -100,6 +112,16 @@ func (js *jobs) get(key string) *job {
 	defer js.mu.Unlock()
 	return js.byKey[key]
 }
+
+// stillUncollected reports whether j's result is still waiting for a
+// retry; the caller holds the job's name lock, as collect's callers do.
+func (js *jobs) stillUncollected(j *job) bool {
+	js.mu.Lock()
+	defer js.mu.Unlock()
+	return js.byKey[j.key] == j
+}
+
+func (js *jobs) shuttingDown() bool { return js.base.Err() != nil }
 
 // forget drops a job (its result was delivered, or nobody came for it).
 func (js *jobs) forget(j *job) {

@@ -411,3 +411,44 @@ func TestCopiesWaitForASlot(t *testing.T) {
 		}
 	}
 }
+
+// A copy whose caller never comes back (the claim was deleted while it
+// copied) is removed once its result has waited long enough: nobody has its
+// ID to delete it. One whose caller comes back in time is kept.
+func TestAbandonedCopiesAreRemoved(t *testing.T) {
+	e := newEnv(t)
+	e.d.jobs.keep = 100 * time.Millisecond
+	src := e.create(t, "src")
+	g := newGate(e)
+	for _, name := range []string{"abandoned", "collected"} {
+		_, err := e.d.CreateVolume(deadline(t, time.Millisecond), fromVolume(name, 0, src))
+		wantCode(t, err, codes.Aborted)
+		g.wait(t)
+		_, err = e.d.CreateSnapshot(deadline(t, time.Millisecond), snapReq("snap-"+name, src))
+		wantCode(t, err, codes.Aborted)
+		g.wait(t)
+	}
+	close(g.open)
+	for e.d.jobs.running() > 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := e.d.CreateVolume(ctx, fromVolume("collected", 0, src)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.CreateSnapshot(ctx, snapReq("snap-collected", src)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if _, err := e.d.store.GetVolumeByName("abandoned"); !errors.Is(err, state.ErrNotFound) {
+		t.Fatalf("abandoned clone: %v, want removed", err)
+	}
+	if _, err := e.d.store.GetSnapshotByName("snap-abandoned"); !errors.Is(err, state.ErrNotFound) {
+		t.Fatalf("abandoned snapshot: %v, want removed", err)
+	}
+	if _, err := e.d.store.GetVolumeByName("collected"); err != nil {
+		t.Fatalf("collected clone: %v", err)
+	}
+	if _, err := e.d.store.GetSnapshotByName("snap-collected"); err != nil {
+		t.Fatalf("collected snapshot: %v", err)
+	}
+}

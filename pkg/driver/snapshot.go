@@ -133,7 +133,7 @@ func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	j := d.jobs.start(key, snap.ID, what, []string{"vol/" + srcID}, func(jctx context.Context) error {
 		defer unlockSrc()
 		return d.takeSnapshot(jctx, snap, freeze)
-	})
+	}, d.abandonSnapshot)
 	return j, nil, nil
 }
 
@@ -161,6 +161,28 @@ func (d *Driver) takeSnapshot(ctx context.Context, snap *state.Snapshot, freeze 
 	klog.InfoS("Snapshot created", "snapshotID", snap.ID, "name", snap.Name, "source", snap.SourceVolumeID, "group", snap.GroupID,
 		"mechanism", snap.Mechanism, "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
 	return nil
+}
+
+// abandonSnapshot removes a snapshot that finished while no caller waited,
+// and that no retry came for (see jobs.start).
+func (d *Driver) abandonSnapshot(j *job) {
+	snap, err := d.store.GetSnapshot(j.id)
+	if err != nil {
+		return
+	}
+	unlock, err := d.lock(context.Background(), "snapname", snap.Name)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	if !d.jobs.stillUncollected(j) || d.jobs.reading("snap/"+snap.ID) != nil {
+		return
+	}
+	if err := d.removeSnapshot(snap); err != nil {
+		klog.ErrorS(err, "Cannot remove a snapshot whose caller never came back for it", "snapshotID", snap.ID, "name", snap.Name)
+		return
+	}
+	klog.InfoS("Removed a snapshot whose caller never came back for it (its VolumeSnapshot was deleted while it was copied?)", "snapshotID", snap.ID, "name", snap.Name, "after", d.jobs.keep)
 }
 
 // newSnapshotOf is the record of a new snapshot of src, in phase creating.

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
 )
 
 func snapReq(name, src string) *csi.CreateSnapshotRequest {
@@ -246,4 +247,30 @@ func TestSnapshotOfVolumeBeingWritten(t *testing.T) {
 		}
 	}
 	t.Logf("%d files written during 5 snapshots; %d complete copies captured", n, captured)
+}
+
+// On btrfs a pod can make a subvolume inside its volume; a subvolume
+// snapshot would leave it out and still report ready. Such a snapshot or
+// clone is refused (FAILED_PRECONDITION, saying what to do); once the nested
+// subvolume is gone it works.
+func TestNestedSubvolumeIsNotSilentlyLeftOut(t *testing.T) {
+	e := newEnvOn(t, testutil.LoopFS(t, "btrfs", 512))
+	src := e.create(t, "src")
+	inner := filepath.Join(e.d.vols.Path(src), "inner")
+	if err := btrfs.CreateSubvolume(inner); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(inner, "data"), []byte("in a nested subvolume"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.d.CreateSnapshot(ctx, snapReq("s", src))
+	wantCode(t, err, codes.FailedPrecondition)
+	_, err = e.d.CreateVolume(ctx, fromVolume("c", 0, src))
+	wantCode(t, err, codes.FailedPrecondition)
+	if err := btrfs.DeleteSubvolume(inner); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.CreateSnapshot(ctx, snapReq("s", src)); err != nil {
+		t.Fatal(err)
+	}
 }

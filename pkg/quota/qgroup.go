@@ -367,3 +367,36 @@ func searchItem(fd int, tree, objectID uint64, typ uint32, offset uint64) ([]byt
 	}
 	return append([]byte(nil), args.buf[hs:hs+int(h.len)]...), nil
 }
+
+// rootRefKey is BTRFS_ROOT_REF_KEY: an item in the root tree for each
+// subvolume made inside another, keyed by the parent's subvolume ID.
+const (
+	rootTreeObjID = 1
+	rootRefKey    = 156
+)
+
+// HasNestedSubvolumes reports whether the btrfs subvolume at path holds
+// other subvolumes. A snapshot of a subvolume leaves nested ones out (they
+// come out as empty directories), so a copy of such a volume must not be a
+// snapshot: a pod can make a subvolume inside its own volume.
+func HasNestedSubvolumes(path string) (bool, error) {
+	fd, err := openDir(path)
+	if err != nil {
+		return false, err
+	}
+	defer unix.Close(fd)
+	id, err := subvolumeID(fd, path)
+	if err != nil {
+		return false, err
+	}
+	var args searchArgs
+	args.key = searchKey{
+		treeID: rootTreeObjID, minObjectID: id, maxObjectID: id,
+		maxOffset: ^uint64(0), maxTransID: ^uint64(0),
+		minType: rootRefKey, maxType: rootRefKey, nrItems: 1,
+	}
+	if err := ioctl(fd, iocTreeSearch, unsafe.Pointer(&args)); err != nil {
+		return false, fmt.Errorf("search for subvolumes inside %s: %w", path, err)
+	}
+	return args.key.nrItems > 0, nil
+}

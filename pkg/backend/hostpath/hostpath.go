@@ -35,6 +35,7 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/copytree"
 	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
+	"github.com/hostpath-csi/hostpath-csi/pkg/quota"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
@@ -42,6 +43,10 @@ import (
 // ErrMountedInside is returned by Delete when something is mounted inside the
 // volume directory: removing it would reach into another filesystem.
 var ErrMountedInside = errors.New("a filesystem is mounted inside the volume")
+
+// ErrNestedSubvolumes is returned for a copy of a btrfs volume that holds
+// subvolumes of its own, which a snapshot would leave out.
+var ErrNestedSubvolumes = errors.New("the volume holds btrfs subvolumes made inside it, which a snapshot leaves out; remove them (btrfs subvolume delete) to snapshot or clone it")
 
 // ErrNotDirectory is returned when a volume path exists but is not a plain
 // directory (for example a symlink planted in its place).
@@ -298,6 +303,14 @@ func (b *Backend) copyTree(ctx context.Context, src, dst string) (CopyResult, er
 			return CopyResult{}, err
 		}
 		if sub, err := btrfs.IsSubvolume(src); err == nil && sub && len(mounted) == 0 {
+			// A snapshot leaves out subvolumes a pod made inside its
+			// volume, and reports nothing: refuse rather than make a
+			// snapshot that silently lacks them.
+			if nested, err := quota.HasNestedSubvolumes(src); err != nil {
+				return CopyResult{}, err
+			} else if nested {
+				return CopyResult{}, ErrNestedSubvolumes
+			}
 			if err := btrfs.Snapshot(src, dst); err != nil {
 				return CopyResult{}, err
 			}

@@ -1,9 +1,11 @@
 package hostpath
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
@@ -355,4 +357,49 @@ func TestRemoveDeepTree(t *testing.T) {
 	if left, _ := os.ReadDir(b.trash); len(left) != 0 {
 		t.Fatalf("left in the trash: %v", left)
 	}
+}
+
+// What a record will say is on disk before the backend returns: a new
+// volume and its entry; a copy (all of it, while still in partial/) and
+// then its rename into place, in both directories; a move to the trash, in
+// both directories. A power cut after the caller records the result finds
+// the data. (make powercut proves it with real power cuts; this test fails
+// at once if a sync goes missing.)
+func TestDurableBeforeReturn(t *testing.T) {
+	b := newBackend(t)
+	var seen []string
+	syncSeen = func(kind, path string) {
+		state := ""
+		if kind == "fs" {
+			if _, err := os.Stat(path); err == nil {
+				state = " (exists)"
+			}
+		}
+		seen = append(seen, kind+" "+path+state)
+	}
+	defer func() { syncSeen = nil }()
+	expect := func(what string, want ...string) {
+		t.Helper()
+		if strings.Join(seen, "\n") != strings.Join(want, "\n") {
+			t.Fatalf("%s: syncs\n%s\nwant\n%s", what, strings.Join(seen, "\n"), strings.Join(want, "\n"))
+		}
+		seen = nil
+	}
+	if err := b.Create(idA, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	expect("create", "dir "+b.Path(idA), "dir "+b.volumes)
+	os.WriteFile(filepath.Join(b.Path(idA), "f"), []byte("data"), 0o644)
+	const snap = "hps1-0000000000000000000000000000000a"
+	if _, err := b.Snapshot(context.Background(), idA, snap, nil); err != nil {
+		t.Fatal(err)
+	}
+	expect("snapshot", "fs "+filepath.Join(b.partial, snap)+" (exists)", "dir "+b.snapshots, "dir "+b.partial)
+	if _, err := os.Stat(filepath.Join(b.SnapshotPath(snap), "f")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Delete(idA); err != nil {
+		t.Fatal(err)
+	}
+	expect("delete", "dir "+b.volumes, "dir "+b.trash)
 }
