@@ -43,8 +43,20 @@ ctl bench create -count 2000 -concurrency 16
 ctl bench scale -existing 1000,5000 -samples 400
 if [ "$(id -u)" = 0 ]; then
 	ctl bench publish -count 300 -dir "$bench/mounts"
+	echo
+	echo "== Pod start per kind of volume: CreateVolume, then NodeStage+NodePublish (1 GiB each) =="
+	ctl bench layouts -count 20 -dir "$bench/layouts"
 else
 	echo "NodeStage+NodePublish: skipped (needs root to mount)"
+fi
+
+# Writes through a block volume and an image volume against the same write
+# to a plain file beside them (ratio per round; the goal is >= 0.9), and the
+# cost of attaching and of making an image volume.
+if [ "$(id -u)" = 0 ]; then
+	echo
+	echo "== Block and image volume writes vs a plain file (256 MiB per round; backing files under $bench) =="
+	HOSTPATH_BENCH_DIR="$bench" go test -run '^$' -bench . -benchtime 10x ./pkg/loop/ ./pkg/imagefs/ | grep -E '^(Benchmark|ok|FAIL)'
 fi
 
 # The copy benchmarks leave gigabytes to write back; they go last, and each

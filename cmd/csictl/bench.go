@@ -28,7 +28,7 @@ func cmdBench(c *client, args []string) error {
 	if len(args) == 0 {
 		return fmt.Errorf("%s", benchUsage)
 	}
-	kinds := map[string]func(*client, []string) error{"create": benchCreate, "scale": benchScale, "publish": benchPublish, "snapshot": benchSnapshot}
+	kinds := map[string]func(*client, []string) error{"create": benchCreate, "scale": benchScale, "publish": benchPublish, "snapshot": benchSnapshot, "layouts": benchLayouts}
 	run, ok := kinds[args[0]]
 	if !ok {
 		return fmt.Errorf("unknown bench kind %q\n%s", args[0], benchUsage)

@@ -33,7 +33,7 @@ commands:
   delete-snapshot ID         delete a snapshot
   health ID                  a volume's health as the controller sees it
   demo [-dir D]              create, stage, publish, write, read, unpublish, unstage, delete
-  bench create|scale|publish load benchmarks (see: csictl bench -h)
+  bench create|scale|publish|layouts|snapshot  load benchmarks (see: csictl bench -h)
 `
 
 type client struct {
