@@ -19,7 +19,12 @@ FUZZTIME ?= 2m
 # make torture: the kill storm with many more kills than the short one in make test.
 TORTURE_KILLS ?= 200
 
-.PHONY: help build test bench lint run demo clean fuzz fuzz-short torture
+# The driver image's name and tag: the ones deploy/kubernetes uses.
+IMAGE     ?= hostpath-csi/hostpath-plugin
+IMAGE_TAG ?= $(shell awk '$$1=="-" && $$3=="$(IMAGE)" {getline; print $$2}' deploy/kubernetes/components/images/kustomization.yaml)
+ENGINE    ?= $(shell command -v docker || command -v podman)
+
+.PHONY: help build test bench lint run demo clean fuzz fuzz-short torture image e2e e2e-cluster e2e-down
 
 help:
 	@echo "make build   build hostpath-plugin and csictl into $(OUT)/ (version $(VERSION))"
@@ -30,6 +35,10 @@ help:
 	@echo "make lint    gofmt and go vet"
 	@echo "make fuzz    each fuzz target for $(FUZZTIME) (make test runs them for $(FUZZTIME_SHORT))"
 	@echo "make torture the kill storm with $(TORTURE_KILLS) SIGKILLs (make test runs 50)"
+	@echo "make image   build the driver image $(IMAGE):$(IMAGE_TAG) with docker or podman"
+	@echo "make e2e     a real one-node Kubernetes here (root), the driver deployed, every scenario, torn down"
+	@echo "make e2e-cluster  bring that cluster up with the driver deployed and print its kubeconfig"
+	@echo "make e2e-down     tear it down"
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(OUT)/ ./cmd/...
@@ -54,6 +63,22 @@ fuzz:
 
 torture:
 	HOSTPATH_CRASH_KILLS=$(TORTURE_KILLS) $(GO) test -count=1 -v -timeout 60m -run TestKillStorm ./test/crash/
+
+image:
+	@[ -n "$(ENGINE)" ] || { echo "make image needs docker or podman (the e2e builds the same image without one)"; exit 1; }
+	$(ENGINE) build --build-arg VERSION=$(VERSION) -t $(IMAGE):$(IMAGE_TAG) .
+
+# The end-to-end test against real Kubernetes (test/e2e, a module of its own
+# so the main module does not depend on client-go). Needs root; builds and
+# caches Kubernetes and the sidecars in /var/cache/hostpath-csi/e2e.
+e2e:
+	./test/e2e/scripts/e2e.sh
+
+e2e-cluster:
+	./test/e2e/scripts/cluster-up.sh
+
+e2e-down:
+	./test/e2e/scripts/cluster-down.sh
 
 run: build
 	$(OUT)/hostpath-plugin $(RUN_FLAGS)
