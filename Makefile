@@ -46,6 +46,7 @@ build:
 lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
+	cd test/e2e && $(GO) vet ./...
 
 # Tests that mount (node service, sanity, crash) need root; elsewhere they
 # skip and say so.
