@@ -109,6 +109,16 @@ func (c *cluster) tryGet(v any, args ...string) (bool, error) {
 	return true, json.Unmarshal([]byte(out), v)
 }
 
+// list decodes a list (kubectl prints nothing for an empty one with
+// --ignore-not-found, so tryGet does not serve lists).
+func (c *cluster) list(v any, args ...string) error {
+	out, err := c.run("", append([]string{"get", "-o", "json"}, args...)...)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal([]byte(out), v)
+}
+
 // eventually polls cond until it returns true, failing the test with what
 // after the timeout (and with the last error cond returned).
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, error)) {

@@ -31,8 +31,7 @@ func testSwitchToDistributed(t *testing.T, c *cluster) {
 	for _, node := range []string{c.node1, c.node2} {
 		eventually(t, 2*time.Minute, "a CSIStorageCapacity for "+node, func() (bool, error) {
 			var caps storagev1.CSIStorageCapacityList
-			ok, err := c.tryGet(&caps, "-n", "hostpath-csi", "csistoragecapacities")
-			if !ok || err != nil {
+			if err := c.list(&caps, "-n", "hostpath-csi", "csistoragecapacities"); err != nil {
 				return false, err
 			}
 			for _, sc := range caps.Items {

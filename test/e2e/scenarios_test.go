@@ -252,8 +252,7 @@ func testStorageCapacity(t *testing.T, c *cluster) {
 	var caps storagev1.CSIStorageCapacityList
 	var mine *storagev1.CSIStorageCapacity
 	eventually(t, 2*time.Minute, "a CSIStorageCapacity for "+c.node1, func() (bool, error) {
-		ok, err := c.tryGet(&caps, "-n", "hostpath-csi", "csistoragecapacities")
-		if !ok || err != nil {
+		if err := c.list(&caps, "-n", "hostpath-csi", "csistoragecapacities"); err != nil {
 			return false, err
 		}
 		for i, sc := range caps.Items {
@@ -406,10 +405,15 @@ func (c *cluster) taskPID(t *testing.T, id string) int {
 // Once every scenario's namespace is gone, no volume of the driver is
 // mounted anywhere on the host and no volume or snapshot is left on disk.
 func testNothingMounted(t *testing.T, c *cluster) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, err := c.run("", "describe", "pv")
+			t.Logf("kubectl describe pv:\n%s%v", out, errOrEmpty(err))
+		}
+	})
 	eventually(t, 2*time.Minute, "no PV of the driver left", func() (bool, error) {
 		var pvs v1.PersistentVolumeList
-		ok, err := c.tryGet(&pvs, "pv")
-		if !ok || err != nil {
+		if err := c.list(&pvs, "pv"); err != nil {
 			return false, err
 		}
 		n := 0

@@ -103,6 +103,7 @@ start kube-apiserver "$E2E_BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:
 	--client-ca-file "$pki/ca.crt" --kubelet-client-certificate "$pki/admin.crt" --kubelet-client-key "$pki/admin.key" \
 	--service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
 	--service-account-issuer https://kubernetes.default.svc --api-audiences https://kubernetes.default.svc \
+	--kubelet-preferred-address-types InternalIP \
 	--authorization-mode RBAC --profiling=false --v=1
 wait_for 120 kube-apiserver $KUBECTL get --raw /readyz
 start svcproxy "$E2E_CACHE/local/svcproxy" -listen "$SERVICE_IP:443" -target "127.0.0.1:$APISERVER_PORT"
