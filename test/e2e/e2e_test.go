@@ -29,14 +29,15 @@ var singleNode = []scenario{
 	{"statefulset-keeps-data", testStatefulSet},
 	{"snapshot-restore-clone", testSnapshotRestoreClone},
 	{"private-class-fsgroup", testPrivateClass},
+	{"expansion", testExpansion},
 	{"storage-capacity", testStorageCapacity},
 	{"delete-removes-data", testDeleteRemovesData},
 	{"driver-not-restarted", testDriverNotRestarted},
 	{"driver-killed", testDriverKilled},
-	// Next, once the driver has them (see the report in the README):
-	// {"expansion-online", testExpansionOnline},   // kubectl patch pvc size; df in the pod
-	// {"ephemeral-inline", testEphemeralInline},   // csi: volume in a pod spec
-	// {"metrics", testMetrics},                    // c.driverHTTP(t, "/metrics")
+	// Next, once the driver has them:
+	// - testExpansion: add `df` in the pod once the driver enforces sizes;
+	// - {"ephemeral-inline", testEphemeralInline}: a pod with a csi: volume;
+	// - {"metrics", testMetrics}: c.driverHTTP(t, c.node1, "/metrics").
 	{"nothing-mounted", testNothingMounted},
 }
 

@@ -86,11 +86,24 @@ func testDriverDeployed(t *testing.T, c *cluster) {
 	if !found {
 		t.Errorf("CSINode %s does not list %s", c.node1, driverName)
 	}
+	// The driver's own /healthz answers on the pod's address (the readiness
+	// probe's target), reached through the API server's pod proxy.
+	if out := c.driverHTTP(t, c.node1, "/healthz"); !strings.Contains(strings.ToLower(out), "ok") {
+		t.Errorf("the driver's /healthz answered %q", out)
+	}
 	var node v1.Node
 	c.get(t, &node, "node", c.node1)
 	if node.Labels[topologyKey] != c.node1 {
 		t.Errorf("node %s label %s=%q, want %q", c.node1, topologyKey, node.Labels[topologyKey], c.node1)
 	}
+}
+
+// driverHTTP gets path from the driver's --http-endpoint (port 9809 of the
+// driver pod on node) through the API server's proxy to the pod.
+func (c *cluster) driverHTTP(t *testing.T, node, path string) string {
+	t.Helper()
+	p := c.driverPod(t, node)
+	return c.k(t, "get", "--raw", "/api/v1/namespaces/hostpath-csi/pods/"+p.Name+":9809/proxy"+path)
 }
 
 // A claim binds when its pod is scheduled, to a volume on that pod's node;
@@ -434,5 +447,37 @@ func testNothingMounted(t *testing.T, c *cluster) {
 				t.Errorf("%s/%s still holds %d entries", dir, sub, len(entries))
 			}
 		}
+	}
+}
+
+// A claim in use is made larger (`kubectl patch`, as `kubectl edit` does):
+// csi-resizer raises the PV, the kubelet finishes the expansion on the node
+// (NodeExpandVolume) and the claim reports the new size; the pod keeps its
+// data. What `df` shows inside the pod is checked once the driver enforces
+// sizes (see the scenario list in e2e_test.go).
+func testExpansion(t *testing.T, c *cluster) {
+	ns := c.namespace(t, "expand")
+	c.apply(t, ns, claim("grow", "16Mi", ""))
+	c.apply(t, ns, pod("user", "grow", "echo before > /data/file", true))
+	c.waitPodPhase(t, ns, "user", v1.PodRunning, 3*time.Minute)
+	pv := c.boundPV(t, ns, "grow")
+	c.k(t, "-n", ns, "patch", "pvc", "grow", "--type=merge", "-p", `{"spec":{"resources":{"requests":{"storage":"64Mi"}}}}`)
+	want := resource.MustParse("64Mi")
+	eventually(t, 3*time.Minute, "the claim and its PV at 64Mi", func() (bool, error) {
+		var pvc v1.PersistentVolumeClaim
+		var p v1.PersistentVolume
+		if ok, err := c.tryGet(&pvc, "-n", ns, "pvc", "grow"); !ok || err != nil {
+			return false, err
+		}
+		if ok, err := c.tryGet(&p, "pv", pv.Name); !ok || err != nil {
+			return false, err
+		}
+		got, pvGot := pvc.Status.Capacity[v1.ResourceStorage], p.Spec.Capacity[v1.ResourceStorage]
+		return got.Cmp(want) >= 0 && pvGot.Cmp(want) >= 0 && len(pvc.Status.AllocatedResourceStatuses) == 0,
+			fmt.Errorf("claim %s, PV %s, resize status %v, conditions %v", got.String(), pvGot.String(),
+				pvc.Status.AllocatedResourceStatuses, pvc.Status.Conditions)
+	})
+	if out := c.k(t, "-n", ns, "exec", "user", "--", "cat", "/data/file"); out != "before\n" {
+		t.Errorf("after the expansion the pod reads %q", out)
 	}
 }
