@@ -52,6 +52,7 @@ lint:
 # skip and say so.
 test: lint
 	$(GO) test -race -count=1 -timeout 20m ./...
+	cd test/e2e && $(GO) test -race -count=1 ./standins/... ./tools/...
 	$(MAKE) --no-print-directory fuzz-short
 
 fuzz-short:
