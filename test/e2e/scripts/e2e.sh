@@ -9,9 +9,7 @@ started=$SECONDS
 trap '"$E2E_ROOT/test/e2e/scripts/cluster-down.sh"' EXIT
 "$E2E_ROOT/test/e2e/scripts/cluster-up.sh" || exit 1
 log "cluster up in $((SECONDS - started)) s"
-cd "$E2E_ROOT/test/e2e"
-E2E_KUBECONFIG=$KUBECONFIG_E2E E2E_KUBECTL=$E2E_BIN/kubectl E2E_NODE1=$NODE1 E2E_NODE2=$NODE2 \
-	E2E_CTR="$CTR" go test -count=1 -v -timeout 40m .
+"$E2E_ROOT/test/e2e/scripts/scenarios.sh"
 rc=$?
 trap - EXIT
 "$E2E_ROOT/test/e2e/scripts/cluster-down.sh" || rc=1
