@@ -22,7 +22,12 @@ TORTURE_KILLS ?= 200
 # (make test runs 2 of each).
 POWERCUT_CUTS ?= 30
 
-.PHONY: help build test bench lint run demo clean fuzz fuzz-short torture powercut
+# The driver image's name and tag: the ones deploy/kubernetes uses.
+IMAGE     ?= hostpath-csi/hostpath-plugin
+IMAGE_TAG ?= $(shell awk '$$1=="-" && $$3=="$(IMAGE)" {getline; print $$2}' deploy/kubernetes/components/images/kustomization.yaml)
+ENGINE    ?= $(shell command -v docker || command -v podman)
+
+.PHONY: help build test bench lint run demo clean fuzz fuzz-short torture powercut image e2e e2e-cluster e2e-down
 
 help:
 	@echo "make build   build hostpath-plugin and csictl into $(OUT)/ (version $(VERSION))"
@@ -34,6 +39,10 @@ help:
 	@echo "make fuzz    each fuzz target for $(FUZZTIME) (make test runs them for $(FUZZTIME_SHORT))"
 	@echo "make torture the kill storm with $(TORTURE_KILLS) SIGKILLs (make test runs 50)"
 	@echo "make powercut $(POWERCUT_CUTS) power cuts of a VM running the driver on ext4, then on xfs (make test runs 2 each)"
+	@echo "make image   build the driver image $(IMAGE):$(IMAGE_TAG) with docker or podman"
+	@echo "make e2e     a real one-node Kubernetes here (root), the driver deployed, every scenario, torn down"
+	@echo "make e2e-cluster  bring that cluster up with the driver deployed and print its kubeconfig"
+	@echo "make e2e-down     tear it down"
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(OUT)/ ./cmd/...
@@ -41,11 +50,13 @@ build:
 lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
+	cd test/e2e && $(GO) vet ./...
 
 # Tests that mount (node service, sanity, crash) need root; elsewhere they
 # skip and say so.
 test: lint
 	$(GO) test -race -count=1 -timeout 20m ./...
+	cd test/e2e && $(GO) test -race -count=1 ./standins/... ./tools/...
 	$(MAKE) --no-print-directory fuzz-short
 
 fuzz-short:
@@ -62,6 +73,21 @@ torture:
 # Each cut costs one boot of a VM under software emulation (about 20-50 s here).
 powercut:
 	HOSTPATH_POWERCUT_CUTS=$(POWERCUT_CUTS) $(GO) test -count=1 -v -timeout 180m -run TestPowerCut ./test/powercut/
+image:
+	@[ -n "$(ENGINE)" ] || { echo "make image needs docker or podman (the e2e builds the same image without one)"; exit 1; }
+	$(ENGINE) build --build-arg VERSION=$(VERSION) -t $(IMAGE):$(IMAGE_TAG) .
+
+# The end-to-end test against real Kubernetes (test/e2e, a module of its own
+# so the main module does not depend on client-go). Needs root; builds and
+# caches Kubernetes and the sidecars in /var/cache/hostpath-csi/e2e.
+e2e:
+	./test/e2e/scripts/e2e.sh
+
+e2e-cluster:
+	./test/e2e/scripts/cluster-up.sh
+
+e2e-down:
+	./test/e2e/scripts/cluster-down.sh
 
 run: build
 	$(OUT)/hostpath-plugin $(RUN_FLAGS)

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Build (or find cached) everything the end-to-end cluster runs:
+# - Kubernetes v$K8S_VERSION and the kubernetes-csi sidecars at the versions
+#   named in deploy/kubernetes/components/images, from the Go module proxy;
+# - the driver from this checkout, the stand-in sidecars and tools of test/e2e;
+# - the driver's root filesystem (Debian packages, as the Dockerfile);
+# - an OCI image archive for every image the manifests and examples name.
+# Upstream builds, the root filesystem and unchanged images are cached in
+# $E2E_CACHE, so a warm run rebuilds only the driver and its image.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+K8S_VERSION=${K8S_VERSION:-v1.37.2}
+export CGO_ENABLED=0
+
+images_file=$E2E_ROOT/deploy/kubernetes/components/images/kustomization.yaml
+tag() { awk -v n="$1" '$1=="-" && $2=="name:" && $3==n {getline; print $2}' "$images_file"; }
+need_tag() { local t; t=$(tag "$1"); [ -n "$t" ] || die "no tag for $1 in $images_file"; echo "$t"; }
+
+up=$E2E_ROOT/test/e2e/scripts/build-upstream.sh
+mkdir -p "$E2E_BIN"
+log "Kubernetes $K8S_VERSION"
+"$up" "$E2E_BIN" k8s.io/kubernetes "$K8S_VERSION" k8s.io/kubernetes/cmd/kube-apiserver \
+	k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
+	k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl
+snap=$(need_tag registry.k8s.io/sig-storage/csi-snapshotter)
+[ "$snap" = "$(need_tag registry.k8s.io/sig-storage/snapshot-controller)" ] ||
+	die "csi-snapshotter and snapshot-controller must have one version (one module builds both)"
+log "external-snapshotter $snap"
+"$up" "$E2E_BIN" github.com/kubernetes-csi/external-snapshotter/v8 "$snap" \
+	github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter \
+	github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller
+prov=$(need_tag registry.k8s.io/sig-storage/csi-provisioner)
+log "external-provisioner $prov"
+major=${prov%%.*}
+"$up" "$E2E_BIN" "github.com/kubernetes-csi/external-provisioner/$major" "$prov" \
+	"github.com/kubernetes-csi/external-provisioner/$major/cmd/csi-provisioner"
+
+log "driver and test tools"
+local_bin=$E2E_CACHE/local
+mkdir -p "$local_bin"
+drv=$(need_tag hostpath-csi/hostpath-plugin)
+(cd "$E2E_ROOT" && go build -trimpath -ldflags "-X github.com/hostpath-csi/hostpath-csi/pkg/driver.version=$drv-e2e" \
+	-o "$local_bin/" ./cmd/hostpath-plugin)
+(cd "$E2E_ROOT/test/e2e" && go build -trimpath -o "$local_bin/" ./standins/... ./tools/...)
+
+rootfs=$("$E2E_ROOT/test/e2e/scripts/rootfs.sh" "$E2E_CACHE")
+
+log "images"
+img=$E2E_CACHE/images
+mkdir -p "$img"
+mkimage=$local_bin/mkimage
+# image FILE NAME INPUTS... -- MKIMAGE-ARGS: (re)make FILE when an input is newer.
+image() {
+	local file=$img/$1 name=$2; shift 2
+	local stale=false inputs=()
+	while [ "$1" != -- ]; do inputs+=("$1"); shift; done; shift
+	[ -f "$file" ] || stale=true
+	for i in "${inputs[@]}"; do [ "$i" -nt "$file" ] && stale=true; done
+	[ -f "$file.name" ] && [ "$(cat "$file.name")" = "$name" ] || stale=true
+	if $stale; then
+		"$mkimage" -name "$name" -o "$file" "$@"
+		echo "$name" >"$file.name"
+	fi
+}
+sidecar() { # FILE BINARY IMAGE
+	local t; t=$(need_tag "$3")
+	image "$1" "$3:$t" "$2" -- -file "$2:/$(basename "$2"):0755" -entrypoint "/$(basename "$2")"
+}
+image driver.tar "docker.io/hostpath-csi/hostpath-plugin:$drv" "$local_bin/hostpath-plugin" "$rootfs/.complete" -- \
+	-rootfs "$rootfs" -file "$local_bin/hostpath-plugin:/hostpath-plugin:0755" -entrypoint /hostpath-plugin \
+	-env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+sidecar provisioner.tar "$E2E_BIN/csi-provisioner" registry.k8s.io/sig-storage/csi-provisioner
+sidecar snapshotter.tar "$E2E_BIN/csi-snapshotter" registry.k8s.io/sig-storage/csi-snapshotter
+sidecar snapshot-controller.tar "$E2E_BIN/snapshot-controller" registry.k8s.io/sig-storage/snapshot-controller
+# Stand-ins for the sidecars the module proxy does not serve, under the real
+# images' names (see the README).
+sidecar resizer.tar "$local_bin/csi-resizer" registry.k8s.io/sig-storage/csi-resizer
+sidecar registrar.tar "$local_bin/csi-node-driver-registrar" registry.k8s.io/sig-storage/csi-node-driver-registrar
+sidecar livenessprobe.tar "$local_bin/livenessprobe" registry.k8s.io/sig-storage/livenessprobe
+image pause.tar registry.k8s.io/pause:3.10 "$local_bin/pause" -- -file "$local_bin/pause:/pause:0755" -entrypoint /pause
+# busybox for the examples and test pods: Debian's busybox-static, its version.
+command -v busybox >/dev/null && busybox --list >/dev/null 2>&1 || {
+	log "installing busybox-static"
+	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static) >&2
+}
+bb=$(readlink -f "$(command -v busybox)")
+links=()
+for a in $(busybox --list); do [ "$a" = busybox ] || links+=(-symlink "/bin/busybox:/bin/$a"); done
+image busybox.tar docker.io/library/busybox:1.35 "$bb" -- -file "$bb:/bin/busybox:0755" "${links[@]}" \
+	-env PATH=/bin -cmd sh
+log "built; images in $img"

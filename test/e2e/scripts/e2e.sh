@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# make e2e: bring the cluster up (cluster-up.sh), run the scenarios
+# (go test in test/e2e), and always tear it all down (cluster-down.sh), even
+# when something fails; then check that nothing is left behind.
+set -uo pipefail
+source "$(dirname "$0")/env.sh"
+[ "$(id -u)" = 0 ] || { echo "make e2e needs root (it runs a kubelet, mounts, and makes network interfaces)"; exit 1; }
+started=$SECONDS
+trap '"$E2E_ROOT/test/e2e/scripts/cluster-down.sh"' EXIT
+"$E2E_ROOT/test/e2e/scripts/cluster-up.sh" || exit 1
+log "cluster up in $((SECONDS - started)) s"
+"$E2E_ROOT/test/e2e/scripts/scenarios.sh"
+rc=$?
+trap - EXIT
+"$E2E_ROOT/test/e2e/scripts/cluster-down.sh" || rc=1
+# Nothing of the cluster may be left: processes, mounts, interfaces, rules.
+left=""
+grep -qs -e " /var/lib/kubelet" -e " $E2E_DIR" -e " /var/lib/hostpath-csi" /proc/self/mountinfo && left="$left mounts"
+ip link show "$BRIDGE" >/dev/null 2>&1 && left="$left bridge"
+ip link show "$NODE_LINK" >/dev/null 2>&1 && left="$left veth"
+ip addr show dev lo | grep -q "$SERVICE_IP/" && left="$left service-ip"
+iptables -S FORWARD | grep -q hostpath-csi-e2e && left="$left iptables"
+for d in "$E2E_DIR" "$E2E_RUN" /var/lib/kubelet /var/lib/hostpath-csi; do [ -e "$d" ] && left="$left $d"; done
+if [ -n "$left" ]; then
+	log "teardown left behind:$left"
+	rc=1
+fi
+log "make e2e: $([ $rc = 0 ] && echo passed || echo FAILED) in $((SECONDS - started)) s"
+exit $rc
