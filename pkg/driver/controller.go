@@ -640,7 +640,12 @@ func (d *Driver) ControllerGetVolume(ctx context.Context, req *csi.ControllerGet
 }
 
 func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
-	if _, err := parseParameters(req.GetParameters()); err != nil {
+	// csi-provisioner passes a class's parameters here as written, with
+	// the keys it keeps for itself (csi.storage.k8s.io/fstype, secrets'
+	// names), which it takes out before CreateVolume.
+	params := maps.Clone(req.GetParameters())
+	maps.DeleteFunc(params, func(k, _ string) bool { return strings.HasPrefix(k, "csi.storage.k8s.io/") })
+	if _, err := parseParameters(params); err != nil {
 		return nil, err
 	}
 	for _, c := range req.GetVolumeCapabilities() {

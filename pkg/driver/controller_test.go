@@ -288,6 +288,13 @@ func TestGetCapacity(t *testing.T) {
 	}
 	_, err = e.d.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: map[string]string{"bogus": "1"}})
 	wantCode(t, err, codes.InvalidArgument)
+	// A class's parameters as csi-provisioner passes them, with its own
+	// reserved keys (found on a real cluster: a class with an fstype had no
+	// capacity, so its pods were never scheduled).
+	if _, err := e.d.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: map[string]string{
+		ParamLayout: LayoutImage, "csi.storage.k8s.io/fstype": "xfs", "csi.storage.k8s.io/provisioner-secret-name": "x"}}); err != nil {
+		t.Fatalf("GetCapacity with a class's reserved keys: %v", err)
+	}
 }
 
 func TestIdentity(t *testing.T) {

@@ -33,11 +33,11 @@ var singleNode = []scenario{
 	{"storage-capacity", testStorageCapacity},
 	{"delete-removes-data", testDeleteRemovesData},
 	{"driver-not-restarted", testDriverNotRestarted},
+	{"image-volume-size-and-online-expansion", testImageVolume},
+	{"block-volume", testBlockVolume},
+	{"inline-ephemeral-volume", testInlineVolume},
+	{"metrics", testMetrics},
 	{"driver-killed", testDriverKilled},
-	// Next, once the driver has them:
-	// - testExpansion: add `df` in the pod once the driver enforces sizes;
-	// - {"ephemeral-inline", testEphemeralInline}: a pod with a csi: volume;
-	// - {"metrics", testMetrics}: c.driverHTTP(t, c.node1, "/metrics").
 	{"nothing-mounted", testNothingMounted},
 }
 
