@@ -234,6 +234,9 @@ func (d *Driver) recordNewVolume(v *state.Volume, size int64, src *contentSource
 	if err := d.store.PutVolume(v); err != nil {
 		return nil, stateError(err)
 	}
+	if v.Limit != "" && v.Limit != hostpath.EnforceNone {
+		d.reserved.add(size)
+	}
 	return v, nil
 }
 

@@ -131,6 +131,8 @@ type Driver struct {
 	pending *pending
 	metrics *metrics
 	usage   usageCache
+	// reserved is what enforced volumes may still fill, cached.
+	reserved reservation
 	// projectMu serializes the allocation of project IDs.
 	projectMu sync.Mutex
 	// beforeCopy, when set (tests only), runs at the start of every copy

@@ -189,7 +189,7 @@ func (b *Backend) discard(p string) error {
 	if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
 		// Gone already (a retry); a rename to the trash that an earlier
 		// attempt made may not be on disk yet.
-		return syncDirs(filepath.Dir(p), b.trash)
+		return syncDirs(filepath.Dir(p))
 	}
 	mounted, err := MountsUnder(p)
 	if err != nil {
@@ -207,7 +207,9 @@ func (b *Backend) discard(p string) error {
 	}
 	// The caller drops the record next. If this rename were lost in a power
 	// cut, the data would come back without an owner (and be quarantined).
-	if err := syncDirs(filepath.Dir(p), b.trash); err != nil {
+	// What must last is the entry gone from its directory; where the data
+	// lands does not matter (it is being removed).
+	if err := syncDirs(filepath.Dir(p)); err != nil {
 		return err
 	}
 	b.cleaning.Add(1)

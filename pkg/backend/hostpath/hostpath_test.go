@@ -401,5 +401,5 @@ func TestDurableBeforeReturn(t *testing.T) {
 	if err := b.Delete(idA); err != nil {
 		t.Fatal(err)
 	}
-	expect("delete", "dir "+b.volumes, "dir "+b.trash)
+	expect("delete", "dir "+b.volumes)
 }
