@@ -517,6 +517,7 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 // removeVolumeData frees what a volume holds on the node (a block or image
 // file's loop devices a crash may have left) and moves its data to the trash.
 func (d *Driver) removeVolumeData(v *state.Volume) error {
+	d.released(v)
 	if kindOf(v).layout != LayoutDirectory {
 		if err := d.vols.DetachBlock(v.ID); err != nil {
 			return err

@@ -244,7 +244,7 @@ func (d *Driver) removeEphemeral(ctx context.Context, v *state.Volume, target st
 	if err := d.store.SetVolumePhase(v.ID, state.PhaseDeleting); err != nil {
 		return stateError(err)
 	}
-	if err := d.vols.Delete(v.ID); err != nil {
+	if err := d.removeVolumeData(v); err != nil {
 		return diskError("delete inline volume data", err)
 	}
 	if err := d.store.DeleteVolume(v.ID); err != nil {

@@ -161,25 +161,35 @@ func (d *Driver) sumReserved() (int64, error) {
 	}
 	var reserved int64
 	for _, v := range vols {
-		if v.Phase == state.PhaseDeleting {
-			continue
+		if v.Phase != state.PhaseDeleting {
+			reserved += d.reservedBy(v)
 		}
-		var used int64
-		switch v.Limit {
-		case hostpath.EnforceImage:
-			used, err = d.vols.ImageAllocated(v.ID)
-		case hostpath.EnforceQgroup, hostpath.EnforceProject:
-			used, _, err = d.vols.DirectoryUsage(v.ID, v.Limit, v.ProjectID)
-		default:
-			continue
-		}
-		if err != nil {
-			used = 0 // missing data (health says so) or a volume being made: reserve it all
-		}
-		reserved += max(0, v.CapacityBytes-used)
 	}
 	return reserved, nil
 }
+
+// reservedBy is what volume v may still fill: nothing unless something
+// holds it to its size.
+func (d *Driver) reservedBy(v *state.Volume) int64 {
+	var used int64
+	var err error
+	switch v.Limit {
+	case hostpath.EnforceImage:
+		used, err = d.vols.ImageAllocated(v.ID)
+	case hostpath.EnforceQgroup, hostpath.EnforceProject:
+		used, _, err = d.vols.DirectoryUsage(v.ID, v.Limit, v.ProjectID)
+	default:
+		return 0
+	}
+	if err != nil {
+		used = 0 // missing data (health says so) or a volume being made: reserve it all
+	}
+	return max(0, v.CapacityBytes-used)
+}
+
+// released takes a volume about to be removed out of the cached
+// reservation, so a delete followed at once by a create finds the room.
+func (d *Driver) released(v *state.Volume) { d.reserved.add(-d.reservedBy(v)) }
 
 // reservation caches sumReserved.
 type reservation struct {
@@ -202,13 +212,12 @@ func (r *reservation) get(sum func() (int64, error)) (int64, error) {
 	return v, nil
 }
 
-// add counts bytes an enforced volume of this process now may fill, until
-// the next sum sees them (a delete is not subtracted: until then the
-// reservation errs on the safe side).
+// add counts bytes an enforced volume of this process now may fill (or,
+// negative, no longer may), until the next sum sees it.
 func (r *reservation) add(bytes int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !r.at.IsZero() {
-		r.value += bytes
+		r.value = max(0, r.value+bytes)
 	}
 }

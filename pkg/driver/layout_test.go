@@ -414,4 +414,12 @@ func TestCapacityCountsWhatIsPromised(t *testing.T) {
 	req.Parameters = map[string]string{ParamLayout: LayoutImage}
 	_, err = e.d.CreateVolume(ctx, req)
 	wantCode(t, err, codes.ResourceExhausted)
+	// A delete gives the room back at once.
+	big, _ := e.d.store.GetVolumeByName("big")
+	if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: big.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.CreateVolume(ctx, req); err != nil {
+		t.Fatalf("a create right after a delete freed its room: %v", err)
+	}
 }
