@@ -253,7 +253,12 @@ func (d *Driver) csiGroup(g *state.GroupSnapshot) (*csi.VolumeGroupSnapshot, err
 	for _, id := range g.SnapshotIDs {
 		snap, err := d.store.GetSnapshot(id)
 		if err != nil {
-			return nil, status.Errorf(codes.Internal, "group snapshot %s: member %s: %v", g.ID, id, err)
+			if errors.Is(err, state.ErrNotFound) {
+				// A delete of the group removed members and was cut short;
+				// its retry (or start-up) removes the rest.
+				return nil, status.Errorf(codes.Aborted, "group snapshot %s is being deleted (member %s is gone); retry", g.ID, id)
+			}
+			return nil, stateError(err)
 		}
 		gs.Snapshots = append(gs.Snapshots, csiSnapshot(snap))
 	}
