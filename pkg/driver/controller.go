@@ -207,6 +207,12 @@ func (d *Driver) makeEmpty(v *state.Volume, mode os.FileMode) error {
 
 // recordNewVolume fills in and records v as a new volume in phase creating.
 func (d *Driver) recordNewVolume(v *state.Volume, size int64, src *contentSource) (*state.Volume, error) {
+	if enforced(v) {
+		// The check and the record under one lock: concurrent creates
+		// of different names must not all take the same free bytes.
+		d.roomMu.Lock()
+		defer d.roomMu.Unlock()
+	}
 	if avail, err := d.available(); err != nil {
 		return nil, err
 	} else if size > avail {
@@ -234,7 +240,7 @@ func (d *Driver) recordNewVolume(v *state.Volume, size int64, src *contentSource
 	if err := d.store.PutVolume(v); err != nil {
 		return nil, stateError(err)
 	}
-	if v.Limit != "" && v.Limit != hostpath.EnforceNone {
+	if enforced(v) {
 		d.reserved.add(size)
 	}
 	return v, nil
@@ -279,7 +285,16 @@ func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *conte
 		if src.snapshotID != "" {
 			return d.vols.Restore(ctx, src.snapshotID, v.ID)
 		}
-		return d.vols.Clone(ctx, src.volumeID, v.ID, src.freeze)
+		var st hostpath.CopyResult
+		err := d.withCopyLocks(ctx, []string{src.volumeID}, func(vols map[string]*state.Volume, freeze []string) (err error) {
+			if c := vols[src.volumeID].CapacityBytes; c > v.CapacityBytes {
+				// The source grew since the call: the clone holds it whole.
+				v.CapacityBytes = c
+			}
+			st, err = d.vols.Clone(ctx, src.volumeID, v.ID, freeze)
+			return err
+		})
+		return st, err
 	})
 	if err == nil {
 		err = d.fitToCapacity(v)

@@ -131,8 +131,10 @@ type Driver struct {
 	pending *pending
 	metrics *metrics
 	usage   usageCache
-	// reserved is what enforced volumes may still fill, cached.
+	// reserved is what enforced volumes may still fill, cached; roomMu
+	// makes a check for room and the reservation that follows one step.
 	reserved reservation
+	roomMu   sync.Mutex
 	// projectMu serializes the allocation of project IDs.
 	projectMu sync.Mutex
 	// beforeCopy, when set (tests only), runs at the start of every copy

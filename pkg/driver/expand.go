@@ -44,10 +44,9 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if err != nil {
 		return nil, err
 	}
-	want := req.GetCapacityRange().GetRequiredBytes()
-	if want <= 0 {
-		return nil, status.Error(codes.InvalidArgument, "capacity_range.required_bytes is required: the size to grow to")
-	}
+	// No size asked: finish growing to the recorded one (an image whose
+	// filesystem could not grow yet), which the spec allows.
+	want := max(req.GetCapacityRange().GetRequiredBytes(), v.CapacityBytes)
 	if lim := req.GetCapacityRange().GetLimitBytes(); lim > 0 && lim < want {
 		return nil, status.Errorf(codes.InvalidArgument, "capacity range: required bytes %d exceed limit bytes %d", want, lim)
 	}
@@ -60,19 +59,25 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
-	if want < v.CapacityBytes {
-		return nil, status.Errorf(codes.OutOfRange, "volume %s has %d bytes; volumes never shrink (asked for %d)", v.ID, v.CapacityBytes, want)
-	}
+	// A size at or below the current one is already there: the spec's
+	// answer is OK with the volume's size (volumes never shrink).
 	if k.block() && want%blockSector != 0 {
 		want = (want/blockSector + 1) * blockSector
 	}
-	if grow := want - v.CapacityBytes; grow > 0 && v.Limit != hostpath.EnforceNone && v.Limit != "" {
+	if grow := want - v.CapacityBytes; grow > 0 && enforced(v) {
+		// Checked and set aside under one lock with creates, so two
+		// calls cannot both take the same free bytes.
+		d.roomMu.Lock()
 		avail, err := d.available()
+		if err == nil && grow > avail {
+			err = status.Errorf(codes.ResourceExhausted, "growing volume %s by %d bytes, but the node has %d bytes available for volumes held to their size", v.ID, grow, avail)
+		}
+		if err == nil {
+			d.reserved.add(grow)
+		}
+		d.roomMu.Unlock()
 		if err != nil {
 			return nil, err
-		}
-		if grow > avail {
-			return nil, status.Errorf(codes.ResourceExhausted, "growing volume %s by %d bytes, but the node has %d bytes available for enforced volumes", v.ID, grow, avail)
 		}
 	}
 	switch k.layout {
@@ -85,8 +90,9 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 				return nil, rerr
 			}
 			// The spec's code for a filesystem that cannot grow while
-			// staged; the kubelet keeps retrying, and the next stage
-			// (a pod restart) grows it offline.
+			// staged: the kubelet marks the claim as waiting for the
+			// volume to be staged again, and the next stage (a pod
+			// restart) grows it offline.
 			return nil, status.Errorf(codes.FailedPrecondition,
 				"volume %s: the image grew to %d bytes, but its %s filesystem cannot grow while mounted on this node (online ext4 growth needs CAP_SYS_RESOURCE); it grows at the next stage: restart the pod",
 				v.ID, want, k.fsType)
@@ -108,6 +114,10 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: want}, nil
 }
 
+// enforced reports whether something holds v to its size, so that it sets
+// aside room on the data filesystem.
+func enforced(v *state.Volume) bool { return v.Limit != "" && v.Limit != hostpath.EnforceNone }
+
 // blockSector is the unit a block volume's size is rounded up to.
 const blockSector = 4096
 
@@ -120,9 +130,7 @@ func (d *Driver) recordCapacity(v *state.Volume, size int64) error {
 	if err := d.store.SetVolumeCapacity(v.ID, size); err != nil {
 		return stateError(err)
 	}
-	if v.Limit != "" && v.Limit != hostpath.EnforceNone {
-		d.reserved.add(size - v.CapacityBytes)
-	}
+
 	klog.V(2).InfoS("Volume expanded", "volumeID", v.ID, "from", v.CapacityBytes, "to", size, "limit", v.Limit)
 	v.CapacityBytes = size
 	return nil
@@ -171,12 +179,17 @@ func (d *Driver) sumReserved() (int64, error) {
 // reservedBy is what volume v may still fill: nothing unless something
 // holds it to its size.
 func (d *Driver) reservedBy(v *state.Volume) int64 {
+	// What the volume may still take on disk is its capacity less what it
+	// holds alone: blocks it shares with a snapshot, a clone or its source
+	// (a reflink, a btrfs snapshot) take new space when rewritten.
 	var used int64
 	var err error
 	switch v.Limit {
 	case hostpath.EnforceImage:
-		used, err = d.vols.ImageAllocated(v.ID)
-	case hostpath.EnforceQgroup, hostpath.EnforceProject:
+		used, err = d.vols.ImageExclusive(v.ID)
+	case hostpath.EnforceQgroup:
+		used, err = d.vols.QgroupExclusive(v.ID)
+	case hostpath.EnforceProject:
 		used, _, err = d.vols.DirectoryUsage(v.ID, v.Limit, v.ProjectID)
 	default:
 		return 0

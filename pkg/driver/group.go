@@ -114,7 +114,7 @@ func (d *Driver) createGroup(ctx context.Context, req *csi.CreateVolumeGroupSnap
 		}
 	}()
 	vols := make(map[string]*state.Volume, len(sources))
-	var reads, freeze []string
+	var reads []string
 	for _, id := range sorted {
 		if err := volumeIDOrNotFound(id); err != nil {
 			return nil, nil, err
@@ -135,15 +135,10 @@ func (d *Driver) createGroup(ctx context.Context, req *csi.CreateVolumeGroupSnap
 		if kindOf(vols[id]).layout == LayoutImage {
 			// Frozen, all members at once, for the copies: one point
 			// in time across the group even while pods write.
-			f, err := d.copyPlan(vols[id])
-			if err != nil {
-				return nil, nil, err
-			}
-			freeze = append(freeze, f...)
 			reads = append(reads, "vol/"+id)
 			continue
 		}
-		if p, err := d.writablePublication(id); err != nil {
+		if p, err := d.writablePublication(vols[id]); err != nil {
 			return nil, nil, err
 		} else if p != nil {
 			return nil, nil, status.Errorf(codes.FailedPrecondition,
@@ -166,7 +161,9 @@ func (d *Driver) createGroup(ctx context.Context, req *csi.CreateVolumeGroupSnap
 	what := fmt.Sprintf("group snapshot %s of %d volumes", g.ID, len(sources))
 	j := d.jobs.start(key, g.ID, what, reads, func(jctx context.Context) error {
 		defer release()
-		return d.takeGroup(jctx, g, vols, freeze)
+		return d.withCopyLocks(jctx, sorted, func(vols map[string]*state.Volume, freeze []string) error {
+			return d.takeGroup(jctx, g, vols, freeze)
+		})
 	}, d.abandonGroup)
 	return j, nil, nil
 }
@@ -226,14 +223,15 @@ func (d *Driver) takeGroup(ctx context.Context, g *state.GroupSnapshot, vols map
 }
 
 // writablePublication returns a publication of the volume that pods can
-// write through, if any.
-func (d *Driver) writablePublication(id string) (*state.Publication, error) {
-	pubs, err := d.store.PublicationsOf(id)
+// write through, if any. A block volume's every publication counts: a
+// read-only bind of a device node does not stop writes through it.
+func (d *Driver) writablePublication(v *state.Volume) (*state.Publication, error) {
+	pubs, err := d.store.PublicationsOf(v.ID)
 	if err != nil {
 		return nil, stateError(err)
 	}
 	for _, p := range pubs {
-		if p.Kind == state.KindPublish && !p.ReadOnly {
+		if p.Kind == state.KindPublish && (!p.ReadOnly || kindOf(v).block()) {
 			return p, nil
 		}
 	}

@@ -339,7 +339,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err := d.checkSingleWriter(v.ID, pub); err != nil {
 		return nil, err
 	}
-	if j := d.jobs.reading("nowrite/" + v.ID); j != nil && !pub.ReadOnly {
+	if j := d.jobs.reading("nowrite/" + v.ID); j != nil && (!pub.ReadOnly || kindOf(v).block()) {
 		return nil, status.Errorf(codes.Aborted, "volume %s is in a %s, which needs it unwritten; retry once it ends", v.ID, j.what)
 	}
 	if err := d.mountRecorded(pub, func() error { return d.publish(v, pub, stage) }); err != nil {

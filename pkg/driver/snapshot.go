@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"slices"
 	"context"
 	"errors"
 	"fmt"
@@ -122,8 +123,7 @@ func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		unlockSrc()
 		return nil, nil, err
 	}
-	freeze, err := d.copyPlan(src)
-	if err != nil {
+	if _, err := d.copyPlan(src); err != nil { // refuse at once what cannot be copied
 		unlockSrc()
 		return nil, nil, err
 	}
@@ -132,7 +132,12 @@ func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	what := fmt.Sprintf("snapshot %s of volume %s", snap.ID, srcID)
 	j := d.jobs.start(key, snap.ID, what, []string{"vol/" + srcID}, func(jctx context.Context) error {
 		defer unlockSrc()
-		return d.takeSnapshot(jctx, snap, freeze)
+		return d.withCopyLocks(jctx, []string{srcID}, func(vols map[string]*state.Volume, freeze []string) error {
+			// The source as it is now, under its node lock: an expansion
+			// since the call changed its size.
+			snap.SourceCapacity = vols[srcID].CapacityBytes
+			return d.takeSnapshot(jctx, snap, freeze)
+		})
 	}, d.abandonSnapshot)
 	return j, nil, nil
 }
@@ -196,7 +201,10 @@ func newSnapshotOf(src *state.Volume, id, name string) *state.Snapshot {
 // filesystem image to freeze during the copy (a point in time even while
 // pods write), or, for a block volume pods write to on a data filesystem
 // without reflinks, that it cannot be (a copy taken while the device is
-// written would be torn).
+// written would be torn; a read-only bind of a device node does not stop
+// writes through it, so every publication counts). Only a mount that really
+// is the image's filesystem is frozen: a staging path whose mount is gone
+// is a plain directory of the node's own filesystem, which must never be.
 func (d *Driver) copyPlan(v *state.Volume) ([]string, error) {
 	pubs, err := d.store.PublicationsOf(v.ID)
 	if err != nil {
@@ -207,17 +215,56 @@ func (d *Driver) copyPlan(v *state.Volume) ([]string, error) {
 		switch kindOf(v).layout {
 		case LayoutImage:
 			if p.Kind == state.KindStage && p.Phase == state.PhaseMounted {
-				freeze = append(freeze, p.Path)
+				if ok, err := d.vols.IsImageMount(v.ID, p.Path); err != nil {
+					return nil, diskError("check the image's mount", err)
+				} else if ok {
+					freeze = append(freeze, p.Path)
+				}
 			}
 		case layoutBlock:
-			if p.Kind == state.KindPublish && !p.ReadOnly && !d.vols.CanReflink() {
+			if p.Kind == state.KindPublish && !d.vols.CanReflink() {
 				return nil, status.Errorf(codes.FailedPrecondition,
-					"block volume %s is published writable at %s, and the data directory's filesystem cannot reflink: a copy of a device being written would be torn; stop the writer, or keep the data directory on xfs (reflink=1) or btrfs",
+					"block volume %s is published at %s, and the data directory's filesystem cannot reflink: a copy of a device being written would be torn; stop the pod, or keep the data directory on xfs (reflink=1) or btrfs",
 					v.ID, p.Path)
 			}
 		}
 	}
 	return freeze, nil
+}
+
+// withCopyLocks runs a copy of the volumes ids in a job. For image and block
+// volumes it holds their node locks for the copy, so no stage, unstage or
+// expansion changes what is copied or what is frozen meanwhile (such a call
+// waits, and answers ABORTED if the copy outlasts its deadline; with a
+// reflink that is milliseconds), and it reads the volumes and their plans
+// again under those locks: the ones computed when the call came in may be
+// stale by the time a copy slot is free.
+func (d *Driver) withCopyLocks(ctx context.Context, ids []string, copy func(map[string]*state.Volume, []string) error) error {
+	vols := make(map[string]*state.Volume, len(ids))
+	var freeze []string
+	for _, id := range slices.Sorted(slices.Values(ids)) {
+		v, err := d.store.GetVolume(id)
+		if err != nil {
+			return stateError(err)
+		}
+		if kindOf(v).layout != LayoutDirectory {
+			unlock, err := d.lock(ctx, "node", id)
+			if err != nil {
+				return err
+			}
+			defer unlock()
+			if v, err = d.store.GetVolume(id); err != nil {
+				return stateError(err)
+			}
+			f, err := d.copyPlan(v)
+			if err != nil {
+				return err
+			}
+			freeze = append(freeze, f...)
+		}
+		vols[id] = v
+	}
+	return copy(vols, freeze)
 }
 
 // rollbackSnapshot undoes a snapshot that failed; what it cannot undo stays
@@ -354,7 +401,6 @@ type contentSource struct {
 	capacity             int64 // the smallest volume the content fits in
 	kind                 volumeKind
 	formatted            bool     // an image source holds a filesystem
-	freeze               []string // a cloned image's mounts, frozen while it is copied
 	lockKey              string
 	unlock               func()
 }
@@ -401,12 +447,11 @@ func (d *Driver) lockContentSource(ctx context.Context, cs *csi.VolumeContentSou
 			unlock()
 			return nil, err
 		}
-		freeze, err := d.copyPlan(v)
-		if err != nil {
+		if _, err := d.copyPlan(v); err != nil { // refuse at once what cannot be copied
 			unlock()
 			return nil, err
 		}
-		return &contentSource{volumeID: id, capacity: v.CapacityBytes, kind: kindOf(v), formatted: v.Formatted, freeze: freeze,
+		return &contentSource{volumeID: id, capacity: v.CapacityBytes, kind: kindOf(v), formatted: v.Formatted,
 			lockKey: "vol/" + id, unlock: unlock}, nil
 	}
 	return nil, status.Error(codes.InvalidArgument, "volume content source has neither a snapshot nor a volume")

@@ -403,3 +403,46 @@ func TestDurableBeforeReturn(t *testing.T) {
 	}
 	expect("delete", "dir "+b.volumes)
 }
+
+// An image's exclusive bytes leave out what it shares with a reflinked copy
+// (which takes new space when rewritten), on xfs; on ext4 every allocated
+// block is its own.
+func TestImageExclusive(t *testing.T) {
+	for _, tc := range []struct {
+		fs   string
+		mkfs []string
+	}{{"xfs", []string{"-m", "reflink=1"}}, {"ext4", nil}} {
+		t.Run(tc.fs, func(t *testing.T) {
+			mnt := testutil.LoopFS(t, tc.fs, 512, tc.mkfs...)
+			b, err := New(filepath.Join(mnt, "data"), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := b.CreateImage(idA, 64<<20, ""); err != nil {
+				t.Fatal(err)
+			}
+			f, err := os.OpenFile(b.ImagePath(idA), os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteAt(make([]byte, 8<<20), 0)
+			f.Sync()
+			f.Close()
+			if got, err := b.ImageExclusive(idA); err != nil || got != 8<<20 {
+				t.Fatalf("exclusive bytes of 8 MiB written: %d %v", got, err)
+			}
+			const snap = "hps1-0000000000000000000000000000000a"
+			if _, err := b.Snapshot(context.Background(), idA, snap, nil); err != nil {
+				t.Fatal(err)
+			}
+			got, err := b.ImageExclusive(idA)
+			want := int64(0) // all shared with the snapshot
+			if tc.fs == "ext4" {
+				want = 8 << 20 // a copy shares nothing
+			}
+			if err != nil || got != want {
+				t.Fatalf("exclusive bytes after a snapshot: %d %v, want %d", got, err, want)
+			}
+		})
+	}
+}

@@ -6,11 +6,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/loop"
+	"github.com/hostpath-csi/hostpath-csi/pkg/quota"
 )
 
 // An image volume and a block volume keep their data in one sparse file,
@@ -218,4 +220,100 @@ func (b *Backend) ImageSize(id string) (int64, error) {
 		return 0, err
 	}
 	return fi.Size(), nil
+}
+
+// IsImageMount reports whether path is where image volume id's filesystem
+// is mounted: the directory's device is one of the image's loop devices.
+// A staging path whose mount went away is a plain directory of the node's
+// own filesystem, and freezing that would freeze the node.
+func (b *Backend) IsImageMount(id, path string) (bool, error) {
+	devs, err := b.BlockDevices(id)
+	if err != nil || len(devs) == 0 {
+		return false, err
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return false, nil
+		}
+		return false, err
+	}
+	for _, d := range devs {
+		var ds unix.Stat_t
+		if err := unix.Stat(d.Path, &ds); err == nil && ds.Rdev == st.Dev {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// From linux/fiemap.h and linux/fs.h.
+const (
+	fsIocFiemap       = 0xc020660b // _IOWR('f', 11, struct fiemap)
+	fiemapExtentLast  = 0x1
+	fiemapExtentShare = 0x2000
+	fiemapBatch       = 256
+)
+
+type fiemapHeader struct {
+	start, length                        uint64
+	flags, mapped, extentCount, reserved uint32
+}
+
+type fiemapExtent struct {
+	logical, physical, length uint64
+	_                         [2]uint64
+	flags                     uint32
+	_                         [3]uint32
+}
+
+type fiemapBuf struct {
+	h       fiemapHeader
+	extents [fiemapBatch]fiemapExtent
+}
+
+// ImageExclusive is what an image or block volume's file holds alone on the
+// data filesystem: its allocated extents less those it shares with another
+// file (a reflinked snapshot, clone or source). A shared extent takes new
+// space when the volume rewrites it, so only the exclusive ones are already
+// paid for.
+func (b *Backend) ImageExclusive(id string) (int64, error) {
+	f, err := os.OpenFile(b.ImagePath(id), os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	var total int64
+	var buf fiemapBuf
+	for start := uint64(0); ; {
+		buf.h = fiemapHeader{start: start, length: ^uint64(0), extentCount: fiemapBatch}
+		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), fsIocFiemap, uintptr(unsafe.Pointer(&buf))); errno != 0 {
+			if errno == unix.EOPNOTSUPP || errno == unix.ENOTTY {
+				return b.ImageAllocated(id) // no extent map: count every block as its own
+			}
+			return 0, fmt.Errorf("FS_IOC_FIEMAP %s: %w", b.ImagePath(id), errno)
+		}
+		if buf.h.mapped == 0 {
+			return total, nil
+		}
+		for _, e := range buf.extents[:buf.h.mapped] {
+			if e.flags&fiemapExtentShare == 0 {
+				total += int64(e.length)
+			}
+			if e.flags&fiemapExtentLast != 0 {
+				return total, nil
+			}
+			start = e.logical + e.length
+		}
+	}
+}
+
+// QgroupExclusive is what a btrfs directory volume holds alone (its
+// qgroup's exclusive bytes), for the same reason as ImageExclusive.
+func (b *Backend) QgroupExclusive(id string) (int64, error) {
+	q, err := quota.QgroupUsage(b.Path(id))
+	if err != nil {
+		return 0, err
+	}
+	return int64(q.Exclusive), nil
 }
