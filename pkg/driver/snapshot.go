@@ -1,10 +1,10 @@
 package driver
 
 import (
-	"slices"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -400,7 +400,7 @@ type contentSource struct {
 	snapshotID, volumeID string
 	capacity             int64 // the smallest volume the content fits in
 	kind                 volumeKind
-	formatted            bool     // an image source holds a filesystem
+	formatted            bool // an image source holds a filesystem
 	lockKey              string
 	unlock               func()
 }
