@@ -553,3 +553,67 @@ func TestCloneSetsAsideItsRoom(t *testing.T) {
 		t.Fatalf("a reflinked clone of 128 MiB set aside %d bytes", drop)
 	}
 }
+
+// A clone of an xfs image volume is staged on the node beside its source
+// (a copy has the same filesystem UUID, which xfs refuses by default).
+func TestXFSCloneBesideItsSource(t *testing.T) {
+	mnt := testutil.LoopFS(t, "ext4", 1024)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	c.GetMount().FsType = "xfs"
+	req := createReq("src", 320<<20)
+	req.Parameters, req.VolumeCapabilities = map[string]string{ParamLayout: LayoutImage}, []*csi.VolumeCapability{c}
+	r, err := e.d.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := r.GetVolume().GetVolumeId()
+	_, target := e.stageAndPublish(t, src, c)
+	os.WriteFile(filepath.Join(target, "f"), []byte("x"), 0o644)
+	clone := fromVolume("clone", 0, src)
+	clone.Parameters, clone.VolumeCapabilities = req.Parameters, req.VolumeCapabilities
+	r, err = e.d.CreateVolume(ctx, clone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cid := r.GetVolume().GetVolumeId()
+	_, ctarget := e.stageAndPublish(t, cid, c)
+	if got, err := os.ReadFile(filepath.Join(ctarget, "f")); err != nil || string(got) != "x" {
+		t.Fatalf("the clone beside its source: %q %v", got, err)
+	}
+	e.unpublishAndUnstage(t, cid)
+	e.unpublishAndUnstage(t, src)
+}
+
+// Start-up detaches loop devices that no stage holds: one a kill left
+// between an attach and its record, and one whose volume file was deleted.
+func TestLeakedLoopDevicesDetachedAtStart(t *testing.T) {
+	mnt := testutil.LoopFS(t, "ext4", 256)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	var volIDs []string
+	for _, name := range []string{"kept", "deleted"} {
+		req := createReq(name, 8<<20)
+		req.VolumeCapabilities = []*csi.VolumeCapability{blockCap}
+		r, err := e.d.CreateVolume(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		volIDs = append(volIDs, r.GetVolume().GetVolumeId())
+		if _, err := e.d.vols.AttachBlock(volIDs[len(volIDs)-1], false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.d.Close()
+	if err := os.Remove(e.d.vols.ImagePath(volIDs[1])); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(testutil.LoopDevicesUnder(t, filepath.Join(mnt, "data"))); n != 2 {
+		t.Fatalf("%d devices attached before the restart, want 2", n)
+	}
+	e.start(t)
+	if left := testutil.LoopDevicesUnder(t, filepath.Join(mnt, "data")); len(left) != 0 {
+		t.Fatalf("devices left attached after start-up: %v", left)
+	}
+}

@@ -121,6 +121,19 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if h := d.dataHealth(v); len(h) > 0 {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s has no usable data (%s); see its volume health", v.ID, h[0].Message)
 	}
+	if kindOf(v).block() {
+		// One loop device per block volume: staged at a second path, its
+		// unstage would detach the device under the first one's pods.
+		pubs, err := d.store.PublicationsOf(v.ID)
+		if err != nil {
+			return nil, stateError(err)
+		}
+		for _, p := range pubs {
+			if p.Kind == state.KindStage && p.Path != path {
+				return nil, status.Errorf(codes.FailedPrecondition, "block volume %s is already staged at %s; a block volume is staged at one path per node", v.ID, p.Path)
+			}
+		}
+	}
 	if err := d.mountRecorded(pub, func() error { return d.stage(v, pub) }); err != nil {
 		return nil, err
 	}

@@ -275,6 +275,11 @@ func mountOptions(opts MountOptions) []string {
 	if opts.ReadOnly {
 		o = append(o, "ro")
 	}
+	if opts.FSType == XFS {
+		// A snapshot, restore or clone of an image is a copy with the same
+		// filesystem UUID, which xfs refuses to mount beside the original.
+		o = append(o, "nouuid")
+	}
 	return o
 }
 

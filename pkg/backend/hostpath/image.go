@@ -156,22 +156,40 @@ func (b *Backend) DetachBlock(id string) error {
 	return nil
 }
 
-// LeakedBlockDevices lists loop devices whose backing file lies under the
-// data directory but belongs to none of the given volume IDs (or was
-// deleted): devices a crash left attached.
+// LeakedBlockDevices lists loop devices that hold a volume file of this
+// data directory (matched by device and inode: the path the kernel shows is
+// the one seen in the mount namespace that attached it, which a restarted
+// container no longer has) whose volume ID is not in attached, and devices
+// whose backing file was a volume file and has been deleted. These are
+// devices a crash left attached.
 func (b *Backend) LeakedBlockDevices(attached map[string]bool) ([]loop.Device, error) {
 	all, err := loop.List()
 	if err != nil {
 		return nil, err
 	}
+	type inode struct{ dev, ino uint64 }
+	owner := map[inode]string{}
+	names, err := listDir(b.volumes)
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range names {
+		var st unix.Stat_t
+		if unix.Lstat(filepath.Join(b.volumes, id, imageName), &st) == nil {
+			owner[inode{st.Dev, st.Ino}] = id
+		}
+	}
 	var leaked []loop.Device
 	for _, d := range all {
-		rel, err := filepath.Rel(b.volumes, d.BackingFile)
-		if err != nil || filepath.IsAbs(rel) || rel == "." || rel[0] == '.' {
-			continue // not under volumes/
+		if id, ok := owner[inode{d.BackingDev, d.BackingInode}]; ok {
+			if !attached[id] {
+				leaked = append(leaked, d)
+			}
+			continue
 		}
-		id, name := filepath.Split(rel)
-		if d.BackingDeleted || name != imageName || !attached[filepath.Clean(id)] {
+		// A deleted volume's file: its name still says what it was.
+		volDir := filepath.Dir(d.BackingFile)
+		if d.BackingDeleted && filepath.Base(d.BackingFile) == imageName && filepath.Base(filepath.Dir(volDir)) == "volumes" {
 			leaked = append(leaked, d)
 		}
 	}
