@@ -48,6 +48,12 @@ func (d *Driver) inPlace(v *state.Volume, pub *state.Publication) (bool, error) 
 // a publish target, which the driver made.
 func (d *Driver) detach(v *state.Volume, pub *state.Publication) error {
 	switch {
+	case pub.Kind == state.KindPublish && v.Ephemeral && kindOf(v).layout == LayoutImage:
+		// An inline image volume is mounted at its target itself.
+		if err := d.vols.UnmountImage(v.ID, pub.Path); err != nil {
+			return err
+		}
+		return mountutil.Unmount(pub.Path, true)
 	case pub.Kind == state.KindPublish:
 		return mountutil.Unmount(pub.Path, true)
 	case kindOf(v).block():
@@ -77,25 +83,31 @@ func (d *Driver) stage(v *state.Volume, pub *state.Publication) error {
 		pub.Device = dev.Path
 		return nil
 	case LayoutImage:
-		m, err := d.vols.MountImage(v.ID, pub.Path, k.fsType, pub.MountFlags, false, v.Formatted)
-		if err != nil {
-			return err
-		}
-		if m.Formatted || !v.Formatted {
-			params, _ := parseParameters(v.Parameters)
-			if err := os.Chmod(pub.Path, params.mode); err != nil {
-				_ = d.vols.UnmountImage(v.ID, pub.Path)
-				return fmt.Errorf("set the mode of the new filesystem's root: %w", err)
-			}
-			if err := d.store.SetVolumeFormatted(v.ID); err != nil {
-				_ = d.vols.UnmountImage(v.ID, pub.Path)
-				return err
-			}
-			v.Formatted = true
-		}
-		return nil
+		return d.mountImage(v, pub.Path, pub.MountFlags, false)
 	}
 	return mountutil.Bind(d.vols.Path(v.ID), pub.Path, false, nil)
+}
+
+// mountImage mounts an image volume's filesystem at path; the first mount
+// formats it and gives its root the class's mountPermissions.
+func (d *Driver) mountImage(v *state.Volume, path string, flags []string, readOnly bool) error {
+	m, err := d.vols.MountImage(v.ID, path, kindOf(v).fsType, flags, readOnly, v.Formatted)
+	if err != nil {
+		return err
+	}
+	if m.Formatted || !v.Formatted {
+		params, _ := parseParameters(v.Parameters)
+		if err := os.Chmod(path, params.mode); err != nil {
+			_ = d.vols.UnmountImage(v.ID, path)
+			return fmt.Errorf("set the mode of the new filesystem's root: %w", err)
+		}
+		if err := d.store.SetVolumeFormatted(v.ID); err != nil {
+			_ = d.vols.UnmountImage(v.ID, path)
+			return err
+		}
+		v.Formatted = true
+	}
+	return nil
 }
 
 // publish makes pub (a publish record, recorded as mounting) real: a bind

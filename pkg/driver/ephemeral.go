@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
 	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/size"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
@@ -66,7 +67,7 @@ func (d *Driver) ephemeralAttributes(attrs map[string]string) (volumeParams, int
 				return volumeParams{}, 0, nil, status.Errorf(codes.InvalidArgument, "volume attribute %s: %v", AttrSize, err)
 			}
 			capacity = n
-		case k == ParamMountPermissions:
+		case k == ParamMountPermissions, k == ParamLayout:
 			params[k] = v
 		default:
 			unknown = append(unknown, fmt.Sprintf("%.64q", k))
@@ -74,13 +75,31 @@ func (d *Driver) ephemeralAttributes(attrs map[string]string) (volumeParams, int
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return volumeParams{}, 0, nil, status.Errorf(codes.InvalidArgument, "unknown inline volume attribute %s; this driver accepts: %s, %s",
-			strings.Join(unknown[:min(len(unknown), 5)], ", "), AttrSize, ParamMountPermissions)
+		return volumeParams{}, 0, nil, status.Errorf(codes.InvalidArgument, "unknown inline volume attribute %s; this driver accepts: %s, %s, %s",
+			strings.Join(unknown[:min(len(unknown), 5)], ", "), AttrSize, ParamMountPermissions, ParamLayout)
 	}
 	if capacity > d.cfg.MaxVolumeSize {
 		return volumeParams{}, 0, nil, status.Errorf(codes.OutOfRange, "inline volume of %d bytes; the largest volume this driver makes is %d bytes (--max-volume-size)", capacity, d.cfg.MaxVolumeSize)
 	}
 	p, err := parseParameters(params)
+	if err != nil {
+		return p, 0, nil, err
+	}
+	// Any pod may ask for an inline volume: it must be held to its size,
+	// or one pod could fill the node. A directory where nothing holds it
+	// is refused; with no layout asked, such a node gives an image.
+	limit, why := d.vols.DirectoryLimit()
+	switch {
+	case p.layout == LayoutDirectory && limit == hostpath.EnforceNone:
+		return p, 0, nil, status.Errorf(codes.InvalidArgument, "inline volume attribute %s=%s: nothing holds a directory to its size on this node (%s); omit it or use %s", ParamLayout, LayoutDirectory, why, LayoutImage)
+	case p.layout == "" && limit == hostpath.EnforceNone:
+		p.layout = LayoutImage
+	case p.layout == "":
+		p.layout = LayoutDirectory
+	}
+	if p.layout == LayoutImage {
+		capacity, err = sizeForKind(capacity, volumeKind{layout: LayoutImage, fsType: d.cfg.ImageFSType}, nil)
+	}
 	return p, capacity, params, err
 }
 
@@ -148,7 +167,7 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 	if err := os.MkdirAll(target, 0o750); err != nil {
 		return nil, status.Errorf(codes.Internal, "create target path: %v", err)
 	}
-	if err := d.mountRecorded(pub, func() error { return mountutil.Bind(d.vols.Path(v.ID), target, pub.ReadOnly, pub.MountFlags) }); err != nil {
+	if err := d.mountRecorded(pub, func() error { return d.mountEphemeral(v, pub) }); err != nil {
 		return nil, err
 	}
 	klog.V(2).InfoS("Inline volume published", "handle", handle, "volumeID", v.ID, "targetPath", target, "capacity", v.CapacityBytes,
@@ -156,10 +175,24 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
+// mountEphemeral makes an inline volume's publication: there is no
+// staging, so a directory is bound and an image mounted at the target.
+func (d *Driver) mountEphemeral(v *state.Volume, pub *state.Publication) error {
+	if kindOf(v).layout != LayoutImage {
+		return mountutil.Bind(d.vols.Path(v.ID), pub.Path, pub.ReadOnly, pub.MountFlags)
+	}
+	return d.mountImage(v, pub.Path, pub.MountFlags, pub.ReadOnly)
+}
+
 // makeEphemeral makes a new, empty inline volume: intent, data, result.
 func (d *Driver) makeEphemeral(name string, capacity int64, attrs map[string]string, params volumeParams) (*state.Volume, error) {
-	limit, _ := d.vols.DirectoryLimit()
-	v, err := d.recordNewVolume(&state.Volume{Name: name, Parameters: attrs, Ephemeral: true, Layout: LayoutDirectory, Limit: limit}, capacity, nil)
+	v := &state.Volume{Name: name, Parameters: attrs, Ephemeral: true, Layout: params.layout}
+	if params.layout == LayoutImage {
+		v.FSType, v.Limit = d.cfg.ImageFSType, hostpath.EnforceImage
+	} else {
+		v.Limit, _ = d.vols.DirectoryLimit()
+	}
+	v, err := d.recordNewVolume(v, capacity, nil)
 	if err != nil {
 		return nil, err
 	}

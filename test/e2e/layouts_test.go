@@ -85,8 +85,8 @@ func testBlockVolume(t *testing.T, c *cluster) {
 }
 
 // examples/inline.yaml: an inline csi: volume is made when the pod starts
-// (a volume directory appears on the node, of the size asked) and removed
-// when the pod goes.
+// (a volume directory appears on the node), is held to the size asked (df
+// in the pod; a write past it fails) and is removed when the pod goes.
 func testInlineVolume(t *testing.T, c *cluster) {
 	ns := c.namespace(t, "inline")
 	before, _ := os.ReadDir(filepath.Join(c.dataDir1, "volumes"))
@@ -94,6 +94,12 @@ func testInlineVolume(t *testing.T, c *cluster) {
 	c.waitPodPhase(t, ns, "scratch", v1.PodRunning, 3*time.Minute)
 	if out := c.k(t, "-n", ns, "exec", "scratch", "--", "cat", "/scratch/started"); out == "" {
 		t.Fatal("the pod wrote nothing to its inline volume")
+	}
+	if total := c.dfTotalKiB(t, ns, "scratch", "/scratch"); total < 200<<10 || total > 256<<10 {
+		t.Fatalf("df in the pod: %d KiB for a 256 MiB inline volume", total)
+	}
+	if out, err := c.run("", "-n", ns, "exec", "scratch", "--", "dd", "if=/dev/zero", "of=/scratch/big", "bs=1M", "count=300"); err == nil {
+		t.Fatalf("300 MiB written into a 256 MiB inline volume: %s", out)
 	}
 	during, _ := os.ReadDir(filepath.Join(c.dataDir1, "volumes"))
 	if len(during) != len(before)+1 {

@@ -102,7 +102,7 @@ func (b *Backend) selfTestQgroup() error {
 	if err := quota.SetQgroupLimit(p, limitProbeSize); err != nil {
 		return err
 	}
-	return writePastLimit(p)
+	return withoutCapability(unix.CAP_SYS_RESOURCE, func() error { return writePastLimit(p) })
 }
 
 // probeProjectID is the project the self-test uses; volumes get IDs from
@@ -126,11 +126,12 @@ func (b *Backend) selfTestProject() error {
 	if err := quota.SetProjectLimit(b.root, probeProjectID, limitProbeSize); err != nil {
 		return err
 	}
-	return writePastLimit(p)
+	return withoutCapability(unix.CAP_SYS_RESOURCE, func() error { return writePastLimit(p) })
 }
 
 // writePastLimit writes four times the probe limit into dir and succeeds
-// only if the kernel refuses it with EDQUOT or ENOSPC.
+// only if the kernel refuses it with EDQUOT or ENOSPC. Callers run it
+// without CAP_SYS_RESOURCE, as a tenant writes (withoutCapability).
 func writePastLimit(dir string) error {
 	f, err := os.Create(filepath.Join(dir, "fill"))
 	if err != nil {
