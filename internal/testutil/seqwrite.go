@@ -10,6 +10,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// WriteCases are the write benchmarks' cases: a new volume's first fill and
+// a full overwrite of it, each with O_DIRECT and through the page cache
+// (fsync at the end), by one writer; and O_DIRECT by four writers at once
+// (several I/Os in flight). See WriteRatio.
+var WriteCases = []struct {
+	Name              string
+	Direct, Overwrite bool
+	Writers           int
+}{
+	{"fresh/direct", true, false, 1},
+	{"fresh/buffered", false, false, 1},
+	{"overwrite/direct", true, true, 1},
+	{"overwrite/buffered", false, true, 1},
+	{"fresh/direct-4writers", true, false, 4},
+	{"overwrite/direct-4writers", true, true, 4},
+}
+
 // SeqWriteBlock is the write size SeqWrite uses.
 const SeqWriteBlock = 1 << 20
 

@@ -12,22 +12,6 @@ import (
 
 const benchWrite = 256 << 20
 
-// writeCases: a new volume's first fill and a full overwrite of it, each
-// with O_DIRECT and through the page cache (fsync at the end), by one
-// writer; and O_DIRECT by four writers at once (several I/Os in flight).
-var writeCases = []struct {
-	name              string
-	direct, overwrite bool
-	writers           int
-}{
-	{"fresh/direct", true, false, 1},
-	{"fresh/buffered", false, false, 1},
-	{"overwrite/direct", true, true, 1},
-	{"overwrite/buffered", false, true, 1},
-	{"fresh/direct-4writers", true, false, 4},
-	{"overwrite/direct-4writers", true, true, 4},
-}
-
 func benchScratch(b *testing.B, fs string) string {
 	b.Helper()
 	testutil.RequireRoot(b)
@@ -42,11 +26,11 @@ func benchScratch(b *testing.B, fs string) string {
 
 // BenchmarkImageWriteVsPlain: a file written into a freshly made image
 // volume (sparse image, loop with direct I/O, mounted), against the same
-// file written to the directory the image lives in (see writeCases).
+// file written to the directory the image lives in (see testutil.WriteCases).
 func BenchmarkImageWriteVsPlain(b *testing.B) {
 	for _, fs := range []string{Ext4, XFS} {
-		for _, tc := range writeCases {
-			b.Run(fs+"/"+tc.name, func(b *testing.B) {
+		for _, tc := range testutil.WriteCases {
+			b.Run(fs+"/"+tc.Name, func(b *testing.B) {
 				dir := benchScratch(b, fs)
 				plain := func(i int) (string, func()) {
 					p := filepath.Join(dir, fmt.Sprint("plain", i))
@@ -75,7 +59,7 @@ func BenchmarkImageWriteVsPlain(b *testing.B) {
 						os.Remove(mnt)
 					}
 				}
-				testutil.WriteRatio(b, benchWrite, tc.direct, tc.overwrite, tc.writers, plain, vol)
+				testutil.WriteRatio(b, benchWrite, tc.Direct, tc.Overwrite, tc.Writers, plain, vol)
 			})
 		}
 	}

@@ -11,30 +11,14 @@ import (
 
 const benchWrite = 256 << 20
 
-// writeCases: a new volume's first fill and a full overwrite of it, each
-// with O_DIRECT and through the page cache (fsync at the end), by one
-// writer; and O_DIRECT by four writers at once (several I/Os in flight).
-var writeCases = []struct {
-	name              string
-	direct, overwrite bool
-	writers           int
-}{
-	{"fresh/direct", true, false, 1},
-	{"fresh/buffered", false, false, 1},
-	{"overwrite/direct", true, true, 1},
-	{"overwrite/buffered", false, true, 1},
-	{"fresh/direct-4writers", true, false, 4},
-	{"overwrite/direct-4writers", true, true, 4},
-}
-
 // BenchmarkBlockWriteVsPlain: a raw block volume (a fresh sparse backing
 // file on a loop device with direct I/O and 4 KiB sectors, as a block
 // volume is attached) against a fresh plain file in the same directory.
-// See writeCases.
+// See testutil.WriteCases.
 func BenchmarkBlockWriteVsPlain(b *testing.B) {
 	testutil.RequireRoot(b)
-	for _, tc := range writeCases {
-		b.Run(tc.name, func(b *testing.B) {
+	for _, tc := range testutil.WriteCases {
+		b.Run(tc.Name, func(b *testing.B) {
 			dir := testutil.BenchDir(b)
 			testutil.CleanupLoopDevices(b, dir)
 			plain := func(i int) (string, func()) {
@@ -63,7 +47,7 @@ func BenchmarkBlockWriteVsPlain(b *testing.B) {
 					os.Remove(p)
 				}
 			}
-			testutil.WriteRatio(b, benchWrite, tc.direct, tc.overwrite, tc.writers, plain, vol)
+			testutil.WriteRatio(b, benchWrite, tc.Direct, tc.Overwrite, tc.Writers, plain, vol)
 		})
 	}
 }
