@@ -1,0 +1,163 @@
+package driver
+
+// Reproductions from the adversarial review of the issue 8/9 fixes
+// (438ce17..8c85e08). Each test states what a user should see; the ones
+// that fail show a finding of the review.
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
+)
+
+// inlineImageEnv is a driver whose data directory holds no directory to its
+// size (ext4 without project quotas), so inline volumes are images.
+func inlineImageEnv(t *testing.T) *testEnv {
+	t.Helper()
+	mnt := testutil.LoopFS(t, "ext4", 512)
+	cleanupUnder(t, mnt)
+	testutil.CleanupMounts(t, filepath.Join(mnt, "pods"))
+	e := newEnvOn(t, mnt)
+	if limit, _ := e.d.vols.DirectoryLimit(); limit != hostpath.EnforceNone {
+		t.Skipf("the data directory holds directories (%s): inline volumes are not images here", limit)
+	}
+	return e
+}
+
+// A pod may mount its inline volume read-only (`readOnly: true` on the
+// csi volume). A directory inline volume publishes read-only; an image one
+// must too, rather than failing with INTERNAL at every kubelet retry
+// (a blank image cannot be formatted through a read-only device, and the
+// root's mode cannot be set on a read-only mount).
+func TestReview9InlineImageReadOnly(t *testing.T) {
+	e := inlineImageEnv(t)
+	target := filepath.Join(e.dir, "pods", "ro", "mount")
+	req := inlineReq("csi-ro", target, map[string]string{AttrSize: "32Mi"})
+	req.Readonly = true
+	if _, err := e.d.NodePublishVolume(ctx, req); err != nil {
+		t.Fatalf("read-only inline image volume: %v", err)
+	}
+	defer e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-ro", TargetPath: target})
+	if err := os.WriteFile(filepath.Join(target, "f"), nil, 0o644); err == nil {
+		t.Fatal("a read-only inline volume took a write")
+	}
+}
+
+// A driver restart while a pod mounts an inline image volume: start-up must
+// not count (or log) the image's loop device as one "no stage holds", and
+// detach it: an inline image is held by its publication.
+func TestReview9RestartLeavesInlineImageDeviceAlone(t *testing.T) {
+	e := inlineImageEnv(t)
+	target := filepath.Join(e.dir, "pods", "web", "mount")
+	if _, err := e.d.NodePublishVolume(ctx, inlineReq("csi-web", target, map[string]string{AttrSize: "32Mi"})); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { // on the driver running then
+		e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-web", TargetPath: target})
+	}()
+	e.restart(t)
+	if body := scrape(t, e.d); strings.Contains(body, `action="detached_loop_device"`) {
+		t.Errorf("start-up detached the loop device of a mounted inline image volume:\n%s", grepLines(body, "reconcile_actions"))
+	}
+	if err := os.WriteFile(filepath.Join(target, "after-restart"), []byte("x"), 0o644); err != nil {
+		t.Fatalf("write to the inline volume after the restart: %v", err)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// A clone asked with limit_bytes is never larger than that limit (the spec:
+// OUT_OF_RANGE otherwise), even when its source grows while the clone waits
+// for a copy slot; and what it takes beyond the room it checked is checked
+// too.
+func TestReview9CloneOfAGrowingSourceKeepsItsLimit(t *testing.T) {
+	mnt := testutil.LoopFS(t, "ext4", 1024)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	c.GetMount().FsType = "xfs"
+	const size = 320 << 20
+	req := createReq("src", size)
+	req.Parameters, req.VolumeCapabilities = map[string]string{ParamLayout: LayoutImage}, []*csi.VolumeCapability{c}
+	r, err := e.d.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := r.GetVolume().GetVolumeId()
+	_, target := e.stageAndPublish(t, src, c)
+	defer e.unpublishAndUnstage(t, src)
+
+	g := newGate(e)
+	clone := fromVolume("clone", size, src)
+	clone.CapacityRange.LimitBytes = size
+	clone.Parameters, clone.VolumeCapabilities = req.Parameters, req.VolumeCapabilities
+	type result struct {
+		r   *csi.CreateVolumeResponse
+		err error
+	}
+	done := make(chan result, 1)
+	go func() { r, err := e.d.CreateVolume(ctx, clone); done <- result{r, err} }()
+	g.wait(t) // the clone is accepted and waits at its copy
+	if _, err := e.d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: src, VolumePath: target,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: size + 64<<20}}); err != nil {
+		t.Fatalf("expand the source meanwhile: %v", err)
+	}
+	close(g.open)
+	res := <-done
+	if res.err == nil {
+		defer e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: res.r.GetVolume().GetVolumeId()})
+		if got := res.r.GetVolume().GetCapacityBytes(); got > size {
+			t.Fatalf("clone asked with limit_bytes %d has %d bytes", int64(size), got)
+		}
+	}
+}
+
+// kill -9 between FIFREEZE and FITHAW (simulated: the staged filesystem
+// is frozen by hand, the driver closed and started again): start-up thaws.
+func TestReview9RestartThawsAFrozenStage(t *testing.T) {
+	mnt := testutil.LoopFS(t, "ext4", 512)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	req := createReq("img", 32<<20)
+	req.Parameters = map[string]string{ParamLayout: LayoutImage}
+	r, err := e.d.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := r.GetVolume().GetVolumeId()
+	staging, target := e.stageAndPublish(t, id, rwo)
+	defer e.unpublishAndUnstage(t, id)
+	fd, err := unix.Open(staging, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.IoctlRetInt(fd, 0xc0045877); err != nil { // FIFREEZE
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	defer imagefs.Thaw(staging) // whatever happens
+	e.restart(t)
+	if was, err := imagefs.Thaw(staging); was || err != nil {
+		t.Fatalf("the staged filesystem was still frozen after the restart (%v)", err)
+	}
+	if err := os.WriteFile(filepath.Join(target, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
