@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -159,5 +160,60 @@ func TestReview9RestartThawsAFrozenStage(t *testing.T) {
 	}
 	if err := os.WriteFile(filepath.Join(target, "f"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A staged image volume whose data went missing (volume health says
+// DATA_LOSS) can still be unpublished and unstaged: the pod must be able to
+// go, and its mount and loop device with it.
+func TestReview9UnstageAnImageWhoseDataIsGone(t *testing.T) {
+	mnt := testutil.LoopFS(t, "ext4", 512)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	req := createReq("img", 32<<20)
+	req.Parameters = map[string]string{ParamLayout: LayoutImage}
+	r, err := e.d.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := r.GetVolume().GetVolumeId()
+	e.stageAndPublish(t, id, rwo)
+	if err := os.RemoveAll(e.d.vols.Path(id)); err != nil {
+		t.Fatal(err)
+	}
+	e.unpublishAndUnstage(t, id)
+}
+
+// A long copy of a block volume (a snapshot on a data filesystem without
+// reflinks copies every byte) must not hold up its pod's mount: node.go's
+// lockForNode promises that a copy never holds up its pods' mounts. Here the
+// copy is held at its start; the kubelet's publish must not wait for it.
+func TestReview9CopyDoesNotHoldUpPublish(t *testing.T) {
+	mnt := testutil.LoopFS(t, "ext4", 512)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	req := createReq("blk", 16<<20)
+	req.VolumeCapabilities = []*csi.VolumeCapability{blockCap}
+	r, err := e.d.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := r.GetVolume().GetVolumeId()
+	staging, target := kubeletPaths(e, id)
+	if _, err := e.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: blockCap}); err != nil {
+		t.Fatal(err)
+	}
+	defer e.unpublishAndUnstage(t, id)
+	g := newGate(e)
+	snapDone := make(chan error, 1)
+	go func() { _, err := e.d.CreateSnapshot(ctx, snapReq("snap", id)); snapDone <- err }()
+	g.wait(t)
+	_, perr := e.d.NodePublishVolume(deadline(t, 3*time.Second), publishReq(id, staging, target, false, blockCap))
+	close(g.open)
+	if err := <-snapDone; err != nil {
+		t.Logf("snapshot: %v", err)
+	}
+	if perr != nil {
+		t.Fatalf("publish while a snapshot copies the volume: %v", perr)
 	}
 }
