@@ -64,21 +64,8 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if k.block() && want%blockSector != 0 {
 		want = (want/blockSector + 1) * blockSector
 	}
-	if grow := want - v.CapacityBytes; grow > 0 && enforced(v) {
-		// Checked and set aside under one lock with creates, so two
-		// calls cannot both take the same free bytes.
-		d.roomMu.Lock()
-		avail, err := d.available()
-		if err == nil && grow > avail {
-			err = status.Errorf(codes.ResourceExhausted, "growing volume %s by %d bytes, but the node has %d bytes available for volumes held to their size", v.ID, grow, avail)
-		}
-		if err == nil {
-			d.reserved.add(grow)
-		}
-		d.roomMu.Unlock()
-		if err != nil {
-			return nil, err
-		}
+	if err := d.setAsideGrowth(v, want); err != nil {
+		return nil, err
 	}
 	switch k.layout {
 	case LayoutImage:
@@ -118,13 +105,58 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 // aside room on the data filesystem.
 func enforced(v *state.Volume) bool { return v.Limit != "" && v.Limit != hostpath.EnforceNone }
 
+// setAsideGrowth checks that the node has room for v to grow to want and
+// records that intent before the disk grows, under one lock with creates,
+// so two calls cannot both take the same free bytes and a kill while the
+// disk grows leaves the growth set aside. It charges only what is not set
+// aside already: the kubelet's retry of an expansion a kill cut short finds
+// its intent on record, or its image file grown, and is not refused the
+// room its filesystem already has.
+func (d *Driver) setAsideGrowth(v *state.Volume, want int64) error {
+	if !enforced(v) {
+		return nil
+	}
+	d.roomMu.Lock()
+	defer d.roomMu.Unlock()
+	grow := want - d.heldSize(v)
+	if grow <= 0 {
+		return nil
+	}
+	avail, err := d.available()
+	if err != nil {
+		return err
+	}
+	if grow > avail {
+		return status.Errorf(codes.ResourceExhausted, "growing volume %s by %d bytes, but the node has %d bytes available for volumes held to their size", v.ID, grow, avail)
+	}
+	if err := d.store.SetVolumeGrowingTo(v.ID, want); err != nil {
+		return stateError(err)
+	}
+	v.GrowingTo = want
+	d.reserved.add(grow)
+	return nil
+}
+
+// heldSize is the size v may fill: its recorded capacity, or more while an
+// expansion is in progress or was cut short (its intent on record; an image
+// or block file grown before the capacity was recorded).
+func (d *Driver) heldSize(v *state.Volume) int64 {
+	size := max(v.CapacityBytes, v.GrowingTo)
+	if v.Limit == hostpath.EnforceImage {
+		if n, err := d.vols.ImageSize(v.ID); err == nil {
+			size = max(size, n)
+		}
+	}
+	return size
+}
+
 // blockSector is the unit a block volume's size is rounded up to.
 const blockSector = 4096
 
 // recordCapacity records a volume's new size, after it holds (a retry of an
 // expansion cut short finds the volume already grown and records it then).
 func (d *Driver) recordCapacity(v *state.Volume, size int64) error {
-	if size == v.CapacityBytes {
+	if size == v.CapacityBytes && v.GrowingTo == 0 {
 		return nil
 	}
 	if err := d.store.SetVolumeCapacity(v.ID, size); err != nil {
@@ -132,7 +164,7 @@ func (d *Driver) recordCapacity(v *state.Volume, size int64) error {
 	}
 
 	klog.V(2).InfoS("Volume expanded", "volumeID", v.ID, "from", v.CapacityBytes, "to", size, "limit", v.Limit)
-	v.CapacityBytes = size
+	v.CapacityBytes, v.GrowingTo = size, 0
 	return nil
 }
 
@@ -197,7 +229,7 @@ func (d *Driver) reservedBy(v *state.Volume) int64 {
 	if err != nil {
 		used = 0 // missing data (health says so) or a volume being made: reserve it all
 	}
-	return max(0, v.CapacityBytes-used)
+	return max(0, d.heldSize(v)-used)
 }
 
 // released takes a volume about to be removed out of the cached
