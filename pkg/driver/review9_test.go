@@ -167,27 +167,6 @@ func TestReview9RestartThawsAFrozenStage(t *testing.T) {
 	}
 }
 
-// A staged image volume whose data went missing (volume health says
-// DATA_LOSS) can still be unpublished and unstaged: the pod must be able to
-// go, and its mount and loop device with it.
-func TestReview9UnstageAnImageWhoseDataIsGone(t *testing.T) {
-	mnt := testutil.LoopFS(t, "ext4", 512)
-	cleanupUnder(t, mnt)
-	e := newEnvOn(t, mnt)
-	req := createReq("img", 32<<20)
-	req.Parameters = map[string]string{ParamLayout: LayoutImage}
-	r, err := e.d.CreateVolume(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := r.GetVolume().GetVolumeId()
-	e.stageAndPublish(t, id, rwo)
-	if err := os.RemoveAll(e.d.vols.Path(id)); err != nil {
-		t.Fatal(err)
-	}
-	e.unpublishAndUnstage(t, id)
-}
-
 // A long copy of a block volume (a snapshot on a data filesystem without
 // reflinks copies every byte) must not hold up its pod's mount: node.go's
 // lockForNode promises that a copy never holds up its pods' mounts. Here the
