@@ -531,14 +531,20 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 
 // removeVolumeData frees what a volume holds on the node (a block or image
 // file's loop devices a crash may have left) and moves its data to the trash.
+// Its reservation is given back once the data is gone, not before: a
+// removal that fails keeps the volume, and what it may fill.
 func (d *Driver) removeVolumeData(v *state.Volume) error {
-	d.released(v)
+	reserved := d.reservedBy(v)
 	if kindOf(v).layout != LayoutDirectory {
 		if err := d.vols.DetachBlock(v.ID); err != nil {
 			return err
 		}
 	}
-	return d.vols.Delete(v.ID)
+	if err := d.vols.Delete(v.ID); err != nil {
+		return err
+	}
+	d.released(reserved)
+	return nil
 }
 
 // readyVolume returns a volume that exists and is ready, or NotFound.

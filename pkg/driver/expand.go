@@ -64,7 +64,8 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if k.block() && want%blockSector != 0 {
 		want = (want/blockSector + 1) * blockSector
 	}
-	if err := d.setAsideGrowth(v, want); err != nil {
+	charged, err := d.setAsideGrowth(v, want)
+	if err != nil {
 		return nil, err
 	}
 	switch k.layout {
@@ -90,6 +91,9 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 		err = d.vols.SetDirectoryLimit(v.ID, v.Limit, want, v.ProjectID)
 	}
 	if err != nil {
+		if charged {
+			d.growthFailed(v)
+		}
 		if errors.Is(err, imagefs.ErrShrink) {
 			return nil, status.Errorf(codes.OutOfRange, "volume %s: %v", v.ID, err)
 		}
@@ -112,29 +116,47 @@ func enforced(v *state.Volume) bool { return v.Limit != "" && v.Limit != hostpat
 // aside already: the kubelet's retry of an expansion a kill cut short finds
 // its intent on record, or its image file grown, and is not refused the
 // room its filesystem already has.
-func (d *Driver) setAsideGrowth(v *state.Volume, want int64) error {
+//
+// charged says whether this call set room aside (see growthFailed).
+func (d *Driver) setAsideGrowth(v *state.Volume, want int64) (charged bool, err error) {
 	if !enforced(v) {
-		return nil
+		return false, nil
 	}
 	d.roomMu.Lock()
 	defer d.roomMu.Unlock()
 	grow := want - d.heldSize(v)
 	if grow <= 0 {
-		return nil
+		return false, nil
 	}
 	avail, err := d.available()
 	if err != nil {
-		return err
+		return false, err
 	}
 	if grow > avail {
-		return status.Errorf(codes.ResourceExhausted, "growing volume %s by %d bytes, but the node has %d bytes available for volumes held to their size", v.ID, grow, avail)
+		return false, status.Errorf(codes.ResourceExhausted, "growing volume %s by %d bytes, but the node has %d bytes available for volumes held to their size", v.ID, grow, avail)
 	}
+	// The intent on record before the cached sum counts it: a sum taken
+	// in between reads the record, so the growth is never dropped.
 	if err := d.store.SetVolumeGrowingTo(v.ID, want); err != nil {
-		return stateError(err)
+		return false, stateError(err)
 	}
 	v.GrowingTo = want
 	d.reserved.add(grow)
-	return nil
+	return true, nil
+}
+
+// growthFailed gives back the room a failed grow set aside: its intent goes
+// and the cached sum is taken again from the records and the disk, which
+// still count whatever part of the grow did happen (a grown image file).
+func (d *Driver) growthFailed(v *state.Volume) {
+	d.roomMu.Lock()
+	defer d.roomMu.Unlock()
+	if err := d.store.SetVolumeGrowingTo(v.ID, 0); err != nil {
+		klog.ErrorS(err, "Cannot drop the intent of a failed expansion; its room stays set aside until the volume grows or goes", "volumeID", v.ID)
+		return
+	}
+	v.GrowingTo = 0
+	d.reserved.invalidate()
 }
 
 // heldSize is the size v may fill: its recorded capacity, or more while an
@@ -232,9 +254,10 @@ func (d *Driver) reservedBy(v *state.Volume) int64 {
 	return max(0, d.heldSize(v)-used)
 }
 
-// released takes a volume about to be removed out of the cached
-// reservation, so a delete followed at once by a create finds the room.
-func (d *Driver) released(v *state.Volume) { d.reserved.add(-d.reservedBy(v)) }
+// released takes out of the cached reservation what a volume just removed
+// had set aside (reservedBy, read before its data went), so a delete
+// followed at once by a create finds the room.
+func (d *Driver) released(bytes int64) { d.reserved.add(-bytes) }
 
 // reservation caches sumReserved.
 type reservation struct {
@@ -255,6 +278,13 @@ func (r *reservation) get(sum func() (int64, error)) (int64, error) {
 	}
 	r.value, r.at = v, time.Now()
 	return v, nil
+}
+
+// invalidate makes the next get take the sum again.
+func (r *reservation) invalidate() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.at = time.Time{}
 }
 
 // add counts bytes an enforced volume of this process now may fill (or,

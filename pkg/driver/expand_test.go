@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"os"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -58,5 +59,43 @@ func TestExpansionKilledBeforeItsRecordKeepsItsRoom(t *testing.T) {
 		t.Fatal(err)
 	} else if got := g.GetVolume().GetCapacityBytes(); got != 2*size {
 		t.Errorf("after the retry the volume's capacity is %d, want %d", got, int64(2*size))
+	}
+}
+
+// An expansion that fails after it set room aside gives the room back: the
+// node's capacity for other claims is what it was before the call. Here the
+// image's data is gone (volume health says DATA_LOSS), so the grow fails.
+func TestFailedExpansionGivesBackItsRoom(t *testing.T) {
+	mnt := testutil.LoopFS(t, "ext4", 512)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	req := createReq("img", 32<<20)
+	req.Parameters = map[string]string{ParamLayout: LayoutImage}
+	r, err := e.d.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := r.GetVolume().GetVolumeId()
+	_, target := e.stageAndPublish(t, id, rwo)
+	defer e.unpublishAndUnstage(t, id)
+	if err := os.RemoveAll(e.d.vols.Path(id)); err != nil {
+		t.Fatal(err)
+	}
+	e.d.reserved.invalidate() // what is set aside, as the records and the disk say now
+	before, err := e.d.GetCapacity(ctx, &csi.GetCapacityRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: id, VolumePath: target,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}})
+	if err == nil {
+		t.Fatal("an image whose data is gone grew")
+	}
+	after, err := e.d.GetCapacity(ctx, &csi.GetCapacityRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.GetAvailableCapacity() != before.GetAvailableCapacity() {
+		t.Errorf("capacity for other claims was %d before the failed expansion, %d after", before.GetAvailableCapacity(), after.GetAvailableCapacity())
 	}
 }
