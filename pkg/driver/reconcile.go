@@ -10,7 +10,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
-	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/loop"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -305,16 +304,9 @@ func (d *Driver) reconcilePublication(p *state.Publication) error {
 	k := kindOf(v)
 	switch {
 	case p.Phase == state.PhaseMounted && present:
-		if k.layout == LayoutImage && p.Kind == state.KindStage {
-			// A kill between a snapshot's freeze and its thaw would leave
-			// the pod's filesystem frozen.
-			if was, err := imagefs.Thaw(p.Path); err != nil {
-				return fmt.Errorf("thaw %s: %w", p.Path, err)
-			} else if was {
-				d.metrics.reconcileAction("thawed_image")
-				klog.InfoS("Thawed an image filesystem a crash left frozen", "volumeID", p.VolumeID, "path", p.Path)
-			}
-		}
+		// A filesystem a kill left frozen mid-snapshot was thawed first
+		// thing at start-up, from its marker (thawLeftFrozen); one frozen
+		// by someone else is theirs to thaw.
 		return nil
 	case p.Phase == state.PhaseMounted && k.block() && p.Kind == state.KindStage:
 		// The device went (a reboot): a block volume state knows as staged

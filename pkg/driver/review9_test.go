@@ -12,11 +12,9 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"golang.org/x/sys/unix"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
-	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
 )
 
 // inlineImageEnv is a driver whose data directory holds no directory to its
@@ -130,40 +128,6 @@ func TestReview9CloneOfAGrowingSourceKeepsItsLimit(t *testing.T) {
 		if _, err := e.d.CreateVolume(ctx, clone); err != nil {
 			t.Errorf("the same clone request again: %v", err)
 		}
-	}
-}
-
-// kill -9 between FIFREEZE and FITHAW (simulated: the staged filesystem
-// is frozen by hand, the driver closed and started again): start-up thaws.
-func TestReview9RestartThawsAFrozenStage(t *testing.T) {
-	mnt := testutil.LoopFS(t, "ext4", 512)
-	cleanupUnder(t, mnt)
-	e := newEnvOn(t, mnt)
-	req := createReq("img", 32<<20)
-	req.Parameters = map[string]string{ParamLayout: LayoutImage}
-	r, err := e.d.CreateVolume(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := r.GetVolume().GetVolumeId()
-	staging, target := e.stageAndPublish(t, id, rwo)
-	defer e.unpublishAndUnstage(t, id)
-	fd, err := unix.Open(staging, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := unix.IoctlRetInt(fd, 0xc0045877); err != nil { // FIFREEZE
-		unix.Close(fd)
-		t.Fatal(err)
-	}
-	unix.Close(fd)
-	defer imagefs.Thaw(staging) // whatever happens
-	e.restart(t)
-	if was, err := imagefs.Thaw(staging); was || err != nil {
-		t.Fatalf("the staged filesystem was still frozen after the restart (%v)", err)
-	}
-	if err := os.WriteFile(filepath.Join(target, "f"), []byte("x"), 0o644); err != nil {
-		t.Fatal(err)
 	}
 }
 
