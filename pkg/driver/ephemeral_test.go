@@ -3,6 +3,7 @@ package driver
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -136,4 +137,49 @@ func TestInlineEphemeralAcrossRestart(t *testing.T) {
 	if vols, _ := e.d.vols.List(); len(vols) != 0 {
 		t.Fatalf("volume directories left: %v", vols)
 	}
+}
+
+// A driver restart while a pod mounts an inline image volume: start-up must
+// not count (or log) the image's loop device as one "no stage holds", and
+// detach it: an inline image is held by its publication.
+func TestRestartLeavesAnInlineImageDeviceAlone(t *testing.T) {
+	e := inlineImageEnv(t)
+	target := filepath.Join(e.dir, "pods", "web", "mount")
+	if _, err := e.d.NodePublishVolume(ctx, inlineReq("csi-web", target, map[string]string{AttrSize: "32Mi"})); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { // on the driver running then
+		e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-web", TargetPath: target})
+	}()
+	e.restart(t)
+	if body := scrape(t, e.d); strings.Contains(body, `action="detached_loop_device"`) {
+		t.Errorf("start-up detached the loop device of a mounted inline image volume:\n%s", grepLines(body, "reconcile_actions"))
+	}
+	if err := os.WriteFile(filepath.Join(target, "after-restart"), []byte("x"), 0o644); err != nil {
+		t.Fatalf("write to the inline volume after the restart: %v", err)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// inlineImageEnv is a driver whose data directory holds no directory to its
+// size (ext4 without project quotas), so inline volumes are images.
+func inlineImageEnv(t *testing.T) *testEnv {
+	t.Helper()
+	mnt := testutil.LoopFS(t, "ext4", 512)
+	cleanupUnder(t, mnt)
+	testutil.CleanupMounts(t, filepath.Join(mnt, "pods"))
+	e := newEnvOn(t, mnt)
+	if limit, _ := e.d.vols.DirectoryLimit(); limit != hostpath.EnforceNone {
+		t.Skipf("the data directory holds directories (%s): inline volumes are not images here", limit)
+	}
+	return e
 }

@@ -116,8 +116,10 @@ func (d *Driver) reconcile() []*problem {
 }
 
 // detachLeakedDevices detaches loop devices of files under the data
-// directory that no stage record holds: a crash between an attach and its
-// record, or a deleted volume's device.
+// directory that no mount record holds: a crash between an attach and its
+// record, or a deleted volume's device. A stage holds a volume's device,
+// and so does a publish: an inline image volume has no stage, its image is
+// mounted at the pod's target itself.
 func (d *Driver) detachLeakedDevices() error {
 	pubs, err := d.store.AllPublications()
 	if err != nil {
@@ -125,9 +127,7 @@ func (d *Driver) detachLeakedDevices() error {
 	}
 	held := map[string]bool{}
 	for _, p := range pubs {
-		if p.Kind == state.KindStage {
-			held[p.VolumeID] = true
-		}
+		held[p.VolumeID] = true
 	}
 	leaked, err := d.vols.LeakedBlockDevices(held)
 	if err != nil {
@@ -140,7 +140,7 @@ func (d *Driver) detachLeakedDevices() error {
 			continue
 		}
 		d.metrics.reconcileAction("detached_loop_device")
-		klog.InfoS("Detached a loop device no stage holds", "device", leaked[i].Path, "file", leaked[i].BackingFile)
+		klog.InfoS("Detached a loop device no mount holds", "device", leaked[i].Path, "file", leaked[i].BackingFile)
 	}
 	return errors.Join(errs...)
 }

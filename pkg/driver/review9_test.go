@@ -7,29 +7,13 @@ package driver
 import (
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
-	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
 )
-
-// inlineImageEnv is a driver whose data directory holds no directory to its
-// size (ext4 without project quotas), so inline volumes are images.
-func inlineImageEnv(t *testing.T) *testEnv {
-	t.Helper()
-	mnt := testutil.LoopFS(t, "ext4", 512)
-	cleanupUnder(t, mnt)
-	testutil.CleanupMounts(t, filepath.Join(mnt, "pods"))
-	e := newEnvOn(t, mnt)
-	if limit, _ := e.d.vols.DirectoryLimit(); limit != hostpath.EnforceNone {
-		t.Skipf("the data directory holds directories (%s): inline volumes are not images here", limit)
-	}
-	return e
-}
 
 // A pod may mount its inline volume read-only (`readOnly: true` on the
 // csi volume). A directory inline volume publishes read-only; an image one
@@ -48,37 +32,6 @@ func TestReview9InlineImageReadOnly(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(target, "f"), nil, 0o644); err == nil {
 		t.Fatal("a read-only inline volume took a write")
 	}
-}
-
-// A driver restart while a pod mounts an inline image volume: start-up must
-// not count (or log) the image's loop device as one "no stage holds", and
-// detach it: an inline image is held by its publication.
-func TestReview9RestartLeavesInlineImageDeviceAlone(t *testing.T) {
-	e := inlineImageEnv(t)
-	target := filepath.Join(e.dir, "pods", "web", "mount")
-	if _, err := e.d.NodePublishVolume(ctx, inlineReq("csi-web", target, map[string]string{AttrSize: "32Mi"})); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { // on the driver running then
-		e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-web", TargetPath: target})
-	}()
-	e.restart(t)
-	if body := scrape(t, e.d); strings.Contains(body, `action="detached_loop_device"`) {
-		t.Errorf("start-up detached the loop device of a mounted inline image volume:\n%s", grepLines(body, "reconcile_actions"))
-	}
-	if err := os.WriteFile(filepath.Join(target, "after-restart"), []byte("x"), 0o644); err != nil {
-		t.Fatalf("write to the inline volume after the restart: %v", err)
-	}
-}
-
-func grepLines(s, sub string) string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, sub) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
 }
 
 // A clone asked with limit_bytes is never larger than that limit (the spec:
