@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -182,4 +183,36 @@ func inlineImageEnv(t *testing.T) *testEnv {
 		t.Skipf("the data directory holds directories (%s): inline volumes are not images here", limit)
 	}
 	return e
+}
+
+// A pod may mount its inline volume read-only (`readOnly: true` on the
+// csi volume). A directory inline volume publishes read-only; an image one
+// must too, rather than failing with INTERNAL at every kubelet retry
+// (a blank image cannot be formatted through a read-only device, and the
+// root's mode cannot be set on a read-only mount).
+func TestReadOnlyInlineImagePublishesReadOnly(t *testing.T) {
+	e := inlineImageEnv(t)
+	target := filepath.Join(e.dir, "pods", "ro", "mount")
+	req := inlineReq("csi-ro", target, map[string]string{AttrSize: "32Mi"})
+	req.Readonly = true
+	if _, err := e.d.NodePublishVolume(ctx, req); err != nil {
+		t.Fatalf("read-only inline image volume: %v", err)
+	}
+	defer e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-ro", TargetPath: target})
+	if err := os.WriteFile(filepath.Join(target, "f"), nil, 0o644); err == nil {
+		t.Fatal("a read-only inline volume took a write")
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(target, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Flags&unix.ST_RDONLY == 0 {
+		t.Error("the inline volume's mount is not read-only")
+	}
+	// The root has the mode a read-write one gets (mountPermissions).
+	if fi, err := os.Stat(target); err != nil {
+		t.Fatal(err)
+	} else if want := DefaultMountPermissions; fi.Mode().Perm() != want {
+		t.Errorf("the read-only volume's root has mode %v, want %v", fi.Mode().Perm(), want)
+	}
 }

@@ -5,8 +5,6 @@ package driver
 // that fail show a finding of the review.
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,25 +12,6 @@ import (
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
-
-// A pod may mount its inline volume read-only (`readOnly: true` on the
-// csi volume). A directory inline volume publishes read-only; an image one
-// must too, rather than failing with INTERNAL at every kubelet retry
-// (a blank image cannot be formatted through a read-only device, and the
-// root's mode cannot be set on a read-only mount).
-func TestReview9InlineImageReadOnly(t *testing.T) {
-	e := inlineImageEnv(t)
-	target := filepath.Join(e.dir, "pods", "ro", "mount")
-	req := inlineReq("csi-ro", target, map[string]string{AttrSize: "32Mi"})
-	req.Readonly = true
-	if _, err := e.d.NodePublishVolume(ctx, req); err != nil {
-		t.Fatalf("read-only inline image volume: %v", err)
-	}
-	defer e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-ro", TargetPath: target})
-	if err := os.WriteFile(filepath.Join(target, "f"), nil, 0o644); err == nil {
-		t.Fatal("a read-only inline volume took a write")
-	}
-}
 
 // A clone asked with limit_bytes is never larger than that limit (the spec:
 // OUT_OF_RANGE otherwise), even when its source grows while the clone waits
