@@ -13,56 +13,6 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
-// A clone asked with limit_bytes is never larger than that limit (the spec:
-// OUT_OF_RANGE otherwise), even when its source grows while the clone waits
-// for a copy slot; and what it takes beyond the room it checked is checked
-// too.
-func TestReview9CloneOfAGrowingSourceKeepsItsLimit(t *testing.T) {
-	mnt := testutil.LoopFS(t, "ext4", 1024)
-	cleanupUnder(t, mnt)
-	e := newEnvOn(t, mnt)
-	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
-	c.GetMount().FsType = "xfs"
-	const size = 320 << 20
-	req := createReq("src", size)
-	req.Parameters, req.VolumeCapabilities = map[string]string{ParamLayout: LayoutImage}, []*csi.VolumeCapability{c}
-	r, err := e.d.CreateVolume(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := r.GetVolume().GetVolumeId()
-	_, target := e.stageAndPublish(t, src, c)
-	defer e.unpublishAndUnstage(t, src)
-
-	g := newGate(e)
-	clone := fromVolume("clone", size, src)
-	clone.CapacityRange.LimitBytes = size
-	clone.Parameters, clone.VolumeCapabilities = req.Parameters, req.VolumeCapabilities
-	type result struct {
-		r   *csi.CreateVolumeResponse
-		err error
-	}
-	done := make(chan result, 1)
-	go func() { r, err := e.d.CreateVolume(ctx, clone); done <- result{r, err} }()
-	g.wait(t) // the clone is accepted and waits at its copy
-	if _, err := e.d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: src, VolumePath: target,
-		CapacityRange: &csi.CapacityRange{RequiredBytes: size + 64<<20}}); err != nil {
-		t.Fatalf("expand the source meanwhile: %v", err)
-	}
-	close(g.open)
-	res := <-done
-	if res.err == nil {
-		defer e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: res.r.GetVolume().GetVolumeId()})
-		if got := res.r.GetVolume().GetCapacityBytes(); got > size {
-			t.Errorf("clone asked with limit_bytes %d has %d bytes", int64(size), got)
-		}
-		// The provisioner's retry of the same request is the same volume.
-		if _, err := e.d.CreateVolume(ctx, clone); err != nil {
-			t.Errorf("the same clone request again: %v", err)
-		}
-	}
-}
-
 // A long copy of a block volume (a snapshot on a data filesystem without
 // reflinks copies every byte) must not hold up its pod's mount: node.go's
 // lockForNode promises that a copy never holds up its pods' mounts. Here the

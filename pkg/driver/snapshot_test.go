@@ -274,3 +274,82 @@ func TestNestedSubvolumeIsNotSilentlyLeftOut(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A clone holds its source whole, even when the source grows while the
+// clone waits for a copy slot: it takes the source's new size, with the
+// room for it checked and set aside; but a clone asked with limit_bytes is
+// never larger than that limit (the spec: OUT_OF_RANGE), and the
+// provisioner's retries get the same answer.
+func TestCloneOfASourceThatGrew(t *testing.T) {
+	const size, grown = 320 << 20, 384 << 20
+	for _, tc := range []struct {
+		name  string
+		limit int64
+	}{{"within no limit takes the new size", 0}, {"past its limit_bytes is OUT_OF_RANGE", size}} {
+		t.Run(tc.name, func(t *testing.T) {
+			mnt := testutil.LoopFS(t, "ext4", 1024)
+			cleanupUnder(t, mnt)
+			e := newEnvOn(t, mnt)
+			c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+			c.GetMount().FsType = "xfs"
+			req := createReq("src", size)
+			req.Parameters, req.VolumeCapabilities = map[string]string{ParamLayout: LayoutImage}, []*csi.VolumeCapability{c}
+			r, err := e.d.CreateVolume(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			src := r.GetVolume().GetVolumeId()
+			_, target := e.stageAndPublish(t, src, c)
+			defer e.unpublishAndUnstage(t, src)
+
+			g := newGate(e)
+			clone := fromVolume("clone", size, src)
+			clone.CapacityRange.LimitBytes = tc.limit
+			clone.Parameters, clone.VolumeCapabilities = req.Parameters, req.VolumeCapabilities
+			type result struct {
+				r   *csi.CreateVolumeResponse
+				err error
+			}
+			done := make(chan result, 1)
+			go func() { r, err := e.d.CreateVolume(ctx, clone); done <- result{r, err} }()
+			g.wait(t) // the clone is accepted and waits at its copy
+			if _, err := e.d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: src, VolumePath: target,
+				CapacityRange: &csi.CapacityRange{RequiredBytes: grown}}); err != nil {
+				t.Fatalf("expand the source meanwhile: %v", err)
+			}
+			close(g.open)
+			res := <-done
+			if res.err == nil {
+				defer e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: res.r.GetVolume().GetVolumeId()})
+			}
+			if tc.limit == 0 {
+				if res.err != nil {
+					t.Fatal(res.err)
+				}
+				if got := res.r.GetVolume().GetCapacityBytes(); got != grown {
+					t.Errorf("clone of a source grown to %d bytes has %d bytes", int64(grown), got)
+				}
+				again, err := e.d.CreateVolume(ctx, clone)
+				if err != nil || again.GetVolume().GetVolumeId() != res.r.GetVolume().GetVolumeId() {
+					t.Errorf("the same clone request again: %v, %v", again.GetVolume(), err)
+				}
+				return
+			}
+			if res.err == nil {
+				t.Fatalf("clone asked with limit_bytes %d of a source now %d bytes: made with %d bytes", tc.limit, int64(grown), res.r.GetVolume().GetCapacityBytes())
+			}
+			wantCode(t, res.err, codes.OutOfRange)
+			// The same answer to the provisioner's retries, and nothing
+			// of the clone is left.
+			for range 2 {
+				_, err := e.d.CreateVolume(ctx, clone)
+				wantCode(t, err, codes.OutOfRange)
+			}
+			if vols, _, err := e.d.store.ListVolumes("", 0, nil); err != nil {
+				t.Fatal(err)
+			} else if len(vols) != 1 {
+				t.Errorf("%d volume records after the refused clone, want only its source", len(vols))
+			}
+		})
+	}
+}
