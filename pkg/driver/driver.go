@@ -141,6 +141,9 @@ type Driver struct {
 	roomMu   sync.Mutex
 	// projectMu serializes the allocation of project IDs.
 	projectMu sync.Mutex
+	// wholeCopies are the image and block volumes a full copy reads now,
+	// without their node locks (see withCopyLocks).
+	wholeCopies wholeCopies
 	// markers is the directory of freeze markers, held for the process's
 	// life (see thawLeftFrozen).
 	markers *os.File

@@ -53,6 +53,9 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if want > d.cfg.MaxVolumeSize {
 		return nil, status.Errorf(codes.OutOfRange, "requested %d bytes; the largest volume this driver makes is %d bytes (--max-volume-size)", want, d.cfg.MaxVolumeSize)
 	}
+	if err := d.copyInProgress(v, "expand it"); err != nil {
+		return nil, err
+	}
 	k := kindOf(v)
 	if c := req.GetVolumeCapability(); c != nil {
 		if err := servesKind(k, c); err != nil {

@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -352,4 +354,89 @@ func TestCloneOfASourceThatGrew(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A long copy (a snapshot on a data filesystem without reflinks copies every
+// byte) does not hold its volume's node lock: the kubelet's calls answer at
+// once instead of waiting for it until their deadline. A block volume's
+// publish is refused with ABORTED (a pod writing the device would tear the
+// copy; a read-only bind of a device does not stop writes), and so are an
+// expansion and an unstage; an image volume's publish goes through (its
+// filesystem is frozen for the copy: the pod's writes wait, not fail). Here
+// each copy is held at its start.
+func TestNodeCallsDuringAFullCopyAnswerAtOnce(t *testing.T) {
+	mnt := testutil.LoopFS(t, "ext4", 512)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	if e.d.vols.CanReflink() {
+		t.Skip("the data filesystem reflinks: copies are instant and hold the node lock")
+	}
+	// answeredAtOnce: the call returned before its (long) deadline, so its
+	// answer is not the deadline's.
+	answeredAtOnce := func(t *testing.T, c context.Context, err error, want codes.Code) {
+		t.Helper()
+		if c.Err() != nil {
+			t.Fatalf("the call waited for its deadline: %v", err)
+		}
+		wantCode(t, err, want)
+	}
+	t.Run("block", func(t *testing.T) {
+		req := createReq("blk", 16<<20)
+		req.VolumeCapabilities = []*csi.VolumeCapability{blockCap}
+		r, err := e.d.CreateVolume(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := r.GetVolume().GetVolumeId()
+		staging, target := kubeletPaths(e, id)
+		if _, err := e.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: blockCap}); err != nil {
+			t.Fatal(err)
+		}
+		defer e.unpublishAndUnstage(t, id)
+		g := newGate(e)
+		snapDone := make(chan error, 1)
+		go func() { _, err := e.d.CreateSnapshot(ctx, snapReq("blk-snap", id)); snapDone <- err }()
+		g.wait(t)
+		c := deadline(t, time.Minute)
+		_, err = e.d.NodePublishVolume(c, publishReq(id, staging, target, false, blockCap))
+		answeredAtOnce(t, c, err, codes.Aborted)
+		_, err = e.d.NodeExpandVolume(c, &csi.NodeExpandVolumeRequest{VolumeId: id, VolumePath: staging,
+			CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}})
+		answeredAtOnce(t, c, err, codes.Aborted)
+		_, err = e.d.NodeUnstageVolume(c, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
+		answeredAtOnce(t, c, err, codes.Aborted)
+		close(g.open)
+		if err := <-snapDone; err != nil {
+			t.Fatalf("snapshot: %v", err)
+		}
+		// The copy over, the kubelet's retry of the publish succeeds.
+		if _, err := e.d.NodePublishVolume(ctx, publishReq(id, staging, target, false, blockCap)); err != nil {
+			t.Fatalf("publish after the copy: %v", err)
+		}
+	})
+	t.Run("image", func(t *testing.T) {
+		e.d.beforeCopy = nil
+		req := createReq("img", 32<<20)
+		req.Parameters = map[string]string{ParamLayout: LayoutImage}
+		r, err := e.d.CreateVolume(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := r.GetVolume().GetVolumeId()
+		staging, target := kubeletPaths(e, id)
+		e.stage(t, id, staging)
+		defer e.unpublishAndUnstage(t, id)
+		g := newGate(e)
+		snapDone := make(chan error, 1)
+		go func() { _, err := e.d.CreateSnapshot(ctx, snapReq("img-snap", id)); snapDone <- err }()
+		g.wait(t)
+		c := deadline(t, time.Minute)
+		if _, err := e.d.NodePublishVolume(c, publishReq(id, staging, target, false, rwo)); err != nil {
+			t.Errorf("publish while the image is copied: %v", err)
+		}
+		close(g.open)
+		if err := <-snapDone; err != nil {
+			t.Fatalf("snapshot: %v", err)
+		}
+	})
 }
