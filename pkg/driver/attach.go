@@ -89,8 +89,19 @@ func (d *Driver) stage(v *state.Volume, pub *state.Publication) error {
 }
 
 // mountImage mounts an image volume's filesystem at path; the first mount
-// formats it and gives its root the class's mountPermissions.
+// formats it and gives its root the class's mountPermissions. A blank image
+// asked read-only (an inline volume with readOnly: true) cannot be formatted
+// through a read-only device nor have its root's mode set on a read-only
+// mount: it is formatted read-write first, then mounted read-only.
 func (d *Driver) mountImage(v *state.Volume, path string, flags []string, readOnly bool) error {
+	if readOnly && !v.Formatted {
+		if err := d.mountImage(v, path, flags, false); err != nil {
+			return err
+		}
+		if err := d.vols.UnmountImage(v.ID, path); err != nil {
+			return fmt.Errorf("unmount the new filesystem to mount it read-only: %w", err)
+		}
+	}
 	m, err := d.vols.MountImage(v.ID, path, kindOf(v).fsType, flags, readOnly, v.Formatted)
 	if err != nil {
 		return err

@@ -149,7 +149,7 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 		started = true
 		j := d.jobs.start(key, v.ID, src.describe(v.ID), []string{src.lockKey}, func(jctx context.Context) error {
 			defer src.unlock()
-			return d.copyIntoVolume(jctx, v, src)
+			return d.copyIntoVolume(jctx, v, src, req.GetCapacityRange().GetLimitBytes())
 		}, d.abandonVolume)
 		return j, nil, nil
 	}
@@ -279,7 +279,10 @@ func (d *Driver) markVolumeReady(v *state.Volume) error {
 // content source into the new volume (fastest mechanism first; the copy
 // lands in place only once complete and on disk) and records the volume as
 // ready. On failure, or when cancelled, nothing of the volume is left.
-func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *contentSource) error {
+//
+// limit is the request's limit_bytes (0: none), which a clone of a source
+// that grew since the call must still keep.
+func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *contentSource, limit int64) error {
 	start := time.Now()
 	st, err := d.copyStep(ctx, v.ID, func() (hostpath.CopyResult, error) {
 		if src.snapshotID != "" {
@@ -287,9 +290,8 @@ func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *conte
 		}
 		var st hostpath.CopyResult
 		err := d.withCopyLocks(ctx, []string{src.volumeID}, func(vols map[string]*state.Volume, freeze []string) (err error) {
-			if c := vols[src.volumeID].CapacityBytes; c > v.CapacityBytes {
-				// The source grew since the call: the clone holds it whole.
-				v.CapacityBytes = c
+			if err := d.growForSource(v, vols[src.volumeID].CapacityBytes, limit); err != nil {
+				return err
 			}
 			st, err = d.vols.Clone(ctx, src.volumeID, v.ID, freeze)
 			return err
@@ -301,6 +303,9 @@ func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *conte
 	}
 	if err != nil {
 		d.rollbackCreate(v)
+		if _, ok := status.FromError(err); ok {
+			return err // already says what happened, with its code
+		}
 		return diskError("copy content source into the new volume", err)
 	}
 	if err := d.markVolumeReady(v); err != nil {
@@ -313,6 +318,44 @@ func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *conte
 	d.metrics.copied(op, st.Mechanism, st.Bytes, time.Since(start))
 	klog.InfoS("Volume made from a content source", "volumeID", v.ID, "snapshot", src.snapshotID, "volume", src.volumeID,
 		"mechanism", st.Mechanism, "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
+	return nil
+}
+
+// growForSource makes a clone whose source grew since the call (an
+// expansion while the clone waited for a copy slot) as large as the source
+// is now, since it holds the source whole: within the request's limit_bytes
+// (OUT_OF_RANGE otherwise, the answer the same request gets from now on)
+// and the largest volume, and within the node's room, checked and set aside
+// in one step as a create's is.
+func (d *Driver) growForSource(v *state.Volume, srcCap, limit int64) error {
+	extra := srcCap - v.CapacityBytes
+	if extra <= 0 {
+		return nil
+	}
+	if limit > 0 && srcCap > limit {
+		return status.Errorf(codes.OutOfRange, "the source volume grew to %d bytes since the request, more than its limit of %d bytes; ask for at least the source's size", srcCap, limit)
+	}
+	if srcCap > d.cfg.MaxVolumeSize {
+		return status.Errorf(codes.OutOfRange, "the source volume grew to %d bytes since the request; the largest volume this driver makes is %d bytes (--max-volume-size)", srcCap, d.cfg.MaxVolumeSize)
+	}
+	if enforced(v) {
+		d.roomMu.Lock()
+		defer d.roomMu.Unlock()
+		avail, err := d.available()
+		if err != nil {
+			return err
+		}
+		if extra > avail {
+			return status.Errorf(codes.ResourceExhausted, "the source volume grew to %d bytes since the request; the clone needs %d bytes more, and the node has %d bytes available for volumes held to their size", srcCap, extra, avail)
+		}
+	}
+	if err := d.store.SetVolumeCapacity(v.ID, srcCap); err != nil {
+		return stateError(err)
+	}
+	v.CapacityBytes = srcCap
+	if enforced(v) {
+		d.reserved.add(extra)
+	}
 	return nil
 }
 
@@ -531,14 +574,20 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 
 // removeVolumeData frees what a volume holds on the node (a block or image
 // file's loop devices a crash may have left) and moves its data to the trash.
+// Its reservation is given back once the data is gone, not before: a
+// removal that fails keeps the volume, and what it may fill.
 func (d *Driver) removeVolumeData(v *state.Volume) error {
-	d.released(v)
+	reserved := d.reservedBy(v)
 	if kindOf(v).layout != LayoutDirectory {
 		if err := d.vols.DetachBlock(v.ID); err != nil {
 			return err
 		}
 	}
-	return d.vols.Delete(v.ID)
+	if err := d.vols.Delete(v.ID); err != nil {
+		return err
+	}
+	d.released(reserved)
+	return nil
 }
 
 // readyVolume returns a volume that exists and is ready, or NotFound.

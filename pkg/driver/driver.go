@@ -6,11 +6,15 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 
@@ -137,6 +141,12 @@ type Driver struct {
 	roomMu   sync.Mutex
 	// projectMu serializes the allocation of project IDs.
 	projectMu sync.Mutex
+	// wholeCopies are the image and block volumes a full copy reads now,
+	// without their node locks (see withCopyLocks).
+	wholeCopies wholeCopies
+	// markers is the directory of freeze markers, held for the process's
+	// life (see thawLeftFrozen).
+	markers *os.File
 	// beforeCopy, when set (tests only), runs at the start of every copy
 	// job with the ID of what it makes: a seam to hold a copy at an exact
 	// step or fail it there.
@@ -149,16 +159,28 @@ func New(cfg Config) (*Driver, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	vols, err := hostpath.New(cfg.DataDir, hostpath.Options{BtrfsQuotas: !cfg.NoBtrfsQuotas})
+	// First of all, before the backend's self-tests and the state: a pod
+	// writing to a filesystem that a killed snapshot left frozen hangs
+	// until it is thawed.
+	markers, thawed, err := thawLeftFrozen(cfg.StateDir)
 	if err != nil {
+		return nil, err
+	}
+	vols, err := hostpath.New(cfg.DataDir, hostpath.Options{BtrfsQuotas: !cfg.NoBtrfsQuotas, FreezeMarkers: markers.Name()})
+	if err != nil {
+		markers.Close()
 		return nil, err
 	}
 	store, err := state.Open(cfg.StateDir)
 	if err != nil {
+		markers.Close()
 		return nil, err
 	}
-	d := &Driver{cfg: cfg, store: store, vols: vols, jobs: newJobs(cfg.MaxConcurrentCopies), metrics: newMetrics(cfg.DriverName)}
+	d := &Driver{cfg: cfg, store: store, vols: vols, jobs: newJobs(cfg.MaxConcurrentCopies), metrics: newMetrics(cfg.DriverName), markers: markers}
 	d.metrics.registry.MustRegister(stateCollector{d})
+	for range thawed {
+		d.metrics.reconcileAction("thawed_image")
+	}
 	problems := d.reconcile()
 	every := cfg.ReconcileRetry
 	if every <= 0 {
@@ -182,7 +204,51 @@ func (d *Driver) Close() error {
 	d.pending.close()
 	d.jobs.close()
 	d.vols.WaitIdle()
-	return d.store.Close()
+	err := d.store.Close()
+	d.markers.Close()
+	return err
+}
+
+// frozenDir holds the markers of the image filesystems this driver has
+// frozen (see imagefs.ThawMarked), under the state directory.
+const frozenDir = "frozen"
+
+// thawLeftFrozen thaws the filesystems a killed snapshot left frozen, from
+// their markers, and returns the markers' directory, held (flock) for as
+// long as this process runs: a second driver on the same state directory
+// must not thaw a freeze that a running one holds for its copy.
+func thawLeftFrozen(stateDir string) (*os.File, []string, error) {
+	dir := filepath.Join(stateDir, frozenDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("create freeze marker directory: %w", err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open freeze marker directory: %w", err)
+	}
+	// A driver restarted at once may find its predecessor still exiting:
+	// wait for it as long as the state database would.
+	for wait := 0; ; wait++ {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if !errors.Is(err, unix.EWOULDBLOCK) || wait == 40 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("lock %s: another process holds it (is a second driver running on the same --state-dir?): %w", dir, err)
+	}
+	thawed, err := imagefs.ThawMarked(dir)
+	for _, p := range thawed {
+		klog.InfoS("Thawed an image filesystem a kill left frozen during a snapshot", "path", p)
+	}
+	if err != nil {
+		// Serving is what lets the kubelet unmount; what stayed frozen
+		// is logged, and the next start tries its marker again.
+		klog.ErrorS(err, "Cannot thaw every filesystem a kill left frozen")
+	}
+	return f, thawed, nil
 }
 
 // Register adds the enabled services to a gRPC server.

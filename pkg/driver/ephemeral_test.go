@@ -3,9 +3,11 @@ package driver
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -135,5 +137,82 @@ func TestInlineEphemeralAcrossRestart(t *testing.T) {
 	e.d.vols.WaitIdle()
 	if vols, _ := e.d.vols.List(); len(vols) != 0 {
 		t.Fatalf("volume directories left: %v", vols)
+	}
+}
+
+// A driver restart while a pod mounts an inline image volume: start-up must
+// not count (or log) the image's loop device as one "no stage holds", and
+// detach it: an inline image is held by its publication.
+func TestRestartLeavesAnInlineImageDeviceAlone(t *testing.T) {
+	e := inlineImageEnv(t)
+	target := filepath.Join(e.dir, "pods", "web", "mount")
+	if _, err := e.d.NodePublishVolume(ctx, inlineReq("csi-web", target, map[string]string{AttrSize: "32Mi"})); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { // on the driver running then
+		e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-web", TargetPath: target})
+	}()
+	e.restart(t)
+	if body := scrape(t, e.d); strings.Contains(body, `action="detached_loop_device"`) {
+		t.Errorf("start-up detached the loop device of a mounted inline image volume:\n%s", grepLines(body, "reconcile_actions"))
+	}
+	if err := os.WriteFile(filepath.Join(target, "after-restart"), []byte("x"), 0o644); err != nil {
+		t.Fatalf("write to the inline volume after the restart: %v", err)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// inlineImageEnv is a driver whose data directory holds no directory to its
+// size (ext4 without project quotas), so inline volumes are images.
+func inlineImageEnv(t *testing.T) *testEnv {
+	t.Helper()
+	mnt := testutil.LoopFS(t, "ext4", 512)
+	cleanupUnder(t, mnt)
+	testutil.CleanupMounts(t, filepath.Join(mnt, "pods"))
+	e := newEnvOn(t, mnt)
+	if limit, _ := e.d.vols.DirectoryLimit(); limit != hostpath.EnforceNone {
+		t.Skipf("the data directory holds directories (%s): inline volumes are not images here", limit)
+	}
+	return e
+}
+
+// A pod may mount its inline volume read-only (`readOnly: true` on the
+// csi volume). A directory inline volume publishes read-only; an image one
+// must too, rather than failing with INTERNAL at every kubelet retry
+// (a blank image cannot be formatted through a read-only device, and the
+// root's mode cannot be set on a read-only mount).
+func TestReadOnlyInlineImagePublishesReadOnly(t *testing.T) {
+	e := inlineImageEnv(t)
+	target := filepath.Join(e.dir, "pods", "ro", "mount")
+	req := inlineReq("csi-ro", target, map[string]string{AttrSize: "32Mi"})
+	req.Readonly = true
+	if _, err := e.d.NodePublishVolume(ctx, req); err != nil {
+		t.Fatalf("read-only inline image volume: %v", err)
+	}
+	defer e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-ro", TargetPath: target})
+	if err := os.WriteFile(filepath.Join(target, "f"), nil, 0o644); err == nil {
+		t.Fatal("a read-only inline volume took a write")
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(target, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Flags&unix.ST_RDONLY == 0 {
+		t.Error("the inline volume's mount is not read-only")
+	}
+	// The root has the mode a read-write one gets (mountPermissions).
+	if fi, err := os.Stat(target); err != nil {
+		t.Fatal(err)
+	} else if want := DefaultMountPermissions; fi.Mode().Perm() != want {
+		t.Errorf("the read-only volume's root has mode %v, want %v", fi.Mode().Perm(), want)
 	}
 }

@@ -53,6 +53,9 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if want > d.cfg.MaxVolumeSize {
 		return nil, status.Errorf(codes.OutOfRange, "requested %d bytes; the largest volume this driver makes is %d bytes (--max-volume-size)", want, d.cfg.MaxVolumeSize)
 	}
+	if err := d.copyInProgress(v, "expand it"); err != nil {
+		return nil, err
+	}
 	k := kindOf(v)
 	if c := req.GetVolumeCapability(); c != nil {
 		if err := servesKind(k, c); err != nil {
@@ -64,21 +67,9 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if k.block() && want%blockSector != 0 {
 		want = (want/blockSector + 1) * blockSector
 	}
-	if grow := want - v.CapacityBytes; grow > 0 && enforced(v) {
-		// Checked and set aside under one lock with creates, so two
-		// calls cannot both take the same free bytes.
-		d.roomMu.Lock()
-		avail, err := d.available()
-		if err == nil && grow > avail {
-			err = status.Errorf(codes.ResourceExhausted, "growing volume %s by %d bytes, but the node has %d bytes available for volumes held to their size", v.ID, grow, avail)
-		}
-		if err == nil {
-			d.reserved.add(grow)
-		}
-		d.roomMu.Unlock()
-		if err != nil {
-			return nil, err
-		}
+	charged, err := d.setAsideGrowth(v, want)
+	if err != nil {
+		return nil, err
 	}
 	switch k.layout {
 	case LayoutImage:
@@ -103,6 +94,9 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 		err = d.vols.SetDirectoryLimit(v.ID, v.Limit, want, v.ProjectID)
 	}
 	if err != nil {
+		if charged {
+			d.growthFailed(v)
+		}
 		if errors.Is(err, imagefs.ErrShrink) {
 			return nil, status.Errorf(codes.OutOfRange, "volume %s: %v", v.ID, err)
 		}
@@ -118,13 +112,76 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 // aside room on the data filesystem.
 func enforced(v *state.Volume) bool { return v.Limit != "" && v.Limit != hostpath.EnforceNone }
 
+// setAsideGrowth checks that the node has room for v to grow to want and
+// records that intent before the disk grows, under one lock with creates,
+// so two calls cannot both take the same free bytes and a kill while the
+// disk grows leaves the growth set aside. It charges only what is not set
+// aside already: the kubelet's retry of an expansion a kill cut short finds
+// its intent on record, or its image file grown, and is not refused the
+// room its filesystem already has.
+//
+// charged says whether this call set room aside (see growthFailed).
+func (d *Driver) setAsideGrowth(v *state.Volume, want int64) (charged bool, err error) {
+	if !enforced(v) {
+		return false, nil
+	}
+	d.roomMu.Lock()
+	defer d.roomMu.Unlock()
+	grow := want - d.heldSize(v)
+	if grow <= 0 {
+		return false, nil
+	}
+	avail, err := d.available()
+	if err != nil {
+		return false, err
+	}
+	if grow > avail {
+		return false, status.Errorf(codes.ResourceExhausted, "growing volume %s by %d bytes, but the node has %d bytes available for volumes held to their size", v.ID, grow, avail)
+	}
+	// The intent on record before the cached sum counts it: a sum taken
+	// in between reads the record, so the growth is never dropped.
+	if err := d.store.SetVolumeGrowingTo(v.ID, want); err != nil {
+		return false, stateError(err)
+	}
+	v.GrowingTo = want
+	d.reserved.add(grow)
+	return true, nil
+}
+
+// growthFailed gives back the room a failed grow set aside: its intent goes
+// and the cached sum is taken again from the records and the disk, which
+// still count whatever part of the grow did happen (a grown image file).
+func (d *Driver) growthFailed(v *state.Volume) {
+	d.roomMu.Lock()
+	defer d.roomMu.Unlock()
+	if err := d.store.SetVolumeGrowingTo(v.ID, 0); err != nil {
+		klog.ErrorS(err, "Cannot drop the intent of a failed expansion; its room stays set aside until the volume grows or goes", "volumeID", v.ID)
+		return
+	}
+	v.GrowingTo = 0
+	d.reserved.invalidate()
+}
+
+// heldSize is the size v may fill: its recorded capacity, or more while an
+// expansion is in progress or was cut short (its intent on record; an image
+// or block file grown before the capacity was recorded).
+func (d *Driver) heldSize(v *state.Volume) int64 {
+	size := max(v.CapacityBytes, v.GrowingTo)
+	if v.Limit == hostpath.EnforceImage {
+		if n, err := d.vols.ImageSize(v.ID); err == nil {
+			size = max(size, n)
+		}
+	}
+	return size
+}
+
 // blockSector is the unit a block volume's size is rounded up to.
 const blockSector = 4096
 
 // recordCapacity records a volume's new size, after it holds (a retry of an
 // expansion cut short finds the volume already grown and records it then).
 func (d *Driver) recordCapacity(v *state.Volume, size int64) error {
-	if size == v.CapacityBytes {
+	if size == v.CapacityBytes && v.GrowingTo == 0 {
 		return nil
 	}
 	if err := d.store.SetVolumeCapacity(v.ID, size); err != nil {
@@ -132,7 +189,7 @@ func (d *Driver) recordCapacity(v *state.Volume, size int64) error {
 	}
 
 	klog.V(2).InfoS("Volume expanded", "volumeID", v.ID, "from", v.CapacityBytes, "to", size, "limit", v.Limit)
-	v.CapacityBytes = size
+	v.CapacityBytes, v.GrowingTo = size, 0
 	return nil
 }
 
@@ -197,12 +254,13 @@ func (d *Driver) reservedBy(v *state.Volume) int64 {
 	if err != nil {
 		used = 0 // missing data (health says so) or a volume being made: reserve it all
 	}
-	return max(0, v.CapacityBytes-used)
+	return max(0, d.heldSize(v)-used)
 }
 
-// released takes a volume about to be removed out of the cached
-// reservation, so a delete followed at once by a create finds the room.
-func (d *Driver) released(v *state.Volume) { d.reserved.add(-d.reservedBy(v)) }
+// released takes out of the cached reservation what a volume just removed
+// had set aside (reservedBy, read before its data went), so a delete
+// followed at once by a create finds the room.
+func (d *Driver) released(bytes int64) { d.reserved.add(-bytes) }
 
 // reservation caches sumReserved.
 type reservation struct {
@@ -223,6 +281,13 @@ func (r *reservation) get(sum func() (int64, error)) (int64, error) {
 	}
 	r.value, r.at = v, time.Now()
 	return v, nil
+}
+
+// invalidate makes the next get take the sum again.
+func (r *reservation) invalidate() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.at = time.Time{}
 }
 
 // add counts bytes an enforced volume of this process now may fill (or,

@@ -199,7 +199,7 @@ func (d *Driver) abandonGroup(j *job) {
 // group's result; on failure nothing of it is left.
 func (d *Driver) takeGroup(ctx context.Context, g *state.GroupSnapshot, vols map[string]*state.Volume, freeze []string) error {
 	start := time.Now()
-	err := imagefs.WithFrozen(freeze, func() error {
+	err := imagefs.WithFrozen(d.vols.FreezeMarkers(), freeze, func() error {
 		for i, src := range g.SourceVolumeIDs {
 			snap := newSnapshotOf(vols[src], g.SnapshotIDs[i], fmt.Sprintf("%s/%d", g.ID, i))
 			snap.CreatedAt, snap.GroupID = g.CreatedAt, g.ID

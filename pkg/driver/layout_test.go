@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/loop"
 	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
 )
 
@@ -615,5 +617,35 @@ func TestLeakedLoopDevicesDetachedAtStart(t *testing.T) {
 	e.start(t)
 	if left := testutil.LoopDevicesUnder(t, filepath.Join(mnt, "data")); len(left) != 0 {
 		t.Fatalf("devices left attached after start-up: %v", left)
+	}
+}
+
+// A staged image volume whose data went missing (volume health says
+// DATA_LOSS) can still be unpublished and unstaged: the pod must be able to
+// go, and its mount and loop device with it.
+func TestUnstageOfAnImageWhoseDataIsGone(t *testing.T) {
+	mnt := testutil.LoopFS(t, "ext4", 512)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	req := createReq("img", 32<<20)
+	req.Parameters = map[string]string{ParamLayout: LayoutImage}
+	r, err := e.d.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := r.GetVolume().GetVolumeId()
+	e.stageAndPublish(t, id, rwo)
+	if err := os.RemoveAll(e.d.vols.Path(id)); err != nil {
+		t.Fatal(err)
+	}
+	e.unpublishAndUnstage(t, id)
+	if devs, err := loop.List(); err != nil {
+		t.Fatal(err)
+	} else {
+		for _, d := range devs {
+			if strings.HasPrefix(d.BackingFile, mnt+"/") {
+				t.Errorf("loop device %s still holds %s after the unstage", d.Path, d.BackingFile)
+			}
+		}
 	}
 }

@@ -235,6 +235,11 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still published at %s from this staging path; unpublish it first", pub.VolumeID, p.Path)
 		}
 	}
+	if v, err := d.store.GetVolume(pub.VolumeID); err != nil {
+		return nil, stateError(err)
+	} else if err := d.copyInProgress(v, "unstage it"); err != nil {
+		return nil, err
+	}
 	if err := d.unmountRecorded(pub); err != nil {
 		return nil, err
 	}
@@ -351,6 +356,11 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	if err := d.checkSingleWriter(v.ID, pub); err != nil {
 		return nil, err
+	}
+	if kindOf(v).block() {
+		if err := d.copyInProgress(v, "publish it"); err != nil {
+			return nil, err
+		}
 	}
 	if j := d.jobs.reading("nowrite/" + v.ID); j != nil && (!pub.ReadOnly || kindOf(v).block()) {
 		return nil, status.Errorf(codes.Aborted, "volume %s is in a %s, which needs it unwritten; retry once it ends", v.ID, j.what)

@@ -10,7 +10,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
-	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/loop"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -117,8 +116,10 @@ func (d *Driver) reconcile() []*problem {
 }
 
 // detachLeakedDevices detaches loop devices of files under the data
-// directory that no stage record holds: a crash between an attach and its
-// record, or a deleted volume's device.
+// directory that no mount record holds: a crash between an attach and its
+// record, or a deleted volume's device. A stage holds a volume's device,
+// and so does a publish: an inline image volume has no stage, its image is
+// mounted at the pod's target itself.
 func (d *Driver) detachLeakedDevices() error {
 	pubs, err := d.store.AllPublications()
 	if err != nil {
@@ -126,9 +127,7 @@ func (d *Driver) detachLeakedDevices() error {
 	}
 	held := map[string]bool{}
 	for _, p := range pubs {
-		if p.Kind == state.KindStage {
-			held[p.VolumeID] = true
-		}
+		held[p.VolumeID] = true
 	}
 	leaked, err := d.vols.LeakedBlockDevices(held)
 	if err != nil {
@@ -141,7 +140,7 @@ func (d *Driver) detachLeakedDevices() error {
 			continue
 		}
 		d.metrics.reconcileAction("detached_loop_device")
-		klog.InfoS("Detached a loop device no stage holds", "device", leaked[i].Path, "file", leaked[i].BackingFile)
+		klog.InfoS("Detached a loop device no mount holds", "device", leaked[i].Path, "file", leaked[i].BackingFile)
 	}
 	return errors.Join(errs...)
 }
@@ -305,16 +304,9 @@ func (d *Driver) reconcilePublication(p *state.Publication) error {
 	k := kindOf(v)
 	switch {
 	case p.Phase == state.PhaseMounted && present:
-		if k.layout == LayoutImage && p.Kind == state.KindStage {
-			// A kill between a snapshot's freeze and its thaw would leave
-			// the pod's filesystem frozen.
-			if was, err := imagefs.Thaw(p.Path); err != nil {
-				return fmt.Errorf("thaw %s: %w", p.Path, err)
-			} else if was {
-				d.metrics.reconcileAction("thawed_image")
-				klog.InfoS("Thawed an image filesystem a crash left frozen", "volumeID", p.VolumeID, "path", p.Path)
-			}
-		}
+		// A filesystem a kill left frozen mid-snapshot was thawed first
+		// thing at start-up, from its marker (thawLeftFrozen); one frozen
+		// by someone else is theirs to thaw.
 		return nil
 	case p.Phase == state.PhaseMounted && k.block() && p.Kind == state.KindStage:
 		// The device went (a reboot): a block volume state knows as staged

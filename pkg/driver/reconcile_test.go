@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -250,5 +252,58 @@ func TestStartupServesDespiteReconcileFailure(t *testing.T) {
 			t.Fatalf("the problem was not retried away: health %v, record still there: %v", h, ok)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// kill -9 between a snapshot's FIFREEZE and its FITHAW (the freeze and its
+// marker made, no thaw): the next start thaws the pod's filesystem before
+// anything else it does, so even a start that then fails (here: a state
+// database it cannot read) has thawed it.
+func TestStartThawsWhatAKilledSnapshotLeftFrozenFirst(t *testing.T) {
+	mnt := testutil.LoopFS(t, "ext4", 512)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	req := createReq("img", 32<<20)
+	req.Parameters = map[string]string{ParamLayout: LayoutImage}
+	r, err := e.d.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := r.GetVolume().GetVolumeId()
+	staging, target := e.stageAndPublish(t, id, rwo)
+	defer e.unpublishAndUnstage(t, id)
+	markers := e.d.vols.FreezeMarkers()
+	killed, err := imagefs.Freeze(markers, staging)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer imagefs.Thaw(staging) // whatever happens
+	defer killed.Thaw()         // closes its descriptor, as the kill would have
+	if err := e.d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(e.stateDir, state.DBFileName)
+	saved, err := os.ReadFile(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(db, bytes.Repeat([]byte("not a database"), 512), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(e.config()); err == nil {
+		t.Fatal("the driver started on a state database it cannot read")
+	}
+	if was, err := imagefs.Thaw(staging); was || err != nil {
+		t.Errorf("the staged filesystem was still frozen after the start (%v)", err)
+	}
+	if left, _ := os.ReadDir(markers); len(left) != 0 {
+		t.Errorf("freeze markers left after the start: %v", left)
+	}
+	if err := os.WriteFile(db, saved, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.start(t)
+	if err := os.WriteFile(filepath.Join(target, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

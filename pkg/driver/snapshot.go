@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -232,13 +233,16 @@ func (d *Driver) copyPlan(v *state.Volume) ([]string, error) {
 	return freeze, nil
 }
 
-// withCopyLocks runs a copy of the volumes ids in a job. For image and block
-// volumes it holds their node locks for the copy, so no stage, unstage or
-// expansion changes what is copied or what is frozen meanwhile (such a call
-// waits, and answers ABORTED if the copy outlasts its deadline; with a
-// reflink that is milliseconds), and it reads the volumes and their plans
-// again under those locks: the ones computed when the call came in may be
-// stale by the time a copy slot is free.
+// withCopyLocks runs a copy of the volumes ids in a job. For image and
+// block volumes it takes their node locks, so no stage, unstage, publish or
+// expansion changes what is copied or what is frozen, and reads the volumes
+// and their plans again under those locks: the ones computed when the call
+// came in may be stale by the time a copy slot is free. Where the copy is a
+// reflink (milliseconds), it holds the node locks for the copy. A full copy
+// (a data filesystem without reflinks: as long as the bytes take) holds them
+// only while it plans and registers itself in d.wholeCopies: meanwhile the
+// node calls that would change the volume or write it answer ABORTED at
+// once (see copyInProgress), and the others go on.
 func (d *Driver) withCopyLocks(ctx context.Context, ids []string, copy func(map[string]*state.Volume, []string) error) error {
 	vols := make(map[string]*state.Volume, len(ids))
 	var freeze []string
@@ -252,19 +256,72 @@ func (d *Driver) withCopyLocks(ctx context.Context, ids []string, copy func(map[
 			if err != nil {
 				return err
 			}
-			defer unlock()
-			if v, err = d.store.GetVolume(id); err != nil {
-				return stateError(err)
-			}
-			f, err := d.copyPlan(v)
-			if err != nil {
+			var f []string
+			if v, f, err = d.planCopy(id); err != nil {
+				unlock()
 				return err
+			}
+			if d.fullCopy(kindOf(v)) {
+				d.wholeCopies.add(id, 1)
+				defer d.wholeCopies.add(id, -1)
+				unlock()
+			} else {
+				defer unlock()
 			}
 			freeze = append(freeze, f...)
 		}
 		vols[id] = v
 	}
 	return copy(vols, freeze)
+}
+
+// planCopy reads volume id and its copy plan again, under its node lock.
+func (d *Driver) planCopy(id string) (*state.Volume, []string, error) {
+	v, err := d.store.GetVolume(id)
+	if err != nil {
+		return nil, nil, stateError(err)
+	}
+	freeze, err := d.copyPlan(v)
+	return v, freeze, err
+}
+
+// fullCopy says whether a copy of a volume of kind k copies every byte: an
+// image or block file on a data filesystem that cannot reflink.
+func (d *Driver) fullCopy(k volumeKind) bool {
+	return k.layout != LayoutDirectory && !d.vols.CanReflink()
+}
+
+// copyInProgress refuses, at once, a node call that would change an image
+// or block volume that a full copy is reading (or, with writes, a block
+// volume's publish: a read-only bind of a device does not stop them).
+func (d *Driver) copyInProgress(v *state.Volume, what string) error {
+	if kindOf(v).layout == LayoutDirectory || !d.wholeCopies.has(v.ID) {
+		return nil
+	}
+	return status.Errorf(codes.Aborted, "volume %s is being copied whole (a snapshot or a clone on a data filesystem without reflinks); %s once the copy ends", v.ID, what)
+}
+
+// wholeCopies counts the full copies running per volume ID.
+type wholeCopies struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (w *wholeCopies) add(id string, n int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.n == nil {
+		w.n = map[string]int{}
+	}
+	if w.n[id] += n; w.n[id] <= 0 {
+		delete(w.n, id)
+	}
+}
+
+func (w *wholeCopies) has(id string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.n[id] > 0
 }
 
 // rollbackSnapshot undoes a snapshot that failed; what it cannot undo stays

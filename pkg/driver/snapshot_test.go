@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -273,4 +275,168 @@ func TestNestedSubvolumeIsNotSilentlyLeftOut(t *testing.T) {
 	if _, err := e.d.CreateSnapshot(ctx, snapReq("s", src)); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A clone holds its source whole, even when the source grows while the
+// clone waits for a copy slot: it takes the source's new size, with the
+// room for it checked and set aside; but a clone asked with limit_bytes is
+// never larger than that limit (the spec: OUT_OF_RANGE), and the
+// provisioner's retries get the same answer.
+func TestCloneOfASourceThatGrew(t *testing.T) {
+	const size, grown = 320 << 20, 384 << 20
+	for _, tc := range []struct {
+		name  string
+		limit int64
+	}{{"within no limit takes the new size", 0}, {"past its limit_bytes is OUT_OF_RANGE", size}} {
+		t.Run(tc.name, func(t *testing.T) {
+			mnt := testutil.LoopFS(t, "ext4", 1024)
+			cleanupUnder(t, mnt)
+			e := newEnvOn(t, mnt)
+			c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+			c.GetMount().FsType = "xfs"
+			req := createReq("src", size)
+			req.Parameters, req.VolumeCapabilities = map[string]string{ParamLayout: LayoutImage}, []*csi.VolumeCapability{c}
+			r, err := e.d.CreateVolume(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			src := r.GetVolume().GetVolumeId()
+			_, target := e.stageAndPublish(t, src, c)
+			defer e.unpublishAndUnstage(t, src)
+
+			g := newGate(e)
+			clone := fromVolume("clone", size, src)
+			clone.CapacityRange.LimitBytes = tc.limit
+			clone.Parameters, clone.VolumeCapabilities = req.Parameters, req.VolumeCapabilities
+			type result struct {
+				r   *csi.CreateVolumeResponse
+				err error
+			}
+			done := make(chan result, 1)
+			go func() { r, err := e.d.CreateVolume(ctx, clone); done <- result{r, err} }()
+			g.wait(t) // the clone is accepted and waits at its copy
+			if _, err := e.d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: src, VolumePath: target,
+				CapacityRange: &csi.CapacityRange{RequiredBytes: grown}}); err != nil {
+				t.Fatalf("expand the source meanwhile: %v", err)
+			}
+			close(g.open)
+			res := <-done
+			if res.err == nil {
+				defer e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: res.r.GetVolume().GetVolumeId()})
+			}
+			if tc.limit == 0 {
+				if res.err != nil {
+					t.Fatal(res.err)
+				}
+				if got := res.r.GetVolume().GetCapacityBytes(); got != grown {
+					t.Errorf("clone of a source grown to %d bytes has %d bytes", int64(grown), got)
+				}
+				again, err := e.d.CreateVolume(ctx, clone)
+				if err != nil || again.GetVolume().GetVolumeId() != res.r.GetVolume().GetVolumeId() {
+					t.Errorf("the same clone request again: %v, %v", again.GetVolume(), err)
+				}
+				return
+			}
+			if res.err == nil {
+				t.Fatalf("clone asked with limit_bytes %d of a source now %d bytes: made with %d bytes", tc.limit, int64(grown), res.r.GetVolume().GetCapacityBytes())
+			}
+			wantCode(t, res.err, codes.OutOfRange)
+			// The same answer to the provisioner's retries, and nothing
+			// of the clone is left.
+			for range 2 {
+				_, err := e.d.CreateVolume(ctx, clone)
+				wantCode(t, err, codes.OutOfRange)
+			}
+			if vols, _, err := e.d.store.ListVolumes("", 0, nil); err != nil {
+				t.Fatal(err)
+			} else if len(vols) != 1 {
+				t.Errorf("%d volume records after the refused clone, want only its source", len(vols))
+			}
+		})
+	}
+}
+
+// A long copy (a snapshot on a data filesystem without reflinks copies every
+// byte) does not hold its volume's node lock: the kubelet's calls answer at
+// once instead of waiting for it until their deadline. A block volume's
+// publish is refused with ABORTED (a pod writing the device would tear the
+// copy; a read-only bind of a device does not stop writes), and so are an
+// expansion and an unstage; an image volume's publish goes through (its
+// filesystem is frozen for the copy: the pod's writes wait, not fail). Here
+// each copy is held at its start.
+func TestNodeCallsDuringAFullCopyAnswerAtOnce(t *testing.T) {
+	mnt := testutil.LoopFS(t, "ext4", 512)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	if e.d.vols.CanReflink() {
+		t.Skip("the data filesystem reflinks: copies are instant and hold the node lock")
+	}
+	// answeredAtOnce: the call returned before its (long) deadline, so its
+	// answer is not the deadline's.
+	answeredAtOnce := func(t *testing.T, c context.Context, err error, want codes.Code) {
+		t.Helper()
+		if c.Err() != nil {
+			t.Fatalf("the call waited for its deadline: %v", err)
+		}
+		wantCode(t, err, want)
+	}
+	t.Run("block", func(t *testing.T) {
+		req := createReq("blk", 16<<20)
+		req.VolumeCapabilities = []*csi.VolumeCapability{blockCap}
+		r, err := e.d.CreateVolume(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := r.GetVolume().GetVolumeId()
+		staging, target := kubeletPaths(e, id)
+		if _, err := e.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: blockCap}); err != nil {
+			t.Fatal(err)
+		}
+		defer e.unpublishAndUnstage(t, id)
+		g := newGate(e)
+		snapDone := make(chan error, 1)
+		go func() { _, err := e.d.CreateSnapshot(ctx, snapReq("blk-snap", id)); snapDone <- err }()
+		g.wait(t)
+		c := deadline(t, time.Minute)
+		_, err = e.d.NodePublishVolume(c, publishReq(id, staging, target, false, blockCap))
+		answeredAtOnce(t, c, err, codes.Aborted)
+		_, err = e.d.NodeExpandVolume(c, &csi.NodeExpandVolumeRequest{VolumeId: id, VolumePath: staging,
+			CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}})
+		answeredAtOnce(t, c, err, codes.Aborted)
+		_, err = e.d.NodeUnstageVolume(c, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
+		answeredAtOnce(t, c, err, codes.Aborted)
+		close(g.open)
+		if err := <-snapDone; err != nil {
+			t.Fatalf("snapshot: %v", err)
+		}
+		// The copy over, the kubelet's retry of the publish succeeds.
+		if _, err := e.d.NodePublishVolume(ctx, publishReq(id, staging, target, false, blockCap)); err != nil {
+			t.Fatalf("publish after the copy: %v", err)
+		}
+	})
+	t.Run("image", func(t *testing.T) {
+		e.d.beforeCopy = nil
+		req := createReq("img", 32<<20)
+		req.Parameters = map[string]string{ParamLayout: LayoutImage}
+		r, err := e.d.CreateVolume(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := r.GetVolume().GetVolumeId()
+		staging, target := kubeletPaths(e, id)
+		e.stage(t, id, staging)
+		defer e.unpublishAndUnstage(t, id)
+		g := newGate(e)
+		snapDone := make(chan error, 1)
+		go func() { _, err := e.d.CreateSnapshot(ctx, snapReq("img-snap", id)); snapDone <- err }()
+		g.wait(t)
+		c := deadline(t, time.Minute)
+		if _, err := e.d.NodePublishVolume(c, publishReq(id, staging, target, false, rwo)); err != nil {
+			t.Errorf("publish while the image is copied: %v", err)
+		}
+		close(g.open)
+		if err := <-snapDone; err != nil {
+			t.Fatalf("snapshot: %v", err)
+		}
+	})
 }

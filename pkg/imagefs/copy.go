@@ -33,7 +33,7 @@ func Snapshot(img, mountPath, dst string) (Method, error) {
 		return CopyImage(img, dst)
 	}
 	var m Method
-	err := WithFrozen([]string{mountPath}, func() error {
+	err := WithFrozen("", []string{mountPath}, func() error {
 		var err error
 		m, err = CopyImage(img, dst)
 		return err

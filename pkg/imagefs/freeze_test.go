@@ -92,7 +92,7 @@ func TestWithFrozenAlwaysThaws(t *testing.T) {
 						t.Fatalf("panic = %v, want panic %v", r, tc.panics)
 					}
 				}()
-				err = WithFrozen(tc.paths, fn)
+				err = WithFrozen("", tc.paths, fn)
 			}()
 			if ran != tc.ran {
 				t.Errorf("fn ran = %v, want %v", ran, tc.ran)
@@ -257,4 +257,57 @@ func record(i int) []byte {
 	b := bytes.Repeat([]byte{byte(i)}, 4096)
 	copy(b, fmt.Sprintf("record %08d\n", i))
 	return b
+}
+
+// TestThawMarkedThawsOnlyWhatAFreezeMarked: a freeze whose thaw never came
+// (a kill -9 between them) is undone from its marker at the next start; a
+// filesystem someone else froze, with no marker of ours, stays frozen; a
+// freeze that was thawed leaves no marker.
+func TestThawMarkedThawsOnlyWhatAFreezeMarked(t *testing.T) {
+	dir := scratch(t)
+	markers := mkdir(t, filepath.Join(dir, "frozen"))
+	var mnts []string
+	for i := range 2 {
+		img, mnt := filepath.Join(dir, fmt.Sprint(i, ".img")), mkdir(t, filepath.Join(dir, fmt.Sprint("m", i)))
+		if err := Create(img, 16<<20, Ext4); err != nil {
+			t.Fatal(err)
+		}
+		mustMount(t, img, mnt, Ext4)
+		t.Cleanup(func() { mustUnmount(t, img, mnt) })
+		mnts = append(mnts, mnt)
+	}
+	if err := WithFrozen(markers, mnts, func() error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := os.ReadDir(markers); len(left) != 0 {
+		t.Fatalf("markers left after a thaw: %v", left)
+	}
+
+	killed, err := Freeze(markers, mnts[0]) // and then the kill: no Thaw
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only closes its descriptor at the end, as the kill would have.
+	defer killed.Thaw()
+	users, err := Freeze("", mnts[1]) // an operator's fsfreeze
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer users.Thaw()
+	thawed, err := ThawMarked(markers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(thawed) != 1 || thawed[0] != mnts[0] {
+		t.Errorf("ThawMarked thawed %v, want [%s]", thawed, mnts[0])
+	}
+	if isFrozen(t, mnts[0]) {
+		t.Errorf("%s still frozen", mnts[0])
+	}
+	if !isFrozen(t, mnts[1]) {
+		t.Errorf("%s, frozen by someone else, was thawed", mnts[1])
+	}
+	if left, _ := os.ReadDir(markers); len(left) != 0 {
+		t.Errorf("markers left after ThawMarked: %v", left)
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -309,6 +310,11 @@ func Unmount(img, target string) error {
 	}
 	defer unlock()
 	devs, err := loop.Find(img)
+	if errors.Is(err, fs.ErrNotExist) {
+		// The image is gone (its volume's data was lost): the pod must
+		// still be able to go. A device may hold the unlinked file.
+		devs, err = devicesOfDeleted(img)
+	}
 	if err != nil {
 		return fmt.Errorf("find loop devices of %s: %w", img, err)
 	}
@@ -343,6 +349,26 @@ func Unmount(img, target string) error {
 		}
 	}
 	return nil
+}
+
+// devicesOfDeleted finds the loop devices whose backing file was img and
+// has been unlinked: the kernel names it "<img> (deleted)".
+func devicesOfDeleted(img string) ([]loop.Device, error) {
+	abs, err := filepath.Abs(img)
+	if err != nil {
+		return nil, err
+	}
+	all, err := loop.List()
+	if err != nil {
+		return nil, err
+	}
+	var out []loop.Device
+	for _, d := range all {
+		if d.BackingDeleted && d.BackingFile == abs {
+			out = append(out, d)
+		}
+	}
+	return out, nil
 }
 
 func sameDevice(m *mountinfo.Info, devs []loop.Device) bool {

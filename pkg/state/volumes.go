@@ -54,6 +54,10 @@ type Volume struct {
 	// and removed by its NodeUnpublishVolume. Its name is
 	// "csi-ephemeral:" + the kubelet's volume handle.
 	Ephemeral bool `json:"ephemeral,omitempty"`
+	// GrowingTo is the size an expansion is making the volume, recorded
+	// before the disk grows and cleared when the new capacity is: what the
+	// volume may fill is set aside while (and if killed, after) it grows.
+	GrowingTo int64 `json:"growingTo,omitempty"`
 }
 
 // HasSource reports whether the volume is made from a snapshot or a volume.
@@ -84,9 +88,16 @@ func (s *Store) SetVolumeFormatted(id string) error {
 	return s.modifyVolume(id, func(v *Volume) { v.Formatted = true })
 }
 
-// SetVolumeCapacity changes only the recorded capacity of an existing volume.
+// SetVolumeCapacity changes the recorded capacity of an existing volume, and
+// ends an expansion in progress (GrowingTo).
 func (s *Store) SetVolumeCapacity(id string, bytes int64) error {
-	return s.modifyVolume(id, func(v *Volume) { v.CapacityBytes = bytes })
+	return s.modifyVolume(id, func(v *Volume) { v.CapacityBytes, v.GrowingTo = bytes, 0 })
+}
+
+// SetVolumeGrowingTo records the size an expansion is about to give a
+// volume (0: none in progress).
+func (s *Store) SetVolumeGrowingTo(id string, bytes int64) error {
+	return s.modifyVolume(id, func(v *Volume) { v.GrowingTo = bytes })
 }
 
 func (s *Store) modifyVolume(id string, change func(*Volume)) error {

@@ -77,6 +77,8 @@ type Backend struct {
 	dirLimit, dirLimitWhy string
 	// reflink: the data filesystem shares blocks between files.
 	reflink bool
+	// freezeMarkers: see Options.FreezeMarkers.
+	freezeMarkers string
 
 	trashSeq atomic.Uint64
 	cleaning sync.WaitGroup
@@ -100,6 +102,8 @@ func New(root string, opts Options) (*Backend, error) {
 		partial:    filepath.Join(resolved, "partial"),
 		trash:      filepath.Join(resolved, "trash"),
 		quarantine: filepath.Join(resolved, "quarantine"),
+
+		freezeMarkers: opts.FreezeMarkers,
 	}
 	if b.btrfs, err = btrfs.IsBtrfs(resolved); err != nil {
 		return nil, err
@@ -115,6 +119,10 @@ func New(root string, opts Options) (*Backend, error) {
 	b.probeDirectoryLimits(opts)
 	return b, nil
 }
+
+// FreezeMarkers is where a freeze of an image's filesystem leaves its
+// marker (see Options.FreezeMarkers).
+func (b *Backend) FreezeMarkers() string { return b.freezeMarkers }
 
 // Root is the resolved data directory.
 func (b *Backend) Root() string { return b.root }
@@ -270,7 +278,7 @@ func (b *Backend) copyInto(ctx context.Context, src, dst, id string, freeze []st
 		return CopyResult{}, err
 	}
 	var res CopyResult
-	err := imagefs.WithFrozen(freeze, func() (err error) {
+	err := imagefs.WithFrozen(b.freezeMarkers, freeze, func() (err error) {
 		res, err = b.copyTree(ctx, src, tmp)
 		return err
 	})

@@ -446,3 +446,43 @@ func TestImageExclusive(t *testing.T) {
 		})
 	}
 }
+
+// An image whose extent map is longer than the bound is counted by its
+// allocated blocks, without reading the rest of the map: here 300 extents,
+// all shared with a snapshot, read with a bound of 256.
+func TestImageExclusiveOfAFragmentedImageIsBounded(t *testing.T) {
+	mnt := testutil.LoopFS(t, "xfs", 512, "-m", "reflink=1")
+	b, err := New(filepath.Join(mnt, "data"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.CreateImage(idA, 64<<20, ""); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(b.ImagePath(idA), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const extents = 300
+	for i := range extents { // a block, a hole: one extent each
+		if _, err := f.WriteAt(make([]byte, 4096), int64(i)*8192); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Sync()
+	f.Close()
+	const snap = "hps1-0000000000000000000000000000000a"
+	if _, err := b.Snapshot(context.Background(), idA, snap, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := imageExclusive(b.ImagePath(idA), 1<<20); err != nil || got != 0 {
+		t.Fatalf("exclusive bytes of an image all shared, the whole map read: %d %v", got, err)
+	}
+	allocated, err := b.ImageAllocated(idA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := imageExclusive(b.ImagePath(idA), 256); err != nil || got != allocated || got < extents*4096 {
+		t.Fatalf("exclusive bytes past the bound: %d %v, want its %d allocated bytes", got, err, allocated)
+	}
+}

@@ -290,30 +290,54 @@ type fiemapBuf struct {
 	extents [fiemapBatch]fiemapExtent
 }
 
+// maxExclusiveExtents bounds the extent map ImageExclusive reads. The
+// driver sums it over every image under the lock that creates take, and a
+// badly fragmented image (a database rewriting a reflinked file on xfs) can
+// have hundreds of thousands of extents: seconds for each sum.
+const maxExclusiveExtents = 16384
+
 // ImageExclusive is what an image or block volume's file holds alone on the
 // data filesystem: its allocated extents less those it shares with another
 // file (a reflinked snapshot, clone or source). A shared extent takes new
 // space when the volume rewrites it, so only the exclusive ones are already
-// paid for.
+// paid for. An image with more than maxExclusiveExtents extents is counted
+// by its allocated blocks instead, shared or not: it then sets aside less
+// than a rewrite of its shared blocks could take, which is the price of a
+// bounded sum.
 func (b *Backend) ImageExclusive(id string) (int64, error) {
-	f, err := os.OpenFile(b.ImagePath(id), os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	return imageExclusive(b.ImagePath(id), maxExclusiveExtents)
+}
+
+func imageExclusive(path string, maxExtents int) (int64, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
+	allocated := func() (int64, error) {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			return 0, fmt.Errorf("stat %s: %w", path, err)
+		}
+		return st.Blocks * 512, nil
+	}
 	var total int64
 	var buf fiemapBuf
-	for start := uint64(0); ; {
+	for start, seen := uint64(0), 0; ; {
+		if seen >= maxExtents {
+			return allocated()
+		}
 		buf.h = fiemapHeader{start: start, length: ^uint64(0), extentCount: fiemapBatch}
 		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), fsIocFiemap, uintptr(unsafe.Pointer(&buf))); errno != 0 {
 			if errno == unix.EOPNOTSUPP || errno == unix.ENOTTY {
-				return b.ImageAllocated(id) // no extent map: count every block as its own
+				return allocated() // no extent map: count every block as its own
 			}
-			return 0, fmt.Errorf("FS_IOC_FIEMAP %s: %w", b.ImagePath(id), errno)
+			return 0, fmt.Errorf("FS_IOC_FIEMAP %s: %w", path, errno)
 		}
 		if buf.h.mapped == 0 {
 			return total, nil
 		}
+		seen += int(buf.h.mapped)
 		for _, e := range buf.extents[:buf.h.mapped] {
 			if e.flags&fiemapExtentShare == 0 {
 				total += int64(e.length)

@@ -37,6 +37,9 @@ type Options struct {
 	// they are off, so that directory volumes are held to their size by
 	// qgroup limits. Quotas cost some work at every btrfs commit.
 	BtrfsQuotas bool
+	// FreezeMarkers is the directory where a copy that freezes an image's
+	// filesystem leaves a marker while it is frozen (imagefs.ThawMarked).
+	FreezeMarkers string
 }
 
 // limitProbeSize is the limit the start-up self-test sets; it then writes
