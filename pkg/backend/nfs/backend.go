@@ -215,7 +215,9 @@ func (b *Backend) Known() []ids.NFSSnapshot {
 	for _, k := range b.known {
 		out = append(out, k)
 	}
-	sort.Slice(out, func(i, j int) bool { return exportKey(out[i].Server, out[i].Share) < exportKey(out[j].Server, out[j].Share) })
+	sort.Slice(out, func(i, j int) bool {
+		return exportKey(out[i].Server, out[i].Share) < exportKey(out[j].Server, out[j].Share)
+	})
 	return out
 }
 
