@@ -307,7 +307,7 @@ func (d *Driver) nfsLockSource(ctx context.Context, x *nfs.Export, cs *csi.Volum
 	switch {
 	case cs.GetSnapshot() != nil:
 		id := cs.GetSnapshot().GetSnapshotId()
-		if !ids.IsNFSSnapshotID(id) {
+		if ids.ValidateSnapshotID(id) == nil {
 			return nil, status.Errorf(codes.InvalidArgument, "snapshot %.64q is not an NFS snapshot; an NFS volume is restored from a snapshot of an NFS volume", id)
 		}
 		s, err := nfsSnapshotID(id)
@@ -330,7 +330,7 @@ func (d *Driver) nfsLockSource(ctx context.Context, x *nfs.Export, cs *csi.Volum
 		return &nfsSource{snapshotID: id, snapHex: s.Hex, capacity: rec.SourceCapacity, lockKey: "snap/" + id, unlock: unlock}, nil
 	case cs.GetVolume() != nil:
 		id := cs.GetVolume().GetVolumeId()
-		if !ids.IsNFSVolumeID(id) {
+		if ids.ValidateVolumeID(id) == nil {
 			return nil, status.Errorf(codes.InvalidArgument, "volume %.64q is not an NFS volume; an NFS volume is cloned from an NFS volume", id)
 		}
 		v, err := nfsVolumeID(id)

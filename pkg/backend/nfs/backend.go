@@ -44,8 +44,9 @@ type Options struct {
 	Mounter Mounter
 	// BeforeFileOp, when set (tests only), runs inside the guard before
 	// every file operation on an export: a seam to make one hang as it
-	// would on a dead server.
-	BeforeFileOp func(export, op string)
+	// would on a dead server, or fail at an exact step (its error is the
+	// operation's).
+	BeforeFileOp func(export, op string) error
 }
 
 // Backend is the NFS storage of one driver process.
@@ -239,7 +240,9 @@ func (b *Backend) Close() {
 func (x *Export) do(ctx context.Context, op string, fn func() error) error {
 	return x.b.guard.do(ctx, x.e.key, op, func() error {
 		if x.b.opts.BeforeFileOp != nil {
-			x.b.opts.BeforeFileOp(x.e.key, op)
+			if err := x.b.opts.BeforeFileOp(x.e.key, op); err != nil {
+				return err
+			}
 		}
 		return fn()
 	})
