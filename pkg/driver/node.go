@@ -311,11 +311,11 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err := requirePath(target, "target_path"); err != nil {
 		return nil, err
 	}
-	if err := nodeCapability(req.GetVolumeCapability()); err != nil {
-		return nil, err
-	}
 	if ids.IsNFSVolumeID(req.GetVolumeId()) {
 		return d.nfsNodePublishVolume(ctx, req)
+	}
+	if err := nodeCapability(req.GetVolumeCapability()); err != nil {
+		return nil, err
 	}
 	if isEphemeral(req.GetVolumeContext()) {
 		return d.publishEphemeral(ctx, req)
