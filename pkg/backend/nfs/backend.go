@@ -59,10 +59,8 @@ type Backend struct {
 	// known are the exports this process has worked on, for listings.
 	known map[string]ids.NFSSnapshot
 
-	// Background removal of trash/ (one at a time per process).
-	wg         sync.WaitGroup
-	purging    atomic.Bool
-	purgeAgain atomic.Bool
+	// wg counts the background removals of trash/.
+	wg sync.WaitGroup
 }
 
 // New returns a backend; nothing is mounted until a call needs an export.
@@ -95,6 +93,9 @@ type export struct {
 	// every later call behind it for the whole timeout).
 	sem  chan struct{}
 	refs int
+	// One background removal of trash/ at a time per export; a delete
+	// meanwhile asks it to look again.
+	purging, purgeAgain atomic.Bool
 }
 
 // Export is a mounted export root handed to a caller; Release gives it back.

@@ -212,13 +212,14 @@ func (x *Export) ArchiveDir(ctx context.Context, subDir string, now time.Time) (
 // purgeTrash removes what is in the export's trash/, in the background,
 // holding the export mounted meanwhile.
 func (b *Backend) purgeTrash(x *Export) {
-	if !b.purging.CompareAndSwap(false, true) {
-		b.purgeAgain.Store(true)
+	e := x.e
+	if !e.purging.CompareAndSwap(false, true) {
+		e.purgeAgain.Store(true)
 		return
 	}
 	held, err := b.Use(context.Background(), x.Server(), x.Share())
 	if err != nil {
-		b.purging.Store(false)
+		e.purging.Store(false)
 		return
 	}
 	b.wg.Add(1)
@@ -226,7 +227,7 @@ func (b *Backend) purgeTrash(x *Export) {
 		defer b.wg.Done()
 		defer held.Release()
 		for {
-			b.purgeAgain.Store(false)
+			e.purgeAgain.Store(false)
 			ents, err := os.ReadDir(held.hidden(dirTrash))
 			if err == nil {
 				for _, e := range ents {
@@ -236,8 +237,8 @@ func (b *Backend) purgeTrash(x *Export) {
 					}
 				}
 			}
-			b.purging.Store(false)
-			if !b.purgeAgain.Load() || !b.purging.CompareAndSwap(false, true) {
+			e.purging.Store(false)
+			if !e.purgeAgain.Load() || !e.purging.CompareAndSwap(false, true) {
 				return
 			}
 		}
