@@ -120,6 +120,11 @@ func (d *Driver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p 
 		if size, err = sizeFor(req.GetCapacityRange(), size, src.capacity); err != nil {
 			return nil, nil, err
 		}
+		if exists, err := x.DirExists(ctx, subDir); err != nil {
+			return nil, nil, nfsError("look up the new volume's subdirectory", err)
+		} else if exists {
+			return nil, nil, status.Errorf(codes.FailedPrecondition, "subDir %q already exists on %s (data retained or archived from an earlier volume?); a restore or a clone is made into a new subdirectory: move it away or use another subDir", subDir, x.Name())
+		}
 		rec, uuid, err := d.nfsRecordNew(ctx, x, req, p, subDir, size, src)
 		if err != nil {
 			return nil, nil, err

@@ -182,10 +182,12 @@ func (b *Backend) mountRoot(ctx context.Context, e *export) error {
 	err := b.opts.Mounter.Mount(mctx, e.key, e.mnt, DefaultFSType, nil)
 	if err != nil {
 		if errors.Is(mctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+			b.guard.markDown(e.key, "mount of "+e.key)
 			err = fmt.Errorf("%w: mount of %s did not finish within %s (the mount process was killed): %v", ErrTimeout, e.key, b.opts.Timeout, err)
 		}
 		return err
 	}
+	b.guard.markUp(e.key)
 	klog.V(2).InfoS("Mounted NFS export", "export", e.key, "at", e.mnt)
 	return nil
 }
