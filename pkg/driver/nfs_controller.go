@@ -192,7 +192,11 @@ func (d *Driver) nfsExistingVolume(ctx context.Context, x *nfs.Export, rec *nfs.
 	req0, lim := req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes()
 	switch {
 	case rec.CapacityBytes < req0 || (lim > 0 && rec.CapacityBytes > lim):
-		return true, nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with %d bytes; this request asks for %d to %d bytes", rec.Name, rec.CapacityBytes, req0, lim)
+		asked := fmt.Sprintf("at least %d bytes", req0)
+		if lim > 0 {
+			asked = fmt.Sprintf("%d to %d bytes", req0, lim)
+		}
+		return true, nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with %d bytes; this request asks for %s", rec.Name, rec.CapacityBytes, asked)
 	case !maps.Equal(rec.Parameters, req.GetParameters()):
 		return true, nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with other parameters", rec.Name)
 	case rec.SourceSnapshotID != req.GetVolumeContentSource().GetSnapshot().GetSnapshotId() ||
