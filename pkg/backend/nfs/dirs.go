@@ -245,5 +245,15 @@ func (b *Backend) purgeTrash(x *Export) {
 	}()
 }
 
-// WaitIdle waits for background removals.
-func (b *Backend) WaitIdle() { b.wg.Wait() }
+// WaitIdle waits for background removals, at most the timeout: a removal
+// stuck on a dead server must not hold up a shutdown forever (its data
+// stays in trash/, which the next delete on the export removes).
+func (b *Backend) WaitIdle() {
+	done := make(chan struct{})
+	go func() { b.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(b.opts.Timeout):
+		klog.InfoS("Background removal of deleted NFS volumes still runs; not waiting for it any longer", "waited", b.opts.Timeout)
+	}
+}
