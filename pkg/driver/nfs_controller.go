@@ -262,8 +262,11 @@ func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.Creat
 	if err := x.PutVolume(ctx, rec, v.UUID); err != nil {
 		return nil, "", nfsError("record the new volume", err)
 	}
-	if err := x.PutSubDirOwner(ctx, subDir, id); err != nil {
-		return nil, "", nfsError("record the volume's subdirectory", err)
+	if src != nil {
+		// An empty volume's claim is written by nfsMakeEmpty.
+		if err := x.PutSubDirOwner(ctx, subDir, id); err != nil {
+			return nil, "", nfsError("record the volume's subdirectory", err)
+		}
 	}
 	return rec, v.UUID, nil
 }
@@ -271,6 +274,11 @@ func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.Creat
 // nfsMakeEmpty creates (or adopts) the subdirectory and records the volume
 // as ready.
 func (d *Driver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, uuid string, p nfsParams) error {
+	// Again when finishing a create a kill cut short before its claim on
+	// the subdirectory was written.
+	if err := x.PutSubDirOwner(ctx, rec.SubDir, rec.ID); err != nil {
+		return nfsError("record the volume's subdirectory", err)
+	}
 	adopted, err := x.MakeDir(ctx, rec.SubDir, p.mode)
 	if err != nil {
 		return nfsError("create the volume's subdirectory", err)
