@@ -126,6 +126,26 @@ func (x *Export) DirExists(ctx context.Context, subDir string) (bool, error) {
 	return ok, err
 }
 
+// RemoveDirIfEmpty removes subDir if it is an empty directory; one that
+// holds anything, or is not there, is left alone.
+func (x *Export) RemoveDirIfEmpty(ctx context.Context, subDir string) error {
+	return x.do(ctx, "remove empty "+subDir, func() error {
+		parent, name, err := x.openParent(subDir, false)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		defer parent.Close()
+		err = parent.Unlink(name, unix.AT_REMOVEDIR)
+		if err == nil || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTDIR) {
+			return nil
+		}
+		return err
+	})
+}
+
 // RemoveDir removes subDir: it is moved into trash/ at once (a delete is
 // then done as far as anyone can see) and its tree removed after, in the
 // background, through descriptors. What a crash leaves in trash/ is removed
