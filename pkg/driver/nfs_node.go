@@ -323,4 +323,3 @@ func (d *Driver) nfsMountedAt(id, path string) (ids.NFSVolume, error) {
 	}
 	return v, notFound("volume %s is not staged or published at %q on this node", id, path)
 }
-

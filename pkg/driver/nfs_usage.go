@@ -89,4 +89,3 @@ func (d *Driver) nfsNodeExpandVolume(ctx context.Context, req *csi.NodeExpandVol
 	}
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: want}, nil
 }
-
