@@ -19,6 +19,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/keylock"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
@@ -68,6 +69,10 @@ type Config struct {
 	// ReconcileRetry is how often what start-up could not reconcile is
 	// retried while the driver serves (default 30 s).
 	ReconcileRetry time.Duration
+	// NFS configures the NFS backend: its mount directory (default
+	// <StateDir>/nfs), the timeout on every operation on an export
+	// (default 2 minutes) and the mounter (mount(8) by default).
+	NFS nfs.Options
 }
 
 func (c *Config) validate() error {
@@ -99,6 +104,12 @@ func (c *Config) validate() error {
 	if c.ImageFSType != imagefs.Ext4 && c.ImageFSType != imagefs.XFS {
 		problems = append(problems, "image filesystem type must be ext4 or xfs")
 	}
+	if c.NFS.MountDir == "" && c.StateDir != "" {
+		c.NFS.MountDir = filepath.Join(c.StateDir, "nfs")
+	}
+	if c.NFS.Timeout < 0 {
+		problems = append(problems, "NFS timeout is negative")
+	}
 	if c.MaxVolumeSize <= 0 {
 		problems = append(problems, "max volume size must be positive")
 	}
@@ -118,6 +129,10 @@ type Driver struct {
 	cfg   Config
 	store *state.Store
 	vols  *hostpath.Backend
+	// nfs serves the volumes of NFS classes (IDs nfs1-, nfss1-).
+	nfs *nfs.Backend
+	// nfsSweep reconciles each export's unfinished operations once.
+	nfsSweep nfsSweeps
 	// locks holds one readers-writer lock per key; different volumes never
 	// share a key:
 	//   vol/<id>       shared by whatever needs the volume to stay (mounts,
@@ -176,7 +191,13 @@ func New(cfg Config) (*Driver, error) {
 		markers.Close()
 		return nil, err
 	}
-	d := &Driver{cfg: cfg, store: store, vols: vols, jobs: newJobs(cfg.MaxConcurrentCopies), metrics: newMetrics(cfg.DriverName), markers: markers}
+	nfsVols, err := nfs.New(cfg.NFS)
+	if err != nil {
+		store.Close()
+		markers.Close()
+		return nil, err
+	}
+	d := &Driver{cfg: cfg, store: store, vols: vols, nfs: nfsVols, jobs: newJobs(cfg.MaxConcurrentCopies), metrics: newMetrics(cfg.DriverName), markers: markers}
 	d.metrics.registry.MustRegister(stateCollector{d})
 	for range thawed {
 		d.metrics.reconcileAction("thawed_image")
@@ -203,7 +224,10 @@ func New(cfg Config) (*Driver, error) {
 func (d *Driver) Close() error {
 	d.pending.close()
 	d.jobs.close()
+	d.nfsSweep.wg.Wait()
 	d.vols.WaitIdle()
+	d.nfs.WaitIdle()
+	d.nfs.Close()
 	err := d.store.Close()
 	d.markers.Close()
 	return err
