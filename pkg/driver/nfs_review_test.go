@@ -1,0 +1,147 @@
+package driver
+
+// Reproductions of the adversarial review of the NFS backend (issue 10).
+// Each test asserts what a user should see; they fail on the code as
+// reviewed.
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+)
+
+// Two StorageClasses on one export, one with subDir "${pvc.metadata.name}",
+// the other "${pvc.metadata.namespace}/${pvc.metadata.name}": a claim named
+// like a namespace gets the directory that holds every volume of that
+// namespace. Its tenant reads them, and its delete removes them.
+func TestReviewNFSNestedSubDirsAreRefused(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	nested := e.createNFS(t, "pv-victim", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
+		ParamPVCNamespace, "team-a", ParamPVCName, "db"))
+	writeFile(t, filepath.Join(e.export, "team-a", "db", "secret"), "victim data")
+
+	// Another tenant, any namespace, names its claim "team-a".
+	_, err := e.d.CreateVolume(ctx, nfsReq("pv-attacker", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}",
+		ParamPVCNamespace, "mallory", ParamPVCName, "team-a")))
+	if status.Code(err) != codes.AlreadyExists && status.Code(err) != codes.FailedPrecondition {
+		// It got team-a/: the victim's data is in its volume.
+		if _, serr := os.Stat(filepath.Join(e.export, "team-a", "db", "secret")); serr == nil {
+			t.Errorf("a claim whose subDir %q holds volume %s's subDir %q was created (err %v): its pods see that volume's data",
+				"team-a", nested.GetVolumeId(), "team-a/db", err)
+		}
+		if err == nil {
+			v := nfsAttackerID(t, e)
+			if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v}); err != nil {
+				t.Fatal(err)
+			}
+			e.d.nfs.WaitIdle()
+			if _, serr := os.Stat(filepath.Join(e.export, "team-a", "db", "secret")); errors.Is(serr, os.ErrNotExist) {
+				t.Errorf("deleting the claim on %q removed the data of volume %s (subDir team-a/db), which is still on record", "team-a", nested.GetVolumeId())
+			}
+		}
+	}
+}
+
+func nfsAttackerID(t *testing.T, e *nfsEnv) string {
+	t.Helper()
+	resp, err := e.d.CreateVolume(ctx, nfsReq("pv-attacker", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}",
+		ParamPVCNamespace, "mallory", ParamPVCName, "team-a")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.GetVolume().GetVolumeId()
+}
+
+// The reverse order: a volume is made inside another volume's directory,
+// which its tenant controls.
+func TestReviewNFSSubDirInsideAnotherVolumeIsRefused(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	e.createNFS(t, "pv-outer", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCNamespace, "mallory", ParamPVCName, "team-b"))
+	_, err := e.d.CreateVolume(ctx, nfsReq("pv-inner", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
+		ParamPVCNamespace, "team-b", ParamPVCName, "db")))
+	if err == nil {
+		t.Errorf("volume team-b/db was created inside volume team-b's directory: team-b's tenant reads and deletes it")
+	}
+}
+
+// A create whose claim on the subdirectory could not be written (the server
+// timed out, or a kill) is finished by the retry of its name without
+// checking that the subdirectory is still free: meanwhile another claim
+// took it. Both volumes then share one directory, and deleting the first
+// removes the second's data.
+func TestReviewNFSRetriedCreateDoesNotTakeAnotherVolumesSubDir(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	failClaim := true
+	e.opts.BeforeFileOp = func(export, op string) error {
+		if failClaim && op == "write subdirectory index" {
+			failClaim = false
+			return errors.New("injected: server did not answer")
+		}
+		return nil
+	}
+	e.restart(t)
+	params := func(pv string) map[string]string {
+		return nfsParamsFor(ParamSubDir, "shared", ParamPVName, pv)
+	}
+	if _, err := e.d.CreateVolume(ctx, nfsReq("pv-a", params("pv-a"))); err == nil {
+		t.Fatal("the injected failure did not reach CreateVolume")
+	}
+	b := e.createNFS(t, "pv-b", params("pv-b"))
+	writeFile(t, filepath.Join(e.export, "shared", "b-data"), "volume b")
+
+	// The provisioner retries pv-a.
+	a, err := e.d.CreateVolume(ctx, nfsReq("pv-a", params("pv-a")))
+	if err == nil {
+		t.Errorf("retry of pv-a succeeded (%s) on subDir %q, which volume %s owns", a.GetVolume().GetVolumeId(), "shared", b.GetVolumeId())
+		if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: a.GetVolume().GetVolumeId()}); err != nil {
+			t.Fatal(err)
+		}
+		e.d.nfs.WaitIdle()
+		if _, err := os.Stat(filepath.Join(e.export, "shared", "b-data")); err != nil {
+			t.Errorf("deleting pv-a removed volume pv-b's data: %v", err)
+		}
+	} else if status.Code(err) != codes.AlreadyExists {
+		t.Errorf("retry of pv-a: %v, want AlreadyExists (subDir owned by %s)", err, b.GetVolumeId())
+	}
+}
+
+// The driver's own directory is reached by paths, following symlinks: who
+// can write there (another class whose share or subDir is the export's
+// root or holds it, another client of the export) steers the driver's
+// removals and record writes out of the export. A symlink planted for
+// .hostpath-csi/tmp makes the first use of the export remove every regular
+// file older than the timeout in the directory it points at.
+func TestReviewNFSHiddenDirSymlinkNotFollowed(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	vol := e.createNFS(t, "pv-1", nfsParamsFor())
+	e.d.nfs.WaitIdle()
+
+	victim := filepath.Join(e.dir, "outside-the-export")
+	writeFile(t, filepath.Join(victim, "precious"), "not the driver's")
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(filepath.Join(victim, "precious"), old, old); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(e.export, ids.HiddenDir, "tmp")
+	if err := os.RemoveAll(tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, tmp); err != nil {
+		t.Fatal(err)
+	}
+	// A new process (a moved controller) mounts the export: layout sweeps tmp/.
+	d2 := e.another(t)
+	_, err := d2.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: vol.GetVolumeId()})
+	t.Logf("ControllerGetVolume through a planted symlink: %v", err)
+	if _, err := os.Stat(filepath.Join(victim, "precious")); err != nil {
+		t.Errorf("a file outside the export, reached through a symlink planted at %s/tmp, was removed: %v", ids.HiddenDir, err)
+	}
+}
