@@ -191,21 +191,3 @@ func TestReviewNFSTrashLeftByACrashIsRemovedAtNextUse(t *testing.T) {
 	}
 }
 
-// ValidateVolumeCapabilities gets the StorageClass's parameters (a CO, a
-// static PV's check, csi-sanity); the provisioner's csi.storage.k8s.io/
-// keys were only in CreateVolume. A volume made with them must still be
-// confirmed for the class's own parameters.
-func TestReviewNFSValidateIgnoresProvisionerMetadata(t *testing.T) {
-	e := newNFSEnv(t, 10*time.Second)
-	vol := e.createNFS(t, "pv-v", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
-		ParamPVCNamespace, "ns", ParamPVCName, "claim", ParamPVName, "pv-v"))
-	class := nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}")
-	resp, err := e.d.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: vol.GetVolumeId(),
-		VolumeCapabilities: []*csi.VolumeCapability{rwx}, Parameters: class})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.GetConfirmed() == nil {
-		t.Errorf("not confirmed for the class's own parameters: %q", resp.GetMessage())
-	}
-}
