@@ -216,3 +216,23 @@ func TestNFSSweepOfAbandonedOperations(t *testing.T) {
 		}
 	}
 }
+
+// A controller killed during the background removal of a deleted volume's
+// data leaves it in trash/: the next process to use the export removes it,
+// without waiting for another delete there (which may never come).
+func TestNFSTrashLeftByACrashIsRemovedAtNextUse(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	e.createNFS(t, "pv-1", nfsParamsFor())
+	left := filepath.Join(e.export, ids.HiddenDir, "trash", "v-0123456789abcdef0123456789abcdef")
+	writeFile(t, filepath.Join(left, "deleted-tenant-data"), "should be gone")
+
+	d2 := e.another(t) // the controller, restarted elsewhere after the kill
+	if _, err := d2.CreateVolume(ctx, nfsReq("pv-2", nfsParamsFor())); err != nil {
+		t.Fatal(err)
+	}
+	d2.nfs.WaitIdle()
+	d2.nfsSweep.wg.Wait()
+	if _, err := os.Stat(left); err == nil {
+		t.Errorf("%s, left by a killed delete, is still there after the export was used again", left)
+	}
+}

@@ -169,25 +169,3 @@ func TestReviewNFSNameIsOneVolumeAcrossExports(t *testing.T) {
 			err, resp.GetVolume().GetVolumeId(), hp)
 	}
 }
-
-// RemoveDir says what a crash leaves in trash/ is removed at the next use of
-// the export; only a later delete on that export looks there. A controller
-// killed during a background removal leaves a deleted volume's data on the
-// export until someone deletes another volume there, maybe never.
-func TestReviewNFSTrashLeftByACrashIsRemovedAtNextUse(t *testing.T) {
-	e := newNFSEnv(t, 10*time.Second)
-	e.createNFS(t, "pv-1", nfsParamsFor())
-	left := filepath.Join(e.export, ids.HiddenDir, "trash", "v-0123456789abcdef0123456789abcdef")
-	writeFile(t, filepath.Join(left, "deleted-tenant-data"), "should be gone")
-
-	d2 := e.another(t) // the controller, restarted elsewhere after the kill
-	if _, err := d2.CreateVolume(ctx, nfsReq("pv-2", nfsParamsFor())); err != nil {
-		t.Fatal(err)
-	}
-	d2.nfs.WaitIdle()
-	d2.nfsSweep.wg.Wait()
-	if _, err := os.Stat(left); err == nil {
-		t.Errorf("%s, left by a killed delete, is still there after the export was used again", left)
-	}
-}
-

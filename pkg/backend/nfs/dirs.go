@@ -149,7 +149,8 @@ func (x *Export) RemoveDirIfEmpty(ctx context.Context, subDir string) error {
 // RemoveDir removes subDir: it is moved into trash/ at once (a delete is
 // then done as far as anyone can see) and its tree removed after, in the
 // background, through descriptors. What a crash leaves in trash/ is removed
-// at the next use of the export. Nothing above subDir is touched.
+// at the next process's first use of the export (see PurgeTrash). Nothing
+// above subDir is touched.
 func (x *Export) RemoveDir(ctx context.Context, subDir, trashName string) error {
 	err := x.do(ctx, "remove "+subDir, func() error {
 		parent, name, err := x.openParent(subDir, false)
@@ -246,28 +247,50 @@ func (b *Backend) purgeTrash(x *Export) {
 	go func() {
 		defer b.wg.Done()
 		defer held.Release()
-		for {
-			e.purgeAgain.Store(false)
-			ents, err := os.ReadDir(held.hidden(dirTrash))
-			if err == nil {
-				for _, e := range ents {
-					p := held.hidden(dirTrash, e.Name())
-					if err := beneath.RemoveTree(p); err != nil {
-						klog.ErrorS(err, "Cannot remove a deleted volume's data; the next delete on this export retries", "export", held.Name(), "path", path.Join(dirTrash, e.Name()))
-					}
+		held.purgeLoop()
+	}()
+}
+
+// PurgeTrash removes, before it returns, what a delete left in trash/: the
+// data of volumes deleted by a controller killed before its background
+// removal ended. The first use of an export by a process runs it, so such
+// data does not wait for the next delete on the export. If a removal
+// already runs, it is asked to look again instead.
+func (x *Export) PurgeTrash() {
+	e := x.e
+	if !e.purging.CompareAndSwap(false, true) {
+		e.purgeAgain.Store(true)
+		return
+	}
+	x.purgeLoop()
+}
+
+// purgeLoop empties trash/ until no delete asked for another round; the
+// caller has set e.purging.
+func (x *Export) purgeLoop() {
+	e := x.e
+	for {
+		e.purgeAgain.Store(false)
+		ents, err := os.ReadDir(x.hidden(dirTrash))
+		if err == nil {
+			for _, ent := range ents {
+				p := x.hidden(dirTrash, ent.Name())
+				if err := beneath.RemoveTree(p); err != nil {
+					klog.ErrorS(err, "Cannot remove a deleted volume's data; the next use of this export retries", "export", x.Name(), "path", path.Join(dirTrash, ent.Name()))
 				}
 			}
-			e.purging.Store(false)
-			if !e.purgeAgain.Load() || !e.purging.CompareAndSwap(false, true) {
-				return
-			}
 		}
-	}()
+		e.purging.Store(false)
+		if !e.purgeAgain.Load() || !e.purging.CompareAndSwap(false, true) {
+			return
+		}
+	}
 }
 
 // WaitIdle waits for background removals, at most the timeout: a removal
 // stuck on a dead server must not hold up a shutdown forever (its data
-// stays in trash/, which the next delete on the export removes).
+// stays in trash/, which the next process to use the export, or the next
+// delete on it, removes).
 func (b *Backend) WaitIdle() {
 	done := make(chan struct{})
 	go func() { b.wg.Wait(); close(done) }()
