@@ -289,3 +289,101 @@ func TestNFSValidateIgnoresProvisionerMetadata(t *testing.T) {
 		t.Errorf("confirmed for parameters the volume was not created with (%s: %s)", ParamOnDelete, OnDeleteRetain)
 	}
 }
+
+// Two StorageClasses on one export, one with subDir "${pvc.metadata.name}",
+// the other "${pvc.metadata.namespace}/${pvc.metadata.name}": a claim named
+// like a namespace gets the directory that holds every volume of that
+// namespace. Its tenant reads them, and its delete removes them.
+func TestNFSNestedSubDirsAreRefused(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	nested := e.createNFS(t, "pv-victim", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
+		ParamPVCNamespace, "team-a", ParamPVCName, "db"))
+	writeFile(t, filepath.Join(e.export, "team-a", "db", "secret"), "victim data")
+
+	// Another tenant, any namespace, names its claim "team-a".
+	_, err := e.d.CreateVolume(ctx, nfsReq("pv-attacker", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}",
+		ParamPVCNamespace, "mallory", ParamPVCName, "team-a")))
+	if status.Code(err) != codes.AlreadyExists && status.Code(err) != codes.FailedPrecondition {
+		// It got team-a/: the victim's data is in its volume.
+		if _, serr := os.Stat(filepath.Join(e.export, "team-a", "db", "secret")); serr == nil {
+			t.Errorf("a claim whose subDir %q holds volume %s's subDir %q was created (err %v): its pods see that volume's data",
+				"team-a", nested.GetVolumeId(), "team-a/db", err)
+		}
+		if err == nil {
+			v := nfsAttackerID(t, e)
+			if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v}); err != nil {
+				t.Fatal(err)
+			}
+			e.d.nfs.WaitIdle()
+			if _, serr := os.Stat(filepath.Join(e.export, "team-a", "db", "secret")); errors.Is(serr, os.ErrNotExist) {
+				t.Errorf("deleting the claim on %q removed the data of volume %s (subDir team-a/db), which is still on record", "team-a", nested.GetVolumeId())
+			}
+		}
+	}
+}
+
+func nfsAttackerID(t *testing.T, e *nfsEnv) string {
+	t.Helper()
+	resp, err := e.d.CreateVolume(ctx, nfsReq("pv-attacker", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}",
+		ParamPVCNamespace, "mallory", ParamPVCName, "team-a")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.GetVolume().GetVolumeId()
+}
+
+// The reverse order: a volume is made inside another volume's directory,
+// which its tenant controls.
+func TestNFSSubDirInsideAnotherVolumeIsRefused(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	e.createNFS(t, "pv-outer", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCNamespace, "mallory", ParamPVCName, "team-b"))
+	_, err := e.d.CreateVolume(ctx, nfsReq("pv-inner", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
+		ParamPVCNamespace, "team-b", ParamPVCName, "db")))
+	if err == nil {
+		t.Errorf("volume team-b/db was created inside volume team-b's directory: team-b's tenant reads and deletes it")
+	}
+}
+
+// Volumes made before the driver kept the nested index are found too: the
+// first use of the export by a process that keeps it indexes them.
+func TestNFSNestedSubDirsOfOlderVolumesAreRefused(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	e.createNFS(t, "pv-old", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
+		ParamPVCNamespace, "team-c", ParamPVCName, "db"))
+	// What an older driver left: no nested index.
+	if err := os.RemoveAll(filepath.Join(e.export, ids.HiddenDir, "nested")); err != nil {
+		t.Fatal(err)
+	}
+	d2 := e.another(t)
+	_, err := d2.CreateVolume(ctx, nfsReq("pv-new", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}",
+		ParamPVCNamespace, "mallory", ParamPVCName, "team-c")))
+	if status.Code(err) != codes.AlreadyExists || !strings.Contains(err.Error(), "team-c/db") {
+		t.Errorf("subDir team-c over an older volume's team-c/db: %v, want AlreadyExists naming team-c/db", err)
+	}
+}
+
+// The names onDelete: archive gives, and a share inside the driver's own
+// directory of another export, are refused before anything is made.
+func TestNFSReservedSubDirAndShare(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	_, err := e.d.CreateVolume(ctx, nfsReq("pv-archived", nfsParamsFor(ParamSubDir, "archived-${pvc.metadata.name}", ParamPVCName, "x")))
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), ParamSubDir) {
+		t.Errorf("subDir archived-...: %v, want InvalidArgument naming %s", err, ParamSubDir)
+	}
+	_, err = e.d.CreateVolume(ctx, nfsReq("pv-archived-2", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCName, "archived-db-20260101T000000Z")))
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("a claim named like an archive: %v, want InvalidArgument", err)
+	}
+	p := nfsParamsFor()
+	p[ParamShare] = testShare + "/" + ids.HiddenDir + "/snapshots"
+	_, err = e.d.CreateVolume(ctx, nfsReq("pv-hidden", p))
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), ParamShare) {
+		t.Errorf("share inside %s: %v, want InvalidArgument naming %s", ids.HiddenDir, err, ParamShare)
+	}
+	ents, _ := os.ReadDir(e.export)
+	for _, ent := range ents {
+		if ent.Name() != ids.HiddenDir {
+			t.Errorf("a refused create left %s on the export", ent.Name())
+		}
+	}
+}

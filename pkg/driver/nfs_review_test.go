@@ -18,60 +18,6 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 )
 
-// Two StorageClasses on one export, one with subDir "${pvc.metadata.name}",
-// the other "${pvc.metadata.namespace}/${pvc.metadata.name}": a claim named
-// like a namespace gets the directory that holds every volume of that
-// namespace. Its tenant reads them, and its delete removes them.
-func TestReviewNFSNestedSubDirsAreRefused(t *testing.T) {
-	e := newNFSEnv(t, 10*time.Second)
-	nested := e.createNFS(t, "pv-victim", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
-		ParamPVCNamespace, "team-a", ParamPVCName, "db"))
-	writeFile(t, filepath.Join(e.export, "team-a", "db", "secret"), "victim data")
-
-	// Another tenant, any namespace, names its claim "team-a".
-	_, err := e.d.CreateVolume(ctx, nfsReq("pv-attacker", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}",
-		ParamPVCNamespace, "mallory", ParamPVCName, "team-a")))
-	if status.Code(err) != codes.AlreadyExists && status.Code(err) != codes.FailedPrecondition {
-		// It got team-a/: the victim's data is in its volume.
-		if _, serr := os.Stat(filepath.Join(e.export, "team-a", "db", "secret")); serr == nil {
-			t.Errorf("a claim whose subDir %q holds volume %s's subDir %q was created (err %v): its pods see that volume's data",
-				"team-a", nested.GetVolumeId(), "team-a/db", err)
-		}
-		if err == nil {
-			v := nfsAttackerID(t, e)
-			if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v}); err != nil {
-				t.Fatal(err)
-			}
-			e.d.nfs.WaitIdle()
-			if _, serr := os.Stat(filepath.Join(e.export, "team-a", "db", "secret")); errors.Is(serr, os.ErrNotExist) {
-				t.Errorf("deleting the claim on %q removed the data of volume %s (subDir team-a/db), which is still on record", "team-a", nested.GetVolumeId())
-			}
-		}
-	}
-}
-
-func nfsAttackerID(t *testing.T, e *nfsEnv) string {
-	t.Helper()
-	resp, err := e.d.CreateVolume(ctx, nfsReq("pv-attacker", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}",
-		ParamPVCNamespace, "mallory", ParamPVCName, "team-a")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.GetVolume().GetVolumeId()
-}
-
-// The reverse order: a volume is made inside another volume's directory,
-// which its tenant controls.
-func TestReviewNFSSubDirInsideAnotherVolumeIsRefused(t *testing.T) {
-	e := newNFSEnv(t, 10*time.Second)
-	e.createNFS(t, "pv-outer", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCNamespace, "mallory", ParamPVCName, "team-b"))
-	_, err := e.d.CreateVolume(ctx, nfsReq("pv-inner", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
-		ParamPVCNamespace, "team-b", ParamPVCName, "db")))
-	if err == nil {
-		t.Errorf("volume team-b/db was created inside volume team-b's directory: team-b's tenant reads and deletes it")
-	}
-}
-
 // A create whose claim on the subdirectory could not be written (the server
 // timed out, or a kill) is finished by the retry of its name without
 // checking that the subdirectory is still free: meanwhile another claim

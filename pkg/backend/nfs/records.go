@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -29,6 +30,8 @@ import (
 //	  names/volume-<sha256(name)>    {"name", "id"}: CreateVolume idempotency
 //	  names/snapshot-<sha256(name)>  the same for CreateSnapshot
 //	  subdirs/<sha256(subDir)>       {"subDir", "id"}: one volume per subdirectory
+//	  nested/<sha256(a)>/<sha256(subDir)>  the same, for every proper ancestor a
+//	                                 of subDir: which volumes lie below a
 //	  snapshots/<hex>/               a snapshot's data
 //	  partial/                       copies in progress (renamed into place when complete)
 //	  trash/                         deletes in progress
@@ -41,6 +44,7 @@ const (
 	dirSnapRecs   = "snapshot-records"
 	dirNames      = "names"
 	dirSubDirs    = "subdirs"
+	dirNested     = "nested"
 	dirSnapshots  = "snapshots"
 	dirPartial    = "partial"
 	dirTrash      = "trash"
@@ -104,7 +108,7 @@ func (x *Export) hidden(parts ...string) string {
 // older than the timeout on every operation belongs to no running write,
 // of this controller or any other.
 func (x *Export) layout() error {
-	for _, d := range []string{dirVolumes, dirSnapRecs, dirNames, dirSubDirs, dirSnapshots, dirPartial, dirTrash, dirTmp} {
+	for _, d := range []string{dirVolumes, dirSnapRecs, dirNames, dirSubDirs, dirNested, dirSnapshots, dirPartial, dirTrash, dirTmp} {
 		if err := os.MkdirAll(x.hidden(d), 0o700); err != nil {
 			return fmt.Errorf("create %s on %s: %w", filepath.Join(ids.HiddenDir, d), x.Name(), err)
 		}
@@ -120,7 +124,7 @@ func (x *Export) layout() error {
 			}
 		}
 	}
-	return nil
+	return x.fillNested()
 }
 
 var tmpSeq atomic.Uint64
@@ -163,6 +167,15 @@ func (x *Export) readRecord(dir, name string, v any) error {
 	}
 	if err := json.Unmarshal(data, v); err != nil {
 		return fmt.Errorf("record %s/%s on %s is corrupt: %w", dir, name, x.Name(), err)
+	}
+	return nil
+}
+
+// makeIndexDir creates dir (below the driver's directory) if it is not
+// there.
+func (x *Export) makeIndexDir(dir string) error {
+	if err := os.Mkdir(x.hidden(dir), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create %s on %s: %w", dir, x.Name(), err)
 	}
 	return nil
 }
@@ -212,6 +225,9 @@ func (x *Export) PutVolume(ctx context.Context, r *VolumeRecord, uuid string) er
 func (x *Export) DeleteVolume(ctx context.Context, r *VolumeRecord, uuid string) error {
 	return x.do(ctx, "remove volume record", func() error {
 		if err := x.dropIndex(dirSubDirs, hashName(r.SubDir), r.ID); err != nil {
+			return err
+		}
+		if err := x.dropNested(r.SubDir, r.ID); err != nil {
 			return err
 		}
 		if err := x.dropIndex(dirNames, "volume-"+hashName(r.Name), r.ID); err != nil {
@@ -284,11 +300,117 @@ func (x *Export) SubDirOwner(ctx context.Context, subDir string) (string, error)
 	return e.ID, nil
 }
 
-// PutSubDirOwner records that the volume id owns subDir.
+// SubDirClaim is an entry of the subdirectory index: volume ID claims
+// SubDir.
+type SubDirClaim struct {
+	SubDir, ID string
+}
+
+// SubDirClaims returns the claims on subDir, on each of its ancestors and
+// on every directory below it: the volumes a new volume in subDir would
+// share data with. It reads one entry per component of subDir and one
+// directory of the nested index, however many volumes the export has.
+// Entries of volumes that are gone may be among them.
+func (x *Export) SubDirClaims(ctx context.Context, subDir string) ([]SubDirClaim, error) {
+	var out []SubDirClaim
+	err := x.do(ctx, "read subdirectory index", func() error {
+		out = out[:0]
+		for _, p := range selfAndAncestors(subDir) {
+			var e nameEntry
+			err := x.readRecord(dirSubDirs, hashName(p), &e)
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			out = append(out, SubDirClaim{SubDir: e.Name, ID: e.ID})
+		}
+		below := path.Join(dirNested, hashName(subDir))
+		return listEntries(x, below, func(name string) error {
+			var e nameEntry
+			if err := x.readRecord(below, name, &e); err != nil {
+				return err
+			}
+			out = append(out, SubDirClaim{SubDir: e.Name, ID: e.ID})
+			return nil
+		})
+	})
+	return out, err
+}
+
+// selfAndAncestors is subDir and each directory above it up to the share:
+// "a/b/c", "a/b", "a".
+func selfAndAncestors(subDir string) []string {
+	out := []string{subDir}
+	for p := subDir; ; {
+		i := strings.LastIndexByte(p, '/')
+		if i < 0 {
+			return out
+		}
+		p = p[:i]
+		out = append(out, p)
+	}
+}
+
+// PutSubDirOwner records that the volume id owns subDir: below each of
+// subDir's ancestors first, so that whoever sees the claim also finds it
+// from above.
 func (x *Export) PutSubDirOwner(ctx context.Context, subDir, id string) error {
 	return x.do(ctx, "write subdirectory index", func() error {
+		if err := x.putNested(subDir, id); err != nil {
+			return err
+		}
 		return x.writeRecord(dirSubDirs, hashName(subDir), &nameEntry{Name: subDir, ID: id})
 	})
+}
+
+func (x *Export) putNested(subDir, id string) error {
+	for _, a := range selfAndAncestors(subDir)[1:] {
+		dir := path.Join(dirNested, hashName(a))
+		if err := x.makeIndexDir(dir); err != nil {
+			return err
+		}
+		if err := x.writeRecord(dir, hashName(subDir), &nameEntry{Name: subDir, ID: id}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (x *Export) dropNested(subDir, id string) error {
+	for _, a := range selfAndAncestors(subDir)[1:] {
+		if err := x.dropIndex(path.Join(dirNested, hashName(a)), hashName(subDir), id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nestedIndexDone marks an export whose nested index holds the volumes
+// made before it existed.
+const nestedIndexDone = "complete-v1"
+
+// fillNested adds to the nested index the claims of volumes made by a
+// driver that did not keep it (once per export: a marker says it is done).
+func (x *Export) fillNested() error {
+	if _, err := os.Lstat(x.hidden(dirNested, nestedIndexDone)); err == nil {
+		return nil
+	}
+	err := listEntries(x, dirSubDirs, func(name string) error {
+		var e nameEntry
+		if err := x.readRecord(dirSubDirs, name, &e); err != nil {
+			return err
+		}
+		if ids.ValidateNFSSubDir(e.Name) != nil || hashName(e.Name) != name {
+			return nil
+		}
+		return x.putNested(e.Name, e.ID)
+	})
+	if err != nil {
+		return fmt.Errorf("index the subdirectories of existing volumes on %s: %w", x.Name(), err)
+	}
+	return x.writeRecord(dirNested, nestedIndexDone, struct{}{})
 }
 
 // dropIndex removes an index entry if it still points at id.
@@ -338,6 +460,26 @@ func (x *Export) ListSnapshots(ctx context.Context) ([]*SnapshotRecord, error) {
 	return out, err
 }
 
+// listEntries calls each for every entry of dir but the marker files.
+func listEntries(x *Export, dir string, each func(name string) error) error {
+	ents, err := os.ReadDir(x.hidden(dir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list %s on %s: %w", dir, x.Name(), err)
+	}
+	for _, e := range ents {
+		if e.Name() == nestedIndexDone || !e.Type().IsRegular() {
+			continue
+		}
+		if err := each(e.Name()); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
 func listRecords(x *Export, dir string, each func(name string) error) error {
 	ents, err := os.ReadDir(x.hidden(dir))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -357,9 +499,13 @@ func listRecords(x *Export, dir string, each func(name string) error) error {
 	return nil
 }
 
+// ArchivePrefix starts the names onDelete: archive gives subdirectories,
+// in the share's root; no volume's subDir may start with it.
+const ArchivePrefix = "archived-"
+
 // archiveName is where onDelete: archive moves subDir at t.
 func archiveName(subDir string, t time.Time, n int) string {
-	s := "archived-" + strings.ReplaceAll(subDir, "/", "-") + "-" + t.UTC().Format("20060102T150405Z")
+	s := ArchivePrefix + strings.ReplaceAll(subDir, "/", "-") + "-" + t.UTC().Format("20060102T150405Z")
 	if n > 0 {
 		s += "-" + strconv.Itoa(n)
 	}
