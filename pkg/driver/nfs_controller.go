@@ -216,7 +216,17 @@ func (d *Driver) nfsExistingVolume(ctx context.Context, x *nfs.Export, rec *nfs.
 		return true, nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with other content (snapshot %q, volume %q)", rec.Name, rec.SourceSnapshotID, rec.SourceVolumeID)
 	}
 	if rec.Phase == nfs.PhaseCreating {
-		// An empty create cut short: finish it (roll forward).
+		// An empty create cut short: finish it (roll forward), unless its
+		// claim on the subdirectory never got written and another volume
+		// took the subdirectory (or one around or below it) meanwhile.
+		unlockDir, err := d.lockSubDir(ctx, x, rec.SubDir)
+		if err != nil {
+			return true, nil, err
+		}
+		defer unlockDir()
+		if err := d.nfsCheckSubDirFree(ctx, x, rec.SubDir, rec.Name, rec.ID); err != nil {
+			return true, nil, err
+		}
 		if err := d.nfsMakeEmpty(ctx, x, rec, v.UUID, p); err != nil {
 			return true, nil, err
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
@@ -236,3 +237,45 @@ func TestNFSTrashLeftByACrashIsRemovedAtNextUse(t *testing.T) {
 		t.Errorf("%s, left by a killed delete, is still there after the export was used again", left)
 	}
 }
+
+// A create whose claim on the subdirectory could not be written (the server
+// timed out, or a kill) is finished by the retry of its name without
+// checking that the subdirectory is still free: meanwhile another claim
+// took it. Both volumes then share one directory, and deleting the first
+// removes the second's data.
+func TestNFSRetriedCreateDoesNotTakeAnotherVolumesSubDir(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	failClaim := true
+	e.opts.BeforeFileOp = func(export, op string) error {
+		if failClaim && op == "write subdirectory index" {
+			failClaim = false
+			return errors.New("injected: server did not answer")
+		}
+		return nil
+	}
+	e.restart(t)
+	params := func(pv string) map[string]string {
+		return nfsParamsFor(ParamSubDir, "shared", ParamPVName, pv)
+	}
+	if _, err := e.d.CreateVolume(ctx, nfsReq("pv-a", params("pv-a"))); err == nil {
+		t.Fatal("the injected failure did not reach CreateVolume")
+	}
+	b := e.createNFS(t, "pv-b", params("pv-b"))
+	writeFile(t, filepath.Join(e.export, "shared", "b-data"), "volume b")
+
+	// The provisioner retries pv-a.
+	a, err := e.d.CreateVolume(ctx, nfsReq("pv-a", params("pv-a")))
+	if err == nil {
+		t.Errorf("retry of pv-a succeeded (%s) on subDir %q, which volume %s owns", a.GetVolume().GetVolumeId(), "shared", b.GetVolumeId())
+		if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: a.GetVolume().GetVolumeId()}); err != nil {
+			t.Fatal(err)
+		}
+		e.d.nfs.WaitIdle()
+		if _, err := os.Stat(filepath.Join(e.export, "shared", "b-data")); err != nil {
+			t.Errorf("deleting pv-a removed volume pv-b's data: %v", err)
+		}
+	} else if status.Code(err) != codes.AlreadyExists {
+		t.Errorf("retry of pv-a: %v, want AlreadyExists (subDir owned by %s)", err, b.GetVolumeId())
+	}
+}
+
