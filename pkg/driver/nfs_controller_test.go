@@ -350,6 +350,7 @@ func TestNFSNestedSubDirsOfOlderVolumesAreRefused(t *testing.T) {
 	e := newNFSEnv(t, 10*time.Second)
 	e.createNFS(t, "pv-old", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
 		ParamPVCNamespace, "team-c", ParamPVCName, "db"))
+	e.d.nfsSweep.wg.Wait() // its first use of the export is over
 	// What an older driver left: no nested index.
 	if err := os.RemoveAll(filepath.Join(e.export, ids.HiddenDir, "nested")); err != nil {
 		t.Fatal(err)

@@ -279,3 +279,52 @@ func TestNFSRetriedCreateDoesNotTakeAnotherVolumesSubDir(t *testing.T) {
 	}
 }
 
+// Whoever can write in the driver's own directory (another class whose
+// share holds this export, another client of the export) must not steer
+// the driver's removals and record writes out of the export: a symlink
+// planted for .hostpath-csi/tmp, or for .hostpath-csi itself, is never
+// followed.
+func TestNFSHiddenDirSymlinkNotFollowed(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	vol := e.createNFS(t, "pv-1", nfsParamsFor())
+	e.d.nfs.WaitIdle()
+
+	victim := filepath.Join(e.dir, "outside-the-export")
+	writeFile(t, filepath.Join(victim, "precious"), "not the driver's")
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(filepath.Join(victim, "precious"), old, old); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(e.export, ids.HiddenDir, "tmp")
+	if err := os.RemoveAll(tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, tmp); err != nil {
+		t.Fatal(err)
+	}
+	// A new process (a moved controller) mounts the export: layout sweeps tmp/.
+	d2 := e.another(t)
+	_, err := d2.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: vol.GetVolumeId()})
+	t.Logf("ControllerGetVolume through a planted symlink: %v", err)
+	if _, err := os.Stat(filepath.Join(victim, "precious")); err != nil {
+		t.Errorf("a file outside the export, reached through a symlink planted at %s/tmp, was removed: %v", ids.HiddenDir, err)
+	}
+}
+
+func TestNFSHiddenDirItselfSymlinkRefused(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	victim := filepath.Join(e.dir, "outside-the-export")
+	if err := os.Mkdir(victim, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(e.export, ids.HiddenDir)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.d.CreateVolume(ctx, nfsReq("pv-1", nfsParamsFor()))
+	if err == nil || !strings.Contains(err.Error(), ids.HiddenDir) {
+		t.Errorf("CreateVolume with %s a symlink out of the export: %v, want an error naming it", ids.HiddenDir, err)
+	}
+	if ents, _ := os.ReadDir(victim); len(ents) != 0 {
+		t.Errorf("the driver wrote through a symlink planted at %s: %v", ids.HiddenDir, ents)
+	}
+}

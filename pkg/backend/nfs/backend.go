@@ -26,6 +26,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 )
 
@@ -101,6 +102,10 @@ type export struct {
 	// One background removal of trash/ at a time per export; a delete
 	// meanwhile asks it to look again.
 	purging, purgeAgain atomic.Bool
+	// hidden is the driver's directory on the export, opened once per
+	// mount (see layout) without following a symlink or crossing a mount:
+	// every record, snapshot and trash entry is reached relative to it.
+	hidden *beneath.Dir
 }
 
 // Export is a mounted export root handed to a caller; Release gives it back.
@@ -110,6 +115,8 @@ type Export struct {
 	// Root is the export's mount point: <share> on the server.
 	Root     string
 	released sync.Once
+	// hid is e.hidden, held (Retain) until Release.
+	hid *beneath.Dir
 }
 
 // Server and Share name the export.
@@ -160,15 +167,25 @@ func (b *Backend) Use(ctx context.Context, server, share string, options ...stri
 	e.refs++
 	x := &Export{b: b, e: e, Root: e.mnt}
 	if first {
-		if err := x.do(ctx, "prepare "+ids.HiddenDir, x.layout); err != nil {
+		err := b.guard.do(ctx, key, "prepare "+ids.HiddenDir, func() error {
+			if b.opts.BeforeFileOp != nil {
+				if err := b.opts.BeforeFileOp(key, "prepare "+ids.HiddenDir); err != nil {
+					return err
+				}
+			}
+			return x.layout()
+		})
+		if err != nil {
 			e.refs--
 			x.released.Do(func() {})
+			x.closeHidden()
 			if uerr := unmount(ctx, b.guard, key, e.mnt); uerr != nil {
 				klog.ErrorS(uerr, "Cannot unmount NFS export", "export", key)
 			}
 			return nil, err
 		}
 	}
+	x.hid = e.hidden.Retain()
 	b.mu.Lock()
 	b.known[key] = ids.NFSSnapshot{Server: server, Share: share}
 	b.mu.Unlock()
@@ -208,9 +225,11 @@ func (x *Export) Release() {
 		e := x.e
 		e.sem <- struct{}{}
 		defer func() { <-e.sem }()
+		x.hid.Close()
 		if e.refs--; e.refs > 0 {
 			return
 		}
+		x.closeHidden()
 		ctx, cancel := context.WithTimeout(context.Background(), x.b.opts.Timeout)
 		defer cancel()
 		if err := unmount(ctx, x.b.guard, e.key, e.mnt); err != nil {
@@ -249,9 +268,27 @@ func (b *Backend) Close() {
 	}
 }
 
-// do runs a file operation on x under the guard (and the test seam).
+// closeHidden drops the export's reference to its driver directory (at
+// the last release, before the unmount: an operation still running keeps
+// its own reference until it returns).
+func (x *Export) closeHidden() {
+	if x.e.hidden != nil {
+		x.e.hidden.Close()
+		x.e.hidden = nil
+	}
+}
+
+// do runs a file operation on x under the guard (and the test seam). The
+// operation holds the driver directory open while it runs, even if it
+// outlives the call.
 func (x *Export) do(ctx context.Context, op string, fn func() error) error {
-	return x.b.guard.do(ctx, x.e.key, op, func() error {
+	hid := x.hid.Retain()
+	var claimed atomic.Bool // by the operation, or by the caller if it never ran
+	err := x.b.guard.do(ctx, x.e.key, op, func() error {
+		if !claimed.CompareAndSwap(false, true) {
+			return fmt.Errorf("%s on %s: not started", op, x.e.key)
+		}
+		defer hid.Close()
 		if x.b.opts.BeforeFileOp != nil {
 			if err := x.b.opts.BeforeFileOp(x.e.key, op); err != nil {
 				return err
@@ -259,4 +296,8 @@ func (x *Export) do(ctx context.Context, op string, fn func() error) error {
 		}
 		return fn()
 	})
+	if claimed.CompareAndSwap(false, true) {
+		hid.Close()
+	}
+	return err
 }

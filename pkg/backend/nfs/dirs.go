@@ -161,7 +161,7 @@ func (x *Export) RemoveDir(ctx context.Context, subDir, trashName string) error 
 			return err
 		}
 		defer parent.Close()
-		trash, err := beneath.OpenRoot(x.hidden(dirTrash))
+		trash, err := x.sub(dirTrash)
 		if err != nil {
 			return err
 		}
@@ -271,20 +271,34 @@ func (x *Export) purgeLoop() {
 	e := x.e
 	for {
 		e.purgeAgain.Store(false)
-		ents, err := os.ReadDir(x.hidden(dirTrash))
-		if err == nil {
-			for _, ent := range ents {
-				p := x.hidden(dirTrash, ent.Name())
-				if err := beneath.RemoveTree(p); err != nil {
-					klog.ErrorS(err, "Cannot remove a deleted volume's data; the next use of this export retries", "export", x.Name(), "path", path.Join(dirTrash, ent.Name()))
-				}
-			}
+		if err := x.emptyTrash(); err != nil {
+			klog.ErrorS(err, "Cannot remove a deleted volume's data; the next use of this export retries", "export", x.Name())
 		}
 		e.purging.Store(false)
 		if !e.purgeAgain.Load() || !e.purging.CompareAndSwap(false, true) {
 			return
 		}
 	}
+}
+
+// emptyTrash removes every entry of trash/, through descriptors.
+func (x *Export) emptyTrash() error {
+	trash, err := x.sub(dirTrash)
+	if err != nil {
+		return err
+	}
+	defer trash.Close()
+	names, err := trash.Names()
+	if err != nil {
+		return fmt.Errorf("list %s on %s: %w", dirTrash, x.Name(), err)
+	}
+	var errs []error
+	for _, n := range names {
+		if err := beneath.RemoveTreeAt(trash, n); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", path.Join(dirTrash, n), err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // WaitIdle waits for background removals, at most the timeout: a removal

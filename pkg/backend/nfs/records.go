@@ -7,10 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 )
 
@@ -98,30 +99,60 @@ type nameEntry struct {
 	ID   string `json:"id"`
 }
 
-func (x *Export) hidden(parts ...string) string {
-	return filepath.Join(append([]string{x.Root, ids.HiddenDir}, parts...)...)
+// sub opens dir (a relative path) below the driver's directory: no symlink
+// is followed and no mount crossed on the way, whoever could write there.
+func (x *Export) sub(dir string) (*beneath.Dir, error) {
+	d, err := x.hid.OpenDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open %s on %s: %w", path.Join(ids.HiddenDir, dir), x.Name(), err)
+	}
+	return d, nil
 }
 
-// layout creates the driver's directories on the export (once per mount;
-// cheap when they exist) and removes the files a kill left in tmp/: a
-// record is written there and renamed within one operation, so a file
-// older than the timeout on every operation belongs to no running write,
-// of this controller or any other.
+// layout opens the driver's directory on a newly mounted export, creating
+// it and its directories (cheap when they exist), and removes the files a
+// kill left in tmp/: a record is written there and renamed within one
+// operation, so a file older than the timeout on every operation belongs
+// to no running write, of this controller or any other.
+//
+// The driver's directory is opened once, from the export's root, refusing
+// a symlink and another mount in its place (whoever can write the share's
+// root could plant one); everything below is reached relative to it.
 func (x *Export) layout() error {
+	root, err := x.openRoot()
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	if err := root.Mkdir(ids.HiddenDir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create %s on %s: %w", ids.HiddenDir, x.Name(), err)
+	}
+	hid, err := root.OpenDir(ids.HiddenDir)
+	if err != nil {
+		return fmt.Errorf("open %s on %s (it must be a directory of the export, not a symlink or a mount): %w", ids.HiddenDir, x.Name(), err)
+	}
+	x.e.hidden, x.hid = hid, hid
 	for _, d := range []string{dirVolumes, dirSnapRecs, dirNames, dirSubDirs, dirNested, dirSnapshots, dirPartial, dirTrash, dirTmp} {
-		if err := os.MkdirAll(x.hidden(d), 0o700); err != nil {
-			return fmt.Errorf("create %s on %s: %w", filepath.Join(ids.HiddenDir, d), x.Name(), err)
+		if err := hid.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("create %s on %s: %w", path.Join(ids.HiddenDir, d), x.Name(), err)
 		}
 	}
-	ents, err := os.ReadDir(x.hidden(dirTmp))
+	tmp, err := x.sub(dirTmp)
+	if err != nil {
+		return err
+	}
+	defer tmp.Close()
+	names, err := tmp.Names()
 	if err != nil {
 		return fmt.Errorf("list %s on %s: %w", dirTmp, x.Name(), err)
 	}
-	for _, e := range ents {
-		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() && time.Since(fi.ModTime()) > x.b.opts.Timeout {
-			if err := os.Remove(x.hidden(dirTmp, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("remove a record write cut short on %s: %w", x.Name(), err)
-			}
+	for _, n := range names {
+		st, err := tmp.Lstat(n)
+		if err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || time.Since(time.Unix(st.Mtime.Sec, int64(st.Mtime.Nsec))) <= x.b.opts.Timeout {
+			continue
+		}
+		if err := tmp.Unlink(n, 0); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove a record write cut short on %s: %w", x.Name(), err)
 		}
 	}
 	return x.fillNested()
@@ -135,11 +166,22 @@ func (x *Export) writeRecord(dir, name string, v any) error {
 	if err != nil {
 		return err
 	}
-	tmp := x.hidden(dirTmp, fmt.Sprintf("%d-%d-%d", os.Getpid(), time.Now().UnixNano(), tmpSeq.Add(1)))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	tmp, err := x.sub(dirTmp)
+	if err != nil {
+		return err
+	}
+	defer tmp.Close()
+	to, err := x.sub(dir)
+	if err != nil {
+		return err
+	}
+	defer to.Close()
+	tmpName := fmt.Sprintf("%d-%d-%d", os.Getpid(), time.Now().UnixNano(), tmpSeq.Add(1))
+	fd, err := tmp.Create(tmpName, 0o600)
 	if err != nil {
 		return fmt.Errorf("write record on %s: %w", x.Name(), err)
 	}
+	f := os.NewFile(uintptr(fd), tmpName)
 	_, err = f.Write(data)
 	if err == nil {
 		err = f.Sync()
@@ -148,19 +190,39 @@ func (x *Export) writeRecord(dir, name string, v any) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, x.hidden(dir, name))
+		err = unix.Renameat(tmp.Fd(), tmpName, to.Fd(), name)
 	}
 	if err != nil {
-		os.Remove(tmp)
+		_ = tmp.Unlink(tmpName, 0)
 		return fmt.Errorf("write record %s/%s on %s: %w", dir, name, x.Name(), err)
 	}
-	return syncDir(x.hidden(dir))
+	if err := unix.Fsync(to.Fd()); err != nil {
+		return fmt.Errorf("sync %s on %s: %w", dir, x.Name(), err)
+	}
+	return nil
 }
 
 func (x *Export) readRecord(dir, name string, v any) error {
-	data, err := os.ReadFile(x.hidden(dir, name))
+	d, err := x.sub(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%s/%s: %w", dir, name, ErrNotFound)
+	}
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	fd, _, err := d.OpenFile(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s/%s: %w", dir, name, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("read record %s/%s on %s: %w", dir, name, x.Name(), err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxRecordSize+1))
+	if err == nil && len(data) > maxRecordSize {
+		err = fmt.Errorf("larger than %d bytes", maxRecordSize)
 	}
 	if err != nil {
 		return fmt.Errorf("read record %s/%s on %s: %w", dir, name, x.Name(), err)
@@ -171,30 +233,38 @@ func (x *Export) readRecord(dir, name string, v any) error {
 	return nil
 }
 
+// maxRecordSize bounds what a record read takes in: a record is a few
+// hundred bytes; a huge file in its place is corrupt, not read whole.
+const maxRecordSize = 1 << 20
+
 // makeIndexDir creates dir (below the driver's directory) if it is not
 // there.
 func (x *Export) makeIndexDir(dir string) error {
-	if err := os.Mkdir(x.hidden(dir), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+	parent, err := x.sub(path.Dir(dir))
+	if err != nil {
+		return err
+	}
+	defer parent.Close()
+	if err := parent.Mkdir(path.Base(dir), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("create %s on %s: %w", dir, x.Name(), err)
 	}
 	return nil
 }
 
 func (x *Export) removeRecord(dir, name string) error {
-	if err := os.Remove(x.hidden(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	d, err := x.sub(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Unlink(name, 0); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove record %s/%s on %s: %w", dir, name, x.Name(), err)
 	}
-	return syncDir(x.hidden(dir))
-}
-
-func syncDir(dir string) error {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return fmt.Errorf("open %s to sync it: %w", dir, err)
-	}
-	defer unix.Close(fd)
-	if err := unix.Fsync(fd); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
+	if err := unix.Fsync(d.Fd()); err != nil {
+		return fmt.Errorf("sync %s on %s: %w", dir, x.Name(), err)
 	}
 	return nil
 }
@@ -394,7 +464,8 @@ const nestedIndexDone = "complete-v1"
 // fillNested adds to the nested index the claims of volumes made by a
 // driver that did not keep it (once per export: a marker says it is done).
 func (x *Export) fillNested() error {
-	if _, err := os.Lstat(x.hidden(dirNested, nestedIndexDone)); err == nil {
+	var done struct{}
+	if err := x.readRecord(dirNested, nestedIndexDone, &done); err == nil {
 		return nil
 	}
 	err := listEntries(x, dirSubDirs, func(name string) error {
@@ -460,39 +531,36 @@ func (x *Export) ListSnapshots(ctx context.Context) ([]*SnapshotRecord, error) {
 	return out, err
 }
 
-// listEntries calls each for every entry of dir but the marker files.
+// listEntries calls each for every regular file of dir but the marker.
 func listEntries(x *Export, dir string, each func(name string) error) error {
-	ents, err := os.ReadDir(x.hidden(dir))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("list %s on %s: %w", dir, x.Name(), err)
-	}
-	for _, e := range ents {
-		if e.Name() == nestedIndexDone || !e.Type().IsRegular() {
-			continue
-		}
-		if err := each(e.Name()); err != nil && !errors.Is(err, ErrNotFound) {
-			return err
-		}
-	}
-	return nil
+	return listDir(x, dir, func(n string) bool { return n != nestedIndexDone }, each)
 }
 
 func listRecords(x *Export, dir string, each func(name string) error) error {
-	ents, err := os.ReadDir(x.hidden(dir))
+	return listDir(x, dir, func(n string) bool { return strings.HasSuffix(n, ".json") }, each)
+}
+
+func listDir(x *Export, dir string, keep func(string) bool, each func(name string) error) error {
+	d, err := x.sub(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
+		return err
+	}
+	defer d.Close()
+	names, err := d.Names()
+	if err != nil {
 		return fmt.Errorf("list %s on %s: %w", dir, x.Name(), err)
 	}
-	for _, e := range ents {
-		if !strings.HasSuffix(e.Name(), ".json") {
+	for _, n := range names {
+		if !keep(n) {
 			continue
 		}
-		if err := each(e.Name()); err != nil && !errors.Is(err, ErrNotFound) {
+		if st, err := d.Lstat(n); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			continue
+		}
+		if err := each(n); err != nil && !errors.Is(err, ErrNotFound) {
 			return err
 		}
 	}
