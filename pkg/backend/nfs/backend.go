@@ -149,18 +149,28 @@ func (b *Backend) Use(ctx context.Context, server, share string, options ...stri
 	}
 	b.mu.Unlock()
 
+	// A mount or operation still running after its caller gave up: fail
+	// at once rather than queue behind it.
+	if err := b.guard.busy(key); err != nil {
+		return nil, err
+	}
 	select {
 	case e.sem <- struct{}{}:
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%w: waiting for another mount of %s: %v", ErrBusy, key, ctx.Err())
 	}
-	defer func() { <-e.sem }()
+	keepSem := false // a mount left running holds it until it ends
+	defer func() {
+		if !keepSem {
+			<-e.sem
+		}
+	}()
 	if len(options) > 0 {
 		e.options = slices.DeleteFunc(slices.Clone(options), func(o string) bool { return o == "ro" })
 	}
 	first := e.refs == 0
 	if first {
-		if err := b.mountRoot(ctx, e); err != nil {
+		if err := b.mountRoot(ctx, e, &keepSem); err != nil {
 			return nil, err
 		}
 	}
@@ -193,8 +203,14 @@ func (b *Backend) Use(ctx context.Context, server, share string, options ...stri
 }
 
 // mountRoot mounts the export root at e.mnt, clearing what a crashed
-// process may have left there.
-func (b *Backend) mountRoot(ctx context.Context, e *export) error {
+// process may have left there. The mount runs under the timeout whatever
+// the caller's deadline: if the caller gives up first (csi-provisioner's
+// 10 s are far shorter than the default 2 minutes), the mount goes on and,
+// until it ends, calls on the export fail at once naming it, instead of
+// each retry starting mount.nfs again; a mount that then times out marks
+// the export down as if its caller had waited. It holds e.sem until it
+// ends (*keepSem tells Use not to release it).
+func (b *Backend) mountRoot(ctx context.Context, e *export, keepSem *bool) error {
 	if err := unmount(ctx, b.guard, e.key, e.mnt); err != nil {
 		return fmt.Errorf("clear old mount of %s: %w", e.key, err)
 	}
@@ -204,19 +220,43 @@ func (b *Backend) mountRoot(ctx context.Context, e *export) error {
 	if err := b.guard.busy(e.key); err != nil {
 		return err
 	}
-	mctx, cancel := context.WithTimeout(ctx, b.opts.Timeout)
-	defer cancel()
-	err := b.opts.Mounter.Mount(mctx, e.key, e.mnt, DefaultFSType, e.options)
-	if err != nil {
-		if errors.Is(mctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
-			b.guard.markDown(e.key, "mount of "+e.key)
-			err = fmt.Errorf("%w: mount of %s did not finish within %s (the mount process was killed): %v", ErrTimeout, e.key, b.opts.Timeout, err)
+	mctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
+	result := make(chan error, 1)
+	go func() {
+		defer cancel()
+		result <- b.opts.Mounter.Mount(mctx, e.key, e.mnt, DefaultFSType, e.options)
+	}()
+	finish := func(err error) error {
+		if err != nil {
+			if errors.Is(mctx.Err(), context.DeadlineExceeded) {
+				b.guard.markDown(e.key, "mount of "+e.key)
+				err = fmt.Errorf("%w: mount of %s did not finish within %s (the mount process was killed): %v", ErrTimeout, e.key, b.opts.Timeout, err)
+			}
+			return err
 		}
-		return err
+		b.guard.markUp(e.key)
+		klog.V(2).InfoS("Mounted NFS export", "export", e.key, "at", e.mnt)
+		return nil
 	}
-	b.guard.markUp(e.key)
-	klog.V(2).InfoS("Mounted NFS export", "export", e.key, "at", e.mnt)
-	return nil
+	select {
+	case err := <-result:
+		return finish(err)
+	case <-ctx.Done():
+	}
+	// The caller gave up; the mount goes on. Nobody will use what it
+	// mounts: the next Use clears it and mounts again.
+	done := make(chan error, 1)
+	b.guard.hold(e.key, "mount of "+e.key, time.Now(), done)
+	*keepSem = true
+	go func() {
+		err := finish(<-result)
+		if err != nil {
+			klog.ErrorS(err, "NFS mount whose caller gave up failed", "export", e.key)
+		}
+		done <- err
+		<-e.sem
+	}()
+	return fmt.Errorf("%w: mount of %s did not finish before the call's deadline (%v); it goes on for up to %s, and calls on %s fail at once meanwhile", ErrBusy, e.key, ctx.Err(), b.opts.Timeout, e.key)
 }
 
 // Release gives the export back; the last user unmounts it.

@@ -151,3 +151,26 @@ func TestMakeDirRefusesSymlinks(t *testing.T) {
 		t.Fatalf("export root mounted as %+v", calls)
 	}
 }
+
+// A file operation whose caller gave up before the timeout keeps its
+// export busy until it returns: a retry fails at once instead of starting
+// another operation behind it.
+func TestGuardCallerGaveUp(t *testing.T) {
+	g := newGuard(time.Hour)
+	release := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := g.do(ctx, "a:/x", "statfs", func() error { <-release; return nil })
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("operation whose caller gave up: %v", err)
+	}
+	called := false
+	err = g.do(context.Background(), "a:/x", "statfs", func() error { called = true; return nil })
+	if !errors.Is(err, ErrBusy) || called || !strings.Contains(err.Error(), "a:/x") {
+		t.Fatalf("call while the abandoned one runs: %v (called %v); want ErrBusy naming a:/x without running it", err, called)
+	}
+	close(release)
+	for g.busy("a:/x") != nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
