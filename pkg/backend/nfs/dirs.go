@@ -55,7 +55,9 @@ func (x *Export) openParent(subDir string, create bool) (*beneath.Dir, string, e
 }
 
 // MakeDir creates subDir (and its missing parents) and applies mode when it
-// is not nil. A directory already there is adopted: adopted reports it.
+// is not nil. A directory already there is adopted: adopted reports it, and
+// its mode is left as its owner set it (retained data keeps its
+// permissions; mountPermissions is the mode of a new directory).
 func (x *Export) MakeDir(ctx context.Context, subDir string, mode *os.FileMode) (adopted bool, err error) {
 	err = x.do(ctx, "create "+subDir, func() error {
 		parent, name, err := x.openParent(subDir, true)
@@ -73,7 +75,7 @@ func (x *Export) MakeDir(ctx context.Context, subDir string, mode *os.FileMode) 
 			return err
 		}
 		d.Close()
-		if mode != nil {
+		if mode != nil && !adopted {
 			if err := parent.Chmod(name, unixMode(*mode)); err != nil {
 				return err
 			}

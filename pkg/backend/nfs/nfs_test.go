@@ -147,6 +147,14 @@ func TestMakeDirRefusesSymlinks(t *testing.T) {
 	if adopted, err := x.MakeDir(context.Background(), "a/b/c", nil); err != nil || !adopted {
 		t.Fatalf("MakeDir of an existing directory = %v, %v; want adopted", adopted, err)
 	}
+	// A directory taken over (retained data) keeps the mode it has.
+	other := os.FileMode(0o700)
+	if adopted, err := x.MakeDir(context.Background(), "a/b/c", &other); err != nil || !adopted {
+		t.Fatalf("MakeDir of an existing directory with a mode = %v, %v; want adopted", adopted, err)
+	}
+	if fi, err := os.Stat(filepath.Join(export, "a", "b", "c")); err != nil || fi.Mode().Perm() != 0o770 {
+		t.Fatalf("a/b/c after it was adopted with mode 0700: %v, %v; want 0770 kept", fi, err)
+	}
 	if calls := standin.Calls(); len(calls) != 1 || calls[0].Source != "s:/e" || calls[0].FSType != "nfs" {
 		t.Fatalf("export root mounted as %+v", calls)
 	}
