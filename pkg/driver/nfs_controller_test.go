@@ -388,3 +388,37 @@ func TestNFSReservedSubDirAndShare(t *testing.T) {
 		}
 	}
 }
+
+// One damaged record file does not hide the export's other volumes from
+// ListVolumes; the volume it belongs to reports why in its health.
+func TestNFSCorruptRecordIsLeftOutOfListings(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	good := e.createNFS(t, "pv-good", nfsParamsFor(ParamSubDir, "good"))
+	bad := e.createNFS(t, "pv-bad", nfsParamsFor(ParamSubDir, "bad"))
+	v, err := ids.ParseNFSVolumeID(bad.GetVolumeId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.export, ids.HiddenDir, "volumes", v.UUID+".json"), []byte("{truncated"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.d.ListVolumes(ctx, &csi.ListVolumesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed []string
+	for _, en := range resp.GetEntries() {
+		listed = append(listed, en.GetVolume().GetVolumeId())
+	}
+	if len(listed) != 1 || listed[0] != good.GetVolumeId() {
+		t.Errorf("ListVolumes with one corrupt record: %v, want just %s", listed, good.GetVolumeId())
+	}
+	h, err := e.d.ControllerGetVolumeHealth(ctx, &csi.ControllerGetVolumeHealthRequest{VolumeId: bad.GetVolumeId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := h.GetVolumeHealth().GetHealthStatuses()
+	if len(st) != 1 || st[0].GetReason() != ReasonNFSRecordCorrupt || !strings.Contains(st[0].GetMessage(), "corrupt") {
+		t.Errorf("health of the volume whose record is corrupt: %v, want %s", st, ReasonNFSRecordCorrupt)
+	}
+}

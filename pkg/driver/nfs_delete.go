@@ -174,6 +174,13 @@ func (d *Driver) nfsControllerGetVolume(ctx context.Context, id string) (*csi.Co
 
 func (d *Driver) nfsControllerGetVolumeHealth(ctx context.Context, id string) (*csi.ControllerGetVolumeHealthResponse, error) {
 	rec, x, err := d.nfsReadyVolume(ctx, id)
+	if status.Code(err) == codes.DataLoss {
+		// A corrupt record: left out of listings; here its condition
+		// says why.
+		return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: &csi.VolumeHealth{VolumeId: id, HealthStatuses: []*csi.VolumeHealth_VolumeHealthEntry{{
+			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: ReasonNFSRecordCorrupt,
+			Message: fmt.Sprintf("the driver's record of this volume on its export is unreadable (%s); its data is untouched: restore the record from a backup, or delete the PV and recreate it over the retained data", status.Convert(err).Message())}}}}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -197,6 +204,10 @@ func (d *Driver) nfsHealth(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRe
 
 // ReasonNFSUnreachable: the volume's NFS server did not answer.
 const ReasonNFSUnreachable = "NFSServerUnreachable"
+
+// ReasonNFSRecordCorrupt: the driver's record of the volume on its export
+// cannot be read.
+const ReasonNFSRecordCorrupt = "NFSRecordCorrupt"
 
 // nfsGetCapacity reports the export's free space: what volumes of the class
 // can still hold (NFS volumes share the export; nothing is reserved).

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
@@ -62,6 +63,10 @@ const (
 
 // ErrNotFound: no such record on the export.
 var ErrNotFound = errors.New("not found on the export")
+
+// ErrCorrupt: a record is not what the driver writes (not JSON, too large,
+// not a regular file): damaged, or written by someone else.
+var ErrCorrupt = errors.New("record is corrupt")
 
 // VolumeRecord is what the export remembers of a volume.
 type VolumeRecord struct {
@@ -215,20 +220,23 @@ func (x *Export) readRecord(dir, name string, v any) error {
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%s/%s: %w", dir, name, ErrNotFound)
 	}
+	if errors.Is(err, beneath.ErrChanged) {
+		return fmt.Errorf("record %s/%s on %s: %w: not a regular file (%v)", dir, name, x.Name(), ErrCorrupt, err)
+	}
 	if err != nil {
 		return fmt.Errorf("read record %s/%s on %s: %w", dir, name, x.Name(), err)
 	}
 	f := os.NewFile(uintptr(fd), name)
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxRecordSize+1))
-	if err == nil && len(data) > maxRecordSize {
-		err = fmt.Errorf("larger than %d bytes", maxRecordSize)
-	}
 	if err != nil {
 		return fmt.Errorf("read record %s/%s on %s: %w", dir, name, x.Name(), err)
 	}
+	if len(data) > maxRecordSize {
+		return fmt.Errorf("record %s/%s on %s: %w: larger than %d bytes", dir, name, x.Name(), ErrCorrupt, maxRecordSize)
+	}
 	if err := json.Unmarshal(data, v); err != nil {
-		return fmt.Errorf("record %s/%s on %s is corrupt: %w", dir, name, x.Name(), err)
+		return fmt.Errorf("record %s/%s on %s: %w: %v", dir, name, x.Name(), ErrCorrupt, err)
 	}
 	return nil
 }
@@ -504,6 +512,12 @@ func (x *Export) ListVolumes(ctx context.Context) ([]*VolumeRecord, error) {
 		return listRecords(x, dirVolumes, func(name string) error {
 			var r VolumeRecord
 			if err := x.readRecord(dirVolumes, name, &r); err != nil {
+				if errors.Is(err, ErrCorrupt) {
+					// One damaged file must not hide every other
+					// volume of the export.
+					klog.ErrorS(err, "Leaving a corrupt record out of the listing; move it away or restore it", "export", x.Name(), "record", path.Join(ids.HiddenDir, dirVolumes, name))
+					return nil
+				}
 				return err
 			}
 			out = append(out, &r)
@@ -521,6 +535,12 @@ func (x *Export) ListSnapshots(ctx context.Context) ([]*SnapshotRecord, error) {
 		return listRecords(x, dirSnapRecs, func(name string) error {
 			var r SnapshotRecord
 			if err := x.readRecord(dirSnapRecs, name, &r); err != nil {
+				if errors.Is(err, ErrCorrupt) {
+					// One damaged file must not hide every other
+					// snapshot of the export.
+					klog.ErrorS(err, "Leaving a corrupt record out of the listing; move it away or restore it", "export", x.Name(), "record", path.Join(ids.HiddenDir, dirSnapRecs, name))
+					return nil
+				}
 				return err
 			}
 			out = append(out, &r)
