@@ -70,8 +70,14 @@ func (d *Driver) nfsCreateVolume(ctx context.Context, req *csi.CreateVolumeReque
 	return &csi.CreateVolumeResponse{Volume: nfsCSIVolume(rec)}, nil
 }
 
-// nfsCreate is the part of CreateVolume under the name's lock (the same
-// lock hostpath volumes take: a name is one volume whatever its class).
+// nfsCreate is the part of CreateVolume under the name's lock (the lock
+// hostpath creates take too, so two creates of one name in this process
+// never run side by side). A name is one volume per export: the name index
+// lives on the export, and a controller that moved has nothing else. The
+// same name on another export, or of a hostpath volume, is not seen here
+// and makes a second volume; csi-provisioner's names (pvc-<claim UID>)
+// never meet that case. Checking every export would make each create
+// depend on every server answering.
 func (d *Driver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p nfsParams, subDir string, size int64) (*job, *csi.CreateVolumeResponse, error) {
 	name := req.GetName()
 	unlock, err := d.lock(ctx, "name", name)
