@@ -24,10 +24,10 @@ var copyOpts = copytree.Options{Nice: 10}
 // copy stays in flight, answered ABORTED to retries, until the server
 // answers again or the copy is cancelled.
 
-// Snapshot copies subDir into snapshots/<hex>/: to partial/ first, then,
+// Snapshot copies subDir into snapshots/<snapKey>/: to partial/ first, then,
 // once every file is on the server (syncfs of the export), renamed into
 // place. On error nothing of the snapshot is left.
-func (x *Export) Snapshot(ctx context.Context, subDir, hex string) (copytree.Stats, error) {
+func (x *Export) Snapshot(ctx context.Context, subDir, snapKey string) (copytree.Stats, error) {
 	var src *beneath.Dir
 	err := x.do(ctx, "open "+subDir, func() error {
 		parent, name, err := x.openParent(subDir, false)
@@ -42,14 +42,14 @@ func (x *Export) Snapshot(ctx context.Context, subDir, hex string) (copytree.Sta
 		return copytree.Stats{}, fmt.Errorf("open %s on %s to snapshot it: %w", subDir, x.Name(), err)
 	}
 	defer src.Close()
-	st, err := x.copyIn(ctx, src, "s-"+hex, func(partial *beneath.Dir, name string) error {
+	st, err := x.copyIn(ctx, src, "s-"+snapKey, func(partial *beneath.Dir, name string) error {
 		snaps, err := x.sub(dirSnapshots)
 		if err != nil {
 			return err
 		}
 		defer snaps.Close()
-		if err := beneath.RenameNoReplace(partial.Fd(), name, snaps.Fd(), hex); err != nil {
-			return fmt.Errorf("move the copy into place as snapshot %s: %w", hex, err)
+		if err := beneath.RenameNoReplace(partial.Fd(), name, snaps.Fd(), snapKey); err != nil {
+			return fmt.Errorf("move the copy into place as snapshot %s: %w", snapKey, err)
 		}
 		if err := unix.Fsync(partial.Fd()); err != nil {
 			return err
@@ -62,23 +62,24 @@ func (x *Export) Snapshot(ctx context.Context, subDir, hex string) (copytree.Sta
 	return st, nil
 }
 
-// Restore copies snapshot hex into subDir, which must not exist (its parents
-// are created), and applies mode when it is not nil.
-func (x *Export) Restore(ctx context.Context, hex, subDir, uuid string, mode *os.FileMode) (copytree.Stats, error) {
+// Restore copies snapshot snapKey into subDir, which must not exist (its
+// parents are created), and applies mode when it is not nil. key is the new
+// volume's: its copy is partial/v-<key> until it is complete.
+func (x *Export) Restore(ctx context.Context, snapKey, subDir, key string, mode *os.FileMode) (copytree.Stats, error) {
 	var src *beneath.Dir
-	err := x.do(ctx, "open snapshot "+hex, func() (err error) {
-		src, err = x.sub(path.Join(dirSnapshots, hex))
+	err := x.do(ctx, "open snapshot "+snapKey, func() (err error) {
+		src, err = x.sub(path.Join(dirSnapshots, snapKey))
 		return err
 	})
 	if err != nil {
-		return copytree.Stats{}, fmt.Errorf("open snapshot %s on %s: %w", hex, x.Name(), err)
+		return copytree.Stats{}, fmt.Errorf("open snapshot %s on %s: %w", snapKey, x.Name(), err)
 	}
 	defer src.Close()
-	return x.copyToSubDir(ctx, src, subDir, uuid, mode)
+	return x.copyToSubDir(ctx, src, subDir, key, mode)
 }
 
 // Clone copies the volume in srcSubDir into subDir, as Restore does.
-func (x *Export) Clone(ctx context.Context, srcSubDir, subDir, uuid string, mode *os.FileMode) (copytree.Stats, error) {
+func (x *Export) Clone(ctx context.Context, srcSubDir, subDir, key string, mode *os.FileMode) (copytree.Stats, error) {
 	var src *beneath.Dir
 	err := x.do(ctx, "open "+srcSubDir, func() error {
 		parent, name, err := x.openParent(srcSubDir, false)
@@ -93,11 +94,11 @@ func (x *Export) Clone(ctx context.Context, srcSubDir, subDir, uuid string, mode
 		return copytree.Stats{}, fmt.Errorf("open %s on %s to clone it: %w", srcSubDir, x.Name(), err)
 	}
 	defer src.Close()
-	return x.copyToSubDir(ctx, src, subDir, uuid, mode)
+	return x.copyToSubDir(ctx, src, subDir, key, mode)
 }
 
-func (x *Export) copyToSubDir(ctx context.Context, src *beneath.Dir, subDir, uuid string, mode *os.FileMode) (copytree.Stats, error) {
-	st, err := x.copyIn(ctx, src, "v-"+uuid, func(partial *beneath.Dir, copyName string) error {
+func (x *Export) copyToSubDir(ctx context.Context, src *beneath.Dir, subDir, key string, mode *os.FileMode) (copytree.Stats, error) {
+	st, err := x.copyIn(ctx, src, "v-"+key, func(partial *beneath.Dir, copyName string) error {
 		if mode != nil {
 			if err := partial.Chmod(copyName, unixMode(*mode)); err != nil {
 				return err
@@ -170,19 +171,19 @@ func (x *Export) removeHidden(dir, name string) error {
 	return unix.Fsync(d.Fd())
 }
 
-// RemoveSnapshotData removes snapshots/<hex> (and a partial copy of it).
-func (x *Export) RemoveSnapshotData(ctx context.Context, hex string) error {
-	return x.do(ctx, "remove snapshot "+hex, func() error {
-		if err := x.removeHidden(dirPartial, "s-"+hex); err != nil {
+// RemoveSnapshotData removes snapshots/<snapKey> (and a partial copy of it).
+func (x *Export) RemoveSnapshotData(ctx context.Context, snapKey string) error {
+	return x.do(ctx, "remove snapshot "+snapKey, func() error {
+		if err := x.removeHidden(dirPartial, "s-"+snapKey); err != nil {
 			return err
 		}
-		return x.removeHidden(dirSnapshots, hex)
+		return x.removeHidden(dirSnapshots, snapKey)
 	})
 }
 
 // RemovePartial removes what a copy into a new volume left in partial/.
-func (x *Export) RemovePartial(ctx context.Context, uuid string) error {
-	return x.do(ctx, "remove partial copy", func() error { return x.removeHidden(dirPartial, "v-"+uuid) })
+func (x *Export) RemovePartial(ctx context.Context, key string) error {
+	return x.do(ctx, "remove partial copy", func() error { return x.removeHidden(dirPartial, "v-"+key) })
 }
 
 // Statfs is the export's usage.
