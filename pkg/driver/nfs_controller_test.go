@@ -456,3 +456,21 @@ func TestNFSLongVolumeID(t *testing.T) {
 		t.Fatalf("after delete: %v", err)
 	}
 }
+
+// Two classes that spell one server differently name one export: the new
+// volume's ID has the server's one spelling, and a subDir taken through
+// one spelling is taken through the other.
+func TestNFSServerSpellingsAreOneExport(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	upper := nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCName, "db")
+	upper[ParamServer] = strings.ToUpper(testServer)
+	vol := e.createNFS(t, "pv-upper", upper)
+	v, err := ids.ParseNFSVolumeID(vol.GetVolumeId())
+	if err != nil || v.Server != testServer {
+		t.Fatalf("volume ID %s: server %q (%v), want %q", vol.GetVolumeId(), v.Server, err, testServer)
+	}
+	_, err = e.d.CreateVolume(ctx, nfsReq("pv-lower", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCName, "db")))
+	if status.Code(err) != codes.AlreadyExists {
+		t.Errorf("subDir db through %s after %s: %v, want AlreadyExists", testServer, upper[ParamServer], err)
+	}
+}

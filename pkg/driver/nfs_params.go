@@ -85,7 +85,7 @@ func parseNFSParameters(params map[string]string) (nfsParams, error) {
 			if err := ids.ValidateNFSServer(v); err != nil {
 				return p, bad(err)
 			}
-			p.server = v
+			p.server = ids.CanonicalNFSServer(v)
 		case ParamShare:
 			if err := ids.ValidateNFSShare(v); err != nil {
 				return p, bad(err)

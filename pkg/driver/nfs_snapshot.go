@@ -309,7 +309,7 @@ func (s *nfsSource) describe(newID string) string {
 // NFS snapshot or volume on the same export, ready; it is held shared.
 func (d *Driver) nfsLockSource(ctx context.Context, x *nfs.Export, cs *csi.VolumeContentSource) (*nfsSource, error) {
 	sameExport := func(server, share string) error {
-		if server != x.Server() || share != x.Share() {
+		if ids.CanonicalNFSServer(server) != x.Server() || share != x.Share() {
 			return status.Errorf(codes.InvalidArgument, "the source is on NFS export %s:%s; a volume on %s is made from a source on the same export", server, share, x.Name())
 		}
 		return nil

@@ -139,6 +139,9 @@ func (b *Backend) Use(ctx context.Context, server, share string, options ...stri
 	if err := ids.ValidateNFSShare(share); err != nil {
 		return nil, err
 	}
+	// Volumes of older IDs may spell the server otherwise: one export,
+	// one key.
+	server = ids.CanonicalNFSServer(server)
 	key := exportKey(server, share)
 	b.mu.Lock()
 	e := b.exports[key]
