@@ -186,6 +186,11 @@ func (d *Driver) nfsVolumeByName(ctx context.Context, x *nfs.Export, name string
 	if err != nil {
 		return nil, nfsError("read volume record", err)
 	}
+	if rec.ID != id {
+		// An entry whose create found its key taken (ErrExists): the
+		// record is another volume's.
+		return nil, nil
+	}
 	return rec, nil
 }
 
@@ -345,7 +350,7 @@ func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.Creat
 	if err := x.PutName(ctx, nfs.KindVolume, rec.Name, id); err != nil {
 		return nil, "", nfsError("record the volume's name", err)
 	}
-	if err := x.PutVolume(ctx, rec, recKey); err != nil {
+	if err := x.CreateVolume(ctx, rec, recKey); err != nil {
 		return nil, "", nfsError("record the new volume", err)
 	}
 	if src != nil {

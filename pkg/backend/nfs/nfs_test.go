@@ -182,3 +182,39 @@ func TestGuardCallerGaveUp(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// A new record never replaces one of the same key (two volumes that drew
+// one key, perhaps in two controllers at once): the second is ErrExists
+// and the first is intact.
+func TestCreateVolumeRecordDoesNotReplace(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	testutil.CleanupMounts(t, dir)
+	standin := testutil.NewNFSStandIn()
+	standin.AddExport(t, "s", "/e", filepath.Join(dir, "export"))
+	b, err := New(Options{MountDir: filepath.Join(dir, "mnt"), Mounter: standin, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	x, err := b.Use(context.Background(), "s", "/e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Release()
+	const key = "0123456789abcdef"
+	if err := x.CreateVolume(context.Background(), &VolumeRecord{ID: "first", Name: "a"}, key); err != nil {
+		t.Fatal(err)
+	}
+	err = x.CreateVolume(context.Background(), &VolumeRecord{ID: "second", Name: "b"}, key)
+	if !errors.Is(err, ErrExists) {
+		t.Fatalf("second record of one key: %v, want ErrExists", err)
+	}
+	r, err := x.GetVolume(context.Background(), key)
+	if err != nil || r.ID != "first" {
+		t.Fatalf("record after the refused create: %+v, %v; want the first", r, err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dir, "export", ".hostpath-csi", "tmp")); len(ents) != 0 {
+		t.Fatalf("left in tmp/: %v", ents)
+	}
+}

@@ -166,8 +166,25 @@ func (x *Export) layout() error {
 
 var tmpSeq atomic.Uint64
 
-// writeRecord writes v as JSON to dir/name crash-safely.
+// ErrExists: a new record's name is taken on the export.
+var ErrExists = errors.New("a record of that key already exists on the export")
+
+// writeRecord writes v as JSON to dir/name crash-safely, replacing what is
+// there.
 func (x *Export) writeRecord(dir, name string, v any) error {
+	return x.putRecord(dir, name, v, true)
+}
+
+// createRecord is writeRecord for a record that must be new: if dir/name
+// exists (another volume drew the same key, another controller at the
+// same moment included) it is ErrExists and nothing is written. The
+// complete file is linked into place, which no client can make replace a
+// file, NFS included.
+func (x *Export) createRecord(dir, name string, v any) error {
+	return x.putRecord(dir, name, v, false)
+}
+
+func (x *Export) putRecord(dir, name string, v any, replace bool) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -195,8 +212,14 @@ func (x *Export) writeRecord(dir, name string, v any) error {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
+	if err == nil && replace {
 		err = unix.Renameat(tmp.Fd(), tmpName, to.Fd(), name)
+	} else if err == nil {
+		err = unix.Linkat(tmp.Fd(), tmpName, to.Fd(), name, 0)
+		if errors.Is(err, unix.EEXIST) {
+			err = ErrExists
+		}
+		_ = tmp.Unlink(tmpName, 0)
 	}
 	if err != nil {
 		_ = tmp.Unlink(tmpName, 0)
@@ -294,6 +317,13 @@ func (x *Export) GetVolume(ctx context.Context, key string) (*VolumeRecord, erro
 	return &r, nil
 }
 
+// CreateVolume writes the first record of a new volume: ErrExists if its
+// key names a record already.
+func (x *Export) CreateVolume(ctx context.Context, r *VolumeRecord, key string) error {
+	r.Version = recordVersion
+	return x.do(ctx, "create volume record", func() error { return x.createRecord(dirVolumes, key+".json", r) })
+}
+
 // PutVolume writes a volume's record.
 func (x *Export) PutVolume(ctx context.Context, r *VolumeRecord, key string) error {
 	r.Version = recordVersion
@@ -325,6 +355,13 @@ func (x *Export) GetSnapshot(ctx context.Context, key string) (*SnapshotRecord, 
 		return nil, err
 	}
 	return &r, nil
+}
+
+// CreateSnapshot writes the first record of a new snapshot: ErrExists if
+// its key names a record already.
+func (x *Export) CreateSnapshot(ctx context.Context, r *SnapshotRecord, key string) error {
+	r.Version = recordVersion
+	return x.do(ctx, "create snapshot record", func() error { return x.createRecord(dirSnapRecs, key+".json", r) })
 }
 
 // PutSnapshot writes a snapshot's record.
