@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -69,9 +70,10 @@ func TestNFSStateLivesOnTheExport(t *testing.T) {
 func TestNFSInterruptedCreateRollsForward(t *testing.T) {
 	e := newNFSEnv(t, 10*time.Second)
 	e.d.Close()
-	fail := true
+	var fail atomic.Bool // read by the first driver's background sweep too
+	fail.Store(true)
 	e.opts.BeforeFileOp = func(export, op string) error {
-		if fail && strings.HasPrefix(op, "create ") {
+		if fail.Load() && strings.HasPrefix(op, "create ") {
 			return errors.New("injected: killed before the mkdir")
 		}
 		return nil
@@ -81,7 +83,7 @@ func TestNFSInterruptedCreateRollsForward(t *testing.T) {
 	if err == nil {
 		t.Fatal("the injected failure did not fail the create")
 	}
-	fail = false
+	fail.Store(false)
 	d2 := e.another(t)
 	r, err := d2.CreateVolume(ctx, nfsReq("pv-int", nfsParamsFor()))
 	if err != nil {
@@ -245,10 +247,9 @@ func TestNFSTrashLeftByACrashIsRemovedAtNextUse(t *testing.T) {
 // removes the second's data.
 func TestNFSRetriedCreateDoesNotTakeAnotherVolumesSubDir(t *testing.T) {
 	e := newNFSEnv(t, 10*time.Second)
-	failClaim := true
+	var claimed atomic.Bool // the first claim on a subdirectory fails
 	e.opts.BeforeFileOp = func(export, op string) error {
-		if failClaim && op == "write subdirectory index" {
-			failClaim = false
+		if op == "write subdirectory index" && claimed.CompareAndSwap(false, true) {
 			return errors.New("injected: server did not answer")
 		}
 		return nil

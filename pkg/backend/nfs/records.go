@@ -321,7 +321,7 @@ func (x *Export) GetVolume(ctx context.Context, key string) (*VolumeRecord, erro
 // key names a record already.
 func (x *Export) CreateVolume(ctx context.Context, r *VolumeRecord, key string) error {
 	r.Version = recordVersion
-	return x.do(ctx, "create volume record", func() error { return x.createRecord(dirVolumes, key+".json", r) })
+	return x.do(ctx, "write new volume record", func() error { return x.createRecord(dirVolumes, key+".json", r) })
 }
 
 // PutVolume writes a volume's record.
@@ -361,7 +361,7 @@ func (x *Export) GetSnapshot(ctx context.Context, key string) (*SnapshotRecord, 
 // its key names a record already.
 func (x *Export) CreateSnapshot(ctx context.Context, r *SnapshotRecord, key string) error {
 	r.Version = recordVersion
-	return x.do(ctx, "create snapshot record", func() error { return x.createRecord(dirSnapRecs, key+".json", r) })
+	return x.do(ctx, "write new snapshot record", func() error { return x.createRecord(dirSnapRecs, key+".json", r) })
 }
 
 // PutSnapshot writes a snapshot's record.
