@@ -180,18 +180,36 @@ func (b *Backend) Use(ctx context.Context, server, share string, options ...stri
 	e.refs++
 	x := &Export{b: b, e: e, Root: e.mnt}
 	if first {
+		// The driver's directory is opened by the operation; if it
+		// outlives the call (a server dead since the mount), whatever it
+		// opens late is closed, never handed to the export.
+		var mu sync.Mutex
+		var hid *beneath.Dir
+		abandoned := false
 		err := b.guard.do(ctx, key, "prepare "+ids.HiddenDir, func() error {
 			if b.opts.BeforeFileOp != nil {
 				if err := b.opts.BeforeFileOp(key, "prepare "+ids.HiddenDir); err != nil {
 					return err
 				}
 			}
-			return x.layout()
+			h, err := x.layout()
+			mu.Lock()
+			defer mu.Unlock()
+			if abandoned {
+				if h != nil {
+					h.Close()
+				}
+				return err
+			}
+			hid = h
+			return err
 		})
+		mu.Lock()
+		abandoned, e.hidden = err != nil, hid
+		mu.Unlock()
 		if err != nil {
 			e.refs--
 			x.released.Do(func() {})
-			x.closeHidden()
 			if uerr := unmount(ctx, b.guard, key, e.mnt); uerr != nil {
 				klog.ErrorS(uerr, "Cannot unmount NFS export", "export", key)
 			}

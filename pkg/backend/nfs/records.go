@@ -123,21 +123,32 @@ func (x *Export) sub(dir string) (*beneath.Dir, error) {
 //
 // The driver's directory is opened once, from the export's root, refusing
 // a symlink and another mount in its place (whoever can write the share's
-// root could plant one); everything below is reached relative to it.
-func (x *Export) layout() error {
+// root could plant one); everything below is reached relative to it. It is
+// returned open, for the export to keep while mounted.
+func (x *Export) layout() (*beneath.Dir, error) {
 	root, err := x.openRoot()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer root.Close()
 	if err := root.Mkdir(ids.HiddenDir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("create %s on %s: %w", ids.HiddenDir, x.Name(), err)
+		return nil, fmt.Errorf("create %s on %s: %w", ids.HiddenDir, x.Name(), err)
 	}
 	hid, err := root.OpenDir(ids.HiddenDir)
 	if err != nil {
-		return fmt.Errorf("open %s on %s (it must be a directory of the export, not a symlink or a mount): %w", ids.HiddenDir, x.Name(), err)
+		return nil, fmt.Errorf("open %s on %s (it must be a directory of the export, not a symlink or a mount): %w", ids.HiddenDir, x.Name(), err)
 	}
-	x.e.hidden, x.hid = hid, hid
+	x.hid = hid
+	if err := x.prepareHidden(); err != nil {
+		hid.Close()
+		return nil, err
+	}
+	return hid, nil
+}
+
+// prepareHidden creates the driver's directories and clears tmp/.
+func (x *Export) prepareHidden() error {
+	hid := x.hid
 	for _, d := range []string{dirVolumes, dirSnapRecs, dirNames, dirSubDirs, dirNested, dirSnapshots, dirPartial, dirTrash, dirTmp} {
 		if err := hid.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("create %s on %s: %w", path.Join(ids.HiddenDir, d), x.Name(), err)
