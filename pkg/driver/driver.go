@@ -132,7 +132,7 @@ type Driver struct {
 	cfg   Config
 	store *state.Store
 	vols  *hostpath.Backend
-	// nfs serves the volumes of NFS classes (IDs nfs1-, nfss1-).
+	// nfs serves the volumes of NFS classes (IDs nfs1:, nfss1:).
 	nfs *nfs.Backend
 	// nfsSweep reconciles each export's unfinished operations once.
 	nfsSweep nfsSweeps

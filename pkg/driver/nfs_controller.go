@@ -19,7 +19,7 @@ import (
 )
 
 // The controller side of NFS volumes. CreateVolume routes here by its
-// server parameter, every other call by the nfs1-/nfss1- prefix of its ID.
+// server parameter, every other call by the nfs1:/nfss1: prefix of its ID.
 // What the controller must remember lives on the export (package nfs): a
 // controller started on another node, with an empty state directory, finds
 // every volume and snapshot by name and by ID there.
@@ -62,7 +62,7 @@ func (d *Driver) nfsCreateVolume(ctx context.Context, req *csi.CreateVolumeReque
 	}
 	defer x.Release()
 	v, _ := ids.ParseNFSVolumeID(j.id)
-	rec, err := x.GetVolume(ctx, v.UUID)
+	rec, err := x.GetVolume(ctx, v.Key)
 	if err != nil {
 		return nil, nfsError("read the new volume's record", err)
 	}
@@ -125,23 +125,23 @@ func (d *Driver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p 
 		} else if exists {
 			return nil, nil, status.Errorf(codes.FailedPrecondition, "subDir %q already exists on %s (data retained or archived from an earlier volume?); a restore or a clone is made into a new subdirectory: move it away or use another subDir", subDir, x.Name())
 		}
-		rec, uuid, err := d.nfsRecordNew(ctx, x, req, p, subDir, size, src)
+		rec, recKey, err := d.nfsRecordNew(ctx, x, req, p, subDir, size, src)
 		if err != nil {
 			return nil, nil, err
 		}
 		started = true
 		j := d.jobs.start(key, rec.ID, src.describe(rec.ID), []string{src.lockKey}, func(jctx context.Context) error {
 			defer src.unlock()
-			return d.nfsCopyIntoVolume(jctx, p, rec, uuid, src)
+			return d.nfsCopyIntoVolume(jctx, p, rec, recKey, src)
 		}, d.nfsAbandonVolume)
 		return j, nil, nil
 	}
 
-	rec, uuid, err := d.nfsRecordNew(ctx, x, req, p, subDir, size, nil)
+	rec, recKey, err := d.nfsRecordNew(ctx, x, req, p, subDir, size, nil)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := d.nfsMakeEmpty(ctx, x, rec, uuid, p); err != nil {
+	if err := d.nfsMakeEmpty(ctx, x, rec, recKey, p); err != nil {
 		return nil, nil, err
 	}
 	return nil, &csi.CreateVolumeResponse{Volume: nfsCSIVolume(rec)}, nil
@@ -172,7 +172,7 @@ func (d *Driver) nfsVolumeByName(ctx context.Context, x *nfs.Export, name string
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "name index on %s for %q holds a bad ID: %v", x.Name(), name, err)
 	}
-	rec, err := x.GetVolume(ctx, v.UUID)
+	rec, err := x.GetVolume(ctx, v.Key)
 	if errors.Is(err, nfs.ErrNotFound) {
 		return nil, nil // an index entry whose create died before its record
 	}
@@ -194,7 +194,7 @@ func (d *Driver) nfsExistingVolume(ctx context.Context, x *nfs.Export, rec *nfs.
 	if rec.Phase == nfs.PhaseCreating && (rec.SourceSnapshotID != "" || rec.SourceVolumeID != "") {
 		// A copy that no job runs (cut short by a kill, here or in
 		// another controller): nobody was told of it. Undo, start over.
-		if err := d.nfsUndoCreate(ctx, x, rec, v.UUID); err != nil {
+		if err := d.nfsUndoCreate(ctx, x, rec, v.Key); err != nil {
 			return true, nil, err
 		}
 		klog.InfoS("Rolled back an NFS volume copy that was interrupted", "volumeID", rec.ID, "name", rec.Name)
@@ -216,7 +216,7 @@ func (d *Driver) nfsExistingVolume(ctx context.Context, x *nfs.Export, rec *nfs.
 	}
 	if rec.Phase == nfs.PhaseCreating {
 		// An empty create cut short: finish it (roll forward).
-		if err := d.nfsMakeEmpty(ctx, x, rec, v.UUID, p); err != nil {
+		if err := d.nfsMakeEmpty(ctx, x, rec, v.Key, p); err != nil {
 			return true, nil, err
 		}
 		klog.InfoS("Finished an NFS volume create that was interrupted", "volumeID", rec.ID, "name", rec.Name)
@@ -237,7 +237,7 @@ func (d *Driver) nfsCheckSubDirFree(ctx context.Context, x *nfs.Export, subDir, 
 	if err != nil {
 		return nil // a corrupt entry: the new record replaces it
 	}
-	orec, err := x.GetVolume(ctx, ov.UUID)
+	orec, err := x.GetVolume(ctx, ov.Key)
 	if errors.Is(err, nfs.ErrNotFound) {
 		return nil // its volume is gone
 	}
@@ -255,10 +255,20 @@ func (d *Driver) nfsCheckSubDirFree(ctx context.Context, x *nfs.Export, subDir, 
 // its record in phase creating, its claim on the subdirectory. A kill after
 // this is finished or rolled back by the next create of the name.
 func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.CreateVolumeRequest, p nfsParams, subDir string, size int64, src *nfsSource) (*nfs.VolumeRecord, string, error) {
-	id, v, err := ids.NewNFSVolumeID(p.server, p.share, subDir)
+	id, recKey, err := drawUnusedKey(ctx, "volume", func() (string, string, error) {
+		id, v, err := ids.NewNFSVolumeID(p.server, p.share, subDir)
+		if err != nil {
+			return "", "", status.Errorf(codes.InvalidArgument, "%v", err)
+		}
+		return id, v.Key, nil
+	}, func(ctx context.Context, key string) error {
+		_, err := x.GetVolume(ctx, key)
+		return err
+	})
 	if err != nil {
-		return nil, "", status.Errorf(codes.InvalidArgument, "%v", err)
+		return nil, "", err
 	}
+	warnLongID("volume", id)
 	rec := &nfs.VolumeRecord{ID: id, Name: req.GetName(), Parameters: req.GetParameters(), SubDir: subDir, CapacityBytes: size,
 		OnDelete: p.onDelete, Phase: nfs.PhaseCreating, CreatedAt: time.Now().UTC()}
 	if p.mode != nil {
@@ -270,7 +280,7 @@ func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.Creat
 	if err := x.PutName(ctx, nfs.KindVolume, rec.Name, id); err != nil {
 		return nil, "", nfsError("record the volume's name", err)
 	}
-	if err := x.PutVolume(ctx, rec, v.UUID); err != nil {
+	if err := x.PutVolume(ctx, rec, recKey); err != nil {
 		return nil, "", nfsError("record the new volume", err)
 	}
 	if src != nil {
@@ -279,12 +289,12 @@ func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.Creat
 			return nil, "", nfsError("record the volume's subdirectory", err)
 		}
 	}
-	return rec, v.UUID, nil
+	return rec, recKey, nil
 }
 
 // nfsMakeEmpty creates (or adopts) the subdirectory and records the volume
 // as ready.
-func (d *Driver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, uuid string, p nfsParams) error {
+func (d *Driver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, recKey string, p nfsParams) error {
 	// Again when finishing a create a kill cut short before its claim on
 	// the subdirectory was written.
 	if err := x.PutSubDirOwner(ctx, rec.SubDir, rec.ID); err != nil {
@@ -298,7 +308,7 @@ func (d *Driver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.Volum
 		klog.InfoS("NFS volume takes over an existing subdirectory (retained or archived data of an earlier claim?)", "volumeID", rec.ID, "export", x.Name(), "subDir", rec.SubDir)
 	}
 	rec.Adopted, rec.Phase = adopted, nfs.PhaseReady
-	if err := x.PutVolume(ctx, rec, uuid); err != nil {
+	if err := x.PutVolume(ctx, rec, recKey); err != nil {
 		return nfsError("record the volume as ready", err)
 	}
 	klog.V(2).InfoS("NFS volume created", "volumeID", rec.ID, "name", rec.Name, "export", x.Name(), "subDir", rec.SubDir)
@@ -307,25 +317,25 @@ func (d *Driver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.Volum
 
 // nfsUndoCreate removes a volume that was never made ready: its partial
 // copy, its subdirectory if the copy reached it, its record.
-func (d *Driver) nfsUndoCreate(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, uuid string) error {
-	if err := x.RemovePartial(ctx, uuid); err != nil {
+func (d *Driver) nfsUndoCreate(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, recKey string) error {
+	if err := x.RemovePartial(ctx, recKey); err != nil {
 		return nfsError("remove a partial copy", err)
 	}
 	if !rec.Adopted && (rec.SourceSnapshotID != "" || rec.SourceVolumeID != "") {
 		if owner, err := x.SubDirOwner(ctx, rec.SubDir); err == nil && owner == rec.ID {
-			if err := x.RemoveDir(ctx, rec.SubDir, "v-"+uuid); err != nil {
+			if err := x.RemoveDir(ctx, rec.SubDir, "v-"+recKey); err != nil {
 				return nfsError("remove an unfinished copy", err)
 			}
 		}
 	}
-	if err := x.DeleteVolume(ctx, rec, uuid); err != nil {
+	if err := x.DeleteVolume(ctx, rec, recKey); err != nil {
 		return nfsError("remove the record of an unfinished volume", err)
 	}
 	return nil
 }
 
 // nfsCopyIntoVolume is the job behind an NFS restore or clone.
-func (d *Driver) nfsCopyIntoVolume(ctx context.Context, p nfsParams, rec *nfs.VolumeRecord, uuid string, src *nfsSource) error {
+func (d *Driver) nfsCopyIntoVolume(ctx context.Context, p nfsParams, rec *nfs.VolumeRecord, recKey string, src *nfsSource) error {
 	x, err := d.useExport(ctx, p.server, p.share)
 	if err != nil {
 		return err
@@ -334,20 +344,20 @@ func (d *Driver) nfsCopyIntoVolume(ctx context.Context, p nfsParams, rec *nfs.Vo
 	start := time.Now()
 	st, err := d.copyStep(ctx, rec.ID, func() (hostpath.CopyResult, error) {
 		if src.snapshotID != "" {
-			s, err := x.Restore(ctx, src.snapHex, rec.SubDir, uuid, p.mode)
+			s, err := x.Restore(ctx, src.snapKey, rec.SubDir, recKey, p.mode)
 			return hostpath.CopyResult{Mechanism: string(s.Mechanism()), Files: s.Files, Bytes: s.Bytes}, err
 		}
-		s, err := x.Clone(ctx, src.subDir, rec.SubDir, uuid, p.mode)
+		s, err := x.Clone(ctx, src.subDir, rec.SubDir, recKey, p.mode)
 		return hostpath.CopyResult{Mechanism: string(s.Mechanism()), Files: s.Files, Bytes: s.Bytes}, err
 	})
 	if err != nil {
-		if uerr := d.nfsUndoCreate(context.Background(), x, rec, uuid); uerr != nil {
+		if uerr := d.nfsUndoCreate(context.Background(), x, rec, recKey); uerr != nil {
 			klog.ErrorS(uerr, "Rolling back a failed NFS copy; a retry of the name will finish it", "volumeID", rec.ID)
 		}
 		return nfsError("copy content source into the new volume", err)
 	}
 	rec.Phase = nfs.PhaseReady
-	if err := x.PutVolume(context.Background(), rec, uuid); err != nil {
+	if err := x.PutVolume(context.Background(), rec, recKey); err != nil {
 		return nfsError("record the volume as ready", err)
 	}
 	op := "clone"
@@ -372,7 +382,7 @@ func (d *Driver) nfsAbandonVolume(j *job) {
 		return
 	}
 	defer x.Release()
-	rec, err := x.GetVolume(ctx, v.UUID)
+	rec, err := x.GetVolume(ctx, v.Key)
 	if err != nil {
 		return
 	}
@@ -384,7 +394,7 @@ func (d *Driver) nfsAbandonVolume(j *job) {
 	if !d.jobs.stillUncollected(j) || d.jobs.reading("vol/"+j.id) != nil {
 		return
 	}
-	if err := d.nfsRemoveVolume(ctx, x, rec, v.UUID, OnDeleteDelete); err != nil {
+	if err := d.nfsRemoveVolume(ctx, x, rec, v.Key, OnDeleteDelete); err != nil {
 		klog.ErrorS(err, "Cannot remove an NFS volume whose caller never came back for it", "volumeID", j.id)
 		return
 	}

@@ -34,6 +34,13 @@ func TestNFSCreateDeleteOnDelete(t *testing.T) {
 			if v.Server != testServer || v.Share != testShare || v.SubDir != subDir {
 				t.Fatalf("volume ID names %+v", v)
 			}
+			// Readable in kubectl get pv, and its key names its record.
+			if want := "nfs1:" + testServer + ":" + testShare + ":" + subDir + ":" + v.Key; vol.GetVolumeId() != want || len(v.Key) != 16 {
+				t.Fatalf("volume ID %q, want %q with a 16-hex key", vol.GetVolumeId(), want)
+			}
+			if _, err := os.Stat(filepath.Join(e.export, ".hostpath-csi", "volumes", v.Key+".json")); err != nil {
+				t.Fatalf("record of the volume: %v", err)
+			}
 			if got := vol.GetVolumeContext(); got[ContextServer] != testServer || got[ContextShare] != testShare || got[ContextSubDir] != subDir {
 				t.Fatalf("volume context %v", got)
 			}
@@ -113,7 +120,7 @@ func TestNFSCreateDeleteOnDelete(t *testing.T) {
 	}
 	// An NFS ID never made, and one that does not even parse: deleted.
 	id, _, _ := ids.NewNFSVolumeID(testServer, testShare, "never")
-	for _, id := range []string{id, "nfs1-zzzz"} {
+	for _, id := range []string{id, "nfs1:zzzz"} {
 		if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
 			t.Fatalf("DeleteVolume(%s): %v", id, err)
 		}
@@ -175,6 +182,7 @@ func TestNFSParameters(t *testing.T) {
 		{"no share", map[string]string{ParamServer: testServer}, ParamShare},
 		{"bad server", map[string]string{ParamServer: "a/b", ParamShare: testShare}, ParamServer},
 		{"relative share", map[string]string{ParamServer: testServer, ParamShare: "export"}, ParamShare},
+		{"share with ':'", map[string]string{ParamServer: testServer, ParamShare: "/export:x"}, ParamShare},
 		{"escape", nfsParamsFor(ParamSubDir, "../../etc"), ParamSubDir},
 		{"value escape", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCName, "../x"), ParamSubDir},
 		{"onDelete", nfsParamsFor(ParamOnDelete, "shred"), ParamOnDelete},
@@ -241,7 +249,7 @@ func TestNFSControllerQueries(t *testing.T) {
 	wantCode(t, err, codes.InvalidArgument)
 	// Unknown IDs: NotFound, never a path.
 	other, _, _ := ids.NewNFSVolumeID(testServer, testShare, "nope")
-	for _, bad := range []string{other, "nfs1-zz"} {
+	for _, bad := range []string{other, "nfs1:zz", "nfs1:" + testServer + ":" + testShare + ":nope:0123"} {
 		_, err = e.d.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: bad})
 		wantCode(t, err, codes.NotFound)
 	}
@@ -259,5 +267,31 @@ func TestNFSControllerMountOptions(t *testing.T) {
 	calls := e.standin.Calls()
 	if len(calls) == 0 || calls[0].Source != "nfs.example:/export" || calls[0].FSType != "nfs" || strings.Join(calls[0].Options, ",") != "nfsvers=3" {
 		t.Fatalf("export root mounted as %+v; want nfs.example:/export, nfs, [nfsvers=3]", calls)
+	}
+}
+
+// An ID over the CSI spec's 128 bytes is made (and logged), not refused: the
+// default subDir template cannot keep every ID within it (see warnLongID).
+func TestNFSLongVolumeID(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	long := strings.Repeat("n", 63) + "/" + strings.Repeat("c", 63)
+	vol := e.createNFS(t, "pv-long", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
+		ParamPVCNamespace, long[:63], ParamPVCName, long[64:]))
+	id := vol.GetVolumeId()
+	if len(id) <= ids.CSIMaxStringBytes {
+		t.Fatalf("volume ID %q is %d bytes; the test wants one over %d", id, len(id), ids.CSIMaxStringBytes)
+	}
+	if v, err := ids.ParseNFSVolumeID(id); err != nil || v.SubDir != long {
+		t.Fatalf("ParseNFSVolumeID(%q) = %+v, %v", id, v, err)
+	}
+	if _, err := os.Stat(filepath.Join(e.export, long)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+		t.Fatal(err)
+	}
+	e.d.nfs.WaitIdle()
+	if _, err := os.Stat(filepath.Join(e.export, long)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("after delete: %v", err)
 	}
 }

@@ -40,7 +40,7 @@ func (d *Driver) nfsDeleteVolume(ctx context.Context, id string) (*csi.DeleteVol
 		return nil, err
 	}
 	defer x.Release()
-	rec, err := x.GetVolume(ctx, v.UUID)
+	rec, err := x.GetVolume(ctx, v.Key)
 	if errors.Is(err, nfs.ErrNotFound) {
 		return &csi.DeleteVolumeResponse{}, nil
 	}
@@ -48,9 +48,9 @@ func (d *Driver) nfsDeleteVolume(ctx context.Context, id string) (*csi.DeleteVol
 		return nil, nfsError("read volume record", err)
 	}
 	if rec.ID != id {
-		return nil, status.Errorf(codes.Internal, "record %s on %s is of volume %s, not %s", v.UUID, x.Name(), rec.ID, id)
+		return nil, status.Errorf(codes.Internal, "record %s on %s is of volume %s, not %s", v.Key, x.Name(), rec.ID, id)
 	}
-	if err := d.nfsRemoveVolume(ctx, x, rec, v.UUID, rec.OnDelete); err != nil {
+	if err := d.nfsRemoveVolume(ctx, x, rec, v.Key, rec.OnDelete); err != nil {
 		return nil, err
 	}
 	return &csi.DeleteVolumeResponse{}, nil
@@ -59,14 +59,14 @@ func (d *Driver) nfsDeleteVolume(ctx context.Context, id string) (*csi.DeleteVol
 // nfsRemoveVolume applies onDelete to a volume's subdirectory and forgets
 // the volume: intent (phase deleting) first, so that a kill half way is
 // finished by the CO's retry.
-func (d *Driver) nfsRemoveVolume(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, uuid, onDelete string) error {
+func (d *Driver) nfsRemoveVolume(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, key, onDelete string) error {
 	if rec.Phase != nfs.PhaseDeleting {
 		rec.Phase = nfs.PhaseDeleting
-		if err := x.PutVolume(ctx, rec, uuid); err != nil {
+		if err := x.PutVolume(ctx, rec, key); err != nil {
 			return nfsError("record the delete", err)
 		}
 	}
-	if err := x.RemovePartial(ctx, uuid); err != nil {
+	if err := x.RemovePartial(ctx, key); err != nil {
 		return nfsError("remove a partial copy", err)
 	}
 	owner, err := x.SubDirOwner(ctx, rec.SubDir)
@@ -86,11 +86,11 @@ func (d *Driver) nfsRemoveVolume(ctx context.Context, x *nfs.Export, rec *nfs.Vo
 		}
 		klog.InfoS("NFS volume deleted; its data is archived (onDelete: archive)", "volumeID", rec.ID, "export", x.Name(), "archivedAs", to)
 	default:
-		if err := x.RemoveDir(ctx, rec.SubDir, "v-"+uuid); err != nil {
+		if err := x.RemoveDir(ctx, rec.SubDir, "v-"+key); err != nil {
 			return nfsError("remove the volume's subdirectory", err)
 		}
 	}
-	if err := x.DeleteVolume(ctx, rec, uuid); err != nil {
+	if err := x.DeleteVolume(ctx, rec, key); err != nil {
 		return nfsError("remove the volume's record", err)
 	}
 	klog.V(2).InfoS("NFS volume deleted", "volumeID", rec.ID, "name", rec.Name, "onDelete", onDelete)
@@ -108,7 +108,7 @@ func (d *Driver) nfsReadyVolume(ctx context.Context, id string) (*nfs.VolumeReco
 	if err != nil {
 		return nil, nil, err
 	}
-	rec, err := x.GetVolume(ctx, v.UUID)
+	rec, err := x.GetVolume(ctx, v.Key)
 	if errors.Is(err, nfs.ErrNotFound) || (err == nil && rec.ID != id) {
 		x.Release()
 		return nil, nil, notFound("volume %s not found on %s", id, v.Export())

@@ -15,7 +15,7 @@ import (
 )
 
 // Listings show hostpath volumes first (IDs hpv1-), then NFS volumes (IDs
-// nfs1-) of every export this process has worked on or this node has NFS
+// nfs1:) of every export this process has worked on or this node has NFS
 // mounts of on record, each part sorted by ID;
 // a page token is the first ID of the next page, of either kind. An export
 // that does not answer is left out of the listing (and logged), so a dead

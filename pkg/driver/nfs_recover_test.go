@@ -141,7 +141,7 @@ func TestNFSInterruptedCopiesRollBack(t *testing.T) {
 		t.Fatalf("restored volume after a rollback by the first controller:\n%s", diff)
 	}
 	s, _ := ids.ParseNFSSnapshotID(sr.GetSnapshot().GetSnapshotId())
-	if diff := testutil.DiffManifests(want, testutil.TreeManifest(t, filepath.Join(e.export, ".hostpath-csi", "snapshots", s.Hex))); diff != "" {
+	if diff := testutil.DiffManifests(want, testutil.TreeManifest(t, filepath.Join(e.export, ".hostpath-csi", "snapshots", s.Key))); diff != "" {
 		t.Fatalf("snapshot after a rollback by the first controller:\n%s", diff)
 	}
 	if _, err := d2.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: sr.GetSnapshot().GetSnapshotId()}); err != nil {

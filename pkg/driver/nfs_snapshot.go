@@ -18,7 +18,7 @@ import (
 )
 
 // Snapshots of NFS volumes are copies kept on the same export, in
-// .hostpath-csi/snapshots/<hex>/. They run as the driver's detached jobs,
+// .hostpath-csi/snapshots/<key>/. They run as the driver's detached jobs,
 // like hostpath copies: a retry while one runs is ABORTED at once, the first
 // retry after it ended gets the result.
 
@@ -45,7 +45,7 @@ func (d *Driver) nfsCreateSnapshot(ctx context.Context, req *csi.CreateSnapshotR
 	}
 	defer x.Release()
 	s, _ := ids.ParseNFSSnapshotID(j.id)
-	rec, err := x.GetSnapshot(ctx, s.Hex)
+	rec, err := x.GetSnapshot(ctx, s.Key)
 	if err != nil {
 		return nil, nfsError("read the snapshot's record", err)
 	}
@@ -73,7 +73,7 @@ func (d *Driver) nfsSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest
 		s, perr := ids.ParseNFSSnapshotID(id)
 		var existing *nfs.SnapshotRecord
 		if perr == nil {
-			existing, err = x.GetSnapshot(ctx, s.Hex)
+			existing, err = x.GetSnapshot(ctx, s.Key)
 		}
 		switch {
 		case perr != nil || errors.Is(err, nfs.ErrNotFound):
@@ -85,7 +85,7 @@ func (d *Driver) nfsSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest
 			return nil, &csi.CreateSnapshotResponse{Snapshot: nfsCSISnapshot(existing)}, nil
 		case existing.Phase == nfs.PhaseCreating:
 			// No job makes it here: cut short by a kill. Undo, take anew.
-			if err := d.nfsUndoSnapshot(ctx, x, existing, s.Hex); err != nil {
+			if err := d.nfsUndoSnapshot(ctx, x, existing, s.Key); err != nil {
 				return nil, nil, err
 			}
 			klog.InfoS("Rolled back an NFS snapshot that was interrupted", "snapshotID", existing.ID, "name", name)
@@ -100,7 +100,7 @@ func (d *Driver) nfsSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest
 	if err != nil {
 		return nil, nil, err
 	}
-	srcRec, err := x.GetVolume(ctx, src.UUID)
+	srcRec, err := x.GetVolume(ctx, src.Key)
 	switch {
 	case errors.Is(err, nfs.ErrNotFound) || (err == nil && srcRec.ID != srcID):
 		err = notFound("volume %s not found on %s", srcID, x.Name())
@@ -113,15 +113,25 @@ func (d *Driver) nfsSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest
 		unlockSrc()
 		return nil, nil, err
 	}
-	id, s, err := ids.NewNFSSnapshotID(src.Server, src.Share)
+	id, snapKey, err := drawUnusedKey(ctx, "snapshot", func() (string, string, error) {
+		id, s, err := ids.NewNFSSnapshotID(src.Server, src.Share)
+		if err != nil {
+			return "", "", status.Errorf(codes.Internal, "%v", err)
+		}
+		return id, s.Key, nil
+	}, func(ctx context.Context, key string) error {
+		_, err := x.GetSnapshot(ctx, key)
+		return err
+	})
 	if err != nil {
 		unlockSrc()
-		return nil, nil, status.Errorf(codes.Internal, "%v", err)
+		return nil, nil, err
 	}
+	warnLongID("snapshot", id)
 	rec := &nfs.SnapshotRecord{ID: id, Name: name, SourceVolumeID: srcID, SourceCapacity: srcRec.CapacityBytes,
 		Phase: nfs.PhaseCreating, CreatedAt: time.Now().UTC()}
 	if err := x.PutName(ctx, nfs.KindSnapshot, name, id); err == nil {
-		err = x.PutSnapshot(ctx, rec, s.Hex)
+		err = x.PutSnapshot(ctx, rec, snapKey)
 	}
 	if err != nil {
 		unlockSrc()
@@ -130,14 +140,14 @@ func (d *Driver) nfsSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest
 	what := fmt.Sprintf("snapshot %s of NFS volume %s", id, srcID)
 	j := d.jobs.start(key, id, what, []string{"vol/" + srcID}, func(jctx context.Context) error {
 		defer unlockSrc()
-		return d.nfsTakeSnapshot(jctx, src, srcRec.SubDir, rec, s.Hex)
+		return d.nfsTakeSnapshot(jctx, src, srcRec.SubDir, rec, snapKey)
 	}, d.nfsAbandonSnapshot)
 	return j, nil, nil
 }
 
 // nfsTakeSnapshot is the job: copy, then the record says ready (the copy is
 // on the server by then: see nfs.Export.Snapshot).
-func (d *Driver) nfsTakeSnapshot(ctx context.Context, src ids.NFSVolume, subDir string, rec *nfs.SnapshotRecord, hex string) error {
+func (d *Driver) nfsTakeSnapshot(ctx context.Context, src ids.NFSVolume, subDir string, rec *nfs.SnapshotRecord, snapKey string) error {
 	x, err := d.useExport(ctx, src.Server, src.Share)
 	if err != nil {
 		return err
@@ -145,17 +155,17 @@ func (d *Driver) nfsTakeSnapshot(ctx context.Context, src ids.NFSVolume, subDir 
 	defer x.Release()
 	start := time.Now()
 	st, err := d.copyStep(ctx, rec.ID, func() (hostpath.CopyResult, error) {
-		s, err := x.Snapshot(ctx, subDir, hex)
+		s, err := x.Snapshot(ctx, subDir, snapKey)
 		return hostpath.CopyResult{Mechanism: string(s.Mechanism()), Files: s.Files, Bytes: s.Bytes}, err
 	})
 	if err != nil {
-		if uerr := d.nfsUndoSnapshot(context.Background(), x, rec, hex); uerr != nil {
+		if uerr := d.nfsUndoSnapshot(context.Background(), x, rec, snapKey); uerr != nil {
 			klog.ErrorS(uerr, "Rolling back a failed NFS snapshot; a retry of the name will finish it", "snapshotID", rec.ID)
 		}
 		return nfsError("copy volume into snapshot", err)
 	}
 	rec.SizeBytes, rec.Phase = st.Bytes, nfs.PhaseReady
-	if err := x.PutSnapshot(context.Background(), rec, hex); err != nil {
+	if err := x.PutSnapshot(context.Background(), rec, snapKey); err != nil {
 		return nfsError("record the snapshot as ready", err)
 	}
 	d.metrics.copied("snapshot", st.Mechanism, st.Bytes, time.Since(start))
@@ -164,11 +174,11 @@ func (d *Driver) nfsTakeSnapshot(ctx context.Context, src ids.NFSVolume, subDir 
 	return nil
 }
 
-func (d *Driver) nfsUndoSnapshot(ctx context.Context, x *nfs.Export, rec *nfs.SnapshotRecord, hex string) error {
-	if err := x.RemoveSnapshotData(ctx, hex); err != nil {
+func (d *Driver) nfsUndoSnapshot(ctx context.Context, x *nfs.Export, rec *nfs.SnapshotRecord, snapKey string) error {
+	if err := x.RemoveSnapshotData(ctx, snapKey); err != nil {
 		return nfsError(fmt.Sprintf("remove the data of snapshot %s", rec.ID), err)
 	}
-	if err := x.DeleteSnapshot(ctx, rec, hex); err != nil {
+	if err := x.DeleteSnapshot(ctx, rec, snapKey); err != nil {
 		return nfsError("remove snapshot record", err)
 	}
 	return nil
@@ -185,7 +195,7 @@ func (d *Driver) nfsAbandonSnapshot(j *job) {
 		return
 	}
 	defer x.Release()
-	rec, err := x.GetSnapshot(ctx, s.Hex)
+	rec, err := x.GetSnapshot(ctx, s.Key)
 	if err != nil {
 		return
 	}
@@ -197,7 +207,7 @@ func (d *Driver) nfsAbandonSnapshot(j *job) {
 	if !d.jobs.stillUncollected(j) || d.jobs.reading("snap/"+j.id) != nil {
 		return
 	}
-	if err := d.nfsUndoSnapshot(ctx, x, rec, s.Hex); err != nil {
+	if err := d.nfsUndoSnapshot(ctx, x, rec, s.Key); err != nil {
 		klog.ErrorS(err, "Cannot remove an NFS snapshot whose caller never came back for it", "snapshotID", j.id)
 	}
 }
@@ -225,7 +235,7 @@ func (d *Driver) nfsDeleteSnapshot(ctx context.Context, id string) (*csi.DeleteS
 		return nil, err
 	}
 	defer x.Release()
-	rec, err := x.GetSnapshot(ctx, s.Hex)
+	rec, err := x.GetSnapshot(ctx, s.Key)
 	if errors.Is(err, nfs.ErrNotFound) {
 		return &csi.DeleteSnapshotResponse{}, nil
 	}
@@ -233,10 +243,10 @@ func (d *Driver) nfsDeleteSnapshot(ctx context.Context, id string) (*csi.DeleteS
 		return nil, nfsError("read snapshot record", err)
 	}
 	rec.Phase = nfs.PhaseDeleting
-	if err := x.PutSnapshot(ctx, rec, s.Hex); err != nil {
+	if err := x.PutSnapshot(ctx, rec, s.Key); err != nil {
 		return nil, nfsError("record the delete", err)
 	}
-	if err := d.nfsUndoSnapshot(ctx, x, rec, s.Hex); err != nil {
+	if err := d.nfsUndoSnapshot(ctx, x, rec, s.Key); err != nil {
 		return nil, err
 	}
 	klog.V(2).InfoS("NFS snapshot deleted", "snapshotID", id, "name", rec.Name)
@@ -254,7 +264,7 @@ func (d *Driver) nfsReadySnapshot(ctx context.Context, id string) (*nfs.Snapshot
 	if err != nil {
 		return nil, nil, err
 	}
-	rec, err := x.GetSnapshot(ctx, s.Hex)
+	rec, err := x.GetSnapshot(ctx, s.Key)
 	if errors.Is(err, nfs.ErrNotFound) || (err == nil && rec.ID != id) {
 		x.Release()
 		return nil, nil, notFound("snapshot %s not found on %s", id, s.Export())
@@ -282,7 +292,7 @@ func (d *Driver) nfsGetSnapshot(ctx context.Context, id string) (*csi.GetSnapsho
 // nfsSource is what a new NFS volume is copied from, held shared.
 type nfsSource struct {
 	snapshotID, volumeID string
-	snapHex, subDir      string
+	snapKey, subDir      string
 	capacity             int64
 	lockKey              string
 	unlock               func()
@@ -327,7 +337,7 @@ func (d *Driver) nfsLockSource(ctx context.Context, x *nfs.Export, cs *csi.Volum
 			return nil, err
 		}
 		sx.Release()
-		return &nfsSource{snapshotID: id, snapHex: s.Hex, capacity: rec.SourceCapacity, lockKey: "snap/" + id, unlock: unlock}, nil
+		return &nfsSource{snapshotID: id, snapKey: s.Key, capacity: rec.SourceCapacity, lockKey: "snap/" + id, unlock: unlock}, nil
 	case cs.GetVolume() != nil:
 		id := cs.GetVolume().GetVolumeId()
 		if ids.ValidateVolumeID(id) == nil {

@@ -70,7 +70,7 @@ func TestNFSSnapshotRestoreClone(t *testing.T) {
 		t.Fatalf("snapshot %v", snap)
 	}
 	s, _ := ids.ParseNFSSnapshotID(snap.GetSnapshotId())
-	snapDir := filepath.Join(e.export, ".hostpath-csi", "snapshots", s.Hex)
+	snapDir := filepath.Join(e.export, ".hostpath-csi", "snapshots", s.Key)
 	if diff := testutil.DiffManifests(want, testutil.TreeManifest(t, snapDir)); diff != "" {
 		t.Fatalf("snapshot differs from its source:\n%s", diff)
 	}
@@ -172,7 +172,7 @@ func TestNFSCopiesStayInsideUnderSwapAttack(t *testing.T) {
 			t.Fatalf("snapshot under attack: %v", err)
 		}
 		s, _ := ids.ParseNFSSnapshotID(r.GetSnapshot().GetSnapshotId())
-		copies = append(copies, filepath.Join(e.export, ".hostpath-csi", "snapshots", s.Hex))
+		copies = append(copies, filepath.Join(e.export, ".hostpath-csi", "snapshots", s.Key))
 		clone := nfsReq("clone-"+string(rune('a'+i)), nfsParamsFor())
 		clone.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
 			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: victim}}}

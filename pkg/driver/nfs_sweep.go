@@ -87,9 +87,9 @@ func (d *Driver) sweepExport(server, share string) error {
 		if err != nil {
 			return err
 		}
-		cur, err := x.GetSnapshot(ctx, s.Hex)
+		cur, err := x.GetSnapshot(ctx, s.Key)
 		if err == nil && cur.Phase != nfs.PhaseReady {
-			err = d.nfsUndoSnapshot(ctx, x, cur, s.Hex)
+			err = d.nfsUndoSnapshot(ctx, x, cur, s.Key)
 			if err == nil {
 				klog.InfoS("Removed an NFS snapshot whose create or delete a crash interrupted", "snapshotID", rec.ID, "name", rec.Name, "phase", cur.Phase)
 			}
@@ -119,7 +119,7 @@ func (d *Driver) sweepVolume(ctx context.Context, x *nfs.Export, rec *nfs.Volume
 		return err
 	}
 	defer unlock()
-	cur, err := x.GetVolume(ctx, v.UUID)
+	cur, err := x.GetVolume(ctx, v.Key)
 	if errors.Is(err, nfs.ErrNotFound) {
 		return nil
 	}
@@ -128,7 +128,7 @@ func (d *Driver) sweepVolume(ctx context.Context, x *nfs.Export, rec *nfs.Volume
 	}
 	switch cur.Phase {
 	case nfs.PhaseDeleting:
-		if err := d.nfsRemoveVolume(ctx, x, cur, v.UUID, cur.OnDelete); err != nil {
+		if err := d.nfsRemoveVolume(ctx, x, cur, v.Key, cur.OnDelete); err != nil {
 			return err
 		}
 		klog.InfoS("Finished an NFS volume delete that a crash interrupted", "volumeID", cur.ID, "name", cur.Name)
@@ -142,7 +142,7 @@ func (d *Driver) sweepVolume(ctx context.Context, x *nfs.Export, rec *nfs.Volume
 				}
 			}
 		}
-		if err := d.nfsUndoCreate(ctx, x, cur, v.UUID); err != nil {
+		if err := d.nfsUndoCreate(ctx, x, cur, v.Key); err != nil {
 			return err
 		}
 		klog.InfoS("Rolled back an NFS volume create that a crash interrupted and nobody retried", "volumeID", cur.ID, "name", cur.Name)

@@ -9,6 +9,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"strconv"
+	"unicode/utf8"
 )
 
 // VolumePrefixV1 starts every volume ID of format 1: "hpv1-" and 32 lowercase
@@ -70,11 +72,24 @@ func validate(id, prefix, kind string) error {
 	return nil
 }
 
-// truncate keeps error messages readable when a caller sends megabytes.
+// truncate keeps error messages readable when a caller sends megabytes: it
+// keeps as much of s as %q shows in about 40 characters (a byte that is not
+// UTF-8 shows as 4, \x9a), so a message that quotes an ID and one of its
+// fields stays short whatever the bytes.
 func truncate(s string) string {
-	const max = 40 // bytes; %q may show each as 4 characters
-	if len(s) <= max {
-		return s
+	const max = 40 // characters of %q output
+	w := 0
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		n := 4 // \xNN
+		if r != utf8.RuneError || size > 1 {
+			n = len(strconv.Quote(s[i:i+size])) - 2
+		}
+		if w+n > max {
+			return s[:i] + "..."
+		}
+		w += n
+		i += size
 	}
-	return s[:max] + "..."
+	return s
 }

@@ -1,6 +1,7 @@
 package ids
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -57,5 +58,22 @@ func TestSnapshotIDs(t *testing.T) {
 	}
 	if ValidateVolumeID(id) == nil || ValidateSnapshotID(NewVolumeID()) == nil {
 		t.Fatal("a snapshot ID passes as a volume ID or the other way round")
+	}
+}
+
+// An error message quotes at most about 40 characters of what it was sent,
+// whatever the bytes (%q shows a byte that is not UTF-8 as 4 characters).
+func TestTruncateBoundsQuotedLength(t *testing.T) {
+	for _, s := range []string{strings.Repeat("a", 1000), strings.Repeat("\x9a", 1000), strings.Repeat("\"", 1000),
+		strings.Repeat("é", 1000), strings.Repeat("\x00", 1000), strings.Repeat("日本", 500)} {
+		if q := fmt.Sprintf("%q", truncate(s)); len(q) > 40+2+3 {
+			t.Errorf("truncate(%.8q...) quotes as %d characters: %s", s, len(q), q)
+		}
+	}
+	if got := truncate("short"); got != "short" {
+		t.Errorf("truncate(short) = %q", got)
+	}
+	if got := truncate(strings.Repeat("a", 41)); got != strings.Repeat("a", 40)+"..." {
+		t.Errorf("truncate of 41 bytes = %q", got)
 	}
 }

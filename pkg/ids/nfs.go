@@ -1,7 +1,6 @@
 package ids
 
 import (
-	"encoding/base32"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -9,15 +8,34 @@ import (
 	"strings"
 )
 
-// NFSVolumePrefixV1 starts every NFS volume ID of format 1: "nfs1-" and the
-// lowercase, unpadded base32 of "server\nshare\nsubDir\nuuid-hex". A node
-// plugin on any node decodes it and mounts server:share/subDir without any
-// shared state.
-const NFSVolumePrefixV1 = "nfs1-"
+// NFSVolumePrefixV1 starts every NFS volume ID of format 1:
+//
+//	nfs1:<server>:<share>:<subDir>:<key>
+//
+// such as nfs1:nfs.example.com:/srv/nfs:default/data:0123456789abcdef. A
+// node plugin on any node reads it and mounts server:share/subDir without
+// any shared state, and a person reads it in kubectl get pv. It is
+// unambiguous: the server has no ':' (an IPv6 address is in brackets), the
+// share has none (CreateVolume refuses one), the key is NFSKeyHexLen hex
+// digits after the last ':', and the subDir is everything between, ':'s
+// included.
+const NFSVolumePrefixV1 = "nfs1:"
 
-// NFSSnapshotPrefixV1 starts every NFS snapshot ID of format 1: the same
-// encoding of "server\nshare\nsnapshot-hex".
-const NFSSnapshotPrefixV1 = "nfss1-"
+// NFSSnapshotPrefixV1 starts every NFS snapshot ID of format 1:
+//
+//	nfss1:<server>:<share>:<key>
+const NFSSnapshotPrefixV1 = "nfss1:"
+
+// NFSKeyHexLen is the length of the random key that ends an NFS ID: 16
+// lowercase hex digits (64 random bits), unique per export, which names the
+// volume's or snapshot's records on it (volumes/<key>.json). 64 bits keep a
+// typical ID short; the driver checks that a new key is unused anyway.
+const NFSKeyHexLen = 16
+
+// CSIMaxStringBytes is the CSI spec's size limit of a string field, volume
+// and snapshot IDs included (csi.proto: "SHALL NOT exceed 128 bytes" unless
+// the field says otherwise).
+const CSIMaxStringBytes = 128
 
 // HiddenDir is the directory at the root of every export that holds the
 // driver's records and snapshots; no volume's subDir may start with it.
@@ -28,23 +46,21 @@ const (
 	maxServerLen = 253
 	maxShareLen  = 1024
 	maxSubDirLen = 1024
-	maxNFSIDLen  = len(NFSSnapshotPrefixV1) + (maxServerLen+maxShareLen+maxSubDirLen+randomHexLen+3)*8/5 + 8
+	maxNFSIDLen  = len(NFSSnapshotPrefixV1) + maxServerLen + 1 + maxShareLen + 1 + maxSubDirLen + 1 + NFSKeyHexLen
 )
-
-var nfsEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
 // NFSVolume is what an NFS volume ID names.
 type NFSVolume struct {
 	Server string // host name, IPv4 address or [IPv6] address
-	Share  string // absolute, clean path of the export on the server
+	Share  string // absolute, clean path of the export on the server, no ':'
 	SubDir string // relative, clean path of the volume below the share
-	UUID   string // 32 lowercase hex digits, unique per volume
+	Key    string // NFSKeyHexLen lowercase hex digits, unique per volume on its export
 }
 
 // NFSSnapshot is what an NFS snapshot ID names.
 type NFSSnapshot struct {
 	Server, Share string
-	Hex           string // 32 lowercase hex digits: snapshots/<Hex> on the export
+	Key           string // NFSKeyHexLen lowercase hex digits: snapshots/<Key> on the export
 }
 
 // Source is what a node mounts: "server:/share/subDir".
@@ -57,26 +73,29 @@ func (v NFSVolume) Export() string { return v.Server + ":" + v.Share }
 func (s NFSSnapshot) Export() string { return s.Server + ":" + s.Share }
 
 // NewNFSVolumeID returns the ID of a new volume in subDir of server:share,
-// with a fresh random UUID. The fields must be valid.
+// with a fresh random key. The fields must be valid.
 func NewNFSVolumeID(server, share, subDir string) (string, NFSVolume, error) {
-	v := NFSVolume{Server: server, Share: share, SubDir: subDir, UUID: randomHex()}
+	v := NFSVolume{Server: server, Share: share, SubDir: subDir, Key: newNFSKey()}
 	id, err := v.ID()
 	return id, v, err
 }
 
 // NewNFSSnapshotID returns the ID of a new snapshot on server:share.
 func NewNFSSnapshotID(server, share string) (string, NFSSnapshot, error) {
-	s := NFSSnapshot{Server: server, Share: share, Hex: randomHex()}
+	s := NFSSnapshot{Server: server, Share: share, Key: newNFSKey()}
 	id, err := s.ID()
 	return id, s, err
 }
+
+// newNFSKey returns a fresh random key of NFSKeyHexLen hex digits.
+func newNFSKey() string { return newID("")[:NFSKeyHexLen] }
 
 // ID encodes v, after checking every field.
 func (v NFSVolume) ID() (string, error) {
 	if err := v.validate(); err != nil {
 		return "", err
 	}
-	return NFSVolumePrefixV1 + nfsEncoding.EncodeToString([]byte(v.Server+"\n"+v.Share+"\n"+v.SubDir+"\n"+v.UUID)), nil
+	return NFSVolumePrefixV1 + v.Server + ":" + v.Share + ":" + v.SubDir + ":" + v.Key, nil
 }
 
 // ID encodes s, after checking every field.
@@ -84,7 +103,7 @@ func (s NFSSnapshot) ID() (string, error) {
 	if err := s.validate(); err != nil {
 		return "", err
 	}
-	return NFSSnapshotPrefixV1 + nfsEncoding.EncodeToString([]byte(s.Server+"\n"+s.Share+"\n"+s.Hex)), nil
+	return NFSSnapshotPrefixV1 + s.Server + ":" + s.Share + ":" + s.Key, nil
 }
 
 func (v NFSVolume) validate() error {
@@ -97,7 +116,7 @@ func (v NFSVolume) validate() error {
 	if err := ValidateNFSSubDir(v.SubDir); err != nil {
 		return err
 	}
-	return checkHex(v.UUID, "uuid")
+	return checkKey(v.Key)
 }
 
 func (s NFSSnapshot) validate() error {
@@ -107,7 +126,7 @@ func (s NFSSnapshot) validate() error {
 	if err := ValidateNFSShare(s.Share); err != nil {
 		return err
 	}
-	return checkHex(s.Hex, "snapshot")
+	return checkKey(s.Key)
 }
 
 // IsNFSVolumeID reports whether id claims to be an NFS volume ID (by its
@@ -120,61 +139,67 @@ func IsNFSSnapshotID(id string) bool { return strings.HasPrefix(id, NFSSnapshotP
 // ParseNFSVolumeID decodes and validates an NFS volume ID with the same rules
 // as the StorageClass parameters: a valid ID names a path below its share.
 func ParseNFSVolumeID(id string) (NFSVolume, error) {
-	parts, err := decodeNFS(id, NFSVolumePrefixV1, "NFS volume", 4)
+	const kind = "NFS volume"
+	server, rest, key, err := splitNFS(id, NFSVolumePrefixV1, kind)
 	if err != nil {
 		return NFSVolume{}, err
 	}
-	v := NFSVolume{Server: parts[0], Share: parts[1], SubDir: parts[2], UUID: parts[3]}
+	share, subDir, ok := strings.Cut(rest, ":")
+	if !ok {
+		return NFSVolume{}, fmt.Errorf("%s ID %q has no ':' between share and subDir", kind, truncate(id))
+	}
+	v := NFSVolume{Server: server, Share: share, SubDir: subDir, Key: key}
 	if err := v.validate(); err != nil {
-		return NFSVolume{}, fmt.Errorf("NFS volume ID %q: %w", truncate(id), err)
+		return NFSVolume{}, fmt.Errorf("%s ID %q: %w", kind, truncate(id), err)
 	}
 	return v, nil
 }
 
 // ParseNFSSnapshotID decodes and validates an NFS snapshot ID.
 func ParseNFSSnapshotID(id string) (NFSSnapshot, error) {
-	parts, err := decodeNFS(id, NFSSnapshotPrefixV1, "NFS snapshot", 3)
+	server, share, key, err := splitNFS(id, NFSSnapshotPrefixV1, "NFS snapshot")
 	if err != nil {
 		return NFSSnapshot{}, err
 	}
-	s := NFSSnapshot{Server: parts[0], Share: parts[1], Hex: parts[2]}
+	s := NFSSnapshot{Server: server, Share: share, Key: key}
 	if err := s.validate(); err != nil {
 		return NFSSnapshot{}, fmt.Errorf("NFS snapshot ID %q: %w", truncate(id), err)
 	}
 	return s, nil
 }
 
-func decodeNFS(id, prefix, kind string, fields int) ([]string, error) {
-	if !strings.HasPrefix(id, prefix) || len(id) == len(prefix) {
-		return nil, fmt.Errorf("%s ID %q does not start with %s", kind, truncate(id), prefix)
+// splitNFS takes an NFS ID apart: prefix, server (up to the first ':', or
+// a bracketed IPv6 address), rest, ':' and the key. The fields are not
+// validated yet.
+func splitNFS(id, prefix, kind string) (server, rest, key string, err error) {
+	if !strings.HasPrefix(id, prefix) {
+		return "", "", "", fmt.Errorf("%s ID %q does not start with %s", kind, truncate(id), prefix)
 	}
 	if len(id) > maxNFSIDLen {
-		return nil, fmt.Errorf("%s ID %q is too long (%d bytes)", kind, truncate(id), len(id))
+		return "", "", "", fmt.Errorf("%s ID %q is too long (%d bytes)", kind, truncate(id), len(id))
 	}
-	raw, err := nfsEncoding.DecodeString(id[len(prefix):])
-	if err != nil {
-		return nil, fmt.Errorf("%s ID %q is not lowercase base32 after %s", kind, truncate(id), prefix)
+	body := id[len(prefix):]
+	if len(body) < NFSKeyHexLen+1 || body[len(body)-NFSKeyHexLen-1] != ':' {
+		return "", "", "", fmt.Errorf("%s ID %q does not end with ':' and %d hex digits", kind, truncate(id), NFSKeyHexLen)
 	}
-	// Canonical only: one ID per volume (base32 has unused trailing bits).
-	if nfsEncoding.EncodeToString(raw) != id[len(prefix):] {
-		return nil, fmt.Errorf("%s ID %q is not in canonical form", kind, truncate(id))
+	body, key = body[:len(body)-NFSKeyHexLen-1], body[len(body)-NFSKeyHexLen:]
+	end := strings.IndexByte(body, ':')
+	if strings.HasPrefix(body, "[") {
+		end = strings.IndexByte(body, ']') + 1
 	}
-	parts := strings.Split(string(raw), "\n")
-	if len(parts) != fields {
-		return nil, fmt.Errorf("%s ID %q has %d fields, want %d", kind, truncate(id), len(parts), fields)
+	if end <= 0 || end >= len(body) || body[end] != ':' {
+		return "", "", "", fmt.Errorf("%s ID %q has no server (host name, IPv4 or [IPv6] address) before a ':'", kind, truncate(id))
 	}
-	return parts, nil
+	return body[:end], body[end+1:], key, nil
 }
 
-func randomHex() string { return newID("") }
-
-func checkHex(s, what string) error {
-	if len(s) != randomHexLen {
-		return fmt.Errorf("%s %q is not 32 hex digits", what, truncate(s))
+func checkKey(s string) error {
+	if len(s) != NFSKeyHexLen {
+		return fmt.Errorf("key %q is not %d hex digits", truncate(s), NFSKeyHexLen)
 	}
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return fmt.Errorf("%s %q has a character outside [0-9a-f]", what, truncate(s))
+			return fmt.Errorf("key %q has a character outside [0-9a-f]", truncate(s))
 		}
 	}
 	return nil
@@ -212,7 +237,8 @@ func ValidateNFSServer(s string) error {
 	return nil
 }
 
-// ValidateNFSShare checks the share parameter: an absolute, clean path.
+// ValidateNFSShare checks the share parameter: an absolute, clean path
+// without ':' (the separator of an NFS ID's fields).
 func ValidateNFSShare(s string) error {
 	if s == "" {
 		return errors.New("share is empty")
@@ -222,6 +248,9 @@ func ValidateNFSShare(s string) error {
 	}
 	if strings.ContainsAny(s, "\x00\n,") || hasControl(s) {
 		return fmt.Errorf("share %q has a control character or ','", truncate(s))
+	}
+	if strings.Contains(s, ":") {
+		return fmt.Errorf("share %q has a ':', which separates the fields of a volume ID; export a path without one", truncate(s))
 	}
 	if s[0] != '/' || path.Clean(s) != s {
 		return fmt.Errorf("share %q is not an absolute, clean path (such as /export)", truncate(s))

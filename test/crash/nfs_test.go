@@ -365,7 +365,7 @@ func (h *harness) checkNFS(m *nfsModel, export string) {
 			t.Fatalf("acknowledged snapshot %s (%s) after a kill: %v", name, id, err)
 		}
 		s, _ := ids.ParseNFSSnapshotID(id)
-		got, err := os.ReadFile(filepath.Join(export, ".hostpath-csi", "snapshots", s.Hex, "data"))
+		got, err := os.ReadFile(filepath.Join(export, ".hostpath-csi", "snapshots", s.Key, "data"))
 		if want := m.snapContent[name]; want != "" && (err != nil || string(got) != want) {
 			t.Fatalf("snapshot %s: data %q, %v; want %q", name, got, err, want)
 		}

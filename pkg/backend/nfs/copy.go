@@ -22,10 +22,10 @@ var copyOpts = copytree.Options{Nice: 10}
 // copy stays in flight, answered ABORTED to retries, until the server
 // answers again or the copy is cancelled.
 
-// Snapshot copies subDir into snapshots/<hex>/: to partial/ first, then,
+// Snapshot copies subDir into snapshots/<snapKey>/: to partial/ first, then,
 // once every file is on the server (syncfs of the export), renamed into
 // place. On error nothing of the snapshot is left.
-func (x *Export) Snapshot(ctx context.Context, subDir, hex string) (copytree.Stats, error) {
+func (x *Export) Snapshot(ctx context.Context, subDir, snapKey string) (copytree.Stats, error) {
 	var src *beneath.Dir
 	err := x.do(ctx, "open "+subDir, func() error {
 		parent, name, err := x.openParent(subDir, false)
@@ -40,8 +40,8 @@ func (x *Export) Snapshot(ctx context.Context, subDir, hex string) (copytree.Sta
 		return copytree.Stats{}, fmt.Errorf("open %s on %s to snapshot it: %w", subDir, x.Name(), err)
 	}
 	defer src.Close()
-	st, err := x.copyIn(ctx, src, "s-"+hex, func(partial string) error {
-		return renameNoReplace(partial, x.hidden(dirSnapshots, hex))
+	st, err := x.copyIn(ctx, src, "s-"+snapKey, func(partial string) error {
+		return renameNoReplace(partial, x.hidden(dirSnapshots, snapKey))
 	})
 	if err != nil {
 		return st, fmt.Errorf("snapshot %s on %s: %w", subDir, x.Name(), err)
@@ -49,23 +49,24 @@ func (x *Export) Snapshot(ctx context.Context, subDir, hex string) (copytree.Sta
 	return st, nil
 }
 
-// Restore copies snapshot hex into subDir, which must not exist (its parents
-// are created), and applies mode when it is not nil.
-func (x *Export) Restore(ctx context.Context, hex, subDir, uuid string, mode *os.FileMode) (copytree.Stats, error) {
+// Restore copies snapshot snapKey into subDir, which must not exist (its
+// parents are created), and applies mode when it is not nil. key is the new
+// volume's: its copy is partial/v-<key> until it is complete.
+func (x *Export) Restore(ctx context.Context, snapKey, subDir, key string, mode *os.FileMode) (copytree.Stats, error) {
 	var src *beneath.Dir
-	err := x.do(ctx, "open snapshot "+hex, func() (err error) {
-		src, err = beneath.OpenRoot(x.hidden(dirSnapshots, hex))
+	err := x.do(ctx, "open snapshot "+snapKey, func() (err error) {
+		src, err = beneath.OpenRoot(x.hidden(dirSnapshots, snapKey))
 		return err
 	})
 	if err != nil {
-		return copytree.Stats{}, fmt.Errorf("open snapshot %s on %s: %w", hex, x.Name(), err)
+		return copytree.Stats{}, fmt.Errorf("open snapshot %s on %s: %w", snapKey, x.Name(), err)
 	}
 	defer src.Close()
-	return x.copyToSubDir(ctx, src, subDir, uuid, mode)
+	return x.copyToSubDir(ctx, src, subDir, key, mode)
 }
 
 // Clone copies the volume in srcSubDir into subDir, as Restore does.
-func (x *Export) Clone(ctx context.Context, srcSubDir, subDir, uuid string, mode *os.FileMode) (copytree.Stats, error) {
+func (x *Export) Clone(ctx context.Context, srcSubDir, subDir, key string, mode *os.FileMode) (copytree.Stats, error) {
 	var src *beneath.Dir
 	err := x.do(ctx, "open "+srcSubDir, func() error {
 		parent, name, err := x.openParent(srcSubDir, false)
@@ -80,11 +81,11 @@ func (x *Export) Clone(ctx context.Context, srcSubDir, subDir, uuid string, mode
 		return copytree.Stats{}, fmt.Errorf("open %s on %s to clone it: %w", srcSubDir, x.Name(), err)
 	}
 	defer src.Close()
-	return x.copyToSubDir(ctx, src, subDir, uuid, mode)
+	return x.copyToSubDir(ctx, src, subDir, key, mode)
 }
 
-func (x *Export) copyToSubDir(ctx context.Context, src *beneath.Dir, subDir, uuid string, mode *os.FileMode) (copytree.Stats, error) {
-	st, err := x.copyIn(ctx, src, "v-"+uuid, func(partial string) error {
+func (x *Export) copyToSubDir(ctx context.Context, src *beneath.Dir, subDir, key string, mode *os.FileMode) (copytree.Stats, error) {
+	st, err := x.copyIn(ctx, src, "v-"+key, func(partial string) error {
 		if mode != nil {
 			if err := os.Chmod(partial, *mode); err != nil {
 				return err
@@ -100,7 +101,7 @@ func (x *Export) copyToSubDir(ctx context.Context, src *beneath.Dir, subDir, uui
 			return err
 		}
 		defer from.Close()
-		if err := unix.Renameat2(from.Fd(), "v-"+uuid, parent.Fd(), name, unix.RENAME_NOREPLACE); err != nil {
+		if err := unix.Renameat2(from.Fd(), "v-"+key, parent.Fd(), name, unix.RENAME_NOREPLACE); err != nil {
 			return fmt.Errorf("move the copy into place at %s: %w", subDir, err)
 		}
 		if err := unix.Fsync(from.Fd()); err != nil {
@@ -137,13 +138,13 @@ func (x *Export) copyIn(ctx context.Context, src *beneath.Dir, name string, plac
 	return st, nil
 }
 
-// RemoveSnapshotData removes snapshots/<hex> (and a partial copy of it).
-func (x *Export) RemoveSnapshotData(ctx context.Context, hex string) error {
-	return x.do(ctx, "remove snapshot "+hex, func() error {
-		if err := beneath.RemoveTree(x.hidden(dirPartial, "s-"+hex)); err != nil {
+// RemoveSnapshotData removes snapshots/<snapKey> (and a partial copy of it).
+func (x *Export) RemoveSnapshotData(ctx context.Context, snapKey string) error {
+	return x.do(ctx, "remove snapshot "+snapKey, func() error {
+		if err := beneath.RemoveTree(x.hidden(dirPartial, "s-"+snapKey)); err != nil {
 			return err
 		}
-		if err := beneath.RemoveTree(x.hidden(dirSnapshots, hex)); err != nil {
+		if err := beneath.RemoveTree(x.hidden(dirSnapshots, snapKey)); err != nil {
 			return err
 		}
 		return syncDir(x.hidden(dirSnapshots))
@@ -151,8 +152,8 @@ func (x *Export) RemoveSnapshotData(ctx context.Context, hex string) error {
 }
 
 // RemovePartial removes what a copy into a new volume left in partial/.
-func (x *Export) RemovePartial(ctx context.Context, uuid string) error {
-	return x.do(ctx, "remove partial copy", func() error { return beneath.RemoveTree(x.hidden(dirPartial, "v-"+uuid)) })
+func (x *Export) RemovePartial(ctx context.Context, key string) error {
+	return x.do(ctx, "remove partial copy", func() error { return beneath.RemoveTree(x.hidden(dirPartial, "v-"+key)) })
 }
 
 // Statfs is the export's usage.

@@ -24,13 +24,14 @@ import (
 // The driver's directory on every export it works on:
 //
 //	<share>/.hostpath-csi/
-//	  volumes/<uuid>.json            a volume's record (phase creating is the intent)
-//	  snapshot-records/<hex>.json    a snapshot's record
+//	  volumes/<key>.json             a volume's record (phase creating is the intent)
+//	  snapshot-records/<key>.json    a snapshot's record
 //	  names/volume-<sha256(name)>    {"name", "id"}: CreateVolume idempotency
 //	  names/snapshot-<sha256(name)>  the same for CreateSnapshot
 //	  subdirs/<sha256(subDir)>       {"subDir", "id"}: one volume per subdirectory
-//	  snapshots/<hex>/               a snapshot's data
-//	  partial/                       copies in progress (renamed into place when complete)
+//	  snapshots/<key>/               a snapshot's data
+//	  partial/                       copies in progress (renamed into place when complete):
+//	                                 v-<key> of a volume, s-<key> of a snapshot
 //	  trash/                         deletes in progress
 //	  tmp/                           records being written
 //
@@ -191,10 +192,11 @@ func hashName(s string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// GetVolume reads the record of the volume with this UUID.
-func (x *Export) GetVolume(ctx context.Context, uuid string) (*VolumeRecord, error) {
+// GetVolume reads the record of the volume with this key (the last field
+// of its ID: ids.NFSVolume.Key).
+func (x *Export) GetVolume(ctx context.Context, key string) (*VolumeRecord, error) {
 	var r VolumeRecord
-	err := x.do(ctx, "read volume record", func() error { return x.readRecord(dirVolumes, uuid+".json", &r) })
+	err := x.do(ctx, "read volume record", func() error { return x.readRecord(dirVolumes, key+".json", &r) })
 	if err != nil {
 		return nil, err
 	}
@@ -202,14 +204,14 @@ func (x *Export) GetVolume(ctx context.Context, uuid string) (*VolumeRecord, err
 }
 
 // PutVolume writes a volume's record.
-func (x *Export) PutVolume(ctx context.Context, r *VolumeRecord, uuid string) error {
+func (x *Export) PutVolume(ctx context.Context, r *VolumeRecord, key string) error {
 	r.Version = recordVersion
-	return x.do(ctx, "write volume record", func() error { return x.writeRecord(dirVolumes, uuid+".json", r) })
+	return x.do(ctx, "write volume record", func() error { return x.writeRecord(dirVolumes, key+".json", r) })
 }
 
 // DeleteVolume removes a volume's record and the index entries that point
 // at it (name, subdirectory).
-func (x *Export) DeleteVolume(ctx context.Context, r *VolumeRecord, uuid string) error {
+func (x *Export) DeleteVolume(ctx context.Context, r *VolumeRecord, key string) error {
 	return x.do(ctx, "remove volume record", func() error {
 		if err := x.dropIndex(dirSubDirs, hashName(r.SubDir), r.ID); err != nil {
 			return err
@@ -217,14 +219,14 @@ func (x *Export) DeleteVolume(ctx context.Context, r *VolumeRecord, uuid string)
 		if err := x.dropIndex(dirNames, "volume-"+hashName(r.Name), r.ID); err != nil {
 			return err
 		}
-		return x.removeRecord(dirVolumes, uuid+".json")
+		return x.removeRecord(dirVolumes, key+".json")
 	})
 }
 
-// GetSnapshot reads the record of the snapshot hex.
-func (x *Export) GetSnapshot(ctx context.Context, hex string) (*SnapshotRecord, error) {
+// GetSnapshot reads the record of the snapshot with this key.
+func (x *Export) GetSnapshot(ctx context.Context, key string) (*SnapshotRecord, error) {
 	var r SnapshotRecord
-	err := x.do(ctx, "read snapshot record", func() error { return x.readRecord(dirSnapRecs, hex+".json", &r) })
+	err := x.do(ctx, "read snapshot record", func() error { return x.readRecord(dirSnapRecs, key+".json", &r) })
 	if err != nil {
 		return nil, err
 	}
@@ -232,18 +234,18 @@ func (x *Export) GetSnapshot(ctx context.Context, hex string) (*SnapshotRecord, 
 }
 
 // PutSnapshot writes a snapshot's record.
-func (x *Export) PutSnapshot(ctx context.Context, r *SnapshotRecord, hex string) error {
+func (x *Export) PutSnapshot(ctx context.Context, r *SnapshotRecord, key string) error {
 	r.Version = recordVersion
-	return x.do(ctx, "write snapshot record", func() error { return x.writeRecord(dirSnapRecs, hex+".json", r) })
+	return x.do(ctx, "write snapshot record", func() error { return x.writeRecord(dirSnapRecs, key+".json", r) })
 }
 
 // DeleteSnapshot removes a snapshot's record and its name entry.
-func (x *Export) DeleteSnapshot(ctx context.Context, r *SnapshotRecord, hex string) error {
+func (x *Export) DeleteSnapshot(ctx context.Context, r *SnapshotRecord, key string) error {
 	return x.do(ctx, "remove snapshot record", func() error {
 		if err := x.dropIndex(dirNames, "snapshot-"+hashName(r.Name), r.ID); err != nil {
 			return err
 		}
-		return x.removeRecord(dirSnapRecs, hex+".json")
+		return x.removeRecord(dirSnapRecs, key+".json")
 	})
 }
 
