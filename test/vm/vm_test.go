@@ -291,3 +291,11 @@ func TestBzPayload(t *testing.T) {
 		t.Error("an image without a setup header was accepted")
 	}
 }
+
+func TestParseLibraryDepends(t *testing.T) {
+	got := parseLibraryDepends(" libc6 (>= 2.34), libwrap0 | libfoo1, adduser, libtirpc3:any (>= 1.0.2), lsb-base")
+	want := []string{"libc6", "libwrap0", "libtirpc3"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("parseLibraryDepends = %q, want %q", got, want)
+	}
+}
