@@ -58,7 +58,7 @@ rpcbind -w
 rpc.statd --no-notify
 nfsdcld -F -d >/tmp/nfsdcld.log 2>&1 &
 i=0
-until grep -q "Starting event dispatch" /tmp/nfsdcld.log; do
+until grep -qs "Starting event dispatch" /tmp/nfsdcld.log; do
 	i=$((i+1)); [ $i -lt 200 ] || { echo "nfs-server: nfsdcld did not start"; cat /tmp/nfsdcld.log; exit 1; }
 	sleep 0.05
 done
