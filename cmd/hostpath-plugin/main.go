@@ -15,6 +15,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/driver"
 )
 
@@ -52,6 +53,8 @@ func parseFlags() *options {
 	fs.IntVar(&o.cfg.MaxConcurrentCopies, "max-concurrent-copies", 4, "snapshot, restore and clone copies that run at once; more wait their turn (a retry meanwhile is ABORTED)")
 	btrfsQuotas := fs.Bool("btrfs-quotas", true, "on a btrfs data directory, turn btrfs quotas on (if off) so directory volumes are held to their size by qgroup limits")
 	fs.DurationVar(&o.cfg.UsageInterval, "usage-interval", time.Minute, "how long NodeGetVolumeStats reuses the usage it measured by walking a directory volume that nothing holds to its size (enforced volumes are read at once)")
+	fs.DurationVar(&o.cfg.NFS.Timeout, "nfs-timeout", nfs.DefaultTimeout, "bound on every mount, unmount and file operation on an NFS export; a server that does not answer in time fails the call with DeadlineExceeded naming it")
+	fs.StringVar(&o.cfg.NFS.MountDir, "nfs-mount-dir", "", "directory of the controller's private mounts of NFS export roots (default <state-dir>/nfs)")
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "address (host:port, or :port for every address) of the HTTP server for /healthz and /metrics; empty disables it")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight calls may take to finish")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")

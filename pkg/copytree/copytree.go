@@ -87,14 +87,21 @@ var ErrMountInside = beneath.ErrMountInside
 // outside dst written. On error dst is left partial; the caller owns
 // removing it.
 func Tree(ctx context.Context, src, dst string, opts Options) (Stats, error) {
-	if opts.Workers <= 0 {
-		opts.Workers = max(2, runtime.NumCPU())
-	}
 	srcRoot, err := beneath.OpenRoot(src)
 	if err != nil {
 		return Stats{}, fmt.Errorf("open copy source: %w", err)
 	}
 	defer srcRoot.Close()
+	return TreeFrom(ctx, srcRoot, dst, opts)
+}
+
+// TreeFrom is Tree from a source directory the caller opened (through
+// descriptors below a root it trusts, when the path to the source is itself
+// in someone else's hands). srcRoot stays the caller's to close.
+func TreeFrom(ctx context.Context, srcRoot *beneath.Dir, dst string, opts Options) (Stats, error) {
+	if opts.Workers <= 0 {
+		opts.Workers = max(2, runtime.NumCPU())
+	}
 	if err := os.Mkdir(dst, 0o700); err != nil { // owner-writable until the end
 		return Stats{}, fmt.Errorf("create copy destination: %w", err)
 	}

@@ -45,6 +45,12 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 }
 
 func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	if isNFSClass(req.GetParameters()) {
+		return d.nfsCreateVolume(ctx, req)
+	}
+	if cs := req.GetVolumeContentSource(); ids.IsNFSSnapshotID(cs.GetSnapshot().GetSnapshotId()) || ids.IsNFSVolumeID(cs.GetVolume().GetVolumeId()) {
+		return nil, status.Error(codes.InvalidArgument, "the content source is an NFS snapshot or volume; a hostpath volume is made from a hostpath source only")
+	}
 	name := req.GetName()
 	if err := requireName(name); err != nil {
 		return nil, err
@@ -474,6 +480,9 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	if id == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
 	}
+	if ids.IsNFSVolumeID(id) {
+		return d.nfsDeleteVolume(ctx, id)
+	}
 	if err := ids.ValidateVolumeID(id); err != nil {
 		// No volume can have this ID, so it is already gone.
 		klog.V(2).InfoS("DeleteVolume of an ID this driver never made; nothing to do", "volumeID", id)
@@ -566,6 +575,9 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 	if len(req.GetVolumeCapabilities()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "volume capabilities are required")
 	}
+	if ids.IsNFSVolumeID(req.GetVolumeId()) {
+		return d.nfsValidateVolumeCapabilities(ctx, req)
+	}
 	v, err := d.readyVolume(req.GetVolumeId())
 	if err != nil {
 		return nil, err
@@ -605,6 +617,14 @@ func pageToken(maxEntries int32, token string) error {
 func controllerListed(v *state.Volume) bool { return v.Phase == state.PhaseReady && !v.Ephemeral }
 
 func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+	if token := req.GetStartingToken(); ids.IsNFSVolumeID(token) && req.GetMaxEntries() >= 0 {
+		if _, err := ids.ParseNFSVolumeID(token); err != nil {
+			return nil, status.Errorf(codes.Aborted, "starting_token %.64q was not issued by this driver; restart the listing without it", token)
+		}
+		resp := &csi.ListVolumesResponse{}
+		d.appendNFSVolumes(ctx, resp, token, int(req.GetMaxEntries()))
+		return resp, nil
+	}
 	if err := pageToken(req.GetMaxEntries(), req.GetStartingToken()); err != nil {
 		return nil, err
 	}
@@ -622,6 +642,9 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 			Volume: d.csiVolume(v),
 			Status: &csi.ListVolumesResponse_VolumeStatus{PublishedNodeIds: nodes},
 		})
+	}
+	if next == "" {
+		d.nfsVolumesAfter(ctx, resp, int(req.GetMaxEntries()))
 	}
 	return resp, nil
 }
@@ -644,6 +667,9 @@ func (d *Driver) publishedNodes(id string) ([]string, error) {
 }
 
 func (d *Driver) ControllerGetVolume(ctx context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {
+	if ids.IsNFSVolumeID(req.GetVolumeId()) {
+		return d.nfsControllerGetVolume(ctx, req.GetVolumeId())
+	}
 	v, err := d.readyVolume(req.GetVolumeId())
 	if err != nil {
 		return nil, err
@@ -662,6 +688,9 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	// csi-provisioner passes a class's parameters here as written, with
 	// the keys it keeps for itself (csi.storage.k8s.io/fstype, secrets'
 	// names), which it takes out before CreateVolume.
+	if isNFSClass(req.GetParameters()) {
+		return d.nfsGetCapacity(ctx, req)
+	}
 	params := maps.Clone(req.GetParameters())
 	maps.DeleteFunc(params, func(k, _ string) bool { return strings.HasPrefix(k, "csi.storage.k8s.io/") })
 	if _, err := parseParameters(params); err != nil {

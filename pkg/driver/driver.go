@@ -6,6 +6,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/keylock"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
@@ -64,6 +66,10 @@ type Config struct {
 	// ReconcileRetry is how often what start-up could not reconcile is
 	// retried while the driver serves (default 30 s).
 	ReconcileRetry time.Duration
+	// NFS configures the NFS backend: its mount directory (default
+	// <StateDir>/nfs), the timeout on every operation on an export
+	// (default 2 minutes) and the mounter (mount(8) by default).
+	NFS nfs.Options
 }
 
 func (c *Config) validate() error {
@@ -95,6 +101,12 @@ func (c *Config) validate() error {
 	if c.ImageFSType != imagefs.Ext4 && c.ImageFSType != imagefs.XFS {
 		problems = append(problems, "image filesystem type must be ext4 or xfs")
 	}
+	if c.NFS.MountDir == "" && c.StateDir != "" {
+		c.NFS.MountDir = filepath.Join(c.StateDir, "nfs")
+	}
+	if c.NFS.Timeout < 0 {
+		problems = append(problems, "NFS timeout is negative")
+	}
 	if c.MaxVolumeSize <= 0 {
 		problems = append(problems, "max volume size must be positive")
 	}
@@ -114,6 +126,8 @@ type Driver struct {
 	cfg   Config
 	store *state.Store
 	vols  *hostpath.Backend
+	// nfs serves the volumes of NFS classes (IDs nfs1-, nfss1-).
+	nfs *nfs.Backend
 	// locks holds one readers-writer lock per key; different volumes never
 	// share a key:
 	//   vol/<id>       shared by whatever needs the volume to stay (mounts,
@@ -157,7 +171,12 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{cfg: cfg, store: store, vols: vols, jobs: newJobs(cfg.MaxConcurrentCopies), metrics: newMetrics(cfg.DriverName)}
+	nfsVols, err := nfs.New(cfg.NFS)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	d := &Driver{cfg: cfg, store: store, vols: vols, nfs: nfsVols, jobs: newJobs(cfg.MaxConcurrentCopies), metrics: newMetrics(cfg.DriverName)}
 	d.metrics.registry.MustRegister(stateCollector{d})
 	problems := d.reconcile()
 	every := cfg.ReconcileRetry
@@ -182,6 +201,8 @@ func (d *Driver) Close() error {
 	d.pending.close()
 	d.jobs.close()
 	d.vols.WaitIdle()
+	d.nfs.WaitIdle()
+	d.nfs.Close()
 	return d.store.Close()
 }
 

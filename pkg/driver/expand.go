@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -31,6 +32,9 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	}
 	if req.GetVolumePath() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume path is required")
+	}
+	if ids.IsNFSVolumeID(req.GetVolumeId()) {
+		return d.nfsNodeExpandVolume(ctx, req)
 	}
 	if err := volumeIDOrNotFound(req.GetVolumeId()); err != nil {
 		return nil, err

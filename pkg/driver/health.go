@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -51,6 +52,9 @@ func (d *Driver) dataHealth(v *state.Volume) []*csi.VolumeHealth_VolumeHealthEnt
 }
 
 func (d *Driver) ControllerGetVolumeHealth(ctx context.Context, req *csi.ControllerGetVolumeHealthRequest) (*csi.ControllerGetVolumeHealthResponse, error) {
+	if ids.IsNFSVolumeID(req.GetVolumeId()) {
+		return d.nfsControllerGetVolumeHealth(ctx, req.GetVolumeId())
+	}
 	v, err := d.readyVolume(req.GetVolumeId())
 	if err != nil {
 		return nil, err
@@ -79,6 +83,9 @@ func (d *Driver) ControllerListVolumeHealth(ctx context.Context, req *csi.Contro
 // NodeGetVolumeHealth adds what the node sees: a path the volume should be
 // mounted at that is not a mount point any more.
 func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
+	if ids.IsNFSVolumeID(req.GetVolumeId()) {
+		return d.nfsNodeGetVolumeHealth(ctx, req)
+	}
 	v, err := d.readyVolume(req.GetVolumeId())
 	if err != nil {
 		return nil, err

@@ -89,6 +89,9 @@ func (d *Driver) lockForNode(ctx context.Context, id string) (func(), error) {
 // bind mounts of the staging path (NodePublishVolume), so one staging serves
 // every pod on the node.
 func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	if ids.IsNFSVolumeID(req.GetVolumeId()) {
+		return d.nfsNodeStageVolume(ctx, req)
+	}
 	path := req.GetStagingTargetPath()
 	if err := requirePath(path, "staging_target_path"); err != nil {
 		return nil, err
@@ -221,6 +224,9 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	if err := requirePath(path, "staging_target_path"); err != nil {
 		return nil, err
 	}
+	if ids.IsNFSVolumeID(req.GetVolumeId()) {
+		return d.nfsNodeUnstageVolume(ctx, req.GetVolumeId(), path)
+	}
 	pub, unlock, err := d.publicationToRemove(ctx, req.GetVolumeId(), state.KindStage, path)
 	if err != nil || pub == nil {
 		return &csi.NodeUnstageVolumeResponse{}, err
@@ -308,6 +314,9 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err := nodeCapability(req.GetVolumeCapability()); err != nil {
 		return nil, err
 	}
+	if ids.IsNFSVolumeID(req.GetVolumeId()) {
+		return d.nfsNodePublishVolume(ctx, req)
+	}
 	if isEphemeral(req.GetVolumeContext()) {
 		return d.publishEphemeral(ctx, req)
 	}
@@ -383,6 +392,9 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	if err := requirePath(target, "target_path"); err != nil {
 		return nil, err
 	}
+	if ids.IsNFSVolumeID(req.GetVolumeId()) {
+		return d.nfsNodeUnpublishVolume(ctx, req.GetVolumeId(), target)
+	}
 	if id := req.GetVolumeId(); id != "" && ids.ValidateVolumeID(id) != nil {
 		// Not one of our IDs: the kubelet's handle of an inline volume.
 		// Once that is gone (a retry), there is nothing left to do.
@@ -430,6 +442,9 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 		return nil, status.Error(codes.InvalidArgument, "volume path is required")
 	}
 	id := req.GetVolumeId()
+	if ids.IsNFSVolumeID(id) {
+		return d.nfsNodeGetVolumeStats(ctx, id, req.GetVolumePath())
+	}
 	if ids.ValidateVolumeID(id) != nil {
 		if v, err := d.ephemeralVolume(id); err != nil {
 			return nil, err

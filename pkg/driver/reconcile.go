@@ -67,6 +67,12 @@ func (d *Driver) reconcile() []*problem {
 	// removed from under a target still bound to it.
 	for _, kind := range []state.PublicationKind{state.KindPublish, state.KindStage} {
 		for _, p := range pubs {
+			if p.Kind == kind && p.Backend == backendNFS {
+				// An NFS volume's mount: no volume record on this node.
+				add(fmt.Sprintf("NFS %s of volume %s at %s", p.Kind, p.VolumeID, p.Path), d.reconcileNFSPublication(p),
+					func() error { return d.retryNFSPublication(p) })
+				continue
+			}
 			if p.Kind == kind {
 				add(fmt.Sprintf("%s of volume %s at %s", p.Kind, p.VolumeID, p.Path), d.reconcilePublication(p),
 					func() error { return d.retryPublication(p) })

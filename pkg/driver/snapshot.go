@@ -65,6 +65,9 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	if err := checkSnapshotParameters(req.GetParameters()); err != nil {
 		return nil, err
 	}
+	if ids.IsNFSVolumeID(req.GetSourceVolumeId()) {
+		return d.nfsCreateSnapshot(ctx, req)
+	}
 	j, resp, err := d.createSnapshot(ctx, req)
 	if j == nil {
 		return resp, err
@@ -291,6 +294,9 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 	if id == "" {
 		return nil, status.Error(codes.InvalidArgument, "snapshot ID is required")
 	}
+	if ids.IsNFSSnapshotID(id) {
+		return d.nfsDeleteSnapshot(ctx, id)
+	}
 	if ids.ValidateSnapshotID(id) != nil {
 		return &csi.DeleteSnapshotResponse{}, nil // no snapshot can have this ID
 	}
@@ -345,6 +351,9 @@ func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 	if req.GetMaxEntries() < 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "max_entries is negative (%d)", req.GetMaxEntries())
 	}
+	if resp, ok, err := d.nfsListSnapshots(ctx, req); ok {
+		return resp, err
+	}
 	token := req.GetStartingToken()
 	if token != "" && ids.ValidateSnapshotID(token) != nil {
 		return nil, status.Errorf(codes.Aborted, "starting_token %.64q was not issued by this driver; restart the listing without it", token)
@@ -367,10 +376,16 @@ func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 	for _, s := range snaps {
 		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(s)})
 	}
+	if next == "" && req.GetSourceVolumeId() == "" {
+		d.nfsSnapshotsAfter(ctx, resp, int(req.GetMaxEntries()))
+	}
 	return resp, nil
 }
 
 func (d *Driver) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
+	if ids.IsNFSSnapshotID(req.GetSnapshotId()) {
+		return d.nfsGetSnapshot(ctx, req.GetSnapshotId())
+	}
 	snap, err := d.readySnapshot(req.GetSnapshotId())
 	if err != nil {
 		return nil, err

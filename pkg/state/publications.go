@@ -37,6 +37,10 @@ type Publication struct {
 	// Device is the loop device a block volume's stage attached.
 	Device string `json:"device,omitempty"`
 	Phase  Phase  `json:"phase"`
+	// Backend is "" for a volume of this store, or the backend ("nfs") of
+	// a volume whose record lives elsewhere (on its export): such a
+	// publication is kept without a volume record on this node.
+	Backend string `json:"backend,omitempty"`
 }
 
 // Key identifies a publication; paths cannot contain NUL, so it is unambiguous.
@@ -48,11 +52,12 @@ func publicationKey(volumeID string, kind PublicationKind, path string) []byte {
 	return []byte(volumeID + "\x00" + string(kind) + "\x00" + path)
 }
 
-// PutPublication inserts or replaces a publication durably. The volume must exist.
+// PutPublication inserts or replaces a publication durably. The volume must
+// exist, unless the publication is of another backend's volume.
 func (s *Store) PutPublication(p *Publication) error {
 	rec := *p
 	return s.update(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketVolumes).Get([]byte(rec.VolumeID)) == nil {
+		if rec.Backend == "" && tx.Bucket(bucketVolumes).Get([]byte(rec.VolumeID)) == nil {
 			return fmt.Errorf("publication of volume %s: %w", rec.VolumeID, ErrNotFound)
 		}
 		return putJSON(tx.Bucket(bucketPublications), string(rec.key()), &rec)

@@ -3,111 +3,19 @@ package hostpath
 import (
 	"errors"
 	"fmt"
-	"path/filepath"
-	"strconv"
-	"sync/atomic"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
 )
 
-// removeDepth bounds how deep removeTree descends while holding a
-// descriptor per level. A tenant controls its volume's shape: a tree deeper
-// than the process may open descriptors (a few hundred MiB of nested
-// directories) would otherwise never be removed, and each attempt would
-// take every free descriptor of the driver.
-const removeDepth = 64
-
-// spillSeq numbers the subtrees removeTree moves up to remove them apart.
-var spillSeq atomic.Uint64
-
-// removeTree removes path and everything below it. Unlike os.RemoveAll it
-// never enters another mount, not even a bind mount of the same filesystem
-// (openat2 with RESOLVE_NO_XDEV fails with EXDEV at a mount point), and
-// never follows a symlink. The check is made by the kernel as each
-// directory is opened, so a mount that appears during the walk is seen too.
-//
-// It holds at most removeDepth directories open: a directory found deeper
-// is moved up next to path (path must be in a directory the driver owns,
-// trash/ or partial/) and removed after, so any depth is removed with
-// bounded descriptors. A moved subtree left by a crash is named ".deep-…",
-// which start-up removes like any leftover.
+// removeTree removes path and everything below it through directory
+// descriptors (beneath.RemoveTree: never into a mount, never through a
+// symlink, any depth with bounded descriptors). path must be in a directory
+// the driver owns (trash/ or partial/), where deep subtrees are moved to be
+// removed apart.
 func removeTree(path string) error {
-	parentPath, name := filepath.Split(filepath.Clean(path))
-	parent, err := beneath.OpenRoot(parentPath)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", parentPath, err)
+	err := beneath.RemoveTree(path)
+	if errors.Is(err, beneath.ErrMountInside) {
+		return fmt.Errorf("%w: %v", ErrMountedInside, err)
 	}
-	defer parent.Close()
-	queue := []string{name}
-	spill := func(dir *beneath.Dir, child string) error {
-		moved := ".deep-" + strconv.FormatUint(spillSeq.Add(1), 10) + "-" + name
-		if err := unix.Renameat2(dir.Fd(), child, parent.Fd(), moved, unix.RENAME_NOREPLACE); err != nil {
-			return fmt.Errorf("move a deep directory of %s up to remove it: %w", path, err)
-		}
-		queue = append(queue, moved)
-		return nil
-	}
-	for len(queue) > 0 {
-		n := queue[0]
-		queue = queue[1:]
-		if err := removeAt(parent, n, filepath.Join(parentPath, n), 0, spill); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func removeAt(dir *beneath.Dir, name, shown string, depth int, spill func(*beneath.Dir, string) error) error {
-	err := dir.Unlink(name, 0)
-	if err == nil || errors.Is(err, unix.ENOENT) {
-		return nil
-	}
-	if !errors.Is(err, unix.EISDIR) {
-		if errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("%w: %s", ErrMountedInside, shown)
-		}
-		return err
-	}
-	if depth >= removeDepth {
-		return spill(dir, name)
-	}
-	sub, err := dir.OpenDir(name)
-	switch {
-	case errors.Is(err, beneath.ErrMountInside):
-		return fmt.Errorf("%w: %s", ErrMountedInside, shown)
-	case errors.Is(err, unix.ENOENT):
-		return nil
-	case err != nil:
-		return err
-	}
-	defer sub.Close()
-	// A batch at a time: a directory of millions of entries is removed
-	// without holding all their names.
-	for {
-		names, err := sub.ReadNames()
-		if err != nil {
-			return err
-		}
-		if len(names) == 0 {
-			break
-		}
-		for _, n := range names {
-			childShown := shown + "/" + n
-			if depth > 8 {
-				childShown = shown // keep messages short in a deep tree
-			}
-			if err := removeAt(sub, n, childShown, depth+1, spill); err != nil {
-				return err
-			}
-		}
-	}
-	if err := dir.Unlink(name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
-		if errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("%w: %s", ErrMountedInside, shown)
-		}
-		return err
-	}
-	return nil
+	return err
 }

@@ -1,0 +1,249 @@
+// Package nfs keeps volumes as subdirectories of NFS exports. The controller
+// mounts each export root it works on once, privately, under its mount
+// directory (refcounted: the last user unmounts it), and keeps everything it
+// must remember on the export itself, below <share>/.hostpath-csi/, written
+// crash-safely: the controller runs in a Deployment that may be rescheduled
+// to another node at any time, where nothing of the old node's disk is.
+//
+// Every mount, unmount and file operation on an export runs under a timeout
+// (see guard): a dead server makes calls on its exports fail with ErrTimeout
+// or ErrBusy, never hang the driver, and calls on other exports go on.
+package nfs
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+)
+
+// DefaultTimeout bounds every operation on an export unless configured.
+const DefaultTimeout = 2 * time.Minute
+
+// DefaultFSType is the filesystem type of a mount whose capability names none.
+const DefaultFSType = "nfs"
+
+// Options configure a Backend.
+type Options struct {
+	// MountDir holds the controller's private mounts of export roots.
+	MountDir string
+	// Timeout bounds every mount, unmount and file operation on an export.
+	Timeout time.Duration
+	// Mounter mounts NFS sources (ExecMounter when nil).
+	Mounter Mounter
+	// BeforeFileOp, when set (tests only), runs inside the guard before
+	// every file operation on an export: a seam to make one hang as it
+	// would on a dead server, or fail at an exact step (its error is the
+	// operation's).
+	BeforeFileOp func(export, op string) error
+}
+
+// Backend is the NFS storage of one driver process.
+type Backend struct {
+	opts  Options
+	guard *guard
+
+	mu      sync.Mutex
+	exports map[string]*export // by "server:/share"
+	// known are the exports this process has worked on, for listings.
+	known map[string]ids.NFSSnapshot
+
+	// Background removal of trash/ (one at a time per process).
+	wg         sync.WaitGroup
+	purging    atomic.Bool
+	purgeAgain atomic.Bool
+}
+
+// New returns a backend; nothing is mounted until a call needs an export.
+func New(opts Options) (*Backend, error) {
+	if opts.MountDir == "" {
+		return nil, errors.New("NFS mount directory is empty")
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.Mounter == nil {
+		opts.Mounter = ExecMounter{}
+	}
+	if err := os.MkdirAll(opts.MountDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create NFS mount directory: %w", err)
+	}
+	return &Backend{opts: opts, guard: newGuard(opts.Timeout), exports: map[string]*export{}, known: map[string]ids.NFSSnapshot{}}, nil
+}
+
+// Timeout is the bound on every operation on an export.
+func (b *Backend) Timeout() time.Duration { return b.opts.Timeout }
+
+// export is one export root, mounted while refs > 0.
+type export struct {
+	server, share string
+	key           string // "server:/share"
+	mnt           string // mount point under MountDir
+	// sem serializes mount, unmount and refs; a wait for it ends with the
+	// caller's context (a mount stuck on a dead server must not queue
+	// every later call behind it for the whole timeout).
+	sem  chan struct{}
+	refs int
+}
+
+// Export is a mounted export root handed to a caller; Release gives it back.
+type Export struct {
+	b *Backend
+	e *export
+	// Root is the export's mount point: <share> on the server.
+	Root     string
+	released sync.Once
+}
+
+// Server and Share name the export.
+func (x *Export) Server() string { return x.e.server }
+func (x *Export) Share() string  { return x.e.share }
+
+// Name is "server:/share", for messages.
+func (x *Export) Name() string { return x.e.key }
+
+func exportKey(server, share string) string { return server + ":" + share }
+
+// Use mounts server:share (or shares the mount already there) and returns
+// it; the caller must Release it. The mount runs under the timeout.
+func (b *Backend) Use(ctx context.Context, server, share string) (*Export, error) {
+	if err := ids.ValidateNFSServer(server); err != nil {
+		return nil, err
+	}
+	if err := ids.ValidateNFSShare(share); err != nil {
+		return nil, err
+	}
+	key := exportKey(server, share)
+	b.mu.Lock()
+	e := b.exports[key]
+	if e == nil {
+		sum := sha256.Sum256([]byte(key))
+		e = &export{server: server, share: share, key: key, mnt: filepath.Join(b.opts.MountDir, hex.EncodeToString(sum[:12])), sem: make(chan struct{}, 1)}
+		b.exports[key] = e
+	}
+	b.mu.Unlock()
+
+	select {
+	case e.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: waiting for another mount of %s: %v", ErrBusy, key, ctx.Err())
+	}
+	defer func() { <-e.sem }()
+	first := e.refs == 0
+	if first {
+		if err := b.mountRoot(ctx, e); err != nil {
+			return nil, err
+		}
+	}
+	e.refs++
+	x := &Export{b: b, e: e, Root: e.mnt}
+	if first {
+		if err := x.do(ctx, "prepare "+ids.HiddenDir, x.layout); err != nil {
+			e.refs--
+			x.released.Do(func() {})
+			if uerr := unmount(ctx, b.guard, key, e.mnt); uerr != nil {
+				klog.ErrorS(uerr, "Cannot unmount NFS export", "export", key)
+			}
+			return nil, err
+		}
+	}
+	b.mu.Lock()
+	b.known[key] = ids.NFSSnapshot{Server: server, Share: share}
+	b.mu.Unlock()
+	return x, nil
+}
+
+// mountRoot mounts the export root at e.mnt, clearing what a crashed
+// process may have left there.
+func (b *Backend) mountRoot(ctx context.Context, e *export) error {
+	if err := unmount(ctx, b.guard, e.key, e.mnt); err != nil {
+		return fmt.Errorf("clear old mount of %s: %w", e.key, err)
+	}
+	if err := os.MkdirAll(e.mnt, 0o700); err != nil {
+		return fmt.Errorf("create mount point for %s: %w", e.key, err)
+	}
+	if err := b.guard.busy(e.key); err != nil {
+		return err
+	}
+	mctx, cancel := context.WithTimeout(ctx, b.opts.Timeout)
+	defer cancel()
+	err := b.opts.Mounter.Mount(mctx, e.key, e.mnt, DefaultFSType, nil)
+	if err != nil {
+		if errors.Is(mctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+			err = fmt.Errorf("%w: mount of %s did not finish within %s (the mount process was killed): %v", ErrTimeout, e.key, b.opts.Timeout, err)
+		}
+		return err
+	}
+	klog.V(2).InfoS("Mounted NFS export", "export", e.key, "at", e.mnt)
+	return nil
+}
+
+// Release gives the export back; the last user unmounts it.
+func (x *Export) Release() {
+	x.released.Do(func() {
+		e := x.e
+		e.sem <- struct{}{}
+		defer func() { <-e.sem }()
+		if e.refs--; e.refs > 0 {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), x.b.opts.Timeout)
+		defer cancel()
+		if err := unmount(ctx, x.b.guard, e.key, e.mnt); err != nil {
+			klog.ErrorS(err, "Cannot unmount NFS export; the next use of it mounts it again", "export", e.key, "at", e.mnt)
+			return
+		}
+		_ = os.Remove(e.mnt)
+	})
+}
+
+// Known lists the exports this process has used, sorted.
+func (b *Backend) Known() []ids.NFSSnapshot {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]ids.NFSSnapshot, 0, len(b.known))
+	for _, k := range b.known {
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return exportKey(out[i].Server, out[i].Share) < exportKey(out[j].Server, out[j].Share)
+	})
+	return out
+}
+
+// Close unmounts every export root still mounted (none should be: each use
+// releases its export).
+func (b *Backend) Close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, e := range b.exports {
+		ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
+		if err := unmount(ctx, b.guard, e.key, e.mnt); err != nil {
+			klog.ErrorS(err, "Cannot unmount NFS export at shutdown", "export", e.key)
+		}
+		cancel()
+	}
+}
+
+// do runs a file operation on x under the guard (and the test seam).
+func (x *Export) do(ctx context.Context, op string, fn func() error) error {
+	return x.b.guard.do(ctx, x.e.key, op, func() error {
+		if x.b.opts.BeforeFileOp != nil {
+			if err := x.b.opts.BeforeFileOp(x.e.key, op); err != nil {
+				return err
+			}
+		}
+		return fn()
+	})
+}

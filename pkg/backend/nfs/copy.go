@@ -1,0 +1,235 @@
+package nfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/copytree"
+)
+
+// copyOpts: copies yield the CPU to calls on other volumes.
+var copyOpts = copytree.Options{Nice: 10}
+
+// A copy runs detached from its call (the driver's jobs) and may take far
+// longer than the timeout, so it is not bounded by it as a whole: its
+// start (the opens) is, and it ends when its context does. The kernel's NFS
+// client still blocks a thread per file operation on a dead server; such a
+// copy stays in flight, answered ABORTED to retries, until the server
+// answers again or the copy is cancelled.
+
+// Snapshot copies subDir into snapshots/<hex>/: to partial/ first, then,
+// once every file is on the server (syncfs of the export), renamed into
+// place. On error nothing of the snapshot is left.
+func (x *Export) Snapshot(ctx context.Context, subDir, hex string) (copytree.Stats, error) {
+	var src *beneath.Dir
+	err := x.do(ctx, "open "+subDir, func() error {
+		parent, name, err := x.openParent(subDir, false)
+		if err != nil {
+			return err
+		}
+		defer parent.Close()
+		src, err = parent.OpenDir(name)
+		return err
+	})
+	if err != nil {
+		return copytree.Stats{}, fmt.Errorf("open %s on %s to snapshot it: %w", subDir, x.Name(), err)
+	}
+	defer src.Close()
+	st, err := x.copyIn(ctx, src, "s-"+hex, func(partial string) error {
+		return renameNoReplace(partial, x.hidden(dirSnapshots, hex))
+	})
+	if err != nil {
+		return st, fmt.Errorf("snapshot %s on %s: %w", subDir, x.Name(), err)
+	}
+	return st, nil
+}
+
+// Restore copies snapshot hex into subDir, which must not exist (its parents
+// are created), and applies mode when it is not nil.
+func (x *Export) Restore(ctx context.Context, hex, subDir, uuid string, mode *os.FileMode) (copytree.Stats, error) {
+	var src *beneath.Dir
+	err := x.do(ctx, "open snapshot "+hex, func() (err error) {
+		src, err = beneath.OpenRoot(x.hidden(dirSnapshots, hex))
+		return err
+	})
+	if err != nil {
+		return copytree.Stats{}, fmt.Errorf("open snapshot %s on %s: %w", hex, x.Name(), err)
+	}
+	defer src.Close()
+	return x.copyToSubDir(ctx, src, subDir, uuid, mode)
+}
+
+// Clone copies the volume in srcSubDir into subDir, as Restore does.
+func (x *Export) Clone(ctx context.Context, srcSubDir, subDir, uuid string, mode *os.FileMode) (copytree.Stats, error) {
+	var src *beneath.Dir
+	err := x.do(ctx, "open "+srcSubDir, func() error {
+		parent, name, err := x.openParent(srcSubDir, false)
+		if err != nil {
+			return err
+		}
+		defer parent.Close()
+		src, err = parent.OpenDir(name)
+		return err
+	})
+	if err != nil {
+		return copytree.Stats{}, fmt.Errorf("open %s on %s to clone it: %w", srcSubDir, x.Name(), err)
+	}
+	defer src.Close()
+	return x.copyToSubDir(ctx, src, subDir, uuid, mode)
+}
+
+func (x *Export) copyToSubDir(ctx context.Context, src *beneath.Dir, subDir, uuid string, mode *os.FileMode) (copytree.Stats, error) {
+	st, err := x.copyIn(ctx, src, "v-"+uuid, func(partial string) error {
+		if mode != nil {
+			if err := os.Chmod(partial, *mode); err != nil {
+				return err
+			}
+		}
+		parent, name, err := x.openParent(subDir, true)
+		if err != nil {
+			return err
+		}
+		defer parent.Close()
+		from, err := beneath.OpenRoot(x.hidden(dirPartial))
+		if err != nil {
+			return err
+		}
+		defer from.Close()
+		if err := unix.Renameat2(from.Fd(), "v-"+uuid, parent.Fd(), name, unix.RENAME_NOREPLACE); err != nil {
+			return fmt.Errorf("move the copy into place at %s: %w", subDir, err)
+		}
+		if err := unix.Fsync(from.Fd()); err != nil {
+			return err
+		}
+		return unix.Fsync(parent.Fd())
+	})
+	if err != nil {
+		return st, fmt.Errorf("copy into %s on %s: %w", subDir, x.Name(), err)
+	}
+	return st, nil
+}
+
+// copyIn copies src to partial/<name>, makes it durable and hands it to
+// place; on any error partial/<name> is removed.
+func (x *Export) copyIn(ctx context.Context, src *beneath.Dir, name string, place func(partial string) error) (copytree.Stats, error) {
+	partial := x.hidden(dirPartial, name)
+	if err := x.do(ctx, "clear "+partial, func() error { return beneath.RemoveTree(partial) }); err != nil {
+		return copytree.Stats{}, err
+	}
+	st, err := copytree.TreeFrom(ctx, src, partial, copyOpts)
+	if err == nil {
+		err = x.do(ctx, "sync the copy", func() error { return syncFS(x.Root) })
+	}
+	if err == nil {
+		err = x.do(ctx, "move the copy into place", func() error { return place(partial) })
+	}
+	if err != nil {
+		if rerr := x.do(context.Background(), "remove a failed copy", func() error { return beneath.RemoveTree(partial) }); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		return st, err
+	}
+	return st, nil
+}
+
+// RemoveSnapshotData removes snapshots/<hex> (and a partial copy of it).
+func (x *Export) RemoveSnapshotData(ctx context.Context, hex string) error {
+	return x.do(ctx, "remove snapshot "+hex, func() error {
+		if err := beneath.RemoveTree(x.hidden(dirPartial, "s-"+hex)); err != nil {
+			return err
+		}
+		if err := beneath.RemoveTree(x.hidden(dirSnapshots, hex)); err != nil {
+			return err
+		}
+		return syncDir(x.hidden(dirSnapshots))
+	})
+}
+
+// RemovePartial removes what a copy into a new volume left in partial/.
+func (x *Export) RemovePartial(ctx context.Context, uuid string) error {
+	return x.do(ctx, "remove partial copy", func() error { return beneath.RemoveTree(x.hidden(dirPartial, "v-"+uuid)) })
+}
+
+// Statfs is the export's usage.
+func (x *Export) Statfs(ctx context.Context) (unix.Statfs_t, error) {
+	var st unix.Statfs_t
+	err := x.do(ctx, "statfs", func() error { return unix.Statfs(x.Root, &st) })
+	return st, err
+}
+
+func renameNoReplace(from, to string) error {
+	if err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", from, to, err)
+	}
+	if err := syncDir(parentDir(from)); err != nil {
+		return err
+	}
+	return syncDir(parentDir(to))
+}
+
+func parentDir(p string) string {
+	for i := len(p) - 1; i > 0; i-- {
+		if p[i] == '/' {
+			return p[:i]
+		}
+	}
+	return "/"
+}
+
+// syncFS flushes everything written through the export's mount to the
+// server (on NFS: the client's dirty pages, then a COMMIT).
+func syncFS(path string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("open %s to sync it: %w", path, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Syncfs(fd); err != nil {
+		return fmt.Errorf("sync the filesystem of %s: %w", path, err)
+	}
+	return nil
+}
+
+// NodeStats is statfs of a mounted volume under the timeout, for
+// NodeGetVolumeStats.
+func (b *Backend) NodeStats(ctx context.Context, export, path string) (unix.Statfs_t, error) {
+	var st unix.Statfs_t
+	err := b.guard.do(ctx, export, "statfs "+path, func() error { return unix.Statfs(path, &st) })
+	return st, err
+}
+
+// MountVolume mounts source (server:/share/subDir) at target with the
+// mount options, under the timeout.
+func (b *Backend) MountVolume(ctx context.Context, export, source, target, fstype string, options []string) error {
+	if err := b.guard.busy(export); err != nil {
+		return err
+	}
+	mctx, cancel := context.WithTimeout(ctx, b.opts.Timeout)
+	defer cancel()
+	err := b.opts.Mounter.Mount(mctx, source, target, fstype, options)
+	if err != nil && errors.Is(mctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+		return fmt.Errorf("%w: mount of %s did not finish within %s (the mount process was killed): %v", ErrTimeout, source, b.opts.Timeout, err)
+	}
+	return err
+}
+
+// Unmount unmounts target (a volume's staging or publish mount of export),
+// forcing and detaching a mount whose server is dead or whose handle is
+// stale.
+func (b *Backend) Unmount(ctx context.Context, export, target string) error {
+	return unmount(ctx, b.guard, export, target)
+}
+
+// IsMounted reports whether target is a mount point, from the mount table
+// (no stat of a possibly dead mount).
+func IsMounted(target string) (bool, error) { return isMounted(target) }
+
+// Do runs fn as a file operation on export under the timeout.
+func (b *Backend) Do(ctx context.Context, export, what string, fn func() error) error {
+	return b.guard.do(ctx, export, what, fn)
+}

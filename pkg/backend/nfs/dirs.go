@@ -1,0 +1,248 @@
+package nfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
+)
+
+// The subdirectories of an export belong to tenants (a volume's pods write
+// there as root when the export allows it): every path below the share is
+// reached through directory descriptors (package beneath), one component at
+// a time, never through a symlink, so a tenant who swaps a directory for a
+// symlink cannot steer the driver out of the share.
+
+func (x *Export) openRoot() (*beneath.Dir, error) {
+	root, err := beneath.OpenRoot(x.Root)
+	if err != nil {
+		return nil, fmt.Errorf("open export %s: %w", x.Name(), err)
+	}
+	return root, nil
+}
+
+// openParent opens the directory that holds subDir (creating the missing
+// ones, mode 0755, when create) and returns it with subDir's last component.
+func (x *Export) openParent(subDir string, create bool) (*beneath.Dir, string, error) {
+	dir, err := x.openRoot()
+	if err != nil {
+		return nil, "", err
+	}
+	parts := strings.Split(subDir, "/")
+	for _, p := range parts[:len(parts)-1] {
+		if create {
+			if err := dir.Mkdir(p, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+				dir.Close()
+				return nil, "", err
+			}
+		}
+		next, err := dir.OpenDir(p)
+		dir.Close()
+		if err != nil {
+			return nil, "", err
+		}
+		dir = next
+	}
+	return dir, parts[len(parts)-1], nil
+}
+
+// MakeDir creates subDir (and its missing parents) and applies mode when it
+// is not nil. A directory already there is adopted: adopted reports it.
+func (x *Export) MakeDir(ctx context.Context, subDir string, mode *os.FileMode) (adopted bool, err error) {
+	err = x.do(ctx, "create "+subDir, func() error {
+		parent, name, err := x.openParent(subDir, true)
+		if err != nil {
+			return err
+		}
+		defer parent.Close()
+		if err := parent.Mkdir(name, 0o755); errors.Is(err, unix.EEXIST) {
+			adopted = true
+		} else if err != nil {
+			return err
+		}
+		d, err := parent.OpenDir(name) // a directory, reached without a symlink
+		if err != nil {
+			return err
+		}
+		d.Close()
+		if mode != nil {
+			if err := parent.Chmod(name, unixMode(*mode)); err != nil {
+				return err
+			}
+		}
+		return unix.Fsync(parent.Fd())
+	})
+	if err != nil {
+		return false, fmt.Errorf("create %s on %s: %w", subDir, x.Name(), err)
+	}
+	return adopted, nil
+}
+
+func unixMode(m os.FileMode) uint32 {
+	u := uint32(m.Perm())
+	if m&os.ModeSetuid != 0 {
+		u |= unix.S_ISUID
+	}
+	if m&os.ModeSetgid != 0 {
+		u |= unix.S_ISGID
+	}
+	if m&os.ModeSticky != 0 {
+		u |= unix.S_ISVTX
+	}
+	return u
+}
+
+// DirExists reports whether subDir is a directory on the export.
+func (x *Export) DirExists(ctx context.Context, subDir string) (bool, error) {
+	var ok bool
+	err := x.do(ctx, "look up "+subDir, func() error {
+		parent, name, err := x.openParent(subDir, false)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		defer parent.Close()
+		d, err := parent.OpenDir(name)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		d.Close()
+		ok = true
+		return nil
+	})
+	return ok, err
+}
+
+// RemoveDir removes subDir: it is moved into trash/ at once (a delete is
+// then done as far as anyone can see) and its tree removed after, in the
+// background, through descriptors. What a crash leaves in trash/ is removed
+// at the next use of the export. Nothing above subDir is touched.
+func (x *Export) RemoveDir(ctx context.Context, subDir, trashName string) error {
+	err := x.do(ctx, "remove "+subDir, func() error {
+		parent, name, err := x.openParent(subDir, false)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		defer parent.Close()
+		trash, err := beneath.OpenRoot(x.hidden(dirTrash))
+		if err != nil {
+			return err
+		}
+		defer trash.Close()
+		err = unix.Renameat2(parent.Fd(), name, trash.Fd(), trashName, unix.RENAME_NOREPLACE)
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("move %s to the trash: %w", subDir, err)
+		}
+		if err := unix.Fsync(parent.Fd()); err != nil {
+			return err
+		}
+		return unix.Fsync(trash.Fd())
+	})
+	if err != nil {
+		return fmt.Errorf("delete %s on %s: %w", subDir, x.Name(), err)
+	}
+	x.b.purgeTrash(x)
+	return nil
+}
+
+// ArchiveDir renames subDir to archived-<subDir with '/' as '-'>-<UTC time>
+// in the share's root and returns that name; a missing subDir is not an
+// error ("" is returned).
+func (x *Export) ArchiveDir(ctx context.Context, subDir string, now time.Time) (string, error) {
+	var archived string
+	err := x.do(ctx, "archive "+subDir, func() error {
+		parent, name, err := x.openParent(subDir, false)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		defer parent.Close()
+		root, err := x.openRoot()
+		if err != nil {
+			return err
+		}
+		defer root.Close()
+		for n := 0; n < 100; n++ {
+			to := archiveName(subDir, now, n)
+			err = unix.Renameat2(parent.Fd(), name, root.Fd(), to, unix.RENAME_NOREPLACE)
+			if errors.Is(err, unix.EEXIST) {
+				continue
+			}
+			if errors.Is(err, unix.ENOENT) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("rename %s to %s: %w", subDir, to, err)
+			}
+			archived = to
+			if err := unix.Fsync(parent.Fd()); err != nil {
+				return err
+			}
+			return unix.Fsync(root.Fd())
+		}
+		return fmt.Errorf("rename %s: every archive name for %s is taken", subDir, now.UTC())
+	})
+	if err != nil {
+		return "", fmt.Errorf("archive %s on %s: %w", subDir, x.Name(), err)
+	}
+	return archived, nil
+}
+
+// purgeTrash removes what is in the export's trash/, in the background,
+// holding the export mounted meanwhile.
+func (b *Backend) purgeTrash(x *Export) {
+	if !b.purging.CompareAndSwap(false, true) {
+		b.purgeAgain.Store(true)
+		return
+	}
+	held, err := b.Use(context.Background(), x.Server(), x.Share())
+	if err != nil {
+		b.purging.Store(false)
+		return
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		defer held.Release()
+		for {
+			b.purgeAgain.Store(false)
+			ents, err := os.ReadDir(held.hidden(dirTrash))
+			if err == nil {
+				for _, e := range ents {
+					p := held.hidden(dirTrash, e.Name())
+					if err := beneath.RemoveTree(p); err != nil {
+						klog.ErrorS(err, "Cannot remove a deleted volume's data; the next delete on this export retries", "export", held.Name(), "path", path.Join(dirTrash, e.Name()))
+					}
+				}
+			}
+			b.purging.Store(false)
+			if !b.purgeAgain.Load() || !b.purging.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	}()
+}
+
+// WaitIdle waits for background removals.
+func (b *Backend) WaitIdle() { b.wg.Wait() }

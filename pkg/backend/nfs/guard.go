@@ -1,0 +1,100 @@
+package nfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// ErrTimeout: an operation on an export did not return within the timeout
+// (a dead or unreachable server: a hard NFS mount blocks forever).
+var ErrTimeout = errors.New("NFS server did not answer in time")
+
+// ErrBusy: an earlier operation on the same export is still stuck; no more
+// are started until it returns, so a dead server cannot pile up threads.
+var ErrBusy = errors.New("NFS server is not answering")
+
+// guard runs operations on exports under a timeout. An operation that does
+// not return in time is left to return on its own (a thread blocked in the
+// kernel on a hard mount cannot be interrupted) and its export is marked
+// busy until it does: later calls on that export fail at once, calls on
+// other exports are not affected.
+type guard struct {
+	timeout time.Duration
+	mu      sync.Mutex
+	stuck   map[string]*stuckOp // by export ("server:/share")
+}
+
+type stuckOp struct {
+	what  string
+	since time.Time
+	n     int // operations still stuck
+}
+
+func newGuard(timeout time.Duration) *guard {
+	return &guard{timeout: timeout, stuck: map[string]*stuckOp{}}
+}
+
+// do runs fn for export under the timeout. When ctx ends first the caller
+// gets ctx's error at once while fn goes on; if fn outlives the timeout the
+// export is marked busy until it returns.
+func (g *guard) do(ctx context.Context, export, what string, fn func() error) error {
+	if err := g.busy(export); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	timer := time.NewTimer(g.timeout)
+	select {
+	case err := <-done:
+		timer.Stop()
+		return err
+	case <-timer.C:
+		g.markStuck(export, what, done)
+		return fmt.Errorf("%w: %s on %s did not return within %s (the server is down or unreachable; a hard mount waits for it)", ErrTimeout, what, export, g.timeout)
+	case <-ctx.Done():
+		// The caller gave up; fn goes on. Watch it so that, if it turns
+		// out to be stuck, the export is marked.
+		go func() {
+			select {
+			case <-done:
+			case <-timer.C:
+				g.markStuck(export, what, done)
+			}
+		}()
+		return fmt.Errorf("%s on %s: %w", what, export, ctx.Err())
+	}
+}
+
+func (g *guard) busy(export string) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if s, ok := g.stuck[export]; ok {
+		return fmt.Errorf("%w: %s on %s has not returned for %s; not starting another operation on that export until it does",
+			ErrBusy, s.what, export, time.Since(s.since).Round(time.Second))
+	}
+	return nil
+}
+
+// markStuck marks export busy until the operation whose result comes on
+// done returns.
+func (g *guard) markStuck(export, what string, done <-chan error) {
+	g.mu.Lock()
+	s := g.stuck[export]
+	if s == nil {
+		s = &stuckOp{what: what, since: time.Now().Add(-g.timeout)}
+		g.stuck[export] = s
+	}
+	s.n++
+	g.mu.Unlock()
+	go func() {
+		<-done
+		g.mu.Lock()
+		if s.n--; s.n == 0 {
+			delete(g.stuck, export)
+		}
+		g.mu.Unlock()
+	}()
+}

@@ -1,0 +1,95 @@
+package nfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+	mount "k8s.io/mount-utils"
+)
+
+// Mounter mounts an NFS source. It is the seam between the driver and the
+// kernel's NFS client: tests put a mounter there that bind-mounts a local
+// directory standing in for the export and records what it was asked.
+//
+// k8s.io/mount-utils' mount.Interface cannot be the seam itself: its Mount
+// takes no context, and a mount.nfs stuck on a dead server would run on
+// after the call's timeout and hold the server's slot until a restart.
+// ExecMounter builds the same mount(8) command line as mount-utils
+// (mount.MakeMountArgs) and kills it with its process group when ctx ends.
+type Mounter interface {
+	Mount(ctx context.Context, source, target, fstype string, options []string) error
+}
+
+// ExecMounter runs mount(8) (which runs mount.nfs) for each mount.
+type ExecMounter struct{}
+
+// Mount runs "mount -t fstype -o options source target"; when ctx ends
+// first, the mount process and its children are killed.
+func (ExecMounter) Mount(ctx context.Context, source, target, fstype string, options []string) error {
+	args := mount.MakeMountArgs(source, target, fstype, options)
+	cmd := exec.CommandContext(ctx, "mount", args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error {
+		// The whole group: mount(8) forks mount.nfs, which is what hangs.
+		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	cmd.WaitDelay = 5 * time.Second
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		return fmt.Errorf("mount %s at %s: killed after %w", source, target, ctx.Err())
+	}
+	if err != nil {
+		return fmt.Errorf("mount -t %s -o %s %s %s: %w: %s", fstype, strings.Join(options, ","), source, target, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// isMounted reports whether path is a mount point, from the mount table
+// alone: a stat of a mount point of a dead server would hang.
+func isMounted(path string) (bool, error) {
+	ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(path))
+	if err != nil {
+		return false, fmt.Errorf("read the mount table: %w", err)
+	}
+	return len(ms) > 0, nil
+}
+
+// unmount removes every mount stacked at target. A plain unmount first,
+// under the guard's timeout; when it fails with a stale handle, an I/O error
+// or a timeout (a dead server), a forced, lazy unmount (MNT_FORCE aborts the
+// pending NFS requests, MNT_DETACH takes the mount out of the tree at once
+// and lets the kernel finish when it can). A target not mounted is success.
+func unmount(ctx context.Context, g *guard, export, target string) error {
+	for i := 0; i < 16; i++ {
+		mounted, err := isMounted(target)
+		if err != nil {
+			return err
+		}
+		if !mounted {
+			return nil
+		}
+		err = g.do(ctx, export, "unmount "+target, func() error { return unix.Unmount(target, 0) })
+		switch {
+		case err == nil:
+			continue
+		case errors.Is(err, unix.EINVAL):
+			return nil // not a mount point after all
+		case errors.Is(err, ErrBusy), errors.Is(err, ErrTimeout), errors.Is(err, unix.ESTALE), errors.Is(err, unix.EIO),
+			errors.Is(err, unix.ETIMEDOUT), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+			// umount2 with MNT_DETACH does not wait for the server.
+			if ferr := unix.Unmount(target, unix.MNT_FORCE|unix.MNT_DETACH); ferr != nil && !errors.Is(ferr, unix.EINVAL) {
+				return fmt.Errorf("unmount %s: %v; forced lazy unmount: %w", target, err, ferr)
+			}
+		default:
+			return fmt.Errorf("unmount %s: %w", target, err)
+		}
+	}
+	return fmt.Errorf("unmount %s: still mounted after 16 unmounts", target)
+}

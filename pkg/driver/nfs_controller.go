@@ -1,0 +1,379 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+)
+
+// The controller side of NFS volumes. CreateVolume routes here by its
+// server parameter, every other call by the nfs1-/nfss1- prefix of its ID.
+// What the controller must remember lives on the export (package nfs): a
+// controller started on another node, with an empty state directory, finds
+// every volume and snapshot by name and by ID there.
+
+func (d *Driver) nfsCreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	name := req.GetName()
+	if err := requireName(name); err != nil {
+		return nil, err
+	}
+	if len(req.GetVolumeCapabilities()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "volume capabilities are required")
+	}
+	for _, c := range req.GetVolumeCapabilities() {
+		if err := nfsCapability(c); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	p, err := parseNFSParameters(req.GetParameters())
+	if err != nil {
+		return nil, err
+	}
+	subDir, err := expandSubDir(p.subDirTemplate, req.GetParameters(), name)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "parameter %s: %v", ParamSubDir, err)
+	}
+	size, err := capacityFor(req.GetCapacityRange(), d.cfg.MaxVolumeSize)
+	if err != nil {
+		return nil, err
+	}
+	j, resp, err := d.nfsCreate(ctx, req, p, subDir, size)
+	if j == nil {
+		return resp, err
+	}
+	if err := d.jobs.await(ctx, j); err != nil {
+		return nil, err
+	}
+	x, err := d.useExport(ctx, p.server, p.share)
+	if err != nil {
+		return nil, err
+	}
+	defer x.Release()
+	v, _ := ids.ParseNFSVolumeID(j.id)
+	rec, err := x.GetVolume(ctx, v.UUID)
+	if err != nil {
+		return nil, nfsError("read the new volume's record", err)
+	}
+	return &csi.CreateVolumeResponse{Volume: nfsCSIVolume(rec)}, nil
+}
+
+// nfsCreate is the part of CreateVolume under the name's lock (the same
+// lock hostpath volumes take: a name is one volume whatever its class).
+func (d *Driver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p nfsParams, subDir string, size int64) (*job, *csi.CreateVolumeResponse, error) {
+	name := req.GetName()
+	unlock, err := d.lock(ctx, "name", name)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer unlock()
+	key := "volume/" + name
+	if err := d.jobs.collect(key); err != nil {
+		return nil, nil, err
+	}
+	x, err := d.useExport(ctx, p.server, p.share)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer x.Release()
+
+	if rec, err := d.nfsVolumeByName(ctx, x, name); err != nil {
+		return nil, nil, err
+	} else if rec != nil {
+		done, resp, err := d.nfsExistingVolume(ctx, x, rec, req, p)
+		if done {
+			return nil, resp, err
+		}
+	}
+
+	unlockDir, err := d.lock(ctx, "nfsdir", x.Name()+"/"+subDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer unlockDir()
+	if err := d.nfsCheckSubDirFree(ctx, x, subDir, name); err != nil {
+		return nil, nil, err
+	}
+
+	var src *nfsSource
+	if cs := req.GetVolumeContentSource(); cs != nil {
+		if src, err = d.nfsLockSource(ctx, x, cs); err != nil {
+			return nil, nil, err
+		}
+		started := false
+		defer func() {
+			if !started {
+				src.unlock()
+			}
+		}()
+		if size, err = sizeFor(req.GetCapacityRange(), size, src.capacity); err != nil {
+			return nil, nil, err
+		}
+		rec, uuid, err := d.nfsRecordNew(ctx, x, req, p, subDir, size, src)
+		if err != nil {
+			return nil, nil, err
+		}
+		started = true
+		j := d.jobs.start(key, rec.ID, src.describe(rec.ID), []string{src.lockKey}, func(jctx context.Context) error {
+			defer src.unlock()
+			return d.nfsCopyIntoVolume(jctx, p, rec, uuid, src)
+		}, d.nfsAbandonVolume)
+		return j, nil, nil
+	}
+
+	rec, uuid, err := d.nfsRecordNew(ctx, x, req, p, subDir, size, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := d.nfsMakeEmpty(ctx, x, rec, uuid, p); err != nil {
+		return nil, nil, err
+	}
+	return nil, &csi.CreateVolumeResponse{Volume: nfsCSIVolume(rec)}, nil
+}
+
+// nfsVolumeByName returns the record the export's name index points at, or
+// nil.
+func (d *Driver) nfsVolumeByName(ctx context.Context, x *nfs.Export, name string) (*nfs.VolumeRecord, error) {
+	id, err := x.LookupName(ctx, nfs.KindVolume, name)
+	if errors.Is(err, nfs.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, nfsError("look up volume name", err)
+	}
+	v, err := ids.ParseNFSVolumeID(id)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "name index on %s for %q holds a bad ID: %v", x.Name(), name, err)
+	}
+	rec, err := x.GetVolume(ctx, v.UUID)
+	if errors.Is(err, nfs.ErrNotFound) {
+		return nil, nil // an index entry whose create died before its record
+	}
+	if err != nil {
+		return nil, nfsError("read volume record", err)
+	}
+	return rec, nil
+}
+
+// nfsExistingVolume answers a create whose name is on record: the same
+// volume if the request matches (finishing an interrupted empty create),
+// ALREADY_EXISTS if not. done=false means the record was an interrupted
+// copy, now undone: the caller makes the volume anew.
+func (d *Driver) nfsExistingVolume(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, req *csi.CreateVolumeRequest, p nfsParams) (bool, *csi.CreateVolumeResponse, error) {
+	v, _ := ids.ParseNFSVolumeID(rec.ID)
+	if rec.Phase == nfs.PhaseDeleting {
+		return true, nil, status.Errorf(codes.Aborted, "volume %s with name %q is being deleted; retry", rec.ID, rec.Name)
+	}
+	if rec.Phase == nfs.PhaseCreating && (rec.SourceSnapshotID != "" || rec.SourceVolumeID != "") {
+		// A copy that no job runs (cut short by a kill, here or in
+		// another controller): nobody was told of it. Undo, start over.
+		if err := d.nfsUndoCreate(ctx, x, rec, v.UUID); err != nil {
+			return true, nil, err
+		}
+		klog.InfoS("Rolled back an NFS volume copy that was interrupted", "volumeID", rec.ID, "name", rec.Name)
+		return false, nil, nil
+	}
+	req0, lim := req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes()
+	switch {
+	case rec.CapacityBytes < req0 || (lim > 0 && rec.CapacityBytes > lim):
+		return true, nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with %d bytes; this request asks for %d to %d bytes", rec.Name, rec.CapacityBytes, req0, lim)
+	case !maps.Equal(rec.Parameters, req.GetParameters()):
+		return true, nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with other parameters", rec.Name)
+	case rec.SourceSnapshotID != req.GetVolumeContentSource().GetSnapshot().GetSnapshotId() ||
+		rec.SourceVolumeID != req.GetVolumeContentSource().GetVolume().GetVolumeId():
+		return true, nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with other content (snapshot %q, volume %q)", rec.Name, rec.SourceSnapshotID, rec.SourceVolumeID)
+	}
+	if rec.Phase == nfs.PhaseCreating {
+		// An empty create cut short: finish it (roll forward).
+		if err := d.nfsMakeEmpty(ctx, x, rec, v.UUID, p); err != nil {
+			return true, nil, err
+		}
+		klog.InfoS("Finished an NFS volume create that was interrupted", "volumeID", rec.ID, "name", rec.Name)
+	}
+	return true, &csi.CreateVolumeResponse{Volume: nfsCSIVolume(rec)}, nil
+}
+
+// nfsCheckSubDirFree refuses a subdirectory another live volume owns.
+func (d *Driver) nfsCheckSubDirFree(ctx context.Context, x *nfs.Export, subDir, name string) error {
+	owner, err := x.SubDirOwner(ctx, subDir)
+	if errors.Is(err, nfs.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return nfsError("read subdirectory index", err)
+	}
+	ov, err := ids.ParseNFSVolumeID(owner)
+	if err != nil {
+		return nil // a corrupt entry: the new record replaces it
+	}
+	orec, err := x.GetVolume(ctx, ov.UUID)
+	if errors.Is(err, nfs.ErrNotFound) {
+		return nil // its volume is gone
+	}
+	if err != nil {
+		return nfsError("read volume record", err)
+	}
+	if orec.Name != name {
+		return status.Errorf(codes.AlreadyExists, "subDir %q on %s already belongs to volume %s (name %q): two claims map to one subdirectory; make the StorageClass's subDir template unique (for instance ${pvc.metadata.namespace}/${pvc.metadata.name})",
+			subDir, x.Name(), orec.ID, orec.Name)
+	}
+	return nil
+}
+
+// nfsRecordNew records the intent to make a volume on the export: its name,
+// its record in phase creating, its claim on the subdirectory. A kill after
+// this is finished or rolled back by the next create of the name.
+func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.CreateVolumeRequest, p nfsParams, subDir string, size int64, src *nfsSource) (*nfs.VolumeRecord, string, error) {
+	id, v, err := ids.NewNFSVolumeID(p.server, p.share, subDir)
+	if err != nil {
+		return nil, "", status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	rec := &nfs.VolumeRecord{ID: id, Name: req.GetName(), Parameters: req.GetParameters(), SubDir: subDir, CapacityBytes: size,
+		OnDelete: p.onDelete, Phase: nfs.PhaseCreating, CreatedAt: time.Now().UTC()}
+	if p.mode != nil {
+		rec.Mode = modeString(*p.mode)
+	}
+	if src != nil {
+		rec.SourceSnapshotID, rec.SourceVolumeID = src.snapshotID, src.volumeID
+	}
+	if err := x.PutName(ctx, nfs.KindVolume, rec.Name, id); err != nil {
+		return nil, "", nfsError("record the volume's name", err)
+	}
+	if err := x.PutVolume(ctx, rec, v.UUID); err != nil {
+		return nil, "", nfsError("record the new volume", err)
+	}
+	if err := x.PutSubDirOwner(ctx, subDir, id); err != nil {
+		return nil, "", nfsError("record the volume's subdirectory", err)
+	}
+	return rec, v.UUID, nil
+}
+
+// nfsMakeEmpty creates (or adopts) the subdirectory and records the volume
+// as ready.
+func (d *Driver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, uuid string, p nfsParams) error {
+	adopted, err := x.MakeDir(ctx, rec.SubDir, p.mode)
+	if err != nil {
+		return nfsError("create the volume's subdirectory", err)
+	}
+	if adopted {
+		klog.InfoS("NFS volume takes over an existing subdirectory (retained or archived data of an earlier claim?)", "volumeID", rec.ID, "export", x.Name(), "subDir", rec.SubDir)
+	}
+	rec.Adopted, rec.Phase = adopted, nfs.PhaseReady
+	if err := x.PutVolume(ctx, rec, uuid); err != nil {
+		return nfsError("record the volume as ready", err)
+	}
+	klog.V(2).InfoS("NFS volume created", "volumeID", rec.ID, "name", rec.Name, "export", x.Name(), "subDir", rec.SubDir)
+	return nil
+}
+
+// nfsUndoCreate removes a volume that was never made ready: its partial
+// copy, its subdirectory if the copy reached it, its record.
+func (d *Driver) nfsUndoCreate(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, uuid string) error {
+	if err := x.RemovePartial(ctx, uuid); err != nil {
+		return nfsError("remove a partial copy", err)
+	}
+	if !rec.Adopted && (rec.SourceSnapshotID != "" || rec.SourceVolumeID != "") {
+		if owner, err := x.SubDirOwner(ctx, rec.SubDir); err == nil && owner == rec.ID {
+			if err := x.RemoveDir(ctx, rec.SubDir, "v-"+uuid); err != nil {
+				return nfsError("remove an unfinished copy", err)
+			}
+		}
+	}
+	if err := x.DeleteVolume(ctx, rec, uuid); err != nil {
+		return nfsError("remove the record of an unfinished volume", err)
+	}
+	return nil
+}
+
+// nfsCopyIntoVolume is the job behind an NFS restore or clone.
+func (d *Driver) nfsCopyIntoVolume(ctx context.Context, p nfsParams, rec *nfs.VolumeRecord, uuid string, src *nfsSource) error {
+	x, err := d.useExport(ctx, p.server, p.share)
+	if err != nil {
+		return err
+	}
+	defer x.Release()
+	start := time.Now()
+	st, err := d.copyStep(ctx, rec.ID, func() (hostpath.CopyResult, error) {
+		if src.snapshotID != "" {
+			s, err := x.Restore(ctx, src.snapHex, rec.SubDir, uuid, p.mode)
+			return hostpath.CopyResult{Mechanism: string(s.Mechanism()), Files: s.Files, Bytes: s.Bytes}, err
+		}
+		s, err := x.Clone(ctx, src.subDir, rec.SubDir, uuid, p.mode)
+		return hostpath.CopyResult{Mechanism: string(s.Mechanism()), Files: s.Files, Bytes: s.Bytes}, err
+	})
+	if err != nil {
+		if uerr := d.nfsUndoCreate(context.Background(), x, rec, uuid); uerr != nil {
+			klog.ErrorS(uerr, "Rolling back a failed NFS copy; a retry of the name will finish it", "volumeID", rec.ID)
+		}
+		return nfsError("copy content source into the new volume", err)
+	}
+	rec.Phase = nfs.PhaseReady
+	if err := x.PutVolume(context.Background(), rec, uuid); err != nil {
+		return nfsError("record the volume as ready", err)
+	}
+	op := "clone"
+	if src.snapshotID != "" {
+		op = "restore"
+	}
+	d.metrics.copied(op, st.Mechanism, st.Bytes, time.Since(start))
+	klog.InfoS("NFS volume made from a content source", "volumeID", rec.ID, "snapshot", src.snapshotID, "volume", src.volumeID,
+		"mechanism", st.Mechanism, "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
+	return nil
+}
+
+// nfsAbandonVolume removes a restore or clone nobody came back for.
+func (d *Driver) nfsAbandonVolume(j *job) {
+	v, err := ids.ParseNFSVolumeID(j.id)
+	if err != nil {
+		return
+	}
+	ctx := context.Background()
+	x, err := d.nfs.Use(ctx, v.Server, v.Share)
+	if err != nil {
+		return
+	}
+	defer x.Release()
+	rec, err := x.GetVolume(ctx, v.UUID)
+	if err != nil {
+		return
+	}
+	unlock, err := d.lock(ctx, "name", rec.Name)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	if !d.jobs.stillUncollected(j) || d.jobs.reading("vol/"+j.id) != nil {
+		return
+	}
+	if err := d.nfsRemoveVolume(ctx, x, rec, v.UUID, OnDeleteDelete); err != nil {
+		klog.ErrorS(err, "Cannot remove an NFS volume whose caller never came back for it", "volumeID", j.id)
+		return
+	}
+	klog.InfoS("Removed an NFS volume whose caller never came back for it", "volumeID", j.id, "name", rec.Name)
+}
+
+// modeString is m as an octal mode, setuid, setgid and sticky included.
+func modeString(m os.FileMode) string {
+	u := uint32(m.Perm())
+	if m&os.ModeSetuid != 0 {
+		u |= 0o4000
+	}
+	if m&os.ModeSetgid != 0 {
+		u |= 0o2000
+	}
+	if m&os.ModeSticky != 0 {
+		u |= 0o1000
+	}
+	return fmt.Sprintf("%04o", u)
+}

@@ -1,0 +1,227 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+)
+
+func (d *Driver) nfsDeleteVolume(ctx context.Context, id string) (*csi.DeleteVolumeResponse, error) {
+	v, err := ids.ParseNFSVolumeID(id)
+	if err != nil {
+		klog.V(2).InfoS("DeleteVolume of an NFS ID this driver never made; nothing to do", "volumeID", id, "err", err)
+		return &csi.DeleteVolumeResponse{}, nil
+	}
+	if j := d.jobs.making(id); j != nil {
+		if err := d.jobs.cancelAndWait(ctx, j); err != nil {
+			return nil, err
+		}
+	}
+	if j := d.jobs.reading("vol/" + id); j != nil {
+		return nil, status.Errorf(codes.Aborted, "volume %s is the source of a %s; retry once it ends", id, j.what)
+	}
+	unlock, err := d.lock(ctx, "vol", id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	x, err := d.useExport(ctx, v.Server, v.Share)
+	if err != nil {
+		return nil, err
+	}
+	defer x.Release()
+	rec, err := x.GetVolume(ctx, v.UUID)
+	if errors.Is(err, nfs.ErrNotFound) {
+		return &csi.DeleteVolumeResponse{}, nil
+	}
+	if err != nil {
+		return nil, nfsError("read volume record", err)
+	}
+	if rec.ID != id {
+		return nil, status.Errorf(codes.Internal, "record %s on %s is of volume %s, not %s", v.UUID, x.Name(), rec.ID, id)
+	}
+	if err := d.nfsRemoveVolume(ctx, x, rec, v.UUID, rec.OnDelete); err != nil {
+		return nil, err
+	}
+	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// nfsRemoveVolume applies onDelete to a volume's subdirectory and forgets
+// the volume: intent (phase deleting) first, so that a kill half way is
+// finished by the CO's retry.
+func (d *Driver) nfsRemoveVolume(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, uuid, onDelete string) error {
+	if rec.Phase != nfs.PhaseDeleting {
+		rec.Phase = nfs.PhaseDeleting
+		if err := x.PutVolume(ctx, rec, uuid); err != nil {
+			return nfsError("record the delete", err)
+		}
+	}
+	if err := x.RemovePartial(ctx, uuid); err != nil {
+		return nfsError("remove a partial copy", err)
+	}
+	owner, err := x.SubDirOwner(ctx, rec.SubDir)
+	if err != nil && !errors.Is(err, nfs.ErrNotFound) {
+		return nfsError("read subdirectory index", err)
+	}
+	mine := owner == "" || owner == rec.ID
+	switch {
+	case !mine:
+		klog.InfoS("NFS volume's subdirectory belongs to another volume now; leaving it", "volumeID", rec.ID, "subDir", rec.SubDir, "owner", owner)
+	case onDelete == OnDeleteRetain:
+		klog.InfoS("NFS volume deleted; its data is retained (onDelete: retain)", "volumeID", rec.ID, "export", x.Name(), "subDir", rec.SubDir)
+	case onDelete == OnDeleteArchive:
+		to, err := x.ArchiveDir(ctx, rec.SubDir, time.Now())
+		if err != nil {
+			return nfsError("archive the volume's subdirectory", err)
+		}
+		klog.InfoS("NFS volume deleted; its data is archived (onDelete: archive)", "volumeID", rec.ID, "export", x.Name(), "archivedAs", to)
+	default:
+		if err := x.RemoveDir(ctx, rec.SubDir, "v-"+uuid); err != nil {
+			return nfsError("remove the volume's subdirectory", err)
+		}
+	}
+	if err := x.DeleteVolume(ctx, rec, uuid); err != nil {
+		return nfsError("remove the volume's record", err)
+	}
+	klog.V(2).InfoS("NFS volume deleted", "volumeID", rec.ID, "name", rec.Name, "onDelete", onDelete)
+	return nil
+}
+
+// nfsReadyVolume returns the record of a ready NFS volume, or NotFound; the
+// caller releases the export.
+func (d *Driver) nfsReadyVolume(ctx context.Context, id string) (*nfs.VolumeRecord, *nfs.Export, error) {
+	v, err := nfsVolumeID(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	x, err := d.useExport(ctx, v.Server, v.Share)
+	if err != nil {
+		return nil, nil, err
+	}
+	rec, err := x.GetVolume(ctx, v.UUID)
+	if errors.Is(err, nfs.ErrNotFound) || (err == nil && rec.ID != id) {
+		x.Release()
+		return nil, nil, notFound("volume %s not found on %s", id, v.Export())
+	}
+	if err != nil {
+		x.Release()
+		return nil, nil, nfsError("read volume record", err)
+	}
+	if rec.Phase != nfs.PhaseReady {
+		x.Release()
+		return nil, nil, status.Errorf(codes.Aborted, "volume %s is %s; retry", id, rec.Phase)
+	}
+	return rec, x, nil
+}
+
+func nfsCSIVolume(rec *nfs.VolumeRecord) *csi.Volume {
+	v, _ := ids.ParseNFSVolumeID(rec.ID)
+	vol := &csi.Volume{
+		VolumeId:      rec.ID,
+		CapacityBytes: rec.CapacityBytes,
+		VolumeContext: map[string]string{ContextServer: v.Server, ContextShare: v.Share, ContextSubDir: v.SubDir},
+	}
+	switch {
+	case rec.SourceSnapshotID != "":
+		vol.ContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: rec.SourceSnapshotID}}}
+	case rec.SourceVolumeID != "":
+		vol.ContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: rec.SourceVolumeID}}}
+	}
+	return vol
+}
+
+func (d *Driver) nfsValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
+	rec, x, err := d.nfsReadyVolume(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	x.Release()
+	for _, c := range req.GetVolumeCapabilities() {
+		if err := nfsCapability(c); err != nil {
+			return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
+		}
+	}
+	if p := req.GetParameters(); len(p) > 0 && !maps.Equal(p, rec.Parameters) {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: "the volume was created with other parameters"}, nil
+	}
+	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
+		VolumeContext:      req.GetVolumeContext(),
+		VolumeCapabilities: req.GetVolumeCapabilities(),
+		Parameters:         req.GetParameters(),
+	}}, nil
+}
+
+func (d *Driver) nfsControllerGetVolume(ctx context.Context, id string) (*csi.ControllerGetVolumeResponse, error) {
+	rec, x, err := d.nfsReadyVolume(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	x.Release()
+	// Which nodes mount an NFS volume is known to those nodes only.
+	return &csi.ControllerGetVolumeResponse{Volume: nfsCSIVolume(rec), Status: &csi.ControllerGetVolumeResponse_VolumeStatus{}}, nil
+}
+
+func (d *Driver) nfsControllerGetVolumeHealth(ctx context.Context, id string) (*csi.ControllerGetVolumeHealthResponse, error) {
+	rec, x, err := d.nfsReadyVolume(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer x.Release()
+	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: &csi.VolumeHealth{VolumeId: id, HealthStatuses: d.nfsHealth(ctx, x, rec)}}, nil
+}
+
+// nfsHealth says whether a volume's subdirectory is there.
+func (d *Driver) nfsHealth(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord) []*csi.VolumeHealth_VolumeHealthEntry {
+	ok, err := x.DirExists(ctx, rec.SubDir)
+	switch {
+	case err != nil:
+		return []*csi.VolumeHealth_VolumeHealthEntry{{Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: ReasonNFSUnreachable,
+			Message: fmt.Sprintf("cannot reach %s on %s: %v", rec.SubDir, x.Name(), err)}}
+	case !ok:
+		return []*csi.VolumeHealth_VolumeHealthEntry{{Status: csi.VolumeHealthErrorType_DATA_LOSS, Reason: ReasonDataMissing,
+			Message: fmt.Sprintf("subdirectory %s is missing on %s", rec.SubDir, x.Name())}}
+	}
+	return nil
+}
+
+// ReasonNFSUnreachable: the volume's NFS server did not answer.
+const ReasonNFSUnreachable = "NFSServerUnreachable"
+
+// nfsGetCapacity reports the export's free space: what volumes of the class
+// can still hold (NFS volumes share the export; nothing is reserved).
+func (d *Driver) nfsGetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
+	p, err := parseNFSParameters(req.GetParameters())
+	if err != nil {
+		return nil, err
+	}
+	if p.server == "" {
+		return nil, status.Error(codes.InvalidArgument, "parameter server is empty")
+	}
+	for _, c := range req.GetVolumeCapabilities() {
+		if nfsCapability(c) != nil {
+			return &csi.GetCapacityResponse{}, nil
+		}
+	}
+	x, err := d.useExport(ctx, p.server, p.share)
+	if err != nil {
+		return nil, err
+	}
+	defer x.Release()
+	st, err := x.Statfs(ctx)
+	if err != nil {
+		return nil, nfsError("statfs of "+x.Name(), err)
+	}
+	return &csi.GetCapacityResponse{AvailableCapacity: int64(st.Bavail) * st.Bsize}, nil
+}

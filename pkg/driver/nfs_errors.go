@@ -1,0 +1,60 @@
+package driver
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+)
+
+// nfsError maps a failure on an NFS export to its code: a server that does
+// not answer in time is DEADLINE_EXCEEDED, one still stuck on an earlier
+// call UNAVAILABLE; the message names the export (server:/share).
+func nfsError(what string, err error) error {
+	if _, ok := status.FromError(err); ok && status.Code(err) != codes.Unknown {
+		return err
+	}
+	switch {
+	case errors.Is(err, nfs.ErrTimeout):
+		return status.Errorf(codes.DeadlineExceeded, "%s: %v", what, err)
+	case errors.Is(err, nfs.ErrBusy):
+		return status.Errorf(codes.Unavailable, "%s: %v", what, err)
+	case errors.Is(err, nfs.ErrNotFound):
+		return status.Errorf(codes.NotFound, "%s: %v", what, err)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.Errorf(codes.Aborted, "%s: %v; retry", what, err)
+	}
+	return diskError(what, err)
+}
+
+// useExport mounts (or shares the mount of) the export of an NFS volume or
+// snapshot; the caller releases it.
+func (d *Driver) useExport(ctx context.Context, server, share string) (*nfs.Export, error) {
+	x, err := d.nfs.Use(ctx, server, share)
+	if err != nil {
+		return nil, nfsError("mount NFS export "+server+":"+share, err)
+	}
+	return x, nil
+}
+
+// nfsVolumeID parses an NFS volume ID; a malformed one names no volume.
+func nfsVolumeID(id string) (ids.NFSVolume, error) {
+	v, err := ids.ParseNFSVolumeID(id)
+	if err != nil {
+		return v, status.Errorf(codes.NotFound, "volume not found: %v", err)
+	}
+	return v, nil
+}
+
+// nfsSnapshotID parses an NFS snapshot ID; a malformed one names no snapshot.
+func nfsSnapshotID(id string) (ids.NFSSnapshot, error) {
+	s, err := ids.ParseNFSSnapshotID(id)
+	if err != nil {
+		return s, status.Errorf(codes.NotFound, "snapshot not found: %v", err)
+	}
+	return s, nil
+}

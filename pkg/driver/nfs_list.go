@@ -1,0 +1,167 @@
+package driver
+
+import (
+	"context"
+	"sort"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+)
+
+// Listings show hostpath volumes first (IDs hpv1-), then NFS volumes (IDs
+// nfs1-) of every export this process has worked on, each part sorted by ID;
+// a page token is the first ID of the next page, of either kind. An export
+// that does not answer is left out of the listing (and logged), so a dead
+// server does not fail the listing of every other volume.
+
+// nfsVolumeRecords lists the ready NFS volumes with IDs >= from.
+func (d *Driver) nfsVolumeRecords(ctx context.Context, from string) []*nfs.VolumeRecord {
+	var out []*nfs.VolumeRecord
+	for _, e := range d.nfs.Known() {
+		x, err := d.nfs.Use(ctx, e.Server, e.Share)
+		if err != nil {
+			klog.ErrorS(err, "Leaving an NFS export out of the volume listing", "export", e.Export())
+			continue
+		}
+		recs, err := x.ListVolumes(ctx)
+		x.Release()
+		if err != nil {
+			klog.ErrorS(err, "Leaving an NFS export out of the volume listing", "export", e.Export())
+		}
+		for _, r := range recs {
+			if r.Phase == nfs.PhaseReady && r.ID >= from {
+				out = append(out, r)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// nfsSnapshotRecords lists the ready NFS snapshots with IDs >= from that
+// keep accepts.
+func (d *Driver) nfsSnapshotRecords(ctx context.Context, from string, keep func(*nfs.SnapshotRecord) bool) []*nfs.SnapshotRecord {
+	var out []*nfs.SnapshotRecord
+	for _, e := range d.nfs.Known() {
+		x, err := d.nfs.Use(ctx, e.Server, e.Share)
+		if err != nil {
+			klog.ErrorS(err, "Leaving an NFS export out of the snapshot listing", "export", e.Export())
+			continue
+		}
+		recs, err := x.ListSnapshots(ctx)
+		x.Release()
+		if err != nil {
+			klog.ErrorS(err, "Leaving an NFS export out of the snapshot listing", "export", e.Export())
+		}
+		for _, r := range recs {
+			if r.Phase == nfs.PhaseReady && r.ID >= from && keep(r) {
+				out = append(out, r)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// appendNFSVolumes fills a ListVolumes page after its hostpath part: room is
+// what max_entries leaves (0: no limit).
+func (d *Driver) appendNFSVolumes(ctx context.Context, resp *csi.ListVolumesResponse, from string, room int) {
+	recs := d.nfsVolumeRecords(ctx, from)
+	for i, r := range recs {
+		if room > 0 && i == room {
+			resp.NextToken = r.ID
+			return
+		}
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: nfsCSIVolume(r), Status: &csi.ListVolumesResponse_VolumeStatus{}})
+	}
+}
+
+// appendNFSSnapshots is appendNFSVolumes for ListSnapshots.
+func (d *Driver) appendNFSSnapshots(ctx context.Context, resp *csi.ListSnapshotsResponse, from string, room int, keep func(*nfs.SnapshotRecord) bool) {
+	recs := d.nfsSnapshotRecords(ctx, from, keep)
+	for i, r := range recs {
+		if room > 0 && i == room {
+			resp.NextToken = r.ID
+			return
+		}
+		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: nfsCSISnapshot(r)})
+	}
+}
+
+// nfsVolumesAfter ends a ListVolumes page whose hostpath part is complete:
+// NFS volumes fill the room left, or the first of them is the next token.
+func (d *Driver) nfsVolumesAfter(ctx context.Context, resp *csi.ListVolumesResponse, maxEntries int) {
+	if maxEntries > 0 && len(resp.Entries) >= maxEntries {
+		if recs := d.nfsVolumeRecords(ctx, ""); len(recs) > 0 {
+			resp.NextToken = recs[0].ID
+		}
+		return
+	}
+	room := 0
+	if maxEntries > 0 {
+		room = maxEntries - len(resp.Entries)
+	}
+	d.appendNFSVolumes(ctx, resp, "", room)
+}
+
+// nfsSnapshotsAfter is nfsVolumesAfter for ListSnapshots.
+func (d *Driver) nfsSnapshotsAfter(ctx context.Context, resp *csi.ListSnapshotsResponse, maxEntries int) {
+	all := func(*nfs.SnapshotRecord) bool { return true }
+	if maxEntries > 0 && len(resp.Entries) >= maxEntries {
+		if recs := d.nfsSnapshotRecords(ctx, "", all); len(recs) > 0 {
+			resp.NextToken = recs[0].ID
+		}
+		return
+	}
+	room := 0
+	if maxEntries > 0 {
+		room = maxEntries - len(resp.Entries)
+	}
+	d.appendNFSSnapshots(ctx, resp, "", room, all)
+}
+
+// nfsListSnapshots answers a ListSnapshots that is about NFS objects alone
+// (ok): a snapshot ID, a source volume ID or a page token of NFS.
+func (d *Driver) nfsListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, bool, error) {
+	id, src, token := req.GetSnapshotId(), req.GetSourceVolumeId(), req.GetStartingToken()
+	if req.GetMaxEntries() < 0 {
+		return nil, false, nil // the common path refuses it
+	}
+	switch {
+	case ids.IsNFSSnapshotID(id):
+		rec, x, err := d.nfsReadySnapshot(ctx, id)
+		if err != nil || (src != "" && rec.SourceVolumeID != src) {
+			if x != nil {
+				x.Release()
+			}
+			return &csi.ListSnapshotsResponse{}, true, nil
+		}
+		x.Release()
+		return &csi.ListSnapshotsResponse{Entries: []*csi.ListSnapshotsResponse_Entry{{Snapshot: nfsCSISnapshot(rec)}}}, true, nil
+	case id == "" && (ids.IsNFSVolumeID(src) || ids.IsNFSSnapshotID(token)):
+		if token != "" {
+			if _, err := ids.ParseNFSSnapshotID(token); err != nil {
+				return nil, true, status.Errorf(codes.Aborted, "starting_token %.64q was not issued by this driver; restart the listing without it", token)
+			}
+		}
+		if src != "" {
+			if v, err := ids.ParseNFSVolumeID(src); err == nil {
+				// The source's export, even if this process has not used it yet.
+				if x, err := d.nfs.Use(ctx, v.Server, v.Share); err == nil {
+					x.Release()
+				}
+			}
+		}
+		resp := &csi.ListSnapshotsResponse{}
+		d.appendNFSSnapshots(ctx, resp, token, int(req.GetMaxEntries()), func(r *nfs.SnapshotRecord) bool {
+			return src == "" || r.SourceVolumeID == src
+		})
+		return resp, true, nil
+	}
+	return nil, false, nil
+}

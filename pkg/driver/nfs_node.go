@@ -1,0 +1,447 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/state"
+)
+
+// The node side of NFS volumes. Everything the node needs is in the ID
+// (server, share, subDir); its mounts are recorded in the node's state like
+// a hostpath volume's, marked Backend "nfs" (there is no volume record on
+// the node), so that a restart reconciles them.
+//
+//	stage (staging path)               publish (pod's target)
+//	mount -t nfs server:/share/subDir  bind mount of the staging path
+//
+// Every mount, unmount and stat runs under the NFS timeout; a dead server's
+// mount is removed with a forced, lazy unmount.
+
+const backendNFS = "nfs"
+
+// nfsNodeCapability checks a node call's capability: INVALID_ARGUMENT when
+// missing, FAILED_PRECONDITION when an NFS volume cannot serve it.
+func nfsNodeCapability(c *csi.VolumeCapability) error {
+	if c == nil || c.GetAccessMode() == nil || c.GetAccessType() == nil {
+		return status.Error(codes.InvalidArgument, "volume capability with an access mode and an access type is required")
+	}
+	if err := nfsCapability(c); err != nil {
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return nil
+}
+
+// nfsMounted reports whether path is a mount point, from the mount table:
+// a stat of a dead server's mount would hang.
+func nfsMounted(path string) (bool, error) { return nfs.IsMounted(path) }
+
+func (d *Driver) nfsNodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	path := req.GetStagingTargetPath()
+	if err := requirePath(path, "staging_target_path"); err != nil {
+		return nil, err
+	}
+	if err := nfsNodeCapability(req.GetVolumeCapability()); err != nil {
+		return nil, err
+	}
+	v, err := nfsVolumeID(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	id := req.GetVolumeId()
+	unlock, err := d.lock(ctx, "node", id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	c := req.GetVolumeCapability()
+	pub := &state.Publication{VolumeID: id, NodeID: d.cfg.NodeID, Kind: state.KindStage, Path: path, Backend: backendNFS,
+		AccessMode: c.GetAccessMode().GetMode().String(), MountFlags: c.GetMount().GetMountFlags()}
+	same := func(r *state.Publication) bool {
+		return r.AccessMode == pub.AccessMode && slices.Equal(r.MountFlags, pub.MountFlags)
+	}
+	done, err := d.nfsPrepareMountPoint(ctx, v, pub, same)
+	if err != nil || done {
+		return &csi.NodeStageVolumeResponse{}, err
+	}
+	if err := os.MkdirAll(path, 0o750); err != nil {
+		return nil, status.Errorf(codes.Internal, "create staging path: %v", err)
+	}
+	err = d.nfsMountRecorded(pub, func() error {
+		return d.nfs.MountVolume(ctx, v.Export(), v.Source(), path, nfsFSType(c), c.GetMount().GetMountFlags())
+	})
+	if err != nil {
+		return nil, err
+	}
+	klog.V(2).InfoS("NFS volume staged", "volumeID", id, "source", v.Source(), "stagingPath", path)
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// nfsPrepareMountPoint is prepareMountPoint for NFS: done when the same
+// mount is in place; a half-made one is cleared; a foreign one refused.
+func (d *Driver) nfsPrepareMountPoint(ctx context.Context, v ids.NFSVolume, pub *state.Publication, same func(*state.Publication) bool) (bool, error) {
+	rec, err := d.store.GetPublication(pub.VolumeID, pub.Kind, pub.Path)
+	if err != nil && !errors.Is(err, state.ErrNotFound) {
+		return false, stateError(err)
+	}
+	mounted, merr := nfsMounted(pub.Path)
+	if merr != nil {
+		return false, status.Errorf(codes.Internal, "check mount point %s: %v", pub.Path, merr)
+	}
+	if rec == nil {
+		if mounted {
+			return false, status.Errorf(codes.FailedPrecondition, "%s is mounted, but not by this driver for volume %s; not touching it", pub.Path, pub.VolumeID)
+		}
+		return false, nil
+	}
+	if rec.Phase == state.PhaseMounted && mounted {
+		if !same(rec) {
+			return false, status.Errorf(codes.AlreadyExists, "volume %s is already %sd at %s with another capability (access mode %s, read-only %v, flags %v)",
+				pub.VolumeID, pub.Kind, pub.Path, rec.AccessMode, rec.ReadOnly, rec.MountFlags)
+		}
+		return true, nil
+	}
+	if err := d.nfs.Unmount(ctx, v.Export(), pub.Path); err != nil {
+		return false, nfsError(fmt.Sprintf("clear previous %s at %s", pub.Kind, pub.Path), err)
+	}
+	if err := d.store.DeletePublication(pub.VolumeID, pub.Kind, pub.Path); err != nil {
+		return false, stateError(err)
+	}
+	return false, nil
+}
+
+// nfsMountRecorded records the intent, mounts, records the result; a failed
+// mount leaves neither mount nor record.
+func (d *Driver) nfsMountRecorded(pub *state.Publication, mount func() error) error {
+	pub.Phase = state.PhaseMounting
+	if err := d.store.PutPublication(pub); err != nil {
+		return stateError(err)
+	}
+	if err := mount(); err != nil {
+		if derr := d.store.DeletePublication(pub.VolumeID, pub.Kind, pub.Path); derr != nil {
+			klog.ErrorS(derr, "Cannot remove the record of a failed mount; start-up will", "path", pub.Path)
+		}
+		return nfsError(fmt.Sprintf("mount NFS volume %s at %s", pub.VolumeID, pub.Path), err)
+	}
+	pub.Phase = state.PhaseMounted
+	if err := d.store.PutPublication(pub); err != nil {
+		return stateError(err)
+	}
+	return nil
+}
+
+// nfsUnmountRecorded marks the publication as going, unmounts (forced and
+// lazy for a dead server or a stale handle), removes a publish target and
+// drops the record.
+func (d *Driver) nfsUnmountRecorded(ctx context.Context, v ids.NFSVolume, pub *state.Publication) error {
+	pub.Phase = state.PhaseUnmounting
+	if err := d.store.PutPublication(pub); err != nil {
+		return stateError(err)
+	}
+	if err := d.nfs.Unmount(ctx, v.Export(), pub.Path); err != nil {
+		return nfsError(fmt.Sprintf("unmount NFS volume %s at %s", pub.VolumeID, pub.Path), err)
+	}
+	if pub.Kind == state.KindPublish {
+		if err := os.Remove(pub.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return status.Errorf(codes.Internal, "remove target path %s: %v", pub.Path, err)
+		}
+	}
+	if err := d.store.DeletePublication(pub.VolumeID, pub.Kind, pub.Path); err != nil {
+		return stateError(err)
+	}
+	return nil
+}
+
+func (d *Driver) nfsNodeUnstageVolume(ctx context.Context, id, path string) (*csi.NodeUnstageVolumeResponse, error) {
+	v, err := nfsVolumeID(id)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := d.lock(ctx, "node", id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	pub, err := d.store.GetPublication(id, state.KindStage, path)
+	if errors.Is(err, state.ErrNotFound) {
+		return &csi.NodeUnstageVolumeResponse{}, d.nfsRefuseForeign(path, id)
+	}
+	if err != nil {
+		return nil, stateError(err)
+	}
+	pubs, err := d.store.PublicationsOf(id)
+	if err != nil {
+		return nil, stateError(err)
+	}
+	for _, p := range pubs {
+		if p.Kind == state.KindPublish && p.StagingPath == path {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still published at %s from this staging path; unpublish it first", id, p.Path)
+		}
+	}
+	if err := d.nfsUnmountRecorded(ctx, v, pub); err != nil {
+		return nil, err
+	}
+	klog.V(2).InfoS("NFS volume unstaged", "volumeID", id, "stagingPath", path)
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+func (d *Driver) nfsRefuseForeign(path, id string) error {
+	mounted, err := nfsMounted(path)
+	if err != nil {
+		return status.Errorf(codes.Internal, "check mount point %s: %v", path, err)
+	}
+	if mounted {
+		return status.Errorf(codes.FailedPrecondition, "%s is mounted, but not by this driver for volume %s; not touching it", path, id)
+	}
+	return nil
+}
+
+func (d *Driver) nfsNodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	target, staging := req.GetTargetPath(), req.GetStagingTargetPath()
+	if err := nfsNodeCapability(req.GetVolumeCapability()); err != nil {
+		return nil, err
+	}
+	if staging == "" {
+		return nil, status.Error(codes.FailedPrecondition, "staging_target_path is not set; this driver stages volumes (call NodeStageVolume first)")
+	}
+	if err := requirePath(staging, "staging_target_path"); err != nil {
+		return nil, err
+	}
+	v, err := nfsVolumeID(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	id := req.GetVolumeId()
+	unlock, err := d.lock(ctx, "node", id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	stage, err := d.store.GetPublication(id, state.KindStage, staging)
+	if errors.Is(err, state.ErrNotFound) || (err == nil && stage.Phase != state.PhaseMounted) {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s; call NodeStageVolume first", id, staging)
+	}
+	if err != nil {
+		return nil, stateError(err)
+	}
+	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
+	pub := &state.Publication{VolumeID: id, NodeID: d.cfg.NodeID, Kind: state.KindPublish, Path: target, StagingPath: staging, Backend: backendNFS,
+		ReadOnly: req.GetReadonly() || mode == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY ||
+			mode == csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY,
+		AccessMode: mode.String()}
+	same := func(r *state.Publication) bool { return r.ReadOnly == pub.ReadOnly && r.StagingPath == pub.StagingPath }
+	done, err := d.nfsPrepareMountPoint(ctx, v, pub, same)
+	if err != nil || done {
+		return &csi.NodePublishVolumeResponse{}, err
+	}
+	if err := d.checkSingleWriter(id, pub); err != nil {
+		return nil, err
+	}
+	err = d.nfsMountRecorded(pub, func() error {
+		if err := os.MkdirAll(target, 0o750); err != nil {
+			return fmt.Errorf("create target path: %w", err)
+		}
+		// The NFS mount options were applied at the stage; a bind keeps
+		// them (nosuid, nodev... as the class's mountOptions say) and adds
+		// read-only when asked. Under the timeout: it stats the mount.
+		return d.nfs.Do(ctx, v.Export(), "bind "+target, func() error {
+			return mountutil.Bind(staging, target, pub.ReadOnly, nil)
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	klog.V(2).InfoS("NFS volume published", "volumeID", id, "targetPath", target, "readOnly", pub.ReadOnly)
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+func (d *Driver) nfsNodeUnpublishVolume(ctx context.Context, id, target string) (*csi.NodeUnpublishVolumeResponse, error) {
+	v, err := nfsVolumeID(id)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := d.lock(ctx, "node", id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	pub, err := d.store.GetPublication(id, state.KindPublish, target)
+	if errors.Is(err, state.ErrNotFound) {
+		if err := d.nfsRefuseForeign(target, id); err != nil {
+			return nil, err
+		}
+		if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, status.Errorf(codes.Internal, "remove target path %s: %v", target, err)
+		}
+		return &csi.NodeUnpublishVolumeResponse{}, nil
+	}
+	if err != nil {
+		return nil, stateError(err)
+	}
+	if err := d.nfsUnmountRecorded(ctx, v, pub); err != nil {
+		return nil, err
+	}
+	klog.V(2).InfoS("NFS volume unpublished", "volumeID", id, "targetPath", target)
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// nfsMountedAt checks that the volume is staged or published at path.
+func (d *Driver) nfsMountedAt(id, path string) (ids.NFSVolume, error) {
+	v, err := nfsVolumeID(id)
+	if err != nil {
+		return v, err
+	}
+	pubs, err := d.store.PublicationsOf(id)
+	if err != nil {
+		return v, stateError(err)
+	}
+	for _, p := range pubs {
+		if p.Path == path && p.Phase == state.PhaseMounted {
+			return v, nil
+		}
+	}
+	return v, notFound("volume %s is not staged or published at %q on this node", id, path)
+}
+
+// nfsNodeGetVolumeStats reports the export's usage (statfs of the mount):
+// an NFS volume shares its export's space.
+func (d *Driver) nfsNodeGetVolumeStats(ctx context.Context, id, path string) (*csi.NodeGetVolumeStatsResponse, error) {
+	v, err := d.nfsMountedAt(id, path)
+	if err != nil {
+		return nil, err
+	}
+	st, err := d.nfs.NodeStats(ctx, v.Export(), path)
+	if err != nil {
+		return nil, nfsError("statfs of NFS volume "+id+" at "+path, err)
+	}
+	bs := st.Bsize
+	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
+		{Unit: csi.VolumeUsage_BYTES, Total: int64(st.Blocks) * bs, Used: int64(st.Blocks-st.Bfree) * bs, Available: int64(st.Bavail) * bs},
+		{Unit: csi.VolumeUsage_INODES, Total: int64(st.Files), Used: int64(st.Files - st.Ffree), Available: int64(st.Ffree)},
+	}}, nil
+}
+
+// nfsNodeGetVolumeHealth: not mounted where it should be, or the server not
+// answering a statfs in time, are reported; the subdirectory itself is the
+// controller's to check.
+func (d *Driver) nfsNodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
+	id := req.GetVolumeId()
+	v, err := nfsVolumeID(id)
+	if err != nil {
+		return nil, err
+	}
+	var entries []*csi.VolumeHealth_VolumeHealthEntry
+	for _, p := range []string{req.GetVolumePublishPath(), req.GetStagingTargetPath()} {
+		if p == "" {
+			continue
+		}
+		if err := requirePath(p, "path"); err != nil {
+			return nil, err
+		}
+		mounted, err := nfsMounted(p)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "check mount point %s: %v", p, err)
+		}
+		if !mounted {
+			entries = append(entries, &csi.VolumeHealth_VolumeHealthEntry{Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: ReasonNotMounted,
+				Message: fmt.Sprintf("not mounted at %s", p)})
+			continue
+		}
+		if _, err := d.nfs.NodeStats(ctx, v.Export(), p); err != nil {
+			entries = append(entries, &csi.VolumeHealth_VolumeHealthEntry{Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: ReasonNFSUnreachable,
+				Message: fmt.Sprintf("statfs of %s: %v", p, err)})
+		}
+	}
+	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: &csi.VolumeHealth{VolumeId: id, HealthStatuses: entries}}, nil
+}
+
+// nfsNodeExpandVolume: an NFS volume has no size of its own to grow: nothing
+// holds it to its capacity, it can fill its export. Expanding it is honest
+// when the export can hold the size asked: the call succeeds with nothing to
+// do; a size larger than the whole export is OUT_OF_RANGE.
+func (d *Driver) nfsNodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	id, path := req.GetVolumeId(), req.GetVolumePath()
+	if c := req.GetVolumeCapability(); c != nil {
+		if err := nfsCapability(c); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	v, err := d.nfsMountedAt(id, path)
+	if err != nil {
+		return nil, err
+	}
+	want := req.GetCapacityRange().GetRequiredBytes()
+	if lim := req.GetCapacityRange().GetLimitBytes(); lim > 0 && lim < want {
+		return nil, status.Errorf(codes.InvalidArgument, "capacity range: required bytes %d exceed limit bytes %d", want, lim)
+	}
+	st, err := d.nfs.NodeStats(ctx, v.Export(), path)
+	if err != nil {
+		return nil, nfsError("statfs of NFS volume "+id, err)
+	}
+	if total := int64(st.Blocks) * st.Bsize; want > total {
+		return nil, status.Errorf(codes.OutOfRange, "requested %d bytes; the whole export %s holds %d bytes", want, v.Export(), total)
+	}
+	return &csi.NodeExpandVolumeResponse{CapacityBytes: want}, nil
+}
+
+// reconcileNFSPublication is reconcilePublication for an NFS mount: kept
+// when in place, its record dropped when gone (a reboot), undone when a
+// crash interrupted it.
+func (d *Driver) reconcileNFSPublication(p *state.Publication) error {
+	v, err := ids.ParseNFSVolumeID(p.VolumeID)
+	if err != nil {
+		return d.store.DeletePublication(p.VolumeID, p.Kind, p.Path)
+	}
+	mounted, err := nfsMounted(p.Path)
+	if err != nil {
+		return err
+	}
+	switch {
+	case p.Phase == state.PhaseMounted && mounted:
+		return nil
+	case p.Phase == state.PhaseMounted:
+		d.metrics.reconcileAction("dropped_mount_record")
+		klog.InfoS("NFS mount on record is gone (node restarted?); dropping the record; the CO will publish again", "volumeID", p.VolumeID, "kind", p.Kind, "path", p.Path)
+	default:
+		ctx, cancel := context.WithTimeout(context.Background(), d.nfs.Timeout())
+		defer cancel()
+		if err := d.nfs.Unmount(ctx, v.Export(), p.Path); err != nil {
+			return fmt.Errorf("undo interrupted %s: %w", p.Kind, err)
+		}
+		if p.Kind == state.KindPublish {
+			_ = os.Remove(p.Path)
+		}
+		d.metrics.reconcileAction("undid_mount")
+		klog.InfoS("Undid an NFS mount change that a crash interrupted", "volumeID", p.VolumeID, "kind", p.Kind, "path", p.Path, "phase", p.Phase)
+	}
+	return d.store.DeletePublication(p.VolumeID, p.Kind, p.Path)
+}
+
+// retryNFSPublication is retryPublication for NFS mounts.
+func (d *Driver) retryNFSPublication(p *state.Publication) error {
+	unlock, err := d.lock(context.Background(), "node", p.VolumeID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	cur, err := d.store.GetPublication(p.VolumeID, p.Kind, p.Path)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil
+	}
+	if err != nil || cur.Phase == state.PhaseMounted && p.Phase != state.PhaseMounted {
+		return err
+	}
+	return d.reconcileNFSPublication(cur)
+}

@@ -1,0 +1,356 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+)
+
+// Snapshots of NFS volumes are copies kept on the same export, in
+// .hostpath-csi/snapshots/<hex>/. They run as the driver's detached jobs,
+// like hostpath copies: a retry while one runs is ABORTED at once, the first
+// retry after it ended gets the result.
+
+func nfsCSISnapshot(r *nfs.SnapshotRecord) *csi.Snapshot {
+	return &csi.Snapshot{SnapshotId: r.ID, SourceVolumeId: r.SourceVolumeID, SizeBytes: r.SourceCapacity,
+		CreationTime: timestamppb.New(r.CreatedAt), ReadyToUse: r.Phase == nfs.PhaseReady}
+}
+
+func (d *Driver) nfsCreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+	src, err := nfsVolumeID(req.GetSourceVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	j, resp, err := d.nfsSnapshot(ctx, req, src)
+	if j == nil {
+		return resp, err
+	}
+	if err := d.jobs.await(ctx, j); err != nil {
+		return nil, err
+	}
+	x, err := d.useExport(ctx, src.Server, src.Share)
+	if err != nil {
+		return nil, err
+	}
+	defer x.Release()
+	s, _ := ids.ParseNFSSnapshotID(j.id)
+	rec, err := x.GetSnapshot(ctx, s.Hex)
+	if err != nil {
+		return nil, nfsError("read the snapshot's record", err)
+	}
+	return &csi.CreateSnapshotResponse{Snapshot: nfsCSISnapshot(rec)}, nil
+}
+
+func (d *Driver) nfsSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest, src ids.NFSVolume) (*job, *csi.CreateSnapshotResponse, error) {
+	name, srcID := req.GetName(), req.GetSourceVolumeId()
+	unlock, err := d.lock(ctx, "snapname", name)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer unlock()
+	key := "snapshot/" + name
+	if err := d.jobs.collect(key); err != nil {
+		return nil, nil, err
+	}
+	x, err := d.useExport(ctx, src.Server, src.Share)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer x.Release()
+
+	if id, err := x.LookupName(ctx, nfs.KindSnapshot, name); err == nil {
+		s, perr := ids.ParseNFSSnapshotID(id)
+		var existing *nfs.SnapshotRecord
+		if perr == nil {
+			existing, err = x.GetSnapshot(ctx, s.Hex)
+		}
+		switch {
+		case perr != nil || errors.Is(err, nfs.ErrNotFound):
+		case err != nil:
+			return nil, nil, nfsError("read snapshot record", err)
+		case existing.SourceVolumeID != srcID:
+			return nil, nil, status.Errorf(codes.AlreadyExists, "snapshot %q already exists for volume %s, not %s", name, existing.SourceVolumeID, srcID)
+		case existing.Phase == nfs.PhaseReady:
+			return nil, &csi.CreateSnapshotResponse{Snapshot: nfsCSISnapshot(existing)}, nil
+		case existing.Phase == nfs.PhaseCreating:
+			// No job makes it here: cut short by a kill. Undo, take anew.
+			if err := d.nfsUndoSnapshot(ctx, x, existing, s.Hex); err != nil {
+				return nil, nil, err
+			}
+			klog.InfoS("Rolled back an NFS snapshot that was interrupted", "snapshotID", existing.ID, "name", name)
+		default:
+			return nil, nil, status.Errorf(codes.Aborted, "snapshot %q is %s; retry", name, existing.Phase)
+		}
+	} else if !errors.Is(err, nfs.ErrNotFound) {
+		return nil, nil, nfsError("look up snapshot name", err)
+	}
+
+	unlockSrc, err := d.rlock(ctx, "vol", srcID)
+	if err != nil {
+		return nil, nil, err
+	}
+	srcRec, err := x.GetVolume(ctx, src.UUID)
+	switch {
+	case errors.Is(err, nfs.ErrNotFound) || (err == nil && srcRec.ID != srcID):
+		err = notFound("volume %s not found on %s", srcID, x.Name())
+	case err != nil:
+		err = nfsError("read source volume record", err)
+	case srcRec.Phase != nfs.PhaseReady:
+		err = status.Errorf(codes.Aborted, "volume %s is %s; retry", srcID, srcRec.Phase)
+	}
+	if err != nil {
+		unlockSrc()
+		return nil, nil, err
+	}
+	id, s, err := ids.NewNFSSnapshotID(src.Server, src.Share)
+	if err != nil {
+		unlockSrc()
+		return nil, nil, status.Errorf(codes.Internal, "%v", err)
+	}
+	rec := &nfs.SnapshotRecord{ID: id, Name: name, SourceVolumeID: srcID, SourceCapacity: srcRec.CapacityBytes,
+		Phase: nfs.PhaseCreating, CreatedAt: time.Now().UTC()}
+	if err := x.PutName(ctx, nfs.KindSnapshot, name, id); err == nil {
+		err = x.PutSnapshot(ctx, rec, s.Hex)
+	}
+	if err != nil {
+		unlockSrc()
+		return nil, nil, nfsError("record the new snapshot", err)
+	}
+	what := fmt.Sprintf("snapshot %s of NFS volume %s", id, srcID)
+	j := d.jobs.start(key, id, what, []string{"vol/" + srcID}, func(jctx context.Context) error {
+		defer unlockSrc()
+		return d.nfsTakeSnapshot(jctx, src, srcRec.SubDir, rec, s.Hex)
+	}, d.nfsAbandonSnapshot)
+	return j, nil, nil
+}
+
+// nfsTakeSnapshot is the job: copy, then the record says ready (the copy is
+// on the server by then: see nfs.Export.Snapshot).
+func (d *Driver) nfsTakeSnapshot(ctx context.Context, src ids.NFSVolume, subDir string, rec *nfs.SnapshotRecord, hex string) error {
+	x, err := d.useExport(ctx, src.Server, src.Share)
+	if err != nil {
+		return err
+	}
+	defer x.Release()
+	start := time.Now()
+	st, err := d.copyStep(ctx, rec.ID, func() (hostpath.CopyResult, error) {
+		s, err := x.Snapshot(ctx, subDir, hex)
+		return hostpath.CopyResult{Mechanism: string(s.Mechanism()), Files: s.Files, Bytes: s.Bytes}, err
+	})
+	if err != nil {
+		if uerr := d.nfsUndoSnapshot(context.Background(), x, rec, hex); uerr != nil {
+			klog.ErrorS(uerr, "Rolling back a failed NFS snapshot; a retry of the name will finish it", "snapshotID", rec.ID)
+		}
+		return nfsError("copy volume into snapshot", err)
+	}
+	rec.SizeBytes, rec.Phase = st.Bytes, nfs.PhaseReady
+	if err := x.PutSnapshot(context.Background(), rec, hex); err != nil {
+		return nfsError("record the snapshot as ready", err)
+	}
+	d.metrics.copied("snapshot", st.Mechanism, st.Bytes, time.Since(start))
+	klog.InfoS("NFS snapshot created", "snapshotID", rec.ID, "name", rec.Name, "source", rec.SourceVolumeID,
+		"mechanism", st.Mechanism, "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
+	return nil
+}
+
+func (d *Driver) nfsUndoSnapshot(ctx context.Context, x *nfs.Export, rec *nfs.SnapshotRecord, hex string) error {
+	if err := x.RemoveSnapshotData(ctx, hex); err != nil {
+		return nfsError(fmt.Sprintf("remove the data of snapshot %s", rec.ID), err)
+	}
+	if err := x.DeleteSnapshot(ctx, rec, hex); err != nil {
+		return nfsError("remove snapshot record", err)
+	}
+	return nil
+}
+
+func (d *Driver) nfsAbandonSnapshot(j *job) {
+	s, err := ids.ParseNFSSnapshotID(j.id)
+	if err != nil {
+		return
+	}
+	ctx := context.Background()
+	x, err := d.nfs.Use(ctx, s.Server, s.Share)
+	if err != nil {
+		return
+	}
+	defer x.Release()
+	rec, err := x.GetSnapshot(ctx, s.Hex)
+	if err != nil {
+		return
+	}
+	unlock, err := d.lock(ctx, "snapname", rec.Name)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	if !d.jobs.stillUncollected(j) || d.jobs.reading("snap/"+j.id) != nil {
+		return
+	}
+	if err := d.nfsUndoSnapshot(ctx, x, rec, s.Hex); err != nil {
+		klog.ErrorS(err, "Cannot remove an NFS snapshot whose caller never came back for it", "snapshotID", j.id)
+	}
+}
+
+func (d *Driver) nfsDeleteSnapshot(ctx context.Context, id string) (*csi.DeleteSnapshotResponse, error) {
+	s, err := ids.ParseNFSSnapshotID(id)
+	if err != nil {
+		return &csi.DeleteSnapshotResponse{}, nil // no snapshot can have this ID
+	}
+	if j := d.jobs.making(id); j != nil {
+		if err := d.jobs.cancelAndWait(ctx, j); err != nil {
+			return nil, err
+		}
+	}
+	if j := d.jobs.reading("snap/" + id); j != nil {
+		return nil, status.Errorf(codes.Aborted, "snapshot %s is the source of a %s; retry once it ends", id, j.what)
+	}
+	unlock, err := d.lock(ctx, "snap", id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	x, err := d.useExport(ctx, s.Server, s.Share)
+	if err != nil {
+		return nil, err
+	}
+	defer x.Release()
+	rec, err := x.GetSnapshot(ctx, s.Hex)
+	if errors.Is(err, nfs.ErrNotFound) {
+		return &csi.DeleteSnapshotResponse{}, nil
+	}
+	if err != nil {
+		return nil, nfsError("read snapshot record", err)
+	}
+	rec.Phase = nfs.PhaseDeleting
+	if err := x.PutSnapshot(ctx, rec, s.Hex); err != nil {
+		return nil, nfsError("record the delete", err)
+	}
+	if err := d.nfsUndoSnapshot(ctx, x, rec, s.Hex); err != nil {
+		return nil, err
+	}
+	klog.V(2).InfoS("NFS snapshot deleted", "snapshotID", id, "name", rec.Name)
+	return &csi.DeleteSnapshotResponse{}, nil
+}
+
+// nfsReadySnapshot returns the record of a ready NFS snapshot, or NotFound;
+// the caller releases the export.
+func (d *Driver) nfsReadySnapshot(ctx context.Context, id string) (*nfs.SnapshotRecord, *nfs.Export, error) {
+	s, err := nfsSnapshotID(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	x, err := d.useExport(ctx, s.Server, s.Share)
+	if err != nil {
+		return nil, nil, err
+	}
+	rec, err := x.GetSnapshot(ctx, s.Hex)
+	if errors.Is(err, nfs.ErrNotFound) || (err == nil && rec.ID != id) {
+		x.Release()
+		return nil, nil, notFound("snapshot %s not found on %s", id, s.Export())
+	}
+	if err != nil {
+		x.Release()
+		return nil, nil, nfsError("read snapshot record", err)
+	}
+	if rec.Phase != nfs.PhaseReady {
+		x.Release()
+		return nil, nil, status.Errorf(codes.Aborted, "snapshot %s is %s; retry", id, rec.Phase)
+	}
+	return rec, x, nil
+}
+
+func (d *Driver) nfsGetSnapshot(ctx context.Context, id string) (*csi.GetSnapshotResponse, error) {
+	rec, x, err := d.nfsReadySnapshot(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	x.Release()
+	return &csi.GetSnapshotResponse{Snapshot: nfsCSISnapshot(rec)}, nil
+}
+
+// nfsSource is what a new NFS volume is copied from, held shared.
+type nfsSource struct {
+	snapshotID, volumeID string
+	snapHex, subDir      string
+	capacity             int64
+	lockKey              string
+	unlock               func()
+}
+
+func (s *nfsSource) describe(newID string) string {
+	if s.snapshotID != "" {
+		return fmt.Sprintf("restore of NFS volume %s from snapshot %s", newID, s.snapshotID)
+	}
+	return fmt.Sprintf("clone of NFS volume %s into volume %s", s.volumeID, newID)
+}
+
+// nfsLockSource checks a content source of a new volume on export x: an
+// NFS snapshot or volume on the same export, ready; it is held shared.
+func (d *Driver) nfsLockSource(ctx context.Context, x *nfs.Export, cs *csi.VolumeContentSource) (*nfsSource, error) {
+	sameExport := func(server, share string) error {
+		if server != x.Server() || share != x.Share() {
+			return status.Errorf(codes.InvalidArgument, "the source is on NFS export %s:%s; a volume on %s is made from a source on the same export", server, share, x.Name())
+		}
+		return nil
+	}
+	switch {
+	case cs.GetSnapshot() != nil:
+		id := cs.GetSnapshot().GetSnapshotId()
+		if ids.ValidateSnapshotID(id) == nil {
+			return nil, status.Errorf(codes.InvalidArgument, "snapshot %.64q is not an NFS snapshot; an NFS volume is restored from a snapshot of an NFS volume", id)
+		}
+		s, err := nfsSnapshotID(id)
+		if err != nil {
+			return nil, err
+		}
+		if err := sameExport(s.Server, s.Share); err != nil {
+			return nil, err
+		}
+		unlock, err := d.rlock(ctx, "snap", id)
+		if err != nil {
+			return nil, err
+		}
+		rec, sx, err := d.nfsReadySnapshot(ctx, id)
+		if err != nil {
+			unlock()
+			return nil, err
+		}
+		sx.Release()
+		return &nfsSource{snapshotID: id, snapHex: s.Hex, capacity: rec.SourceCapacity, lockKey: "snap/" + id, unlock: unlock}, nil
+	case cs.GetVolume() != nil:
+		id := cs.GetVolume().GetVolumeId()
+		if ids.ValidateVolumeID(id) == nil {
+			return nil, status.Errorf(codes.InvalidArgument, "volume %.64q is not an NFS volume; an NFS volume is cloned from an NFS volume", id)
+		}
+		v, err := nfsVolumeID(id)
+		if err != nil {
+			return nil, err
+		}
+		if err := sameExport(v.Server, v.Share); err != nil {
+			return nil, err
+		}
+		unlock, err := d.rlock(ctx, "vol", id)
+		if err != nil {
+			return nil, err
+		}
+		rec, vx, err := d.nfsReadyVolume(ctx, id)
+		if err != nil {
+			unlock()
+			return nil, err
+		}
+		vx.Release()
+		return &nfsSource{volumeID: id, subDir: rec.SubDir, capacity: rec.CapacityBytes, lockKey: "vol/" + id, unlock: unlock}, nil
+	}
+	return nil, status.Error(codes.InvalidArgument, "volume content source has neither a snapshot nor a volume")
+}
