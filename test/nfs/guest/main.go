@@ -238,7 +238,7 @@ func targetPath(pod, name string) string {
 }
 
 func (g *guest) stage(id, staging string, vc *csi.VolumeCapability) error {
-	if err := os.MkdirAll(staging, 0o750); err != nil {
+	if err := os.MkdirAll(staging, 0o755); err != nil {
 		return err
 	}
 	c, cancel := ctx()
@@ -249,8 +249,11 @@ func (g *guest) stage(id, staging string, vc *csi.VolumeCapability) error {
 	return nil
 }
 
+// publish makes the target's parent directories 0755, so that the
+// non-root writer of the root_squash checks can reach the mount (in a pod
+// the container sees only the mount).
 func (g *guest) publish(id, staging, target string, vc *csi.VolumeCapability, ro bool) error {
-	if err := os.MkdirAll(parent(target), 0o750); err != nil {
+	if err := os.MkdirAll(parent(target), 0o755); err != nil {
 		return err
 	}
 	c, cancel := ctx()

@@ -317,6 +317,8 @@ func (g *guest) run() {
 // mountPermissions 0777, and cannot to one made without: the directory
 // then keeps the mode it was created with (0755, owned by nobody).
 func (g *guest) rootSquash() {
+	// try makes and publishes a volume, has uid 1000 write to it (werr),
+	// and cleans up; err is about everything but the write.
 	try := func(name, pv string, extra ...string) (msg string, werr, err error) {
 		v, err := g.create(name, nfsParams("/export-squash", name, "team1", pv, extra...), rwx4, nil)
 		if err != nil {
@@ -327,7 +329,7 @@ func (g *guest) rootSquash() {
 			return "", nil, err
 		}
 		if err := g.publish(id, st, t, rwx4, false); err != nil {
-			return "", nil, err
+			return "", nil, errors2(err, g.unstage(id, st))
 		}
 		werr = asTenant(`echo tenant > "$1/by-uid-1000"`, t)
 		fi, serr := os.Stat("/export-squash/" + pv)
@@ -346,12 +348,15 @@ func (g *guest) rootSquash() {
 	g.check("root-squash-mountpermissions-0777", func() (string, error) {
 		msg, werr, err := try("sq-open", "pv-sq-open", "mountPermissions", "0777")
 		if werr != nil {
-			return msg, fmt.Errorf("uid 1000 could not write to a volume with mountPermissions 0777 on a root_squash export: %w", werr)
+			return msg, fmt.Errorf("uid 1000 could not write to a volume with mountPermissions 0777 on a root_squash export (%s): %w", msg, werr)
 		}
 		return msg, err
 	})
 	g.check("root-squash-default-mode-denies-nonroot", func() (string, error) {
 		msg, werr, err := try("sq-default", "pv-sq-default")
+		if werr == nil && err != nil {
+			return msg, err
+		}
 		if werr == nil {
 			return msg, fmt.Errorf("uid 1000 wrote to a volume without mountPermissions on a root_squash export (%s): the README's advice would be wrong", msg)
 		}
