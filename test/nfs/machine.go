@@ -21,18 +21,19 @@ import (
 
 // packages are the Debian packages the guest's NFS server and client come
 // from; vm.FetchUserland adds the library packages they need.
-var packages = []string{"nfs-kernel-server", "nfs-common", "rpcbind", "mount", "netbase"}
+var packages = []string{"nfs-kernel-server", "nfs-common", "rpcbind", "mount", "netbase", "nftables"}
 
 // programs are what the guest runs of them.
 var programs = []string{
 	"/usr/sbin/rpc.nfsd", "/usr/sbin/rpc.mountd", "/usr/sbin/exportfs", "/usr/sbin/nfsdcld",
 	"/sbin/rpcbind", "/sbin/rpc.statd", "/sbin/mount.nfs", "/usr/bin/rpcinfo", "/sbin/showmount",
-	"/bin/mount", "/bin/umount",
+	"/bin/mount", "/bin/umount", "/usr/sbin/nft",
 }
 
-// modules are the kernel's NFS server and client (with v3 and v4) and what
-// the guest mounts besides.
-var modules = []string{"nfsd", "nfs", "nfsv3", "nfsv4"}
+// modules are the kernel's NFS server and client (with v3 and v4), and
+// nf_tables, with which the guest makes the server stop answering (its
+// libcrc32c asks the crypto API for crc32c by name: load it first).
+var modules = []string{"nfsd", "nfs", "nfsv3", "nfsv4", "crc32c_generic", "nf_tables"}
 
 // Exports, as the guest's /etc/exports has them. /export-squash squashes
 // root, as most NFS servers do by default; /export does not, so the driver

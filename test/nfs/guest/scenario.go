@@ -13,6 +13,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/hostpath-csi/hostpath-csi/test/nfs/report"
 )
 
 // decodeID reads an NFS volume or snapshot ID (nfs1-/nfss1- and the
@@ -309,7 +311,9 @@ func (g *guest) run() {
 	})
 
 	g.rootSquash()
-	g.deadServer()
+	for _, o := range outages {
+		g.serverOutage(o)
+	}
 }
 
 // rootSquash: on an export that squashes root (the driver's own writes
@@ -367,13 +371,41 @@ func (g *guest) rootSquash() {
 	})
 }
 
-// deadServer stops the NFS server while a volume is published: a
-// CreateVolume on its export fails within the driver's timeout with an
-// error naming the server, a hostpath CreateVolume meanwhile is not held
-// up, and the stale mounts still unpublish and unstage.
-func (g *guest) deadServer() {
-	v, err := g.create("pvc-live", nfsParams("/export", "live", "team1", "pv-live"), rwx4, nil)
-	id, st, t := v.GetVolumeId(), stagingPath("live"), targetPath("pod-live", "live")
+// An outage of the NFS server, two ways: "hung", its packets dropped (a
+// server that is gone or cut off: the client's requests wait for answers
+// that never come), and "stopped", its nfsd threads ended (connections
+// refused). During each, with a volume published: NodeGetVolumeStats and a
+// CreateVolume on the export fail within the driver's timeout with
+// DeadlineExceeded or Unavailable naming the server, the mount process the
+// CreateVolume started is gone, a hostpath CreateVolume meanwhile does not
+// wait, and the stale mounts unpublish and unstage. When the server is
+// back, CreateVolume on the export works again.
+type outage struct {
+	name        string
+	stop, start func() error
+}
+
+var outages = []outage{
+	{name: "hung",
+		stop: func() error {
+			return errors2(run("nft", "add", "table", "ip", "outage"),
+				run("nft", "add", "chain", "ip", "outage", "out", "{ type filter hook output priority 0; }"),
+				run("nft", "add", "rule", "ip", "outage", "out", "tcp", "dport", "2049", "drop"),
+				run("nft", "add", "rule", "ip", "outage", "out", "tcp", "sport", "2049", "drop"))
+		},
+		start: func() error { return run("nft", "delete", "table", "ip", "outage") },
+	},
+	{name: "stopped",
+		stop:  func() error { return errors2(run("exportfs", "-ua"), run("rpc.nfsd", "0")) },
+		start: func() error { return errors2(run("exportfs", "-ra"), run("rpc.nfsd", "4")) },
+	},
+}
+
+func (g *guest) serverOutage(o outage) {
+	checks := report.OutageChecks(o.name)
+	pvc := "pvc-live-" + o.name
+	v, err := g.create(pvc, nfsParams("/export", pvc, "team1", "pv-live-"+o.name), rwx4, nil)
+	id, st, t := v.GetVolumeId(), stagingPath(pvc), targetPath("pod-"+pvc, pvc)
 	if err == nil {
 		err = g.stage(id, st, rwx4)
 	}
@@ -384,62 +416,109 @@ func (g *guest) deadServer() {
 		_, err = writeRandom(t+"/data", 4096)
 	}
 	if err == nil {
-		err = errors2(run("exportfs", "-ua"), run("rpc.nfsd", "0"))
+		err = o.stop()
 	}
 	if err != nil {
-		for _, name := range []string{"dead-server-create-fails", "dead-server-hostpath-create-not-blocked", "dead-server-unpublish-unstage"} {
-			g.check(name, func() (string, error) {
-				return "", fmt.Errorf("setting up a published volume and stopping the server: %w", err)
-			})
+		for _, name := range checks {
+			g.check(name, func() (string, error) { return "", fmt.Errorf("publishing a volume and stopping the server: %w", err) })
 		}
 		return
 	}
-	fmt.Printf("guest: NFS server stopped at uptime %.1f s\n", uptime())
+	fmt.Printf("guest: NFS server %s at uptime %.1f s\n", o.name, uptime())
 
-	var pending atomic.Bool
-	pending.Store(true)
 	type result struct {
 		err error
 		d   time.Duration
 	}
-	deadDone := make(chan result, 1)
+	var pending atomic.Bool
+	pending.Store(true)
+	createDone, statsDone := make(chan result, 1), make(chan result, 1)
 	go func() {
 		start := time.Now()
-		_, err := g.create("pvc-dead", nfsParams("/export", "dead", "team1", "pv-dead"), rwx4, nil)
+		_, err := g.create("pvc-dead-"+o.name, nfsParams("/export", "dead", "team1", "pv-dead-"+o.name), rwx4, nil)
 		pending.Store(false)
-		deadDone <- result{err, time.Since(start)}
+		createDone <- result{err, time.Since(start)}
+	}()
+	go func() {
+		start := time.Now()
+		c, cancel := ctx()
+		defer cancel()
+		_, err := g.node.NodeGetVolumeStats(c, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: t})
+		statsDone <- result{err, time.Since(start)}
 	}()
 	time.Sleep(2 * time.Second)
-	g.check("dead-server-hostpath-create-not-blocked", func() (string, error) {
-		v, err := g.create("pvc-local", nil, rwo, nil)
+	g.check(checks[0], func() (string, error) {
+		v, err := g.create("pvc-local-"+o.name, nil, rwo, nil)
 		if err != nil {
-			return "", fmt.Errorf("a hostpath CreateVolume while the NFS server is dead: %w", err)
+			return "", fmt.Errorf("a hostpath CreateVolume while the NFS server is %s: %w", o.name, err)
 		}
 		still := pending.Load()
 		if err := g.delete(v.GetVolumeId()); err != nil {
 			return "", err
 		}
 		if !still {
-			return "the NFS CreateVolume had already returned, so this shows nothing about blocking", nil
+			return "the NFS CreateVolume had already returned, so this shows nothing about waiting", nil
 		}
-		return "answered while the NFS CreateVolume was still waiting for the dead server", nil
+		return "answered while the NFS CreateVolume was still waiting for the server", nil
 	})
-	g.check("dead-server-create-fails", func() (string, error) {
-		r := <-deadDone
+	wantFailure := func(what string, r result) (string, error) {
 		msg := fmt.Sprintf("after %.1f s (--nfs-timeout %s): %v", r.d.Seconds(), nfsTimeout, r.err)
 		if r.err == nil {
-			return msg, fmt.Errorf("CreateVolume on a dead server succeeded")
+			return msg, fmt.Errorf("%s succeeded while the server is %s", what, o.name)
 		}
 		code := status.Code(r.err)
 		if code != codes.DeadlineExceeded && code != codes.Unavailable {
-			return msg, fmt.Errorf("CreateVolume on a dead server: code %v, want DeadlineExceeded or Unavailable", code)
+			return msg, fmt.Errorf("%s: code %v, want DeadlineExceeded or Unavailable", what, code)
 		}
 		if !strings.Contains(status.Convert(r.err).Message(), "127.0.0.1") {
-			return msg, fmt.Errorf("the error does not name the server 127.0.0.1")
+			return msg, fmt.Errorf("%s: the error does not name the server 127.0.0.1", what)
 		}
 		return msg, nil
+	}
+	g.check(checks[1], func() (string, error) { return wantFailure("NodeGetVolumeStats", <-statsDone) })
+	g.check(checks[2], func() (string, error) { return wantFailure("CreateVolume", <-createDone) })
+	g.check(checks[3], func() (string, error) {
+		if left := processesMounting("127.0.0.1:"); len(left) > 0 {
+			return "", fmt.Errorf("mount processes left running: %q", left)
+		}
+		return "", nil
 	})
-	g.check("dead-server-unpublish-unstage", func() (string, error) {
+	g.check(checks[4], func() (string, error) {
 		return "", errors2(g.unpublish(id, t), g.unstage(id, st), wantNotMounted(t, st))
 	})
+	g.check(checks[5], func() (string, error) {
+		if err := o.start(); err != nil {
+			return "", fmt.Errorf("bringing the server back: %w", err)
+		}
+		// As a CO would: retry while the answer says to.
+		start := time.Now()
+		for attempt := 1; ; attempt++ {
+			v, err := g.create("pvc-back-"+o.name, nfsParams("/export", "back", "team1", "pv-back-"+o.name), rwx4, nil)
+			if err == nil {
+				return fmt.Sprintf("attempt %d, %.1f s after the server came back", attempt, time.Since(start).Seconds()), g.delete(v.GetVolumeId())
+			}
+			if c := status.Code(err); (c != codes.DeadlineExceeded && c != codes.Unavailable) || time.Since(start) > 3*time.Minute {
+				return "", fmt.Errorf("attempt %d, %.1f s after the server came back: %w", attempt, time.Since(start).Seconds(), err)
+			}
+			time.Sleep(2 * time.Second)
+		}
+	})
+}
+
+// processesMounting lists the command lines of running processes that
+// name source (a mount the driver started and did not end).
+func processesMounting(source string) []string {
+	var found []string
+	dirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range dirs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		cmd := strings.ReplaceAll(strings.TrimRight(string(b), "\x00"), "\x00", " ")
+		if strings.Contains(cmd, "mount") && strings.Contains(cmd, source) {
+			found = append(found, cmd)
+		}
+	}
+	return found
 }

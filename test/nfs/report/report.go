@@ -71,7 +71,22 @@ var Checks = []string{
 	"delete-snapshot",
 	"root-squash-mountpermissions-0777",
 	"root-squash-default-mode-denies-nonroot",
-	"dead-server-create-fails",
-	"dead-server-hostpath-create-not-blocked",
-	"dead-server-unpublish-unstage",
+}
+
+// Outages are the guest's ways of taking the NFS server away.
+var Outages = []string{"hung", "stopped"}
+
+// OutageChecks are the checks of one outage, in order.
+func OutageChecks(outage string) []string {
+	var out []string
+	for _, c := range []string{"hostpath-create-not-blocked", "volume-stats-fails", "create-fails", "mount-process-gone", "unpublish-unstage", "back-create-works"} {
+		out = append(out, outage+"-server-"+c)
+	}
+	return out
+}
+
+func init() {
+	for _, o := range Outages {
+		Checks = append(Checks, OutageChecks(o)...)
+	}
 }
