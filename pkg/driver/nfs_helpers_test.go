@@ -102,3 +102,12 @@ func writeFile(t *testing.T, path, data string) {
 		t.Fatal(err)
 	}
 }
+
+// restart restarts the driver on the same directories and exports.
+func (e *nfsEnv) restart(t *testing.T) {
+	t.Helper()
+	if err := e.d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.startNFS(t)
+}

@@ -311,8 +311,6 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err := requirePath(target, "target_path"); err != nil {
 		return nil, err
 	}
-	// NFS volumes check their capability themselves: they serve every
-	// access mode, including MULTI_NODE_MULTI_WRITER.
 	if ids.IsNFSVolumeID(req.GetVolumeId()) {
 		return d.nfsNodePublishVolume(ctx, req)
 	}

@@ -106,6 +106,11 @@ type model struct {
 type harness struct {
 	t       *testing.T
 	bin     string
+	// env is added to the driver's environment (the NFS test puts its
+	// mount(8) stand-in first on PATH).
+	env []string
+	// args are added to the driver's command line.
+	args []string
 	dir     string
 	socket  string
 	cmd     *exec.Cmd
@@ -192,7 +197,11 @@ func (h *harness) start() {
 	}
 	h.cmd = exec.Command(h.bin, "--endpoint=unix://"+h.socket, "--nodeid=crash-node",
 		"--state-dir="+filepath.Join(h.dir, "state"), "--data-dir="+filepath.Join(h.dir, "data"), "-v=2")
+	h.cmd.Args = append(h.cmd.Args, h.args...)
 	h.cmd.Stdout, h.cmd.Stderr = h.logFile, h.logFile
+	if h.env != nil {
+		h.cmd.Env = append(os.Environ(), h.env...)
+	}
 	if err := h.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

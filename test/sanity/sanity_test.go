@@ -12,6 +12,7 @@ import (
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/driver"
 )
 
@@ -20,11 +21,18 @@ import (
 // The image run uses xfs: an ext4 image cannot grow online on the
 // development machine (no CAP_SYS_RESOURCE), and the suite expands a
 // published volume. Its volumes are 320 MiB: xfs needs 300.
+//
+// The nfs run serves an NFS StorageClass whose export, 127.0.0.1:/export,
+// is a local directory behind the bind-mounting stand-in for the kernel's
+// NFS client (this machine has none), injected in-process through the
+// driver's Mounter seam.
 var kinds = map[string]struct {
 	accessType, imageFSType string
 	size                    int64
 	params                  map[string]string
 }{
+	"nfs": {"mount", "", 64 << 20, map[string]string{driver.ParamServer: "127.0.0.1", driver.ParamShare: "/export",
+		driver.ParamMountPermissions: "0777", driver.ParamOnDelete: driver.OnDeleteDelete}},
 	"directory": {"mount", "", 64 << 20, map[string]string{driver.ParamMountPermissions: "0750"}},
 	"image":     {"mount", "xfs", 320 << 20, map[string]string{driver.ParamMountPermissions: "0750", driver.ParamLayout: driver.LayoutImage}},
 	"block":     {"block", "", 64 << 20, nil},
@@ -35,7 +43,7 @@ var kinds = map[string]struct {
 // its environment.
 func TestSanity(t *testing.T) {
 	testutil.RequireRoot(t) // NodeStage/NodePublish make real mounts
-	for _, name := range []string{"directory", "image", "block"} {
+	for _, name := range []string{"directory", "image", "block", "nfs"} {
 		t.Run(name, func(t *testing.T) {
 			cmd := exec.Command(os.Args[0], "-test.run=^TestSanityOfKind$", "-test.v", "-test.count=1")
 			cmd.Env = append(os.Environ(), "HOSTPATH_SANITY_KIND="+name)
@@ -67,7 +75,7 @@ func runSanity(t *testing.T, accessType, imageFSType string, size int64, params 
 	testutil.CleanupLoopDevices(t, dir) // runs after the mounts are gone
 	testutil.CleanupMounts(t, dir)
 
-	d, err := driver.New(driver.Config{
+	dcfg := driver.Config{
 		DriverName:        driver.DefaultDriverName,
 		NodeID:            "sanity-node",
 		StateDir:          filepath.Join(dir, "state"),
@@ -77,7 +85,13 @@ func runSanity(t *testing.T, accessType, imageFSType string, size int64, params 
 		MaxVolumesPerNode: 100,
 		MaxVolumeSize:     driver.DefaultMaxVolumeSize,
 		ImageFSType:       imageFSType,
-	})
+	}
+	if _, ok := params[driver.ParamServer]; ok {
+		standin := testutil.NewNFSStandIn()
+		standin.AddExport(t, params[driver.ParamServer], params[driver.ParamShare], filepath.Join(dir, "export"))
+		dcfg.NFS = nfs.Options{Mounter: standin}
+	}
+	d, err := driver.New(dcfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,7 +46,7 @@ func (ExecMounter) Mount(ctx context.Context, source, target, fstype string, opt
 		return fmt.Errorf("mount %s at %s: killed after %w", source, target, ctx.Err())
 	}
 	if err != nil {
-		return fmt.Errorf("mount -t %s -o %s %s %s: %w: %s", fstype, strings.Join(options, ","), source, target, err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("mount %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

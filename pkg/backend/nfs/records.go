@@ -99,11 +99,25 @@ func (x *Export) hidden(parts ...string) string {
 }
 
 // layout creates the driver's directories on the export (once per mount;
-// cheap when they exist).
+// cheap when they exist) and removes the files a kill left in tmp/: a
+// record is written there and renamed within one operation, so a file
+// older than the timeout on every operation belongs to no running write,
+// of this controller or any other.
 func (x *Export) layout() error {
 	for _, d := range []string{dirVolumes, dirSnapRecs, dirNames, dirSubDirs, dirSnapshots, dirPartial, dirTrash, dirTmp} {
 		if err := os.MkdirAll(x.hidden(d), 0o700); err != nil {
 			return fmt.Errorf("create %s on %s: %w", filepath.Join(ids.HiddenDir, d), x.Name(), err)
+		}
+	}
+	ents, err := os.ReadDir(x.hidden(dirTmp))
+	if err != nil {
+		return fmt.Errorf("list %s on %s: %w", dirTmp, x.Name(), err)
+	}
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() && time.Since(fi.ModTime()) > x.b.opts.Timeout {
+			if err := os.Remove(x.hidden(dirTmp, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("remove a record write cut short on %s: %w", x.Name(), err)
+			}
 		}
 	}
 	return nil

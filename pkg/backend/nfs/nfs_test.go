@@ -1,0 +1,153 @@
+package nfs
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+)
+
+// A mount(8) that hangs (mount.nfs waiting for a dead server) is killed
+// with its whole process group when the timeout ends, its children too.
+func TestExecMounterKillsTheProcessGroup(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "child.pid")
+	script := "#!/bin/sh\nsleep 600 &\necho $! > " + pidFile + "\nwait\n"
+	if err := os.WriteFile(filepath.Join(dir, "mount"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	err := ExecMounter{}.Mount(ctx, "dead.example:/export", filepath.Join(dir, "target"), "nfs", []string{"hard"})
+	if err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Fatalf("Mount of a hanging mount(8): %v; want it killed", err)
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	// The child was killed with its group: it is gone (or a zombie of
+	// init's, never a running sleep).
+	for i := 0; ; i++ {
+		st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil || strings.Contains(string(st), ") Z ") {
+			break
+		}
+		if i == 200 {
+			unix.Kill(pid, unix.SIGKILL)
+			t.Fatalf("the mount's child %d still runs after the mount was killed", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// An operation that outlives the timeout marks its export busy until it
+// returns: later calls on that export fail at once, other exports work.
+func TestGuardStuckExport(t *testing.T) {
+	g := newGuard(50 * time.Millisecond)
+	release := make(chan struct{})
+	err := g.do(context.Background(), "a:/x", "statfs", func() error { <-release; return nil })
+	if !errors.Is(err, ErrTimeout) || !strings.Contains(err.Error(), "a:/x") {
+		t.Fatalf("stuck operation: %v", err)
+	}
+	called := false
+	err = g.do(context.Background(), "a:/x", "statfs", func() error { called = true; return nil })
+	if !errors.Is(err, ErrBusy) || called {
+		t.Fatalf("call on a stuck export: %v (called %v); want ErrBusy without running it", err, called)
+	}
+	if err := g.do(context.Background(), "b:/x", "statfs", func() error { return nil }); err != nil {
+		t.Fatalf("call on another export: %v", err)
+	}
+	close(release)
+	for g.busy("a:/x") != nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := g.do(context.Background(), "a:/x", "statfs", func() error { return nil }); err != nil {
+		t.Fatalf("call once the stuck one returned: %v", err)
+	}
+}
+
+// The mount of a dead server (its export stuck) is removed with a forced,
+// lazy unmount, even with a file held open inside it.
+func TestUnmountDeadMount(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	testutil.CleanupMounts(t, dir)
+	src, target := filepath.Join(dir, "src"), filepath.Join(dir, "target")
+	for _, d := range []string{src, target} {
+		os.Mkdir(d, 0o755)
+	}
+	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(target, "open"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	g := newGuard(50 * time.Millisecond)
+	release := make(chan struct{})
+	defer close(release)
+	g.do(context.Background(), "dead:/x", "read", func() error { <-release; return nil })
+	if err := unmount(context.Background(), g, "dead:/x", target); err != nil {
+		t.Fatalf("unmount of a dead mount: %v", err)
+	}
+	if m, _ := isMounted(target); m {
+		t.Fatal("still mounted")
+	}
+}
+
+// Creating a volume's directory never follows a symlink a tenant put on
+// its path; a template's parents are made as needed.
+func TestMakeDirRefusesSymlinks(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	testutil.CleanupMounts(t, dir)
+	standin := testutil.NewNFSStandIn()
+	export := standin.AddExport(t, "s", "/e", filepath.Join(dir, "export"))
+	b, err := New(Options{MountDir: filepath.Join(dir, "mnt"), Mounter: standin, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	x, err := b.Use(context.Background(), "s", "/e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Release()
+	outside := filepath.Join(dir, "outside")
+	os.Mkdir(outside, 0o755)
+	if err := os.Symlink(outside, filepath.Join(export, "ns")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := x.MakeDir(context.Background(), "ns/claim", nil); err == nil {
+		t.Fatal("MakeDir went through a symlink")
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+		t.Fatalf("created outside the export: %v", ents)
+	}
+	mode := os.FileMode(0o770)
+	adopted, err := x.MakeDir(context.Background(), "a/b/c", &mode)
+	if err != nil || adopted {
+		t.Fatalf("MakeDir(a/b/c) = %v, %v", adopted, err)
+	}
+	if fi, err := os.Stat(filepath.Join(export, "a", "b", "c")); err != nil || fi.Mode().Perm() != 0o770 {
+		t.Fatalf("a/b/c: %v, %v", fi, err)
+	}
+	if adopted, err := x.MakeDir(context.Background(), "a/b/c", nil); err != nil || !adopted {
+		t.Fatalf("MakeDir of an existing directory = %v, %v; want adopted", adopted, err)
+	}
+	if calls := standin.Calls(); len(calls) != 1 || calls[0].Source != "s:/e" || calls[0].FSType != "nfs" {
+		t.Fatalf("export root mounted as %+v", calls)
+	}
+}
