@@ -112,12 +112,18 @@ func (g *guest) startDriver() (string, error) {
 	if err := syscall.Mount("tmpfs", driverFS, "tmpfs", 0, "size=256m"); err != nil {
 		return "", fmt.Errorf("mount tmpfs on %s: %w", driverFS, err)
 	}
-	log, err := os.Create(logFile)
+	return g.runDriver(driverFS)
+}
+
+// runDriver starts the driver with its state and data under dir.
+func (g *guest) runDriver(dir string) (string, error) {
+	log, err := os.OpenFile(logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return "", err
 	}
+	_ = os.Remove(socket)
 	g.cmd = exec.Command(g.plugin, "--endpoint=unix://"+socket, "--nodeid=vm",
-		"--state-dir="+driverFS+"/state", "--data-dir="+driverFS+"/data",
+		"--state-dir="+dir+"/state", "--data-dir="+dir+"/data",
 		"--nfs-timeout="+nfsTimeout.String(), "-v=4")
 	g.cmd.Stdout, g.cmd.Stderr = log, log
 	if err := g.cmd.Start(); err != nil {
@@ -152,6 +158,15 @@ func (g *guest) startDriver() (string, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// moveController kills the driver (-9) and starts another with empty state
+// and data directories: the NFS controller Deployment rescheduled to a node
+// that has nothing of the old one's disk.
+func (g *guest) moveController() (string, error) {
+	_ = g.cmd.Process.Kill()
+	<-g.exited
+	return g.runDriver(driverFS + "/moved")
 }
 
 // stopDriver sends SIGTERM and says how the driver ended.

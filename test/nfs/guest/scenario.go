@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/base32"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -243,6 +245,48 @@ func (g *guest) run() {
 	g.check("unpublish-unstage", func() (string, error) {
 		return "", errors2(g.unpublish(idA, t1), g.unpublish(idA, t2), g.unstage(idA, st1), g.unstage(idA, st2),
 			wantNotMounted(t1, t2, st1, st2))
+	})
+
+	// The controller moves to another node: everything it needs is on the
+	// export. The checks after this one run against the moved controller.
+	g.check("controller-moved-create-idempotent", func() (string, error) {
+		if _, err := g.moveController(); err != nil {
+			return "", err
+		}
+		c, cancel := ctx()
+		defer cancel()
+		listed, err := g.listVolumes(c)
+		if err != nil {
+			return "", fmt.Errorf("ListVolumes on the moved controller: %w", err)
+		}
+		again, err := g.create("pvc-a", nfsParams("/export", "data-a", "team1", "pv-a",
+			"subDir", "${pvc.metadata.namespace}/${pvc.metadata.name}", "onDelete", "delete", "mountPermissions", "0777"), rwx4, nil)
+		if err != nil {
+			return "", err
+		}
+		if again.GetVolumeId() != idA {
+			return "", fmt.Errorf("the moved controller answered the same CreateVolume with %s, the first with %s", again.GetVolumeId(), idA)
+		}
+		return fmt.Sprintf("ListVolumes before any call on the export listed %d volumes", len(listed)), nil
+	})
+	g.check("controller-moved-lists", func() (string, error) {
+		c, cancel := ctx()
+		defer cancel()
+		vols, err := g.listVolumes(c)
+		if err != nil {
+			return "", fmt.Errorf("ListVolumes: %w", err)
+		}
+		if !slices.Contains(vols, idA) {
+			return "", fmt.Errorf("ListVolumes on the moved controller does not list %s: %q", idA, vols)
+		}
+		r, err := g.ctrl.ListSnapshots(c, &csi.ListSnapshotsRequest{SnapshotId: snapID})
+		if err != nil {
+			return "", fmt.Errorf("ListSnapshots %s: %w", snapID, err)
+		}
+		if len(r.GetEntries()) != 1 || r.GetEntries()[0].GetSnapshot().GetSourceVolumeId() != idA {
+			return "", fmt.Errorf("ListSnapshots %s on the moved controller: %v", snapID, r.GetEntries())
+		}
+		return fmt.Sprintf("%d volumes listed", len(vols)), nil
 	})
 
 	// What each onDelete does on the server.
@@ -521,4 +565,21 @@ func processesMounting(source string) []string {
 		}
 	}
 	return found
+}
+
+func (g *guest) listVolumes(c context.Context) ([]string, error) {
+	var ids []string
+	token := ""
+	for {
+		r, err := g.ctrl.ListVolumes(c, &csi.ListVolumesRequest{MaxEntries: 50, StartingToken: token})
+		if err != nil {
+			return ids, err
+		}
+		for _, e := range r.GetEntries() {
+			ids = append(ids, e.GetVolume().GetVolumeId())
+		}
+		if token = r.GetNextToken(); token == "" {
+			return ids, nil
+		}
+	}
 }

@@ -64,6 +64,8 @@ var Checks = []string{
 	"restored-data-through-mount",
 	"v3-stage-publish-write",
 	"unpublish-unstage",
+	"controller-moved-create-idempotent",
+	"controller-moved-lists",
 	"delete-ondelete-delete",
 	"delete-idempotent",
 	"delete-ondelete-retain",
