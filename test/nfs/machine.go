@@ -37,9 +37,11 @@ var modules = []string{"nfsd", "nfs", "nfsv3", "nfsv4", "crc32c_generic", "nf_ta
 
 // Exports, as the guest's /etc/exports has them. /export-squash squashes
 // root, as most NFS servers do by default; /export does not, so the driver
-// (root) can keep owners when it copies.
+// (root) can keep owners when it copies. The guest replaces the filesystem
+// under /export-stale to make the handles its clients hold stale.
 const exports = `/export 127.0.0.0/8(rw,sync,no_subtree_check,no_root_squash,insecure,fsid=1)
 /export-squash 127.0.0.0/8(rw,sync,no_subtree_check,root_squash,insecure,fsid=2)
+/export-stale 127.0.0.0/8(rw,sync,no_subtree_check,no_root_squash,insecure,fsid=3)
 `
 
 // serverScript starts a kernel NFS server on the guest's loopback, serving
@@ -50,9 +52,10 @@ const exports = `/export 127.0.0.0/8(rw,sync,no_subtree_check,no_root_squash,ins
 const serverScript = `#!/bin/sh
 set -e
 ip link set lo up
-mkdir -p /var/lib/nfs/rpc_pipefs /var/lib/nfs/nfsdcld /var/lib/nfs/sm /var/lib/nfs/sm.bak /run/rpcbind /export /export-squash
+mkdir -p /var/lib/nfs/rpc_pipefs /var/lib/nfs/nfsdcld /var/lib/nfs/sm /var/lib/nfs/sm.bak /run/rpcbind /export /export-squash /export-stale
 mount -t tmpfs -o mode=0755 export /export
 mount -t tmpfs -o mode=0777 export-squash /export-squash
+mount -t tmpfs -o mode=0755 export-stale /export-stale
 mount -t nfsd nfsd /proc/fs/nfsd
 mount -t rpc_pipefs rpc_pipefs /var/lib/nfs/rpc_pipefs
 rpcbind -w

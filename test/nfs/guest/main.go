@@ -254,7 +254,12 @@ func targetPath(pod, name string) string {
 
 func (g *guest) stage(id, staging string, vc *csi.VolumeCapability) error {
 	if err := os.MkdirAll(staging, 0o755); err != nil {
-		return err
+		// The kubelet goes on over a corrupted mount (ESTALE, ENOTCONN,
+		// EIO: mount.IsCorruptedMnt) at the staging path, for the
+		// driver to repair.
+		if _, mounted := mountAt(staging); !mounted {
+			return err
+		}
 	}
 	c, cancel := ctx()
 	defer cancel()

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/base32"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -355,6 +356,7 @@ func (g *guest) run() {
 	})
 
 	g.rootSquash()
+	g.staleHandles()
 	for _, o := range outages {
 		g.serverOutage(o)
 	}
@@ -582,4 +584,72 @@ func (g *guest) listVolumes(c context.Context) ([]string, error) {
 			return ids, nil
 		}
 	}
+}
+
+// staleHandles replaces the filesystem under a published volume's export
+// on the server (as when a server's disk is restored or re-created): the
+// file handles the client holds go stale. Staging the volume again, as
+// the kubelet does for the next pod, must give a working mount; the stale
+// mounts must still unpublish and unstage; the controller must work on
+// the export again.
+func (g *guest) staleHandles() {
+	const name, pv, share = "pvc-stale", "pv-stale", "/export-stale"
+	var id string
+	st, t1, t2 := stagingPath(name), targetPath("pod-stale1", name), targetPath("pod-stale2", name)
+	var sum string
+	g.check("stale-handle-made-stale", func() (string, error) {
+		v, err := g.create(name, nfsParams(share, name, "team1", pv), rwx4, nil)
+		if err != nil {
+			return "", err
+		}
+		id = v.GetVolumeId()
+		if err := g.stage(id, st, rwx4); err != nil {
+			return "", err
+		}
+		if err := g.publish(id, st, t1, rwx4, false); err != nil {
+			return "", err
+		}
+		if _, err := writeRandom(t1+"/data", 4096); err != nil {
+			return "", err
+		}
+		// The server's side: a new filesystem with the same tree.
+		err = errors2(run("exportfs", "-u", "127.0.0.0/8:"+share), run("umount", share),
+			run("mount", "-t", "tmpfs", "-o", "mode=0755", "export-stale", share), os.Mkdir(share+"/"+pv, 0o755))
+		if err != nil {
+			return "", err
+		}
+		if sum, err = writeRandom(share+"/"+pv+"/data", 4096); err != nil {
+			return "", err
+		}
+		if err := run("exportfs", "-ra"); err != nil {
+			return "", err
+		}
+		_, err = os.ReadFile(t1 + "/data")
+		if !errors.Is(err, syscall.ESTALE) {
+			return "", fmt.Errorf("reading through the old mount after the server's filesystem was replaced: %v, want ESTALE (the scenario did not happen)", err)
+		}
+		return err.Error(), nil
+	})
+	g.check("stale-handle-restage-remounts", func() (string, error) {
+		if err := g.stage(id, st, rwx4); err != nil {
+			return "", fmt.Errorf("staging again over a stale mount: %w", err)
+		}
+		if err := g.publish(id, st, t2, rwx4, false); err != nil {
+			return "", fmt.Errorf("publishing for a new pod after staging again: %w", err)
+		}
+		return "", wantSum(t2+"/data", sum, "the new pod's mount")
+	})
+	g.check("stale-handle-unpublish-unstage", func() (string, error) {
+		return "", errors2(g.unpublish(id, t1), g.unpublish(id, t2), g.unstage(id, st), wantNotMounted(t1, t2, st))
+	})
+	g.check("stale-handle-controller-works", func() (string, error) {
+		v, err := g.create("pvc-stale-after", nfsParams(share, "after", "team1", "pv-stale-after"), rwx4, nil)
+		if err != nil {
+			return "", fmt.Errorf("CreateVolume on the export whose filesystem was replaced: %w", err)
+		}
+		if _, err := os.Stat(share + "/pv-stale-after"); err != nil {
+			return "", fmt.Errorf("on the server: %w", err)
+		}
+		return "", g.delete(v.GetVolumeId())
+	})
 }

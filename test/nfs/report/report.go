@@ -73,6 +73,10 @@ var Checks = []string{
 	"delete-snapshot",
 	"root-squash-mountpermissions-0777",
 	"root-squash-default-mode-denies-nonroot",
+	"stale-handle-made-stale",
+	"stale-handle-restage-remounts",
+	"stale-handle-unpublish-unstage",
+	"stale-handle-controller-works",
 }
 
 // Outages are the guest's ways of taking the NFS server away.
