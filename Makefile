@@ -12,7 +12,7 @@ RUN_FLAGS ?= --endpoint=unix://$(CURDIR)/$(OUT)/csi.sock --state-dir=$(CURDIR)/$
 
 # Fuzz targets as package:Target; `make test` runs each for FUZZTIME_SHORT,
 # `make fuzz` for FUZZTIME.
-FUZZ_TARGETS := ids:FuzzValidateVolumeID driver:FuzzParseParameters \
+FUZZ_TARGETS := ids:FuzzValidateVolumeID ids:FuzzParseNFSVolumeID driver:FuzzParseParameters driver:FuzzExpandSubDir \
 	driver:FuzzCapacityRange driver:FuzzRequirePath driver:FuzzPageToken
 FUZZTIME_SHORT ?= 3s
 FUZZTIME ?= 2m

@@ -128,6 +128,8 @@ type Driver struct {
 	vols  *hostpath.Backend
 	// nfs serves the volumes of NFS classes (IDs nfs1-, nfss1-).
 	nfs *nfs.Backend
+	// nfsSweep reconciles each export's unfinished operations once.
+	nfsSweep nfsSweeps
 	// locks holds one readers-writer lock per key; different volumes never
 	// share a key:
 	//   vol/<id>       shared by whatever needs the volume to stay (mounts,
@@ -200,6 +202,7 @@ func New(cfg Config) (*Driver, error) {
 func (d *Driver) Close() error {
 	d.pending.close()
 	d.jobs.close()
+	d.nfsSweep.wg.Wait()
 	d.vols.WaitIdle()
 	d.nfs.WaitIdle()
 	d.nfs.Close()

@@ -51,6 +51,11 @@ func (d *Driver) CreateVolumeGroupSnapshot(ctx context.Context, req *csi.CreateV
 	if err := checkSnapshotParameters(req.GetParameters()); err != nil {
 		return nil, err
 	}
+	for _, id := range sorted {
+		if ids.IsNFSVolumeID(id) {
+			return nil, status.Errorf(codes.InvalidArgument, "volume %.64s is an NFS volume; group snapshots are of hostpath volumes only (take one VolumeSnapshot per NFS volume)", id)
+		}
+	}
 	j, resp, err := d.createGroup(ctx, req, sorted)
 	if j == nil {
 		return resp, err

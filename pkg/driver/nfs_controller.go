@@ -120,6 +120,11 @@ func (d *Driver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p 
 		if size, err = sizeFor(req.GetCapacityRange(), size, src.capacity); err != nil {
 			return nil, nil, err
 		}
+		if exists, err := x.DirExists(ctx, subDir); err != nil {
+			return nil, nil, nfsError("look up the new volume's subdirectory", err)
+		} else if exists {
+			return nil, nil, status.Errorf(codes.FailedPrecondition, "subDir %q already exists on %s (data retained or archived from an earlier volume?); a restore or a clone is made into a new subdirectory: move it away or use another subDir", subDir, x.Name())
+		}
 		rec, uuid, err := d.nfsRecordNew(ctx, x, req, p, subDir, size, src)
 		if err != nil {
 			return nil, nil, err
@@ -187,7 +192,11 @@ func (d *Driver) nfsExistingVolume(ctx context.Context, x *nfs.Export, rec *nfs.
 	req0, lim := req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes()
 	switch {
 	case rec.CapacityBytes < req0 || (lim > 0 && rec.CapacityBytes > lim):
-		return true, nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with %d bytes; this request asks for %d to %d bytes", rec.Name, rec.CapacityBytes, req0, lim)
+		asked := fmt.Sprintf("at least %d bytes", req0)
+		if lim > 0 {
+			asked = fmt.Sprintf("%d to %d bytes", req0, lim)
+		}
+		return true, nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with %d bytes; this request asks for %s", rec.Name, rec.CapacityBytes, asked)
 	case !maps.Equal(rec.Parameters, req.GetParameters()):
 		return true, nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with other parameters", rec.Name)
 	case rec.SourceSnapshotID != req.GetVolumeContentSource().GetSnapshot().GetSnapshotId() ||
@@ -253,8 +262,11 @@ func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.Creat
 	if err := x.PutVolume(ctx, rec, v.UUID); err != nil {
 		return nil, "", nfsError("record the new volume", err)
 	}
-	if err := x.PutSubDirOwner(ctx, subDir, id); err != nil {
-		return nil, "", nfsError("record the volume's subdirectory", err)
+	if src != nil {
+		// An empty volume's claim is written by nfsMakeEmpty.
+		if err := x.PutSubDirOwner(ctx, subDir, id); err != nil {
+			return nil, "", nfsError("record the volume's subdirectory", err)
+		}
 	}
 	return rec, v.UUID, nil
 }
@@ -262,6 +274,11 @@ func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.Creat
 // nfsMakeEmpty creates (or adopts) the subdirectory and records the volume
 // as ready.
 func (d *Driver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, uuid string, p nfsParams) error {
+	// Again when finishing a create a kill cut short before its claim on
+	// the subdirectory was written.
+	if err := x.PutSubDirOwner(ctx, rec.SubDir, rec.ID); err != nil {
+		return nfsError("record the volume's subdirectory", err)
+	}
 	adopted, err := x.MakeDir(ctx, rec.SubDir, p.mode)
 	if err != nil {
 		return nfsError("create the volume's subdirectory", err)

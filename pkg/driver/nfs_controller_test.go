@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -195,5 +196,53 @@ func TestNFSParameters(t *testing.T) {
 	wantCode(t, err, codes.InvalidArgument)
 	if calls := e.standin.Calls(); len(calls) != 0 {
 		t.Fatalf("invalid requests mounted the export: %v", calls)
+	}
+}
+
+func TestNFSControllerQueries(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	vol := e.createNFS(t, "pv-q", nfsParamsFor())
+	id := vol.GetVolumeId()
+
+	vr, err := e.d.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: id, VolumeCapabilities: []*csi.VolumeCapability{rwx}})
+	if err != nil || vr.GetConfirmed() == nil {
+		t.Fatalf("ValidateVolumeCapabilities(RWX): %v, %v", vr, err)
+	}
+	vr, err = e.d.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: id, VolumeCapabilities: []*csi.VolumeCapability{blockCap}})
+	if err != nil || vr.GetConfirmed() != nil || vr.GetMessage() == "" {
+		t.Fatalf("ValidateVolumeCapabilities(block): %v, %v; want unconfirmed with a message", vr, err)
+	}
+
+	// Capacity: the export's free space (the volumes share it).
+	cr, err := e.d.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", "csi.storage.k8s.io/fstype", "nfs")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(e.export, &st); err != nil {
+		t.Fatal(err)
+	}
+	if cr.GetAvailableCapacity() <= 0 || cr.GetAvailableCapacity() > int64(st.Blocks)*st.Bsize {
+		t.Fatalf("GetCapacity = %d; the export holds %d bytes", cr.GetAvailableCapacity(), int64(st.Blocks)*st.Bsize)
+	}
+	_, err = e.d.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: nfsParamsFor("color", "blue")})
+	wantCode(t, err, codes.InvalidArgument)
+
+	h, err := e.d.ControllerGetVolumeHealth(ctx, &csi.ControllerGetVolumeHealthRequest{VolumeId: id})
+	if err != nil || len(h.GetVolumeHealth().GetHealthStatuses()) != 0 {
+		t.Fatalf("health of a fine volume: %v, %v", h, err)
+	}
+	os.Remove(e.subDirOf(t, id))
+	h, err = e.d.ControllerGetVolumeHealth(ctx, &csi.ControllerGetVolumeHealthRequest{VolumeId: id})
+	if err != nil || len(h.GetVolumeHealth().GetHealthStatuses()) != 1 || h.GetVolumeHealth().GetHealthStatuses()[0].GetStatus() != csi.VolumeHealthErrorType_DATA_LOSS {
+		t.Fatalf("health of a volume whose subdirectory is gone: %v, %v", h, err)
+	}
+	_, err = e.d.CreateVolumeGroupSnapshot(ctx, &csi.CreateVolumeGroupSnapshotRequest{Name: "g", SourceVolumeIds: []string{id}})
+	wantCode(t, err, codes.InvalidArgument)
+	// Unknown IDs: NotFound, never a path.
+	other, _, _ := ids.NewNFSVolumeID(testServer, testShare, "nope")
+	for _, bad := range []string{other, "nfs1-zz"} {
+		_, err = e.d.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: bad})
+		wantCode(t, err, codes.NotFound)
 	}
 }

@@ -49,6 +49,15 @@ func TestNFSDeadServer(t *testing.T) {
 	if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "dead.example") {
 		t.Fatalf("create on a dead server: %v; want DeadlineExceeded naming dead.example", err)
 	}
+	// Not tried again at once: the next call fails without a mount.
+	mounts := len(e.standin.Calls())
+	_, err = e.d.CreateVolume(ctx, nfsReq("on-dead-2", map[string]string{ParamServer: "dead.example", ParamShare: "/export"}))
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "dead.example") {
+		t.Fatalf("second create on a dead server: %v; want Unavailable naming dead.example", err)
+	}
+	if n := len(e.standin.Calls()); n != mounts {
+		t.Fatalf("the second create on a dead server mounted again: %+v", e.standin.Calls()[mounts:])
+	}
 
 	// A file operation that never returns (a hard mount of a server that
 	// went away after the mount).

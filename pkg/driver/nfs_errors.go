@@ -38,6 +38,7 @@ func (d *Driver) useExport(ctx context.Context, server, share string) (*nfs.Expo
 	if err != nil {
 		return nil, nfsError("mount NFS export "+server+":"+share, err)
 	}
+	d.sweepOnce(x)
 	return x, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"slices"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
@@ -105,6 +106,14 @@ func (d *Driver) nfsPrepareMountPoint(ctx context.Context, v ids.NFSVolume, pub 
 			return false, status.Errorf(codes.FailedPrecondition, "%s is mounted, but not by this driver for volume %s; not touching it", pub.Path, pub.VolumeID)
 		}
 		return false, nil
+	}
+	if rec.Phase == state.PhaseMounted && mounted && pub.Kind == state.KindStage {
+		// A server that restarted may have left the mount with a stale
+		// handle: pods would get ESTALE until it is mounted again.
+		if _, err := d.nfs.NodeStats(ctx, v.Export(), pub.Path); errors.Is(err, unix.ESTALE) {
+			klog.InfoS("NFS mount has a stale file handle; mounting it again", "volumeID", pub.VolumeID, "path", pub.Path)
+			mounted = false
+		}
 	}
 	if rec.Phase == state.PhaseMounted && mounted {
 		if !same(rec) {

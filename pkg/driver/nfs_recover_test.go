@@ -155,3 +155,64 @@ func TestNFSInterruptedCopiesRollBack(t *testing.T) {
 		t.Fatalf("partial copies left: %v", partial)
 	}
 }
+
+// Operations a killed controller left unfinished, and that no retry of
+// their names ever came for, are reconciled by the next controller to use
+// the export once they are old enough: an empty create rolled back (its
+// empty directory removed), a snapshot rolled back, a delete finished.
+func TestNFSSweepOfAbandonedOperations(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	keep := e.createNFS(t, "pv-keep", nfsParamsFor())
+	doomed := e.createNFS(t, "pv-doomed", nfsParamsFor())
+	writeFile(t, filepath.Join(e.subDirOf(t, doomed.GetVolumeId()), "f"), "x")
+	e.d.Close()
+	// The first controller fails at exact steps, as a kill there would
+	// leave things: after each intent was recorded, before its rollback.
+	e.opts.BeforeFileOp = func(export, op string) error {
+		if op == "create pv-abandoned" || strings.HasPrefix(op, "remove snapshot ") || op == "remove pv-doomed" {
+			return errors.New("injected: killed here")
+		}
+		return nil
+	}
+	e.startNFS(t)
+	e.d.beforeCopy = func(ctx context.Context, id string) error { return errors.New("injected: killed in the copy") }
+	if _, err := e.d.CreateVolume(ctx, nfsReq("pv-abandoned", nfsParamsFor())); err == nil {
+		t.Fatal("injected create failure did not fail")
+	}
+	if _, err := e.d.CreateSnapshot(ctx, nfsSnapReq("snap-abandoned", keep.GetVolumeId())); err == nil {
+		t.Fatal("injected snapshot failure did not fail")
+	}
+	if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: doomed.GetVolumeId()}); err == nil {
+		t.Fatal("injected delete failure did not fail")
+	}
+	os.Mkdir(filepath.Join(e.export, "pv-abandoned"), 0o755) // as if the mkdir had been made
+	e.d.Close()
+	e.opts.BeforeFileOp = nil
+
+	d2 := e.another(t)
+	e.d = d2
+	d2.nfsSweep.age = time.Nanosecond // everything left is old enough
+	if _, err := d2.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: nfsParamsFor()}); err != nil {
+		t.Fatal(err)
+	}
+	d2.nfsSweep.wg.Wait()
+	d2.nfs.WaitIdle()
+
+	recs, _ := filepath.Glob(filepath.Join(e.export, ".hostpath-csi", "volumes", "*.json"))
+	if len(recs) != 1 {
+		t.Fatalf("%d volume records after the sweep, want pv-keep's only", len(recs))
+	}
+	if _, err := d2.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: keep.GetVolumeId()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, gone := range []string{"pv-abandoned", "pv-doomed"} {
+		if _, err := os.Stat(filepath.Join(e.export, gone)); !os.IsNotExist(err) {
+			t.Errorf("%s still on the export after the sweep: %v", gone, err)
+		}
+	}
+	for _, d := range []string{"snapshot-records", "snapshots", "partial"} {
+		if ents, _ := os.ReadDir(filepath.Join(e.export, ".hostpath-csi", d)); len(ents) != 0 {
+			t.Errorf(".hostpath-csi/%s holds %d entries after the sweep", d, len(ents))
+		}
+	}
+}

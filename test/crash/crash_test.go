@@ -104,13 +104,13 @@ type model struct {
 }
 
 type harness struct {
-	t       *testing.T
-	bin     string
+	t   *testing.T
+	bin string
 	// env is added to the driver's environment (the NFS test puts its
 	// mount(8) stand-in first on PATH).
 	env []string
 	// args are added to the driver's command line.
-	args []string
+	args    []string
 	dir     string
 	socket  string
 	cmd     *exec.Cmd

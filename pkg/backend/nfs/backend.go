@@ -59,10 +59,8 @@ type Backend struct {
 	// known are the exports this process has worked on, for listings.
 	known map[string]ids.NFSSnapshot
 
-	// Background removal of trash/ (one at a time per process).
-	wg         sync.WaitGroup
-	purging    atomic.Bool
-	purgeAgain atomic.Bool
+	// wg counts the background removals of trash/.
+	wg sync.WaitGroup
 }
 
 // New returns a backend; nothing is mounted until a call needs an export.
@@ -95,6 +93,9 @@ type export struct {
 	// every later call behind it for the whole timeout).
 	sem  chan struct{}
 	refs int
+	// One background removal of trash/ at a time per export; a delete
+	// meanwhile asks it to look again.
+	purging, purgeAgain atomic.Bool
 }
 
 // Export is a mounted export root handed to a caller; Release gives it back.
@@ -181,10 +182,12 @@ func (b *Backend) mountRoot(ctx context.Context, e *export) error {
 	err := b.opts.Mounter.Mount(mctx, e.key, e.mnt, DefaultFSType, nil)
 	if err != nil {
 		if errors.Is(mctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+			b.guard.markDown(e.key, "mount of "+e.key)
 			err = fmt.Errorf("%w: mount of %s did not finish within %s (the mount process was killed): %v", ErrTimeout, e.key, b.opts.Timeout, err)
 		}
 		return err
 	}
+	b.guard.markUp(e.key)
 	klog.V(2).InfoS("Mounted NFS export", "export", e.key, "at", e.mnt)
 	return nil
 }

@@ -213,7 +213,11 @@ func (b *Backend) MountVolume(ctx context.Context, export, source, target, fstyp
 	defer cancel()
 	err := b.opts.Mounter.Mount(mctx, source, target, fstype, options)
 	if err != nil && errors.Is(mctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+		b.guard.markDown(export, "mount of "+source)
 		return fmt.Errorf("%w: mount of %s did not finish within %s (the mount process was killed): %v", ErrTimeout, source, b.opts.Timeout, err)
+	}
+	if err == nil {
+		b.guard.markUp(export)
 	}
 	return err
 }

@@ -126,6 +126,26 @@ func (x *Export) DirExists(ctx context.Context, subDir string) (bool, error) {
 	return ok, err
 }
 
+// RemoveDirIfEmpty removes subDir if it is an empty directory; one that
+// holds anything, or is not there, is left alone.
+func (x *Export) RemoveDirIfEmpty(ctx context.Context, subDir string) error {
+	return x.do(ctx, "remove empty "+subDir, func() error {
+		parent, name, err := x.openParent(subDir, false)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		defer parent.Close()
+		err = parent.Unlink(name, unix.AT_REMOVEDIR)
+		if err == nil || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTDIR) {
+			return nil
+		}
+		return err
+	})
+}
+
 // RemoveDir removes subDir: it is moved into trash/ at once (a delete is
 // then done as far as anyone can see) and its tree removed after, in the
 // background, through descriptors. What a crash leaves in trash/ is removed
@@ -212,13 +232,14 @@ func (x *Export) ArchiveDir(ctx context.Context, subDir string, now time.Time) (
 // purgeTrash removes what is in the export's trash/, in the background,
 // holding the export mounted meanwhile.
 func (b *Backend) purgeTrash(x *Export) {
-	if !b.purging.CompareAndSwap(false, true) {
-		b.purgeAgain.Store(true)
+	e := x.e
+	if !e.purging.CompareAndSwap(false, true) {
+		e.purgeAgain.Store(true)
 		return
 	}
 	held, err := b.Use(context.Background(), x.Server(), x.Share())
 	if err != nil {
-		b.purging.Store(false)
+		e.purging.Store(false)
 		return
 	}
 	b.wg.Add(1)
@@ -226,7 +247,7 @@ func (b *Backend) purgeTrash(x *Export) {
 		defer b.wg.Done()
 		defer held.Release()
 		for {
-			b.purgeAgain.Store(false)
+			e.purgeAgain.Store(false)
 			ents, err := os.ReadDir(held.hidden(dirTrash))
 			if err == nil {
 				for _, e := range ents {
@@ -236,13 +257,23 @@ func (b *Backend) purgeTrash(x *Export) {
 					}
 				}
 			}
-			b.purging.Store(false)
-			if !b.purgeAgain.Load() || !b.purging.CompareAndSwap(false, true) {
+			e.purging.Store(false)
+			if !e.purgeAgain.Load() || !e.purging.CompareAndSwap(false, true) {
 				return
 			}
 		}
 	}()
 }
 
-// WaitIdle waits for background removals.
-func (b *Backend) WaitIdle() { b.wg.Wait() }
+// WaitIdle waits for background removals, at most the timeout: a removal
+// stuck on a dead server must not hold up a shutdown forever (its data
+// stays in trash/, which the next delete on the export removes).
+func (b *Backend) WaitIdle() {
+	done := make(chan struct{})
+	go func() { b.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(b.opts.Timeout):
+		klog.InfoS("Background removal of deleted NFS volumes still runs; not waiting for it any longer", "waited", b.opts.Timeout)
+	}
+}

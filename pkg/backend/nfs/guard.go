@@ -25,6 +25,33 @@ type guard struct {
 	timeout time.Duration
 	mu      sync.Mutex
 	stuck   map[string]*stuckOp // by export ("server:/share")
+	// down holds exports whose mount timed out, until when calls on them
+	// fail at once: a mount is killed at its timeout, so nothing stays
+	// stuck, but every call would otherwise wait the whole timeout again
+	// (and a listing of all exports would wait for each dead one).
+	down map[string]downUntil
+}
+
+type downUntil struct {
+	what  string
+	until time.Time
+}
+
+// downFor is how long an export whose mount timed out is not tried again.
+func (g *guard) downFor() time.Duration { return min(g.timeout, 30*time.Second) }
+
+// markDown marks export down after a mount that timed out.
+func (g *guard) markDown(export, what string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.down[export] = downUntil{what: what, until: time.Now().Add(g.downFor())}
+}
+
+// markUp clears a down mark after a mount that worked.
+func (g *guard) markUp(export string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.down, export)
 }
 
 type stuckOp struct {
@@ -34,7 +61,7 @@ type stuckOp struct {
 }
 
 func newGuard(timeout time.Duration) *guard {
-	return &guard{timeout: timeout, stuck: map[string]*stuckOp{}}
+	return &guard{timeout: timeout, stuck: map[string]*stuckOp{}, down: map[string]downUntil{}}
 }
 
 // do runs fn for export under the timeout. When ctx ends first the caller
@@ -74,6 +101,9 @@ func (g *guard) busy(export string) error {
 	if s, ok := g.stuck[export]; ok {
 		return fmt.Errorf("%w: %s on %s has not returned for %s; not starting another operation on that export until it does",
 			ErrBusy, s.what, export, time.Since(s.since).Round(time.Second))
+	}
+	if d, ok := g.down[export]; ok && time.Now().Before(d.until) {
+		return fmt.Errorf("%w: %s timed out; %s is not tried again for %s", ErrBusy, d.what, export, time.Until(d.until).Round(time.Second))
 	}
 	return nil
 }

@@ -1,0 +1,151 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+)
+
+// The export is the NFS volumes' state, so what a hostpath start-up
+// reconciles from its database an NFS controller reconciles from the
+// export, once per export per process, at the first call that uses it: a
+// create, snapshot or delete whose controller was killed and that no retry
+// of its name ever came for (the claim was deleted meanwhile) is rolled
+// back or finished. Only records older than nfsSweepAge are touched: a
+// younger one may be in the hands of a live controller (the old pod of a
+// moved Deployment) or of a CO retrying it.
+
+// nfsSweepAge is how old an unfinished record must be before a sweep
+// touches it: the time a detached copy's result waits for its caller.
+const nfsSweepAge = 15 * time.Minute
+
+type nfsSweeps struct {
+	done sync.Map // export "server:/share" -> struct{}
+	wg   sync.WaitGroup
+	age  time.Duration // nfsSweepAge; shorter in tests
+}
+
+// sweepOnce starts the sweep of x's export if this process has not swept
+// it yet.
+func (d *Driver) sweepOnce(x *nfs.Export) {
+	if _, seen := d.nfsSweep.done.LoadOrStore(x.Name(), struct{}{}); seen || d.jobs.shuttingDown() {
+		return
+	}
+	server, share := x.Server(), x.Share()
+	d.nfsSweep.wg.Add(1)
+	go func() {
+		defer d.nfsSweep.wg.Done()
+		if err := d.sweepExport(server, share); err != nil {
+			klog.ErrorS(err, "Cannot reconcile the unfinished NFS operations of an export; the next process to use it retries", "export", server+":"+share)
+			d.nfsSweep.done.Delete(server + ":" + share)
+		}
+	}()
+}
+
+func (d *Driver) sweepExport(server, share string) error {
+	ctx := d.jobs.base
+	x, err := d.nfs.Use(ctx, server, share)
+	if err != nil {
+		return err
+	}
+	defer x.Release()
+	age := d.nfsSweep.age
+	if age == 0 {
+		age = nfsSweepAge
+	}
+	vols, err := x.ListVolumes(ctx)
+	if err != nil {
+		return err
+	}
+	for _, rec := range vols {
+		if rec.Phase == nfs.PhaseReady || time.Since(rec.CreatedAt) < age || d.jobs.making(rec.ID) != nil {
+			continue
+		}
+		if err := d.sweepVolume(ctx, x, rec); err != nil {
+			return err
+		}
+	}
+	snaps, err := x.ListSnapshots(ctx)
+	if err != nil {
+		return err
+	}
+	for _, rec := range snaps {
+		if rec.Phase == nfs.PhaseReady || time.Since(rec.CreatedAt) < age || d.jobs.making(rec.ID) != nil {
+			continue
+		}
+		s, err := ids.ParseNFSSnapshotID(rec.ID)
+		if err != nil {
+			continue
+		}
+		unlock, err := d.lock(ctx, "snapname", rec.Name)
+		if err != nil {
+			return err
+		}
+		cur, err := x.GetSnapshot(ctx, s.Hex)
+		if err == nil && cur.Phase != nfs.PhaseReady {
+			err = d.nfsUndoSnapshot(ctx, x, cur, s.Hex)
+			if err == nil {
+				klog.InfoS("Removed an NFS snapshot whose create or delete a crash interrupted", "snapshotID", rec.ID, "name", rec.Name, "phase", cur.Phase)
+			}
+		}
+		unlock()
+		if err != nil && !errors.Is(err, nfs.ErrNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
+// sweepVolume finishes an interrupted delete, or rolls back an interrupted
+// create: its copy, or the empty directory it made.
+func (d *Driver) sweepVolume(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord) error {
+	v, err := ids.ParseNFSVolumeID(rec.ID)
+	if err != nil {
+		return nil
+	}
+	unlockName, err := d.lock(ctx, "name", rec.Name)
+	if err != nil {
+		return err
+	}
+	defer unlockName()
+	unlock, err := d.lock(ctx, "vol", rec.ID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	cur, err := x.GetVolume(ctx, v.UUID)
+	if errors.Is(err, nfs.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	switch cur.Phase {
+	case nfs.PhaseDeleting:
+		if err := d.nfsRemoveVolume(ctx, x, cur, v.UUID, cur.OnDelete); err != nil {
+			return err
+		}
+		klog.InfoS("Finished an NFS volume delete that a crash interrupted", "volumeID", cur.ID, "name", cur.Name)
+	case nfs.PhaseCreating:
+		if cur.SourceSnapshotID == "" && cur.SourceVolumeID == "" {
+			// An empty create: its directory goes if it is still empty
+			// (it may be an older one it was about to adopt).
+			if owner, err := x.SubDirOwner(ctx, cur.SubDir); err == nil && owner == cur.ID {
+				if err := x.RemoveDirIfEmpty(ctx, cur.SubDir); err != nil {
+					return err
+				}
+			}
+		}
+		if err := d.nfsUndoCreate(ctx, x, cur, v.UUID); err != nil {
+			return err
+		}
+		klog.InfoS("Rolled back an NFS volume create that a crash interrupted and nobody retried", "volumeID", cur.ID, "name", cur.Name)
+	}
+	return nil
+}
