@@ -112,13 +112,13 @@ func TestNFSEndToEnd(t *testing.T) {
 func consoleTail(all []string) string {
 	var keep []string
 	for i, l := range all {
-		if strings.HasPrefix(l, "guest:") || strings.HasPrefix(l, "nfs-server:") || strings.HasPrefix(l, "vm:") ||
+		if strings.HasPrefix(l, "guest:") || strings.HasPrefix(l, "nfs-server:") || strings.HasPrefix(l, "vm:") || strings.HasPrefix(l, "plugin:") ||
 			strings.HasPrefix(l, "plugin: E") || strings.HasPrefix(l, "plugin: W") || i >= len(all)-40 {
 			keep = append(keep, l)
 		}
 	}
-	if len(keep) > 200 {
-		keep = append([]string{fmt.Sprintf("(%d lines left out)", len(keep)-200)}, keep[len(keep)-200:]...)
+	if len(keep) > 400 {
+		keep = append([]string{fmt.Sprintf("(%d lines left out)", len(keep)-400)}, keep[len(keep)-400:]...)
 	}
 	return strings.Join(keep, "\n")
 }

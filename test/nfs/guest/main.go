@@ -82,6 +82,8 @@ func (g *guest) check(name string, fn func() (string, error)) bool {
 	if err != nil {
 		l.Msg = err.Error()
 		fmt.Printf("guest: FAIL %s: %v\n", name, err)
+		fmt.Printf("guest: the driver's last log lines:\n")
+		tailLog(25)
 	} else {
 		fmt.Printf("guest: ok %s (%.2f s) %s\n", name, l.Secs, msg)
 	}
