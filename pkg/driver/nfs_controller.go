@@ -82,7 +82,7 @@ func (d *Driver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p 
 	if err := d.jobs.collect(key); err != nil {
 		return nil, nil, err
 	}
-	x, err := d.useExport(ctx, p.server, p.share)
+	x, err := d.useExport(ctx, p.server, p.share, classMountOptions(req.GetVolumeCapabilities())...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -145,6 +145,17 @@ func (d *Driver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p 
 		return nil, nil, err
 	}
 	return nil, &csi.CreateVolumeResponse{Volume: nfsCSIVolume(rec)}, nil
+}
+
+// classMountOptions are a StorageClass's mountOptions, which reach
+// CreateVolume as the mount flags of its capabilities.
+func classMountOptions(caps []*csi.VolumeCapability) []string {
+	for _, c := range caps {
+		if f := c.GetMount().GetMountFlags(); len(f) > 0 {
+			return f
+		}
+	}
+	return nil
 }
 
 // nfsVolumeByName returns the record the export's name index points at, or

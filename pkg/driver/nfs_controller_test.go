@@ -246,3 +246,18 @@ func TestNFSControllerQueries(t *testing.T) {
 		wantCode(t, err, codes.NotFound)
 	}
 }
+
+// The controller mounts the export root with the class's mountOptions (a
+// server that speaks NFSv3 only needs nfsvers=3 there too), never ro.
+func TestNFSControllerMountOptions(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	req := nfsReq("pv-opts", nfsParamsFor())
+	req.VolumeCapabilities = []*csi.VolumeCapability{mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER, "nfsvers=3", "ro")}
+	if _, err := e.d.CreateVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	calls := e.standin.Calls()
+	if len(calls) == 0 || calls[0].Source != "nfs.example:/export" || calls[0].FSType != "nfs" || strings.Join(calls[0].Options, ",") != "nfsvers=3" {
+		t.Fatalf("export root mounted as %+v; want nfs.example:/export, nfs, [nfsvers=3]", calls)
+	}
+}

@@ -214,7 +214,7 @@ func (d *Driver) nfsGetCapacity(ctx context.Context, req *csi.GetCapacityRequest
 			return &csi.GetCapacityResponse{}, nil
 		}
 	}
-	x, err := d.useExport(ctx, p.server, p.share)
+	x, err := d.useExport(ctx, p.server, p.share, classMountOptions(req.GetVolumeCapabilities())...)
 	if err != nil {
 		return nil, err
 	}

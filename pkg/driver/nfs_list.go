@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"slices"
 	"sort"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -14,15 +15,37 @@ import (
 )
 
 // Listings show hostpath volumes first (IDs hpv1-), then NFS volumes (IDs
-// nfs1-) of every export this process has worked on, each part sorted by ID;
+// nfs1-) of every export this process has worked on or this node has NFS
+// mounts of on record, each part sorted by ID;
 // a page token is the first ID of the next page, of either kind. An export
 // that does not answer is left out of the listing (and logged), so a dead
 // server does not fail the listing of every other volume.
 
+// knownExports are the exports this process has used, and those of the NFS
+// mounts this node has on record.
+func (d *Driver) knownExports() []ids.NFSSnapshot {
+	known := d.nfs.Known()
+	pubs, err := d.store.AllPublications()
+	if err != nil {
+		klog.ErrorS(err, "Cannot read the mount records for the NFS exports to list")
+		return known
+	}
+	for _, p := range pubs {
+		if p.Backend != backendNFS {
+			continue
+		}
+		v, err := ids.ParseNFSVolumeID(p.VolumeID)
+		if err == nil && !slices.ContainsFunc(known, func(k ids.NFSSnapshot) bool { return k.Server == v.Server && k.Share == v.Share }) {
+			known = append(known, ids.NFSSnapshot{Server: v.Server, Share: v.Share})
+		}
+	}
+	return known
+}
+
 // nfsVolumeRecords lists the ready NFS volumes with IDs >= from.
 func (d *Driver) nfsVolumeRecords(ctx context.Context, from string) []*nfs.VolumeRecord {
 	var out []*nfs.VolumeRecord
-	for _, e := range d.nfs.Known() {
+	for _, e := range d.knownExports() {
 		x, err := d.nfs.Use(ctx, e.Server, e.Share)
 		if err != nil {
 			klog.ErrorS(err, "Leaving an NFS export out of the volume listing", "export", e.Export())
@@ -47,7 +70,7 @@ func (d *Driver) nfsVolumeRecords(ctx context.Context, from string) []*nfs.Volum
 // keep accepts.
 func (d *Driver) nfsSnapshotRecords(ctx context.Context, from string, keep func(*nfs.SnapshotRecord) bool) []*nfs.SnapshotRecord {
 	var out []*nfs.SnapshotRecord
-	for _, e := range d.nfs.Known() {
+	for _, e := range d.knownExports() {
 		x, err := d.nfs.Use(ctx, e.Server, e.Share)
 		if err != nil {
 			klog.ErrorS(err, "Leaving an NFS export out of the snapshot listing", "export", e.Export())

@@ -95,6 +95,12 @@ func TestNFSNodeStagePublish(t *testing.T) {
 	if probs := e.d.pending.list(); len(probs) != 0 {
 		t.Fatalf("restart left problems: %v", probs[0].err)
 	}
+	// The restarted process has used no export yet: its mount records
+	// name the export to list.
+	lv, err := e.d.ListVolumes(ctx, &csi.ListVolumesRequest{})
+	if err != nil || len(lv.GetEntries()) != 1 || lv.GetEntries()[0].GetVolume().GetVolumeId() != id {
+		t.Fatalf("ListVolumes after a restart: %v, %v", lv, err)
+	}
 	_, err = e.d.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
 	wantCode(t, err, codes.FailedPrecondition) // still published
 

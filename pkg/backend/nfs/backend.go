@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -93,6 +94,10 @@ type export struct {
 	// every later call behind it for the whole timeout).
 	sem  chan struct{}
 	refs int
+	// options are the mount options of the latest call that had some (a
+	// class's mountOptions, nfsvers=3 for a server without NFSv4...), for
+	// the next mount of the root; calls that know none reuse them.
+	options []string
 	// One background removal of trash/ at a time per export; a delete
 	// meanwhile asks it to look again.
 	purging, purgeAgain atomic.Bool
@@ -117,8 +122,10 @@ func (x *Export) Name() string { return x.e.key }
 func exportKey(server, share string) string { return server + ":" + share }
 
 // Use mounts server:share (or shares the mount already there) and returns
-// it; the caller must Release it. The mount runs under the timeout.
-func (b *Backend) Use(ctx context.Context, server, share string) (*Export, error) {
+// it; the caller must Release it. The mount runs under the timeout, with
+// the options given (a StorageClass's mountOptions) or, without, those of
+// the last call that gave some; "ro" is left out: the controller writes.
+func (b *Backend) Use(ctx context.Context, server, share string, options ...string) (*Export, error) {
 	if err := ids.ValidateNFSServer(server); err != nil {
 		return nil, err
 	}
@@ -141,6 +148,9 @@ func (b *Backend) Use(ctx context.Context, server, share string) (*Export, error
 		return nil, fmt.Errorf("%w: waiting for another mount of %s: %v", ErrBusy, key, ctx.Err())
 	}
 	defer func() { <-e.sem }()
+	if len(options) > 0 {
+		e.options = slices.DeleteFunc(slices.Clone(options), func(o string) bool { return o == "ro" })
+	}
 	first := e.refs == 0
 	if first {
 		if err := b.mountRoot(ctx, e); err != nil {
@@ -179,7 +189,7 @@ func (b *Backend) mountRoot(ctx context.Context, e *export) error {
 	}
 	mctx, cancel := context.WithTimeout(ctx, b.opts.Timeout)
 	defer cancel()
-	err := b.opts.Mounter.Mount(mctx, e.key, e.mnt, DefaultFSType, nil)
+	err := b.opts.Mounter.Mount(mctx, e.key, e.mnt, DefaultFSType, e.options)
 	if err != nil {
 		if errors.Is(mctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
 			b.guard.markDown(e.key, "mount of "+e.key)
