@@ -9,6 +9,7 @@
 package nfs
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -99,7 +100,7 @@ func requireImage(t *testing.T) *guestImage {
 	k := vm.Require(t)
 	u, err := vm.FetchUserland(vm.CacheDir(), packages)
 	if err != nil {
-		if strings.Contains(err.Error(), vm.ErrUnavailable.Error()) {
+		if errors.Is(err, vm.ErrUnavailable) {
 			t.Skipf("skipping: the guest's NFS programs: %v", err)
 		}
 		t.Fatal(err)
