@@ -16,7 +16,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -417,4 +416,3 @@ func run(name string, args ...string) error {
 	return nil
 }
 
-func errors2(errs ...error) error { return errors.Join(errs...) }

@@ -157,7 +157,7 @@ func (g *guest) run() {
 		if !strings.Contains(werr.Error(), "read-only") {
 			return "", fmt.Errorf("writing through a read-only publish: %v, want a read-only file system error", werr)
 		}
-		return werr.Error(), errors2(rerr, uerr)
+		return werr.Error(), errors.Join(rerr, uerr)
 	})
 
 	// Snapshot, change the data, restore and clone.
@@ -208,7 +208,7 @@ func (g *guest) run() {
 			return "", err
 		}
 		err = wantSum("/export/pv-clone/data", sum2, "the clone on the server")
-		return "", errors2(err, g.delete(v.GetVolumeId()))
+		return "", errors.Join(err, g.delete(v.GetVolumeId()))
 	})
 	g.check("restored-data-through-mount", func() (string, error) {
 		st, t := stagingPath("restore"), targetPath("pod4", "restore")
@@ -219,7 +219,7 @@ func (g *guest) run() {
 			return "", err
 		}
 		err := wantSum(t+"/data", sum1, "the restored volume through its mount")
-		return "", errors2(err, g.unpublish(idRestore, t), g.unstage(idRestore, st), g.delete(idRestore))
+		return "", errors.Join(err, g.unpublish(idRestore, t), g.unstage(idRestore, st), g.delete(idRestore))
 	})
 
 	// NFSv3, from a StorageClass's mountOptions.
@@ -241,10 +241,10 @@ func (g *guest) run() {
 			err = wantSum("/export/pv-v3/data", sum, "written over NFSv3, on the server")
 		}
 		m, _ := mountAt(t)
-		return m.opts, errors2(err, werr, g.unpublish(id, t), g.unstage(id, st), wantNotMounted(t, st), g.delete(id))
+		return m.opts, errors.Join(err, werr, g.unpublish(id, t), g.unstage(id, st), wantNotMounted(t, st), g.delete(id))
 	})
 	g.check("unpublish-unstage", func() (string, error) {
-		return "", errors2(g.unpublish(idA, t1), g.unpublish(idA, t2), g.unstage(idA, st1), g.unstage(idA, st2),
+		return "", errors.Join(g.unpublish(idA, t1), g.unpublish(idA, t2), g.unstage(idA, st1), g.unstage(idA, st2),
 			wantNotMounted(t1, t2, st1, st2))
 	})
 
@@ -379,7 +379,7 @@ func (g *guest) rootSquash() {
 			return "", nil, err
 		}
 		if err := g.publish(id, st, t, rwx4, false); err != nil {
-			return "", nil, errors2(err, g.unstage(id, st))
+			return "", nil, errors.Join(err, g.unstage(id, st))
 		}
 		werr = asTenant(`echo tenant > "$1/by-uid-1000"`, t)
 		fi, serr := os.Stat("/export-squash/" + pv)
@@ -393,7 +393,7 @@ func (g *guest) rootSquash() {
 				serr = fmt.Errorf("the file uid 1000 wrote is owned by uid %d on the server", uid)
 			}
 		}
-		return msg, werr, errors2(serr, g.unpublish(id, t), g.unstage(id, st), g.delete(id))
+		return msg, werr, errors.Join(serr, g.unpublish(id, t), g.unstage(id, st), g.delete(id))
 	}
 	g.check("root-squash-mountpermissions-0777", func() (string, error) {
 		msg, werr, err := try("sq-open", "pv-sq-open", "mountPermissions", "0777")
@@ -434,7 +434,7 @@ type outage struct {
 var outages = []outage{
 	{name: "hung",
 		stop: func() error {
-			return errors2(run("nft", "add", "table", "ip", "outage"),
+			return errors.Join(run("nft", "add", "table", "ip", "outage"),
 				run("nft", "add", "chain", "ip", "outage", "out", "{ type filter hook output priority 0; }"),
 				run("nft", "add", "rule", "ip", "outage", "out", "tcp", "dport", "2049", "drop"),
 				run("nft", "add", "rule", "ip", "outage", "out", "tcp", "sport", "2049", "drop"))
@@ -442,8 +442,8 @@ var outages = []outage{
 		start: func() error { return run("nft", "delete", "table", "ip", "outage") },
 	},
 	{name: "stopped",
-		stop:  func() error { return errors2(run("exportfs", "-ua"), run("rpc.nfsd", "0")) },
-		start: func() error { return errors2(run("exportfs", "-ra"), run("rpc.nfsd", "4")) },
+		stop:  func() error { return errors.Join(run("exportfs", "-ua"), run("rpc.nfsd", "0")) },
+		start: func() error { return errors.Join(run("exportfs", "-ra"), run("rpc.nfsd", "4")) },
 	},
 }
 
@@ -530,7 +530,7 @@ func (g *guest) serverOutage(o outage) {
 		return "", nil
 	})
 	g.check(checks[4], func() (string, error) {
-		return "", errors2(g.unpublish(id, t), g.unstage(id, st), wantNotMounted(t, st))
+		return "", errors.Join(g.unpublish(id, t), g.unstage(id, st), wantNotMounted(t, st))
 	})
 	g.check(checks[5], func() (string, error) {
 		if err := o.start(); err != nil {
@@ -613,7 +613,7 @@ func (g *guest) staleHandles() {
 			return "", err
 		}
 		// The server's side: a new filesystem with the same tree.
-		err = errors2(run("exportfs", "-u", "127.0.0.0/8:"+share), run("umount", share),
+		err = errors.Join(run("exportfs", "-u", "127.0.0.0/8:"+share), run("umount", share),
 			run("mount", "-t", "tmpfs", "-o", "mode=0755", "export-stale", share), os.Mkdir(share+"/"+pv, 0o755))
 		if err != nil {
 			return "", err
@@ -640,7 +640,7 @@ func (g *guest) staleHandles() {
 		return "", wantSum(t2+"/data", sum, "the new pod's mount")
 	})
 	g.check("stale-handle-unpublish-unstage", func() (string, error) {
-		return "", errors2(g.unpublish(id, t1), g.unpublish(id, t2), g.unstage(id, st), wantNotMounted(t1, t2, st))
+		return "", errors.Join(g.unpublish(id, t1), g.unpublish(id, t2), g.unstage(id, st), wantNotMounted(t1, t2, st))
 	})
 	g.check("stale-handle-controller-works", func() (string, error) {
 		v, err := g.create("pvc-stale-after", nfsParams(share, "after", "team1", "pv-stale-after"), rwx4, nil)
