@@ -415,4 +415,3 @@ func run(name string, args ...string) error {
 	}
 	return nil
 }
-
