@@ -442,3 +442,21 @@ func TestRetainClose(t *testing.T) {
 		t.Fatalf("fcntl after the last Close: %v", err)
 	}
 }
+
+func TestRenameNoReplace(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"a", "b"} {
+		if err := os.Mkdir(filepath.Join(dir, n), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := RenameNoReplace(unix.AT_FDCWD, filepath.Join(dir, "a"), unix.AT_FDCWD, filepath.Join(dir, "b")); !errors.Is(err, unix.EEXIST) {
+		t.Errorf("rename onto an existing directory: %v, want EEXIST", err)
+	}
+	if err := RenameNoReplace(unix.AT_FDCWD, filepath.Join(dir, "a"), unix.AT_FDCWD, filepath.Join(dir, "c")); err != nil {
+		t.Errorf("rename to a free name: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "c")); err != nil {
+		t.Errorf("after the rename: %v", err)
+	}
+}

@@ -41,7 +41,7 @@ func RemoveTree(path string) error {
 	queue := []string{name}
 	spill := func(dir *Dir, child string) error {
 		moved := ".deep-" + strconv.FormatUint(spillSeq.Add(1), 10) + "-" + name
-		if err := unix.Renameat2(dir.Fd(), child, parent.Fd(), moved, unix.RENAME_NOREPLACE); err != nil {
+		if err := RenameNoReplace(dir.Fd(), child, parent.Fd(), moved); err != nil {
 			return fmt.Errorf("move a deep directory of %s up to remove it: %w", path, err)
 		}
 		queue = append(queue, moved)

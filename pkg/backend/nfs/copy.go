@@ -101,7 +101,7 @@ func (x *Export) copyToSubDir(ctx context.Context, src *beneath.Dir, subDir, key
 			return err
 		}
 		defer from.Close()
-		if err := unix.Renameat2(from.Fd(), "v-"+key, parent.Fd(), name, unix.RENAME_NOREPLACE); err != nil {
+		if err := beneath.RenameNoReplace(from.Fd(), "v-"+key, parent.Fd(), name); err != nil {
 			return fmt.Errorf("move the copy into place at %s: %w", subDir, err)
 		}
 		if err := unix.Fsync(from.Fd()); err != nil {
@@ -164,7 +164,7 @@ func (x *Export) Statfs(ctx context.Context) (unix.Statfs_t, error) {
 }
 
 func renameNoReplace(from, to string) error {
-	if err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE); err != nil {
+	if err := beneath.RenameNoReplace(unix.AT_FDCWD, from, unix.AT_FDCWD, to); err != nil {
 		return fmt.Errorf("rename %s to %s: %w", from, to, err)
 	}
 	if err := syncDir(parentDir(from)); err != nil {

@@ -165,7 +165,7 @@ func (x *Export) RemoveDir(ctx context.Context, subDir, trashName string) error 
 			return err
 		}
 		defer trash.Close()
-		err = unix.Renameat2(parent.Fd(), name, trash.Fd(), trashName, unix.RENAME_NOREPLACE)
+		err = beneath.RenameNoReplace(parent.Fd(), name, trash.Fd(), trashName)
 		if errors.Is(err, unix.ENOENT) {
 			return nil
 		}
@@ -205,7 +205,7 @@ func (x *Export) ArchiveDir(ctx context.Context, subDir string, now time.Time) (
 		defer root.Close()
 		for n := 0; n < 100; n++ {
 			to := archiveName(subDir, now, n)
-			err = unix.Renameat2(parent.Fd(), name, root.Fd(), to, unix.RENAME_NOREPLACE)
+			err = beneath.RenameNoReplace(parent.Fd(), name, root.Fd(), to)
 			if errors.Is(err, unix.EEXIST) {
 				continue
 			}
