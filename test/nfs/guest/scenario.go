@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/base32"
 	"errors"
 	"fmt"
 	"os"
@@ -20,19 +19,33 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/test/nfs/report"
 )
 
-// decodeID reads an NFS volume or snapshot ID (nfs1-/nfss1- and the
-// lowercase, unpadded base32 of newline-separated fields), as the contract
-// fixes it.
+// decodeID reads an NFS volume or snapshot ID as the README documents it,
+// independently of pkg/ids: "nfs1:server:share:subDir:key" for a volume,
+// "nfss1:server:share:key" for a snapshot (the key is 16 hex digits; a
+// subDir may contain ':'; the server here is an IPv4 address). It returns
+// the fields after the prefix.
 func decodeID(id, prefix string) ([]string, error) {
 	rest, ok := strings.CutPrefix(id, prefix)
 	if !ok {
 		return nil, fmt.Errorf("ID %q does not start with %q", id, prefix)
 	}
-	b, err := base32.StdEncoding.WithPadding(base32.NoPadding).DecodeString(strings.ToUpper(rest))
-	if err != nil {
-		return nil, fmt.Errorf("ID %q: %w", id, err)
+	server, rest, ok1 := strings.Cut(rest, ":")
+	share, rest, ok2 := strings.Cut(rest, ":")
+	i := strings.LastIndex(rest, ":")
+	key := rest[i+1:]
+	if !ok1 || !ok2 || len(key) != 16 || strings.Trim(key, "0123456789abcdef") != "" {
+		return nil, fmt.Errorf("ID %q is not %sserver:share:[subDir:]<16 hex>", id, prefix)
 	}
-	return strings.Split(string(b), "\n"), nil
+	if prefix == "nfss1:" {
+		if i >= 0 {
+			return nil, fmt.Errorf("snapshot ID %q has more fields than server, share and key", id)
+		}
+		return []string{server, share, key}, nil
+	}
+	if i < 0 {
+		return nil, fmt.Errorf("volume ID %q has no subDir", id)
+	}
+	return []string{server, share, rest[:i], key}, nil
 }
 
 // run is the scenario. Checks after a failed one still run (and most then
@@ -59,12 +72,12 @@ func (g *guest) run() {
 		if err != nil {
 			return "", err
 		}
-		f, err := decodeID(volA.GetVolumeId(), "nfs1-")
+		f, err := decodeID(volA.GetVolumeId(), "nfs1:")
 		if err != nil {
 			return "", err
 		}
 		if len(f) != 4 || f[0] != "127.0.0.1" || f[1] != "/export" || f[2] != subDir {
-			return "", fmt.Errorf("volume ID %s decodes to %q, want server 127.0.0.1, share /export, subDir %s, uuid", volA.GetVolumeId(), f, subDir)
+			return "", fmt.Errorf("volume ID %s decodes to %q, want server 127.0.0.1, share /export, subDir %s, key", volA.GetVolumeId(), f, subDir)
 		}
 		if len(volA.GetAccessibleTopology()) != 0 {
 			return "", fmt.Errorf("an NFS volume has topology %v", volA.GetAccessibleTopology())
@@ -176,7 +189,7 @@ func (g *guest) run() {
 		return snapID, nil
 	})
 	g.check("snapshot-on-server", func() (string, error) {
-		f, err := decodeID(snapID, "nfss1-")
+		f, err := decodeID(snapID, "nfss1:")
 		if err != nil {
 			return "", err
 		}
@@ -345,7 +358,7 @@ func (g *guest) run() {
 		if _, err := g.ctrl.DeleteSnapshot(c, &csi.DeleteSnapshotRequest{SnapshotId: snapID}); err != nil {
 			return "", fmt.Errorf("DeleteSnapshot: %w", err)
 		}
-		f, err := decodeID(snapID, "nfss1-")
+		f, err := decodeID(snapID, "nfss1:")
 		if err != nil || len(f) != 3 {
 			return "", fmt.Errorf("snapshot ID %s: %v", snapID, err)
 		}
