@@ -54,6 +54,7 @@ func parseFlags() *options {
 	btrfsQuotas := fs.Bool("btrfs-quotas", true, "on a btrfs data directory, turn btrfs quotas on (if off) so directory volumes are held to their size by qgroup limits")
 	fs.DurationVar(&o.cfg.UsageInterval, "usage-interval", time.Minute, "how long NodeGetVolumeStats reuses the usage it measured by walking a directory volume that nothing holds to its size (enforced volumes are read at once)")
 	fs.DurationVar(&o.cfg.NFS.Timeout, "nfs-timeout", nfs.DefaultTimeout, "bound on every mount, unmount and file operation on an NFS export; a server that does not answer in time fails the call with DeadlineExceeded naming it")
+	fs.BoolVar(&o.cfg.NFSOnly, "nfs-only", false, "serve NFS classes only: a CreateVolume whose class names no server is InvalidArgument (for a controller that does not run beside the node's data, as in overlays/nfs)")
 	fs.StringVar(&o.cfg.NFS.MountDir, "nfs-mount-dir", "", "directory of the controller's private mounts of NFS export roots (default <state-dir>/nfs)")
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "address (host:port, or :port for every address) of the HTTP server for /healthz and /metrics; empty disables it")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight calls may take to finish")

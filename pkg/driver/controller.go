@@ -51,6 +51,11 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if cs := req.GetVolumeContentSource(); ids.IsNFSSnapshotID(cs.GetSnapshot().GetSnapshotId()) || ids.IsNFSVolumeID(cs.GetVolume().GetVolumeId()) {
 		return nil, status.Error(codes.InvalidArgument, "the content source is an NFS snapshot or volume; a hostpath volume is made from a hostpath source only")
 	}
+	if d.cfg.NFSOnly {
+		// A class without a server pointed at an NFS-only controller would
+		// otherwise get a directory in the controller pod, which no node has.
+		return nil, status.Errorf(codes.InvalidArgument, "driver %s serves NFS classes only (--nfs-only): the class needs the parameter %s (and %s)", d.cfg.DriverName, ParamServer, ParamShare)
+	}
 	name := req.GetName()
 	if err := requireName(name); err != nil {
 		return nil, err

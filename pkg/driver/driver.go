@@ -66,6 +66,9 @@ type Config struct {
 	// MaxConcurrentCopies bounds the snapshot, restore and clone copies
 	// that run at once; more wait their turn (default 4).
 	MaxConcurrentCopies int
+	// NFSOnly refuses CreateVolume for hostpath classes: a controller that
+	// runs away from the nodes (overlays/nfs) serves NFS classes only.
+	NFSOnly bool
 	// ReconcileRetry is how often what start-up could not reconcile is
 	// retried while the driver serves (default 30 s).
 	ReconcileRetry time.Duration

@@ -70,7 +70,7 @@ func requireStatic(p string) error {
 // panic, so it powers the machine off instead.
 const initScript = `#!/bin/busybox sh
 /bin/busybox --install -s /bin
-export PATH=/bin HOME=/
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/
 mkdir -p /proc /sys /dev /tmp
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys

@@ -291,3 +291,58 @@ func TestBzPayload(t *testing.T) {
 		t.Error("an image without a setup header was accepted")
 	}
 }
+
+func TestParseLibraryDepends(t *testing.T) {
+	got := parseLibraryDepends(" libc6 (>= 2.34), libwrap0 | libfoo1, adduser, libtirpc3:any (>= 1.0.2), lsb-base")
+	want := []string{"libc6", "libwrap0", "libtirpc3"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("parseLibraryDepends = %q, want %q", got, want)
+	}
+}
+
+// TestUserlandResolve: links inside a userland are followed inside it, an
+// absolute target against its root and never against the host's /.
+func TestUserlandResolve(t *testing.T) {
+	root := t.TempDir()
+	mk := func(p string) {
+		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("lib/x86_64-linux-gnu/libfoo.so.1.2.3")
+	if err := os.WriteFile(filepath.Join(root, "lib/x86_64-linux-gnu/libfoo.so.1.2.3"), []byte("lib"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	links := map[string]string{
+		"lib/x86_64-linux-gnu/libfoo.so.1": "libfoo.so.1.2.3",                   // relative
+		"lib64/ld.so":                      "/lib/x86_64-linux-gnu/libfoo.so.1", // absolute, inside the root
+		"etc/hostfile":                     "/etc/passwd",                       // on the host, not in the root
+		"loop/a":                           "b",
+		"loop/b":                           "a",
+	}
+	for p, target := range links {
+		mk(p)
+		if err := os.Symlink(target, filepath.Join(root, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u := &Userland{Root: root}
+	want := filepath.Join(root, "lib/x86_64-linux-gnu/libfoo.so.1.2.3")
+	for _, p := range []string{"/lib/x86_64-linux-gnu/libfoo.so.1", "/lib64/ld.so"} {
+		if got, err := u.resolve(p); err != nil || got != want {
+			t.Errorf("resolve(%s) = %q, %v; want %q", p, got, err, want)
+		}
+	}
+	if got, err := u.resolve("/etc/hostfile"); err == nil {
+		t.Errorf("resolve of a link out of the userland = %q, want an error", got)
+	}
+	if _, err := u.resolve("/loop/a"); err == nil || !strings.Contains(err.Error(), "too many levels") {
+		t.Errorf("resolve of a link loop: %v, want ELOOP", err)
+	}
+	if _, err := u.findLibrary("libfoo.so.1"); err != nil {
+		t.Errorf("findLibrary(libfoo.so.1): %v", err)
+	}
+	if _, err := u.findLibrary("libbar.so.1"); err == nil {
+		t.Error("findLibrary found a library the userland does not have")
+	}
+}

@@ -83,8 +83,7 @@ func unmount(ctx context.Context, g *guard, export, target string) error {
 			return nil // not a mount point after all
 		case errors.Is(err, ErrBusy), errors.Is(err, ErrTimeout), errors.Is(err, unix.ESTALE), errors.Is(err, unix.EIO),
 			errors.Is(err, unix.ETIMEDOUT), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-			// umount2 with MNT_DETACH does not wait for the server.
-			if ferr := unix.Unmount(target, unix.MNT_FORCE|unix.MNT_DETACH); ferr != nil && !errors.Is(ferr, unix.EINVAL) {
+			if ferr := detach(ctx, g, export, target); ferr != nil && !errors.Is(ferr, unix.EINVAL) {
 				return fmt.Errorf("unmount %s: %v; forced lazy unmount: %w", target, err, ferr)
 			}
 		default:
@@ -92,4 +91,39 @@ func unmount(ctx context.Context, g *guard, export, target string) error {
 		}
 	}
 	return fmt.Errorf("unmount %s: still mounted after 16 unmounts", target)
+}
+
+// detach unmounts target with MNT_FORCE|MNT_DETACH. The detach takes the
+// mount out of the table at once, but when it drops the last mount of an
+// NFS client the kernel tears that client down before umount2 returns,
+// telling the server goodbye (DESTROY_SESSION): a dead server never
+// answers, and the call would never return (found by make e2e-nfs: an
+// unstage after the server stopped hung for good). So umount2 runs aside:
+// detach returns as soon as target has left the mount table, and the
+// thread finishing the teardown is left to return when the server answers
+// (the export is marked stuck meanwhile, as for any stuck operation).
+func detach(ctx context.Context, g *guard, export, target string) error {
+	done := make(chan error, 1)
+	go func() { done <- unix.Unmount(target, unix.MNT_FORCE|unix.MNT_DETACH) }()
+	timeout := time.NewTimer(g.timeout)
+	defer timeout.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+			if mounted, err := isMounted(target); err == nil && !mounted {
+				g.markStuck(export, "teardown after the forced unmount of "+target, done)
+				return nil
+			}
+		case <-timeout.C:
+			g.markStuck(export, "forced unmount of "+target, done)
+			return fmt.Errorf("%w: forced unmount of %s did not return within %s", ErrTimeout, target, g.timeout)
+		case <-ctx.Done():
+			g.markStuck(export, "forced unmount of "+target, done)
+			return ctx.Err()
+		}
+	}
 }
