@@ -2,6 +2,7 @@ package driver
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -472,5 +473,37 @@ func TestNFSServerSpellingsAreOneExport(t *testing.T) {
 	_, err = e.d.CreateVolume(ctx, nfsReq("pv-lower", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCName, "db")))
 	if status.Code(err) != codes.AlreadyExists {
 		t.Errorf("subDir db through %s after %s: %v, want AlreadyExists", testServer, upper[ParamServer], err)
+	}
+}
+
+// A volume and one inside it, created at the same time, never both get
+// their directory: the creates lock the subDir and share-lock its parents.
+func TestNFSNestedCreatesRace(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	for i := 0; i < 20; i++ {
+		ns := fmt.Sprintf("ns%d", i)
+		outer := nfsReq("pv-outer-"+ns, nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCName, ns))
+		inner := nfsReq("pv-inner-"+ns, nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
+			ParamPVCNamespace, ns, ParamPVCName, "db"))
+		errs := make(chan error, 2)
+		for _, r := range []*csi.CreateVolumeRequest{outer, inner} {
+			go func() {
+				_, err := e.d.CreateVolume(ctx, r)
+				errs <- err
+			}()
+		}
+		ok := 0
+		for range 2 {
+			err := <-errs
+			switch {
+			case err == nil:
+				ok++
+			case status.Code(err) != codes.AlreadyExists:
+				t.Fatalf("%s: %v, want success or AlreadyExists", ns, err)
+			}
+		}
+		if ok != 1 {
+			t.Fatalf("%s and %s/db created at once: %d succeeded, want exactly one", ns, ns, ok)
+		}
 	}
 }
