@@ -444,6 +444,14 @@ func TestRetainClose(t *testing.T) {
 }
 
 func TestRenameNoReplace(t *testing.T) {
+	t.Run("renameat2", func(t *testing.T) { testRenameNoReplace(t) })
+	t.Run("flags refused as on NFS", func(t *testing.T) {
+		defer RefuseRenameFlags()()
+		testRenameNoReplace(t)
+	})
+}
+
+func testRenameNoReplace(t *testing.T) {
 	dir := t.TempDir()
 	for _, n := range []string{"a", "b"} {
 		if err := os.Mkdir(filepath.Join(dir, n), 0o755); err != nil {

@@ -38,11 +38,21 @@ func RemoveTree(path string) error {
 		return fmt.Errorf("open %s: %w", parentPath, err)
 	}
 	defer parent.Close()
+	return RemoveTreeAt(parent, name)
+}
+
+// RemoveTreeAt is RemoveTree of the entry name of parent, a directory the
+// caller opened (through descriptors from a root it trusts); deep subtrees
+// are moved up into parent. A missing name is success.
+func RemoveTreeAt(parent *Dir, name string) error {
+	if err := checkName(name); err != nil {
+		return parent.errAt("remove", name, err)
+	}
 	queue := []string{name}
 	spill := func(dir *Dir, child string) error {
 		moved := ".deep-" + strconv.FormatUint(spillSeq.Add(1), 10) + "-" + name
 		if err := RenameNoReplace(dir.Fd(), child, parent.Fd(), moved); err != nil {
-			return fmt.Errorf("move a deep directory of %s up to remove it: %w", path, err)
+			return fmt.Errorf("move a deep directory of %s up to remove it: %w", parent.Path()+"/"+name, err)
 		}
 		queue = append(queue, moved)
 		return nil
@@ -50,7 +60,7 @@ func RemoveTree(path string) error {
 	for len(queue) > 0 {
 		n := queue[0]
 		queue = queue[1:]
-		if err := removeAt(parent, n, filepath.Join(parentPath, n), 0, spill); err != nil {
+		if err := removeAt(parent, n, parent.Path()+"/"+n, 0, spill); err != nil {
 			return err
 		}
 	}

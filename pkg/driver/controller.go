@@ -641,7 +641,7 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 			return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
 		}
 	}
-	if p := req.GetParameters(); len(p) > 0 && !maps.Equal(p, v.Parameters) {
+	if p := req.GetParameters(); len(p) > 0 && !sameClassParameters(p, v.Parameters) {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: "the volume was created with other parameters"}, nil
 	}
 	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{

@@ -315,3 +315,32 @@ func TestIdentity(t *testing.T) {
 		t.Fatalf("Probe message %q does not say the state is closed", status.Convert(err).Message())
 	}
 }
+
+// ValidateVolumeCapabilities gets a StorageClass's parameters as written;
+// the provisioner's csi.storage.k8s.io/ keys were only in CreateVolume, so
+// a volume made with them is confirmed for its class's own parameters, and
+// refused for other ones.
+func TestValidateIgnoresProvisionerMetadata(t *testing.T) {
+	e := newEnv(t)
+	r := createReq("pv-meta", 1<<20)
+	r.Parameters = map[string]string{ParamLayout: LayoutDirectory, ParamPVCName: "claim", ParamPVCNamespace: "ns", ParamPVName: "pv-meta"}
+	resp, err := e.d.CreateVolume(ctx, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	validate := func(params map[string]string) *csi.ValidateVolumeCapabilitiesResponse {
+		t.Helper()
+		v, err := e.d.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: resp.GetVolume().GetVolumeId(),
+			VolumeCapabilities: r.GetVolumeCapabilities(), Parameters: params})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if v := validate(map[string]string{ParamLayout: LayoutDirectory}); v.GetConfirmed() == nil {
+		t.Errorf("not confirmed for the class's own parameters: %q", v.GetMessage())
+	}
+	if v := validate(map[string]string{ParamLayout: LayoutDirectory, ParamMountPermissions: "0700"}); v.GetConfirmed() != nil {
+		t.Errorf("confirmed for parameters the volume was not created with")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -69,8 +70,14 @@ func (d *Driver) nfsCreateVolume(ctx context.Context, req *csi.CreateVolumeReque
 	return &csi.CreateVolumeResponse{Volume: nfsCSIVolume(rec)}, nil
 }
 
-// nfsCreate is the part of CreateVolume under the name's lock (the same
-// lock hostpath volumes take: a name is one volume whatever its class).
+// nfsCreate is the part of CreateVolume under the name's lock (the lock
+// hostpath creates take too, so two creates of one name in this process
+// never run side by side). A name is one volume per export: the name index
+// lives on the export, and a controller that moved has nothing else. The
+// same name on another export, or of a hostpath volume, is not seen here
+// and makes a second volume; csi-provisioner's names (pvc-<claim UID>)
+// never meet that case. Checking every export would make each create
+// depend on every server answering.
 func (d *Driver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p nfsParams, subDir string, size int64) (*job, *csi.CreateVolumeResponse, error) {
 	name := req.GetName()
 	unlock, err := d.lock(ctx, "name", name)
@@ -97,12 +104,12 @@ func (d *Driver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p 
 		}
 	}
 
-	unlockDir, err := d.lock(ctx, "nfsdir", x.Name()+"/"+subDir)
+	unlockDir, err := d.lockSubDir(ctx, x, subDir)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer unlockDir()
-	if err := d.nfsCheckSubDirFree(ctx, x, subDir, name); err != nil {
+	if err := d.nfsCheckSubDirFree(ctx, x, subDir, name, ""); err != nil {
 		return nil, nil, err
 	}
 
@@ -179,6 +186,11 @@ func (d *Driver) nfsVolumeByName(ctx context.Context, x *nfs.Export, name string
 	if err != nil {
 		return nil, nfsError("read volume record", err)
 	}
+	if rec.ID != id {
+		// An entry whose create found its key taken (ErrExists): the
+		// record is another volume's.
+		return nil, nil
+	}
 	return rec, nil
 }
 
@@ -215,7 +227,17 @@ func (d *Driver) nfsExistingVolume(ctx context.Context, x *nfs.Export, rec *nfs.
 		return true, nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with other content (snapshot %q, volume %q)", rec.Name, rec.SourceSnapshotID, rec.SourceVolumeID)
 	}
 	if rec.Phase == nfs.PhaseCreating {
-		// An empty create cut short: finish it (roll forward).
+		// An empty create cut short: finish it (roll forward), unless its
+		// claim on the subdirectory never got written and another volume
+		// took the subdirectory (or one around or below it) meanwhile.
+		unlockDir, err := d.lockSubDir(ctx, x, rec.SubDir)
+		if err != nil {
+			return true, nil, err
+		}
+		defer unlockDir()
+		if err := d.nfsCheckSubDirFree(ctx, x, rec.SubDir, rec.Name, rec.ID); err != nil {
+			return true, nil, err
+		}
 		if err := d.nfsMakeEmpty(ctx, x, rec, v.Key, p); err != nil {
 			return true, nil, err
 		}
@@ -224,29 +246,77 @@ func (d *Driver) nfsExistingVolume(ctx context.Context, x *nfs.Export, rec *nfs.
 	return true, &csi.CreateVolumeResponse{Volume: nfsCSIVolume(rec)}, nil
 }
 
-// nfsCheckSubDirFree refuses a subdirectory another live volume owns.
-func (d *Driver) nfsCheckSubDirFree(ctx context.Context, x *nfs.Export, subDir, name string) error {
-	owner, err := x.SubDirOwner(ctx, subDir)
-	if errors.Is(err, nfs.ErrNotFound) {
-		return nil
+// lockSubDir takes the lock of subDir on x's export, and a shared lock of
+// each directory above it: creates of one subdirectory, or of one inside
+// another, run one at a time; creates in sibling directories do not wait
+// for each other.
+func (d *Driver) lockSubDir(ctx context.Context, x *nfs.Export, subDir string) (func(), error) {
+	var unlocks []func()
+	unlockAll := func() {
+		for i := len(unlocks) - 1; i >= 0; i-- {
+			unlocks[i]()
+		}
 	}
+	parts := strings.Split(subDir, "/")
+	for i := 1; i <= len(parts); i++ {
+		key := x.Name() + "/" + strings.Join(parts[:i], "/")
+		lock := d.rlock
+		if i == len(parts) {
+			lock = d.lock
+		}
+		unlock, err := lock(ctx, "nfsdir", key)
+		if err != nil {
+			unlockAll()
+			return nil, err
+		}
+		unlocks = append(unlocks, unlock)
+	}
+	return unlockAll, nil
+}
+
+// nfsCheckSubDirFree refuses a subdirectory that another live volume owns,
+// or that is inside or holds another live volume's subdirectory: a volume
+// would see the other's data, and its delete or archive would take it.
+// self is the ID of the volume asking (a create being finished), "" for a
+// new one; a claim on subDir itself by a volume of the same name is that
+// name's earlier attempt.
+func (d *Driver) nfsCheckSubDirFree(ctx context.Context, x *nfs.Export, subDir, name, self string) error {
+	claims, err := x.SubDirClaims(ctx, subDir)
 	if err != nil {
 		return nfsError("read subdirectory index", err)
 	}
-	ov, err := ids.ParseNFSVolumeID(owner)
-	if err != nil {
-		return nil // a corrupt entry: the new record replaces it
-	}
-	orec, err := x.GetVolume(ctx, ov.Key)
-	if errors.Is(err, nfs.ErrNotFound) {
-		return nil // its volume is gone
-	}
-	if err != nil {
-		return nfsError("read volume record", err)
-	}
-	if orec.Name != name {
-		return status.Errorf(codes.AlreadyExists, "subDir %q on %s already belongs to volume %s (name %q): two claims map to one subdirectory; make the StorageClass's subDir template unique (for instance ${pvc.metadata.namespace}/${pvc.metadata.name})",
-			subDir, x.Name(), orec.ID, orec.Name)
+	for _, c := range claims {
+		if c.ID == self {
+			continue
+		}
+		ov, err := ids.ParseNFSVolumeID(c.ID)
+		if err != nil {
+			continue // a corrupt entry: a new claim replaces it
+		}
+		orec, err := x.GetVolume(ctx, ov.Key)
+		if errors.Is(err, nfs.ErrNotFound) {
+			continue // its volume is gone
+		}
+		if err != nil {
+			return nfsError("read volume record", err)
+		}
+		if orec.ID != c.ID {
+			continue
+		}
+		switch {
+		case orec.SubDir == subDir:
+			if orec.Name == name {
+				continue
+			}
+			return status.Errorf(codes.AlreadyExists, "subDir %q on %s already belongs to volume %s (name %q): two claims map to one subdirectory; make the StorageClass's subDir template unique (for instance ${pvc.metadata.namespace}/${pvc.metadata.name})",
+				subDir, x.Name(), orec.ID, orec.Name)
+		case strings.HasPrefix(orec.SubDir, subDir+"/"):
+			return status.Errorf(codes.AlreadyExists, "subDir %q on %s holds subDir %q of volume %s (name %q): a volume there would see and delete that volume's data; use a subDir template that cannot name another class's directories (StorageClasses on one export with templates of different depths collide)",
+				subDir, x.Name(), orec.SubDir, orec.ID, orec.Name)
+		case strings.HasPrefix(subDir, orec.SubDir+"/"):
+			return status.Errorf(codes.AlreadyExists, "subDir %q on %s is inside subDir %q of volume %s (name %q), whose pods could read and remove it; use a subDir template that cannot name another class's directories (StorageClasses on one export with templates of different depths collide)",
+				subDir, x.Name(), orec.SubDir, orec.ID, orec.Name)
+		}
 	}
 	return nil
 }
@@ -280,7 +350,7 @@ func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.Creat
 	if err := x.PutName(ctx, nfs.KindVolume, rec.Name, id); err != nil {
 		return nil, "", nfsError("record the volume's name", err)
 	}
-	if err := x.PutVolume(ctx, rec, recKey); err != nil {
+	if err := x.CreateVolume(ctx, rec, recKey); err != nil {
 		return nil, "", nfsError("record the new volume", err)
 	}
 	if src != nil {

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -270,6 +271,167 @@ func TestNFSControllerMountOptions(t *testing.T) {
 	}
 }
 
+// ValidateVolumeCapabilities gets the StorageClass's parameters (a CO, a
+// static PV's check, csi-sanity); the provisioner's csi.storage.k8s.io/
+// keys were only in CreateVolume. A volume made with them must still be
+// confirmed for the class's own parameters.
+func TestNFSValidateIgnoresProvisionerMetadata(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	vol := e.createNFS(t, "pv-v", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
+		ParamPVCNamespace, "ns", ParamPVCName, "claim", ParamPVName, "pv-v"))
+	class := nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}")
+	resp, err := e.d.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: vol.GetVolumeId(),
+		VolumeCapabilities: []*csi.VolumeCapability{rwx}, Parameters: class})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetConfirmed() == nil {
+		t.Errorf("not confirmed for the class's own parameters: %q", resp.GetMessage())
+	}
+	class[ParamOnDelete] = OnDeleteRetain
+	resp, err = e.d.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: vol.GetVolumeId(),
+		VolumeCapabilities: []*csi.VolumeCapability{rwx}, Parameters: class})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetConfirmed() != nil {
+		t.Errorf("confirmed for parameters the volume was not created with (%s: %s)", ParamOnDelete, OnDeleteRetain)
+	}
+}
+
+// Two StorageClasses on one export, one with subDir "${pvc.metadata.name}",
+// the other "${pvc.metadata.namespace}/${pvc.metadata.name}": a claim named
+// like a namespace gets the directory that holds every volume of that
+// namespace. Its tenant reads them, and its delete removes them.
+func TestNFSNestedSubDirsAreRefused(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	nested := e.createNFS(t, "pv-victim", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
+		ParamPVCNamespace, "team-a", ParamPVCName, "db"))
+	writeFile(t, filepath.Join(e.export, "team-a", "db", "secret"), "victim data")
+
+	// Another tenant, any namespace, names its claim "team-a".
+	_, err := e.d.CreateVolume(ctx, nfsReq("pv-attacker", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}",
+		ParamPVCNamespace, "mallory", ParamPVCName, "team-a")))
+	if status.Code(err) != codes.AlreadyExists && status.Code(err) != codes.FailedPrecondition {
+		// It got team-a/: the victim's data is in its volume.
+		if _, serr := os.Stat(filepath.Join(e.export, "team-a", "db", "secret")); serr == nil {
+			t.Errorf("a claim whose subDir %q holds volume %s's subDir %q was created (err %v): its pods see that volume's data",
+				"team-a", nested.GetVolumeId(), "team-a/db", err)
+		}
+		if err == nil {
+			v := nfsAttackerID(t, e)
+			if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v}); err != nil {
+				t.Fatal(err)
+			}
+			e.d.nfs.WaitIdle()
+			if _, serr := os.Stat(filepath.Join(e.export, "team-a", "db", "secret")); errors.Is(serr, os.ErrNotExist) {
+				t.Errorf("deleting the claim on %q removed the data of volume %s (subDir team-a/db), which is still on record", "team-a", nested.GetVolumeId())
+			}
+		}
+	}
+}
+
+func nfsAttackerID(t *testing.T, e *nfsEnv) string {
+	t.Helper()
+	resp, err := e.d.CreateVolume(ctx, nfsReq("pv-attacker", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}",
+		ParamPVCNamespace, "mallory", ParamPVCName, "team-a")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.GetVolume().GetVolumeId()
+}
+
+// The reverse order: a volume is made inside another volume's directory,
+// which its tenant controls.
+func TestNFSSubDirInsideAnotherVolumeIsRefused(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	e.createNFS(t, "pv-outer", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCNamespace, "mallory", ParamPVCName, "team-b"))
+	_, err := e.d.CreateVolume(ctx, nfsReq("pv-inner", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
+		ParamPVCNamespace, "team-b", ParamPVCName, "db")))
+	if err == nil {
+		t.Errorf("volume team-b/db was created inside volume team-b's directory: team-b's tenant reads and deletes it")
+	}
+}
+
+// Volumes made before the driver kept the nested index are found too: the
+// first use of the export by a process that keeps it indexes them.
+func TestNFSNestedSubDirsOfOlderVolumesAreRefused(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	e.createNFS(t, "pv-old", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
+		ParamPVCNamespace, "team-c", ParamPVCName, "db"))
+	e.d.nfsSweep.wg.Wait() // its first use of the export is over
+	// What an older driver left: no nested index.
+	if err := os.RemoveAll(filepath.Join(e.export, ids.HiddenDir, "nested")); err != nil {
+		t.Fatal(err)
+	}
+	d2 := e.another(t)
+	_, err := d2.CreateVolume(ctx, nfsReq("pv-new", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}",
+		ParamPVCNamespace, "mallory", ParamPVCName, "team-c")))
+	if status.Code(err) != codes.AlreadyExists || !strings.Contains(err.Error(), "team-c/db") {
+		t.Errorf("subDir team-c over an older volume's team-c/db: %v, want AlreadyExists naming team-c/db", err)
+	}
+}
+
+// The names onDelete: archive gives, and a share inside the driver's own
+// directory of another export, are refused before anything is made.
+func TestNFSReservedSubDirAndShare(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	_, err := e.d.CreateVolume(ctx, nfsReq("pv-archived", nfsParamsFor(ParamSubDir, "archived-${pvc.metadata.name}", ParamPVCName, "x")))
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), ParamSubDir) {
+		t.Errorf("subDir archived-...: %v, want InvalidArgument naming %s", err, ParamSubDir)
+	}
+	_, err = e.d.CreateVolume(ctx, nfsReq("pv-archived-2", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCName, "archived-db-20260101T000000Z")))
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("a claim named like an archive: %v, want InvalidArgument", err)
+	}
+	p := nfsParamsFor()
+	p[ParamShare] = testShare + "/" + ids.HiddenDir + "/snapshots"
+	_, err = e.d.CreateVolume(ctx, nfsReq("pv-hidden", p))
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), ParamShare) {
+		t.Errorf("share inside %s: %v, want InvalidArgument naming %s", ids.HiddenDir, err, ParamShare)
+	}
+	ents, _ := os.ReadDir(e.export)
+	for _, ent := range ents {
+		if ent.Name() != ids.HiddenDir {
+			t.Errorf("a refused create left %s on the export", ent.Name())
+		}
+	}
+}
+
+// One damaged record file does not hide the export's other volumes from
+// ListVolumes; the volume it belongs to reports why in its health.
+func TestNFSCorruptRecordIsLeftOutOfListings(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	good := e.createNFS(t, "pv-good", nfsParamsFor(ParamSubDir, "good"))
+	bad := e.createNFS(t, "pv-bad", nfsParamsFor(ParamSubDir, "bad"))
+	v, err := ids.ParseNFSVolumeID(bad.GetVolumeId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.export, ids.HiddenDir, "volumes", v.Key+".json"), []byte("{truncated"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.d.ListVolumes(ctx, &csi.ListVolumesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed []string
+	for _, en := range resp.GetEntries() {
+		listed = append(listed, en.GetVolume().GetVolumeId())
+	}
+	if len(listed) != 1 || listed[0] != good.GetVolumeId() {
+		t.Errorf("ListVolumes with one corrupt record: %v, want just %s", listed, good.GetVolumeId())
+	}
+	h, err := e.d.ControllerGetVolumeHealth(ctx, &csi.ControllerGetVolumeHealthRequest{VolumeId: bad.GetVolumeId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := h.GetVolumeHealth().GetHealthStatuses()
+	if len(st) != 1 || st[0].GetReason() != ReasonNFSRecordCorrupt || !strings.Contains(st[0].GetMessage(), "corrupt") {
+		t.Errorf("health of the volume whose record is corrupt: %v, want %s", st, ReasonNFSRecordCorrupt)
+	}
+}
+
 // An ID over the CSI spec's 128 bytes is made (and logged), not refused: the
 // default subDir template cannot keep every ID within it (see warnLongID).
 func TestNFSLongVolumeID(t *testing.T) {
@@ -293,5 +455,55 @@ func TestNFSLongVolumeID(t *testing.T) {
 	e.d.nfs.WaitIdle()
 	if _, err := os.Stat(filepath.Join(e.export, long)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("after delete: %v", err)
+	}
+}
+
+// Two classes that spell one server differently name one export: the new
+// volume's ID has the server's one spelling, and a subDir taken through
+// one spelling is taken through the other.
+func TestNFSServerSpellingsAreOneExport(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	upper := nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCName, "db")
+	upper[ParamServer] = strings.ToUpper(testServer)
+	vol := e.createNFS(t, "pv-upper", upper)
+	v, err := ids.ParseNFSVolumeID(vol.GetVolumeId())
+	if err != nil || v.Server != testServer {
+		t.Fatalf("volume ID %s: server %q (%v), want %q", vol.GetVolumeId(), v.Server, err, testServer)
+	}
+	_, err = e.d.CreateVolume(ctx, nfsReq("pv-lower", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCName, "db")))
+	if status.Code(err) != codes.AlreadyExists {
+		t.Errorf("subDir db through %s after %s: %v, want AlreadyExists", testServer, upper[ParamServer], err)
+	}
+}
+
+// A volume and one inside it, created at the same time, never both get
+// their directory: the creates lock the subDir and share-lock its parents.
+func TestNFSNestedCreatesRace(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	for i := 0; i < 20; i++ {
+		ns := fmt.Sprintf("ns%d", i)
+		outer := nfsReq("pv-outer-"+ns, nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCName, ns))
+		inner := nfsReq("pv-inner-"+ns, nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
+			ParamPVCNamespace, ns, ParamPVCName, "db"))
+		errs := make(chan error, 2)
+		for _, r := range []*csi.CreateVolumeRequest{outer, inner} {
+			go func() {
+				_, err := e.d.CreateVolume(ctx, r)
+				errs <- err
+			}()
+		}
+		ok := 0
+		for range 2 {
+			err := <-errs
+			switch {
+			case err == nil:
+				ok++
+			case status.Code(err) != codes.AlreadyExists:
+				t.Fatalf("%s: %v, want success or AlreadyExists", ns, err)
+			}
+		}
+		if ok != 1 {
+			t.Fatalf("%s and %s/db created at once: %d succeeded, want exactly one", ns, ns, ok)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"context"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -95,5 +96,34 @@ func TestNFSDeadServer(t *testing.T) {
 	}
 	if m := testutil.MountsUnder(t, filepath.Join(e.dir, "exports")); len(m) != 0 {
 		t.Fatalf("mounts on the exports: %v", m)
+	}
+}
+
+// csi-provisioner gives each call 10 s, far less than the NFS timeout: a
+// call that gives up on a mount of a dead server does not kill it, and
+// does not leave the export looking healthy. Until the mount ends (at the
+// timeout at most), the retries fail at once with UNAVAILABLE naming the
+// server, without running mount.nfs again.
+func TestNFSCallerDeadlineShorterThanTimeout(t *testing.T) {
+	e := newNFSEnv(t, 3*time.Second)
+	e.standin.AddExport(t, "dead.example", "/export", filepath.Join(e.dir, "exports", "dead"))
+	e.standin.Hang("dead.example")
+	dead := map[string]string{ParamServer: "dead.example", ParamShare: "/export"}
+
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, err := e.d.CreateVolume(short, nfsReq("pv-1", dead))
+	cancel()
+	if err == nil {
+		t.Fatal("create on a dead server succeeded")
+	}
+	mounts := len(e.standin.Calls())
+	for _, name := range []string{"pv-1", "pv-2"} {
+		_, err = e.d.CreateVolume(ctx, nfsReq(name, dead))
+		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "dead.example") {
+			t.Errorf("retry of %s after the caller gave up: %v; want Unavailable naming dead.example", name, err)
+		}
+	}
+	if n := len(e.standin.Calls()); n != mounts {
+		t.Errorf("retries ran mount.nfs again while the first mount still hung: %+v", e.standin.Calls()[mounts:])
 	}
 }

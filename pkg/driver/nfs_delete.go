@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -153,7 +152,7 @@ func (d *Driver) nfsValidateVolumeCapabilities(ctx context.Context, req *csi.Val
 			return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
 		}
 	}
-	if p := req.GetParameters(); len(p) > 0 && !maps.Equal(p, rec.Parameters) {
+	if p := req.GetParameters(); len(p) > 0 && !sameClassParameters(p, rec.Parameters) {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: "the volume was created with other parameters"}, nil
 	}
 	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
@@ -175,6 +174,13 @@ func (d *Driver) nfsControllerGetVolume(ctx context.Context, id string) (*csi.Co
 
 func (d *Driver) nfsControllerGetVolumeHealth(ctx context.Context, id string) (*csi.ControllerGetVolumeHealthResponse, error) {
 	rec, x, err := d.nfsReadyVolume(ctx, id)
+	if status.Code(err) == codes.DataLoss {
+		// A corrupt record: left out of listings; here its condition
+		// says why.
+		return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: &csi.VolumeHealth{VolumeId: id, HealthStatuses: []*csi.VolumeHealth_VolumeHealthEntry{{
+			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: ReasonNFSRecordCorrupt,
+			Message: fmt.Sprintf("the driver's record of this volume on its export is unreadable (%s); its data is untouched: restore the record from a backup, or delete the PV and recreate it over the retained data", status.Convert(err).Message())}}}}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -198,6 +204,10 @@ func (d *Driver) nfsHealth(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRe
 
 // ReasonNFSUnreachable: the volume's NFS server did not answer.
 const ReasonNFSUnreachable = "NFSServerUnreachable"
+
+// ReasonNFSRecordCorrupt: the driver's record of the volume on its export
+// cannot be read.
+const ReasonNFSRecordCorrupt = "NFSRecordCorrupt"
 
 // nfsGetCapacity reports the export's free space: what volumes of the class
 // can still hold (NFS volumes share the export; nothing is reserved).

@@ -25,6 +25,10 @@ func nfsError(what string, err error) error {
 		return status.Errorf(codes.Unavailable, "%s: %v", what, err)
 	case errors.Is(err, nfs.ErrNotFound):
 		return status.Errorf(codes.NotFound, "%s: %v", what, err)
+	case errors.Is(err, nfs.ErrExists):
+		return status.Errorf(codes.Aborted, "%s: %v; retry (a retry draws another key)", what, err)
+	case errors.Is(err, nfs.ErrCorrupt):
+		return status.Errorf(codes.DataLoss, "%s: %v", what, err)
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.Errorf(codes.Aborted, "%s: %v; retry", what, err)
 	}

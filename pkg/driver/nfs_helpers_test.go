@@ -10,6 +10,7 @@ import (
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
 )
 
 const (
@@ -29,6 +30,10 @@ type nfsEnv struct {
 func newNFSEnv(t *testing.T, timeout time.Duration) *nfsEnv {
 	t.Helper()
 	testutil.RequireRoot(t)
+	// The kernel's NFS client refuses renameat2 flags: every delete,
+	// archive, snapshot, restore and clone here takes the path it takes
+	// on real NFS.
+	t.Cleanup(beneath.RefuseRenameFlags())
 	dir := t.TempDir()
 	testutil.CleanupMounts(t, dir)
 	e := &nfsEnv{testEnv: &testEnv{dir: dir, stateDir: filepath.Join(dir, "state"), dataDir: filepath.Join(dir, "data")},

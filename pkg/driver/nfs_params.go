@@ -3,6 +3,7 @@ package driver
 import (
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 )
 
@@ -83,10 +85,15 @@ func parseNFSParameters(params map[string]string) (nfsParams, error) {
 			if err := ids.ValidateNFSServer(v); err != nil {
 				return p, bad(err)
 			}
-			p.server = v
+			p.server = ids.CanonicalNFSServer(v)
 		case ParamShare:
 			if err := ids.ValidateNFSShare(v); err != nil {
 				return p, bad(err)
+			}
+			if slices.Contains(strings.Split(v, "/"), ids.HiddenDir) {
+				// Another class's records and snapshots: its volumes
+				// would be made among them, and its own records mixed in.
+				return p, bad(fmt.Errorf("share %q is inside a %s directory, where the driver keeps the records and snapshots of another export's volumes", v, ids.HiddenDir))
 			}
 			p.share = v
 		case ParamSubDir:
@@ -166,6 +173,12 @@ func expandSubDir(tmpl string, params map[string]string, name string) (string, e
 	}
 	if err := ids.ValidateNFSSubDir(b.String()); err != nil {
 		return "", err
+	}
+	if first, _, _ := strings.Cut(b.String(), "/"); strings.HasPrefix(first, nfs.ArchivePrefix) {
+		// onDelete: archive renames volumes to these names, in the
+		// share's root: a volume there could be one's archive, or take
+		// the name an archive is about to be given.
+		return "", fmt.Errorf("subDir %q starts with %q, which is kept for the archives of onDelete: %s", b.String(), nfs.ArchivePrefix, OnDeleteArchive)
 	}
 	return b.String(), nil
 }

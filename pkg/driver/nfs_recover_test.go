@@ -6,11 +6,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
@@ -68,9 +70,10 @@ func TestNFSStateLivesOnTheExport(t *testing.T) {
 func TestNFSInterruptedCreateRollsForward(t *testing.T) {
 	e := newNFSEnv(t, 10*time.Second)
 	e.d.Close()
-	fail := true
+	var fail atomic.Bool // read by the first driver's background sweep too
+	fail.Store(true)
 	e.opts.BeforeFileOp = func(export, op string) error {
-		if fail && strings.HasPrefix(op, "create ") {
+		if fail.Load() && strings.HasPrefix(op, "create ") {
 			return errors.New("injected: killed before the mkdir")
 		}
 		return nil
@@ -80,7 +83,7 @@ func TestNFSInterruptedCreateRollsForward(t *testing.T) {
 	if err == nil {
 		t.Fatal("the injected failure did not fail the create")
 	}
-	fail = false
+	fail.Store(false)
 	d2 := e.another(t)
 	r, err := d2.CreateVolume(ctx, nfsReq("pv-int", nfsParamsFor()))
 	if err != nil {
@@ -214,5 +217,115 @@ func TestNFSSweepOfAbandonedOperations(t *testing.T) {
 		if ents, _ := os.ReadDir(filepath.Join(e.export, ".hostpath-csi", d)); len(ents) != 0 {
 			t.Errorf(".hostpath-csi/%s holds %d entries after the sweep", d, len(ents))
 		}
+	}
+}
+
+// A controller killed during the background removal of a deleted volume's
+// data leaves it in trash/: the next process to use the export removes it,
+// without waiting for another delete there (which may never come).
+func TestNFSTrashLeftByACrashIsRemovedAtNextUse(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	e.createNFS(t, "pv-1", nfsParamsFor())
+	left := filepath.Join(e.export, ids.HiddenDir, "trash", "v-0123456789abcdef0123456789abcdef")
+	writeFile(t, filepath.Join(left, "deleted-tenant-data"), "should be gone")
+
+	d2 := e.another(t) // the controller, restarted elsewhere after the kill
+	if _, err := d2.CreateVolume(ctx, nfsReq("pv-2", nfsParamsFor())); err != nil {
+		t.Fatal(err)
+	}
+	d2.nfs.WaitIdle()
+	d2.nfsSweep.wg.Wait()
+	if _, err := os.Stat(left); err == nil {
+		t.Errorf("%s, left by a killed delete, is still there after the export was used again", left)
+	}
+}
+
+// A create whose claim on the subdirectory could not be written (the server
+// timed out, or a kill) is finished by the retry of its name without
+// checking that the subdirectory is still free: meanwhile another claim
+// took it. Both volumes then share one directory, and deleting the first
+// removes the second's data.
+func TestNFSRetriedCreateDoesNotTakeAnotherVolumesSubDir(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	var claimed atomic.Bool // the first claim on a subdirectory fails
+	e.opts.BeforeFileOp = func(export, op string) error {
+		if op == "write subdirectory index" && claimed.CompareAndSwap(false, true) {
+			return errors.New("injected: server did not answer")
+		}
+		return nil
+	}
+	e.restart(t)
+	params := func(pv string) map[string]string {
+		return nfsParamsFor(ParamSubDir, "shared", ParamPVName, pv)
+	}
+	if _, err := e.d.CreateVolume(ctx, nfsReq("pv-a", params("pv-a"))); err == nil {
+		t.Fatal("the injected failure did not reach CreateVolume")
+	}
+	b := e.createNFS(t, "pv-b", params("pv-b"))
+	writeFile(t, filepath.Join(e.export, "shared", "b-data"), "volume b")
+
+	// The provisioner retries pv-a.
+	a, err := e.d.CreateVolume(ctx, nfsReq("pv-a", params("pv-a")))
+	if err == nil {
+		t.Errorf("retry of pv-a succeeded (%s) on subDir %q, which volume %s owns", a.GetVolume().GetVolumeId(), "shared", b.GetVolumeId())
+		if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: a.GetVolume().GetVolumeId()}); err != nil {
+			t.Fatal(err)
+		}
+		e.d.nfs.WaitIdle()
+		if _, err := os.Stat(filepath.Join(e.export, "shared", "b-data")); err != nil {
+			t.Errorf("deleting pv-a removed volume pv-b's data: %v", err)
+		}
+	} else if status.Code(err) != codes.AlreadyExists {
+		t.Errorf("retry of pv-a: %v, want AlreadyExists (subDir owned by %s)", err, b.GetVolumeId())
+	}
+}
+
+// Whoever can write in the driver's own directory (another class whose
+// share holds this export, another client of the export) must not steer
+// the driver's removals and record writes out of the export: a symlink
+// planted for .hostpath-csi/tmp, or for .hostpath-csi itself, is never
+// followed.
+func TestNFSHiddenDirSymlinkNotFollowed(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	vol := e.createNFS(t, "pv-1", nfsParamsFor())
+	e.d.nfs.WaitIdle()
+
+	victim := filepath.Join(e.dir, "outside-the-export")
+	writeFile(t, filepath.Join(victim, "precious"), "not the driver's")
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(filepath.Join(victim, "precious"), old, old); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(e.export, ids.HiddenDir, "tmp")
+	if err := os.RemoveAll(tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, tmp); err != nil {
+		t.Fatal(err)
+	}
+	// A new process (a moved controller) mounts the export: layout sweeps tmp/.
+	d2 := e.another(t)
+	_, err := d2.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: vol.GetVolumeId()})
+	t.Logf("ControllerGetVolume through a planted symlink: %v", err)
+	if _, err := os.Stat(filepath.Join(victim, "precious")); err != nil {
+		t.Errorf("a file outside the export, reached through a symlink planted at %s/tmp, was removed: %v", ids.HiddenDir, err)
+	}
+}
+
+func TestNFSHiddenDirItselfSymlinkRefused(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	victim := filepath.Join(e.dir, "outside-the-export")
+	if err := os.Mkdir(victim, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(e.export, ids.HiddenDir)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.d.CreateVolume(ctx, nfsReq("pv-1", nfsParamsFor()))
+	if err == nil || !strings.Contains(err.Error(), ids.HiddenDir) {
+		t.Errorf("CreateVolume with %s a symlink out of the export: %v, want an error naming it", ids.HiddenDir, err)
+	}
+	if ents, _ := os.ReadDir(victim); len(ents) != 0 {
+		t.Errorf("the driver wrote through a symlink planted at %s: %v", ids.HiddenDir, ents)
 	}
 }

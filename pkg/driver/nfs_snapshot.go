@@ -79,6 +79,9 @@ func (d *Driver) nfsSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest
 		case perr != nil || errors.Is(err, nfs.ErrNotFound):
 		case err != nil:
 			return nil, nil, nfsError("read snapshot record", err)
+		case existing.ID != id:
+			// An entry whose create found its key taken: the record is
+			// another snapshot's. Take this one anew.
 		case existing.SourceVolumeID != srcID:
 			return nil, nil, status.Errorf(codes.AlreadyExists, "snapshot %q already exists for volume %s, not %s", name, existing.SourceVolumeID, srcID)
 		case existing.Phase == nfs.PhaseReady:
@@ -131,7 +134,7 @@ func (d *Driver) nfsSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest
 	rec := &nfs.SnapshotRecord{ID: id, Name: name, SourceVolumeID: srcID, SourceCapacity: srcRec.CapacityBytes,
 		Phase: nfs.PhaseCreating, CreatedAt: time.Now().UTC()}
 	if err := x.PutName(ctx, nfs.KindSnapshot, name, id); err == nil {
-		err = x.PutSnapshot(ctx, rec, snapKey)
+		err = x.CreateSnapshot(ctx, rec, snapKey)
 	}
 	if err != nil {
 		unlockSrc()
@@ -309,7 +312,7 @@ func (s *nfsSource) describe(newID string) string {
 // NFS snapshot or volume on the same export, ready; it is held shared.
 func (d *Driver) nfsLockSource(ctx context.Context, x *nfs.Export, cs *csi.VolumeContentSource) (*nfsSource, error) {
 	sameExport := func(server, share string) error {
-		if server != x.Server() || share != x.Share() {
+		if ids.CanonicalNFSServer(server) != x.Server() || share != x.Share() {
 			return status.Errorf(codes.InvalidArgument, "the source is on NFS export %s:%s; a volume on %s is made from a source on the same export", server, share, x.Name())
 		}
 		return nil

@@ -17,7 +17,7 @@ import (
 // export, once per export per process, at the first call that uses it: a
 // create, snapshot or delete whose controller was killed and that no retry
 // of its name ever came for (the claim was deleted meanwhile) is rolled
-// back or finished. Only records older than nfsSweepAge are touched: a
+// back or finished, and the trash a killed delete left is removed. Only records older than nfsSweepAge are touched: a
 // younger one may be in the hands of a live controller (the old pod of a
 // moved Deployment) or of a CO retrying it.
 
@@ -59,6 +59,9 @@ func (d *Driver) sweepExport(server, share string) error {
 	if age == 0 {
 		age = nfsSweepAge
 	}
+	// Data of deletes a kill cut short (the removal from trash/ runs
+	// after the delete has answered).
+	x.PurgeTrash()
 	vols, err := x.ListVolumes(ctx)
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -28,6 +29,25 @@ const (
 	ParamPVCNamespace = "csi.storage.k8s.io/pvc/namespace"
 	ParamPVName       = "csi.storage.k8s.io/pv/name"
 )
+
+// sameClassParameters reports whether asked (the parameters of a
+// ValidateVolumeCapabilities: a StorageClass's, as written) are those a
+// volume was created with. The csi.storage.k8s.io/ keys are left out on
+// both sides: the provisioner adds them to CreateVolume alone (the claim's
+// and PV's names) or keeps them for itself, so a class never has the ones
+// its volumes were created with.
+func sameClassParameters(asked, recorded map[string]string) bool {
+	own := func(m map[string]string) map[string]string {
+		out := make(map[string]string, len(m))
+		for k, v := range m {
+			if !strings.HasPrefix(k, "csi.storage.k8s.io/") {
+				out[k] = v
+			}
+		}
+		return out
+	}
+	return maps.Equal(own(asked), own(recorded))
+}
 
 // DefaultMountPermissions lets any pod user write to a new volume, as
 // local-path-provisioner and csi-driver-host-path do; a StorageClass can

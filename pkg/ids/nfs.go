@@ -205,6 +205,21 @@ func checkKey(s string) error {
 	return nil
 }
 
+// CanonicalNFSServer is the one spelling of a valid server that names its
+// exports: a host name in lowercase (DNS names are case-insensitive), an
+// IPv6 address in netip's form inside brackets ([2001:DB8:0::1] is
+// [2001:db8::1]). Two classes that spell one server differently then share
+// one export key: one mount, one set of locks, IDs that agree.
+func CanonicalNFSServer(s string) string {
+	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
+		if a, err := netip.ParseAddr(s[1 : len(s)-1]); err == nil {
+			return "[" + a.String() + "]"
+		}
+		return s
+	}
+	return strings.ToLower(s)
+}
+
 // ValidateNFSServer checks the server parameter: a host name or IPv4 address
 // ([A-Za-z0-9.-]), or an IPv6 address in brackets. No '/', ':' (outside
 // brackets), space or control character can reach a mount source.

@@ -223,3 +223,26 @@ func TestValidateNFSParameters(t *testing.T) {
 		}
 	}
 }
+
+func TestCanonicalNFSServer(t *testing.T) {
+	for in, want := range map[string]string{
+		"nfs.example":            "nfs.example",
+		"NFS.Example.COM":        "nfs.example.com",
+		"10.0.0.1":               "10.0.0.1",
+		"[2001:DB8:0:0::1]":      "[2001:db8::1]",
+		"[2001:db8::1]":          "[2001:db8::1]",
+		"[::FFFF:10.0.0.1]":      "[::ffff:10.0.0.1]",
+		"[fe80:0000::0001:0002]": "[fe80::1:2]",
+	} {
+		if err := ValidateNFSServer(in); err != nil {
+			t.Fatalf("ValidateNFSServer(%q): %v", in, err)
+		}
+		got := CanonicalNFSServer(in)
+		if got != want {
+			t.Errorf("CanonicalNFSServer(%q) = %q, want %q", in, got, want)
+		}
+		if again := CanonicalNFSServer(got); again != got {
+			t.Errorf("CanonicalNFSServer(%q) = %q: not a fixed point", got, again)
+		}
+	}
+}

@@ -26,6 +26,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 )
 
@@ -101,6 +102,10 @@ type export struct {
 	// One background removal of trash/ at a time per export; a delete
 	// meanwhile asks it to look again.
 	purging, purgeAgain atomic.Bool
+	// hidden is the driver's directory on the export, opened once per
+	// mount (see layout) without following a symlink or crossing a mount:
+	// every record, snapshot and trash entry is reached relative to it.
+	hidden *beneath.Dir
 }
 
 // Export is a mounted export root handed to a caller; Release gives it back.
@@ -110,6 +115,8 @@ type Export struct {
 	// Root is the export's mount point: <share> on the server.
 	Root     string
 	released sync.Once
+	// hid is e.hidden, held (Retain) until Release.
+	hid *beneath.Dir
 }
 
 // Server and Share name the export.
@@ -132,6 +139,9 @@ func (b *Backend) Use(ctx context.Context, server, share string, options ...stri
 	if err := ids.ValidateNFSShare(share); err != nil {
 		return nil, err
 	}
+	// Volumes of older IDs may spell the server otherwise: one export,
+	// one key.
+	server = ids.CanonicalNFSServer(server)
 	key := exportKey(server, share)
 	b.mu.Lock()
 	e := b.exports[key]
@@ -142,25 +152,62 @@ func (b *Backend) Use(ctx context.Context, server, share string, options ...stri
 	}
 	b.mu.Unlock()
 
+	// A mount or operation still running after its caller gave up: fail
+	// at once rather than queue behind it.
+	if err := b.guard.busy(key); err != nil {
+		return nil, err
+	}
 	select {
 	case e.sem <- struct{}{}:
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%w: waiting for another mount of %s: %v", ErrBusy, key, ctx.Err())
 	}
-	defer func() { <-e.sem }()
+	keepSem := false // a mount left running holds it until it ends
+	defer func() {
+		if !keepSem {
+			<-e.sem
+		}
+	}()
 	if len(options) > 0 {
 		e.options = slices.DeleteFunc(slices.Clone(options), func(o string) bool { return o == "ro" })
 	}
 	first := e.refs == 0
 	if first {
-		if err := b.mountRoot(ctx, e); err != nil {
+		if err := b.mountRoot(ctx, e, &keepSem); err != nil {
 			return nil, err
 		}
 	}
 	e.refs++
 	x := &Export{b: b, e: e, Root: e.mnt}
 	if first {
-		if err := x.do(ctx, "prepare "+ids.HiddenDir, x.layout); err != nil {
+		// The driver's directory is opened by the operation; if it
+		// outlives the call (a server dead since the mount), whatever it
+		// opens late is closed, never handed to the export.
+		var mu sync.Mutex
+		var hid *beneath.Dir
+		abandoned := false
+		err := b.guard.do(ctx, key, "prepare "+ids.HiddenDir, func() error {
+			if b.opts.BeforeFileOp != nil {
+				if err := b.opts.BeforeFileOp(key, "prepare "+ids.HiddenDir); err != nil {
+					return err
+				}
+			}
+			h, err := x.layout()
+			mu.Lock()
+			defer mu.Unlock()
+			if abandoned {
+				if h != nil {
+					h.Close()
+				}
+				return err
+			}
+			hid = h
+			return err
+		})
+		mu.Lock()
+		abandoned, e.hidden = err != nil, hid
+		mu.Unlock()
+		if err != nil {
 			e.refs--
 			x.released.Do(func() {})
 			if uerr := unmount(ctx, b.guard, key, e.mnt); uerr != nil {
@@ -169,6 +216,7 @@ func (b *Backend) Use(ctx context.Context, server, share string, options ...stri
 			return nil, err
 		}
 	}
+	x.hid = e.hidden.Retain()
 	b.mu.Lock()
 	b.known[key] = ids.NFSSnapshot{Server: server, Share: share}
 	b.mu.Unlock()
@@ -176,8 +224,14 @@ func (b *Backend) Use(ctx context.Context, server, share string, options ...stri
 }
 
 // mountRoot mounts the export root at e.mnt, clearing what a crashed
-// process may have left there.
-func (b *Backend) mountRoot(ctx context.Context, e *export) error {
+// process may have left there. The mount runs under the timeout whatever
+// the caller's deadline: if the caller gives up first (csi-provisioner's
+// 10 s are far shorter than the default 2 minutes), the mount goes on and,
+// until it ends, calls on the export fail at once naming it, instead of
+// each retry starting mount.nfs again; a mount that then times out marks
+// the export down as if its caller had waited. It holds e.sem until it
+// ends (*keepSem tells Use not to release it).
+func (b *Backend) mountRoot(ctx context.Context, e *export, keepSem *bool) error {
 	if err := unmount(ctx, b.guard, e.key, e.mnt); err != nil {
 		return fmt.Errorf("clear old mount of %s: %w", e.key, err)
 	}
@@ -187,19 +241,43 @@ func (b *Backend) mountRoot(ctx context.Context, e *export) error {
 	if err := b.guard.busy(e.key); err != nil {
 		return err
 	}
-	mctx, cancel := context.WithTimeout(ctx, b.opts.Timeout)
-	defer cancel()
-	err := b.opts.Mounter.Mount(mctx, e.key, e.mnt, DefaultFSType, e.options)
-	if err != nil {
-		if errors.Is(mctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
-			b.guard.markDown(e.key, "mount of "+e.key)
-			err = fmt.Errorf("%w: mount of %s did not finish within %s (the mount process was killed): %v", ErrTimeout, e.key, b.opts.Timeout, err)
+	mctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
+	result := make(chan error, 1)
+	go func() {
+		defer cancel()
+		result <- b.opts.Mounter.Mount(mctx, e.key, e.mnt, DefaultFSType, e.options)
+	}()
+	finish := func(err error) error {
+		if err != nil {
+			if errors.Is(mctx.Err(), context.DeadlineExceeded) {
+				b.guard.markDown(e.key, "mount of "+e.key)
+				err = fmt.Errorf("%w: mount of %s did not finish within %s (the mount process was killed): %v", ErrTimeout, e.key, b.opts.Timeout, err)
+			}
+			return err
 		}
-		return err
+		b.guard.markUp(e.key)
+		klog.V(2).InfoS("Mounted NFS export", "export", e.key, "at", e.mnt)
+		return nil
 	}
-	b.guard.markUp(e.key)
-	klog.V(2).InfoS("Mounted NFS export", "export", e.key, "at", e.mnt)
-	return nil
+	select {
+	case err := <-result:
+		return finish(err)
+	case <-ctx.Done():
+	}
+	// The caller gave up; the mount goes on. Nobody will use what it
+	// mounts: the next Use clears it and mounts again.
+	done := make(chan error, 1)
+	b.guard.hold(e.key, "mount of "+e.key, time.Now(), done)
+	*keepSem = true
+	go func() {
+		err := finish(<-result)
+		if err != nil {
+			klog.ErrorS(err, "NFS mount whose caller gave up failed", "export", e.key)
+		}
+		done <- err
+		<-e.sem
+	}()
+	return fmt.Errorf("%w: mount of %s did not finish before the call's deadline (%v); it goes on for up to %s, and calls on %s fail at once meanwhile", ErrBusy, e.key, ctx.Err(), b.opts.Timeout, e.key)
 }
 
 // Release gives the export back; the last user unmounts it.
@@ -208,9 +286,11 @@ func (x *Export) Release() {
 		e := x.e
 		e.sem <- struct{}{}
 		defer func() { <-e.sem }()
+		x.hid.Close()
 		if e.refs--; e.refs > 0 {
 			return
 		}
+		x.closeHidden()
 		ctx, cancel := context.WithTimeout(context.Background(), x.b.opts.Timeout)
 		defer cancel()
 		if err := unmount(ctx, x.b.guard, e.key, e.mnt); err != nil {
@@ -249,9 +329,27 @@ func (b *Backend) Close() {
 	}
 }
 
-// do runs a file operation on x under the guard (and the test seam).
+// closeHidden drops the export's reference to its driver directory (at
+// the last release, before the unmount: an operation still running keeps
+// its own reference until it returns).
+func (x *Export) closeHidden() {
+	if x.e.hidden != nil {
+		x.e.hidden.Close()
+		x.e.hidden = nil
+	}
+}
+
+// do runs a file operation on x under the guard (and the test seam). The
+// operation holds the driver directory open while it runs, even if it
+// outlives the call.
 func (x *Export) do(ctx context.Context, op string, fn func() error) error {
-	return x.b.guard.do(ctx, x.e.key, op, func() error {
+	hid := x.hid.Retain()
+	var claimed atomic.Bool // by the operation, or by the caller if it never ran
+	err := x.b.guard.do(ctx, x.e.key, op, func() error {
+		if !claimed.CompareAndSwap(false, true) {
+			return fmt.Errorf("%s on %s: not started", op, x.e.key)
+		}
+		defer hid.Close()
 		if x.b.opts.BeforeFileOp != nil {
 			if err := x.b.opts.BeforeFileOp(x.e.key, op); err != nil {
 				return err
@@ -259,4 +357,8 @@ func (x *Export) do(ctx context.Context, op string, fn func() error) error {
 		}
 		return fn()
 	})
+	if claimed.CompareAndSwap(false, true) {
+		hid.Close()
+	}
+	return err
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 
@@ -40,8 +42,19 @@ func (x *Export) Snapshot(ctx context.Context, subDir, snapKey string) (copytree
 		return copytree.Stats{}, fmt.Errorf("open %s on %s to snapshot it: %w", subDir, x.Name(), err)
 	}
 	defer src.Close()
-	st, err := x.copyIn(ctx, src, "s-"+snapKey, func(partial string) error {
-		return renameNoReplace(partial, x.hidden(dirSnapshots, snapKey))
+	st, err := x.copyIn(ctx, src, "s-"+snapKey, func(partial *beneath.Dir, name string) error {
+		snaps, err := x.sub(dirSnapshots)
+		if err != nil {
+			return err
+		}
+		defer snaps.Close()
+		if err := beneath.RenameNoReplace(partial.Fd(), name, snaps.Fd(), snapKey); err != nil {
+			return fmt.Errorf("move the copy into place as snapshot %s: %w", snapKey, err)
+		}
+		if err := unix.Fsync(partial.Fd()); err != nil {
+			return err
+		}
+		return unix.Fsync(snaps.Fd())
 	})
 	if err != nil {
 		return st, fmt.Errorf("snapshot %s on %s: %w", subDir, x.Name(), err)
@@ -55,7 +68,7 @@ func (x *Export) Snapshot(ctx context.Context, subDir, snapKey string) (copytree
 func (x *Export) Restore(ctx context.Context, snapKey, subDir, key string, mode *os.FileMode) (copytree.Stats, error) {
 	var src *beneath.Dir
 	err := x.do(ctx, "open snapshot "+snapKey, func() (err error) {
-		src, err = beneath.OpenRoot(x.hidden(dirSnapshots, snapKey))
+		src, err = x.sub(path.Join(dirSnapshots, snapKey))
 		return err
 	})
 	if err != nil {
@@ -85,9 +98,9 @@ func (x *Export) Clone(ctx context.Context, srcSubDir, subDir, key string, mode 
 }
 
 func (x *Export) copyToSubDir(ctx context.Context, src *beneath.Dir, subDir, key string, mode *os.FileMode) (copytree.Stats, error) {
-	st, err := x.copyIn(ctx, src, "v-"+key, func(partial string) error {
+	st, err := x.copyIn(ctx, src, "v-"+key, func(partial *beneath.Dir, copyName string) error {
 		if mode != nil {
-			if err := os.Chmod(partial, *mode); err != nil {
+			if err := partial.Chmod(copyName, unixMode(*mode)); err != nil {
 				return err
 			}
 		}
@@ -96,15 +109,10 @@ func (x *Export) copyToSubDir(ctx context.Context, src *beneath.Dir, subDir, key
 			return err
 		}
 		defer parent.Close()
-		from, err := beneath.OpenRoot(x.hidden(dirPartial))
-		if err != nil {
-			return err
-		}
-		defer from.Close()
-		if err := beneath.RenameNoReplace(from.Fd(), "v-"+key, parent.Fd(), name); err != nil {
+		if err := beneath.RenameNoReplace(partial.Fd(), copyName, parent.Fd(), name); err != nil {
 			return fmt.Errorf("move the copy into place at %s: %w", subDir, err)
 		}
-		if err := unix.Fsync(from.Fd()); err != nil {
+		if err := unix.Fsync(partial.Fd()); err != nil {
 			return err
 		}
 		return unix.Fsync(parent.Fd())
@@ -116,21 +124,33 @@ func (x *Export) copyToSubDir(ctx context.Context, src *beneath.Dir, subDir, key
 }
 
 // copyIn copies src to partial/<name>, makes it durable and hands it to
-// place; on any error partial/<name> is removed.
-func (x *Export) copyIn(ctx context.Context, src *beneath.Dir, name string, place func(partial string) error) (copytree.Stats, error) {
-	partial := x.hidden(dirPartial, name)
-	if err := x.do(ctx, "clear "+partial, func() error { return beneath.RemoveTree(partial) }); err != nil {
+// place (with partial/ open); on any error partial/<name> is removed.
+func (x *Export) copyIn(ctx context.Context, src *beneath.Dir, name string, place func(partial *beneath.Dir, name string) error) (copytree.Stats, error) {
+	var partial *beneath.Dir
+	err := x.do(ctx, "clear "+path.Join(dirPartial, name), func() (err error) {
+		if partial, err = x.sub(dirPartial); err != nil {
+			return err
+		}
+		return beneath.RemoveTreeAt(partial, name)
+	})
+	if err != nil {
+		if partial != nil {
+			partial.Close()
+		}
 		return copytree.Stats{}, err
 	}
-	st, err := copytree.TreeFrom(ctx, src, partial, copyOpts)
+	defer partial.Close()
+	// The copy's destination is named through partial/'s descriptor: the
+	// kernel resolves /proc/self/fd/N to that directory, not by its path.
+	st, err := copytree.TreeFrom(ctx, src, "/proc/self/fd/"+strconv.Itoa(partial.Fd())+"/"+name, copyOpts)
 	if err == nil {
 		err = x.do(ctx, "sync the copy", func() error { return syncFS(x.Root) })
 	}
 	if err == nil {
-		err = x.do(ctx, "move the copy into place", func() error { return place(partial) })
+		err = x.do(ctx, "move the copy into place", func() error { return place(partial, name) })
 	}
 	if err != nil {
-		if rerr := x.do(context.Background(), "remove a failed copy", func() error { return beneath.RemoveTree(partial) }); rerr != nil {
+		if rerr := x.do(context.Background(), "remove a failed copy", func() error { return beneath.RemoveTreeAt(partial, name) }); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
 		return st, err
@@ -138,22 +158,32 @@ func (x *Export) copyIn(ctx context.Context, src *beneath.Dir, name string, plac
 	return st, nil
 }
 
+// removeHidden removes dir/name below the driver's directory, and its tree.
+func (x *Export) removeHidden(dir, name string) error {
+	d, err := x.sub(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := beneath.RemoveTreeAt(d, name); err != nil {
+		return err
+	}
+	return unix.Fsync(d.Fd())
+}
+
 // RemoveSnapshotData removes snapshots/<snapKey> (and a partial copy of it).
 func (x *Export) RemoveSnapshotData(ctx context.Context, snapKey string) error {
 	return x.do(ctx, "remove snapshot "+snapKey, func() error {
-		if err := beneath.RemoveTree(x.hidden(dirPartial, "s-"+snapKey)); err != nil {
+		if err := x.removeHidden(dirPartial, "s-"+snapKey); err != nil {
 			return err
 		}
-		if err := beneath.RemoveTree(x.hidden(dirSnapshots, snapKey)); err != nil {
-			return err
-		}
-		return syncDir(x.hidden(dirSnapshots))
+		return x.removeHidden(dirSnapshots, snapKey)
 	})
 }
 
 // RemovePartial removes what a copy into a new volume left in partial/.
 func (x *Export) RemovePartial(ctx context.Context, key string) error {
-	return x.do(ctx, "remove partial copy", func() error { return beneath.RemoveTree(x.hidden(dirPartial, "v-"+key)) })
+	return x.do(ctx, "remove partial copy", func() error { return x.removeHidden(dirPartial, "v-"+key) })
 }
 
 // Statfs is the export's usage.
@@ -161,25 +191,6 @@ func (x *Export) Statfs(ctx context.Context) (unix.Statfs_t, error) {
 	var st unix.Statfs_t
 	err := x.do(ctx, "statfs", func() error { return unix.Statfs(x.Root, &st) })
 	return st, err
-}
-
-func renameNoReplace(from, to string) error {
-	if err := beneath.RenameNoReplace(unix.AT_FDCWD, from, unix.AT_FDCWD, to); err != nil {
-		return fmt.Errorf("rename %s to %s: %w", from, to, err)
-	}
-	if err := syncDir(parentDir(from)); err != nil {
-		return err
-	}
-	return syncDir(parentDir(to))
-}
-
-func parentDir(p string) string {
-	for i := len(p) - 1; i > 0; i-- {
-		if p[i] == '/' {
-			return p[:i]
-		}
-	}
-	return "/"
 }
 
 // syncFS flushes everything written through the export's mount to the

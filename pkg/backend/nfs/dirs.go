@@ -55,7 +55,9 @@ func (x *Export) openParent(subDir string, create bool) (*beneath.Dir, string, e
 }
 
 // MakeDir creates subDir (and its missing parents) and applies mode when it
-// is not nil. A directory already there is adopted: adopted reports it.
+// is not nil. A directory already there is adopted: adopted reports it, and
+// its mode is left as its owner set it (retained data keeps its
+// permissions; mountPermissions is the mode of a new directory).
 func (x *Export) MakeDir(ctx context.Context, subDir string, mode *os.FileMode) (adopted bool, err error) {
 	err = x.do(ctx, "create "+subDir, func() error {
 		parent, name, err := x.openParent(subDir, true)
@@ -73,7 +75,7 @@ func (x *Export) MakeDir(ctx context.Context, subDir string, mode *os.FileMode) 
 			return err
 		}
 		d.Close()
-		if mode != nil {
+		if mode != nil && !adopted {
 			if err := parent.Chmod(name, unixMode(*mode)); err != nil {
 				return err
 			}
@@ -149,7 +151,8 @@ func (x *Export) RemoveDirIfEmpty(ctx context.Context, subDir string) error {
 // RemoveDir removes subDir: it is moved into trash/ at once (a delete is
 // then done as far as anyone can see) and its tree removed after, in the
 // background, through descriptors. What a crash leaves in trash/ is removed
-// at the next use of the export. Nothing above subDir is touched.
+// at the next process's first use of the export (see PurgeTrash). Nothing
+// above subDir is touched.
 func (x *Export) RemoveDir(ctx context.Context, subDir, trashName string) error {
 	err := x.do(ctx, "remove "+subDir, func() error {
 		parent, name, err := x.openParent(subDir, false)
@@ -160,7 +163,7 @@ func (x *Export) RemoveDir(ctx context.Context, subDir, trashName string) error 
 			return err
 		}
 		defer parent.Close()
-		trash, err := beneath.OpenRoot(x.hidden(dirTrash))
+		trash, err := x.sub(dirTrash)
 		if err != nil {
 			return err
 		}
@@ -246,28 +249,64 @@ func (b *Backend) purgeTrash(x *Export) {
 	go func() {
 		defer b.wg.Done()
 		defer held.Release()
-		for {
-			e.purgeAgain.Store(false)
-			ents, err := os.ReadDir(held.hidden(dirTrash))
-			if err == nil {
-				for _, e := range ents {
-					p := held.hidden(dirTrash, e.Name())
-					if err := beneath.RemoveTree(p); err != nil {
-						klog.ErrorS(err, "Cannot remove a deleted volume's data; the next delete on this export retries", "export", held.Name(), "path", path.Join(dirTrash, e.Name()))
-					}
-				}
-			}
-			e.purging.Store(false)
-			if !e.purgeAgain.Load() || !e.purging.CompareAndSwap(false, true) {
-				return
-			}
-		}
+		held.purgeLoop()
 	}()
+}
+
+// PurgeTrash removes, before it returns, what a delete left in trash/: the
+// data of volumes deleted by a controller killed before its background
+// removal ended. The first use of an export by a process runs it, so such
+// data does not wait for the next delete on the export. If a removal
+// already runs, it is asked to look again instead.
+func (x *Export) PurgeTrash() {
+	e := x.e
+	if !e.purging.CompareAndSwap(false, true) {
+		e.purgeAgain.Store(true)
+		return
+	}
+	x.purgeLoop()
+}
+
+// purgeLoop empties trash/ until no delete asked for another round; the
+// caller has set e.purging.
+func (x *Export) purgeLoop() {
+	e := x.e
+	for {
+		e.purgeAgain.Store(false)
+		if err := x.emptyTrash(); err != nil {
+			klog.ErrorS(err, "Cannot remove a deleted volume's data; the next use of this export retries", "export", x.Name())
+		}
+		e.purging.Store(false)
+		if !e.purgeAgain.Load() || !e.purging.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// emptyTrash removes every entry of trash/, through descriptors.
+func (x *Export) emptyTrash() error {
+	trash, err := x.sub(dirTrash)
+	if err != nil {
+		return err
+	}
+	defer trash.Close()
+	names, err := trash.Names()
+	if err != nil {
+		return fmt.Errorf("list %s on %s: %w", dirTrash, x.Name(), err)
+	}
+	var errs []error
+	for _, n := range names {
+		if err := beneath.RemoveTreeAt(trash, n); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", path.Join(dirTrash, n), err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // WaitIdle waits for background removals, at most the timeout: a removal
 // stuck on a dead server must not hold up a shutdown forever (its data
-// stays in trash/, which the next delete on the export removes).
+// stays in trash/, which the next process to use the export, or the next
+// delete on it, removes).
 func (b *Backend) WaitIdle() {
 	done := make(chan struct{})
 	go func() { b.wg.Wait(); close(done) }()

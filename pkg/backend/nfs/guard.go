@@ -82,15 +82,12 @@ func (g *guard) do(ctx context.Context, export, what string, fn func() error) er
 		g.markStuck(export, what, done)
 		return fmt.Errorf("%w: %s on %s did not return within %s (the server is down or unreachable; a hard mount waits for it)", ErrTimeout, what, export, g.timeout)
 	case <-ctx.Done():
-		// The caller gave up; fn goes on. Watch it so that, if it turns
-		// out to be stuck, the export is marked.
-		go func() {
-			select {
-			case <-done:
-			case <-timer.C:
-				g.markStuck(export, what, done)
-			}
-		}()
+		// The caller gave up (a sidecar's deadline is often far shorter
+		// than the timeout); fn goes on. Until it returns, the export is
+		// busy: a retry must not start another operation behind it, nor
+		// wait the whole timeout again.
+		timer.Stop()
+		g.hold(export, what, time.Now(), done)
 		return fmt.Errorf("%s on %s: %w", what, export, ctx.Err())
 	}
 }
@@ -111,10 +108,16 @@ func (g *guard) busy(export string) error {
 // markStuck marks export busy until the operation whose result comes on
 // done returns.
 func (g *guard) markStuck(export, what string, done <-chan error) {
+	g.hold(export, what, time.Now().Add(-g.timeout), done)
+}
+
+// hold marks export busy, with an operation running since since, until
+// the operation whose result comes on done returns.
+func (g *guard) hold(export, what string, since time.Time, done <-chan error) {
 	g.mu.Lock()
 	s := g.stuck[export]
 	if s == nil {
-		s = &stuckOp{what: what, since: time.Now().Add(-g.timeout)}
+		s = &stuckOp{what: what, since: since}
 		g.stuck[export] = s
 	}
 	s.n++

@@ -147,7 +147,74 @@ func TestMakeDirRefusesSymlinks(t *testing.T) {
 	if adopted, err := x.MakeDir(context.Background(), "a/b/c", nil); err != nil || !adopted {
 		t.Fatalf("MakeDir of an existing directory = %v, %v; want adopted", adopted, err)
 	}
+	// A directory taken over (retained data) keeps the mode it has.
+	other := os.FileMode(0o700)
+	if adopted, err := x.MakeDir(context.Background(), "a/b/c", &other); err != nil || !adopted {
+		t.Fatalf("MakeDir of an existing directory with a mode = %v, %v; want adopted", adopted, err)
+	}
+	if fi, err := os.Stat(filepath.Join(export, "a", "b", "c")); err != nil || fi.Mode().Perm() != 0o770 {
+		t.Fatalf("a/b/c after it was adopted with mode 0700: %v, %v; want 0770 kept", fi, err)
+	}
 	if calls := standin.Calls(); len(calls) != 1 || calls[0].Source != "s:/e" || calls[0].FSType != "nfs" {
 		t.Fatalf("export root mounted as %+v", calls)
+	}
+}
+
+// A file operation whose caller gave up before the timeout keeps its
+// export busy until it returns: a retry fails at once instead of starting
+// another operation behind it.
+func TestGuardCallerGaveUp(t *testing.T) {
+	g := newGuard(time.Hour)
+	release := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := g.do(ctx, "a:/x", "statfs", func() error { <-release; return nil })
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("operation whose caller gave up: %v", err)
+	}
+	called := false
+	err = g.do(context.Background(), "a:/x", "statfs", func() error { called = true; return nil })
+	if !errors.Is(err, ErrBusy) || called || !strings.Contains(err.Error(), "a:/x") {
+		t.Fatalf("call while the abandoned one runs: %v (called %v); want ErrBusy naming a:/x without running it", err, called)
+	}
+	close(release)
+	for g.busy("a:/x") != nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A new record never replaces one of the same key (two volumes that drew
+// one key, perhaps in two controllers at once): the second is ErrExists
+// and the first is intact.
+func TestCreateVolumeRecordDoesNotReplace(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	testutil.CleanupMounts(t, dir)
+	standin := testutil.NewNFSStandIn()
+	standin.AddExport(t, "s", "/e", filepath.Join(dir, "export"))
+	b, err := New(Options{MountDir: filepath.Join(dir, "mnt"), Mounter: standin, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	x, err := b.Use(context.Background(), "s", "/e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Release()
+	const key = "0123456789abcdef"
+	if err := x.CreateVolume(context.Background(), &VolumeRecord{ID: "first", Name: "a"}, key); err != nil {
+		t.Fatal(err)
+	}
+	err = x.CreateVolume(context.Background(), &VolumeRecord{ID: "second", Name: "b"}, key)
+	if !errors.Is(err, ErrExists) {
+		t.Fatalf("second record of one key: %v, want ErrExists", err)
+	}
+	r, err := x.GetVolume(context.Background(), key)
+	if err != nil || r.ID != "first" {
+		t.Fatalf("record after the refused create: %+v, %v; want the first", r, err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dir, "export", ".hostpath-csi", "tmp")); len(ents) != 0 {
+		t.Fatalf("left in tmp/: %v", ents)
 	}
 }

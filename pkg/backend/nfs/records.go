@@ -7,9 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
+	"path"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,7 +18,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 )
 
@@ -29,6 +32,8 @@ import (
 //	  names/volume-<sha256(name)>    {"name", "id"}: CreateVolume idempotency
 //	  names/snapshot-<sha256(name)>  the same for CreateSnapshot
 //	  subdirs/<sha256(subDir)>       {"subDir", "id"}: one volume per subdirectory
+//	  nested/<sha256(a)>/<sha256(subDir)>  the same, for every proper ancestor a
+//	                                 of subDir: which volumes lie below a
 //	  snapshots/<key>/               a snapshot's data
 //	  partial/                       copies in progress (renamed into place when complete):
 //	                                 v-<key> of a volume, s-<key> of a snapshot
@@ -42,6 +47,7 @@ const (
 	dirSnapRecs   = "snapshot-records"
 	dirNames      = "names"
 	dirSubDirs    = "subdirs"
+	dirNested     = "nested"
 	dirSnapshots  = "snapshots"
 	dirPartial    = "partial"
 	dirTrash      = "trash"
@@ -58,6 +64,10 @@ const (
 
 // ErrNotFound: no such record on the export.
 var ErrNotFound = errors.New("not found on the export")
+
+// ErrCorrupt: a record is not what the driver writes (not JSON, too large,
+// not a regular file): damaged, or written by someone else.
+var ErrCorrupt = errors.New("record is corrupt")
 
 // VolumeRecord is what the export remembers of a volume.
 type VolumeRecord struct {
@@ -95,48 +105,117 @@ type nameEntry struct {
 	ID   string `json:"id"`
 }
 
-func (x *Export) hidden(parts ...string) string {
-	return filepath.Join(append([]string{x.Root, ids.HiddenDir}, parts...)...)
+// sub opens dir (a relative path) below the driver's directory: no symlink
+// is followed and no mount crossed on the way, whoever could write there.
+func (x *Export) sub(dir string) (*beneath.Dir, error) {
+	d, err := x.hid.OpenDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open %s on %s: %w", path.Join(ids.HiddenDir, dir), x.Name(), err)
+	}
+	return d, nil
 }
 
-// layout creates the driver's directories on the export (once per mount;
-// cheap when they exist) and removes the files a kill left in tmp/: a
-// record is written there and renamed within one operation, so a file
-// older than the timeout on every operation belongs to no running write,
-// of this controller or any other.
-func (x *Export) layout() error {
-	for _, d := range []string{dirVolumes, dirSnapRecs, dirNames, dirSubDirs, dirSnapshots, dirPartial, dirTrash, dirTmp} {
-		if err := os.MkdirAll(x.hidden(d), 0o700); err != nil {
-			return fmt.Errorf("create %s on %s: %w", filepath.Join(ids.HiddenDir, d), x.Name(), err)
+// layout opens the driver's directory on a newly mounted export, creating
+// it and its directories (cheap when they exist), and removes the files a
+// kill left in tmp/: a record is written there and renamed within one
+// operation, so a file older than the timeout on every operation belongs
+// to no running write, of this controller or any other.
+//
+// The driver's directory is opened once, from the export's root, refusing
+// a symlink and another mount in its place (whoever can write the share's
+// root could plant one); everything below is reached relative to it. It is
+// returned open, for the export to keep while mounted.
+func (x *Export) layout() (*beneath.Dir, error) {
+	root, err := x.openRoot()
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	if err := root.Mkdir(ids.HiddenDir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("create %s on %s: %w", ids.HiddenDir, x.Name(), err)
+	}
+	hid, err := root.OpenDir(ids.HiddenDir)
+	if err != nil {
+		return nil, fmt.Errorf("open %s on %s (it must be a directory of the export, not a symlink or a mount): %w", ids.HiddenDir, x.Name(), err)
+	}
+	x.hid = hid
+	if err := x.prepareHidden(); err != nil {
+		hid.Close()
+		return nil, err
+	}
+	return hid, nil
+}
+
+// prepareHidden creates the driver's directories and clears tmp/.
+func (x *Export) prepareHidden() error {
+	hid := x.hid
+	for _, d := range []string{dirVolumes, dirSnapRecs, dirNames, dirSubDirs, dirNested, dirSnapshots, dirPartial, dirTrash, dirTmp} {
+		if err := hid.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("create %s on %s: %w", path.Join(ids.HiddenDir, d), x.Name(), err)
 		}
 	}
-	ents, err := os.ReadDir(x.hidden(dirTmp))
+	tmp, err := x.sub(dirTmp)
+	if err != nil {
+		return err
+	}
+	defer tmp.Close()
+	names, err := tmp.Names()
 	if err != nil {
 		return fmt.Errorf("list %s on %s: %w", dirTmp, x.Name(), err)
 	}
-	for _, e := range ents {
-		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() && time.Since(fi.ModTime()) > x.b.opts.Timeout {
-			if err := os.Remove(x.hidden(dirTmp, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("remove a record write cut short on %s: %w", x.Name(), err)
-			}
+	for _, n := range names {
+		st, err := tmp.Lstat(n)
+		if err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || time.Since(time.Unix(st.Mtime.Sec, int64(st.Mtime.Nsec))) <= x.b.opts.Timeout {
+			continue
+		}
+		if err := tmp.Unlink(n, 0); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove a record write cut short on %s: %w", x.Name(), err)
 		}
 	}
-	return nil
+	return x.fillNested()
 }
 
 var tmpSeq atomic.Uint64
 
-// writeRecord writes v as JSON to dir/name crash-safely.
+// ErrExists: a new record's name is taken on the export.
+var ErrExists = errors.New("a record of that key already exists on the export")
+
+// writeRecord writes v as JSON to dir/name crash-safely, replacing what is
+// there.
 func (x *Export) writeRecord(dir, name string, v any) error {
+	return x.putRecord(dir, name, v, true)
+}
+
+// createRecord is writeRecord for a record that must be new: if dir/name
+// exists (another volume drew the same key, another controller at the
+// same moment included) it is ErrExists and nothing is written. The
+// complete file is linked into place, which no client can make replace a
+// file, NFS included.
+func (x *Export) createRecord(dir, name string, v any) error {
+	return x.putRecord(dir, name, v, false)
+}
+
+func (x *Export) putRecord(dir, name string, v any, replace bool) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	tmp := x.hidden(dirTmp, fmt.Sprintf("%d-%d-%d", os.Getpid(), time.Now().UnixNano(), tmpSeq.Add(1)))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	tmp, err := x.sub(dirTmp)
+	if err != nil {
+		return err
+	}
+	defer tmp.Close()
+	to, err := x.sub(dir)
+	if err != nil {
+		return err
+	}
+	defer to.Close()
+	tmpName := fmt.Sprintf("%d-%d-%d", os.Getpid(), time.Now().UnixNano(), tmpSeq.Add(1))
+	fd, err := tmp.Create(tmpName, 0o600)
 	if err != nil {
 		return fmt.Errorf("write record on %s: %w", x.Name(), err)
 	}
+	f := os.NewFile(uintptr(fd), tmpName)
 	_, err = f.Write(data)
 	if err == nil {
 		err = f.Sync()
@@ -144,45 +223,91 @@ func (x *Export) writeRecord(dir, name string, v any) error {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Rename(tmp, x.hidden(dir, name))
+	if err == nil && replace {
+		err = unix.Renameat(tmp.Fd(), tmpName, to.Fd(), name)
+	} else if err == nil {
+		err = unix.Linkat(tmp.Fd(), tmpName, to.Fd(), name, 0)
+		if errors.Is(err, unix.EEXIST) {
+			err = ErrExists
+		}
+		_ = tmp.Unlink(tmpName, 0)
 	}
 	if err != nil {
-		os.Remove(tmp)
+		_ = tmp.Unlink(tmpName, 0)
 		return fmt.Errorf("write record %s/%s on %s: %w", dir, name, x.Name(), err)
 	}
-	return syncDir(x.hidden(dir))
+	if err := unix.Fsync(to.Fd()); err != nil {
+		return fmt.Errorf("sync %s on %s: %w", dir, x.Name(), err)
+	}
+	return nil
 }
 
 func (x *Export) readRecord(dir, name string, v any) error {
-	data, err := os.ReadFile(x.hidden(dir, name))
+	d, err := x.sub(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%s/%s: %w", dir, name, ErrNotFound)
 	}
 	if err != nil {
+		return err
+	}
+	defer d.Close()
+	fd, _, err := d.OpenFile(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s/%s: %w", dir, name, ErrNotFound)
+	}
+	if errors.Is(err, beneath.ErrChanged) {
+		return fmt.Errorf("record %s/%s on %s: %w: not a regular file (%v)", dir, name, x.Name(), ErrCorrupt, err)
+	}
+	if err != nil {
 		return fmt.Errorf("read record %s/%s on %s: %w", dir, name, x.Name(), err)
 	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxRecordSize+1))
+	if err != nil {
+		return fmt.Errorf("read record %s/%s on %s: %w", dir, name, x.Name(), err)
+	}
+	if len(data) > maxRecordSize {
+		return fmt.Errorf("record %s/%s on %s: %w: larger than %d bytes", dir, name, x.Name(), ErrCorrupt, maxRecordSize)
+	}
 	if err := json.Unmarshal(data, v); err != nil {
-		return fmt.Errorf("record %s/%s on %s is corrupt: %w", dir, name, x.Name(), err)
+		return fmt.Errorf("record %s/%s on %s: %w: %v", dir, name, x.Name(), ErrCorrupt, err)
+	}
+	return nil
+}
+
+// maxRecordSize bounds what a record read takes in: a record is a few
+// hundred bytes; a huge file in its place is corrupt, not read whole.
+const maxRecordSize = 1 << 20
+
+// makeIndexDir creates dir (below the driver's directory) if it is not
+// there.
+func (x *Export) makeIndexDir(dir string) error {
+	parent, err := x.sub(path.Dir(dir))
+	if err != nil {
+		return err
+	}
+	defer parent.Close()
+	if err := parent.Mkdir(path.Base(dir), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create %s on %s: %w", dir, x.Name(), err)
 	}
 	return nil
 }
 
 func (x *Export) removeRecord(dir, name string) error {
-	if err := os.Remove(x.hidden(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	d, err := x.sub(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Unlink(name, 0); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove record %s/%s on %s: %w", dir, name, x.Name(), err)
 	}
-	return syncDir(x.hidden(dir))
-}
-
-func syncDir(dir string) error {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return fmt.Errorf("open %s to sync it: %w", dir, err)
-	}
-	defer unix.Close(fd)
-	if err := unix.Fsync(fd); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
+	if err := unix.Fsync(d.Fd()); err != nil {
+		return fmt.Errorf("sync %s on %s: %w", dir, x.Name(), err)
 	}
 	return nil
 }
@@ -203,6 +328,13 @@ func (x *Export) GetVolume(ctx context.Context, key string) (*VolumeRecord, erro
 	return &r, nil
 }
 
+// CreateVolume writes the first record of a new volume: ErrExists if its
+// key names a record already.
+func (x *Export) CreateVolume(ctx context.Context, r *VolumeRecord, key string) error {
+	r.Version = recordVersion
+	return x.do(ctx, "write new volume record", func() error { return x.createRecord(dirVolumes, key+".json", r) })
+}
+
 // PutVolume writes a volume's record.
 func (x *Export) PutVolume(ctx context.Context, r *VolumeRecord, key string) error {
 	r.Version = recordVersion
@@ -214,6 +346,9 @@ func (x *Export) PutVolume(ctx context.Context, r *VolumeRecord, key string) err
 func (x *Export) DeleteVolume(ctx context.Context, r *VolumeRecord, key string) error {
 	return x.do(ctx, "remove volume record", func() error {
 		if err := x.dropIndex(dirSubDirs, hashName(r.SubDir), r.ID); err != nil {
+			return err
+		}
+		if err := x.dropNested(r.SubDir, r.ID); err != nil {
 			return err
 		}
 		if err := x.dropIndex(dirNames, "volume-"+hashName(r.Name), r.ID); err != nil {
@@ -231,6 +366,13 @@ func (x *Export) GetSnapshot(ctx context.Context, key string) (*SnapshotRecord, 
 		return nil, err
 	}
 	return &r, nil
+}
+
+// CreateSnapshot writes the first record of a new snapshot: ErrExists if
+// its key names a record already.
+func (x *Export) CreateSnapshot(ctx context.Context, r *SnapshotRecord, key string) error {
+	r.Version = recordVersion
+	return x.do(ctx, "write new snapshot record", func() error { return x.createRecord(dirSnapRecs, key+".json", r) })
 }
 
 // PutSnapshot writes a snapshot's record.
@@ -286,11 +428,118 @@ func (x *Export) SubDirOwner(ctx context.Context, subDir string) (string, error)
 	return e.ID, nil
 }
 
-// PutSubDirOwner records that the volume id owns subDir.
+// SubDirClaim is an entry of the subdirectory index: volume ID claims
+// SubDir.
+type SubDirClaim struct {
+	SubDir, ID string
+}
+
+// SubDirClaims returns the claims on subDir, on each of its ancestors and
+// on every directory below it: the volumes a new volume in subDir would
+// share data with. It reads one entry per component of subDir and one
+// directory of the nested index, however many volumes the export has.
+// Entries of volumes that are gone may be among them.
+func (x *Export) SubDirClaims(ctx context.Context, subDir string) ([]SubDirClaim, error) {
+	var out []SubDirClaim
+	err := x.do(ctx, "read subdirectory index", func() error {
+		out = out[:0]
+		for _, p := range selfAndAncestors(subDir) {
+			var e nameEntry
+			err := x.readRecord(dirSubDirs, hashName(p), &e)
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			out = append(out, SubDirClaim{SubDir: e.Name, ID: e.ID})
+		}
+		below := path.Join(dirNested, hashName(subDir))
+		return listEntries(x, below, func(name string) error {
+			var e nameEntry
+			if err := x.readRecord(below, name, &e); err != nil {
+				return err
+			}
+			out = append(out, SubDirClaim{SubDir: e.Name, ID: e.ID})
+			return nil
+		})
+	})
+	return out, err
+}
+
+// selfAndAncestors is subDir and each directory above it up to the share:
+// "a/b/c", "a/b", "a".
+func selfAndAncestors(subDir string) []string {
+	out := []string{subDir}
+	for p := subDir; ; {
+		i := strings.LastIndexByte(p, '/')
+		if i < 0 {
+			return out
+		}
+		p = p[:i]
+		out = append(out, p)
+	}
+}
+
+// PutSubDirOwner records that the volume id owns subDir: below each of
+// subDir's ancestors first, so that whoever sees the claim also finds it
+// from above.
 func (x *Export) PutSubDirOwner(ctx context.Context, subDir, id string) error {
 	return x.do(ctx, "write subdirectory index", func() error {
+		if err := x.putNested(subDir, id); err != nil {
+			return err
+		}
 		return x.writeRecord(dirSubDirs, hashName(subDir), &nameEntry{Name: subDir, ID: id})
 	})
+}
+
+func (x *Export) putNested(subDir, id string) error {
+	for _, a := range selfAndAncestors(subDir)[1:] {
+		dir := path.Join(dirNested, hashName(a))
+		if err := x.makeIndexDir(dir); err != nil {
+			return err
+		}
+		if err := x.writeRecord(dir, hashName(subDir), &nameEntry{Name: subDir, ID: id}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (x *Export) dropNested(subDir, id string) error {
+	for _, a := range selfAndAncestors(subDir)[1:] {
+		if err := x.dropIndex(path.Join(dirNested, hashName(a)), hashName(subDir), id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nestedIndexDone marks an export whose nested index holds the volumes
+// made before it existed.
+const nestedIndexDone = "complete-v1"
+
+// fillNested adds to the nested index the claims of volumes made by a
+// driver that did not keep it (once per export: a marker says it is done).
+func (x *Export) fillNested() error {
+	var done struct{}
+	if err := x.readRecord(dirNested, nestedIndexDone, &done); err == nil {
+		return nil
+	}
+	err := listEntries(x, dirSubDirs, func(name string) error {
+		var e nameEntry
+		if err := x.readRecord(dirSubDirs, name, &e); err != nil {
+			return err
+		}
+		if ids.ValidateNFSSubDir(e.Name) != nil || hashName(e.Name) != name {
+			return nil
+		}
+		return x.putNested(e.Name, e.ID)
+	})
+	if err != nil {
+		return fmt.Errorf("index the subdirectories of existing volumes on %s: %w", x.Name(), err)
+	}
+	return x.writeRecord(dirNested, nestedIndexDone, struct{}{})
 }
 
 // dropIndex removes an index entry if it still points at id.
@@ -313,6 +562,12 @@ func (x *Export) ListVolumes(ctx context.Context) ([]*VolumeRecord, error) {
 		return listRecords(x, dirVolumes, func(name string) error {
 			var r VolumeRecord
 			if err := x.readRecord(dirVolumes, name, &r); err != nil {
+				if errors.Is(err, ErrCorrupt) {
+					// One damaged file must not hide every other
+					// volume of the export.
+					klog.ErrorS(err, "Leaving a corrupt record out of the listing; move it away or restore it", "export", x.Name(), "record", path.Join(ids.HiddenDir, dirVolumes, name))
+					return nil
+				}
 				return err
 			}
 			out = append(out, &r)
@@ -330,6 +585,12 @@ func (x *Export) ListSnapshots(ctx context.Context) ([]*SnapshotRecord, error) {
 		return listRecords(x, dirSnapRecs, func(name string) error {
 			var r SnapshotRecord
 			if err := x.readRecord(dirSnapRecs, name, &r); err != nil {
+				if errors.Is(err, ErrCorrupt) {
+					// One damaged file must not hide every other
+					// snapshot of the export.
+					klog.ErrorS(err, "Leaving a corrupt record out of the listing; move it away or restore it", "export", x.Name(), "record", path.Join(ids.HiddenDir, dirSnapRecs, name))
+					return nil
+				}
 				return err
 			}
 			out = append(out, &r)
@@ -340,28 +601,49 @@ func (x *Export) ListSnapshots(ctx context.Context) ([]*SnapshotRecord, error) {
 	return out, err
 }
 
+// listEntries calls each for every regular file of dir but the marker.
+func listEntries(x *Export, dir string, each func(name string) error) error {
+	return listDir(x, dir, func(n string) bool { return n != nestedIndexDone }, each)
+}
+
 func listRecords(x *Export, dir string, each func(name string) error) error {
-	ents, err := os.ReadDir(x.hidden(dir))
+	return listDir(x, dir, func(n string) bool { return strings.HasSuffix(n, ".json") }, each)
+}
+
+func listDir(x *Export, dir string, keep func(string) bool, each func(name string) error) error {
+	d, err := x.sub(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
+		return err
+	}
+	defer d.Close()
+	names, err := d.Names()
+	if err != nil {
 		return fmt.Errorf("list %s on %s: %w", dir, x.Name(), err)
 	}
-	for _, e := range ents {
-		if !strings.HasSuffix(e.Name(), ".json") {
+	for _, n := range names {
+		if !keep(n) {
 			continue
 		}
-		if err := each(e.Name()); err != nil && !errors.Is(err, ErrNotFound) {
+		if st, err := d.Lstat(n); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			continue
+		}
+		if err := each(n); err != nil && !errors.Is(err, ErrNotFound) {
 			return err
 		}
 	}
 	return nil
 }
 
+// ArchivePrefix starts the names onDelete: archive gives subdirectories,
+// in the share's root; no volume's subDir may start with it.
+const ArchivePrefix = "archived-"
+
 // archiveName is where onDelete: archive moves subDir at t.
 func archiveName(subDir string, t time.Time, n int) string {
-	s := "archived-" + strings.ReplaceAll(subDir, "/", "-") + "-" + t.UTC().Format("20060102T150405Z")
+	s := ArchivePrefix + strings.ReplaceAll(subDir, "/", "-") + "-" + t.UTC().Format("20060102T150405Z")
 	if n > 0 {
 		s += "-" + strconv.Itoa(n)
 	}
