@@ -301,7 +301,7 @@ func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *conte
 		}
 		var st hostpath.CopyResult
 		err := d.withCopyLocks(ctx, []string{src.volumeID}, func(vols map[string]*state.Volume, freeze []string) (err error) {
-			if err := d.growForSource(v, vols[src.volumeID].CapacityBytes, limit); err != nil {
+			if err := d.growForSource(v, d.heldSize(vols[src.volumeID]), limit); err != nil {
 				return err
 			}
 			st, err = d.vols.Clone(ctx, src.volumeID, v.ID, freeze)

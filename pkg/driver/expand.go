@@ -166,9 +166,11 @@ func (d *Driver) growthFailed(v *state.Volume) {
 	d.reserved.invalidate()
 }
 
-// heldSize is the size v may fill: its recorded capacity, or more while an
-// expansion is in progress or was cut short (its intent on record; an image
-// or block file grown before the capacity was recorded).
+// heldSize is the size v may fill, and what a copy of it holds: its
+// recorded capacity, or more while an expansion is in progress or was cut
+// short (its intent on record; an image or block file grown before the
+// capacity was recorded). A snapshot, restore or clone sizes itself by it,
+// never by the record alone: a copy of a grown image file cannot shrink.
 func (d *Driver) heldSize(v *state.Volume) int64 {
 	size := max(v.CapacityBytes, v.GrowingTo)
 	if v.Limit == hostpath.EnforceImage {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
@@ -97,5 +98,83 @@ func TestFailedExpansionGivesBackItsRoom(t *testing.T) {
 	}
 	if after.GetAvailableCapacity() != before.GetAvailableCapacity() {
 		t.Errorf("capacity for other claims was %d before the failed expansion, %d after", before.GetAvailableCapacity(), after.GetAvailableCapacity())
+	}
+}
+
+// A kill mid-expansion leaves an image or block file larger than the size on
+// record until the kubelet's retry. A snapshot, restore or clone taken in
+// that window holds the grown file, so it is sized by it: a restore or clone
+// asking for the recorded size used to fail for good ("an image cannot
+// shrink"), as the kill storm found.
+func TestCopiesOfAVolumeGrownByACutShortExpansion(t *testing.T) {
+	mnt := testutil.LoopFS(t, "ext4", 512)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	const size, grown = 16 << 20, 24 << 20
+	for _, tc := range []struct {
+		name   string
+		params map[string]string
+		caps   []*csi.VolumeCapability
+	}{
+		{"image", map[string]string{ParamLayout: LayoutImage}, []*csi.VolumeCapability{rwo}},
+		{"block", nil, []*csi.VolumeCapability{blockCap}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := createReq("src-"+tc.name, size)
+			req.Parameters, req.VolumeCapabilities = tc.params, tc.caps
+			r, err := e.d.CreateVolume(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			src := r.GetVolume().GetVolumeId()
+			// What NodeExpandVolume does before it records the size; then the kill.
+			if tc.params == nil {
+				err = e.d.vols.ExpandBlock(src, grown)
+			} else {
+				_, err = e.d.vols.ExpandImage(src, grown)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.restart(t)
+			snap, err := e.d.CreateSnapshot(ctx, snapReq("snap-"+tc.name, src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := snap.GetSnapshot().GetSizeBytes(); got != grown {
+				t.Errorf("snapshot size %d, want the grown file's %d (the least a restore needs)", got, int64(grown))
+			}
+			for _, c := range []*csi.CreateVolumeRequest{
+				fromSnapshot("restore-"+tc.name, 0, snap.GetSnapshot().GetSnapshotId()),
+				fromVolume("clone-"+tc.name, 0, src),
+			} {
+				c.CapacityRange = nil
+				c.Parameters, c.VolumeCapabilities = tc.params, tc.caps
+				got, err := e.d.CreateVolume(ctx, c)
+				if err != nil {
+					t.Fatalf("%s: %v", c.Name, err)
+				}
+				if n := got.GetVolume().GetCapacityBytes(); n != grown {
+					t.Errorf("%s: capacity %d, want %d", c.Name, n, int64(grown))
+				}
+				if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: got.GetVolume().GetVolumeId()}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Asking for the size on record is now asking for less than the
+			// source holds: OUT_OF_RANGE, not a copy that fails late.
+			_, err = e.d.CreateVolume(ctx, func() *csi.CreateVolumeRequest {
+				c := fromVolume("small-"+tc.name, size, src)
+				c.Parameters, c.VolumeCapabilities = tc.params, tc.caps
+				return c
+			}())
+			wantCode(t, err, codes.OutOfRange)
+			if _, err := e.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshot().GetSnapshotId()}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src}); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

@@ -206,7 +206,7 @@ func (d *Driver) takeGroup(ctx context.Context, g *state.GroupSnapshot, vols map
 	start := time.Now()
 	err := imagefs.WithFrozen(d.vols.FreezeMarkers(), freeze, func() error {
 		for i, src := range g.SourceVolumeIDs {
-			snap := newSnapshotOf(vols[src], g.SnapshotIDs[i], fmt.Sprintf("%s/%d", g.ID, i))
+			snap := d.newSnapshotOf(vols[src], g.SnapshotIDs[i], fmt.Sprintf("%s/%d", g.ID, i))
 			snap.CreatedAt, snap.GroupID = g.CreatedAt, g.ID
 			if err := d.takeSnapshot(ctx, snap, nil); err != nil {
 				return err

@@ -131,15 +131,16 @@ func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		unlockSrc()
 		return nil, nil, err
 	}
-	snap := newSnapshotOf(src, ids.NewSnapshotID(), name)
+	snap := d.newSnapshotOf(src, ids.NewSnapshotID(), name)
 	snap.Parameters = req.GetParameters()
 	what := fmt.Sprintf("snapshot %s of volume %s", snap.ID, srcID)
 	j := d.jobs.start(key, snap.ID, what, []string{"vol/" + srcID}, func(jctx context.Context) error {
 		defer unlockSrc()
 		return d.withCopyLocks(jctx, []string{srcID}, func(vols map[string]*state.Volume, freeze []string) error {
 			// The source as it is now, under its node lock: an expansion
-			// since the call changed its size.
-			snap.SourceCapacity = vols[srcID].CapacityBytes
+			// since the call changed its size, and one a kill cut short
+			// left its file larger than its record.
+			snap.SourceCapacity = d.heldSize(vols[srcID])
 			return d.takeSnapshot(jctx, snap, freeze)
 		})
 	}, d.abandonSnapshot)
@@ -195,8 +196,10 @@ func (d *Driver) abandonSnapshot(j *job) {
 }
 
 // newSnapshotOf is the record of a new snapshot of src, in phase creating.
-func newSnapshotOf(src *state.Volume, id, name string) *state.Snapshot {
-	return &state.Snapshot{ID: id, Name: name, SourceVolumeID: src.ID, SourceCapacity: src.CapacityBytes,
+// Its size is what a copy of src holds now (see heldSize), which a restore
+// must have room for.
+func (d *Driver) newSnapshotOf(src *state.Volume, id, name string) *state.Snapshot {
+	return &state.Snapshot{ID: id, Name: name, SourceVolumeID: src.ID, SourceCapacity: d.heldSize(src),
 		SourceAccessType: src.AccessType, SourceLayout: src.Layout, SourceFSType: src.FSType, SourceFormatted: src.Formatted,
 		Phase: state.PhaseCreating, CreatedAt: time.Now().UTC()}
 }
@@ -523,7 +526,7 @@ func (d *Driver) lockContentSource(ctx context.Context, cs *csi.VolumeContentSou
 			unlock()
 			return nil, err
 		}
-		return &contentSource{volumeID: id, capacity: v.CapacityBytes, kind: kindOf(v), formatted: v.Formatted,
+		return &contentSource{volumeID: id, capacity: d.heldSize(v), kind: kindOf(v), formatted: v.Formatted,
 			lockKey: "vol/" + id, unlock: unlock}, nil
 	}
 	return nil, status.Error(codes.InvalidArgument, "volume content source has neither a snapshot nor a volume")
