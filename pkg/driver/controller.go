@@ -536,17 +536,7 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 		klog.V(2).InfoS("DeleteVolume of an ID this driver never made; nothing to do", "volumeID", id)
 		return &csi.DeleteVolumeResponse{}, nil
 	}
-	if j := d.jobs.making(id); j != nil {
-		// Whoever asks to delete a volume still being copied wants it
-		// gone: stop the copy, which removes what it made.
-		if err := d.jobs.cancelAndWait(ctx, j); err != nil {
-			return nil, err
-		}
-	}
-	if j := d.jobs.reading("vol/" + id); j != nil {
-		return nil, status.Errorf(codes.Aborted, "volume %s is the source of a %s; retry once it ends", id, j.what)
-	}
-	unlock, err := d.lock(ctx, "vol", id)
+	unlock, err := d.lockForDelete(ctx, "vol", id)
 	if err != nil {
 		return nil, err
 	}

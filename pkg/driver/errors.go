@@ -63,3 +63,21 @@ func (d *Driver) rlock(ctx context.Context, kind, key string) (func(), error) {
 func notFound(format string, args ...any) error {
 	return status.Error(codes.NotFound, fmt.Sprintf(format, args...))
 }
+
+// lockForDelete takes the lock of a volume ("vol") or snapshot ("snap") that
+// a delete is about to remove. Whoever deletes what is still being copied
+// wants it gone: that copy is stopped first (it removes what it made). One
+// that is the source of a running copy is ABORTED at once instead of
+// queueing behind it.
+func (d *Driver) lockForDelete(ctx context.Context, kind, id string) (func(), error) {
+	if j := d.jobs.making(id); j != nil {
+		if err := d.jobs.cancelAndWait(ctx, j); err != nil {
+			return nil, err
+		}
+	}
+	if j := d.jobs.reading(kind + "/" + id); j != nil {
+		what := map[string]string{"vol": "volume", "snap": "snapshot"}[kind]
+		return nil, status.Errorf(codes.Aborted, "%s %s is the source of a %s; retry once it ends", what, id, j.what)
+	}
+	return d.lock(ctx, kind, id)
+}

@@ -21,15 +21,7 @@ func (d *Driver) nfsDeleteVolume(ctx context.Context, id string) (*csi.DeleteVol
 		klog.V(2).InfoS("DeleteVolume of an NFS ID this driver never made; nothing to do", "volumeID", id, "err", err)
 		return &csi.DeleteVolumeResponse{}, nil
 	}
-	if j := d.jobs.making(id); j != nil {
-		if err := d.jobs.cancelAndWait(ctx, j); err != nil {
-			return nil, err
-		}
-	}
-	if j := d.jobs.reading("vol/" + id); j != nil {
-		return nil, status.Errorf(codes.Aborted, "volume %s is the source of a %s; retry once it ends", id, j.what)
-	}
-	unlock, err := d.lock(ctx, "vol", id)
+	unlock, err := d.lockForDelete(ctx, "vol", id)
 	if err != nil {
 		return nil, err
 	}

@@ -220,15 +220,7 @@ func (d *Driver) nfsDeleteSnapshot(ctx context.Context, id string) (*csi.DeleteS
 	if err != nil {
 		return &csi.DeleteSnapshotResponse{}, nil // no snapshot can have this ID
 	}
-	if j := d.jobs.making(id); j != nil {
-		if err := d.jobs.cancelAndWait(ctx, j); err != nil {
-			return nil, err
-		}
-	}
-	if j := d.jobs.reading("snap/" + id); j != nil {
-		return nil, status.Errorf(codes.Aborted, "snapshot %s is the source of a %s; retry once it ends", id, j.what)
-	}
-	unlock, err := d.lock(ctx, "snap", id)
+	unlock, err := d.lockForDelete(ctx, "snap", id)
 	if err != nil {
 		return nil, err
 	}

@@ -48,13 +48,10 @@ func (x *Export) Snapshot(ctx context.Context, subDir, snapKey string) (copytree
 			return err
 		}
 		defer snaps.Close()
-		if err := beneath.RenameNoReplace(partial.Fd(), name, snaps.Fd(), snapKey); err != nil {
+		if err := moveDurably(partial, name, snaps, snapKey); err != nil {
 			return fmt.Errorf("move the copy into place as snapshot %s: %w", snapKey, err)
 		}
-		if err := unix.Fsync(partial.Fd()); err != nil {
-			return err
-		}
-		return unix.Fsync(snaps.Fd())
+		return nil
 	})
 	if err != nil {
 		return st, fmt.Errorf("snapshot %s on %s: %w", subDir, x.Name(), err)
@@ -109,13 +106,10 @@ func (x *Export) copyToSubDir(ctx context.Context, src *beneath.Dir, subDir, key
 			return err
 		}
 		defer parent.Close()
-		if err := beneath.RenameNoReplace(partial.Fd(), copyName, parent.Fd(), name); err != nil {
+		if err := moveDurably(partial, copyName, parent, name); err != nil {
 			return fmt.Errorf("move the copy into place at %s: %w", subDir, err)
 		}
-		if err := unix.Fsync(partial.Fd()); err != nil {
-			return err
-		}
-		return unix.Fsync(parent.Fd())
+		return nil
 	})
 	if err != nil {
 		return st, fmt.Errorf("copy into %s on %s: %w", subDir, x.Name(), err)
@@ -248,4 +242,20 @@ func IsMounted(target string) (bool, error) { return isMounted(target) }
 // Do runs fn as a file operation on export under the timeout.
 func (b *Backend) Do(ctx context.Context, export, what string, fn func() error) error {
 	return b.guard.do(ctx, export, what, fn)
+}
+
+// moveDurably renames from/name to to/newName, never over an existing
+// entry, and makes both directories' entries durable: a copy is in place
+// only once the server has the rename.
+func moveDurably(from *beneath.Dir, name string, to *beneath.Dir, newName string) error {
+	if err := beneath.RenameNoReplace(from.Fd(), name, to.Fd(), newName); err != nil {
+		return err
+	}
+	if err := unix.Fsync(from.Fd()); err != nil {
+		return fmt.Errorf("fsync %s's old directory: %w", newName, err)
+	}
+	if err := unix.Fsync(to.Fd()); err != nil {
+		return fmt.Errorf("fsync %s's directory: %w", newName, err)
+	}
+	return nil
 }
