@@ -1,0 +1,60 @@
+package nfs
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+)
+
+// Review 2: since 66c3d5d a call whose caller gave up marks its export busy
+// until the operation returns, even on a healthy server (a kubelet or
+// sidecar deadline, a slow listing). Meanwhile every unmount on that
+// export skips the plain unmount and forces (MNT_FORCE|MNT_DETACH). On the
+// kernel's NFS client MNT_FORCE runs nfs_umount_begin on the superblock,
+// which -EIOs every pending RPC of that superblock: the I/O of every other
+// pod whose volume is a subdirectory of the same export on that node.
+// Here: a healthy mount with a file open (a plain unmount says EBUSY) is
+// detached anyway because a caller of another operation gave up.
+func TestReview2UnmountOfAHealthyExportIsForcedAfterACallerGaveUp(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	testutil.CleanupMounts(t, dir)
+	src, target := filepath.Join(dir, "src"), filepath.Join(dir, "target")
+	for _, d := range []string{src, target} {
+		os.Mkdir(d, 0o755)
+	}
+	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(target, "open"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	g := newGuard(time.Minute)
+
+	// The healthy case: a plain unmount, refused while a file is open.
+	if err := unmount(context.Background(), g, "healthy:/x", target); !errors.Is(err, unix.EBUSY) {
+		t.Fatalf("unmount of a busy healthy mount: %v, want EBUSY from a plain unmount", err)
+	}
+
+	// A statfs (say) whose caller gave up after a short deadline; the
+	// server answers it a moment later: nothing is wrong with it.
+	release := make(chan struct{})
+	defer close(release)
+	cctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	g.do(cctx, "healthy:/x", "statfs", func() error { <-release; return nil })
+
+	err = unmount(context.Background(), g, "healthy:/x", target)
+	if m, _ := isMounted(target); !m {
+		t.Errorf("unmount of a healthy export's mount, right after a caller of another operation gave up: %v, and the mount was forced and detached (on NFS: MNT_FORCE fails the pending I/O of every mount of that export on the node)", err)
+	}
+}
