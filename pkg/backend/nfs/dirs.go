@@ -283,21 +283,41 @@ func (x *Export) purgeLoop() {
 	}
 }
 
-// emptyTrash removes every entry of trash/, through descriptors.
+// emptyTrash removes every entry of trash/, through descriptors. Each
+// step (a listing, an unlink, an open) runs under the guard, as every
+// other operation on the export: a server that stops answering mid-purge
+// costs one timeout, marks the export stuck, and the purge stops (the next
+// use of the export retries), instead of holding the purge, and whoever
+// waits for it, forever. A large tree on a healthy server takes as long as
+// it takes: only a single step is bounded.
 func (x *Export) emptyTrash() error {
-	trash, err := x.sub(dirTrash)
-	if err != nil {
-		return err
-	}
-	defer trash.Close()
-	names, err := trash.Names()
+	ctx := context.Background()
+	var trash *beneath.Dir
+	var names []string
+	err := x.do(ctx, "list "+dirTrash, func() error {
+		t, err := x.sub(dirTrash)
+		if err != nil {
+			return err
+		}
+		if names, err = t.Names(); err != nil {
+			t.Close()
+			return err
+		}
+		trash = t
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("list %s on %s: %w", dirTrash, x.Name(), err)
 	}
+	defer trash.Close()
+	step := func(op func() error) error { return x.do(ctx, "remove from "+dirTrash, op) }
 	var errs []error
 	for _, n := range names {
-		if err := beneath.RemoveTreeAt(trash, n); err != nil {
+		if err := beneath.RemoveTreeAtSteps(trash, n, step); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", path.Join(dirTrash, n), err))
+			if errors.Is(err, ErrTimeout) || errors.Is(err, ErrBusy) {
+				break // the server stopped answering: no use trying the rest
+			}
 		}
 	}
 	return errors.Join(errs...)
