@@ -13,16 +13,16 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
-// Review 2: since 66c3d5d a call whose caller gave up marks its export busy
-// until the operation returns, even on a healthy server (a kubelet or
-// sidecar deadline, a slow listing). Meanwhile every unmount on that
-// export skips the plain unmount and forces (MNT_FORCE|MNT_DETACH). On the
-// kernel's NFS client MNT_FORCE runs nfs_umount_begin on the superblock,
-// which -EIOs every pending RPC of that superblock: the I/O of every other
-// pod whose volume is a subdirectory of the same export on that node.
-// Here: a healthy mount with a file open (a plain unmount says EBUSY) is
-// detached anyway because a caller of another operation gave up.
-func TestReview2UnmountOfAHealthyExportIsForcedAfterACallerGaveUp(t *testing.T) {
+// A call whose caller gave up marks its export busy until the operation
+// returns, even on a healthy server (a kubelet or sidecar deadline, a slow
+// listing). An unmount on that export must not force (MNT_FORCE|MNT_DETACH)
+// for that alone: on the kernel's NFS client MNT_FORCE runs
+// nfs_umount_begin on the superblock, which -EIOs every pending RPC of that
+// superblock: the I/O of every other pod whose volume is a subdirectory of
+// the same export on that node. Here: a healthy mount with a file open (a
+// plain unmount says EBUSY) stays mounted, and once the file is closed a
+// plain unmount removes it, though the export is still busy.
+func TestUnmountAfterACallerGaveUpOnAHealthyExportIsNotForced(t *testing.T) {
 	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	testutil.CleanupMounts(t, dir)
@@ -56,5 +56,11 @@ func TestReview2UnmountOfAHealthyExportIsForcedAfterACallerGaveUp(t *testing.T) 
 	err = unmount(context.Background(), g, "healthy:/x", target)
 	if m, _ := isMounted(target); !m {
 		t.Errorf("unmount of a healthy export's mount, right after a caller of another operation gave up: %v, and the mount was forced and detached (on NFS: MNT_FORCE fails the pending I/O of every mount of that export on the node)", err)
+	} else if !errors.Is(err, unix.EBUSY) {
+		t.Errorf("unmount of a busy healthy mount while a caller's operation is held: %v, want EBUSY from a plain unmount", err)
+	}
+	f.Close()
+	if err := unmount(context.Background(), g, "healthy:/x", target); err != nil {
+		t.Errorf("plain unmount once nothing is open, while the export is held by an operation whose caller gave up: %v", err)
 	}
 }
