@@ -440,12 +440,18 @@ type SubDirClaim struct {
 // directory of the nested index, however many volumes the export has.
 // Entries of volumes that are gone may be among them.
 func (x *Export) SubDirClaims(ctx context.Context, subDir string) ([]SubDirClaim, error) {
-	var out []SubDirClaim
+	var result []SubDirClaim
 	err := x.do(ctx, "read subdirectory index", func() error {
-		out = out[:0]
+		var out []SubDirClaim
 		for _, p := range selfAndAncestors(subDir) {
 			var e nameEntry
 			err := x.readRecord(dirSubDirs, hashName(p), &e)
+			if errors.Is(err, ErrCorrupt) {
+				// A damaged entry names no volume: it must not block
+				// the directory forever; a new claim replaces it.
+				klog.ErrorS(err, "Ignoring a corrupt subdirectory index entry", "export", x.Name(), "subDir", p)
+				continue
+			}
 			if errors.Is(err, ErrNotFound) {
 				continue
 			}
@@ -455,7 +461,7 @@ func (x *Export) SubDirClaims(ctx context.Context, subDir string) ([]SubDirClaim
 			out = append(out, SubDirClaim{SubDir: e.Name, ID: e.ID})
 		}
 		below := path.Join(dirNested, hashName(subDir))
-		return listEntries(x, below, func(name string) error {
+		err := listEntries(x, below, func(name string) error {
 			var e nameEntry
 			if err := x.readRecord(below, name, &e); err != nil {
 				return err
@@ -463,8 +469,13 @@ func (x *Export) SubDirClaims(ctx context.Context, subDir string) ([]SubDirClaim
 			out = append(out, SubDirClaim{SubDir: e.Name, ID: e.ID})
 			return nil
 		})
+		result = out
+		return err
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return result, nil
 }
 
 // selfAndAncestors is subDir and each directory above it up to the share:
@@ -557,48 +568,60 @@ func (x *Export) dropIndex(dir, name, id string) error {
 
 // ListVolumes reads every volume record on the export, sorted by ID.
 func (x *Export) ListVolumes(ctx context.Context) ([]*VolumeRecord, error) {
-	var out []*VolumeRecord
+	// The records are collected by the operation and handed over only
+	// when it completes: an operation whose caller gave up goes on, and
+	// must not append to what the caller is sorting or returning.
+	var result []*VolumeRecord
 	err := x.do(ctx, "list volume records", func() error {
-		return listRecords(x, dirVolumes, func(name string) error {
+		var out []*VolumeRecord
+		err := listRecords(x, dirVolumes, func(name string) error {
 			var r VolumeRecord
 			if err := x.readRecord(dirVolumes, name, &r); err != nil {
-				if errors.Is(err, ErrCorrupt) {
-					// One damaged file must not hide every other
-					// volume of the export.
-					klog.ErrorS(err, "Leaving a corrupt record out of the listing; move it away or restore it", "export", x.Name(), "record", path.Join(ids.HiddenDir, dirVolumes, name))
-					return nil
-				}
 				return err
 			}
 			out = append(out, &r)
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+		result = out
+		return nil
 	})
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return result, nil
 }
 
 // ListSnapshots reads every snapshot record on the export, sorted by ID.
 func (x *Export) ListSnapshots(ctx context.Context) ([]*SnapshotRecord, error) {
-	var out []*SnapshotRecord
+	// The records are collected by the operation and handed over only
+	// when it completes: an operation whose caller gave up goes on, and
+	// must not append to what the caller is sorting or returning.
+	var result []*SnapshotRecord
 	err := x.do(ctx, "list snapshot records", func() error {
-		return listRecords(x, dirSnapRecs, func(name string) error {
+		var out []*SnapshotRecord
+		err := listRecords(x, dirSnapRecs, func(name string) error {
 			var r SnapshotRecord
 			if err := x.readRecord(dirSnapRecs, name, &r); err != nil {
-				if errors.Is(err, ErrCorrupt) {
-					// One damaged file must not hide every other
-					// snapshot of the export.
-					klog.ErrorS(err, "Leaving a corrupt record out of the listing; move it away or restore it", "export", x.Name(), "record", path.Join(ids.HiddenDir, dirSnapRecs, name))
-					return nil
-				}
 				return err
 			}
 			out = append(out, &r)
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+		result = out
+		return nil
 	})
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return result, nil
 }
 
 // listEntries calls each for every regular file of dir but the marker.
@@ -610,6 +633,9 @@ func listRecords(x *Export, dir string, each func(name string) error) error {
 	return listDir(x, dir, func(n string) bool { return strings.HasSuffix(n, ".json") }, each)
 }
 
+// listDir calls each for the regular files of dir that keep accepts. An
+// entry each finds corrupt (ErrCorrupt) is logged and skipped: a listing,
+// an index fill or a claim check goes on without it.
 func listDir(x *Export, dir string, keep func(string) bool, each func(name string) error) error {
 	d, err := x.sub(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -630,7 +656,14 @@ func listDir(x *Export, dir string, keep func(string) bool, each func(name strin
 		if st, err := d.Lstat(n); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 			continue
 		}
-		if err := each(n); err != nil && !errors.Is(err, ErrNotFound) {
+		err := each(n)
+		if errors.Is(err, ErrCorrupt) {
+			// One damaged file must not hide, or block, every other
+			// entry of the directory: it is left out, and said.
+			klog.ErrorS(err, "Leaving a corrupt record out; move it away or restore it", "export", x.Name(), "record", path.Join(ids.HiddenDir, dir, n))
+			continue
+		}
+		if err != nil && !errors.Is(err, ErrNotFound) {
 			return err
 		}
 	}
