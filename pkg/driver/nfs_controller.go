@@ -294,14 +294,16 @@ func (d *Driver) nfsCheckSubDirFree(ctx context.Context, x *nfs.Export, subDir, 
 			continue // a corrupt entry: a new claim replaces it
 		}
 		orec, err := x.GetVolume(ctx, ov.Key)
-		if errors.Is(err, nfs.ErrNotFound) {
-			continue // its volume is gone
+		if errors.Is(err, nfs.ErrNotFound) || (err == nil && orec.ID != c.ID) {
+			if c.Retained && c.SubDir != subDir {
+				if err := d.nfsCheckRetained(ctx, x, subDir, c); err != nil {
+					return err
+				}
+			}
+			continue // its volume is gone (retained data of subDir itself is taken over)
 		}
 		if err != nil {
 			return nfsError("read volume record", err)
-		}
-		if orec.ID != c.ID {
-			continue
 		}
 		switch {
 		case orec.SubDir == subDir:
@@ -319,6 +321,25 @@ func (d *Driver) nfsCheckSubDirFree(ctx context.Context, x *nfs.Export, subDir, 
 		}
 	}
 	return nil
+}
+
+// nfsCheckRetained refuses subDir if the retained data of a deleted volume
+// (claim c, around or inside subDir) is still there: a volume there would
+// give its pods another claim's data, and its delete would remove it.
+func (d *Driver) nfsCheckRetained(ctx context.Context, x *nfs.Export, subDir string, c nfs.SubDirClaim) error {
+	exists, err := x.DirExists(ctx, c.SubDir)
+	if err != nil {
+		return nfsError("look up retained data", err)
+	}
+	if !exists {
+		return nil // removed by hand: the claim is stale
+	}
+	how := "holds"
+	if strings.HasPrefix(subDir, c.SubDir+"/") {
+		how = "is inside"
+	}
+	return status.Errorf(codes.AlreadyExists, "subDir %q on %s %s subDir %q, retained from deleted volume %s (onDelete: retain): a volume there would see and delete that data; use another subDir, or move the retained data away",
+		subDir, x.Name(), how, c.SubDir, c.ID)
 }
 
 // nfsRecordNew records the intent to make a volume on the export: its name,

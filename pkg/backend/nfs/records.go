@@ -103,6 +103,11 @@ type SnapshotRecord struct {
 type nameEntry struct {
 	Name string `json:"name"`
 	ID   string `json:"id"`
+	// Retained marks a subdirectory claim kept after its volume was
+	// deleted with onDelete: retain: the data is still there, owned by
+	// nobody; a new volume of the same subDir takes it over, one around
+	// or inside it is refused (see RetainVolume).
+	Retained bool `json:"retained,omitempty"`
 }
 
 // sub opens dir (a relative path) below the driver's directory: no symlink
@@ -432,6 +437,8 @@ func (x *Export) SubDirOwner(ctx context.Context, subDir string) (string, error)
 // SubDir.
 type SubDirClaim struct {
 	SubDir, ID string
+	// Retained: the volume was deleted and its data retained.
+	Retained bool
 }
 
 // SubDirClaims returns the claims on subDir, on each of its ancestors and
@@ -458,7 +465,7 @@ func (x *Export) SubDirClaims(ctx context.Context, subDir string) ([]SubDirClaim
 			if err != nil {
 				return err
 			}
-			out = append(out, SubDirClaim{SubDir: e.Name, ID: e.ID})
+			out = append(out, SubDirClaim{SubDir: e.Name, ID: e.ID, Retained: e.Retained})
 		}
 		below := path.Join(dirNested, hashName(subDir))
 		err := listEntries(x, below, func(name string) error {
@@ -466,7 +473,7 @@ func (x *Export) SubDirClaims(ctx context.Context, subDir string) ([]SubDirClaim
 			if err := x.readRecord(below, name, &e); err != nil {
 				return err
 			}
-			out = append(out, SubDirClaim{SubDir: e.Name, ID: e.ID})
+			out = append(out, SubDirClaim{SubDir: e.Name, ID: e.ID, Retained: e.Retained})
 			return nil
 		})
 		result = out
@@ -564,6 +571,45 @@ func (x *Export) dropIndex(dir, name, id string) error {
 		return nil // taken over by another volume since
 	}
 	return x.removeRecord(dir, name)
+}
+
+// RetainVolume is DeleteVolume for a volume deleted with onDelete: retain:
+// its subdirectory claims stay, marked retained, so that the retained data
+// is not taken into a volume around it or inside it of another claim (its
+// pods would read it, its delete would remove it); a new volume of the
+// same subDir takes the data, and the claim, over.
+func (x *Export) RetainVolume(ctx context.Context, r *VolumeRecord, key string) error {
+	return x.do(ctx, "remove volume record, keep its subdirectory claim", func() error {
+		retained := nameEntry{Name: r.SubDir, ID: r.ID, Retained: true}
+		if err := x.markRetained(dirSubDirs, hashName(r.SubDir), retained); err != nil {
+			return err
+		}
+		for _, a := range selfAndAncestors(r.SubDir)[1:] {
+			if err := x.markRetained(path.Join(dirNested, hashName(a)), hashName(r.SubDir), retained); err != nil {
+				return err
+			}
+		}
+		if err := x.dropIndex(dirNames, "volume-"+hashName(r.Name), r.ID); err != nil {
+			return err
+		}
+		return x.removeRecord(dirVolumes, key+".json")
+	})
+}
+
+// markRetained rewrites an index entry as retained if it still points at
+// the retained volume.
+func (x *Export) markRetained(dir, name string, e nameEntry) error {
+	var cur nameEntry
+	err := x.readRecord(dir, name, &cur)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil
+	case err == nil && cur.ID != e.ID:
+		return nil // taken over by another volume since
+	case err == nil && cur.Retained:
+		return nil
+	}
+	return x.writeRecord(dir, name, &e)
 }
 
 // ListVolumes reads every volume record on the export, sorted by ID.
