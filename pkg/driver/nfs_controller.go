@@ -149,6 +149,13 @@ func (d *Driver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p 
 		return nil, nil, err
 	}
 	if err := d.nfsMakeEmpty(ctx, x, rec, recKey, p); err != nil {
+		if status.Code(err) == codes.AlreadyExists {
+			// Another controller claimed a subDir around or inside this
+			// one meanwhile: nothing was made; forget the attempt.
+			if uerr := d.nfsUndoCreate(ctx, x, rec, recKey); uerr != nil {
+				klog.ErrorS(uerr, "Rolling back a volume whose subdirectory is taken; a retry of the name or the sweep finishes it", "volumeID", rec.ID)
+			}
+		}
 		return nil, nil, err
 	}
 	return nil, &csi.CreateVolumeResponse{Volume: nfsCSIVolume(rec)}, nil
@@ -376,11 +383,44 @@ func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.Creat
 	}
 	if src != nil {
 		// An empty volume's claim is written by nfsMakeEmpty.
-		if err := x.PutSubDirOwner(ctx, subDir, id); err != nil {
-			return nil, "", nfsError("record the volume's subdirectory", err)
+		if err := d.nfsClaimSubDir(ctx, x, rec); err != nil {
+			if uerr := d.nfsUndoCreate(ctx, x, rec, recKey); uerr != nil {
+				klog.ErrorS(uerr, "Rolling back a volume whose subdirectory is taken; a retry of the name or the sweep finishes it", "volumeID", rec.ID)
+			}
+			return nil, "", err
 		}
 	}
 	return rec, recKey, nil
+}
+
+// nfsClaimSubDir claims rec's subdirectory, then reads the claims around
+// it: the in-process locks do not reach another controller on the same
+// export (a second StorageClass's controller, the old pod of a moved
+// Deployment), so a check made before claiming could let both of two
+// nested (or identical) subDirs through. Claim first, without replacing
+// another volume's claim, then check: of two controllers at once, the one
+// whose check comes last sees the other's claim, withdraws its own and
+// answers ALREADY_EXISTS (both may, in a close race: the CO retries).
+func (d *Driver) nfsClaimSubDir(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord) error {
+	taken, err := x.ClaimSubDir(ctx, rec.SubDir, rec.ID)
+	if errors.Is(err, nfs.ErrExists) && taken != nil {
+		// subDir's entry is another volume's: refused if that volume
+		// lives, replaced if it is gone (or retained data taken over).
+		if err := d.nfsCheckSubDirFree(ctx, x, rec.SubDir, rec.Name, rec.ID); err != nil {
+			return err
+		}
+		err = x.PutSubDirOwner(ctx, rec.SubDir, rec.ID)
+	}
+	if err != nil {
+		return nfsError("record the volume's subdirectory", err)
+	}
+	if err := d.nfsCheckSubDirFree(ctx, x, rec.SubDir, rec.Name, rec.ID); err != nil {
+		if derr := x.DropSubDirClaim(context.Background(), rec.SubDir, rec.ID); derr != nil {
+			klog.ErrorS(derr, "Cannot withdraw a subdirectory claim that conflicts with another volume's", "volumeID", rec.ID, "subDir", rec.SubDir)
+		}
+		return err
+	}
+	return nil
 }
 
 // nfsMakeEmpty creates (or adopts) the subdirectory and records the volume
@@ -388,8 +428,8 @@ func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.Creat
 func (d *Driver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, recKey string, p nfsParams) error {
 	// Again when finishing a create a kill cut short before its claim on
 	// the subdirectory was written.
-	if err := x.PutSubDirOwner(ctx, rec.SubDir, rec.ID); err != nil {
-		return nfsError("record the volume's subdirectory", err)
+	if err := d.nfsClaimSubDir(ctx, x, rec); err != nil {
+		return err
 	}
 	adopted, err := x.MakeDir(ctx, rec.SubDir, p.mode)
 	if err != nil {

@@ -511,6 +511,56 @@ func (x *Export) PutSubDirOwner(ctx context.Context, subDir, id string) error {
 	})
 }
 
+// ClaimSubDir records that the volume id claims subDir, without replacing
+// another volume's claim of subDir: the subdirs/ entry is linked into
+// place (no client, of this controller or another, can make that replace
+// a file), then the entries below each ancestor are written. If subDir's
+// entry names another volume, nothing is written and the error is
+// ErrExists with that claim: the caller decides whether it is stale (its
+// volume gone) and replaces it with PutSubDirOwner.
+//
+// A claim is made before the claims around it are read (see the driver's
+// nfsClaimSubDir): of two controllers claiming nested subDirs at once,
+// the one that reads last sees the other's claim.
+func (x *Export) ClaimSubDir(ctx context.Context, subDir, id string) (*SubDirClaim, error) {
+	var taken *SubDirClaim
+	err := x.do(ctx, "write subdirectory index", func() error {
+		err := x.createRecord(dirSubDirs, hashName(subDir), &nameEntry{Name: subDir, ID: id})
+		if errors.Is(err, ErrExists) {
+			var e nameEntry
+			rerr := x.readRecord(dirSubDirs, hashName(subDir), &e)
+			if rerr == nil && e.ID != id {
+				taken = &SubDirClaim{SubDir: e.Name, ID: e.ID, Retained: e.Retained}
+				return err
+			}
+			if rerr != nil && !errors.Is(rerr, ErrCorrupt) {
+				return rerr
+			}
+			// Our own claim (a retry), or a damaged entry: rewrite.
+			err = x.writeRecord(dirSubDirs, hashName(subDir), &nameEntry{Name: subDir, ID: id})
+		}
+		if err != nil {
+			return err
+		}
+		return x.putNested(subDir, id)
+	})
+	if err != nil {
+		return taken, err
+	}
+	return nil, nil
+}
+
+// DropSubDirClaim removes the entries of volume id's claim of subDir (an
+// entry another volume has taken over since is left).
+func (x *Export) DropSubDirClaim(ctx context.Context, subDir, id string) error {
+	return x.do(ctx, "remove subdirectory index entries", func() error {
+		if err := x.dropIndex(dirSubDirs, hashName(subDir), id); err != nil {
+			return err
+		}
+		return x.dropNested(subDir, id)
+	})
+}
+
 func (x *Export) putNested(subDir, id string) error {
 	for _, a := range selfAndAncestors(subDir)[1:] {
 		dir := path.Join(dirNested, hashName(a))
