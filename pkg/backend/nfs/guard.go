@@ -30,6 +30,8 @@ type guard struct {
 	// stuck, but every call would otherwise wait the whole timeout again
 	// (and a listing of all exports would wait for each dead one).
 	down map[string]downUntil
+	// detaches holds the forced unmounts in flight, by target.
+	detaches map[string]*detaching
 }
 
 type downUntil struct {
@@ -62,7 +64,7 @@ type stuckOp struct {
 }
 
 func newGuard(timeout time.Duration) *guard {
-	return &guard{timeout: timeout, stuck: map[string]*stuckOp{}, down: map[string]downUntil{}}
+	return &guard{timeout: timeout, stuck: map[string]*stuckOp{}, down: map[string]downUntil{}, detaches: map[string]*detaching{}}
 }
 
 // do runs fn for export under the timeout. When ctx ends first the caller

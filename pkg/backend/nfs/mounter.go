@@ -114,9 +114,13 @@ func unmount(ctx context.Context, g *guard, export, target string) error {
 // detach returns as soon as target has left the mount table, and the
 // thread finishing the teardown is left to return when the server answers
 // (the export is marked stuck meanwhile, as for any stuck operation).
+//
+// One umount2 per target runs at a time: an unmount retried while the
+// teardown of the last one has not returned (kubelet retries an unstage
+// every few seconds on a dead server) joins it instead of leaving one more
+// thread blocked in the kernel each time.
 func detach(ctx context.Context, g *guard, export, target string) error {
-	done := make(chan error, 1)
-	go func() { done <- unix.Unmount(target, unix.MNT_FORCE|unix.MNT_DETACH) }()
+	done := g.detachOnce(target)
 	timeout := time.NewTimer(g.timeout)
 	defer timeout.Stop()
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -138,4 +142,42 @@ func detach(ctx context.Context, g *guard, export, target string) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// forceUnmount is the system call detach makes (a seam for tests).
+var forceUnmount = func(target string) error { return unix.Unmount(target, unix.MNT_FORCE|unix.MNT_DETACH) }
+
+// detaching is a forced unmount in flight.
+type detaching struct {
+	done chan struct{}
+	err  error
+}
+
+// detachOnce starts the forced unmount of target, or joins the one in
+// flight; the channel returned gets its result.
+func (g *guard) detachOnce(target string) <-chan error {
+	g.mu.Lock()
+	d := g.detaches[target]
+	if d == nil {
+		d = &detaching{done: make(chan struct{})}
+		g.detaches[target] = d
+		go func() {
+			d.err = forceUnmount(target)
+			g.mu.Lock()
+			delete(g.detaches, target)
+			g.mu.Unlock()
+			close(d.done)
+		}()
+	}
+	g.mu.Unlock()
+	result := make(chan error, 1)
+	go func() { <-d.done; result <- d.err }()
+	return result
+}
+
+// detaching reports whether a forced unmount of target is in flight.
+func (g *guard) detaching(target string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.detaches[target] != nil
 }

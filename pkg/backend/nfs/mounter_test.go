@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -62,5 +63,42 @@ func TestUnmountAfterACallerGaveUpOnAHealthyExportIsNotForced(t *testing.T) {
 	f.Close()
 	if err := unmount(context.Background(), g, "healthy:/x", target); err != nil {
 		t.Errorf("plain unmount once nothing is open, while the export is held by an operation whose caller gave up: %v", err)
+	}
+}
+
+// An unmount retried while the forced unmount of the same target has not
+// returned (a teardown blocked on a dead server) joins it: one umount2 per
+// target in flight, however often kubelet retries; once it returns, the
+// next forced unmount starts a new one.
+func TestForcedUnmountsOfOneTargetRunOneAtATime(t *testing.T) {
+	var calls atomic.Int32
+	release := make(chan struct{})
+	saved := forceUnmount
+	forceUnmount = func(string) error { calls.Add(1); <-release; return nil }
+	defer func() { forceUnmount = saved }()
+	g := newGuard(time.Minute)
+	target := filepath.Join(t.TempDir(), "never-mounted") // out of the mount table at once
+
+	for i := 0; i < 3; i++ {
+		if err := detach(context.Background(), g, "dead:/x", target); err != nil {
+			t.Fatalf("detach %d: %v", i, err)
+		}
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("three forced unmounts of one target while the first has not returned made %d umount2 calls, want 1", n)
+	}
+	close(release)
+	// The first returns; the next forced unmount is a new call.
+	for g.detaching(target) {
+		time.Sleep(time.Millisecond)
+	}
+	if err := detach(context.Background(), g, "dead:/x", target); err != nil {
+		t.Fatal(err)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Errorf("a forced unmount after the first returned: %d umount2 calls in all, want 2", n)
+	}
+	for g.detaching(target) { // before forceUnmount is restored
+		time.Sleep(time.Millisecond)
 	}
 }
