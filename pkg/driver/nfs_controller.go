@@ -431,7 +431,29 @@ func (d *Driver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.Volum
 	if err := d.nfsClaimSubDir(ctx, x, rec); err != nil {
 		return err
 	}
-	adopted, err := x.MakeDir(ctx, rec.SubDir, p.mode)
+	if p.mode != nil && !rec.MakingDir {
+		// Record, before the mkdir, that the directory is the driver's
+		// to make: a kill between the mkdir and the chmod must not make
+		// the retry take the directory for retained data and leave its
+		// mode.
+		exists, err := x.DirExists(ctx, rec.SubDir)
+		if err != nil {
+			return nfsError("look up the volume's subdirectory", err)
+		}
+		if !exists {
+			rec.MakingDir = true
+			if err := x.PutVolume(ctx, rec, recKey); err != nil {
+				return nfsError("record the volume's subdirectory as being made", err)
+			}
+		}
+	}
+	adopted := false
+	var err error
+	if rec.MakingDir {
+		err = x.FinishMakeDir(ctx, rec.SubDir, p.mode)
+	} else {
+		adopted, err = x.MakeDir(ctx, rec.SubDir, p.mode)
+	}
 	if err != nil {
 		return nfsError("create the volume's subdirectory", err)
 	}

@@ -59,6 +59,19 @@ func (x *Export) openParent(subDir string, create bool) (*beneath.Dir, string, e
 // its mode is left as its owner set it (retained data keeps its
 // permissions; mountPermissions is the mode of a new directory).
 func (x *Export) MakeDir(ctx context.Context, subDir string, mode *os.FileMode) (adopted bool, err error) {
+	return x.makeDir(ctx, subDir, mode, false)
+}
+
+// FinishMakeDir is MakeDir of a directory the driver recorded it was
+// creating (it was not there before): one found there is the driver's own,
+// made by an attempt killed before it applied mode; mode is applied and it
+// is not reported adopted.
+func (x *Export) FinishMakeDir(ctx context.Context, subDir string, mode *os.FileMode) error {
+	_, err := x.makeDir(ctx, subDir, mode, true)
+	return err
+}
+
+func (x *Export) makeDir(ctx context.Context, subDir string, mode *os.FileMode, ours bool) (adopted bool, err error) {
 	err = x.do(ctx, "create "+subDir, func() error {
 		parent, name, err := x.openParent(subDir, true)
 		if err != nil {
@@ -66,7 +79,7 @@ func (x *Export) MakeDir(ctx context.Context, subDir string, mode *os.FileMode) 
 		}
 		defer parent.Close()
 		if err := parent.Mkdir(name, 0o755); errors.Is(err, unix.EEXIST) {
-			adopted = true
+			adopted = !ours
 		} else if err != nil {
 			return err
 		}

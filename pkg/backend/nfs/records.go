@@ -86,6 +86,10 @@ type VolumeRecord struct {
 	CreatedAt        time.Time `json:"createdAt"`
 	// Adopted: the subdirectory existed before the volume was made.
 	Adopted bool `json:"adopted,omitempty"`
+	// MakingDir: the subdirectory was not there when the create started;
+	// the driver is making it (a retry after a kill between the mkdir and
+	// the chmod of mountPermissions applies the mode, not adopts).
+	MakingDir bool `json:"makingDir,omitempty"`
 }
 
 // SnapshotRecord is what the export remembers of a snapshot.
