@@ -192,7 +192,7 @@ var ErrExists = errors.New("a record of that key already exists on the export")
 // writeRecord writes v as JSON to dir/name crash-safely, replacing what is
 // there.
 func (x *Export) writeRecord(dir, name string, v any) error {
-	return x.putRecord(dir, name, v, true)
+	return x.putRecord(dir, name, v, true, false)
 }
 
 // createRecord is writeRecord for a record that must be new: if dir/name
@@ -201,10 +201,37 @@ func (x *Export) writeRecord(dir, name string, v any) error {
 // complete file is linked into place, which no client can make replace a
 // file, NFS included.
 func (x *Export) createRecord(dir, name string, v any) error {
-	return x.putRecord(dir, name, v, false)
+	return x.putRecord(dir, name, v, false, false)
 }
 
-func (x *Export) putRecord(dir, name string, v any, replace bool) error {
+// checkThenRename puts tmp/tmpName in place as to/name unless name exists:
+// for a server without hard links.
+func checkThenRename(tmp *beneath.Dir, tmpName string, to *beneath.Dir, name string) error {
+	var st unix.Stat_t
+	err := unix.Fstatat(to.Fd(), name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	if err == nil {
+		return unix.EEXIST
+	}
+	if !errors.Is(err, unix.ENOENT) {
+		return err
+	}
+	return unix.Renameat(tmp.Fd(), tmpName, to.Fd(), name)
+}
+
+// createOwnRecord is createRecord of a record whose name only this driver
+// draws (a random key): on a server that refuses hard links (EPERM,
+// EOPNOTSUPP) it falls back to a check, then a rename: two writers of the
+// same random name at once are not a case worth failing every create for.
+// A name a tenant's choice decides (a subDir's claim) has no fallback.
+func (x *Export) createOwnRecord(dir, name string, v any) error {
+	return x.putRecord(dir, name, v, false, true)
+}
+
+// linkRecord is the link(2) a new record is put in place with (a seam for
+// tests).
+var linkRecord = unix.Linkat
+
+func (x *Export) putRecord(dir, name string, v any, replace, ownName bool) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -235,7 +262,10 @@ func (x *Export) putRecord(dir, name string, v any, replace bool) error {
 	if err == nil && replace {
 		err = unix.Renameat(tmp.Fd(), tmpName, to.Fd(), name)
 	} else if err == nil {
-		err = unix.Linkat(tmp.Fd(), tmpName, to.Fd(), name, 0)
+		err = linkRecord(tmp.Fd(), tmpName, to.Fd(), name, 0)
+		if ownName && (errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP)) {
+			err = checkThenRename(tmp, tmpName, to, name)
+		}
 		if errors.Is(err, unix.EEXIST) {
 			err = ErrExists
 		}
@@ -341,7 +371,7 @@ func (x *Export) GetVolume(ctx context.Context, key string) (*VolumeRecord, erro
 // key names a record already.
 func (x *Export) CreateVolume(ctx context.Context, r *VolumeRecord, key string) error {
 	r.Version = recordVersion
-	return x.do(ctx, "write new volume record", func() error { return x.createRecord(dirVolumes, key+".json", r) })
+	return x.do(ctx, "write new volume record", func() error { return x.createOwnRecord(dirVolumes, key+".json", r) })
 }
 
 // PutVolume writes a volume's record.
@@ -381,7 +411,7 @@ func (x *Export) GetSnapshot(ctx context.Context, key string) (*SnapshotRecord, 
 // its key names a record already.
 func (x *Export) CreateSnapshot(ctx context.Context, r *SnapshotRecord, key string) error {
 	r.Version = recordVersion
-	return x.do(ctx, "write new snapshot record", func() error { return x.createRecord(dirSnapRecs, key+".json", r) })
+	return x.do(ctx, "write new snapshot record", func() error { return x.createOwnRecord(dirSnapRecs, key+".json", r) })
 }
 
 // PutSnapshot writes a snapshot's record.
