@@ -45,13 +45,21 @@ func RemoveTree(path string) error {
 // caller opened (through descriptors from a root it trusts); deep subtrees
 // are moved up into parent. A missing name is success.
 func RemoveTreeAt(parent *Dir, name string) error {
+	return RemoveTreeAtSteps(parent, name, func(op func() error) error { return op() })
+}
+
+// RemoveTreeAtSteps is RemoveTreeAt with each system call (an unlink, an
+// open, a read of names, a rename) run through step: a caller on a file
+// system that can stop answering (NFS) bounds each step with its own
+// timeout instead of the whole removal, which may legitimately take long.
+func RemoveTreeAtSteps(parent *Dir, name string, step func(op func() error) error) error {
 	if err := checkName(name); err != nil {
 		return parent.errAt("remove", name, err)
 	}
 	queue := []string{name}
 	spill := func(dir *Dir, child string) error {
 		moved := ".deep-" + strconv.FormatUint(spillSeq.Add(1), 10) + "-" + name
-		if err := RenameNoReplace(dir.Fd(), child, parent.Fd(), moved); err != nil {
+		if err := step(func() error { return RenameNoReplace(dir.Fd(), child, parent.Fd(), moved) }); err != nil {
 			return fmt.Errorf("move a deep directory of %s up to remove it: %w", parent.Path()+"/"+name, err)
 		}
 		queue = append(queue, moved)
@@ -60,15 +68,15 @@ func RemoveTreeAt(parent *Dir, name string) error {
 	for len(queue) > 0 {
 		n := queue[0]
 		queue = queue[1:]
-		if err := removeAt(parent, n, parent.Path()+"/"+n, 0, spill); err != nil {
+		if err := removeAt(parent, n, parent.Path()+"/"+n, 0, spill, step); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func removeAt(dir *Dir, name, shown string, depth int, spill func(*Dir, string) error) error {
-	err := dir.Unlink(name, 0)
+func removeAt(dir *Dir, name, shown string, depth int, spill func(*Dir, string) error, step func(func() error) error) error {
+	err := step(func() error { return dir.Unlink(name, 0) })
 	if err == nil || errors.Is(err, unix.ENOENT) {
 		return nil
 	}
@@ -81,7 +89,8 @@ func removeAt(dir *Dir, name, shown string, depth int, spill func(*Dir, string) 
 	if depth >= removeDepth {
 		return spill(dir, name)
 	}
-	sub, err := dir.OpenDir(name)
+	var sub *Dir
+	err = step(func() (err error) { sub, err = dir.OpenDir(name); return err })
 	switch {
 	case errors.Is(err, ErrMountInside):
 		return fmt.Errorf("%w: %s", ErrMountInside, shown)
@@ -94,7 +103,8 @@ func removeAt(dir *Dir, name, shown string, depth int, spill func(*Dir, string) 
 	// A batch at a time: a directory of millions of entries is removed
 	// without holding all their names.
 	for {
-		names, err := sub.ReadNames()
+		var names []string
+		err := step(func() (err error) { names, err = sub.ReadNames(); return err })
 		if err != nil {
 			return err
 		}
@@ -106,12 +116,12 @@ func removeAt(dir *Dir, name, shown string, depth int, spill func(*Dir, string) 
 			if depth > 8 {
 				childShown = shown // keep messages short in a deep tree
 			}
-			if err := removeAt(sub, n, childShown, depth+1, spill); err != nil {
+			if err := removeAt(sub, n, childShown, depth+1, spill, step); err != nil {
 				return err
 			}
 		}
 	}
-	if err := dir.Unlink(name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+	if err := step(func() error { return dir.Unlink(name, unix.AT_REMOVEDIR) }); err != nil && !errors.Is(err, unix.ENOENT) {
 		if errors.Is(err, unix.EBUSY) {
 			return fmt.Errorf("%w: %s", ErrMountInside, shown)
 		}

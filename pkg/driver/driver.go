@@ -227,7 +227,7 @@ func New(cfg Config) (*Driver, error) {
 func (d *Driver) Close() error {
 	d.pending.close()
 	d.jobs.close()
-	d.nfsSweep.wg.Wait()
+	d.waitSweeps()
 	d.vols.WaitIdle()
 	d.nfs.WaitIdle()
 	d.nfs.Close()

@@ -149,6 +149,13 @@ func (d *Driver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p 
 		return nil, nil, err
 	}
 	if err := d.nfsMakeEmpty(ctx, x, rec, recKey, p); err != nil {
+		if status.Code(err) == codes.AlreadyExists {
+			// Another controller claimed a subDir around or inside this
+			// one meanwhile: nothing was made; forget the attempt.
+			if uerr := d.nfsUndoCreate(ctx, x, rec, recKey); uerr != nil {
+				klog.ErrorS(uerr, "Rolling back a volume whose subdirectory is taken; a retry of the name or the sweep finishes it", "volumeID", rec.ID)
+			}
+		}
 		return nil, nil, err
 	}
 	return nil, &csi.CreateVolumeResponse{Volume: nfsCSIVolume(rec)}, nil
@@ -294,14 +301,16 @@ func (d *Driver) nfsCheckSubDirFree(ctx context.Context, x *nfs.Export, subDir, 
 			continue // a corrupt entry: a new claim replaces it
 		}
 		orec, err := x.GetVolume(ctx, ov.Key)
-		if errors.Is(err, nfs.ErrNotFound) {
-			continue // its volume is gone
+		if errors.Is(err, nfs.ErrNotFound) || (err == nil && orec.ID != c.ID) {
+			if c.Retained && c.SubDir != subDir {
+				if err := d.nfsCheckRetained(ctx, x, subDir, c); err != nil {
+					return err
+				}
+			}
+			continue // its volume is gone (retained data of subDir itself is taken over)
 		}
 		if err != nil {
 			return nfsError("read volume record", err)
-		}
-		if orec.ID != c.ID {
-			continue
 		}
 		switch {
 		case orec.SubDir == subDir:
@@ -319,6 +328,25 @@ func (d *Driver) nfsCheckSubDirFree(ctx context.Context, x *nfs.Export, subDir, 
 		}
 	}
 	return nil
+}
+
+// nfsCheckRetained refuses subDir if the retained data of a deleted volume
+// (claim c, around or inside subDir) is still there: a volume there would
+// give its pods another claim's data, and its delete would remove it.
+func (d *Driver) nfsCheckRetained(ctx context.Context, x *nfs.Export, subDir string, c nfs.SubDirClaim) error {
+	exists, err := x.DirExists(ctx, c.SubDir)
+	if err != nil {
+		return nfsError("look up retained data", err)
+	}
+	if !exists {
+		return nil // removed by hand: the claim is stale
+	}
+	how := "holds"
+	if strings.HasPrefix(subDir, c.SubDir+"/") {
+		how = "is inside"
+	}
+	return status.Errorf(codes.AlreadyExists, "subDir %q on %s %s subDir %q, retained from deleted volume %s (onDelete: retain): a volume there would see and delete that data; use another subDir, or move the retained data away",
+		subDir, x.Name(), how, c.SubDir, c.ID)
 }
 
 // nfsRecordNew records the intent to make a volume on the export: its name,
@@ -355,11 +383,44 @@ func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.Creat
 	}
 	if src != nil {
 		// An empty volume's claim is written by nfsMakeEmpty.
-		if err := x.PutSubDirOwner(ctx, subDir, id); err != nil {
-			return nil, "", nfsError("record the volume's subdirectory", err)
+		if err := d.nfsClaimSubDir(ctx, x, rec); err != nil {
+			if uerr := d.nfsUndoCreate(ctx, x, rec, recKey); uerr != nil {
+				klog.ErrorS(uerr, "Rolling back a volume whose subdirectory is taken; a retry of the name or the sweep finishes it", "volumeID", rec.ID)
+			}
+			return nil, "", err
 		}
 	}
 	return rec, recKey, nil
+}
+
+// nfsClaimSubDir claims rec's subdirectory, then reads the claims around
+// it: the in-process locks do not reach another controller on the same
+// export (a second StorageClass's controller, the old pod of a moved
+// Deployment), so a check made before claiming could let both of two
+// nested (or identical) subDirs through. Claim first, without replacing
+// another volume's claim, then check: of two controllers at once, the one
+// whose check comes last sees the other's claim, withdraws its own and
+// answers ALREADY_EXISTS (both may, in a close race: the CO retries).
+func (d *Driver) nfsClaimSubDir(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord) error {
+	taken, err := x.ClaimSubDir(ctx, rec.SubDir, rec.ID)
+	if errors.Is(err, nfs.ErrExists) && taken != nil {
+		// subDir's entry is another volume's: refused if that volume
+		// lives, replaced if it is gone (or retained data taken over).
+		if err := d.nfsCheckSubDirFree(ctx, x, rec.SubDir, rec.Name, rec.ID); err != nil {
+			return err
+		}
+		err = x.PutSubDirOwner(ctx, rec.SubDir, rec.ID)
+	}
+	if err != nil {
+		return nfsError("record the volume's subdirectory", err)
+	}
+	if err := d.nfsCheckSubDirFree(ctx, x, rec.SubDir, rec.Name, rec.ID); err != nil {
+		if derr := x.DropSubDirClaim(context.Background(), rec.SubDir, rec.ID); derr != nil {
+			klog.ErrorS(derr, "Cannot withdraw a subdirectory claim that conflicts with another volume's", "volumeID", rec.ID, "subDir", rec.SubDir)
+		}
+		return err
+	}
+	return nil
 }
 
 // nfsMakeEmpty creates (or adopts) the subdirectory and records the volume
@@ -367,10 +428,32 @@ func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.Creat
 func (d *Driver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, recKey string, p nfsParams) error {
 	// Again when finishing a create a kill cut short before its claim on
 	// the subdirectory was written.
-	if err := x.PutSubDirOwner(ctx, rec.SubDir, rec.ID); err != nil {
-		return nfsError("record the volume's subdirectory", err)
+	if err := d.nfsClaimSubDir(ctx, x, rec); err != nil {
+		return err
 	}
-	adopted, err := x.MakeDir(ctx, rec.SubDir, p.mode)
+	if p.mode != nil && !rec.MakingDir {
+		// Record, before the mkdir, that the directory is the driver's
+		// to make: a kill between the mkdir and the chmod must not make
+		// the retry take the directory for retained data and leave its
+		// mode.
+		exists, err := x.DirExists(ctx, rec.SubDir)
+		if err != nil {
+			return nfsError("look up the volume's subdirectory", err)
+		}
+		if !exists {
+			rec.MakingDir = true
+			if err := x.PutVolume(ctx, rec, recKey); err != nil {
+				return nfsError("record the volume's subdirectory as being made", err)
+			}
+		}
+	}
+	adopted := false
+	var err error
+	if rec.MakingDir {
+		err = x.FinishMakeDir(ctx, rec.SubDir, p.mode)
+	} else {
+		adopted, err = x.MakeDir(ctx, rec.SubDir, p.mode)
+	}
 	if err != nil {
 		return nfsError("create the volume's subdirectory", err)
 	}

@@ -81,7 +81,11 @@ func (d *Driver) nfsRemoveVolume(ctx context.Context, x *nfs.Export, rec *nfs.Vo
 			return nfsError("remove the volume's subdirectory", err)
 		}
 	}
-	if err := x.DeleteVolume(ctx, rec, key); err != nil {
+	forget := x.DeleteVolume
+	if mine && onDelete == OnDeleteRetain {
+		forget = x.RetainVolume
+	}
+	if err := forget(ctx, rec, key); err != nil {
 		return nfsError("remove the volume's record", err)
 	}
 	klog.V(2).InfoS("NFS volume deleted", "volumeID", rec.ID, "name", rec.Name, "onDelete", onDelete)

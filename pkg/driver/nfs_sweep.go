@@ -26,9 +26,10 @@ import (
 const nfsSweepAge = 15 * time.Minute
 
 type nfsSweeps struct {
-	done sync.Map // export "server:/share" -> struct{}
-	wg   sync.WaitGroup
-	age  time.Duration // nfsSweepAge; shorter in tests
+	done    sync.Map // export "server:/share" -> struct{}
+	running sync.Map // export "server:/share" -> struct{}, while its sweep runs
+	wg      sync.WaitGroup
+	age     time.Duration // nfsSweepAge; shorter in tests
 }
 
 // sweepOnce starts the sweep of x's export if this process has not swept
@@ -39,13 +40,33 @@ func (d *Driver) sweepOnce(x *nfs.Export) {
 	}
 	server, share := x.Server(), x.Share()
 	d.nfsSweep.wg.Add(1)
+	d.nfsSweep.running.Store(x.Name(), struct{}{})
 	go func() {
 		defer d.nfsSweep.wg.Done()
+		defer d.nfsSweep.running.Delete(server + ":" + share)
 		if err := d.sweepExport(server, share); err != nil {
 			klog.ErrorS(err, "Cannot reconcile the unfinished NFS operations of an export; the next process to use it retries", "export", server+":"+share)
 			d.nfsSweep.done.Delete(server + ":" + share)
 		}
 	}()
+}
+
+// waitSweeps waits for the sweeps still running, at most the NFS timeout:
+// each of their steps is bounded by the guard, but a sweep of many records
+// on a slow export must not hold up a shutdown past the kubelet's grace
+// period. What is abandoned is finished by the next process's first use of
+// the export.
+func (d *Driver) waitSweeps() {
+	done := make(chan struct{})
+	go func() { d.nfsSweep.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d.nfs.Timeout()):
+		var running []string
+		d.nfsSweep.running.Range(func(k, _ any) bool { running = append(running, k.(string)); return true })
+		klog.InfoS("NFS export sweeps still run at shutdown; not waiting for them any longer (the next process to use the export sweeps it again)",
+			"waited", d.nfs.Timeout(), "exports", running)
+	}
 }
 
 func (d *Driver) sweepExport(server, share string) error {

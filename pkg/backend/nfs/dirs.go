@@ -59,6 +59,19 @@ func (x *Export) openParent(subDir string, create bool) (*beneath.Dir, string, e
 // its mode is left as its owner set it (retained data keeps its
 // permissions; mountPermissions is the mode of a new directory).
 func (x *Export) MakeDir(ctx context.Context, subDir string, mode *os.FileMode) (adopted bool, err error) {
+	return x.makeDir(ctx, subDir, mode, false)
+}
+
+// FinishMakeDir is MakeDir of a directory the driver recorded it was
+// creating (it was not there before): one found there is the driver's own,
+// made by an attempt killed before it applied mode; mode is applied and it
+// is not reported adopted.
+func (x *Export) FinishMakeDir(ctx context.Context, subDir string, mode *os.FileMode) error {
+	_, err := x.makeDir(ctx, subDir, mode, true)
+	return err
+}
+
+func (x *Export) makeDir(ctx context.Context, subDir string, mode *os.FileMode, ours bool) (adopted bool, err error) {
 	err = x.do(ctx, "create "+subDir, func() error {
 		parent, name, err := x.openParent(subDir, true)
 		if err != nil {
@@ -66,7 +79,7 @@ func (x *Export) MakeDir(ctx context.Context, subDir string, mode *os.FileMode) 
 		}
 		defer parent.Close()
 		if err := parent.Mkdir(name, 0o755); errors.Is(err, unix.EEXIST) {
-			adopted = true
+			adopted = !ours
 		} else if err != nil {
 			return err
 		}
@@ -283,21 +296,41 @@ func (x *Export) purgeLoop() {
 	}
 }
 
-// emptyTrash removes every entry of trash/, through descriptors.
+// emptyTrash removes every entry of trash/, through descriptors. Each
+// step (a listing, an unlink, an open) runs under the guard, as every
+// other operation on the export: a server that stops answering mid-purge
+// costs one timeout, marks the export stuck, and the purge stops (the next
+// use of the export retries), instead of holding the purge, and whoever
+// waits for it, forever. A large tree on a healthy server takes as long as
+// it takes: only a single step is bounded.
 func (x *Export) emptyTrash() error {
-	trash, err := x.sub(dirTrash)
-	if err != nil {
-		return err
-	}
-	defer trash.Close()
-	names, err := trash.Names()
+	ctx := context.Background()
+	var trash *beneath.Dir
+	var names []string
+	err := x.do(ctx, "list "+dirTrash, func() error {
+		t, err := x.sub(dirTrash)
+		if err != nil {
+			return err
+		}
+		if names, err = t.Names(); err != nil {
+			t.Close()
+			return err
+		}
+		trash = t
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("list %s on %s: %w", dirTrash, x.Name(), err)
 	}
+	defer trash.Close()
+	step := func(op func() error) error { return x.do(ctx, "remove from "+dirTrash, op) }
 	var errs []error
 	for _, n := range names {
-		if err := beneath.RemoveTreeAt(trash, n); err != nil {
+		if err := beneath.RemoveTreeAtSteps(trash, n, step); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", path.Join(dirTrash, n), err))
+			if errors.Is(err, ErrTimeout) || errors.Is(err, ErrBusy) {
+				break // the server stopped answering: no use trying the rest
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -30,6 +30,8 @@ type guard struct {
 	// stuck, but every call would otherwise wait the whole timeout again
 	// (and a listing of all exports would wait for each dead one).
 	down map[string]downUntil
+	// detaches holds the forced unmounts in flight, by target.
+	detaches map[string]*detaching
 }
 
 type downUntil struct {
@@ -55,13 +57,14 @@ func (g *guard) markUp(export string) {
 }
 
 type stuckOp struct {
-	what  string
-	since time.Time
-	n     int // operations still stuck
+	what     string
+	since    time.Time
+	n        int // operations still stuck
+	timedOut int // of which outlived the timeout
 }
 
 func newGuard(timeout time.Duration) *guard {
-	return &guard{timeout: timeout, stuck: map[string]*stuckOp{}, down: map[string]downUntil{}}
+	return &guard{timeout: timeout, stuck: map[string]*stuckOp{}, down: map[string]downUntil{}, detaches: map[string]*detaching{}}
 }
 
 // do runs fn for export under the timeout. When ctx ends first the caller
@@ -71,6 +74,12 @@ func (g *guard) do(ctx context.Context, export, what string, fn func() error) er
 	if err := g.busy(export); err != nil {
 		return err
 	}
+	return g.run(ctx, export, what, fn)
+}
+
+// run is do without the busy check: for an unmount, which is worth trying
+// on an export that is busy only because a caller gave up (see unmount).
+func (g *guard) run(ctx context.Context, export, what string, fn func() error) error {
 	done := make(chan error, 1)
 	go func() { done <- fn() }()
 	timer := time.NewTimer(g.timeout)
@@ -108,12 +117,30 @@ func (g *guard) busy(export string) error {
 // markStuck marks export busy until the operation whose result comes on
 // done returns.
 func (g *guard) markStuck(export, what string, done <-chan error) {
-	g.hold(export, what, time.Now().Add(-g.timeout), done)
+	g.mark(export, what, time.Now().Add(-g.timeout), true, done)
+}
+
+// timedOut reports whether an operation on export outlived the timeout
+// and has not returned yet, or its mount timed out recently: the server is
+// not answering, as opposed to an export busy only because a caller gave
+// up on an operation the server may answer a moment later.
+func (g *guard) timedOut(export string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if s, ok := g.stuck[export]; ok && s.timedOut > 0 {
+		return true
+	}
+	d, ok := g.down[export]
+	return ok && time.Now().Before(d.until)
 }
 
 // hold marks export busy, with an operation running since since, until
 // the operation whose result comes on done returns.
 func (g *guard) hold(export, what string, since time.Time, done <-chan error) {
+	g.mark(export, what, since, false, done)
+}
+
+func (g *guard) mark(export, what string, since time.Time, timedOut bool, done <-chan error) {
 	g.mu.Lock()
 	s := g.stuck[export]
 	if s == nil {
@@ -121,10 +148,32 @@ func (g *guard) hold(export, what string, since time.Time, done <-chan error) {
 		g.stuck[export] = s
 	}
 	s.n++
+	if timedOut {
+		s.timedOut++
+	}
 	g.mu.Unlock()
 	go func() {
-		<-done
+		if !timedOut {
+			// An operation whose caller gave up: once it outlives the
+			// timeout it counts as timed out too.
+			late := time.NewTimer(g.timeout - time.Since(since))
+			select {
+			case <-done:
+				late.Stop()
+			case <-late.C:
+				g.mu.Lock()
+				s.timedOut++
+				timedOut = true
+				g.mu.Unlock()
+				<-done
+			}
+		} else {
+			<-done
+		}
 		g.mu.Lock()
+		if timedOut {
+			s.timedOut--
+		}
 		if s.n--; s.n == 0 {
 			delete(g.stuck, export)
 		}

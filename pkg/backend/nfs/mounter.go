@@ -66,6 +66,14 @@ func isMounted(path string) (bool, error) {
 // or a timeout (a dead server), a forced, lazy unmount (MNT_FORCE aborts the
 // pending NFS requests, MNT_DETACH takes the mount out of the tree at once
 // and lets the kernel finish when it can). A target not mounted is success.
+//
+// MNT_FORCE aborts the pending requests of the whole NFS superblock, which
+// every mount of the export on this node shares: the I/O of other pods
+// fails with it. So it is used only when the server really stopped
+// answering (an operation on the export outlived the timeout, or the handle
+// is stale); an export that is busy only because a caller gave up on an
+// operation gets a plain unmount, under its own timeout, and a plain
+// unmount's error (EBUSY) is returned as it is.
 func unmount(ctx context.Context, g *guard, export, target string) error {
 	for i := 0; i < 16; i++ {
 		mounted, err := isMounted(target)
@@ -75,14 +83,18 @@ func unmount(ctx context.Context, g *guard, export, target string) error {
 		if !mounted {
 			return nil
 		}
-		err = g.do(ctx, export, "unmount "+target, func() error { return unix.Unmount(target, 0) })
+		plain := func() error { return unix.Unmount(target, 0) }
+		err = g.do(ctx, export, "unmount "+target, plain)
+		if errors.Is(err, ErrBusy) && !g.timedOut(export) {
+			err = g.run(ctx, export, "unmount "+target, plain)
+		}
 		switch {
 		case err == nil:
 			continue
 		case errors.Is(err, unix.EINVAL):
 			return nil // not a mount point after all
 		case errors.Is(err, ErrBusy), errors.Is(err, ErrTimeout), errors.Is(err, unix.ESTALE), errors.Is(err, unix.EIO),
-			errors.Is(err, unix.ETIMEDOUT), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+			errors.Is(err, unix.ETIMEDOUT):
 			if ferr := detach(ctx, g, export, target); ferr != nil && !errors.Is(ferr, unix.EINVAL) {
 				return fmt.Errorf("unmount %s: %v; forced lazy unmount: %w", target, err, ferr)
 			}
@@ -102,9 +114,13 @@ func unmount(ctx context.Context, g *guard, export, target string) error {
 // detach returns as soon as target has left the mount table, and the
 // thread finishing the teardown is left to return when the server answers
 // (the export is marked stuck meanwhile, as for any stuck operation).
+//
+// One umount2 per target runs at a time: an unmount retried while the
+// teardown of the last one has not returned (kubelet retries an unstage
+// every few seconds on a dead server) joins it instead of leaving one more
+// thread blocked in the kernel each time.
 func detach(ctx context.Context, g *guard, export, target string) error {
-	done := make(chan error, 1)
-	go func() { done <- unix.Unmount(target, unix.MNT_FORCE|unix.MNT_DETACH) }()
+	done := g.detachOnce(target)
 	timeout := time.NewTimer(g.timeout)
 	defer timeout.Stop()
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -126,4 +142,42 @@ func detach(ctx context.Context, g *guard, export, target string) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// forceUnmount is the system call detach makes (a seam for tests).
+var forceUnmount = func(target string) error { return unix.Unmount(target, unix.MNT_FORCE|unix.MNT_DETACH) }
+
+// detaching is a forced unmount in flight.
+type detaching struct {
+	done chan struct{}
+	err  error
+}
+
+// detachOnce starts the forced unmount of target, or joins the one in
+// flight; the channel returned gets its result.
+func (g *guard) detachOnce(target string) <-chan error {
+	g.mu.Lock()
+	d := g.detaches[target]
+	if d == nil {
+		d = &detaching{done: make(chan struct{})}
+		g.detaches[target] = d
+		go func() {
+			d.err = forceUnmount(target)
+			g.mu.Lock()
+			delete(g.detaches, target)
+			g.mu.Unlock()
+			close(d.done)
+		}()
+	}
+	g.mu.Unlock()
+	result := make(chan error, 1)
+	go func() { <-d.done; result <- d.err }()
+	return result
+}
+
+// detaching reports whether a forced unmount of target is in flight.
+func (g *guard) detaching(target string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.detaches[target] != nil
 }

@@ -86,6 +86,10 @@ type VolumeRecord struct {
 	CreatedAt        time.Time `json:"createdAt"`
 	// Adopted: the subdirectory existed before the volume was made.
 	Adopted bool `json:"adopted,omitempty"`
+	// MakingDir: the subdirectory was not there when the create started;
+	// the driver is making it (a retry after a kill between the mkdir and
+	// the chmod of mountPermissions applies the mode, not adopts).
+	MakingDir bool `json:"makingDir,omitempty"`
 }
 
 // SnapshotRecord is what the export remembers of a snapshot.
@@ -103,6 +107,11 @@ type SnapshotRecord struct {
 type nameEntry struct {
 	Name string `json:"name"`
 	ID   string `json:"id"`
+	// Retained marks a subdirectory claim kept after its volume was
+	// deleted with onDelete: retain: the data is still there, owned by
+	// nobody; a new volume of the same subDir takes it over, one around
+	// or inside it is refused (see RetainVolume).
+	Retained bool `json:"retained,omitempty"`
 }
 
 // sub opens dir (a relative path) below the driver's directory: no symlink
@@ -183,7 +192,7 @@ var ErrExists = errors.New("a record of that key already exists on the export")
 // writeRecord writes v as JSON to dir/name crash-safely, replacing what is
 // there.
 func (x *Export) writeRecord(dir, name string, v any) error {
-	return x.putRecord(dir, name, v, true)
+	return x.putRecord(dir, name, v, true, false)
 }
 
 // createRecord is writeRecord for a record that must be new: if dir/name
@@ -192,10 +201,37 @@ func (x *Export) writeRecord(dir, name string, v any) error {
 // complete file is linked into place, which no client can make replace a
 // file, NFS included.
 func (x *Export) createRecord(dir, name string, v any) error {
-	return x.putRecord(dir, name, v, false)
+	return x.putRecord(dir, name, v, false, false)
 }
 
-func (x *Export) putRecord(dir, name string, v any, replace bool) error {
+// checkThenRename puts tmp/tmpName in place as to/name unless name exists:
+// for a server without hard links.
+func checkThenRename(tmp *beneath.Dir, tmpName string, to *beneath.Dir, name string) error {
+	var st unix.Stat_t
+	err := unix.Fstatat(to.Fd(), name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	if err == nil {
+		return unix.EEXIST
+	}
+	if !errors.Is(err, unix.ENOENT) {
+		return err
+	}
+	return unix.Renameat(tmp.Fd(), tmpName, to.Fd(), name)
+}
+
+// createOwnRecord is createRecord of a record whose name only this driver
+// draws (a random key): on a server that refuses hard links (EPERM,
+// EOPNOTSUPP) it falls back to a check, then a rename: two writers of the
+// same random name at once are not a case worth failing every create for.
+// A name a tenant's choice decides (a subDir's claim) has no fallback.
+func (x *Export) createOwnRecord(dir, name string, v any) error {
+	return x.putRecord(dir, name, v, false, true)
+}
+
+// linkRecord is the link(2) a new record is put in place with (a seam for
+// tests).
+var linkRecord = unix.Linkat
+
+func (x *Export) putRecord(dir, name string, v any, replace, ownName bool) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -226,7 +262,10 @@ func (x *Export) putRecord(dir, name string, v any, replace bool) error {
 	if err == nil && replace {
 		err = unix.Renameat(tmp.Fd(), tmpName, to.Fd(), name)
 	} else if err == nil {
-		err = unix.Linkat(tmp.Fd(), tmpName, to.Fd(), name, 0)
+		err = linkRecord(tmp.Fd(), tmpName, to.Fd(), name, 0)
+		if ownName && (errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP)) {
+			err = checkThenRename(tmp, tmpName, to, name)
+		}
 		if errors.Is(err, unix.EEXIST) {
 			err = ErrExists
 		}
@@ -332,7 +371,7 @@ func (x *Export) GetVolume(ctx context.Context, key string) (*VolumeRecord, erro
 // key names a record already.
 func (x *Export) CreateVolume(ctx context.Context, r *VolumeRecord, key string) error {
 	r.Version = recordVersion
-	return x.do(ctx, "write new volume record", func() error { return x.createRecord(dirVolumes, key+".json", r) })
+	return x.do(ctx, "write new volume record", func() error { return x.createOwnRecord(dirVolumes, key+".json", r) })
 }
 
 // PutVolume writes a volume's record.
@@ -372,7 +411,7 @@ func (x *Export) GetSnapshot(ctx context.Context, key string) (*SnapshotRecord, 
 // its key names a record already.
 func (x *Export) CreateSnapshot(ctx context.Context, r *SnapshotRecord, key string) error {
 	r.Version = recordVersion
-	return x.do(ctx, "write new snapshot record", func() error { return x.createRecord(dirSnapRecs, key+".json", r) })
+	return x.do(ctx, "write new snapshot record", func() error { return x.createOwnRecord(dirSnapRecs, key+".json", r) })
 }
 
 // PutSnapshot writes a snapshot's record.
@@ -432,6 +471,8 @@ func (x *Export) SubDirOwner(ctx context.Context, subDir string) (string, error)
 // SubDir.
 type SubDirClaim struct {
 	SubDir, ID string
+	// Retained: the volume was deleted and its data retained.
+	Retained bool
 }
 
 // SubDirClaims returns the claims on subDir, on each of its ancestors and
@@ -440,31 +481,42 @@ type SubDirClaim struct {
 // directory of the nested index, however many volumes the export has.
 // Entries of volumes that are gone may be among them.
 func (x *Export) SubDirClaims(ctx context.Context, subDir string) ([]SubDirClaim, error) {
-	var out []SubDirClaim
+	var result []SubDirClaim
 	err := x.do(ctx, "read subdirectory index", func() error {
-		out = out[:0]
+		var out []SubDirClaim
 		for _, p := range selfAndAncestors(subDir) {
 			var e nameEntry
 			err := x.readRecord(dirSubDirs, hashName(p), &e)
+			if errors.Is(err, ErrCorrupt) {
+				// A damaged entry names no volume: it must not block
+				// the directory forever; a new claim replaces it.
+				klog.ErrorS(err, "Ignoring a corrupt subdirectory index entry", "export", x.Name(), "subDir", p)
+				continue
+			}
 			if errors.Is(err, ErrNotFound) {
 				continue
 			}
 			if err != nil {
 				return err
 			}
-			out = append(out, SubDirClaim{SubDir: e.Name, ID: e.ID})
+			out = append(out, SubDirClaim{SubDir: e.Name, ID: e.ID, Retained: e.Retained})
 		}
 		below := path.Join(dirNested, hashName(subDir))
-		return listEntries(x, below, func(name string) error {
+		err := listEntries(x, below, func(name string) error {
 			var e nameEntry
 			if err := x.readRecord(below, name, &e); err != nil {
 				return err
 			}
-			out = append(out, SubDirClaim{SubDir: e.Name, ID: e.ID})
+			out = append(out, SubDirClaim{SubDir: e.Name, ID: e.ID, Retained: e.Retained})
 			return nil
 		})
+		result = out
+		return err
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return result, nil
 }
 
 // selfAndAncestors is subDir and each directory above it up to the share:
@@ -490,6 +542,56 @@ func (x *Export) PutSubDirOwner(ctx context.Context, subDir, id string) error {
 			return err
 		}
 		return x.writeRecord(dirSubDirs, hashName(subDir), &nameEntry{Name: subDir, ID: id})
+	})
+}
+
+// ClaimSubDir records that the volume id claims subDir, without replacing
+// another volume's claim of subDir: the subdirs/ entry is linked into
+// place (no client, of this controller or another, can make that replace
+// a file), then the entries below each ancestor are written. If subDir's
+// entry names another volume, nothing is written and the error is
+// ErrExists with that claim: the caller decides whether it is stale (its
+// volume gone) and replaces it with PutSubDirOwner.
+//
+// A claim is made before the claims around it are read (see the driver's
+// nfsClaimSubDir): of two controllers claiming nested subDirs at once,
+// the one that reads last sees the other's claim.
+func (x *Export) ClaimSubDir(ctx context.Context, subDir, id string) (*SubDirClaim, error) {
+	var taken *SubDirClaim
+	err := x.do(ctx, "write subdirectory index", func() error {
+		err := x.createRecord(dirSubDirs, hashName(subDir), &nameEntry{Name: subDir, ID: id})
+		if errors.Is(err, ErrExists) {
+			var e nameEntry
+			rerr := x.readRecord(dirSubDirs, hashName(subDir), &e)
+			if rerr == nil && e.ID != id {
+				taken = &SubDirClaim{SubDir: e.Name, ID: e.ID, Retained: e.Retained}
+				return err
+			}
+			if rerr != nil && !errors.Is(rerr, ErrCorrupt) {
+				return rerr
+			}
+			// Our own claim (a retry), or a damaged entry: rewrite.
+			err = x.writeRecord(dirSubDirs, hashName(subDir), &nameEntry{Name: subDir, ID: id})
+		}
+		if err != nil {
+			return err
+		}
+		return x.putNested(subDir, id)
+	})
+	if err != nil {
+		return taken, err
+	}
+	return nil, nil
+}
+
+// DropSubDirClaim removes the entries of volume id's claim of subDir (an
+// entry another volume has taken over since is left).
+func (x *Export) DropSubDirClaim(ctx context.Context, subDir, id string) error {
+	return x.do(ctx, "remove subdirectory index entries", func() error {
+		if err := x.dropIndex(dirSubDirs, hashName(subDir), id); err != nil {
+			return err
+		}
+		return x.dropNested(subDir, id)
 	})
 }
 
@@ -555,50 +657,101 @@ func (x *Export) dropIndex(dir, name, id string) error {
 	return x.removeRecord(dir, name)
 }
 
+// RetainVolume is DeleteVolume for a volume deleted with onDelete: retain:
+// its subdirectory claims stay, marked retained, so that the retained data
+// is not taken into a volume around it or inside it of another claim (its
+// pods would read it, its delete would remove it); a new volume of the
+// same subDir takes the data, and the claim, over.
+func (x *Export) RetainVolume(ctx context.Context, r *VolumeRecord, key string) error {
+	return x.do(ctx, "remove volume record, keep its subdirectory claim", func() error {
+		retained := nameEntry{Name: r.SubDir, ID: r.ID, Retained: true}
+		if err := x.markRetained(dirSubDirs, hashName(r.SubDir), retained); err != nil {
+			return err
+		}
+		for _, a := range selfAndAncestors(r.SubDir)[1:] {
+			if err := x.markRetained(path.Join(dirNested, hashName(a)), hashName(r.SubDir), retained); err != nil {
+				return err
+			}
+		}
+		if err := x.dropIndex(dirNames, "volume-"+hashName(r.Name), r.ID); err != nil {
+			return err
+		}
+		return x.removeRecord(dirVolumes, key+".json")
+	})
+}
+
+// markRetained rewrites an index entry as retained if it still points at
+// the retained volume.
+func (x *Export) markRetained(dir, name string, e nameEntry) error {
+	var cur nameEntry
+	err := x.readRecord(dir, name, &cur)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil
+	case err == nil && cur.ID != e.ID:
+		return nil // taken over by another volume since
+	case err == nil && cur.Retained:
+		return nil
+	}
+	return x.writeRecord(dir, name, &e)
+}
+
 // ListVolumes reads every volume record on the export, sorted by ID.
 func (x *Export) ListVolumes(ctx context.Context) ([]*VolumeRecord, error) {
-	var out []*VolumeRecord
+	// The records are collected by the operation and handed over only
+	// when it completes: an operation whose caller gave up goes on, and
+	// must not append to what the caller is sorting or returning.
+	var result []*VolumeRecord
 	err := x.do(ctx, "list volume records", func() error {
-		return listRecords(x, dirVolumes, func(name string) error {
+		var out []*VolumeRecord
+		err := listRecords(x, dirVolumes, func(name string) error {
 			var r VolumeRecord
 			if err := x.readRecord(dirVolumes, name, &r); err != nil {
-				if errors.Is(err, ErrCorrupt) {
-					// One damaged file must not hide every other
-					// volume of the export.
-					klog.ErrorS(err, "Leaving a corrupt record out of the listing; move it away or restore it", "export", x.Name(), "record", path.Join(ids.HiddenDir, dirVolumes, name))
-					return nil
-				}
 				return err
 			}
 			out = append(out, &r)
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+		result = out
+		return nil
 	})
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return result, nil
 }
 
 // ListSnapshots reads every snapshot record on the export, sorted by ID.
 func (x *Export) ListSnapshots(ctx context.Context) ([]*SnapshotRecord, error) {
-	var out []*SnapshotRecord
+	// The records are collected by the operation and handed over only
+	// when it completes: an operation whose caller gave up goes on, and
+	// must not append to what the caller is sorting or returning.
+	var result []*SnapshotRecord
 	err := x.do(ctx, "list snapshot records", func() error {
-		return listRecords(x, dirSnapRecs, func(name string) error {
+		var out []*SnapshotRecord
+		err := listRecords(x, dirSnapRecs, func(name string) error {
 			var r SnapshotRecord
 			if err := x.readRecord(dirSnapRecs, name, &r); err != nil {
-				if errors.Is(err, ErrCorrupt) {
-					// One damaged file must not hide every other
-					// snapshot of the export.
-					klog.ErrorS(err, "Leaving a corrupt record out of the listing; move it away or restore it", "export", x.Name(), "record", path.Join(ids.HiddenDir, dirSnapRecs, name))
-					return nil
-				}
 				return err
 			}
 			out = append(out, &r)
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+		result = out
+		return nil
 	})
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return result, nil
 }
 
 // listEntries calls each for every regular file of dir but the marker.
@@ -610,6 +763,9 @@ func listRecords(x *Export, dir string, each func(name string) error) error {
 	return listDir(x, dir, func(n string) bool { return strings.HasSuffix(n, ".json") }, each)
 }
 
+// listDir calls each for the regular files of dir that keep accepts. An
+// entry each finds corrupt (ErrCorrupt) is logged and skipped: a listing,
+// an index fill or a claim check goes on without it.
 func listDir(x *Export, dir string, keep func(string) bool, each func(name string) error) error {
 	d, err := x.sub(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -630,7 +786,14 @@ func listDir(x *Export, dir string, keep func(string) bool, each func(name strin
 		if st, err := d.Lstat(n); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 			continue
 		}
-		if err := each(n); err != nil && !errors.Is(err, ErrNotFound) {
+		err := each(n)
+		if errors.Is(err, ErrCorrupt) {
+			// One damaged file must not hide, or block, every other
+			// entry of the directory: it is left out, and said.
+			klog.ErrorS(err, "Leaving a corrupt record out; move it away or restore it", "export", x.Name(), "record", path.Join(ids.HiddenDir, dir, n))
+			continue
+		}
+		if err != nil && !errors.Is(err, ErrNotFound) {
 			return err
 		}
 	}
