@@ -217,6 +217,9 @@ func (d *Driver) nfsRefuseForeign(path, id string) error {
 	return nil
 }
 
+// nfsPublishFlags are the flags every NFS publish adds to the stage's.
+var nfsPublishFlags = []string{"nosuid", "nodev"}
+
 func (d *Driver) nfsNodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	target, staging := req.GetTargetPath(), req.GetStagingTargetPath()
 	if err := nfsNodeCapability(req.GetVolumeCapability()); err != nil {
@@ -263,10 +266,13 @@ func (d *Driver) nfsNodePublishVolume(ctx context.Context, req *csi.NodePublishV
 			return fmt.Errorf("create target path: %w", err)
 		}
 		// The NFS mount options were applied at the stage; a bind keeps
-		// them (nosuid, nodev... as the class's mountOptions say) and adds
-		// read-only when asked. Under the timeout: it stats the mount.
+		// them and adds read-only when asked, and always nosuid and nodev:
+		// whoever can write the export (another client, a tenant with
+		// no_root_squash) must not plant a setuid binary or a device node
+		// that a pod then runs or opens. Under the timeout: it stats the
+		// mount.
 		return d.nfs.Do(ctx, v.Export(), "bind "+target, func() error {
-			return mountutil.Bind(staging, target, pub.ReadOnly, nil)
+			return mountutil.Bind(staging, target, pub.ReadOnly, nfsPublishFlags)
 		})
 	})
 	if err != nil {

@@ -59,6 +59,13 @@ func TestNFSNodeStagePublish(t *testing.T) {
 		if b, err := os.ReadFile(filepath.Join(p.target, "hello")); err != nil || string(b) != "from the server" {
 			t.Fatalf("read through %s: %q, %v", p.target, b, err)
 		}
+		var st unix.Statfs_t
+		if err := unix.Statfs(p.target, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Flags&unix.ST_NOSUID == 0 || st.Flags&unix.ST_NODEV == 0 {
+			t.Errorf("publish at %s has mount flags %#x, want nosuid and nodev whatever the class says", p.target, st.Flags)
+		}
 	}
 	writeFile(t, filepath.Join(rwTarget, "written"), "by pod a")
 	if b, err := os.ReadFile(filepath.Join(e.export, "ns", "claim", "written")); err != nil || string(b) != "by pod a" {
