@@ -23,6 +23,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -348,6 +349,9 @@ func Unmount(img, target string) error {
 			return fmt.Errorf("detach %s after unmount: %w", devs[i].Path, err)
 		}
 	}
+	if len(devs) > 0 {
+		waitDetached(img)
+	}
 	return nil
 }
 
@@ -379,4 +383,20 @@ func sameDevice(m *mountinfo.Info, devs []loop.Device) bool {
 		}
 	}
 	return false
+}
+
+// waitDetached waits, a bounded while, for the loop devices of img to be
+// gone after its last unmount: the kernel unbinds an autoclear device when
+// its last user lets go, which under load can come after umount returns,
+// and a mount of the same image meanwhile (a read-only remount right after
+// the first format) would find it attached but unmounted (ErrInUse). One
+// that stays is held open by someone else, and is left to that close.
+func waitDetached(img string) {
+	for i := 0; i < 200; i++ {
+		left, err := loop.Find(img)
+		if err != nil || len(left) == 0 {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
