@@ -29,13 +29,8 @@ var copyOpts = copytree.Options{Nice: 10}
 // place. On error nothing of the snapshot is left.
 func (x *Export) Snapshot(ctx context.Context, subDir, snapKey string) (copytree.Stats, error) {
 	var src *beneath.Dir
-	err := x.do(ctx, "open "+subDir, func() error {
-		parent, name, err := x.openParent(subDir, false)
-		if err != nil {
-			return err
-		}
-		defer parent.Close()
-		src, err = parent.OpenDir(name)
+	err := x.do(ctx, "open "+subDir, func() (err error) {
+		src, err = x.openSubDir(subDir)
 		return err
 	})
 	if err != nil {
@@ -78,13 +73,8 @@ func (x *Export) Restore(ctx context.Context, snapKey, subDir, key string, mode 
 // Clone copies the volume in srcSubDir into subDir, as Restore does.
 func (x *Export) Clone(ctx context.Context, srcSubDir, subDir, key string, mode *os.FileMode) (copytree.Stats, error) {
 	var src *beneath.Dir
-	err := x.do(ctx, "open "+srcSubDir, func() error {
-		parent, name, err := x.openParent(srcSubDir, false)
-		if err != nil {
-			return err
-		}
-		defer parent.Close()
-		src, err = parent.OpenDir(name)
+	err := x.do(ctx, "open "+srcSubDir, func() (err error) {
+		src, err = x.openSubDir(srcSubDir)
 		return err
 	})
 	if err != nil {

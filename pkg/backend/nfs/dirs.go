@@ -54,6 +54,17 @@ func (x *Export) openParent(subDir string, create bool) (*beneath.Dir, string, e
 	return dir, parts[len(parts)-1], nil
 }
 
+// openSubDir opens subDir itself, walking from the share's root through
+// directory descriptors (no symlink followed).
+func (x *Export) openSubDir(subDir string) (*beneath.Dir, error) {
+	parent, name, err := x.openParent(subDir, false)
+	if err != nil {
+		return nil, err
+	}
+	defer parent.Close()
+	return parent.OpenDir(name)
+}
+
 // MakeDir creates subDir (and its missing parents) and applies mode when it
 // is not nil. A directory already there is adopted: adopted reports it, and
 // its mode is left as its owner set it (retained data keeps its
@@ -119,15 +130,7 @@ func unixMode(m os.FileMode) uint32 {
 func (x *Export) DirExists(ctx context.Context, subDir string) (bool, error) {
 	var ok bool
 	err := x.do(ctx, "look up "+subDir, func() error {
-		parent, name, err := x.openParent(subDir, false)
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		defer parent.Close()
-		d, err := parent.OpenDir(name)
+		d, err := x.openSubDir(subDir)
 		if errors.Is(err, os.ErrNotExist) {
 			return nil
 		}

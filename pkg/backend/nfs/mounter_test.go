@@ -3,15 +3,12 @@ package nfs
 import (
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
 // A call whose caller gave up marks its export busy until the operation
@@ -24,21 +21,7 @@ import (
 // plain unmount says EBUSY) stays mounted, and once the file is closed a
 // plain unmount removes it, though the export is still busy.
 func TestUnmountAfterACallerGaveUpOnAHealthyExportIsNotForced(t *testing.T) {
-	testutil.RequireRoot(t)
-	dir := t.TempDir()
-	testutil.CleanupMounts(t, dir)
-	src, target := filepath.Join(dir, "src"), filepath.Join(dir, "target")
-	for _, d := range []string{src, target} {
-		os.Mkdir(d, 0o755)
-	}
-	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Create(filepath.Join(target, "open"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	target, f := bindWithOpenFile(t)
 	g := newGuard(time.Minute)
 
 	// The healthy case: a plain unmount, refused while a file is open.
@@ -54,7 +37,7 @@ func TestUnmountAfterACallerGaveUpOnAHealthyExportIsNotForced(t *testing.T) {
 	cancel()
 	g.do(cctx, "healthy:/x", "statfs", func() error { <-release; return nil })
 
-	err = unmount(context.Background(), g, "healthy:/x", target)
+	err := unmount(context.Background(), g, "healthy:/x", target)
 	if m, _ := isMounted(target); !m {
 		t.Errorf("unmount of a healthy export's mount, right after a caller of another operation gave up: %v, and the mount was forced and detached (on NFS: MNT_FORCE fails the pending I/O of every mount of that export on the node)", err)
 	} else if !errors.Is(err, unix.EBUSY) {

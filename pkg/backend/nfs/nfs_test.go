@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
 // A mount(8) that hangs (mount.nfs waiting for a dead server) is killed
@@ -80,21 +78,7 @@ func TestGuardStuckExport(t *testing.T) {
 // The mount of a dead server (its export stuck) is removed with a forced,
 // lazy unmount, even with a file held open inside it.
 func TestUnmountDeadMount(t *testing.T) {
-	testutil.RequireRoot(t)
-	dir := t.TempDir()
-	testutil.CleanupMounts(t, dir)
-	src, target := filepath.Join(dir, "src"), filepath.Join(dir, "target")
-	for _, d := range []string{src, target} {
-		os.Mkdir(d, 0o755)
-	}
-	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Create(filepath.Join(target, "open"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	target, _ := bindWithOpenFile(t)
 	g := newGuard(50 * time.Millisecond)
 	release := make(chan struct{})
 	defer close(release)
@@ -110,23 +94,8 @@ func TestUnmountDeadMount(t *testing.T) {
 // Creating a volume's directory never follows a symlink a tenant put on
 // its path; a template's parents are made as needed.
 func TestMakeDirRefusesSymlinks(t *testing.T) {
-	testutil.RequireRoot(t)
-	dir := t.TempDir()
-	testutil.CleanupMounts(t, dir)
-	standin := testutil.NewNFSStandIn()
-	export := standin.AddExport(t, "s", "/e", filepath.Join(dir, "export"))
-	b, err := New(Options{MountDir: filepath.Join(dir, "mnt"), Mounter: standin, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	x, err := b.Use(context.Background(), "s", "/e")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer x.Release()
-	outside := filepath.Join(dir, "outside")
-	os.Mkdir(outside, 0o755)
+	x, export, standin := useStandInExport(t)
+	outside := t.TempDir()
 	if err := os.Symlink(outside, filepath.Join(export, "ns")); err != nil {
 		t.Fatal(err)
 	}
@@ -187,26 +156,12 @@ func TestGuardCallerGaveUp(t *testing.T) {
 // one key, perhaps in two controllers at once): the second is ErrExists
 // and the first is intact.
 func TestCreateVolumeRecordDoesNotReplace(t *testing.T) {
-	testutil.RequireRoot(t)
-	dir := t.TempDir()
-	testutil.CleanupMounts(t, dir)
-	standin := testutil.NewNFSStandIn()
-	standin.AddExport(t, "s", "/e", filepath.Join(dir, "export"))
-	b, err := New(Options{MountDir: filepath.Join(dir, "mnt"), Mounter: standin, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	x, err := b.Use(context.Background(), "s", "/e")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer x.Release()
+	x, export, _ := useStandInExport(t)
 	const key = "0123456789abcdef"
 	if err := x.CreateVolume(context.Background(), &VolumeRecord{ID: "first", Name: "a"}, key); err != nil {
 		t.Fatal(err)
 	}
-	err = x.CreateVolume(context.Background(), &VolumeRecord{ID: "second", Name: "b"}, key)
+	err := x.CreateVolume(context.Background(), &VolumeRecord{ID: "second", Name: "b"}, key)
 	if !errors.Is(err, ErrExists) {
 		t.Fatalf("second record of one key: %v, want ErrExists", err)
 	}
@@ -214,7 +169,7 @@ func TestCreateVolumeRecordDoesNotReplace(t *testing.T) {
 	if err != nil || r.ID != "first" {
 		t.Fatalf("record after the refused create: %+v, %v; want the first", r, err)
 	}
-	if ents, _ := os.ReadDir(filepath.Join(dir, "export", ".hostpath-csi", "tmp")); len(ents) != 0 {
+	if ents, _ := os.ReadDir(filepath.Join(export, ".hostpath-csi", "tmp")); len(ents) != 0 {
 		t.Fatalf("left in tmp/: %v", ents)
 	}
 }

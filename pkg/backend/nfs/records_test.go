@@ -3,13 +3,9 @@ package nfs
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
 // On a server that refuses hard links, a new volume record (a name only
@@ -17,21 +13,7 @@ import (
 // over an existing record; a subdirectory claim (a name a tenant's subDir
 // decides) is not, and says why.
 func TestNewRecordsOnAServerWithoutHardLinks(t *testing.T) {
-	testutil.RequireRoot(t)
-	dir := t.TempDir()
-	testutil.CleanupMounts(t, dir)
-	standin := testutil.NewNFSStandIn()
-	standin.AddExport(t, "s", "/e", filepath.Join(dir, "export"))
-	b, err := New(Options{MountDir: filepath.Join(dir, "mnt"), Mounter: standin, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	x, err := b.Use(context.Background(), "s", "/e")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer x.Release()
+	x, _, _ := useStandInExport(t)
 	saved := linkRecord
 	linkRecord = func(int, string, int, string, int) error { return unix.EPERM }
 	defer func() { linkRecord = saved }()
