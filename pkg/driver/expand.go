@@ -50,10 +50,16 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	}
 	// No size asked: finish growing to the recorded one (an image whose
 	// filesystem could not grow yet), which the spec allows.
-	want := max(req.GetCapacityRange().GetRequiredBytes(), v.CapacityBytes)
-	if lim := req.GetCapacityRange().GetLimitBytes(); lim > 0 && lim < want {
-		return nil, status.Errorf(codes.InvalidArgument, "capacity range: required bytes %d exceed limit bytes %d", want, lim)
+	required, lim := req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes()
+	if lim > 0 && required > lim {
+		return nil, status.Errorf(codes.InvalidArgument, "capacity range: required bytes %d exceed limit bytes %d", required, lim)
 	}
+	// A limit below what the volume already has asks for a shrink, which
+	// no volume of this driver can do: the spec's OUT_OF_RANGE.
+	if lim > 0 && lim < v.CapacityBytes {
+		return nil, status.Errorf(codes.OutOfRange, "capacity range: limit bytes %d is below the volume's size of %d bytes; volumes never shrink", lim, v.CapacityBytes)
+	}
+	want := max(required, v.CapacityBytes)
 	if want > d.cfg.MaxVolumeSize {
 		return nil, status.Errorf(codes.OutOfRange, "requested %d bytes; the largest volume this driver makes is %d bytes (--max-volume-size)", want, d.cfg.MaxVolumeSize)
 	}

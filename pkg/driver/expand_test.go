@@ -7,6 +7,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
@@ -174,6 +175,46 @@ func TestCopiesOfAVolumeGrownByACutShortExpansion(t *testing.T) {
 			}
 			if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src}); err != nil {
 				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// NodeExpandVolume's capacity range, against the spec's error table: a
+// limit below the volume's size asks for a shrink (OUT_OF_RANGE), a range
+// whose required exceeds its limit is malformed (INVALID_ARGUMENT), and a
+// size the volume already has is an OK with that size.
+func TestNodeExpandCapacityRangeCodes(t *testing.T) {
+	e := newEnv(t)
+	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	const size = 4 << 20
+	r, err := e.d.CreateVolume(ctx, createReq("range", size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := r.GetVolume().GetVolumeId()
+	_, target := e.stageAndPublish(t, id, c)
+	defer e.unpublishAndUnstage(t, id)
+	for _, tc := range []struct {
+		name     string
+		required int64
+		limit    int64
+		code     codes.Code
+	}{
+		{"limit below the size", 0, size / 2, codes.OutOfRange},
+		{"required and limit below the size", size / 4, size / 2, codes.OutOfRange},
+		{"required above limit", 2 * size, size + 1, codes.InvalidArgument},
+		{"the size it has", size, size, codes.OK},
+		{"nothing asked", 0, 0, codes.OK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := e.d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: id, VolumePath: target,
+				CapacityRange: &csi.CapacityRange{RequiredBytes: tc.required, LimitBytes: tc.limit}})
+			if got := status.Code(err); got != tc.code {
+				t.Fatalf("code %v (%v), want %v", got, err, tc.code)
+			}
+			if tc.code == codes.OK && resp.GetCapacityBytes() != size {
+				t.Fatalf("capacity %d, want the volume's %d", resp.GetCapacityBytes(), size)
 			}
 		})
 	}
