@@ -126,13 +126,7 @@ func run() error {
 
 func startHTTP(addr string, d *driver.Driver, errs chan<- error) (*http.Server, error) {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		if err := d.Healthy(); err != nil {
-			http.Error(w, "not healthy: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
+	mux.Handle("/healthz", d.HealthzHandler())
 	mux.Handle("/metrics", d.MetricsHandler())
 	l, err := net.Listen("tcp", addr)
 	if err != nil {

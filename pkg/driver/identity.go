@@ -2,11 +2,14 @@ package driver
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+	"k8s.io/klog/v2"
 )
 
 func (d *Driver) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
@@ -41,8 +44,37 @@ func (d *Driver) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, 
 
 // Healthy is the check behind Probe and /healthz.
 func (d *Driver) Healthy() error {
+	_, err := d.unhealthy()
+	return err
+}
+
+// unhealthy says which check failed, in words that name no path (what
+// /healthz may show to whoever reaches the pod's address), and the error.
+func (d *Driver) unhealthy() (string, error) {
 	if _, err := d.store.VolumeExists(""); err != nil {
-		return err
+		return "the state database does not answer", err
 	}
-	return d.vols.CheckWritable()
+	if err := d.vols.CheckWritable(); err != nil {
+		return "the data directory does not take writes", err
+	}
+	return "", nil
+}
+
+// HealthzHandler serves /healthz, the kubelet's readiness probe: 200 "ok",
+// or 503 with the failed check in a few words. Anyone who can reach the
+// pod's address can read it, so the details (paths on the host, errors)
+// go to the driver's log and not into the answer.
+func (d *Driver) HealthzHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			http.Error(w, "only GET and HEAD", http.StatusMethodNotAllowed)
+			return
+		}
+		if what, err := d.unhealthy(); err != nil {
+			klog.ErrorS(err, "Not healthy", "check", what)
+			http.Error(w, "not healthy: "+what+" (the driver's log says why)", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
 }

@@ -72,6 +72,26 @@ func testDriverDeployed(t *testing.T, c *cluster) {
 			t.Errorf("container %s: image %s with pull policy %s; want a versioned tag, IfNotPresent", ct.Name, ct.Image, ct.ImagePullPolicy)
 		}
 	}
+	// Only the sidecars that call the API get a ServiceAccount token: the
+	// driver, which a tenant's volume reaches, holds no credentials.
+	const tokenDir = "/var/run/secrets/kubernetes.io/serviceaccount"
+	callsAPI := map[string]bool{"csi-provisioner": true, "csi-snapshotter": true, "csi-resizer": true}
+	for _, ct := range p.Spec.Containers {
+		has := false
+		for _, m := range ct.VolumeMounts {
+			has = has || m.MountPath == tokenDir
+		}
+		if has != callsAPI[ct.Name] {
+			t.Errorf("container %s: token mounted %v, want %v", ct.Name, has, callsAPI[ct.Name])
+		}
+	}
+	// The namespace says the level its privileged pods need, so a cluster
+	// whose default Pod Security level is baseline or restricted runs them.
+	var ns v1.Namespace
+	c.get(t, &ns, "namespace", "hostpath-csi")
+	if got := ns.Labels["pod-security.kubernetes.io/enforce"]; got != "privileged" {
+		t.Errorf("namespace hostpath-csi: pod-security.kubernetes.io/enforce=%q, want privileged", got)
+	}
 	var csinode storagev1.CSINode
 	c.get(t, &csinode, "csinode", c.node1)
 	found := false
