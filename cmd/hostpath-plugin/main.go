@@ -56,6 +56,7 @@ func parseFlags() *options {
 	fs.DurationVar(&o.cfg.NFS.Timeout, "nfs-timeout", nfs.DefaultTimeout, "bound on every mount, unmount and file operation on an NFS export; a server that does not answer in time fails the call with DeadlineExceeded naming it")
 	fs.BoolVar(&o.cfg.NFSOnly, "nfs-only", false, "serve NFS classes only: a CreateVolume whose class names no server is InvalidArgument (for a controller that does not run beside the node's data, as in overlays/nfs)")
 	fs.StringVar(&o.cfg.NFS.MountDir, "nfs-mount-dir", "", "directory of the controller's private mounts of NFS export roots (default <state-dir>/nfs)")
+	fs.StringVar(&o.cfg.UdevRulesDir, "udev-rules-dir", "", "the host's udev rules directory (e.g. /etc/udev/rules.d mounted into the pod): the driver writes a rule there that keeps udev, LVM and md from probing, linking or activating what tenants write into the loop devices of volumes; empty leaves the host's udev alone")
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "address (host:port, or :port for every address) of the HTTP server for /healthz and /metrics; empty disables it")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight calls may take to finish")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")

@@ -20,6 +20,7 @@ import (
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
 	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/pkg/hostguard"
 	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/keylock"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
@@ -72,6 +73,11 @@ type Config struct {
 	// ReconcileRetry is how often what start-up could not reconcile is
 	// retried while the driver serves (default 30 s).
 	ReconcileRetry time.Duration
+	// UdevRulesDir, when set, is where the driver writes (at start, before
+	// it attaches any loop device) a udev rule that keeps the host from
+	// probing, linking, or activating LVM or md on the loop devices of its
+	// volumes: their bytes are tenants' (see pkg/hostguard).
+	UdevRulesDir string
 	// NFS configures the NFS backend: its mount directory (default
 	// <StateDir>/nfs), the timeout on every operation on an export
 	// (default 2 minutes) and the mounter (mount(8) by default).
@@ -183,6 +189,18 @@ func New(cfg Config) (*Driver, error) {
 	markers, thawed, err := thawLeftFrozen(cfg.StateDir)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.UdevRulesDir != "" {
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			markers.Close()
+			return nil, fmt.Errorf("data directory: %w", err)
+		}
+		path, err := hostguard.Install(cfg.UdevRulesDir, cfg.DriverName, cfg.DataDir)
+		if err != nil {
+			markers.Close()
+			return nil, err
+		}
+		klog.InfoS("Host guard: udev leaves the loop devices of volumes alone", "rule", path)
 	}
 	vols, err := hostpath.New(cfg.DataDir, hostpath.Options{BtrfsQuotas: !cfg.NoBtrfsQuotas, FreezeMarkers: markers.Name()})
 	if err != nil {
