@@ -1,10 +1,13 @@
 package btrfs
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
@@ -53,5 +56,70 @@ func TestSubvolumeLifecycle(t *testing.T) {
 	}
 	if ok, _ := IsSubvolume(t.TempDir()); ok {
 		t.Fatal("a directory on another filesystem passes as a subvolume")
+	}
+}
+
+func TestIoctlLayouts(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"btrfs_ioctl_vol_args_v2", unsafe.Sizeof(volArgsV2{}), 4096},
+		{"btrfs_ioctl_search_key", unsafe.Sizeof(searchKey{}), 104},
+		{"btrfs_ioctl_search_args", unsafe.Sizeof(searchArgs{}), 4096},
+		{"btrfs_ioctl_search_header", unsafe.Sizeof(searchHeader{}), 32},
+		{"btrfs_ioctl_ino_lookup_args", unsafe.Sizeof(inoLookupArgs{}), 4096},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("struct %s is %d bytes here, the kernel's is %d", tc.name, tc.got, tc.want)
+		}
+	}
+	if off := unsafe.Offsetof(volArgsV2{}.id); off != 56 {
+		t.Errorf("btrfs_ioctl_vol_args_v2.subvolid at %d, the kernel's is at 56", off)
+	}
+}
+
+// A subvolume holding subvolumes, nested ones, a snapshot and a read-only
+// snapshot among them, is destroyed whole; plain DeleteSubvolume refuses it.
+func TestDeleteSubvolumeTree(t *testing.T) {
+	mnt := testutil.LoopFS(t, "btrfs", 256)
+	vol := filepath.Join(mnt, "vol")
+	if err := CreateSubvolume(vol); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"a", "a/b", "a/b/c", "d"} {
+		if err := CreateSubvolume(filepath.Join(vol, p)); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(vol, p, "f"), []byte(p), 0o644)
+	}
+	if err := Snapshot(filepath.Join(vol, "a/b"), filepath.Join(vol, "d/snap")); err != nil {
+		t.Fatal(err)
+	}
+	// Read-only, as btrfs subvolume snapshot -r makes it
+	// (BTRFS_IOC_SUBVOL_SETFLAGS, BTRFS_SUBVOL_RDONLY).
+	fd, err := unix.Open(filepath.Join(vol, "d/snap"), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdonly := uint64(1 << 1)
+	if err := ioctl(fd, 0x4008941a, unsafe.Pointer(&rdonly)); err != nil {
+		t.Fatalf("make the snapshot read-only: %v", err)
+	}
+	unix.Close(fd)
+	if err := os.WriteFile(filepath.Join(vol, "d/snap/g"), nil, 0o644); !errors.Is(err, unix.EROFS) {
+		t.Fatalf("write into the read-only snapshot: %v, want EROFS", err)
+	}
+	if err := DeleteSubvolume(vol); !errors.Is(err, unix.ENOTEMPTY) {
+		t.Fatalf("DeleteSubvolume of a subvolume holding others: %v, want ENOTEMPTY", err)
+	}
+	if err := DeleteSubvolumeTree(vol); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(vol); !os.IsNotExist(err) {
+		t.Fatalf("%s still there: %v", vol, err)
+	}
+	if err := DeleteSubvolumeTree(vol); !errors.Is(err, unix.ENOENT) {
+		t.Fatalf("DeleteSubvolumeTree of nothing: %v, want ENOENT", err)
 	}
 }

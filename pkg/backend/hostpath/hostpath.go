@@ -334,17 +334,17 @@ func (b *Backend) copyTree(ctx context.Context, src, dst string) (CopyResult, er
 	return CopyResult{Mechanism: string(st.Mechanism()), Files: st.Files, Bytes: st.Bytes}, err
 }
 
-// remove deletes a tree this backend made: a btrfs subvolume at once, a
-// directory file by file without entering mounts.
+// remove deletes a tree this backend made: a btrfs subvolume at once, with
+// the subvolumes a pod made inside it, a directory file by file without
+// entering mounts.
 func (b *Backend) remove(p string) error {
 	if b.btrfs {
 		if sub, err := btrfs.IsSubvolume(p); err == nil && sub {
-			err := btrfs.DeleteSubvolume(p)
-			if err == nil {
+			err := btrfs.DeleteSubvolumeTree(p)
+			if err == nil || errors.Is(err, unix.ENOENT) {
 				return nil
 			}
-			// For instance a subvolume nested inside by a user: remove
-			// what is there file by file instead.
+			// Remove what is there file by file instead.
 			klog.V(2).InfoS("Subvolume delete failed; removing file by file", "path", p, "err", err)
 		}
 	}

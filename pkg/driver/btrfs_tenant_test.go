@@ -1,0 +1,197 @@
+package driver
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+)
+
+// tenantUID is who the tenant's processes run as: nobody, with no groups
+// and no capabilities, as an unprivileged process in a pod.
+const tenantUID = "65534"
+
+// asTenant runs script with sh in dir (a published volume) as an
+// unprivileged user and returns what it printed. The working directory is
+// entered as root before the user changes, so the test's private parent
+// directories need not be open to the tenant; the script uses paths
+// relative to the volume, as a pod does (and cd -P: a logical cd would
+// walk the path from /).
+func asTenant(t *testing.T, dir, script string) string {
+	t.Helper()
+	for _, tool := range []string{"setpriv", "btrfs", "dd"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("skipping: %s not installed (util-linux, btrfs-progs, coreutils)", tool)
+		}
+	}
+	cmd := exec.Command("setpriv", "--reuid="+tenantUID, "--regid="+tenantUID, "--clear-groups", "--inh-caps=-all", "--", "sh", "-c", script)
+	cmd.Dir = dir
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("tenant script failed: %v\n%s\n%s", err, script, out)
+	}
+	return string(out)
+}
+
+var ddCopied = regexp.MustCompile(`(?m)^(\d+) bytes`)
+
+// tenantFillThroughSubvolume is what a hostile pod does to outgrow its
+// volume on btrfs: make a subvolume inside it (any user who can write a
+// directory may) and write into that, and failing that write in place.
+// It returns the bytes written, whether a subvolume was made, and whether
+// the kernel refused the write for want of room (EDQUOT or ENOSPC).
+func tenantFillThroughSubvolume(t *testing.T, dir string, bytes int64) (written int64, subvolume, refused bool) {
+	t.Helper()
+	out := asTenant(t, dir, `
+		if btrfs subvolume create inner >/dev/null 2>&1; then cd -P inner && echo made-subvolume || exit 1; fi
+		dd if=/dev/zero of=fill bs=1M count=`+strconv.FormatInt(bytes>>20, 10)+` conv=fsync 2>&1 || true`)
+	m := ddCopied.FindAllStringSubmatch(out, -1)
+	if len(m) == 0 {
+		t.Fatalf("no dd summary in the tenant's output:\n%s", out)
+	}
+	written, _ = strconv.ParseInt(m[len(m)-1][1], 10, 64)
+	return written, strings.Contains(out, "made-subvolume"),
+		strings.Contains(out, "Disk quota exceeded") || strings.Contains(out, "No space left on device")
+}
+
+// On a btrfs data directory, a volume that says it is held to its size (its
+// size-limit in the volume context; an inline volume is always held) is held
+// against an unprivileged pod that makes a subvolume inside it and writes
+// there: the write is refused at about the size. A btrfs qgroup limit cannot
+// promise that (a nested subvolume's data is outside the volume's qgroup),
+// so a directory volume on btrfs says size-limit: none, and an inline volume
+// there is an image.
+func TestBtrfsVolumeSaidHeldHoldsAgainstNestedSubvolumes(t *testing.T) {
+	const size = 32 << 20
+	tests := []struct {
+		name   string
+		params map[string]string // nil: the default class
+		inline bool
+		limit  string // what the volume context must say
+	}{
+		{"default layout (directory)", nil, false, hostpath.EnforceNone},
+		{"layout directory", map[string]string{ParamLayout: LayoutDirectory}, false, hostpath.EnforceNone},
+		{"layout image", map[string]string{ParamLayout: LayoutImage}, false, hostpath.EnforceImage},
+		{"inline volume", nil, true, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			mnt := testutil.LoopFS(t, "btrfs", 1024)
+			cleanupUnder(t, mnt)
+			e := newEnvOn(t, mnt)
+			var target, limit string
+			var unpublish func()
+			if tc.inline {
+				const handle = "csi-0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c"
+				target = filepath.Join(mnt, "kubelet", "pods", "web", "volumes", "scratch", "mount")
+				if _, err := e.d.NodePublishVolume(ctx, inlineReq(handle, target, map[string]string{AttrSize: "32Mi", ParamMountPermissions: "0777"})); err != nil {
+					t.Fatal(err)
+				}
+				limit = "inline: always held"
+				unpublish = func() {
+					if _, err := e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: handle, TargetPath: target}); err != nil {
+						t.Fatal(err)
+					}
+				}
+			} else {
+				req := createReq("v", size)
+				req.Parameters = tc.params
+				r, err := e.d.CreateVolume(ctx, req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				id := r.GetVolume().GetVolumeId()
+				limit = r.GetVolume().GetVolumeContext()[ContextLimit]
+				_, target = e.stageAndPublish(t, id, rwo)
+				unpublish = func() {
+					e.unpublishAndUnstage(t, id)
+					if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+
+			written, sub, refused := tenantFillThroughSubvolume(t, target, 3*size)
+			t.Logf("size-limit %q: the pod made a subvolume: %v; wrote %d MiB into a %d MiB volume (refused: %v)", limit, sub, written>>20, size>>20, refused)
+			if limit != hostpath.EnforceNone {
+				if !refused || written > size+size/8 {
+					t.Fatalf("the volume says %q, but a pod that made a subvolume inside it (%v) wrote %d bytes into %d (refused: %v)", limit, sub, written, size, refused)
+				}
+				if written < size/2 {
+					t.Fatalf("the volume says %q, and the pod's write was refused at %d bytes of %d: far below its size", limit, written, size)
+				}
+			}
+			if !tc.inline && limit != tc.limit {
+				t.Fatalf("volume context size-limit %q, want %q", limit, tc.limit)
+			}
+			unpublish()
+			e.d.vols.WaitIdle()
+			if left := subvolumesUnder(t, mnt); len(left) != 0 {
+				t.Fatalf("subvolumes left after the volume was removed: %v", left)
+			}
+		})
+	}
+}
+
+// subvolumesUnder lists the subvolumes of the btrfs filesystem mounted at mnt
+// (their paths from its top level).
+func subvolumesUnder(t *testing.T, mnt string) []string {
+	t.Helper()
+	out, err := exec.Command("btrfs", "subvolume", "list", mnt).CombinedOutput()
+	if err != nil {
+		t.Fatalf("btrfs subvolume list: %v\n%s", err, out)
+	}
+	var paths []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if i := strings.Index(line, " path "); i >= 0 {
+			paths = append(paths, line[i+len(" path "):])
+		}
+	}
+	return paths
+}
+
+// A pod that made subvolumes inside its volume (nested ones, and a snapshot
+// of one, which the kernel lets the owner of a subvolume take) does not keep
+// its volume from being deleted: DeleteVolume succeeds and nothing of it is
+// left, neither a subvolume nor a file.
+func TestDeleteRemovesSubvolumesAPodMadeInside(t *testing.T) {
+	mnt := testutil.LoopFS(t, "btrfs", 1024)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	id := e.create(t, "v")
+	_, target := e.stageAndPublish(t, id, rwo)
+	asTenant(t, target, `set -e
+		btrfs subvolume create a >/dev/null
+		mkdir -p a/dir
+		btrfs subvolume create a/dir/b >/dev/null
+		btrfs subvolume create a/dir/b/c >/dev/null
+		echo data > a/dir/b/c/f
+		dd if=/dev/zero of=a/dir/b/big bs=1M count=8 2>/dev/null
+		btrfs subvolume snapshot a/dir/b snap-of-b >/dev/null
+		btrfs subvolume snapshot -r a snap-of-a >/dev/null`)
+	if n := len(subvolumesUnder(t, mnt)); n < 6 {
+		t.Fatalf("%d subvolumes after the pod made five in its volume, want at least 6", n)
+	}
+	e.unpublishAndUnstage(t, id)
+	if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+		t.Fatalf("DeleteVolume of a volume holding subvolumes a pod made: %v", err)
+	}
+	e.d.vols.WaitIdle()
+	if left := subvolumesUnder(t, mnt); len(left) != 0 {
+		t.Fatalf("subvolumes left after DeleteVolume: %v", left)
+	}
+	for _, dir := range []string{"volumes", "trash", "partial"} {
+		if names, err := os.ReadDir(filepath.Join(mnt, "data", dir)); err != nil || len(names) != 0 {
+			t.Fatalf("data/%s after DeleteVolume: %v %v, want empty", dir, names, err)
+		}
+	}
+}
