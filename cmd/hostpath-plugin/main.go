@@ -51,7 +51,7 @@ func parseFlags() *options {
 	fs.Int64Var(&o.cfg.MaxVolumeSize, "max-volume-size", driver.DefaultMaxVolumeSize, "largest volume capacity in bytes; larger requests fail with OutOfRange")
 	fs.StringVar(&o.cfg.ImageFSType, "image-fstype", driver.DefaultImageFSType, "filesystem of an image volume (layout: image) whose class names none (csi.storage.k8s.io/fstype): ext4 or xfs")
 	fs.IntVar(&o.cfg.MaxConcurrentCopies, "max-concurrent-copies", 4, "snapshot, restore and clone copies that run at once; more wait their turn (a retry meanwhile is ABORTED)")
-	btrfsQuotas := fs.Bool("btrfs-quotas", true, "on a btrfs data directory, turn btrfs quotas on (if off) so directory volumes are held to their size by qgroup limits")
+	fs.Bool("btrfs-quotas", true, "deprecated, no effect: a btrfs qgroup limit does not hold a directory volume (a pod escapes it by making a subvolume inside), so the driver no longer turns btrfs quotas on; volumes made with qgroup limits keep them")
 	fs.DurationVar(&o.cfg.UsageInterval, "usage-interval", time.Minute, "how long NodeGetVolumeStats reuses the usage it measured by walking a directory volume that nothing holds to its size (enforced volumes are read at once)")
 	fs.DurationVar(&o.cfg.NFS.Timeout, "nfs-timeout", nfs.DefaultTimeout, "bound on every mount, unmount and file operation on an NFS export; a server that does not answer in time fails the call with DeadlineExceeded naming it")
 	fs.BoolVar(&o.cfg.NFSOnly, "nfs-only", false, "serve NFS classes only: a CreateVolume whose class names no server is InvalidArgument (for a controller that does not run beside the node's data, as in overlays/nfs)")
@@ -62,7 +62,11 @@ func parseFlags() *options {
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	klog.InitFlags(fs)
 	flag.Parse()
-	o.cfg.NoBtrfsQuotas = !*btrfsQuotas
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "btrfs-quotas" {
+			klog.InfoS("Flag --btrfs-quotas is deprecated and has no effect: qgroup limits do not hold a btrfs directory volume; use StorageClass parameter layout: image for sizes that hold")
+		}
+	})
 	if !o.cfg.Controller && !o.cfg.Node {
 		o.cfg.Controller, o.cfg.Node = true, true
 	}

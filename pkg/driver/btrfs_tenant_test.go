@@ -13,6 +13,7 @@ import (
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/quota"
 )
 
 // tenantUID is who the tenant's processes run as: nobody, with no groups
@@ -51,16 +52,31 @@ var ddCopied = regexp.MustCompile(`(?m)^(\d+) bytes`)
 // the kernel refused the write for want of room (EDQUOT or ENOSPC).
 func tenantFillThroughSubvolume(t *testing.T, dir string, bytes int64) (written int64, subvolume, refused bool) {
 	t.Helper()
-	out := asTenant(t, dir, `
-		if btrfs subvolume create inner >/dev/null 2>&1; then cd -P inner && echo made-subvolume || exit 1; fi
-		dd if=/dev/zero of=fill bs=1M count=`+strconv.FormatInt(bytes>>20, 10)+` conv=fsync 2>&1 || true`)
+	return tenantDD(t, dir, bytes, `
+		if btrfs subvolume create inner >/dev/null 2>&1; then cd -P inner && echo made-subvolume || exit 1; fi`)
+}
+
+// tenantWrite writes bytes into a new file in dir as the tenant; it returns
+// the bytes written and whether the kernel refused more for want of room.
+func tenantWrite(t *testing.T, dir string, bytes int64) (written int64, refused bool) {
+	t.Helper()
+	written, _, refused = tenantDD(t, dir, bytes, "")
+	return written, refused
+}
+
+func tenantDD(t *testing.T, dir string, bytes int64, before string) (written int64, subvolume, refused bool) {
+	t.Helper()
+	out := asTenant(t, dir, before+`
+		dd if=/dev/zero of=fill.$$ bs=1M count=`+strconv.FormatInt(bytes>>20, 10)+` conv=fsync 2>&1 || true`)
+	refused = strings.Contains(out, "Disk quota exceeded") || strings.Contains(out, "No space left on device")
 	m := ddCopied.FindAllStringSubmatch(out, -1)
-	if len(m) == 0 {
+	switch {
+	case len(m) > 0:
+		written, _ = strconv.ParseInt(m[len(m)-1][1], 10, 64)
+	case !refused: // refused at the open: nothing written
 		t.Fatalf("no dd summary in the tenant's output:\n%s", out)
 	}
-	written, _ = strconv.ParseInt(m[len(m)-1][1], 10, 64)
-	return written, strings.Contains(out, "made-subvolume"),
-		strings.Contains(out, "Disk quota exceeded") || strings.Contains(out, "No space left on device")
+	return written, strings.Contains(out, "made-subvolume"), refused
 }
 
 // On a btrfs data directory, a volume that says it is held to its size (its
@@ -193,5 +209,89 @@ func TestDeleteRemovesSubvolumesAPodMadeInside(t *testing.T) {
 		if names, err := os.ReadDir(filepath.Join(mnt, "data", dir)); err != nil || len(names) != 0 {
 			t.Fatalf("data/%s after DeleteVolume: %v %v, want empty", dir, names, err)
 		}
+	}
+}
+
+// Volumes an earlier version made on btrfs, with a qgroup limit on record
+// and on disk, keep working after the upgrade: they say size-limit none
+// (their limit does not hold against a pod that makes a subvolume), their
+// limit still stops ordinary writes and grows with NodeExpandVolume, and a
+// volume restored from a snapshot of one is not capped at the old volume's
+// size by the limit a btrfs snapshot inherits. Deleting them leaves nothing.
+func TestQgroupVolumesOfAnEarlierVersionKeepWorking(t *testing.T) {
+	mnt := testutil.LoopFS(t, "btrfs", 1024)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	const size = 32 << 20
+	r, err := e.d.CreateVolume(ctx, createReq("old", size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := r.GetVolume().GetVolumeId()
+	// What an earlier version left: quotas on, a qgroup limit of the
+	// volume's size, and the record naming it.
+	if err := quota.EnableQgroups(e.d.vols.Root()); err != nil {
+		t.Skipf("skipping: btrfs quotas cannot be turned on here: %v", err)
+	}
+	if err := quota.SetQgroupLimit(e.d.vols.Path(id), size); err != nil {
+		t.Fatal(err)
+	}
+	v, err := e.d.store.GetVolume(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Limit = hostpath.EnforceQgroup
+	if err := e.d.store.PutVolume(v); err != nil {
+		t.Fatal(err)
+	}
+	e.restart(t)
+
+	if g, err := e.d.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id}); err != nil {
+		t.Fatal(err)
+	} else if got := g.GetVolume().GetVolumeContext()[ContextLimit]; got != hostpath.EnforceNone {
+		t.Fatalf("a volume with a qgroup limit says size-limit %q, want %q: a pod escapes the limit", got, hostpath.EnforceNone)
+	}
+	_, target := e.stageAndPublish(t, id, rwo)
+	if n, refused := tenantWrite(t, target, size+8<<20); !refused || n > size {
+		t.Fatalf("an ordinary write of %d bytes into the %d-byte volume: wrote %d (refused: %v), want its qgroup limit to stop it", size+8<<20, size, n, refused)
+	}
+	if _, err := e.d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: id, VolumePath: target,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 2 * size}}); err != nil {
+		t.Fatalf("NodeExpandVolume: %v", err)
+	}
+	if n, refused := tenantWrite(t, target, size); refused {
+		t.Fatalf("after growing to %d bytes, a write of %d more stopped at %d", 2*size, size, n)
+	}
+	e.unpublishAndUnstage(t, id)
+
+	s, err := e.d.CreateSnapshot(ctx, snapReq("snap", id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	restored, err := e.d.CreateVolume(ctx, fromSnapshot("restored", 4*size, s.GetSnapshot().GetSnapshotId()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rid := restored.GetVolume().GetVolumeId()
+	if got := restored.GetVolume().GetVolumeContext()[ContextLimit]; got != hostpath.EnforceNone {
+		t.Fatalf("restored volume says size-limit %q, want %q", got, hostpath.EnforceNone)
+	}
+	_, rtarget := e.stageAndPublish(t, rid, rwo)
+	if n, refused := tenantWrite(t, rtarget, 3*size/2); refused {
+		t.Fatalf("a %d-byte volume restored from a snapshot of one with a qgroup limit of %d refused a write of %d at %d: the limit its snapshot inherited caps it", 4*size, 2*size, 3*size/2, n)
+	}
+	e.unpublishAndUnstage(t, rid)
+
+	for _, vid := range []string{id, rid} {
+		if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vid}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: s.GetSnapshot().GetSnapshotId()}); err != nil {
+		t.Fatal(err)
+	}
+	e.d.vols.WaitIdle()
+	if left := subvolumesUnder(t, mnt); len(left) != 0 {
+		t.Fatalf("subvolumes left after every volume and snapshot was deleted: %v", left)
 	}
 }

@@ -474,7 +474,10 @@ func (d *Driver) undoCreate(v *state.Volume) error {
 
 func (d *Driver) csiVolume(v *state.Volume) *csi.Volume {
 	limit := v.Limit
-	if limit == "" {
+	if limit == "" || limit == hostpath.EnforceQgroup {
+		// A qgroup limit (on a volume an earlier version made) stops
+		// ordinary writes, but a pod escapes it with a subvolume of its
+		// own: it does not hold (hostpath.BtrfsNotHeld).
 		limit = hostpath.EnforceNone
 	}
 	vol := &csi.Volume{

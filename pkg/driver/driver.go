@@ -57,9 +57,6 @@ type Config struct {
 	// ImageFSType is an image volume's filesystem when the request names
 	// none: ext4 or xfs (default ext4).
 	ImageFSType string
-	// NoBtrfsQuotas leaves btrfs quotas off on a btrfs data directory
-	// (directory volumes are then not held to their size).
-	NoBtrfsQuotas bool
 	// UsageInterval is how long NodeGetVolumeStats reuses the usage it
 	// measured by walking a directory volume that nothing holds to its
 	// size (enforced volumes are read at once, never walked).
@@ -202,7 +199,7 @@ func New(cfg Config) (*Driver, error) {
 		}
 		klog.InfoS("Host guard: udev leaves the loop devices of volumes alone", "rule", path)
 	}
-	vols, err := hostpath.New(cfg.DataDir, hostpath.Options{BtrfsQuotas: !cfg.NoBtrfsQuotas, FreezeMarkers: markers.Name()})
+	vols, err := hostpath.New(cfg.DataDir, hostpath.Options{FreezeMarkers: markers.Name()})
 	if err != nil {
 		markers.Close()
 		return nil, err
@@ -234,6 +231,7 @@ func New(cfg Config) (*Driver, error) {
 	} else {
 		klog.InfoS("Directory volumes are held to their size", "by", limit)
 	}
+	d.warnQgroupVolumes()
 	klog.InfoS("Driver ready", "driver", cfg.DriverName, "version", Version(), "node", cfg.NodeID,
 		"controller", cfg.Controller, "nodeService", cfg.Node, "dataDir", vols.Root(), "stateDB", store.Path())
 	return d, nil
@@ -305,5 +303,25 @@ func (d *Driver) Register(r grpc.ServiceRegistrar) {
 	}
 	if d.cfg.Node {
 		csi.RegisterNodeServer(r, d)
+	}
+}
+
+// warnQgroupVolumes says at start-up how many volumes an earlier version
+// made with a btrfs qgroup limit: they keep it (and it grows with them),
+// but a pod escapes it with a subvolume of its own, so they are reported
+// as not held.
+func (d *Driver) warnQgroupVolumes() {
+	vols, _, err := d.store.ListVolumes("", 0, nil)
+	if err != nil {
+		return // reconcile has said why already
+	}
+	n := 0
+	for _, v := range vols {
+		if v.Limit == hostpath.EnforceQgroup {
+			n++
+		}
+	}
+	if n > 0 {
+		klog.InfoS("Volumes made by an earlier version keep their btrfs qgroup limit, which stops ordinary writes past their size but not a pod that makes a subvolume inside its volume: they are reported with size-limit none; recreate them with StorageClass parameter layout: image where a size must hold", "volumes", n)
 	}
 }

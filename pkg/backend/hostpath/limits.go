@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
-	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/quota"
@@ -19,7 +18,9 @@ import (
 // What holds a volume to its size.
 const (
 	// EnforceQgroup: a directory volume that is a btrfs subvolume with a
-	// qgroup limit (writes past it fail with EDQUOT).
+	// qgroup limit (writes past it fail with EDQUOT), as earlier versions
+	// made them. It does not hold against the pod: see BtrfsNotHeld. Such
+	// volumes keep their limit (raised when they grow); new ones get none.
 	EnforceQgroup = "btrfs-qgroup"
 	// EnforceProject: a directory volume with an ext4/xfs project quota.
 	EnforceProject = "project-quota"
@@ -33,14 +34,24 @@ const (
 
 // Options tune a Backend.
 type Options struct {
-	// BtrfsQuotas turns btrfs quotas on for a btrfs data directory where
-	// they are off, so that directory volumes are held to their size by
-	// qgroup limits. Quotas cost some work at every btrfs commit.
-	BtrfsQuotas bool
 	// FreezeMarkers is the directory where a copy that freezes an image's
 	// filesystem leaves a marker while it is frozen (imagefs.ThawMarked).
 	FreezeMarkers string
 }
+
+// BtrfsNotHeld says why nothing holds a directory volume on btrfs. A qgroup
+// limit on the volume's subvolume counts only that subvolume, and any user
+// who can write a directory can make a subvolume inside it (btrfs
+// subvolume create; a snapshot of a subvolume they own) whose data no limit
+// of the volume counts. Simple quotas (btrfs quota enable --simple) put a
+// nested subvolume into its parent's higher-level qgroups, but only when
+// its maker passes no qgroup inheritance of its own: the kernel takes an
+// unprivileged maker's inheritance, an empty one or one naming another
+// volume's qgroup (checked on Linux 6.18), so a level-1 qgroup per volume
+// would neither hold nor keep one volume's data out of another's count.
+// No mount option stops unprivileged subvolume creation
+// (user_subvol_rm_allowed is about removal).
+const BtrfsNotHeld = "on btrfs a pod can make subvolumes inside its volume (any process that can write a directory may), and their data is outside every qgroup limit the volume has; use StorageClass parameter layout: image for sizes that hold"
 
 // limitProbeSize is the limit the start-up self-test sets; it then writes
 // four times as much and expects the write to be refused.
@@ -55,23 +66,7 @@ func (b *Backend) probeDirectoryLimits(opts Options) {
 	b.removeStaleProbes()
 	b.reflink = b.probeReflink()
 	if b.btrfs {
-		if !opts.BtrfsQuotas {
-			b.dirLimitWhy = "btrfs quotas are off and --btrfs-quotas=false keeps them off"
-			return
-		}
-		on, err := quota.QgroupsEnabled(b.root)
-		if err == nil && !on {
-			klog.InfoS("Turning btrfs quotas on for the data directory, so directory volumes are held to their size (--btrfs-quotas=false leaves them off)", "dataDir", b.root)
-			err = quota.EnableQgroups(b.root)
-		}
-		if err == nil {
-			err = b.selfTestQgroup()
-		}
-		if err != nil {
-			b.dirLimitWhy = "btrfs qgroups do not work here: " + err.Error()
-			return
-		}
-		b.dirLimit = EnforceQgroup
+		b.dirLimitWhy = BtrfsNotHeld
 		return
 	}
 	if err := quota.ProjectQuotaSupport(b.root); err != nil {
@@ -94,18 +89,6 @@ func (b *Backend) removeStaleProbes() {
 			_ = b.remove(filepath.Join(b.root, n))
 		}
 	}
-}
-
-func (b *Backend) selfTestQgroup() error {
-	p := filepath.Join(b.root, probePrefix+strconv.Itoa(os.Getpid()))
-	if err := btrfs.CreateSubvolume(p); err != nil {
-		return err
-	}
-	defer b.remove(p)
-	if err := quota.SetQgroupLimit(p, limitProbeSize); err != nil {
-		return err
-	}
-	return withoutCapability(unix.CAP_SYS_RESOURCE, func() error { return writePastLimit(p) })
 }
 
 // probeProjectID is the project the self-test uses; volumes get IDs from
@@ -204,6 +187,31 @@ func (b *Backend) SetDirectoryLimit(id, mechanism string, capacity int64, projec
 		if err := quota.SetProjectLimit(b.root, projectID, uint64(capacity)); err != nil {
 			return fmt.Errorf("set the project limit of volume %s: %w", id, err)
 		}
+	case EnforceNone:
+		if b.btrfs {
+			return clearInheritedQgroupLimit(p)
+		}
+	}
+	return nil
+}
+
+// clearInheritedQgroupLimit removes the qgroup limit of the subvolume at p,
+// if it has one: with quotas on, a btrfs snapshot takes its source's limit,
+// so a volume restored or cloned from one made with a qgroup limit (by an
+// earlier version) would be capped at its source's size and not grow with
+// its own capacity.
+func clearInheritedQgroupLimit(p string) error {
+	if sub, err := btrfs.IsSubvolume(p); err != nil || !sub {
+		return err
+	}
+	if on, err := quota.QgroupsEnabled(p); err != nil || !on {
+		return err
+	}
+	if q, err := quota.QgroupUsage(p); err == nil && q.MaxReferenced == 0 {
+		return nil
+	}
+	if err := quota.SetQgroupLimit(p, 0); err != nil && !errors.Is(err, quota.ErrQuotaDisabled) {
+		return fmt.Errorf("clear the qgroup limit a snapshot inherited: %w", err)
 	}
 	return nil
 }
