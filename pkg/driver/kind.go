@@ -15,8 +15,8 @@ import (
 // Layouts of a mount volume (StorageClass parameter layout).
 const (
 	// LayoutDirectory: a directory (a btrfs subvolume on btrfs) on the
-	// data filesystem, held to its size by a qgroup or project quota
-	// where the data filesystem has one.
+	// data filesystem, held to its size by a project quota where the data
+	// filesystem has one (a qgroup does not hold: hostpath.BtrfsNotHeld).
 	LayoutDirectory = "directory"
 	// LayoutImage: a filesystem image (fsType ext4 or xfs) on a loop
 	// device, mounted at the staging path: its size holds on any data
