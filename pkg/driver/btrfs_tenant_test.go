@@ -217,7 +217,8 @@ func TestDeleteRemovesSubvolumesAPodMadeInside(t *testing.T) {
 // (their limit does not hold against a pod that makes a subvolume), their
 // limit still stops ordinary writes and grows with NodeExpandVolume, and a
 // volume restored from a snapshot of one is not capped at the old volume's
-// size by the limit a btrfs snapshot inherits. Deleting them leaves nothing.
+// size by the limit a btrfs snapshot inherits. With quotas turned off they
+// still grow and report their usage. Deleting them leaves nothing.
 func TestQgroupVolumesOfAnEarlierVersionKeepWorking(t *testing.T) {
 	mnt := testutil.LoopFS(t, "btrfs", 1024)
 	cleanupUnder(t, mnt)
@@ -281,6 +282,26 @@ func TestQgroupVolumesOfAnEarlierVersionKeepWorking(t *testing.T) {
 		t.Fatalf("a %d-byte volume restored from a snapshot of one with a qgroup limit of %d refused a write of %d at %d: the limit its snapshot inherited caps it", 4*size, 2*size, 3*size/2, n)
 	}
 	e.unpublishAndUnstage(t, rid)
+
+	// An administrator who turns btrfs quotas off, now that nothing new
+	// needs them, leaves the old volume without a limit, but working.
+	if out, err := exec.Command("btrfs", "quota", "disable", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("btrfs quota disable: %v\n%s", err, out)
+	}
+	_, target = e.stageAndPublish(t, id, rwo)
+	if n, refused := tenantWrite(t, target, size); refused {
+		t.Fatalf("with quotas off, a write of %d bytes stopped at %d", size, n)
+	}
+	if st, err := e.d.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: target}); err != nil {
+		t.Fatalf("NodeGetVolumeStats with quotas off: %v", err)
+	} else if used := st.GetUsage()[0].GetUsed(); used < 2*size {
+		t.Fatalf("NodeGetVolumeStats with quotas off: %d bytes used, want at least the %d written", used, 2*size)
+	}
+	if _, err := e.d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: id, VolumePath: target,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 3 * size}}); err != nil {
+		t.Fatalf("NodeExpandVolume with quotas off: %v", err)
+	}
+	e.unpublishAndUnstage(t, id)
 
 	for _, vid := range []string{id, rid} {
 		if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vid}); err != nil {

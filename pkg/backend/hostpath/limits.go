@@ -177,7 +177,13 @@ func (b *Backend) SetDirectoryLimit(id, mechanism string, capacity int64, projec
 	p := b.Path(id)
 	switch mechanism {
 	case EnforceQgroup:
-		if err := quota.SetQgroupLimit(p, uint64(capacity)); err != nil {
+		err := quota.SetQgroupLimit(p, uint64(capacity))
+		if errors.Is(err, quota.ErrQuotaDisabled) {
+			// An administrator turned btrfs quotas off: the volume has
+			// no limit left to raise.
+			return nil
+		}
+		if err != nil {
 			return fmt.Errorf("set the qgroup limit of volume %s: %w", id, err)
 		}
 	case EnforceProject:
@@ -222,6 +228,11 @@ func (b *Backend) DirectoryUsage(id, mechanism string, projectID uint32) (used, 
 	switch mechanism {
 	case EnforceQgroup:
 		q, err := quota.QgroupUsage(b.Path(id))
+		if errors.Is(err, quota.ErrQuotaDisabled) {
+			// Quotas turned off since: no limit, and no accounting.
+			u, err := b.Usage(id)
+			return u.Bytes, 0, err
+		}
 		if err != nil {
 			return 0, 0, err
 		}
