@@ -1,7 +1,9 @@
 // Package quota enforces per-volume size limits on a shared filesystem
-// without an image per volume: btrfs qgroups for volumes that are btrfs
-// subvolumes, and ext4/xfs project quotas for volumes that are plain
-// directories, where the kernel supports them. Both are reached through
+// without an image per volume: ext4/xfs project quotas for volumes that are
+// plain directories, where the kernel supports them, and btrfs qgroups for
+// the subvolumes earlier versions limited (a qgroup does not hold a volume
+// against its pod, which can make subvolumes outside it:
+// TestQgroupsDoNotHoldAgainstNestedSubvolumes). Both are reached through
 // ioctls and quotactl_fd(2), so no quota tools need to be installed and
 // every error carries the kernel's errno.
 //
