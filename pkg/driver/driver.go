@@ -132,6 +132,10 @@ type Driver struct {
 	csi.UnimplementedNodeServer
 	csi.UnimplementedGroupControllerServer
 
+	// healthMu runs one health check at a time: /healthz answers anyone on
+	// the pod network, and each check writes a file in the data directory.
+	healthMu sync.Mutex
+
 	cfg   Config
 	store *state.Store
 	vols  *hostpath.Backend
@@ -198,6 +202,14 @@ func New(cfg Config) (*Driver, error) {
 			return nil, err
 		}
 		klog.InfoS("Host guard: udev leaves the loop devices of volumes alone", "rule", path)
+		// Devices attached before the rule existed (an upgrade, the guard
+		// turned on): a change event makes udev drop what it did on them.
+		devs, err := hostguard.Retrigger("/sys", cfg.DataDir)
+		if err != nil {
+			klog.ErrorS(err, "Host guard: could not send change events; run `udevadm trigger --action=change` for the volumes' loop devices", "triggered", devs)
+		} else if len(devs) > 0 {
+			klog.InfoS("Host guard: change events sent to the volumes' loop devices", "devices", devs)
+		}
 	}
 	vols, err := hostpath.New(cfg.DataDir, hostpath.Options{FreezeMarkers: markers.Name()})
 	if err != nil {

@@ -51,20 +51,8 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	// No size asked: finish growing to the recorded one (an image whose
 	// filesystem could not grow yet), which the spec allows.
 	required, lim := req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes()
-	if lim > 0 && required > lim {
-		return nil, status.Errorf(codes.InvalidArgument, "capacity range: required bytes %d exceed limit bytes %d", required, lim)
-	}
-	// A limit below what the volume already has asks for a shrink, which
-	// no volume of this driver can do: the spec's OUT_OF_RANGE.
-	if lim > 0 && lim < v.CapacityBytes {
-		return nil, status.Errorf(codes.OutOfRange, "capacity range: limit bytes %d is below the volume's size of %d bytes; volumes never shrink", lim, v.CapacityBytes)
-	}
-	want := max(required, v.CapacityBytes)
-	if want > d.cfg.MaxVolumeSize {
-		return nil, status.Errorf(codes.OutOfRange, "requested %d bytes; the largest volume this driver makes is %d bytes (--max-volume-size)", want, d.cfg.MaxVolumeSize)
-	}
-	if err := d.copyInProgress(v, "expand it"); err != nil {
-		return nil, err
+	if required < 0 || lim < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "capacity range: required bytes %d and limit bytes %d must not be negative", required, lim)
 	}
 	k := kindOf(v)
 	if c := req.GetVolumeCapability(); c != nil {
@@ -73,9 +61,25 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 		}
 	}
 	// A size at or below the current one is already there: the spec's
-	// answer is OK with the volume's size (volumes never shrink).
+	// answer is OK with the volume's size (volumes never shrink). A block
+	// volume grows in whole sectors, so the size checked is the rounded one.
+	want := max(required, v.CapacityBytes)
 	if k.block() && want%blockSector != 0 {
 		want = (want/blockSector + 1) * blockSector
+	}
+	// NodeExpandVolume's error table has one code for a range the plugin
+	// cannot meet: OUT_OF_RANGE, for a limit below the volume's size (a
+	// shrink) as for one below what was required.
+	switch {
+	case lim > 0 && lim < v.CapacityBytes:
+		return nil, status.Errorf(codes.OutOfRange, "capacity range: limit bytes %d is below the volume's size of %d bytes; volumes never shrink", lim, v.CapacityBytes)
+	case lim > 0 && want > lim:
+		return nil, status.Errorf(codes.OutOfRange, "capacity range: %d bytes (required %d, in whole %d-byte sectors for a block volume) exceed limit bytes %d", want, required, blockSector, lim)
+	case want > d.cfg.MaxVolumeSize:
+		return nil, status.Errorf(codes.OutOfRange, "requested %d bytes; the largest volume this driver makes is %d bytes (--max-volume-size)", want, d.cfg.MaxVolumeSize)
+	}
+	if err := d.copyInProgress(v, "expand it"); err != nil {
+		return nil, err
 	}
 	charged, err := d.setAsideGrowth(v, want)
 	if err != nil {

@@ -181,9 +181,10 @@ func TestCopiesOfAVolumeGrownByACutShortExpansion(t *testing.T) {
 }
 
 // NodeExpandVolume's capacity range, against the spec's error table: a
-// limit below the volume's size asks for a shrink (OUT_OF_RANGE), a range
-// whose required exceeds its limit is malformed (INVALID_ARGUMENT), and a
-// size the volume already has is an OK with that size.
+// limit below the volume's size asks for a shrink, and a required size
+// above the limit cannot be met: both OUT_OF_RANGE, the table's code for
+// an unsupported range. Negative sizes are malformed; a size the volume
+// already has is an OK with that size.
 func TestNodeExpandCapacityRangeCodes(t *testing.T) {
 	e := newEnv(t)
 	c := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
@@ -203,7 +204,8 @@ func TestNodeExpandCapacityRangeCodes(t *testing.T) {
 	}{
 		{"limit below the size", 0, size / 2, codes.OutOfRange},
 		{"required and limit below the size", size / 4, size / 2, codes.OutOfRange},
-		{"required above limit", 2 * size, size + 1, codes.InvalidArgument},
+		{"required above limit", 2 * size, size + 1, codes.OutOfRange},
+		{"negative", -1, 0, codes.InvalidArgument},
 		{"the size it has", size, size, codes.OK},
 		{"nothing asked", 0, 0, codes.OK},
 	} {

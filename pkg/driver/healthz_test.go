@@ -6,12 +6,15 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
-// /healthz is on the pod's address, where anyone on the pod network can
+// /healthz (and livenessprobe's, from Probe) is on the pod's address, where anyone on the pod network can
 // read it: it says whether the driver is ready, and which check failed,
 // but never a path on the host or an error's text.
 func TestHealthzShowsNoHostPaths(t *testing.T) {
@@ -43,9 +46,16 @@ func TestHealthzShowsNoHostPaths(t *testing.T) {
 	if !strings.Contains(body, "data directory") {
 		t.Errorf("answer %q does not say which check failed", body)
 	}
-	for _, secret := range []string{e.dir, "/", "read-only file system"} {
-		if strings.Contains(body, secret) {
-			t.Errorf("answer %q shows %q", body, secret)
+	// livenessprobe puts Probe's message into its own /healthz answer.
+	_, err := e.d.Probe(ctx, &csi.ProbeRequest{})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("Probe on a read-only data directory: %v, want FailedPrecondition", err)
+	}
+	for _, answer := range []string{body, status.Convert(err).Message()} {
+		for _, secret := range []string{e.dir, "/", "read-only file system"} {
+			if strings.Contains(answer, secret) {
+				t.Errorf("answer %q shows %q", answer, secret)
+			}
 		}
 	}
 }

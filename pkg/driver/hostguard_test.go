@@ -106,12 +106,21 @@ func TestHostIgnoresWhatTenantsWriteIntoBlockVolumes(t *testing.T) {
 	}
 	dataLoop := fmt.Sprintf("loop%d", unix.Minor(mst.Dev))
 
+	// The kubelet gives a pod a raw block volume through a loop device of
+	// its own, backed by the published device node.
+	kubeletDev := kubeletLoop(t, fsDev)
+	// A device attached by a driver whose container is gone: the kernel
+	// now shows its backing file from the hostPath's root, not under the
+	// data directory.
+	orphanDev := attachFromGoneNamespace(t, mnt, lvmDev)
 	for _, tc := range []struct {
 		name, dev string
 		guarded   bool
 	}{
 		{"tenant's ext4", fsDev, true},
 		{"tenant's LVM PV", lvmDev, true},
+		{"the kubelet's loop device of the tenant's ext4", kubeletDev, true},
+		{"a tenant's LVM PV attached from a namespace now gone", orphanDev, true},
 		{"loop device outside the data directory", "/dev/" + dataLoop, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -154,4 +163,68 @@ func udevTest(t *testing.T, dev string) string {
 		}
 	}
 	return string(out)
+}
+
+func losetup(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("losetup", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup %v: %v\n%s", args, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// kubeletLoop does what the kubelet does for a pod's raw block volume: it
+// binds the device onto <plugins>/kubernetes.io/csi/volumeDevices/<pv>/dev/<pod>
+// and attaches a loop device to that file.
+func kubeletLoop(t *testing.T, dev string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "plugins/kubernetes.io/csi/volumeDevices/pvc-1/dev")
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	node := filepath.Join(dir, "0b5f-pod")
+	if err := os.WriteFile(node, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(dev, node, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(node, unix.MNT_DETACH) })
+	l := losetup(t, "-f", "--show", node)
+	t.Cleanup(func() { _ = exec.Command("losetup", "-d", l).Run() })
+	return l
+}
+
+// attachFromGoneNamespace attaches a second loop device to the backing
+// file of dev from a mount namespace that sees the data filesystem at
+// another path, and lets that namespace end, as a replaced driver
+// container does.
+func attachFromGoneNamespace(t *testing.T, mnt, dev string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/sys/block/%s/loop/backing_file", filepath.Base(dev)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(mnt, strings.TrimSpace(string(b)))
+	if err != nil || strings.HasPrefix(rel, "..") {
+		t.Fatalf("backing file %s is not under %s", b, mnt)
+	}
+	view := t.TempDir()
+	script := fmt.Sprintf("mount --make-rprivate / && mount --bind %q %q && losetup -f --show %q", mnt, view, filepath.Join(view, rel))
+	out, err := exec.Command("unshare", "--mount", "sh", "-ec", script).CombinedOutput()
+	if err != nil {
+		t.Fatalf("attach from another namespace: %v\n%s", err, out)
+	}
+	l := strings.TrimSpace(string(out))
+	t.Cleanup(func() { _ = exec.Command("losetup", "-d", l).Run() })
+	shown, err := os.ReadFile(fmt.Sprintf("/sys/block/%s/loop/backing_file", filepath.Base(l)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.HasPrefix(string(shown), mnt) || strings.HasPrefix(string(shown), view) {
+		t.Fatalf("the kernel still shows %s from a path the driver knows; the case is not made", shown)
+	}
+	t.Logf("attached from a namespace now gone: %s shows %s", l, strings.TrimSpace(string(shown)))
+	return l
 }

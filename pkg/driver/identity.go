@@ -36,8 +36,11 @@ func (d *Driver) GetPluginCapabilities(context.Context, *csi.GetPluginCapabiliti
 // Probe is ready only when the state database answers and the data
 // directory takes a write; otherwise it says which one failed.
 func (d *Driver) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
-	if err := d.Healthy(); err != nil {
-		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	// livenessprobe copies this message into its /healthz answer on the
+	// pod's address: the check's name only; the details go to the log.
+	if what, err := d.unhealthy(); err != nil {
+		klog.ErrorS(err, "Probe: not ready", "check", what)
+		return nil, status.Error(codes.FailedPrecondition, "not ready: "+what+" (the driver's log says why)")
 	}
 	return &csi.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil
 }
@@ -51,6 +54,8 @@ func (d *Driver) Healthy() error {
 // unhealthy says which check failed, in words that name no path (what
 // /healthz may show to whoever reaches the pod's address), and the error.
 func (d *Driver) unhealthy() (string, error) {
+	d.healthMu.Lock()
+	defer d.healthMu.Unlock()
 	if _, err := d.store.VolumeExists(""); err != nil {
 		return "the state database does not answer", err
 	}
