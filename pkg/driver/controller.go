@@ -205,6 +205,10 @@ func (d *Driver) makeEmpty(v *state.Volume, mode os.FileMode) error {
 		if err := d.vols.CreateImage(v.ID, v.CapacityBytes, k.fsType); err != nil {
 			return diskError("create volume image", err)
 		}
+		// Its file now holds its blocks, which the data filesystem's
+		// free space shows: the next sum counts them there, no longer as
+		// room set aside.
+		d.reserved.invalidate()
 	default:
 		if err := d.vols.Create(v.ID, mode); err != nil {
 			return diskError("create volume directory", err)
@@ -311,6 +315,7 @@ func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *conte
 	})
 	if err == nil {
 		err = d.fitToCapacity(v)
+		d.reserved.invalidate() // what the copy and the fit allocated is on disk now
 	}
 	if err != nil {
 		d.rollbackCreate(v)

@@ -119,6 +119,9 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if err := d.recordCapacity(v, want); err != nil {
 		return nil, err
 	}
+	if charged && k.layout != LayoutDirectory {
+		d.reserved.invalidate() // the grown part is allocated now: on disk, no longer set aside
+	}
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: want}, nil
 }
 

@@ -208,10 +208,15 @@ func growFile(img string, newSize int64) error {
 	if newSize < fi.Size() {
 		return fmt.Errorf("image %s is %d bytes, asked for %d: %w", img, fi.Size(), newSize, ErrShrink)
 	}
-	if newSize == fi.Size() {
-		return nil
-	}
-	if err := f.Truncate(newSize); err != nil {
+	// Every call, even at the same size: the grown part gets its blocks,
+	// and so do the holes of an image restored or cloned by a sparse copy
+	// (blocks already there are left as they are).
+	if err := Allocate(f, newSize); err != nil {
+		if newSize > fi.Size() {
+			// Give back what a grow that ran out of room took past the
+			// old end.
+			_ = f.Truncate(fi.Size())
+		}
 		return fmt.Errorf("grow image %s to %d bytes: %w", img, newSize, err)
 	}
 	if err := f.Sync(); err != nil {

@@ -76,10 +76,9 @@ func MinSize(fsType string) (int64, error) {
 	return 0, fmt.Errorf("%q: %w", fsType, ErrUnsupportedFS)
 }
 
-// Create makes a sparse image file of size bytes at path, which must not
-// exist. It allocates nothing: blocks are taken from the backing filesystem
-// as the volume's filesystem writes them. The file is fsync'd, and so is its
-// directory, so a crash after Create returns leaves the file in place.
+// Create makes an image file of size bytes at path, which must not exist,
+// with every block allocated (see Allocate). The file is fsync'd, and so is
+// its directory, so a crash after Create returns leaves the file in place.
 func Create(path string, size int64, fsType string) error {
 	min, err := MinSize(fsType)
 	if err != nil {
@@ -92,7 +91,7 @@ func Create(path string, size int64, fsType string) error {
 	if err != nil {
 		return fmt.Errorf("create image: %w", err)
 	}
-	err = f.Truncate(size)
+	err = Allocate(f, size)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -105,6 +104,32 @@ func Create(path string, size int64, fsType string) error {
 	if err != nil {
 		_ = os.Remove(path)
 		return fmt.Errorf("create image %s of %d bytes: %w", path, size, err)
+	}
+	return nil
+}
+
+// Allocate makes the file f size bytes long with every block of it
+// allocated on the backing filesystem (fallocate mode 0: unwritten extents,
+// read as zeros, no data written), so a volume kept in it never meets a
+// full backing filesystem below its size, whatever else fills it: the
+// blocks are the file's. Blocks already there (data, a grow's old part)
+// are kept as they are, so it also fills the holes of a sparse copy.
+//
+// Two things can still take blocks from such a file, and are handled where
+// they arise: a discard through its loop device, which the loop driver
+// turns into a hole punched in the file (devices are attached with discard
+// off, see loop.Options.NoDiscard), and blocks shared with a reflinked copy,
+// which a write must copy first (that room is set aside by the driver's
+// bookkeeping, not by the file). On a filesystem without fallocate the file
+// is made sparse, and a warning says so.
+func Allocate(f *os.File, size int64) error {
+	err := unix.Fallocate(int(f.Fd()), 0, 0, size)
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		klog.InfoS("WARNING: the data filesystem cannot preallocate; the image is sparse, and its room is only set aside, not held", "file", f.Name())
+		return f.Truncate(size)
+	}
+	if err != nil {
+		return fmt.Errorf("allocate %d bytes for %s: %w", size, f.Name(), err)
 	}
 	return nil
 }
@@ -188,6 +213,12 @@ func Mount(img, target string, opts MountOptions) (*Mounted, error) {
 		if err != nil {
 			return nil, err
 		}
+		if len(mounts) > 0 && d.Discard {
+			// Mounted by a driver from before discards were turned off.
+			if err := loop.DisableDiscard(&d); err != nil {
+				return nil, err
+			}
+		}
 		for _, m := range mounts {
 			if m.Mountpoint == filepath.Clean(target) {
 				return &Mounted{Device: d.Path, DirectIO: d.DirectIO}, nil
@@ -217,7 +248,7 @@ func Mount(img, target string, opts MountOptions) (*Mounted, error) {
 	if sb.fsType == "" && opts.NoFormat {
 		return nil, fmt.Errorf("image %s: %w", img, ErrBlank)
 	}
-	d, err := loop.Attach(img, loop.Options{AutoClear: true, DirectIO: true, ReadOnly: opts.ReadOnly, BlockSize: sectorSize(sb)})
+	d, err := loop.Attach(img, loop.Options{AutoClear: true, DirectIO: true, ReadOnly: opts.ReadOnly, BlockSize: sectorSize(sb), NoDiscard: true})
 	if err != nil {
 		return nil, fmt.Errorf("attach image: %w", err)
 	}

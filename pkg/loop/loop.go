@@ -61,6 +61,21 @@ type Options struct {
 	// fixed 512 on such a file the kernel attaches with buffered I/O
 	// instead (Device.DirectIO says so).
 	BlockSize uint32
+	// NoDiscard turns the device's discard off before Attach returns it:
+	// its queue's discard_max_bytes is set to 0 (see DisableDiscard). The
+	// loop driver serves a discard, and a write of zeroes that may unmap,
+	// by punching a hole in the backing file, so whoever writes to the
+	// device (mkfs, which discards a whole device by default; a
+	// filesystem's discard or fstrim; a pod's blkdiscard or fallocate
+	// --punch-hole on a raw device) would hand the file's preallocated
+	// blocks back to the backing filesystem, where anything else may take
+	// them. With it off the kernel answers EOPNOTSUPP to those calls and
+	// writes zeroes instead of unmapping them.
+	NoDiscard bool
+
+	// device, when not 0, is the one device Attach may take, loop<device-1>
+	// (tests: a device they added themselves, with the kernel's defaults).
+	device int
 }
 
 // Device is a loop device bound to a backing file, as the kernel reports it.
@@ -83,6 +98,9 @@ type Device struct {
 	DirectIO bool
 	// BlockSize is the device's logical block (sector) size.
 	BlockSize uint32
+	// Discard is true when the device accepts discards (and so punches
+	// holes in its backing file).
+	Discard bool
 
 	// held keeps an AutoClear device open until Close; nil otherwise.
 	held *os.File
@@ -167,6 +185,9 @@ func attach(devDir, file string, opts Options) (*Device, error) {
 
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		n, err := unix.IoctlRetInt(ctl, unix.LOOP_CTL_GET_FREE)
+		if opts.device != 0 {
+			n, err = opts.device-1, nil
+		}
 		if err != nil {
 			return nil, fmt.Errorf("LOOP_CTL_GET_FREE: %w", err)
 		}
@@ -195,7 +216,14 @@ func attach(devDir, file string, opts Options) (*Device, error) {
 			_, _ = clearFD(dev.Path)
 			return nil, fmt.Errorf("loop%d reports backing %d:%d after attaching %s (%d:%d)", n, dev.BackingDev, dev.BackingInode, file, st.Dev, st.Ino)
 		}
-		klog.V(4).InfoS("Attached loop device", "file", file, "device", dev.Path, "directIO", dev.DirectIO, "autoClear", dev.AutoClear, "readOnly", dev.ReadOnly)
+		if opts.NoDiscard {
+			if err := DisableDiscard(dev); err != nil {
+				_ = dev.Close()
+				_, _ = clearFD(dev.Path)
+				return nil, err
+			}
+		}
+		klog.V(4).InfoS("Attached loop device", "file", file, "device", dev.Path, "directIO", dev.DirectIO, "autoClear", dev.AutoClear, "readOnly", dev.ReadOnly, "discard", dev.Discard)
 		return dev, nil
 	}
 	return nil, fmt.Errorf("attach %s: every free loop device was taken by another attacher %d times in a row", file, maxAttempts)
@@ -244,12 +272,48 @@ func deviceFrom(path string, n int, info *unix.LoopInfo64) *Device {
 		DirectIO:     info.Flags&unix.LO_FLAGS_DIRECT_IO != 0,
 	}
 	d.BackingFile, d.BackingDeleted = backingFile(n)
-	if b, err := os.ReadFile(filepath.Join(sysBlock, "loop"+strconv.Itoa(n), "queue", "logical_block_size")); err == nil {
-		if v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32); err == nil {
-			d.BlockSize = uint32(v)
-		}
+	if v, err := queueValue(n, "logical_block_size"); err == nil {
+		d.BlockSize = uint32(v)
+	}
+	if v, err := queueValue(n, "discard_max_bytes"); err == nil {
+		d.Discard = v != 0
 	}
 	return d
+}
+
+// queueValue reads a number from loop<n>'s queue in sysfs.
+func queueValue(n int, name string) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(sysBlock, "loop"+strconv.Itoa(n), "queue", name))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+}
+
+// DisableDiscard turns discard off on d: the largest discard its queue
+// takes (discard_max_bytes, the one limit sysfs lets root lower) becomes 0,
+// and the kernel then refuses BLKDISCARD and unmapping writes of zeroes on
+// the device (EOPNOTSUPP), so nothing written to it can punch a hole in its
+// backing file. It reads the limit back and fails unless it is 0.
+//
+// The limit belongs to the device, not to its file: it stays 0 on loop<n>
+// after a detach, for whatever is attached there next, until the device is
+// removed (LOOP_CTL_REMOVE) or the node reboots; the kernel accepts no
+// value but 0 once the device has no discard granularity.
+func DisableDiscard(d *Device) error {
+	p := filepath.Join(sysBlock, "loop"+strconv.Itoa(d.Number), "queue", "discard_max_bytes")
+	if err := os.WriteFile(p, []byte("0"), 0); err != nil {
+		return fmt.Errorf("turn discard off on %s (so that nothing written to it punches holes in %s): %w", d.Path, d.BackingFile, err)
+	}
+	v, err := queueValue(d.Number, "discard_max_bytes")
+	if err != nil {
+		return fmt.Errorf("read back the discard limit of %s: %w", d.Path, err)
+	}
+	if v != 0 {
+		return fmt.Errorf("%s still takes discards of %d bytes after its limit was set to 0", d.Path, v)
+	}
+	d.Discard = false
+	return nil
 }
 
 // backingFile reads the backing file's current path from sysfs. The kernel
@@ -518,6 +582,12 @@ func Ensure(file string, opts Options) (d *Device, reused bool, err error) {
 		}
 		if f.AutoClear {
 			if err := keepAttached(f); err != nil {
+				return nil, false, err
+			}
+		}
+		if opts.NoDiscard && f.Discard {
+			// Attached before discards were turned off (an older driver).
+			if err := DisableDiscard(f); err != nil {
 				return nil, false, err
 			}
 		}

@@ -187,8 +187,18 @@ func (b *Backend) Exists(id string) (bool, error) {
 // Delete moves the volume directory to the trash and removes it in the
 // background; a missing directory is not an error. It refuses when anything is
 // mounted inside the volume, so a delete can never reach into another
-// filesystem through a planted mount.
-func (b *Backend) Delete(id string) error { return b.discard(b.Path(id)) }
+// filesystem through a planted mount. An image or block volume's file goes
+// first, at once: its blocks are preallocated, and the room a delete gives
+// back must be free on disk when the delete returns, for the next create.
+func (b *Backend) Delete(id string) error {
+	img := b.ImagePath(id)
+	if fi, err := os.Lstat(img); err == nil && fi.Mode().IsRegular() {
+		if err := os.Remove(img); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove volume file: %w", err)
+		}
+	}
+	return b.discard(b.Path(id))
+}
 
 // DeleteSnapshot is Delete for a snapshot's data.
 func (b *Backend) DeleteSnapshot(id string) error { return b.discard(b.SnapshotPath(id)) }

@@ -406,7 +406,8 @@ func TestDurableBeforeReturn(t *testing.T) {
 
 // An image's exclusive bytes leave out what it shares with a reflinked copy
 // (which takes new space when rewritten), on xfs; on ext4 every allocated
-// block is its own.
+// block is its own. An image is preallocated: its unwritten blocks are its
+// own too (xfs shares only written ones).
 func TestImageExclusive(t *testing.T) {
 	for _, tc := range []struct {
 		fs   string
@@ -428,17 +429,17 @@ func TestImageExclusive(t *testing.T) {
 			f.WriteAt(make([]byte, 8<<20), 0)
 			f.Sync()
 			f.Close()
-			if got, err := b.ImageExclusive(idA); err != nil || got != 8<<20 {
-				t.Fatalf("exclusive bytes of 8 MiB written: %d %v", got, err)
+			if got, err := b.ImageExclusive(idA); err != nil || got != 64<<20 {
+				t.Fatalf("exclusive bytes of a 64 MiB image, 8 MiB written: %d %v", got, err)
 			}
 			const snap = "hps1-0000000000000000000000000000000a"
 			if _, err := b.Snapshot(context.Background(), idA, snap, nil); err != nil {
 				t.Fatal(err)
 			}
 			got, err := b.ImageExclusive(idA)
-			want := int64(0) // all shared with the snapshot
+			want := int64(56 << 20) // what was written is shared with the snapshot
 			if tc.fs == "ext4" {
-				want = 8 << 20 // a copy shares nothing
+				want = 64 << 20 // a copy shares nothing
 			}
 			if err != nil || got != want {
 				t.Fatalf("exclusive bytes after a snapshot: %d %v, want %d", got, err, want)
@@ -457,6 +458,13 @@ func TestImageExclusiveOfAFragmentedImageIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := b.CreateImage(idA, 64<<20, ""); err != nil {
+		t.Fatal(err)
+	}
+	// Sparse again, so that each block written is an extent of its own.
+	if err := os.Truncate(b.ImagePath(idA), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(b.ImagePath(idA), 64<<20); err != nil {
 		t.Fatal(err)
 	}
 	f, err := os.OpenFile(b.ImagePath(idA), os.O_WRONLY, 0)

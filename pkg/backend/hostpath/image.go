@@ -15,8 +15,9 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/pkg/quota"
 )
 
-// An image volume and a block volume keep their data in one sparse file,
-// volumes/<id>/disk.img: a filesystem image (ext4 or xfs, formatted at its
+// An image volume and a block volume keep their data in one preallocated
+// file, volumes/<id>/disk.img (every block allocated at create and at each
+// grow: see imagefs.Allocate): a filesystem image (ext4 or xfs, formatted at its
 // first stage and mounted at the staging path), or the backing file of a
 // loop device that pods get as a raw block device. The file's size is the
 // volume's size, enforced by the kernel on any data filesystem.
@@ -41,10 +42,10 @@ func ImageMinSize(fsType string) (int64, error) {
 	return imagefs.MinSize(fsType)
 }
 
-// CreateImage makes volume id as a sparse file of capacity bytes: an image
-// that gets an fsType filesystem at its first stage, or with fsType "" the
-// backing file of a block volume. It is idempotent: a file already there
-// from an interrupted attempt is kept, grown to capacity if it is smaller.
+// CreateImage makes volume id as a preallocated file of capacity bytes: an
+// image that gets an fsType filesystem at its first stage, or with fsType ""
+// the backing file of a block volume. It is idempotent: a file already there
+// from an interrupted attempt is kept, grown to capacity and allocated.
 func (b *Backend) CreateImage(id string, capacity int64, fsType string) error {
 	dir := b.Path(id)
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
@@ -58,8 +59,10 @@ func (b *Backend) CreateImage(id string, capacity int64, fsType string) error {
 		if !fi.Mode().IsRegular() {
 			return fmt.Errorf("%s: not a regular file (%s)", img, fi.Mode().Type())
 		}
-		if fi.Size() < capacity {
-			return growFile(img, capacity)
+		// A kill may have cut the first attempt between the file's
+		// creation and its allocation.
+		if err := growFile(img, max(capacity, fi.Size())); err != nil {
+			return err
 		}
 		return syncDirs(dir, b.volumes)
 	}
@@ -80,7 +83,7 @@ func createSparse(path string, size int64) error {
 	if err != nil {
 		return fmt.Errorf("create block volume file: %w", err)
 	}
-	err = f.Truncate(size)
+	err = imagefs.Allocate(f, size)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -94,7 +97,8 @@ func createSparse(path string, size int64) error {
 	return nil
 }
 
-// growFile makes the file at path size bytes long (never shorter), durably.
+// growFile makes the file at path size bytes long (never shorter), every
+// block of it allocated, durably.
 func growFile(path string, size int64) error {
 	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
 	if err != nil {
@@ -105,10 +109,12 @@ func growFile(path string, size int64) error {
 	if err != nil {
 		return err
 	}
-	if fi.Size() < size {
-		if err := f.Truncate(size); err != nil {
-			return fmt.Errorf("grow %s to %d bytes: %w", path, size, err)
+	size = max(size, fi.Size())
+	if err := imagefs.Allocate(f, size); err != nil {
+		if size > fi.Size() {
+			_ = f.Truncate(fi.Size()) // give back what a grow that ran out of room took
 		}
+		return fmt.Errorf("grow %s to %d bytes: %w", path, size, err)
 	}
 	return f.Sync()
 }
@@ -131,7 +137,7 @@ func (b *Backend) UnmountImage(id, target string) error {
 // and returns the device's path. Direct I/O where the data filesystem
 // allows; the device stays until DetachBlock, whoever opens or closes it.
 func (b *Backend) AttachBlock(id string, readOnly bool) (*loop.Device, error) {
-	d, _, err := loop.Ensure(b.ImagePath(id), loop.Options{DirectIO: true, BlockSize: blockSectorSize, ReadOnly: readOnly})
+	d, _, err := loop.Ensure(b.ImagePath(id), loop.Options{DirectIO: true, BlockSize: blockSectorSize, ReadOnly: readOnly, NoDiscard: true})
 	if err != nil {
 		return nil, fmt.Errorf("attach block volume %s: %w", id, err)
 	}
