@@ -222,7 +222,11 @@ func (d *Driver) makeEmpty(v *state.Volume, mode os.FileMode) error {
 
 // recordNewVolume fills in and records v as a new volume in phase creating.
 func (d *Driver) recordNewVolume(v *state.Volume, size int64, src *contentSource) (*state.Volume, error) {
-	if enforced(v) {
+	// What sets room aside: a volume held to its size, and any copy (a
+	// restore or a clone writes up to its size, held or not) until it is
+	// made.
+	setsAside := enforced(v) || src != nil
+	if setsAside {
 		// The check and the record under one lock: concurrent creates
 		// of different names must not all take the same free bytes.
 		d.roomMu.Lock()
@@ -255,7 +259,7 @@ func (d *Driver) recordNewVolume(v *state.Volume, size int64, src *contentSource
 	if err := d.store.PutVolume(v); err != nil {
 		return nil, stateError(err)
 	}
-	if enforced(v) {
+	if setsAside {
 		d.reserved.add(size)
 	}
 	return v, nil
@@ -315,7 +319,6 @@ func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *conte
 	})
 	if err == nil {
 		err = d.fitToCapacity(v)
-		d.reserved.invalidate() // what the copy and the fit allocated is on disk now
 	}
 	if err != nil {
 		d.rollbackCreate(v)
@@ -327,6 +330,10 @@ func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *conte
 	if err := d.markVolumeReady(v); err != nil {
 		return err
 	}
+	// What the copy and the fit allocated is on disk now, no longer set
+	// aside (and a copy-on-write copy's shared blocks are counted by what
+	// they are shared with): the next sum reads them.
+	d.reserved.invalidate()
 	op := "clone"
 	if src.snapshotID != "" {
 		op = "restore"
@@ -474,6 +481,7 @@ func (d *Driver) undoCreate(v *state.Volume) error {
 	if err := d.store.DeleteVolume(v.ID); err != nil {
 		return stateError(err)
 	}
+	d.reserved.invalidate() // what it set aside goes with its record
 	return nil
 }
 

@@ -249,12 +249,28 @@ func (d *Driver) sumReserved() (int64, error) {
 			reserved += d.reservedBy(v)
 		}
 	}
+	snaps, _, err := d.store.ListSnapshots("", 0, nil)
+	if err != nil {
+		return 0, stateError(err)
+	}
+	for _, s := range snaps {
+		if s.Phase != state.PhaseDeleting {
+			reserved += s.RoomBytes
+		}
+	}
 	return reserved, nil
 }
 
 // reservedBy is what volume v may still fill: nothing unless something
-// holds it to its size.
+// holds it to its size, or while a restore or clone copies into it (up to
+// its capacity).
 func (d *Driver) reservedBy(v *state.Volume) int64 {
+	if !enforced(v) {
+		if v.Phase == state.PhaseCreating && v.HasSource() {
+			return v.CapacityBytes
+		}
+		return 0
+	}
 	// What the volume may still take on disk is its capacity less what it
 	// holds alone: blocks it shares with a snapshot, a clone or its source
 	// (a reflink, a btrfs snapshot) take new space when rewritten.

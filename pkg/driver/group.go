@@ -204,16 +204,23 @@ func (d *Driver) abandonGroup(j *job) {
 // group's result; on failure nothing of it is left.
 func (d *Driver) takeGroup(ctx context.Context, g *state.GroupSnapshot, vols map[string]*state.Volume, freeze []string) error {
 	start := time.Now()
-	err := imagefs.WithFrozen(d.vols.FreezeMarkers(), freeze, func() error {
-		for i, src := range g.SourceVolumeIDs {
-			snap := d.newSnapshotOf(vols[src], g.SnapshotIDs[i], fmt.Sprintf("%s/%d", g.ID, i))
-			snap.CreatedAt, snap.GroupID = g.CreatedAt, g.ID
-			if err := d.takeSnapshot(ctx, snap, nil); err != nil {
-				return err
+	snaps := make([]*state.Snapshot, len(g.SourceVolumeIDs))
+	for i, src := range g.SourceVolumeIDs {
+		snaps[i] = d.newSnapshotOf(vols[src], g.SnapshotIDs[i], fmt.Sprintf("%s/%d", g.ID, i))
+		snaps[i].CreatedAt, snaps[i].GroupID = g.CreatedAt, g.ID
+	}
+	// The whole group's room at once, before anything is frozen.
+	err := d.setAsideSnapshots(snaps, vols)
+	if err == nil {
+		err = imagefs.WithFrozen(d.vols.FreezeMarkers(), freeze, func() error {
+			for _, snap := range snaps {
+				if err := d.takeSnapshot(ctx, snap, vols[snap.SourceVolumeID], nil); err != nil {
+					return err
+				}
 			}
-		}
-		return nil
-	})
+			return nil
+		})
+	}
 	if err != nil {
 		d.rollbackGroup(g)
 		return err

@@ -141,19 +141,75 @@ func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 			// since the call changed its size, and one a kill cut short
 			// left its file larger than its record.
 			snap.SourceCapacity = d.heldSize(vols[srcID])
-			return d.takeSnapshot(jctx, snap, freeze)
+			if err := d.setAsideSnapshots([]*state.Snapshot{snap}, vols); err != nil {
+				return err
+			}
+			return d.takeSnapshot(jctx, snap, vols[srcID], freeze)
 		})
 	}, d.abandonSnapshot)
 	return j, nil, nil
 }
 
-// takeSnapshot records snap's intent, copies its source and records the
-// result; on failure nothing of it is left. The caller holds the source
-// volume shared.
-func (d *Driver) takeSnapshot(ctx context.Context, snap *state.Snapshot, freeze []string) error {
-	if err := d.store.PutSnapshot(snap); err != nil {
-		return stateError(err)
+// setAsideSnapshots checks that the node has room for every snapshot in
+// snaps (each of a volume in srcs, by ID) and records their intent with
+// that room set aside, under one lock with creates and expansions, so that
+// no two calls take the same free bytes and a kill after this point leaves
+// the room counted until start-up rolls the snapshot back. All or none: a
+// group's members together.
+//
+// A snapshot's room is its source's size (heldSize). A full copy (a data
+// filesystem without reflinks) writes up to that much: an image's or block
+// volume's allocated file whole, a directory's files. A copy-on-write copy
+// (reflink, btrfs snapshot) writes nearly nothing, but the blocks it shares
+// take new room when the source rewrites them, up to the source's size.
+func (d *Driver) setAsideSnapshots(snaps []*state.Snapshot, srcs map[string]*state.Volume) error {
+	d.roomMu.Lock()
+	defer d.roomMu.Unlock()
+	var room int64
+	for _, s := range snaps {
+		s.RoomBytes = d.heldSize(srcs[s.SourceVolumeID])
+		room += s.RoomBytes
 	}
+	avail, err := d.available()
+	if err != nil {
+		return err
+	}
+	if room > avail {
+		what := fmt.Sprintf("snapshot %s of volume %s", snaps[0].ID, snaps[0].SourceVolumeID)
+		if len(snaps) > 1 {
+			what = fmt.Sprintf("a group snapshot of %d volumes", len(snaps))
+		}
+		return status.Errorf(codes.ResourceExhausted,
+			"%s needs room for %d bytes (a snapshot sets aside its source's size: a copy, or what the source may rewrite of blocks it shares), and the node has %d bytes available; delete snapshots or volumes, or free the data filesystem",
+			what, room, avail)
+	}
+	for _, s := range snaps {
+		if err := d.store.PutSnapshot(s); err != nil {
+			return stateError(err)
+		}
+	}
+	d.reserved.add(room)
+	return nil
+}
+
+// roomAfterCopy is what a ready snapshot keeps set aside: nothing for a
+// full copy, whose bytes are on disk (in the free space the node reports),
+// nor for a copy whose source's own count sees the blocks it shares (an
+// image's extent map, a btrfs qgroup's exclusive bytes: the source then sets
+// aside what it may rewrite). A directory held by a project quota counts
+// shared blocks as its own, so for its reflinked files the snapshot keeps
+// their bytes set aside: a rewrite of the source takes them anew.
+func roomAfterCopy(src *state.Volume, mechanism string, bytes int64) int64 {
+	if src.Limit == hostpath.EnforceProject && (mechanism == "reflink" || mechanism == "mixed") {
+		return bytes
+	}
+	return 0
+}
+
+// takeSnapshot copies snap's source (its intent on record with its room,
+// see setAsideSnapshots) and records the result; on failure nothing of it
+// is left. The caller holds the source volume shared.
+func (d *Driver) takeSnapshot(ctx context.Context, snap *state.Snapshot, src *state.Volume, freeze []string) error {
 	start := time.Now()
 	st, err := d.copyStep(ctx, snap.ID, func() (hostpath.CopyResult, error) {
 		return d.vols.Snapshot(ctx, snap.SourceVolumeID, snap.ID, freeze)
@@ -163,10 +219,14 @@ func (d *Driver) takeSnapshot(ctx context.Context, snap *state.Snapshot, freeze 
 		return diskError("copy volume into snapshot", err)
 	}
 	snap.SizeBytes, snap.Mechanism, snap.Phase = st.Bytes, st.Mechanism, state.PhaseReady
+	snap.RoomBytes = roomAfterCopy(src, st.Mechanism, st.Bytes)
 	if err := d.store.PutSnapshot(snap); err != nil {
 		d.rollbackSnapshot(snap)
 		return stateError(err)
 	}
+	// The copy is on disk, and a source that shares blocks with it sets
+	// aside more: the next sum reads both.
+	d.reserved.invalidate()
 	d.metrics.copied("snapshot", snap.Mechanism, st.Bytes, time.Since(start))
 	klog.InfoS("Snapshot created", "snapshotID", snap.ID, "name", snap.Name, "source", snap.SourceVolumeID, "group", snap.GroupID,
 		"mechanism", snap.Mechanism, "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
@@ -346,6 +406,7 @@ func (d *Driver) undoSnapshot(s *state.Snapshot) error {
 	if err := d.store.DeleteSnapshot(s.ID); err != nil {
 		return stateError(err)
 	}
+	d.reserved.invalidate() // its room set aside goes with its record
 	return nil
 }
 
@@ -395,6 +456,9 @@ func (d *Driver) removeSnapshot(snap *state.Snapshot) error {
 	if err := d.store.DeleteSnapshot(id); err != nil {
 		return stateError(err)
 	}
+	// Its room set aside goes with its record, and a source that shared
+	// blocks with it owns them alone again.
+	d.reserved.invalidate()
 	klog.V(2).InfoS("Snapshot deleted", "snapshotID", id, "name", snap.Name)
 	return nil
 }

@@ -33,6 +33,12 @@ type Snapshot struct {
 	// GroupID is set on the members of a group snapshot; they are deleted
 	// with their group, never alone.
 	GroupID string `json:"groupID,omitempty"`
+	// RoomBytes is the room on the data filesystem the snapshot keeps set
+	// aside beyond the blocks it holds: while it is copied, what the copy
+	// may take (its source's size); once ready, what its source may still
+	// need because of it where nothing else counts that (see the driver).
+	// 0 in records made before it was kept.
+	RoomBytes int64 `json:"roomBytes,omitempty"`
 }
 
 // GetSnapshot returns the snapshot with this ID, or ErrNotFound.
