@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -109,7 +108,8 @@ func (d *Driver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p 
 		return nil, nil, err
 	}
 	defer unlockDir()
-	if err := d.nfsCheckSubDirFree(ctx, x, subDir, name, ""); err != nil {
+	who := claimantOf(name, req.GetParameters(), p)
+	if _, err := d.nfsCheckSubDirFree(ctx, x, subDir, who, ""); err != nil {
 		return nil, nil, err
 	}
 
@@ -149,9 +149,10 @@ func (d *Driver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p 
 		return nil, nil, err
 	}
 	if err := d.nfsMakeEmpty(ctx, x, rec, recKey, p); err != nil {
-		if status.Code(err) == codes.AlreadyExists {
+		if c := status.Code(err); c == codes.AlreadyExists || c == codes.FailedPrecondition {
 			// Another controller claimed a subDir around or inside this
-			// one meanwhile: nothing was made; forget the attempt.
+			// one meanwhile, or the subdirectory is not this volume's to
+			// take: nothing was made; forget the attempt.
 			if uerr := d.nfsUndoCreate(ctx, x, rec, recKey); uerr != nil {
 				klog.ErrorS(uerr, "Rolling back a volume whose subdirectory is taken; a retry of the name or the sweep finishes it", "volumeID", rec.ID)
 			}
@@ -242,111 +243,23 @@ func (d *Driver) nfsExistingVolume(ctx context.Context, x *nfs.Export, rec *nfs.
 			return true, nil, err
 		}
 		defer unlockDir()
-		if err := d.nfsCheckSubDirFree(ctx, x, rec.SubDir, rec.Name, rec.ID); err != nil {
+		if _, err := d.nfsCheckSubDirFree(ctx, x, rec.SubDir, claimantOf(rec.Name, rec.Parameters, p), rec.ID); err != nil {
 			return true, nil, err
 		}
 		if err := d.nfsMakeEmpty(ctx, x, rec, v.Key, p); err != nil {
+			if c := status.Code(err); c == codes.AlreadyExists || c == codes.FailedPrecondition {
+				// The subdirectory is not this volume's to take (an
+				// older driver's create, which would have taken any):
+				// forget the attempt; the next retry says why again.
+				if uerr := d.nfsUndoCreate(ctx, x, rec, v.Key); uerr != nil {
+					klog.ErrorS(uerr, "Rolling back a volume whose subdirectory is not its own; a retry of the name or the sweep finishes it", "volumeID", rec.ID)
+				}
+			}
 			return true, nil, err
 		}
 		klog.InfoS("Finished an NFS volume create that was interrupted", "volumeID", rec.ID, "name", rec.Name)
 	}
 	return true, &csi.CreateVolumeResponse{Volume: nfsCSIVolume(rec)}, nil
-}
-
-// lockSubDir takes the lock of subDir on x's export, and a shared lock of
-// each directory above it: creates of one subdirectory, or of one inside
-// another, run one at a time; creates in sibling directories do not wait
-// for each other.
-func (d *Driver) lockSubDir(ctx context.Context, x *nfs.Export, subDir string) (func(), error) {
-	var unlocks []func()
-	unlockAll := func() {
-		for i := len(unlocks) - 1; i >= 0; i-- {
-			unlocks[i]()
-		}
-	}
-	parts := strings.Split(subDir, "/")
-	for i := 1; i <= len(parts); i++ {
-		key := x.Name() + "/" + strings.Join(parts[:i], "/")
-		lock := d.rlock
-		if i == len(parts) {
-			lock = d.lock
-		}
-		unlock, err := lock(ctx, "nfsdir", key)
-		if err != nil {
-			unlockAll()
-			return nil, err
-		}
-		unlocks = append(unlocks, unlock)
-	}
-	return unlockAll, nil
-}
-
-// nfsCheckSubDirFree refuses a subdirectory that another live volume owns,
-// or that is inside or holds another live volume's subdirectory: a volume
-// would see the other's data, and its delete or archive would take it.
-// self is the ID of the volume asking (a create being finished), "" for a
-// new one; a claim on subDir itself by a volume of the same name is that
-// name's earlier attempt.
-func (d *Driver) nfsCheckSubDirFree(ctx context.Context, x *nfs.Export, subDir, name, self string) error {
-	claims, err := x.SubDirClaims(ctx, subDir)
-	if err != nil {
-		return nfsError("read subdirectory index", err)
-	}
-	for _, c := range claims {
-		if c.ID == self {
-			continue
-		}
-		ov, err := ids.ParseNFSVolumeID(c.ID)
-		if err != nil {
-			continue // a corrupt entry: a new claim replaces it
-		}
-		orec, err := x.GetVolume(ctx, ov.Key)
-		if errors.Is(err, nfs.ErrNotFound) || (err == nil && orec.ID != c.ID) {
-			if c.Retained && c.SubDir != subDir {
-				if err := d.nfsCheckRetained(ctx, x, subDir, c); err != nil {
-					return err
-				}
-			}
-			continue // its volume is gone (retained data of subDir itself is taken over)
-		}
-		if err != nil {
-			return nfsError("read volume record", err)
-		}
-		switch {
-		case orec.SubDir == subDir:
-			if orec.Name == name {
-				continue
-			}
-			return status.Errorf(codes.AlreadyExists, "subDir %q on %s already belongs to volume %s (name %q): two claims map to one subdirectory; make the StorageClass's subDir template unique (for instance ${pvc.metadata.namespace}/${pvc.metadata.name})",
-				subDir, x.Name(), orec.ID, orec.Name)
-		case strings.HasPrefix(orec.SubDir, subDir+"/"):
-			return status.Errorf(codes.AlreadyExists, "subDir %q on %s holds subDir %q of volume %s (name %q): a volume there would see and delete that volume's data; use a subDir template that cannot name another class's directories (StorageClasses on one export with templates of different depths collide)",
-				subDir, x.Name(), orec.SubDir, orec.ID, orec.Name)
-		case strings.HasPrefix(subDir, orec.SubDir+"/"):
-			return status.Errorf(codes.AlreadyExists, "subDir %q on %s is inside subDir %q of volume %s (name %q), whose pods could read and remove it; use a subDir template that cannot name another class's directories (StorageClasses on one export with templates of different depths collide)",
-				subDir, x.Name(), orec.SubDir, orec.ID, orec.Name)
-		}
-	}
-	return nil
-}
-
-// nfsCheckRetained refuses subDir if the retained data of a deleted volume
-// (claim c, around or inside subDir) is still there: a volume there would
-// give its pods another claim's data, and its delete would remove it.
-func (d *Driver) nfsCheckRetained(ctx context.Context, x *nfs.Export, subDir string, c nfs.SubDirClaim) error {
-	exists, err := x.DirExists(ctx, c.SubDir)
-	if err != nil {
-		return nfsError("look up retained data", err)
-	}
-	if !exists {
-		return nil // removed by hand: the claim is stale
-	}
-	how := "holds"
-	if strings.HasPrefix(subDir, c.SubDir+"/") {
-		how = "is inside"
-	}
-	return status.Errorf(codes.AlreadyExists, "subDir %q on %s %s subDir %q, retained from deleted volume %s (onDelete: retain): a volume there would see and delete that data; use another subDir, or move the retained data away",
-		subDir, x.Name(), how, c.SubDir, c.ID)
 }
 
 // nfsRecordNew records the intent to make a volume on the export: its name,
@@ -368,7 +281,7 @@ func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.Creat
 	}
 	warnLongID("volume", id)
 	rec := &nfs.VolumeRecord{ID: id, Name: req.GetName(), Parameters: req.GetParameters(), SubDir: subDir, CapacityBytes: size,
-		OnDelete: p.onDelete, Phase: nfs.PhaseCreating, CreatedAt: time.Now().UTC()}
+		OnDelete: p.onDelete, Phase: nfs.PhaseCreating, CreatedAt: time.Now().UTC(), Exclusive: true}
 	if p.mode != nil {
 		rec.Mode = modeString(*p.mode)
 	}
@@ -383,7 +296,7 @@ func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.Creat
 	}
 	if src != nil {
 		// An empty volume's claim is written by nfsMakeEmpty.
-		if err := d.nfsClaimSubDir(ctx, x, rec); err != nil {
+		if err := d.nfsClaimSubDir(ctx, x, rec, claimantOf(rec.Name, rec.Parameters, p)); err != nil {
 			if uerr := d.nfsUndoCreate(ctx, x, rec, recKey); uerr != nil {
 				klog.ErrorS(uerr, "Rolling back a volume whose subdirectory is taken; a retry of the name or the sweep finishes it", "volumeID", rec.ID)
 			}
@@ -393,72 +306,65 @@ func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.Creat
 	return rec, recKey, nil
 }
 
-// nfsClaimSubDir claims rec's subdirectory, then reads the claims around
-// it: the in-process locks do not reach another controller on the same
-// export (a second StorageClass's controller, the old pod of a moved
-// Deployment), so a check made before claiming could let both of two
-// nested (or identical) subDirs through. Claim first, without replacing
-// another volume's claim, then check: of two controllers at once, the one
-// whose check comes last sees the other's claim, withdraws its own and
-// answers ALREADY_EXISTS (both may, in a close race: the CO retries).
-func (d *Driver) nfsClaimSubDir(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord) error {
-	taken, err := x.ClaimSubDir(ctx, rec.SubDir, rec.ID)
-	if errors.Is(err, nfs.ErrExists) && taken != nil {
-		// subDir's entry is another volume's: refused if that volume
-		// lives, replaced if it is gone (or retained data taken over).
-		if err := d.nfsCheckSubDirFree(ctx, x, rec.SubDir, rec.Name, rec.ID); err != nil {
-			return err
-		}
-		err = x.PutSubDirOwner(ctx, rec.SubDir, rec.ID)
-	}
-	if err != nil {
-		return nfsError("record the volume's subdirectory", err)
-	}
-	if err := d.nfsCheckSubDirFree(ctx, x, rec.SubDir, rec.Name, rec.ID); err != nil {
-		if derr := x.DropSubDirClaim(context.Background(), rec.SubDir, rec.ID); derr != nil {
-			klog.ErrorS(derr, "Cannot withdraw a subdirectory claim that conflicts with another volume's", "volumeID", rec.ID, "subDir", rec.SubDir)
-		}
-		return err
-	}
-	return nil
-}
-
-// nfsMakeEmpty creates (or adopts) the subdirectory and records the volume
-// as ready.
+// nfsMakeEmpty creates the subdirectory (or takes over the data retained
+// there for this claim) and records the volume as ready. A directory there
+// that is neither is refused (FAILED_PRECONDITION): it is someone else's.
 func (d *Driver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, recKey string, p nfsParams) error {
 	// Again when finishing a create a kill cut short before its claim on
 	// the subdirectory was written.
-	if err := d.nfsClaimSubDir(ctx, x, rec); err != nil {
+	if err := d.nfsClaimSubDir(ctx, x, rec, claimantOf(rec.Name, rec.Parameters, p)); err != nil {
 		return err
 	}
-	if p.mode != nil && !rec.MakingDir {
+	adopted := false
+	switch {
+	case rec.TakesOver != nil:
+		var err error
+		if adopted, err = x.TakeOverDir(ctx, rec.SubDir, p.mode); err != nil {
+			return nfsDirError(x, "take over the data retained in the volume's subdirectory", rec.SubDir, err)
+		}
+		if adopted {
+			klog.InfoS("NFS volume takes over the data retained for its claim", "volumeID", rec.ID, "export", x.Name(), "subDir", rec.SubDir,
+				"retainedFrom", rec.TakesOver.ID, "claim", rec.TakesOver.RetainedFor.String())
+		}
+	case rec.MakingDir || !rec.Exclusive:
+		// The driver was making it (a kill after the mkdir leaves it
+		// empty), or an older driver's create is finished: either takes
+		// the directory only if it is empty.
+		if err := x.MakeNewDir(ctx, rec.SubDir, p.mode); err != nil {
+			return nfsDirError(x, "create the volume's subdirectory", rec.SubDir, err)
+		}
+	default:
 		// Record, before the mkdir, that the directory is the driver's
-		// to make: a kill between the mkdir and the chmod must not make
-		// the retry take the directory for retained data and leave its
-		// mode.
+		// to make: a retry after a kill takes the directory it finds as
+		// its own, applies mountPermissions, and never takes it for
+		// someone else's.
 		exists, err := x.DirExists(ctx, rec.SubDir)
 		if err != nil {
 			return nfsError("look up the volume's subdirectory", err)
 		}
-		if !exists {
-			rec.MakingDir = true
-			if err := x.PutVolume(ctx, rec, recKey); err != nil {
-				return nfsError("record the volume's subdirectory as being made", err)
+		if exists {
+			// Only an empty parent the driver's volumes left (volumes of
+			// a deeper template, since deleted) is taken: no one's data.
+			if was, err := x.WasParent(ctx, rec.SubDir); err != nil {
+				return nfsError("read subdirectory index", err)
+			} else if was {
+				exists = false
 			}
 		}
-	}
-	adopted := false
-	var err error
-	if rec.MakingDir {
-		err = x.FinishMakeDir(ctx, rec.SubDir, p.mode)
-	} else {
-		adopted, err = x.MakeDir(ctx, rec.SubDir, p.mode)
-	}
-	if err != nil {
-		return nfsError("create the volume's subdirectory", err)
-	}
-	if adopted {
-		klog.InfoS("NFS volume takes over an existing subdirectory (retained or archived data of an earlier claim?)", "volumeID", rec.ID, "export", x.Name(), "subDir", rec.SubDir)
+		if exists {
+			err := fmt.Errorf("%s on %s: %w", rec.SubDir, x.Name(), nfs.ErrNotOurs)
+			if share, serr := x.HoldsShareRecords(ctx, rec.SubDir); serr == nil && share {
+				err = fmt.Errorf("%s on %s %w", rec.SubDir, x.Name(), nfs.ErrHoldsShare)
+			}
+			return nfsDirError(x, "create the volume's subdirectory", rec.SubDir, err)
+		}
+		rec.MakingDir = true
+		if err := x.PutVolume(ctx, rec, recKey); err != nil {
+			return nfsError("record the volume's subdirectory as being made", err)
+		}
+		if err := x.MakeNewDir(ctx, rec.SubDir, p.mode); err != nil {
+			return nfsDirError(x, "create the volume's subdirectory", rec.SubDir, err)
+		}
 	}
 	rec.Adopted, rec.Phase = adopted, nfs.PhaseReady
 	if err := x.PutVolume(ctx, rec, recKey); err != nil {
@@ -481,7 +387,11 @@ func (d *Driver) nfsUndoCreate(ctx context.Context, x *nfs.Export, rec *nfs.Volu
 			}
 		}
 	}
-	if err := x.DeleteVolume(ctx, rec, recKey); err != nil {
+	forget := x.DeleteVolume
+	if rec.TakesOver != nil {
+		forget = x.GiveBackRetained // the data stays retained, and guarded
+	}
+	if err := forget(ctx, rec, recKey); err != nil {
 		return nfsError("remove the record of an unfinished volume", err)
 	}
 	return nil

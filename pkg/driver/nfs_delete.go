@@ -49,8 +49,20 @@ func (d *Driver) nfsDeleteVolume(ctx context.Context, id string) (*csi.DeleteVol
 
 // nfsRemoveVolume applies onDelete to a volume's subdirectory and forgets
 // the volume: intent (phase deleting) first, so that a kill half way is
-// finished by the CO's retry.
+// finished by the CO's retry. A tree that holds another share's records
+// (.hostpath-csi) is neither archived nor deleted: FAILED_PRECONDITION,
+// and the volume is left as it was.
 func (d *Driver) nfsRemoveVolume(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, key, onDelete string) error {
+	owner, err := x.SubDirOwner(ctx, rec.SubDir)
+	if err != nil && !errors.Is(err, nfs.ErrNotFound) {
+		return nfsError("read subdirectory index", err)
+	}
+	mine := owner == "" || owner == rec.ID
+	if mine && onDelete != OnDeleteRetain {
+		if err := x.CheckNoShareInside(ctx, rec.SubDir); err != nil {
+			return nfsDirError(x, "delete volume "+rec.ID, rec.SubDir, err)
+		}
+	}
 	if rec.Phase != nfs.PhaseDeleting {
 		rec.Phase = nfs.PhaseDeleting
 		if err := x.PutVolume(ctx, rec, key); err != nil {
@@ -60,16 +72,12 @@ func (d *Driver) nfsRemoveVolume(ctx context.Context, x *nfs.Export, rec *nfs.Vo
 	if err := x.RemovePartial(ctx, key); err != nil {
 		return nfsError("remove a partial copy", err)
 	}
-	owner, err := x.SubDirOwner(ctx, rec.SubDir)
-	if err != nil && !errors.Is(err, nfs.ErrNotFound) {
-		return nfsError("read subdirectory index", err)
-	}
-	mine := owner == "" || owner == rec.ID
 	switch {
 	case !mine:
 		klog.InfoS("NFS volume's subdirectory belongs to another volume now; leaving it", "volumeID", rec.ID, "subDir", rec.SubDir, "owner", owner)
 	case onDelete == OnDeleteRetain:
-		klog.InfoS("NFS volume deleted; its data is retained (onDelete: retain)", "volumeID", rec.ID, "export", x.Name(), "subDir", rec.SubDir)
+		klog.InfoS("NFS volume deleted; its data is retained (onDelete: retain)", "volumeID", rec.ID, "export", x.Name(), "subDir", rec.SubDir,
+			"retainedFor", claimRefOf(rec.Name, rec.Parameters).String())
 	case onDelete == OnDeleteArchive:
 		to, err := x.ArchiveDir(ctx, rec.SubDir, time.Now())
 		if err != nil {
@@ -81,11 +89,12 @@ func (d *Driver) nfsRemoveVolume(ctx context.Context, x *nfs.Export, rec *nfs.Vo
 			return nfsError("remove the volume's subdirectory", err)
 		}
 	}
-	forget := x.DeleteVolume
 	if mine && onDelete == OnDeleteRetain {
-		forget = x.RetainVolume
+		err = x.RetainVolume(ctx, rec, key, claimRefOf(rec.Name, rec.Parameters))
+	} else {
+		err = x.DeleteVolume(ctx, rec, key)
 	}
-	if err := forget(ctx, rec, key); err != nil {
+	if err != nil {
 		return nfsError("remove the volume's record", err)
 	}
 	klog.V(2).InfoS("NFS volume deleted", "volumeID", rec.ID, "name", rec.Name, "onDelete", onDelete)

@@ -23,6 +23,24 @@ const (
 	ParamShare    = "share"
 	ParamSubDir   = "subDir"
 	ParamOnDelete = "onDelete"
+	// ParamRetainedDataTo says which claim may take over data retained
+	// (onDelete: retain) by a deleted volume of the same subDir.
+	ParamRetainedDataTo = "retainedDataTo"
+)
+
+// Values of retainedDataTo. Data retained for a claim of one namespace is
+// never handed to a claim of another, whatever the class says.
+const (
+	// RetainedToSameClaim (the default): a claim of the same namespace
+	// and name as the deleted one (the claim made again); a claim made
+	// without the provisioner's metadata only to the same CSI name.
+	RetainedToSameClaim = "sameClaim"
+	// RetainedToSameNamespace: any claim of the same namespace whose
+	// subDir maps there.
+	RetainedToSameNamespace = "sameNamespace"
+	// RetainedToNone: no claim; one that maps to retained data is refused
+	// until an administrator moves the data away.
+	RetainedToNone = "none"
 )
 
 // What DeleteVolume does with an NFS volume's subdirectory.
@@ -42,7 +60,7 @@ const (
 // DefaultSubDir is an NFS volume's subdirectory when the class names none.
 const DefaultSubDir = "${pv.metadata.name}"
 
-var nfsKnownParameters = []string{ParamServer, ParamShare, ParamSubDir, ParamOnDelete, ParamMountPermissions}
+var nfsKnownParameters = []string{ParamServer, ParamShare, ParamSubDir, ParamOnDelete, ParamRetainedDataTo, ParamMountPermissions}
 
 // The variables a subDir template may use, and where their values come from.
 var subDirVars = map[string]string{
@@ -53,6 +71,7 @@ var subDirVars = map[string]string{
 
 type nfsParams struct {
 	server, share, subDirTemplate, onDelete string
+	retainedDataTo                          string
 	mode                                    *os.FileMode // nil: leave the mode mkdir gives
 }
 
@@ -65,7 +84,7 @@ func isNFSClass(params map[string]string) bool {
 // parseNFSParameters checks an NFS class's parameters; any other key, except
 // the provisioner's csi.storage.k8s.io/ ones, is InvalidArgument naming it.
 func parseNFSParameters(params map[string]string) (nfsParams, error) {
-	p := nfsParams{subDirTemplate: DefaultSubDir, onDelete: OnDeleteDelete}
+	p := nfsParams{subDirTemplate: DefaultSubDir, onDelete: OnDeleteDelete, retainedDataTo: RetainedToSameClaim}
 	if len(params) > maxParams {
 		return p, status.Errorf(codes.InvalidArgument, "too many parameters: %d (at most %d)", len(params), maxParams)
 	}
@@ -106,6 +125,11 @@ func parseNFSParameters(params map[string]string) (nfsParams, error) {
 				return p, status.Errorf(codes.InvalidArgument, "parameter %s=%.64q: want %s, %s or %s", k, v, OnDeleteDelete, OnDeleteRetain, OnDeleteArchive)
 			}
 			p.onDelete = v
+		case ParamRetainedDataTo:
+			if v != RetainedToSameClaim && v != RetainedToSameNamespace && v != RetainedToNone {
+				return p, status.Errorf(codes.InvalidArgument, "parameter %s=%.64q: want %s, %s or %s", k, v, RetainedToSameClaim, RetainedToSameNamespace, RetainedToNone)
+			}
+			p.retainedDataTo = v
 		case ParamMountPermissions:
 			mode, err := strconv.ParseUint(v, 8, 32)
 			if err != nil || mode > 0o7777 {

@@ -343,13 +343,30 @@ func (x *Export) closeHidden() {
 // operation holds the driver directory open while it runs, even if it
 // outlives the call.
 func (x *Export) do(ctx context.Context, op string, fn func() error) error {
+	return x.doHolding(ctx, op, nil, fn)
+}
+
+// doHolding is do for an operation that uses the directories held too:
+// each stays open while the operation runs, even if it outlives the call
+// and the caller closes its own reference meanwhile (a descriptor closed
+// under a running operation could be reused for another file).
+func (x *Export) doHolding(ctx context.Context, op string, held []*beneath.Dir, fn func() error) error {
 	hid := x.hid.Retain()
+	for _, d := range held {
+		d.Retain()
+	}
+	release := func() {
+		hid.Close()
+		for _, d := range held {
+			d.Close()
+		}
+	}
 	var claimed atomic.Bool // by the operation, or by the caller if it never ran
 	err := x.b.guard.do(ctx, x.e.key, op, func() error {
 		if !claimed.CompareAndSwap(false, true) {
 			return fmt.Errorf("%s on %s: not started", op, x.e.key)
 		}
-		defer hid.Close()
+		defer release()
 		if x.b.opts.BeforeFileOp != nil {
 			if err := x.b.opts.BeforeFileOp(x.e.key, op); err != nil {
 				return err
@@ -358,7 +375,7 @@ func (x *Export) do(ctx context.Context, op string, fn func() error) error {
 		return fn()
 	})
 	if claimed.CompareAndSwap(false, true) {
-		hid.Close()
+		release()
 	}
 	return err
 }

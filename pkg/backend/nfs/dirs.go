@@ -13,6 +13,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 )
 
 // The subdirectories of an export belong to tenants (a volume's pods write
@@ -29,15 +30,30 @@ func (x *Export) openRoot() (*beneath.Dir, error) {
 	return root, nil
 }
 
+// ErrNotOurs: a volume's subdirectory is already there, and the driver did
+// not make it for this volume nor was it handed to it (retained data of
+// the same claim): someone's data, another share's root, a directory made
+// by hand. A create never takes it.
+var ErrNotOurs = errors.New("the directory already exists and was not made for this volume")
+
+// ErrHoldsShare: a tree holds a .hostpath-csi directory, the records of a
+// share whose root lies inside it (another StorageClass's export), or
+// reaching it crosses into another mount. The driver neither takes such a
+// tree into a volume, nor archives it, nor deletes it.
+var ErrHoldsShare = errors.New("holds a " + ids.HiddenDir + " directory: the records and volumes of another share whose root lies inside it")
+
 // openParent opens the directory that holds subDir (creating the missing
 // ones, mode 0755, when create) and returns it with subDir's last component.
+// When create, a directory on the way that holds a .hostpath-csi (the root
+// of another share) is ErrHoldsShare: a volume made there would lie among
+// that share's volumes, and theirs inside it.
 func (x *Export) openParent(subDir string, create bool) (*beneath.Dir, string, error) {
 	dir, err := x.openRoot()
 	if err != nil {
 		return nil, "", err
 	}
 	parts := strings.Split(subDir, "/")
-	for _, p := range parts[:len(parts)-1] {
+	for i, p := range parts[:len(parts)-1] {
 		if create {
 			if err := dir.Mkdir(p, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
 				dir.Close()
@@ -50,8 +66,27 @@ func (x *Export) openParent(subDir string, create bool) (*beneath.Dir, string, e
 			return nil, "", err
 		}
 		dir = next
+		if create {
+			if err := refuseShareRoot(dir, strings.Join(parts[:i+1], "/")); err != nil {
+				dir.Close()
+				return nil, "", err
+			}
+		}
 	}
 	return dir, parts[len(parts)-1], nil
+}
+
+// refuseShareRoot is ErrHoldsShare if dir (shown as rel) holds a
+// .hostpath-csi directory.
+func refuseShareRoot(dir *beneath.Dir, rel string) error {
+	st, err := dir.Lstat(ids.HiddenDir)
+	switch {
+	case err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR:
+		return fmt.Errorf("%s %w", rel, ErrHoldsShare)
+	case err == nil, errors.Is(err, unix.ENOENT):
+		return nil
+	}
+	return err
 }
 
 // openSubDir opens subDir itself, walking from the share's root through
@@ -65,32 +100,21 @@ func (x *Export) openSubDir(subDir string) (*beneath.Dir, error) {
 	return parent.OpenDir(name)
 }
 
-// MakeDir creates subDir (and its missing parents) and applies mode when it
-// is not nil. A directory already there is adopted: adopted reports it, and
-// its mode is left as its owner set it (retained data keeps its
-// permissions; mountPermissions is the mode of a new directory).
-func (x *Export) MakeDir(ctx context.Context, subDir string, mode *os.FileMode) (adopted bool, err error) {
-	return x.makeDir(ctx, subDir, mode, false)
-}
-
-// FinishMakeDir is MakeDir of a directory the driver recorded it was
-// creating (it was not there before): one found there is the driver's own,
-// made by an attempt killed before it applied mode; mode is applied and it
-// is not reported adopted.
-func (x *Export) FinishMakeDir(ctx context.Context, subDir string, mode *os.FileMode) error {
-	_, err := x.makeDir(ctx, subDir, mode, true)
-	return err
-}
-
-func (x *Export) makeDir(ctx context.Context, subDir string, mode *os.FileMode, ours bool) (adopted bool, err error) {
-	err = x.do(ctx, "create "+subDir, func() error {
+// MakeNewDir creates subDir (and its missing parents) for a new volume and
+// applies mode when it is not nil. A directory already there is taken only
+// if it is empty (the driver's own, made by an attempt killed before it
+// recorded the volume ready: no pod has written there yet); one that holds
+// anything is ErrNotOurs and is left as it is.
+func (x *Export) MakeNewDir(ctx context.Context, subDir string, mode *os.FileMode) error {
+	err := x.do(ctx, "create "+subDir, func() error {
 		parent, name, err := x.openParent(subDir, true)
 		if err != nil {
 			return err
 		}
 		defer parent.Close()
+		existed := false
 		if err := parent.Mkdir(name, 0o755); errors.Is(err, unix.EEXIST) {
-			adopted = !ours
+			existed = true
 		} else if err != nil {
 			return err
 		}
@@ -98,8 +122,20 @@ func (x *Export) makeDir(ctx context.Context, subDir string, mode *os.FileMode, 
 		if err != nil {
 			return err
 		}
-		d.Close()
-		if mode != nil && !adopted {
+		defer d.Close()
+		if existed {
+			if err := refuseShareRoot(d, subDir); err != nil {
+				return err
+			}
+			names, err := d.ReadNames()
+			if err != nil {
+				return err
+			}
+			if len(names) > 0 {
+				return fmt.Errorf("%s: %w (it holds %d or more entries, such as %q)", subDir, ErrNotOurs, len(names), names[0])
+			}
+		}
+		if mode != nil {
 			if err := parent.Chmod(name, unixMode(*mode)); err != nil {
 				return err
 			}
@@ -107,9 +143,43 @@ func (x *Export) makeDir(ctx context.Context, subDir string, mode *os.FileMode, 
 		return unix.Fsync(parent.Fd())
 	})
 	if err != nil {
-		return false, fmt.Errorf("create %s on %s: %w", subDir, x.Name(), err)
+		return fmt.Errorf("create %s on %s: %w", subDir, x.Name(), err)
 	}
-	return adopted, nil
+	return nil
+}
+
+// TakeOverDir takes subDir, retained data handed to a new volume, into the
+// volume, as it is: its mode is left as its owner set it (mountPermissions
+// is the mode of a new directory). A tree that holds a .hostpath-csi is
+// ErrHoldsShare. A subDir that is gone (removed by hand) is made anew, with
+// mode; adopted says which it was.
+func (x *Export) TakeOverDir(ctx context.Context, subDir string, mode *os.FileMode) (adopted bool, err error) {
+	exists, err := x.DirExists(ctx, subDir)
+	if err != nil {
+		return false, err
+	}
+	if !exists {
+		return false, x.MakeNewDir(ctx, subDir, mode)
+	}
+	if err := x.CheckNoShareInside(ctx, subDir); err != nil {
+		return false, err
+	}
+	err = x.do(ctx, "take over "+subDir, func() error {
+		parent, name, err := x.openParent(subDir, true)
+		if err != nil {
+			return err
+		}
+		defer parent.Close()
+		d, err := parent.OpenDir(name)
+		if err != nil {
+			return err
+		}
+		return d.Close()
+	})
+	if err != nil {
+		return false, fmt.Errorf("take over %s on %s: %w", subDir, x.Name(), err)
+	}
+	return true, nil
 }
 
 func unixMode(m os.FileMode) uint32 {
@@ -124,6 +194,25 @@ func unixMode(m os.FileMode) uint32 {
 		u |= unix.S_ISVTX
 	}
 	return u
+}
+
+// HoldsShareRecords reports whether subDir holds a .hostpath-csi directory
+// of its own: it is the root of another share.
+func (x *Export) HoldsShareRecords(ctx context.Context, subDir string) (bool, error) {
+	var holds bool
+	err := x.do(ctx, "look up "+subDir, func() error {
+		d, err := x.openSubDir(subDir)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		holds = errors.Is(refuseShareRoot(d, subDir), ErrHoldsShare)
+		return nil
+	})
+	return holds, err
 }
 
 // DirExists reports whether subDir is a directory on the export.

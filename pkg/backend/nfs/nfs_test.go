@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 )
 
 // A mount(8) that hangs (mount.nfs waiting for a dead server) is killed
@@ -92,39 +94,70 @@ func TestUnmountDeadMount(t *testing.T) {
 }
 
 // Creating a volume's directory never follows a symlink a tenant put on
-// its path; a template's parents are made as needed.
+// its path; a template's parents are made as needed. A directory already
+// there is taken only if empty (the driver's own, after a kill) or handed
+// over as retained data; never one that holds another share's records.
 func TestMakeDirRefusesSymlinks(t *testing.T) {
 	x, export, standin := useStandInExport(t)
+	bg := context.Background()
 	outside := t.TempDir()
 	if err := os.Symlink(outside, filepath.Join(export, "ns")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := x.MakeDir(context.Background(), "ns/claim", nil); err == nil {
-		t.Fatal("MakeDir went through a symlink")
+	if err := x.MakeNewDir(bg, "ns/claim", nil); err == nil {
+		t.Fatal("MakeNewDir went through a symlink")
 	}
 	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
 		t.Fatalf("created outside the export: %v", ents)
 	}
 	mode := os.FileMode(0o770)
-	adopted, err := x.MakeDir(context.Background(), "a/b/c", &mode)
-	if err != nil || adopted {
-		t.Fatalf("MakeDir(a/b/c) = %v, %v", adopted, err)
+	if err := x.MakeNewDir(bg, "a/b/c", &mode); err != nil {
+		t.Fatalf("MakeNewDir(a/b/c) = %v", err)
 	}
 	if fi, err := os.Stat(filepath.Join(export, "a", "b", "c")); err != nil || fi.Mode().Perm() != 0o770 {
 		t.Fatalf("a/b/c: %v, %v", fi, err)
 	}
-	if adopted, err := x.MakeDir(context.Background(), "a/b/c", nil); err != nil || !adopted {
-		t.Fatalf("MakeDir of an existing directory = %v, %v; want adopted", adopted, err)
+	// Empty: what a kill after the mkdir leaves; taken, the mode applied.
+	if err := os.Chmod(filepath.Join(export, "a", "b", "c"), 0o755); err != nil {
+		t.Fatal(err)
 	}
-	// A directory taken over (retained data) keeps the mode it has.
-	other := os.FileMode(0o700)
-	if adopted, err := x.MakeDir(context.Background(), "a/b/c", &other); err != nil || !adopted {
-		t.Fatalf("MakeDir of an existing directory with a mode = %v, %v; want adopted", adopted, err)
+	if err := x.MakeNewDir(bg, "a/b/c", &mode); err != nil {
+		t.Fatalf("MakeNewDir of its own empty directory = %v", err)
 	}
 	if fi, err := os.Stat(filepath.Join(export, "a", "b", "c")); err != nil || fi.Mode().Perm() != 0o770 {
-		t.Fatalf("a/b/c after it was adopted with mode 0700: %v, %v; want 0770 kept", fi, err)
+		t.Fatalf("a/b/c retried: %v, %v; want 0770", fi, err)
 	}
-	if calls := standin.Calls(); len(calls) != 1 || calls[0].Source != "s:/e" || calls[0].FSType != "nfs" {
+	if err := os.WriteFile(filepath.Join(export, "a", "b", "c", "f"), []byte("someone's"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.MakeNewDir(bg, "a/b/c", &mode); !errors.Is(err, ErrNotOurs) {
+		t.Fatalf("MakeNewDir of a directory holding data = %v; want ErrNotOurs", err)
+	}
+	// Retained data handed over keeps the mode it has.
+	other := os.FileMode(0o700)
+	if adopted, err := x.TakeOverDir(bg, "a/b/c", &other); err != nil || !adopted {
+		t.Fatalf("TakeOverDir of an existing directory = %v, %v; want adopted", adopted, err)
+	}
+	if fi, err := os.Stat(filepath.Join(export, "a", "b", "c")); err != nil || fi.Mode().Perm() != 0o770 {
+		t.Fatalf("a/b/c after it was taken over with mode 0700: %v, %v; want 0770 kept", fi, err)
+	}
+	// Another share's root deep inside: not taken over, not made through.
+	if err := os.MkdirAll(filepath.Join(export, "a", "b", "c", "x", ids.HiddenDir), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := x.TakeOverDir(bg, "a/b/c", &other); !errors.Is(err, ErrHoldsShare) || !strings.Contains(err.Error(), "a/b/c/x") {
+		t.Fatalf("TakeOverDir of a tree holding a/b/c/x/%s = %v; want ErrHoldsShare naming a/b/c/x", ids.HiddenDir, err)
+	}
+	if err := x.CheckNoShareInside(bg, "a"); !errors.Is(err, ErrHoldsShare) {
+		t.Fatalf("CheckNoShareInside(a) = %v; want ErrHoldsShare", err)
+	}
+	if err := x.MakeNewDir(bg, "a/b/c/x/y", nil); !errors.Is(err, ErrHoldsShare) {
+		t.Fatalf("MakeNewDir below another share's root = %v; want ErrHoldsShare", err)
+	}
+	if _, err := os.Stat(filepath.Join(export, "a", "b", "c", "x", "y")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("made below another share's root: %v", err)
+	}
+	if calls := standin.Calls(); len(calls) == 0 || calls[0].Source != "s:/e" || calls[0].FSType != "nfs" {
 		t.Fatalf("export root mounted as %+v", calls)
 	}
 }

@@ -90,6 +90,42 @@ type VolumeRecord struct {
 	// the driver is making it (a retry after a kill between the mkdir and
 	// the chmod of mountPermissions applies the mode, not adopts).
 	MakingDir bool `json:"makingDir,omitempty"`
+	// TakesOver is the retained claim whose data this volume takes over
+	// (onDelete: retain), recorded before the claim is replaced: a retry
+	// after a kill adopts that directory; a rollback gives the claim back.
+	TakesOver *SubDirClaim `json:"takesOver,omitempty"`
+	// Exclusive: written by a driver that makes a volume only in a
+	// subdirectory it created itself or was handed (retained data of the
+	// same claim). A creating record without it is an older driver's,
+	// which took whatever directory it found: its retry takes the
+	// directory only if it is empty (what a kill after the mkdir leaves).
+	Exclusive bool `json:"exclusive,omitempty"`
+}
+
+// ClaimRef says which claim a volume was made for, from csi-provisioner's
+// extra create metadata: the PVC's namespace and name ("" when the
+// provisioner does not pass them), and the CSI name (the PV's name,
+// pvc-<PVC UID>). The provisioner passes no PVC UID: the PV's name is
+// made from it.
+type ClaimRef struct {
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"claim,omitempty"`
+	PV        string `json:"pv,omitempty"`
+}
+
+// Known reports whether the reference was recorded (by a driver that
+// records it; entries of older drivers have none).
+func (c ClaimRef) Known() bool { return c.PV != "" }
+
+// String is "namespace/name" (or the PV name), for messages.
+func (c ClaimRef) String() string {
+	switch {
+	case !c.Known():
+		return "(not recorded)"
+	case c.Namespace != "" || c.Name != "":
+		return c.Namespace + "/" + c.Name
+	}
+	return "PV " + c.PV
 }
 
 // SnapshotRecord is what the export remembers of a snapshot.
@@ -109,9 +145,21 @@ type nameEntry struct {
 	ID   string `json:"id"`
 	// Retained marks a subdirectory claim kept after its volume was
 	// deleted with onDelete: retain: the data is still there, owned by
-	// nobody; a new volume of the same subDir takes it over, one around
-	// or inside it is refused (see RetainVolume).
+	// nobody; a new volume of the same subDir may take it over (the
+	// driver decides from RetainedFor), one around or inside it is
+	// refused (see RetainVolume).
 	Retained bool `json:"retained,omitempty"`
+	// RetainedFor is the claim the data was retained for (absent in
+	// entries of older drivers).
+	RetainedFor *ClaimRef `json:"retainedFor,omitempty"`
+}
+
+func (e nameEntry) claim() SubDirClaim {
+	c := SubDirClaim{SubDir: e.Name, ID: e.ID, Retained: e.Retained}
+	if e.RetainedFor != nil {
+		c.RetainedFor = *e.RetainedFor
+	}
+	return c
 }
 
 // sub opens dir (a relative path) below the driver's directory: no symlink
@@ -470,9 +518,13 @@ func (x *Export) SubDirOwner(ctx context.Context, subDir string) (string, error)
 // SubDirClaim is an entry of the subdirectory index: volume ID claims
 // SubDir.
 type SubDirClaim struct {
-	SubDir, ID string
+	SubDir string `json:"subDir"`
+	ID     string `json:"id"`
 	// Retained: the volume was deleted and its data retained.
-	Retained bool
+	Retained bool `json:"retained,omitempty"`
+	// RetainedFor: the claim it was retained for (not Known in entries
+	// written by older drivers).
+	RetainedFor ClaimRef `json:"retainedFor"`
 }
 
 // SubDirClaims returns the claims on subDir, on each of its ancestors and
@@ -499,7 +551,7 @@ func (x *Export) SubDirClaims(ctx context.Context, subDir string) ([]SubDirClaim
 			if err != nil {
 				return err
 			}
-			out = append(out, SubDirClaim{SubDir: e.Name, ID: e.ID, Retained: e.Retained})
+			out = append(out, e.claim())
 		}
 		below := path.Join(dirNested, hashName(subDir))
 		err := listEntries(x, below, func(name string) error {
@@ -507,7 +559,7 @@ func (x *Export) SubDirClaims(ctx context.Context, subDir string) ([]SubDirClaim
 			if err := x.readRecord(below, name, &e); err != nil {
 				return err
 			}
-			out = append(out, SubDirClaim{SubDir: e.Name, ID: e.ID, Retained: e.Retained})
+			out = append(out, e.claim())
 			return nil
 		})
 		result = out
@@ -564,7 +616,8 @@ func (x *Export) ClaimSubDir(ctx context.Context, subDir, id string) (*SubDirCla
 			var e nameEntry
 			rerr := x.readRecord(dirSubDirs, hashName(subDir), &e)
 			if rerr == nil && e.ID != id {
-				taken = &SubDirClaim{SubDir: e.Name, ID: e.ID, Retained: e.Retained}
+				c := e.claim()
+				taken = &c
 				return err
 			}
 			if rerr != nil && !errors.Is(rerr, ErrCorrupt) {
@@ -593,6 +646,25 @@ func (x *Export) DropSubDirClaim(ctx context.Context, subDir, id string) error {
 		}
 		return x.dropNested(subDir, id)
 	})
+}
+
+// WasParent reports whether subDir has been a parent of a claimed
+// subdirectory (the nested index has its directory): a directory the
+// driver made, or went through, on the way to another volume's.
+func (x *Export) WasParent(ctx context.Context, subDir string) (bool, error) {
+	var was bool
+	err := x.do(ctx, "read subdirectory index", func() error {
+		d, err := x.sub(path.Join(dirNested, hashName(subDir)))
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		was = true
+		return d.Close()
+	})
+	return was, err
 }
 
 func (x *Export) putNested(subDir, id string) error {
@@ -658,20 +730,15 @@ func (x *Export) dropIndex(dir, name, id string) error {
 }
 
 // RetainVolume is DeleteVolume for a volume deleted with onDelete: retain:
-// its subdirectory claims stay, marked retained, so that the retained data
-// is not taken into a volume around it or inside it of another claim (its
-// pods would read it, its delete would remove it); a new volume of the
-// same subDir takes the data, and the claim, over.
-func (x *Export) RetainVolume(ctx context.Context, r *VolumeRecord, key string) error {
+// its subdirectory claims stay, marked retained for the claim owner, so
+// that the retained data is not taken into a volume around it or inside it
+// (its pods would read it, its delete would remove it); a new volume of
+// the same subDir may take the data, and the claim, over: the driver
+// decides who may, from owner.
+func (x *Export) RetainVolume(ctx context.Context, r *VolumeRecord, key string, owner ClaimRef) error {
 	return x.do(ctx, "remove volume record, keep its subdirectory claim", func() error {
-		retained := nameEntry{Name: r.SubDir, ID: r.ID, Retained: true}
-		if err := x.markRetained(dirSubDirs, hashName(r.SubDir), retained); err != nil {
+		if err := x.retainClaim(r.SubDir, r.ID, r.ID, owner); err != nil {
 			return err
-		}
-		for _, a := range selfAndAncestors(r.SubDir)[1:] {
-			if err := x.markRetained(path.Join(dirNested, hashName(a)), hashName(r.SubDir), retained); err != nil {
-				return err
-			}
 		}
 		if err := x.dropIndex(dirNames, "volume-"+hashName(r.Name), r.ID); err != nil {
 			return err
@@ -680,17 +747,57 @@ func (x *Export) RetainVolume(ctx context.Context, r *VolumeRecord, key string) 
 	})
 }
 
-// markRetained rewrites an index entry as retained if it still points at
-// the retained volume.
-func (x *Export) markRetained(dir, name string, e nameEntry) error {
+// GiveBackRetained is DeleteVolume for a create that was taking retained
+// data over (r.TakesOver) and is rolled back: the subdirectory's claims
+// are the retained ones again, as they were, so the data stays guarded.
+func (x *Export) GiveBackRetained(ctx context.Context, r *VolumeRecord, key string) error {
+	c := r.TakesOver
+	if c == nil || c.SubDir != r.SubDir {
+		return x.DeleteVolume(ctx, r, key)
+	}
+	return x.do(ctx, "remove volume record, give the retained claim back", func() error {
+		if err := x.retainClaim(r.SubDir, r.ID, c.ID, c.RetainedFor); err != nil {
+			return err
+		}
+		if err := x.retainClaim(r.SubDir, c.ID, c.ID, c.RetainedFor); err != nil {
+			return err
+		}
+		if err := x.dropIndex(dirNames, "volume-"+hashName(r.Name), r.ID); err != nil {
+			return err
+		}
+		return x.removeRecord(dirVolumes, key+".json")
+	})
+}
+
+// retainClaim rewrites subDir's index entries that point at volume from
+// as retained data of volume id, for owner.
+func (x *Export) retainClaim(subDir, from, id string, owner ClaimRef) error {
+	e := nameEntry{Name: subDir, ID: id, Retained: true}
+	if owner.Known() {
+		e.RetainedFor = &owner
+	}
+	if err := x.markRetained(dirSubDirs, hashName(subDir), from, e); err != nil {
+		return err
+	}
+	for _, a := range selfAndAncestors(subDir)[1:] {
+		if err := x.markRetained(path.Join(dirNested, hashName(a)), hashName(subDir), from, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// markRetained rewrites an index entry as e if it still points at volume
+// from (and is not e already).
+func (x *Export) markRetained(dir, name, from string, e nameEntry) error {
 	var cur nameEntry
 	err := x.readRecord(dir, name, &cur)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return nil
-	case err == nil && cur.ID != e.ID:
+	case err == nil && cur.ID != from:
 		return nil // taken over by another volume since
-	case err == nil && cur.Retained:
+	case err == nil && cur.ID == e.ID && cur.Retained:
 		return nil
 	}
 	return x.writeRecord(dir, name, &e)

@@ -1,0 +1,248 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+)
+
+// Claims on subdirectories of an export. A volume owns its subdirectory
+// through an entry of the export's index (package nfs: subdirs/ and
+// nested/), written before the directory is made; a create takes a
+// directory only if it made it itself (its record says so) or if it is
+// data retained, by onDelete: retain, for the very claim asking (see
+// mayTake). Anything else already there (another share's root, data put
+// there by hand, retained data of another claim) is refused.
+
+// claimant is who asks for a subdirectory: the claim (from the
+// provisioner's metadata and the CSI name) and what its class allows it to
+// take of retained data.
+type claimant struct {
+	name string // the CSI name, the volume's name on the export
+	ref  nfs.ClaimRef
+	// retainedDataTo is the class's parameter.
+	retainedDataTo string
+}
+
+func claimantOf(name string, params map[string]string, p nfsParams) claimant {
+	return claimant{name: name, ref: claimRefOf(name, params), retainedDataTo: p.retainedDataTo}
+}
+
+// claimRefOf is the claim a volume of this name and these parameters
+// is made for: the PVC's namespace and name as csi-provisioner passes them
+// (--extra-create-metadata), and the CSI name, which csi-provisioner makes
+// from the PVC's UID (pvc-<uid>): it passes no UID itself.
+func claimRefOf(name string, params map[string]string) nfs.ClaimRef {
+	return nfs.ClaimRef{Namespace: params[ParamPVCNamespace], Name: params[ParamPVCName], PV: name}
+}
+
+// mayTake says why w may not take over data retained for c, or "" if it
+// may. Data retained for a namespace is never handed to another namespace;
+// within one, the class's retainedDataTo decides.
+func (w claimant) mayTake(c nfs.SubDirClaim) string {
+	o := c.RetainedFor
+	switch {
+	case !o.Known():
+		return "it was retained by an earlier version of the driver, which did not record the claim it was retained for; such data is handed to no claim"
+	case o.Namespace != w.ref.Namespace:
+		return fmt.Sprintf("it was retained for claim %s, and data of one namespace is never handed to a claim of another", o)
+	}
+	switch w.retainedDataTo {
+	case RetainedToNone:
+		return fmt.Sprintf("it was retained for claim %s, and the class says %s: %s", o, ParamRetainedDataTo, RetainedToNone)
+	case RetainedToSameNamespace:
+		if o.Namespace == "" {
+			return fmt.Sprintf("it was retained for %s, made without the provisioner's namespace (run csi-provisioner with --extra-create-metadata), and %s: %s needs one", o, ParamRetainedDataTo, RetainedToSameNamespace)
+		}
+		return ""
+	}
+	if o.Namespace != "" || o.Name != "" {
+		if o.Name == w.ref.Name {
+			return ""
+		}
+	} else if o.PV == w.name {
+		return ""
+	}
+	return fmt.Sprintf("it was retained for claim %s, and the class hands retained data only to the same claim (%s: %s; %s: %s gives it to any claim of the namespace)",
+		o, ParamRetainedDataTo, RetainedToSameClaim, ParamRetainedDataTo, RetainedToSameNamespace)
+}
+
+// lockSubDir takes the lock of subDir on x's export, and a shared lock of
+// each directory above it: creates of one subdirectory, or of one inside
+// another, run one at a time; creates in sibling directories do not wait
+// for each other.
+func (d *Driver) lockSubDir(ctx context.Context, x *nfs.Export, subDir string) (func(), error) {
+	var unlocks []func()
+	unlockAll := func() {
+		for i := len(unlocks) - 1; i >= 0; i-- {
+			unlocks[i]()
+		}
+	}
+	parts := strings.Split(subDir, "/")
+	for i := 1; i <= len(parts); i++ {
+		key := x.Name() + "/" + strings.Join(parts[:i], "/")
+		lock := d.rlock
+		if i == len(parts) {
+			lock = d.lock
+		}
+		unlock, err := lock(ctx, "nfsdir", key)
+		if err != nil {
+			unlockAll()
+			return nil, err
+		}
+		unlocks = append(unlocks, unlock)
+	}
+	return unlockAll, nil
+}
+
+// nfsCheckSubDirFree refuses a subdirectory that another live volume owns,
+// or that is inside or holds another live volume's subdirectory: a volume
+// would see the other's data, and its delete or archive would take it.
+// self is the ID of the volume asking (a create being finished), "" for a
+// new one; a claim on subDir itself by a volume of the same name is that
+// name's earlier attempt. Retained data of subDir itself is refused unless
+// it was retained for who (mayTake); when it is, its claim is returned:
+// the create takes that data over.
+func (d *Driver) nfsCheckSubDirFree(ctx context.Context, x *nfs.Export, subDir string, who claimant, self string) (*nfs.SubDirClaim, error) {
+	claims, err := x.SubDirClaims(ctx, subDir)
+	if err != nil {
+		return nil, nfsError("read subdirectory index", err)
+	}
+	var handover *nfs.SubDirClaim
+	for _, c := range claims {
+		if c.ID == self {
+			continue
+		}
+		ov, err := ids.ParseNFSVolumeID(c.ID)
+		if err != nil {
+			continue // a corrupt entry: a new claim replaces it
+		}
+		orec, err := x.GetVolume(ctx, ov.Key)
+		if errors.Is(err, nfs.ErrNotFound) || (err == nil && orec.ID != c.ID) {
+			if !c.Retained {
+				continue // its volume is gone
+			}
+			here, err := d.nfsCheckRetained(ctx, x, subDir, c, who)
+			if err != nil {
+				return nil, err
+			}
+			if here {
+				c := c
+				handover = &c
+			}
+			continue
+		}
+		if err != nil {
+			return nil, nfsError("read volume record", err)
+		}
+		switch {
+		case orec.SubDir == subDir:
+			if orec.Name == who.name {
+				continue
+			}
+			return nil, status.Errorf(codes.AlreadyExists, "subDir %q on %s already belongs to volume %s (name %q): two claims map to one subdirectory; make the StorageClass's subDir template unique (for instance ${pvc.metadata.namespace}/${pvc.metadata.name})",
+				subDir, x.Name(), orec.ID, orec.Name)
+		case strings.HasPrefix(orec.SubDir, subDir+"/"):
+			return nil, status.Errorf(codes.AlreadyExists, "subDir %q on %s holds subDir %q of volume %s (name %q): a volume there would see and delete that volume's data; use a subDir template that cannot name another class's directories (StorageClasses on one export with templates of different depths collide)",
+				subDir, x.Name(), orec.SubDir, orec.ID, orec.Name)
+		case strings.HasPrefix(subDir, orec.SubDir+"/"):
+			return nil, status.Errorf(codes.AlreadyExists, "subDir %q on %s is inside subDir %q of volume %s (name %q), whose pods could read and remove it; use a subDir template that cannot name another class's directories (StorageClasses on one export with templates of different depths collide)",
+				subDir, x.Name(), orec.SubDir, orec.ID, orec.Name)
+		}
+	}
+	return handover, nil
+}
+
+// nfsCheckRetained decides on the retained data of a deleted volume (claim
+// c, on subDir, around or inside it) for a create of subDir by who: data
+// still there around or inside subDir is refused (a volume there would give
+// its pods that data, and its delete would remove it); data of subDir
+// itself is refused unless it was retained for who, and then here is true.
+// Data removed by hand leaves a stale claim, which the create replaces.
+func (d *Driver) nfsCheckRetained(ctx context.Context, x *nfs.Export, subDir string, c nfs.SubDirClaim, who claimant) (here bool, err error) {
+	exists, err := x.DirExists(ctx, c.SubDir)
+	if err != nil {
+		return false, nfsError("look up retained data", err)
+	}
+	if !exists {
+		return false, nil
+	}
+	if c.SubDir == subDir {
+		if why := who.mayTake(c); why != "" {
+			return false, status.Errorf(codes.AlreadyExists, "subDir %q on %s holds data retained from deleted volume %s (onDelete: retain), which is not handed to this claim (%s): %s; use a subDir template that keeps claims apart (for instance ${pvc.metadata.namespace}/${pvc.metadata.name}), or have an administrator move the retained data away",
+				subDir, x.Name(), c.ID, who.ref, why)
+		}
+		return true, nil
+	}
+	how := "holds"
+	if strings.HasPrefix(subDir, c.SubDir+"/") {
+		how = "is inside"
+	}
+	return false, status.Errorf(codes.AlreadyExists, "subDir %q on %s %s subDir %q, retained from deleted volume %s (onDelete: retain): a volume there would see and delete that data; use another subDir, or move the retained data away",
+		subDir, x.Name(), how, c.SubDir, c.ID)
+}
+
+// nfsClaimSubDir claims rec's subdirectory, then reads the claims around
+// it: the in-process locks do not reach another controller on the same
+// export (a second StorageClass's controller, the old pod of a moved
+// Deployment), so a check made before claiming could let both of two
+// nested (or identical) subDirs through. Claim first, without replacing
+// another volume's claim, then check: of two controllers at once, the one
+// whose check comes last sees the other's claim, withdraws its own and
+// answers ALREADY_EXISTS (both may, in a close race: the CO retries).
+//
+// A claim of retained data handed to who is replaced only after rec
+// records it takes that data over (TakesOver): a retry after a kill then
+// knows the directory is its own, and a rollback gives the claim back.
+func (d *Driver) nfsClaimSubDir(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, who claimant) error {
+	taken, err := x.ClaimSubDir(ctx, rec.SubDir, rec.ID)
+	if errors.Is(err, nfs.ErrExists) && taken != nil {
+		// subDir's entry is another volume's: refused if that volume
+		// lives, replaced if it is gone (or its retained data is handed
+		// to this claim).
+		handover, cerr := d.nfsCheckSubDirFree(ctx, x, rec.SubDir, who, rec.ID)
+		if cerr != nil {
+			return cerr
+		}
+		if handover != nil && handover.ID == taken.ID && rec.TakesOver == nil {
+			rec.TakesOver = handover
+			v, _ := ids.ParseNFSVolumeID(rec.ID)
+			if err := x.PutVolume(ctx, rec, v.Key); err != nil {
+				return nfsError("record that the volume takes retained data over", err)
+			}
+		}
+		err = x.PutSubDirOwner(ctx, rec.SubDir, rec.ID)
+	}
+	if err != nil {
+		return nfsError("record the volume's subdirectory", err)
+	}
+	if _, err := d.nfsCheckSubDirFree(ctx, x, rec.SubDir, who, rec.ID); err != nil {
+		if derr := x.DropSubDirClaim(context.Background(), rec.SubDir, rec.ID); derr != nil {
+			klog.ErrorS(derr, "Cannot withdraw a subdirectory claim that conflicts with another volume's", "volumeID", rec.ID, "subDir", rec.SubDir)
+		}
+		return err
+	}
+	return nil
+}
+
+// nfsDirError is the answer to a subdirectory a create may not take, or to
+// a tree a delete may not touch.
+func nfsDirError(x *nfs.Export, what, subDir string, err error) error {
+	switch {
+	case errors.Is(err, nfs.ErrHoldsShare):
+		return status.Errorf(codes.FailedPrecondition, "%s: %v; the driver neither takes such a tree into a volume, nor archives, nor deletes it: another StorageClass's share lies there (move its volumes away, or remove the %s directory if a tenant made it), or use a subDir that does not reach it",
+			what, err, ids.HiddenDir)
+	case errors.Is(err, nfs.ErrNotOurs):
+		return status.Errorf(codes.FailedPrecondition, "%s: %v; a volume is made only in a subdirectory the driver creates for it, or in data retained (onDelete: retain) for the same claim: whatever is in %s on %s was put there otherwise (by hand, by another StorageClass or server name on the same export, by an older driver); move it away, or use a subDir template that does not name it",
+			what, err, subDir, x.Name())
+	}
+	return nfsError(what, err)
+}
