@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
@@ -91,7 +93,11 @@ func (d *Driver) sweepExport(server, share string) error {
 		if rec.Phase == nfs.PhaseReady || time.Since(rec.CreatedAt) < age || d.jobs.making(rec.ID) != nil {
 			continue
 		}
-		if err := d.sweepVolume(ctx, x, rec); err != nil {
+		if err := d.sweepVolume(ctx, x, rec); status.Code(err) == codes.FailedPrecondition {
+			// A delete refused for good (its tree holds another share):
+			// said, and the others swept.
+			klog.ErrorS(err, "Cannot finish an NFS volume delete that a crash interrupted", "volumeID", rec.ID)
+		} else if err != nil {
 			return err
 		}
 	}
@@ -157,9 +163,11 @@ func (d *Driver) sweepVolume(ctx context.Context, x *nfs.Export, rec *nfs.Volume
 		}
 		klog.InfoS("Finished an NFS volume delete that a crash interrupted", "volumeID", cur.ID, "name", cur.Name)
 	case nfs.PhaseCreating:
-		if cur.SourceSnapshotID == "" && cur.SourceVolumeID == "" {
-			// An empty create: its directory goes if it is still empty
-			// (it may be an older one it was about to adopt).
+		if cur.SourceSnapshotID == "" && cur.SourceVolumeID == "" && cur.TakesOver == nil && (cur.MakingDir || !cur.Exclusive) {
+			// An empty create that made its directory (or an older
+			// driver's, which may have): the directory goes if it is
+			// still empty. Retained data it was taking over stays, and
+			// its claim is given back.
 			if owner, err := x.SubDirOwner(ctx, cur.SubDir); err == nil && owner == cur.ID {
 				if err := x.RemoveDirIfEmpty(ctx, cur.SubDir); err != nil {
 					return err
