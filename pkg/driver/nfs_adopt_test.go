@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 )
 
@@ -290,5 +292,80 @@ func TestNFSDeleteLeavesAVolumeThatHoldsAnotherShare(t *testing.T) {
 				t.Fatalf("DeleteVolume once the other share is gone: %v", err)
 			}
 		})
+	}
+}
+
+// The converse of a claim receiving another share's root: a class whose
+// share lies inside a volume of a class on the same server (class B's
+// /export/team while team is a class-A volume, live or retained) is
+// refused, before anything of the driver is written into that volume.
+func TestNFSShareInsideAnotherSharesVolumeIsRefused(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	aVol := e.createNFS(t, "pv-a", classA("ns-a", "team", ParamOnDelete, OnDeleteRetain))
+	writeFile(t, filepath.Join(e.export, "team", "a-data"), "team A's data")
+	refused := func(when string) {
+		t.Helper()
+		_, err := e.d.CreateVolume(ctx, nfsReq("pv-b1", classB()))
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), `"team"`) || !strings.Contains(err.Error(), testServer+":/export") {
+			t.Fatalf("class B on /export/team, %s: %v; want FAILED_PRECONDITION naming subDir team of share %s:/export", when, err, testServer)
+		}
+		if _, err := os.Stat(filepath.Join(e.export, "team", ids.HiddenDir)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("class B wrote its records into class A's volume (%s): %v", when, err)
+		}
+	}
+	refused("a live volume of class A")
+	// Another controller (the Deployment moved) refuses it too.
+	if _, err := e.another(t).CreateVolume(ctx, nfsReq("pv-b1", classB())); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("class B on another controller: %v; want FAILED_PRECONDITION", err)
+	}
+	if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: aVol.GetVolumeId()}); err != nil {
+		t.Fatal(err)
+	}
+	refused("data retained from class A's volume")
+	// Once the retained data is moved away and the directory made anew by
+	// the administrator for class B, B works.
+	if err := os.Rename(filepath.Join(e.export, "team"), filepath.Join(e.dir, "team-moved")); err != nil {
+		t.Fatal(err)
+	}
+	e.makeShareB(t)
+	e.createNFS(t, "pv-b1", classB())
+	// A new process (the Deployment moved) looks again, and lets it be:
+	// the root holds B's records now.
+	if _, err := e.another(t).CreateVolume(ctx, nfsReq("pv-b2", classB())); err != nil {
+		t.Fatalf("class B in use, on another controller: %v", err)
+	}
+	if left := mountsUnderProbes(t, e); len(left) != 0 {
+		t.Fatalf("looks at the export above left mounted: %v", left)
+	}
+}
+
+func mountsUnderProbes(t *testing.T, e *nfsEnv) []string {
+	t.Helper()
+	var out []string
+	for _, m := range testutil.MountsUnder(t, e.opts.MountDir) {
+		if strings.Contains(filepath.Base(m), "probe-") {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// A look at an export above a share that a kill cut short leaves a mount
+// under the controller's mount directory; the next start removes it.
+func TestNFSLookAboveAShareLeftByAKillIsUnmountedAtStart(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	left := filepath.Join(e.opts.MountDir, "probe-0123456789abcdef01234567")
+	if err := os.MkdirAll(left, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(e.export, left, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	e.restart(t)
+	if m := mountsUnderProbes(t, e); len(m) != 0 {
+		t.Fatalf("left over after a restart: %v", m)
+	}
+	if _, err := os.Stat(left); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("mount point left over after a restart: %v", err)
 	}
 }

@@ -19,6 +19,8 @@ func nfsError(what string, err error) error {
 		return err
 	}
 	switch {
+	case errors.Is(err, nfs.ErrInsideVolume):
+		return status.Errorf(codes.FailedPrecondition, "%s: %v", what, err)
 	case errors.Is(err, nfs.ErrTimeout):
 		return status.Errorf(codes.DeadlineExceeded, "%s: %v", what, err)
 	case errors.Is(err, nfs.ErrBusy):

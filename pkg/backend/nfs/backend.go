@@ -60,6 +60,9 @@ type Backend struct {
 	exports map[string]*export // by "server:/share"
 	// known are the exports this process has worked on, for listings.
 	known map[string]ids.NFSSnapshot
+	// enclosingOK are the shares found not to lie inside another share's
+	// volume (see checkEnclosing).
+	enclosingOK map[string]bool
 
 	// wg counts the background removals of trash/.
 	wg sync.WaitGroup
@@ -79,7 +82,9 @@ func New(opts Options) (*Backend, error) {
 	if err := os.MkdirAll(opts.MountDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create NFS mount directory: %w", err)
 	}
-	return &Backend{opts: opts, guard: newGuard(opts.Timeout), exports: map[string]*export{}, known: map[string]ids.NFSSnapshot{}}, nil
+	b := &Backend{opts: opts, guard: newGuard(opts.Timeout), exports: map[string]*export{}, known: map[string]ids.NFSSnapshot{}, enclosingOK: map[string]bool{}}
+	b.clearProbes()
+	return b, nil
 }
 
 // Timeout is the bound on every operation on an export.
@@ -180,6 +185,16 @@ func (b *Backend) Use(ctx context.Context, server, share string, options ...stri
 	e.refs++
 	x := &Export{b: b, e: e, Root: e.mnt}
 	if first {
+		// Before anything is written there: a share inside another
+		// share's volume is refused.
+		if err := b.checkEnclosing(ctx, e); err != nil {
+			e.refs--
+			x.released.Do(func() {})
+			if uerr := unmount(ctx, b.guard, key, e.mnt); uerr != nil {
+				klog.ErrorS(uerr, "Cannot unmount NFS export", "export", key)
+			}
+			return nil, err
+		}
 		// The driver's directory is opened by the operation; if it
 		// outlives the call (a server dead since the mount), whatever it
 		// opens late is closed, never handed to the export.

@@ -1,0 +1,229 @@
+package nfs
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+)
+
+// ErrInsideVolume: a share lies inside a volume (or data retained from
+// one) of another share above it on the same server. The driver does not
+// work there: that volume's pods could read and change the share's
+// records and every volume in it.
+var ErrInsideVolume = errors.New("the share lies inside a volume of another share on the same server")
+
+// probePrefix starts the names of the mount points where the exports
+// above a share are looked at.
+const probePrefix = "probe-"
+
+// checkEnclosing refuses e's share if it lies inside a volume claimed on
+// an export above it on the same server (class B with share /export/team
+// while /export/team is a volume of class A, whose share is /export). Each
+// proper ancestor of the share is mounted aside, read-only in effect
+// (nothing is written there), and its .hostpath-csi subdirectory index read
+// for the share's path and every directory above it; one the server does
+// not let this node mount cannot be looked at and is passed.
+//
+// It runs at the first mount of the share in this process, before the
+// driver's directory is made there, and once it has passed, not again:
+// from then on the share's root exists and holds .hostpath-csi, and a
+// create on the export above refuses to take it (the other direction).
+func (b *Backend) checkEnclosing(ctx context.Context, e *export) error {
+	b.mu.Lock()
+	passed := b.enclosingOK[e.key]
+	b.mu.Unlock()
+	if passed {
+		return nil
+	}
+	for p := path.Clean(e.share); p != "/" && p != "."; p = path.Dir(p) {
+		anc := path.Dir(p)
+		rel := strings.TrimPrefix(strings.TrimPrefix(e.share, anc), "/")
+		if err := b.probeAncestor(ctx, e, anc, rel); err != nil {
+			return err
+		}
+	}
+	b.mu.Lock()
+	b.enclosingOK[e.key] = true
+	b.mu.Unlock()
+	return nil
+}
+
+// probeMountPoint is where e's ancestors are mounted to be looked at, one
+// at a time (the caller holds e's mount lock).
+func (b *Backend) probeMountPoint(e *export) string {
+	sum := sha256.Sum256([]byte(e.key))
+	return filepath.Join(b.opts.MountDir, probePrefix+hex.EncodeToString(sum[:12]))
+}
+
+// probeAncestor mounts server:anc and refuses e's share if rel (its path
+// below anc) or a directory above rel is claimed there.
+func (b *Backend) probeAncestor(ctx context.Context, e *export, anc, rel string) error {
+	akey := exportKey(e.server, anc)
+	mnt := b.probeMountPoint(e)
+	if err := unmount(ctx, b.guard, akey, mnt); err != nil {
+		return fmt.Errorf("clear an old look at %s: %w", akey, err)
+	}
+	if err := os.MkdirAll(mnt, 0o700); err != nil {
+		return fmt.Errorf("create mount point to look at %s: %w", akey, err)
+	}
+	defer os.Remove(mnt)
+	if b.guard.busy(akey) != nil {
+		klog.V(2).InfoS("Not looking at an NFS export above a share: it is not answering", "export", akey, "share", e.key)
+		return nil
+	}
+	mctx, cancel := context.WithTimeout(ctx, b.opts.Timeout)
+	err := b.opts.Mounter.Mount(mctx, akey, mnt, DefaultFSType, e.options)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w: looking at %s, above %s: %v", ErrBusy, akey, e.key, ctx.Err())
+		}
+		// Not exported to this node, or not at all: nothing to see.
+		klog.V(4).InfoS("Cannot mount the NFS export above a share to look for claims on it; passing", "export", akey, "share", e.key, "err", err)
+		return nil
+	}
+	defer func() {
+		uctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
+		defer cancel()
+		if err := unmount(uctx, b.guard, akey, mnt); err != nil {
+			klog.ErrorS(err, "Cannot unmount an NFS export looked at; the next look, or the next start, unmounts it", "export", akey, "at", mnt)
+		}
+	}()
+	var claim *SubDirClaim
+	err = b.guard.do(ctx, akey, "read the claims of "+akey, func() error {
+		c, err := b.claimAbove(mnt, akey, anc, rel)
+		claim = c
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("look for claims on %s, above %s: %w", akey, e.key, err)
+	}
+	if claim == nil {
+		return nil
+	}
+	what := "volume " + claim.ID
+	if claim.Retained {
+		// Retained data has no pods, and a claim taking it back is
+		// refused a tree that holds a share: what matters is that the
+		// share is not made among that data. A root that is empty (made
+		// for the share after the data was moved away) or holds the
+		// driver's directory already (the share is in use) passes.
+		ok, err := b.shareRootEmptyOrInUse(ctx, e)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		what = "data retained from deleted volume " + claim.ID
+	}
+	return fmt.Errorf("%w: share %s lies in subDir %q of %s, on share %s: that volume's pods could read and change this share's records and volumes; use as a share a directory outside other shares' volumes (or delete that volume, and remove its data, first)",
+		ErrInsideVolume, e.key, claim.SubDir, what, akey)
+}
+
+// shareRootEmptyOrInUse reports whether e's root, mounted, is empty or
+// holds the driver's directory.
+func (b *Backend) shareRootEmptyOrInUse(ctx context.Context, e *export) (bool, error) {
+	var ok bool
+	err := b.guard.do(ctx, e.key, "look at the root of "+e.key, func() error {
+		root, err := beneath.OpenRoot(e.mnt)
+		if err != nil {
+			return err
+		}
+		defer root.Close()
+		names, err := root.Names()
+		ok = err == nil && (len(names) == 0 || slices.Contains(names, ids.HiddenDir))
+		return err
+	})
+	return ok, err
+}
+
+// claimAbove reads, on the export root mounted at mnt, the claim of a live
+// volume (or of retained data) on rel or a directory above it, or nil.
+func (b *Backend) claimAbove(mnt, akey, anc, rel string) (*SubDirClaim, error) {
+	root, err := beneath.OpenRoot(mnt)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	hid, err := root.OpenDir(ids.HiddenDir)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, beneath.ErrMountInside) || errors.Is(err, beneath.ErrChanged) {
+		return nil, nil // no driver's records there
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer hid.Close()
+	px := &Export{b: b, e: &export{server: "", share: anc, key: akey}, hid: hid}
+	for _, p := range selfAndAncestors(rel) {
+		var en nameEntry
+		err := px.readRecord(dirSubDirs, hashName(p), &en)
+		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if en.Name != p {
+			continue
+		}
+		c := en.claim()
+		if en.Retained {
+			return &c, nil
+		}
+		v, err := ids.ParseNFSVolumeID(en.ID)
+		if err != nil {
+			continue
+		}
+		var r VolumeRecord
+		err = px.readRecord(dirVolumes, v.Key+".json", &r)
+		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) {
+			continue // a stale claim: its volume is gone
+		}
+		if err != nil {
+			return nil, err
+		}
+		if r.ID == en.ID {
+			return &c, nil
+		}
+	}
+	return nil, nil
+}
+
+// clearProbes unmounts and removes what a killed process left of its looks
+// at exports above its shares. It runs at start-up, before any look of this
+// process could use the same mount points.
+func (b *Backend) clearProbes() {
+	ents, err := os.ReadDir(b.opts.MountDir)
+	if err != nil {
+		return
+	}
+	var left []string
+	for _, ent := range ents {
+		if strings.HasPrefix(ent.Name(), probePrefix) {
+			left = append(left, filepath.Join(b.opts.MountDir, ent.Name()))
+		}
+	}
+	for _, mnt := range left {
+		ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
+		if err := unmount(ctx, b.guard, "left-over look "+filepath.Base(mnt), mnt); err != nil {
+			klog.ErrorS(err, "Cannot unmount what a killed process left of a look at an NFS export; the next look of its share unmounts it", "at", mnt)
+		} else {
+			_ = os.Remove(mnt)
+		}
+		cancel()
+	}
+}
