@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -367,5 +368,50 @@ func TestNFSLookAboveAShareLeftByAKillIsUnmountedAtStart(t *testing.T) {
 	}
 	if _, err := os.Stat(left); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("mount point left over after a restart: %v", err)
+	}
+}
+
+// The look for another share inside a volume reads its whole tree, which
+// on a large volume takes longer than a sidecar waits: it goes on when the
+// caller gives up (ABORTED), is not started over by the retries, and the
+// first retry after it ends gets the delete done.
+func TestNFSDeleteOfALargeTreeIsNotStartedOverAtEachRetry(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	var looks atomic.Int32
+	e.opts.BeforeFileOp = func(export, op string) error {
+		switch op {
+		case "look inside big: open":
+			looks.Add(1)
+		case "look inside big":
+			time.Sleep(20 * time.Millisecond)
+		}
+		return nil
+	}
+	e.restart(t)
+	vol := e.createNFS(t, "pv-big", nfsParamsFor(ParamSubDir, "big"))
+	for i := 0; i < 10; i++ {
+		if err := os.MkdirAll(filepath.Join(e.export, "big", "d", strings.Repeat("x", i+1)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, err := e.d.DeleteVolume(short, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId()})
+	cancel()
+	wantCode(t, err, codes.Aborted)
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		_, err = e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId()})
+		if status.Code(err) != codes.Aborted || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("DeleteVolume after the look ended: %v", err)
+	}
+	if n := looks.Load(); n != 1 {
+		t.Errorf("the tree was looked at %d times; want once, whatever the retries", n)
+	}
+	if _, err := os.Stat(filepath.Join(e.export, "big")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the volume's directory after the delete: %v", err)
 	}
 }

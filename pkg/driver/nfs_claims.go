@@ -233,6 +233,37 @@ func (d *Driver) nfsClaimSubDir(ctx context.Context, x *nfs.Export, rec *nfs.Vol
 	return nil
 }
 
+// nfsCheckNoShareInside refuses rec's tree if it holds another share's
+// records (nfs.ErrHoldsShare): before a delete, an archive or a takeover
+// of retained data. The walk reads every entry of a tenant's tree, which
+// on a large volume takes longer than a sidecar waits for a call (10 s by
+// default): it runs detached, as a copy does, so that it is not started
+// over at each retry; a retry while it runs is ABORTED, and the first one
+// after it gets its result.
+func (d *Driver) nfsCheckNoShareInside(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, what string) error {
+	key := "nfs-inside/" + rec.ID
+	if j := d.jobs.get(key); j != nil {
+		if !j.finished() {
+			return j.inProgress()
+		}
+		d.jobs.forget(j)
+		return j.err
+	}
+	server, share, subDir := x.Server(), x.Share(), rec.SubDir
+	j := d.jobs.start(key, "nfs-inside:"+rec.ID, "the look for another share inside volume "+rec.ID, nil, func(jctx context.Context) error {
+		jx, err := d.useExport(jctx, server, share)
+		if err != nil {
+			return err
+		}
+		defer jx.Release()
+		if err := jx.CheckNoShareInside(jctx, subDir); err != nil {
+			return nfsDirError(jx, what, subDir, err)
+		}
+		return nil
+	}, nil)
+	return d.jobs.await(ctx, j)
+}
+
 // nfsDirError is the answer to a subdirectory a create may not take, or to
 // a tree a delete may not touch.
 func nfsDirError(x *nfs.Export, what, subDir string, err error) error {

@@ -318,6 +318,9 @@ func (d *Driver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.Volum
 	adopted := false
 	switch {
 	case rec.TakesOver != nil:
+		if err := d.nfsCheckNoShareInside(ctx, x, rec, "take over the data retained in the volume's subdirectory"); err != nil {
+			return err
+		}
 		var err error
 		if adopted, err = x.TakeOverDir(ctx, rec.SubDir, p.mode); err != nil {
 			return nfsDirError(x, "take over the data retained in the volume's subdirectory", rec.SubDir, err)

@@ -59,8 +59,8 @@ func (d *Driver) nfsRemoveVolume(ctx context.Context, x *nfs.Export, rec *nfs.Vo
 	}
 	mine := owner == "" || owner == rec.ID
 	if mine && onDelete != OnDeleteRetain {
-		if err := x.CheckNoShareInside(ctx, rec.SubDir); err != nil {
-			return nfsDirError(x, "delete volume "+rec.ID, rec.SubDir, err)
+		if err := d.nfsCheckNoShareInside(ctx, x, rec, "delete volume "+rec.ID); err != nil {
+			return err
 		}
 	}
 	if rec.Phase != nfs.PhaseDeleting {

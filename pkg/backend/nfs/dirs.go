@@ -150,9 +150,10 @@ func (x *Export) MakeNewDir(ctx context.Context, subDir string, mode *os.FileMod
 
 // TakeOverDir takes subDir, retained data handed to a new volume, into the
 // volume, as it is: its mode is left as its owner set it (mountPermissions
-// is the mode of a new directory). A tree that holds a .hostpath-csi is
-// ErrHoldsShare. A subDir that is gone (removed by hand) is made anew, with
-// mode; adopted says which it was.
+// is the mode of a new directory). The caller has checked that the tree
+// holds no other share (CheckNoShareInside, which may take long: it is
+// kept apart); its top is checked again here. A subDir that is gone
+// (removed by hand) is made anew, with mode; adopted says which it was.
 func (x *Export) TakeOverDir(ctx context.Context, subDir string, mode *os.FileMode) (adopted bool, err error) {
 	exists, err := x.DirExists(ctx, subDir)
 	if err != nil {
@@ -160,9 +161,6 @@ func (x *Export) TakeOverDir(ctx context.Context, subDir string, mode *os.FileMo
 	}
 	if !exists {
 		return false, x.MakeNewDir(ctx, subDir, mode)
-	}
-	if err := x.CheckNoShareInside(ctx, subDir); err != nil {
-		return false, err
 	}
 	err = x.do(ctx, "take over "+subDir, func() error {
 		parent, name, err := x.openParent(subDir, true)
@@ -174,7 +172,8 @@ func (x *Export) TakeOverDir(ctx context.Context, subDir string, mode *os.FileMo
 		if err != nil {
 			return err
 		}
-		return d.Close()
+		defer d.Close()
+		return refuseShareRoot(d, subDir)
 	})
 	if err != nil {
 		return false, fmt.Errorf("take over %s on %s: %w", subDir, x.Name(), err)

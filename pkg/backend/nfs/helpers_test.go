@@ -16,7 +16,7 @@ import (
 // local directory (this kernel has no NFS client), and returns it with that
 // directory and the stand-in (which records each mount). Everything is
 // released and unmounted when the test ends.
-func useStandInExport(t *testing.T) (*Export, string, *testutil.NFSStandIn) {
+func useStandInExport(t testing.TB) (*Export, string, *testutil.NFSStandIn) {
 	t.Helper()
 	testutil.RequireRoot(t)
 	dir := t.TempDir()

@@ -27,7 +27,7 @@ import (
 // path on the server would be longer than PATH_MAX is not entered: no
 // export's root can lie there.
 func (x *Export) CheckNoShareInside(ctx context.Context, subDir string) error {
-	root, err := x.openStep(ctx, "look inside "+subDir, nil, func() (*beneath.Dir, error) { return x.openSubDir(subDir) })
+	root, err := x.openStep(ctx, "look inside "+subDir+": open", nil, func() (*beneath.Dir, error) { return x.openSubDir(subDir) })
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

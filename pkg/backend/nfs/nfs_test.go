@@ -145,8 +145,11 @@ func TestMakeDirRefusesSymlinks(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(export, "a", "b", "c", "x", ids.HiddenDir), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := x.TakeOverDir(bg, "a/b/c", &other); !errors.Is(err, ErrHoldsShare) || !strings.Contains(err.Error(), "a/b/c/x") {
-		t.Fatalf("TakeOverDir of a tree holding a/b/c/x/%s = %v; want ErrHoldsShare naming a/b/c/x", ids.HiddenDir, err)
+	if err := x.CheckNoShareInside(bg, "a/b/c"); !errors.Is(err, ErrHoldsShare) || !strings.Contains(err.Error(), "a/b/c/x") {
+		t.Fatalf("CheckNoShareInside of a tree holding a/b/c/x/%s = %v; want ErrHoldsShare naming a/b/c/x", ids.HiddenDir, err)
+	}
+	if _, err := x.TakeOverDir(bg, "a/b/c/x", &other); !errors.Is(err, ErrHoldsShare) {
+		t.Fatalf("TakeOverDir of another share's root = %v; want ErrHoldsShare", err)
 	}
 	if err := x.CheckNoShareInside(bg, "a"); !errors.Is(err, ErrHoldsShare) {
 		t.Fatalf("CheckNoShareInside(a) = %v; want ErrHoldsShare", err)
