@@ -10,6 +10,9 @@ echo "== machine: $(nproc) cores, $(uname -r), data dir on $(df -T "$out" | awk 
 echo
 echo "== Go benchmarks (in-process, no gRPC) =="
 go test -run '^$' -bench . -benchtime 4000x ./pkg/state/ ./pkg/keylock/ ./pkg/driver/ | grep -E '^(Benchmark|ok|FAIL)'
+# What a delete or archive of an NFS volume pays to look for another
+# share inside it: per entry, against a plain walk of the same tree.
+go test -run '^$' -bench CheckNoShareInside -benchtime 20x ./pkg/backend/nfs/ | grep -E '^(Benchmark|ok|FAIL)'
 
 if mount | grep -q " $bench/"; then echo "refusing: mounts left under $bench" >&2; exit 1; fi
 rm -rf "$bench"
