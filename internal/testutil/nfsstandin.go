@@ -93,16 +93,38 @@ func (s *NFSStandIn) Mount(ctx context.Context, source, target, fstype string, o
 	if err := unix.Mount(local, target, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("mount.nfs: %s: %w", source, err)
 	}
-	for _, o := range options {
-		if o == "ro" {
-			if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
-				unix.Unmount(target, 0)
-				return err
+	// The generic options take effect on the mount, as they would on the
+	// kernel's NFS mount: the last of each pair wins, as in mount(8).
+	var flags uintptr
+	for _, opt := range options {
+		for _, o := range strings.Split(opt, ",") {
+			if bit, ok := standInFlags[strings.TrimPrefix(o, "no")]; ok {
+				if strings.HasPrefix(o, "no") {
+					flags |= bit
+				} else {
+					flags &^= bit
+				}
 			}
+			switch o {
+			case "ro":
+				flags |= unix.MS_RDONLY
+			case "rw":
+				flags &^= unix.MS_RDONLY
+			}
+		}
+	}
+	if flags != 0 {
+		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|flags, ""); err != nil {
+			unix.Unmount(target, 0)
+			return err
 		}
 	}
 	return nil
 }
+
+// standInFlags are the generic options the stand-in applies, by the name
+// after their "no".
+var standInFlags = map[string]uintptr{"suid": unix.MS_NOSUID, "dev": unix.MS_NODEV, "exec": unix.MS_NOEXEC}
 
 func splitSource(source string) (server, path string, ok bool) {
 	if strings.HasPrefix(source, "[") {

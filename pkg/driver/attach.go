@@ -85,7 +85,7 @@ func (d *Driver) stage(v *state.Volume, pub *state.Publication) error {
 	case LayoutImage:
 		return d.mountImage(v, pub.Path, pub.MountFlags, false)
 	}
-	return mountutil.Bind(d.vols.Path(v.ID), pub.Path, false, nil)
+	return mountutil.Bind(d.vols.Path(v.ID), pub.Path, false, tenantFlags)
 }
 
 // mountImage mounts an image volume's filesystem at path; the first mount
@@ -129,7 +129,7 @@ func (d *Driver) publish(v *state.Volume, pub *state.Publication, stage *state.P
 		if err := os.MkdirAll(pub.Path, 0o750); err != nil {
 			return fmt.Errorf("create target path: %w", err)
 		}
-		return mountutil.Bind(pub.StagingPath, pub.Path, pub.ReadOnly, pub.MountFlags)
+		return mountutil.Bind(pub.StagingPath, pub.Path, pub.ReadOnly, withTenantFlags(pub.MountFlags))
 	}
 	// The kubelet names a file for a block volume: the device node is bound
 	// onto it.

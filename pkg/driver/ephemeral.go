@@ -179,7 +179,8 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 // staging, so a directory is bound and an image mounted at the target.
 func (d *Driver) mountEphemeral(v *state.Volume, pub *state.Publication) error {
 	if kindOf(v).layout != LayoutImage {
-		return mountutil.Bind(d.vols.Path(v.ID), pub.Path, pub.ReadOnly, pub.MountFlags)
+		// An inline directory of a release that made them.
+		return mountutil.Bind(d.vols.Path(v.ID), pub.Path, pub.ReadOnly, withTenantFlags(pub.MountFlags))
 	}
 	return d.mountImage(v, pub.Path, pub.MountFlags, pub.ReadOnly)
 }

@@ -81,7 +81,10 @@ func (d *Driver) nfsNodeStageVolume(ctx context.Context, req *csi.NodeStageVolum
 		return nil, status.Errorf(codes.Internal, "create staging path: %v", err)
 	}
 	err = d.nfsMountRecorded(pub, func() error {
-		return d.nfs.MountVolume(ctx, v.Export(), v.Source(), path, nfsFSType(c), c.GetMount().GetMountFlags())
+		// nosuid,nodev on the stage too: whoever can write the export
+		// (another client, a tenant with no_root_squash) must not plant
+		// a setuid binary or a device node that takes effect on this node.
+		return d.nfs.MountVolume(ctx, v.Export(), v.Source(), path, nfsFSType(c), withTenantFlags(c.GetMount().GetMountFlags()))
 	})
 	if err != nil {
 		return nil, err
@@ -217,9 +220,6 @@ func (d *Driver) nfsRefuseForeign(path, id string) error {
 	return nil
 }
 
-// nfsPublishFlags are the flags every NFS publish adds to the stage's.
-var nfsPublishFlags = []string{"nosuid", "nodev"}
-
 func (d *Driver) nfsNodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	target, staging := req.GetTargetPath(), req.GetStagingTargetPath()
 	if err := nfsNodeCapability(req.GetVolumeCapability()); err != nil {
@@ -272,7 +272,7 @@ func (d *Driver) nfsNodePublishVolume(ctx context.Context, req *csi.NodePublishV
 		// that a pod then runs or opens. Under the timeout: it stats the
 		// mount.
 		return d.nfs.Do(ctx, v.Export(), "bind "+target, func() error {
-			return mountutil.Bind(staging, target, pub.ReadOnly, nfsPublishFlags)
+			return mountutil.Bind(staging, target, pub.ReadOnly, tenantFlags)
 		})
 	})
 	if err != nil {

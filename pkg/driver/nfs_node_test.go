@@ -39,8 +39,10 @@ func TestNFSNodeStagePublish(t *testing.T) {
 	if len(calls) != 1 {
 		t.Fatalf("stage made %d mounts, want 1: %v", len(calls), calls)
 	}
-	if c := calls[0]; c.Source != "nfs.example:/export/ns/claim" || c.FSType != "nfs" || c.Target != staging || !slices.Equal(c.Options, flags) {
-		t.Fatalf("stage mounted %+v; want nfs.example:/export/ns/claim, nfs, %s, %v", c, staging, flags)
+	// The class's options as written, then nosuid,nodev whatever it says.
+	wantOpts := append(slices.Clone(flags), "nosuid", "nodev")
+	if c := calls[0]; c.Source != "nfs.example:/export/ns/claim" || c.FSType != "nfs" || c.Target != staging || !slices.Equal(c.Options, wantOpts) {
+		t.Fatalf("stage mounted %+v; want nfs.example:/export/ns/claim, nfs, %s, %v", c, staging, wantOpts)
 	}
 	// Staged again at the same path with other options: ALREADY_EXISTS.
 	_, err := e.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging,

@@ -148,7 +148,7 @@ type MountOptions struct {
 	// FSType is the filesystem the image holds, or gets when it is blank.
 	FSType string
 	// Options are mount options (for example "noatime"), as in CSI
-	// mount_flags.
+	// mount_flags. Every mount is nosuid and nodev besides.
 	Options []string
 	// ReadOnly attaches and mounts read-only. A blank image cannot be
 	// mounted read-only: there is nothing to format it with.
@@ -303,8 +303,14 @@ func sectorSize(sb superblock) uint32 {
 	return imageSector
 }
 
+// mountOptions are the options of an image's mount: the caller's, then
+// nosuid and nodev whatever they say (the last of suid and nosuid wins). An
+// image's filesystem is its tenant's, block by block: a setuid-root binary
+// or a device node in it (written by a pod, or crafted in the image file)
+// must not take effect for whoever runs or opens it through a mount.
 func mountOptions(opts MountOptions) []string {
 	o := append([]string(nil), opts.Options...)
+	o = append(o, "nosuid", "nodev")
 	if opts.ReadOnly {
 		o = append(o, "ro")
 	}

@@ -378,14 +378,16 @@ func hasOpt(opts, opt string) bool {
 	return false
 }
 
-// wantNFSMount checks what is mounted at dir.
+// wantNFSMount checks what is mounted at dir (a stage or a publish, each
+// nosuid,nodev: what a client writes to the export must not take effect on
+// the node).
 func wantNFSMount(dir, source, fstype, vers string) error {
 	m, ok := mountAt(dir)
 	if !ok {
 		return fmt.Errorf("nothing mounted at %s", dir)
 	}
-	if m.source != source || m.fstype != fstype || !hasOpt(m.opts, "vers="+vers) {
-		return fmt.Errorf("%s: mounted %s type %s (%s), want %s type %s with vers=%s", dir, m.source, m.fstype, m.opts, source, fstype, vers)
+	if m.source != source || m.fstype != fstype || !hasOpt(m.opts, "vers="+vers) || !hasOpt(m.opts, "nosuid") || !hasOpt(m.opts, "nodev") {
+		return fmt.Errorf("%s: mounted %s type %s (%s), want %s type %s with vers=%s, nosuid, nodev", dir, m.source, m.fstype, m.opts, source, fstype, vers)
 	}
 	return nil
 }
