@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/driver"
+	"github.com/hostpath-csi/hostpath-csi/pkg/size"
 )
 
 func main() {
@@ -57,6 +60,15 @@ func parseFlags() *options {
 	fs.BoolVar(&o.cfg.NFSOnly, "nfs-only", false, "serve NFS classes only: a CreateVolume whose class names no server is InvalidArgument (for a controller that does not run beside the node's data, as in overlays/nfs)")
 	fs.StringVar(&o.cfg.NFS.MountDir, "nfs-mount-dir", "", "directory of the controller's private mounts of NFS export roots (default <state-dir>/nfs)")
 	fs.StringVar(&o.cfg.UdevRulesDir, "udev-rules-dir", "", "the host's udev rules directory (e.g. /etc/udev/rules.d mounted into the pod): the driver writes a rule there that keeps udev, LVM and md from probing, linking or activating what tenants write into the loop devices of volumes; empty leaves the host's udev alone")
+	ephemeral := fs.Bool("ephemeral", true, "serve CSI inline (ephemeral) volumes, bounded by the --ephemeral-* flags; false refuses new ones (FailedPrecondition) and serves those pods have until they go (also drop Ephemeral from the CSIDriver's volumeLifecycleModes)")
+	// Sizes left at 0 take the driver's defaults: 1Gi, or --max-volume-size
+	// where that is smaller.
+	fs.Var(sizeValue{&o.cfg.Ephemeral.MaxSize}, "ephemeral-max-size", "largest inline volume a pod may ask for (1Gi, 500Mi, or bytes); larger is InvalidArgument (default 1Gi, or --max-volume-size if smaller)")
+	fs.Var(sizeValue{&o.cfg.Ephemeral.DefaultSize}, "ephemeral-default-size", "size of an inline volume whose pod names none (default 1Gi, or --ephemeral-max-size if smaller)")
+	fs.IntVar(&o.cfg.Ephemeral.MaxSharePercent, "ephemeral-max-share", driver.DefaultEphemeralMaxShare, "percentage (1-100) of the data filesystem's size all inline volumes together may hold; past it a new one is ResourceExhausted")
+	fs.IntVar(&o.cfg.Ephemeral.MaxCount, "ephemeral-max-count", driver.DefaultEphemeralMaxCount, "inline volumes a node has at most; past it a new one is ResourceExhausted")
+	allowed := fs.String("ephemeral-allowed-attributes", strings.Join(driver.DefaultEphemeralAllowedAttributes, ","), "comma-separated volume attributes a pod may set on an inline volume, of size, mountPermissions, layout (empty: none); others are InvalidArgument unless they ask what the node gives anyway")
+	fs.StringVar(&o.cfg.Ephemeral.MountPermissions, "ephemeral-mount-permissions", fmt.Sprintf("%04o", uint32(driver.DefaultMountPermissions)), "octal mode of an inline volume's root, unless the pod may set mountPermissions and does")
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "address (host:port, or :port for every address) of the HTTP server for /healthz and /metrics; empty disables it")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight calls may take to finish")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
@@ -67,6 +79,13 @@ func parseFlags() *options {
 			klog.InfoS("Flag --btrfs-quotas is deprecated and has no effect: qgroup limits do not hold a btrfs directory volume; use StorageClass parameter layout: image for sizes that hold")
 		}
 	})
+	o.cfg.Ephemeral.Disabled = !*ephemeral
+	o.cfg.Ephemeral.AllowedAttributes = []string{} // not nil: none unless listed
+	for _, a := range strings.Split(*allowed, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			o.cfg.Ephemeral.AllowedAttributes = append(o.cfg.Ephemeral.AllowedAttributes, a)
+		}
+	}
 	if !o.cfg.Controller && !o.cfg.Node {
 		o.cfg.Controller, o.cfg.Node = true, true
 	}
@@ -81,6 +100,20 @@ func run() error {
 	}
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q; all settings are flags (see -help)", flag.Args())
+	}
+	// Zero is the driver's default in its Config; given as a flag it is a
+	// mistake (--ephemeral=false turns inline volumes off).
+	var zero []string
+	flag.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "ephemeral-max-size", "ephemeral-default-size", "ephemeral-max-share", "ephemeral-max-count":
+			if v, ok := f.Value.(flag.Getter); ok && fmt.Sprint(v.Get()) == "0" {
+				zero = append(zero, "--"+f.Name)
+			}
+		}
+	})
+	if len(zero) > 0 {
+		return fmt.Errorf("%s must be positive (to turn inline volumes off: --ephemeral=false)", strings.Join(zero, ", "))
 	}
 	d, err := driver.New(o.cfg)
 	if err != nil {
@@ -145,4 +178,34 @@ func startHTTP(addr string, d *driver.Driver, errs chan<- error) (*http.Server, 
 	}()
 	klog.InfoS("Serving HTTP", "address", l.Addr().String())
 	return srv, nil
+}
+
+// sizeValue is a flag of bytes written as a Kubernetes quantity (1Gi, 500Mi,
+// or a number of bytes).
+type sizeValue struct{ p *int64 }
+
+func (v sizeValue) String() string {
+	if v.p == nil || *v.p == 0 {
+		return "" // the driver's default, which the usage names
+	}
+	for _, u := range []struct {
+		suffix string
+		shift  uint
+	}{{"Ti", 40}, {"Gi", 30}, {"Mi", 20}, {"Ki", 10}} {
+		if n := *v.p; n != 0 && n%(1<<u.shift) == 0 {
+			return strconv.FormatInt(n>>u.shift, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(*v.p, 10)
+}
+
+func (v sizeValue) Get() any { return *v.p }
+
+func (v sizeValue) Set(s string) error {
+	n, err := size.Parse(s)
+	if err != nil {
+		return err
+	}
+	*v.p = n
+	return nil
 }

@@ -75,6 +75,9 @@ type Config struct {
 	// probing, linking, or activating LVM or md on the loop devices of its
 	// volumes: their bytes are tenants' (see pkg/hostguard).
 	UdevRulesDir string
+	// Ephemeral bounds the CSI inline volumes pods may ask for (see
+	// EphemeralConfig; zero values are the defaults).
+	Ephemeral EphemeralConfig
 	// NFS configures the NFS backend: its mount directory (default
 	// <StateDir>/nfs), the timeout on every operation on an export
 	// (default 2 minutes) and the mounter (mount(8) by default).
@@ -118,6 +121,8 @@ func (c *Config) validate() error {
 	}
 	if c.MaxVolumeSize <= 0 {
 		problems = append(problems, "max volume size must be positive")
+	} else if !c.Ephemeral.Disabled {
+		problems = append(problems, c.Ephemeral.check(c.MaxVolumeSize, c.ImageFSType)...)
 	}
 	if len(problems) > 0 {
 		return errors.New("invalid configuration: " + strings.Join(problems, "; "))
@@ -166,6 +171,9 @@ type Driver struct {
 	roomMu   sync.Mutex
 	// projectMu serializes the allocation of project IDs.
 	projectMu sync.Mutex
+	// ephemeralMu makes the check of the inline volumes' bounds and the
+	// record of a new one one step (see admitEphemeral).
+	ephemeralMu sync.Mutex
 	// wholeCopies are the image and block volumes a full copy reads now,
 	// without their node locks (see withCopyLocks).
 	wholeCopies wholeCopies
@@ -244,6 +252,12 @@ func New(cfg Config) (*Driver, error) {
 		klog.InfoS("Directory volumes are held to their size", "by", limit)
 	}
 	d.warnQgroupVolumes()
+	if e := cfg.Ephemeral; e.Disabled {
+		klog.InfoS("Inline (CSI ephemeral) volumes are turned off (--ephemeral=false); those pods have are served until they go")
+	} else {
+		klog.InfoS("Inline (CSI ephemeral) volumes are images, bounded", "maxSize", e.MaxSize, "defaultSize", e.DefaultSize,
+			"maxSharePercent", e.MaxSharePercent, "maxCount", e.MaxCount, "podMaySet", e.AllowedAttributes, "mountPermissions", e.MountPermissions)
+	}
 	klog.InfoS("Driver ready", "driver", cfg.DriverName, "version", Version(), "node", cfg.NodeID,
 		"controller", cfg.Controller, "nodeService", cfg.Node, "dataDir", vols.Root(), "stateDB", store.Path())
 	return d, nil

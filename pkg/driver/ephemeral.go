@@ -52,55 +52,72 @@ func isEphemeral(volumeContext map[string]string) bool {
 
 func ephemeralName(handle string) string { return ephemeralNamePrefix + handle }
 
-// ephemeralAttributes checks an inline volume's attributes: size and the
-// StorageClass parameters a volume takes, besides the kubelet's pod info.
+// ephemeralAttributes checks a new inline volume's attributes against what
+// the administrator lets a pod set (--ephemeral-allowed-attributes), and
+// returns its parameters, its size and the parameters to record. What a pod
+// may not set comes from the administrator's flags; a pod that asks for
+// exactly what it would get anyway is not refused.
 func (d *Driver) ephemeralAttributes(attrs map[string]string) (volumeParams, int64, map[string]string, error) {
-	params := map[string]string{}
-	capacity := DefaultVolumeSize
-	var unknown []string
+	pol := &d.cfg.Ephemeral
+	params := map[string]string{ParamMountPermissions: pol.MountPermissions}
+	capacity := pol.DefaultSize
+	var unknown, forbidden []string
 	for k, v := range attrs {
 		switch {
 		case podInfoAttributes[k]:
 		case k == AttrSize:
 			n, err := size.Parse(v)
 			if err != nil || n <= 0 {
-				return volumeParams{}, 0, nil, status.Errorf(codes.InvalidArgument, "volume attribute %s: %v", AttrSize, err)
+				return volumeParams{}, 0, nil, status.Errorf(codes.InvalidArgument, "inline volume attribute %s: %v", AttrSize, err)
+			}
+			if !pol.allows(k) && n != pol.DefaultSize {
+				forbidden = append(forbidden, k)
 			}
 			capacity = n
-		case k == ParamMountPermissions, k == ParamLayout:
+		case k == ParamMountPermissions:
+			if !pol.allows(k) && !sameMode(v, pol.MountPermissions) {
+				forbidden = append(forbidden, k)
+			}
 			params[k] = v
+		case k == ParamLayout:
+			if v != LayoutImage {
+				return volumeParams{}, 0, nil, status.Errorf(codes.InvalidArgument, "inline volume attribute %s=%.64q: an inline volume is always an image on this driver, as nothing else holds a directory to its size against the pod inside it (a btrfs qgroup is left by a nested subvolume, a project quota by a file's owner changing its project); omit %s or set it to %s",
+					ParamLayout, v, ParamLayout, LayoutImage)
+			}
 		default:
 			unknown = append(unknown, fmt.Sprintf("%.64q", k))
 		}
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return volumeParams{}, 0, nil, status.Errorf(codes.InvalidArgument, "unknown inline volume attribute %s; this driver accepts: %s, %s, %s",
-			strings.Join(unknown[:min(len(unknown), 5)], ", "), AttrSize, ParamMountPermissions, ParamLayout)
+		return volumeParams{}, 0, nil, status.Errorf(codes.InvalidArgument, "unknown inline volume attribute %s; this driver accepts: %s",
+			strings.Join(unknown[:min(len(unknown), 5)], ", "), strings.Join(ephemeralAttributeNames, ", "))
 	}
-	if capacity > d.cfg.MaxVolumeSize {
-		return volumeParams{}, 0, nil, status.Errorf(codes.OutOfRange, "inline volume of %d bytes; the largest volume this driver makes is %d bytes (--max-volume-size)", capacity, d.cfg.MaxVolumeSize)
+	if len(forbidden) > 0 {
+		sort.Strings(forbidden)
+		return volumeParams{}, 0, nil, status.Errorf(codes.InvalidArgument, "inline volume attribute %s is not one a pod may set on this node (%s); remove it from the pod's volumeAttributes (the node gives size %d bytes, mountPermissions %s), or ask the administrator",
+			strings.Join(forbidden, ", "), pol.allowedFlag(), pol.DefaultSize, pol.MountPermissions)
+	}
+	if capacity > pol.MaxSize {
+		return volumeParams{}, 0, nil, status.Errorf(codes.InvalidArgument, "inline volume attribute %s=%s: %d bytes is more than this node allows for one inline volume, %d bytes (--ephemeral-max-size); ask for less, or use a PersistentVolumeClaim",
+			AttrSize, attrs[AttrSize], capacity, pol.MaxSize)
 	}
 	p, err := parseParameters(params)
 	if err != nil {
 		return p, 0, nil, err
 	}
-	// Any pod may ask for an inline volume: it must be held to its size,
-	// or one pod could fill the node. A directory where nothing holds it
-	// is refused; with no layout asked, such a node gives an image.
-	limit, why := d.vols.DirectoryLimit()
-	switch {
-	case p.layout == LayoutDirectory && limit == hostpath.EnforceNone:
-		return p, 0, nil, status.Errorf(codes.InvalidArgument, "inline volume attribute %s=%s: nothing holds a directory to its size on this node (%s); omit it or use %s", ParamLayout, LayoutDirectory, why, LayoutImage)
-	case p.layout == "" && limit == hostpath.EnforceNone:
-		p.layout = LayoutImage
-	case p.layout == "":
-		p.layout = LayoutDirectory
-	}
-	if p.layout == LayoutImage {
-		capacity, err = sizeForKind(capacity, volumeKind{layout: LayoutImage, fsType: d.cfg.ImageFSType}, nil)
-	}
+	// Always an image: a loop-mounted filesystem of its own, which no
+	// move of the pod inside it can grow.
+	p.layout = LayoutImage
+	capacity, err = sizeForKind(capacity, volumeKind{layout: LayoutImage, fsType: d.cfg.ImageFSType}, nil)
 	return p, capacity, params, err
+}
+
+// sameMode reports whether two mountPermissions values are the same mode.
+func sameMode(a, b string) bool {
+	pa, erra := parseParameters(map[string]string{ParamMountPermissions: a})
+	pb, errb := parseParameters(map[string]string{ParamMountPermissions: b})
+	return erra == nil && errb == nil && pa.mode == pb.mode
 }
 
 // publishEphemeral makes (or finds, on a retry) the pod's inline volume and
@@ -111,25 +128,31 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 	if err := requireName(handle); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "volume ID: %v", status.Convert(err).Message())
 	}
-	params, capacity, attrs, err := d.ephemeralAttributes(req.GetVolumeContext())
-	if err != nil {
-		return nil, err
-	}
 	name := ephemeralName(handle)
 	unlock, err := d.lock(ctx, "name", name)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	// The bounds are checked for a new volume; one on record was admitted
+	// and is served as it was made, whatever the flags say since.
 	v, err := d.store.GetVolumeByName(name)
 	switch {
 	case errors.Is(err, state.ErrNotFound):
+		if d.cfg.Ephemeral.Disabled {
+			return nil, status.Error(codes.FailedPrecondition, "inline (CSI ephemeral) volumes are turned off on this node (--ephemeral=false); use a PersistentVolumeClaim or a generic ephemeral volume")
+		}
+		params, capacity, attrs, err := d.ephemeralAttributes(req.GetVolumeContext())
+		if err != nil {
+			return nil, err
+		}
 		if v, err = d.makeEphemeral(name, capacity, attrs, params); err != nil {
 			return nil, err
 		}
 	case err != nil:
 		return nil, stateError(err)
 	case v.Phase == state.PhaseCreating: // an earlier attempt failed half way
+		params, _ := parseParameters(v.Parameters)
 		if err := d.makeEmpty(v, params.mode); err != nil {
 			return nil, err
 		}
@@ -187,13 +210,13 @@ func (d *Driver) mountEphemeral(v *state.Volume, pub *state.Publication) error {
 
 // makeEphemeral makes a new, empty inline volume: intent, data, result.
 func (d *Driver) makeEphemeral(name string, capacity int64, attrs map[string]string, params volumeParams) (*state.Volume, error) {
-	v := &state.Volume{Name: name, Parameters: attrs, Ephemeral: true, Layout: params.layout}
-	if params.layout == LayoutImage {
-		v.FSType, v.Limit = d.cfg.ImageFSType, hostpath.EnforceImage
-	} else {
-		v.Limit, _ = d.vols.DirectoryLimit()
+	if params.layout != LayoutImage {
+		// What holds a directory (a qgroup, a project quota) is escaped
+		// by its own tenant: never served to a pod inline.
+		return nil, status.Errorf(codes.Internal, "inline volume %s: layout %q is not held against its pod; inline volumes are images", name, params.layout)
 	}
-	v, err := d.recordNewVolume(v, capacity, nil)
+	v := &state.Volume{Name: name, Parameters: attrs, Ephemeral: true, Layout: LayoutImage, FSType: d.cfg.ImageFSType, Limit: hostpath.EnforceImage}
+	v, err := d.admitEphemeral(v, capacity)
 	if err != nil {
 		return nil, err
 	}

@@ -31,7 +31,9 @@ func inlineReq(handle, target string, attrs map[string]string) *csi.NodePublishV
 // record) at the unpublish.
 func TestInlineEphemeralVolume(t *testing.T) {
 	testutil.RequireRoot(t)
-	e := newEnv(t)
+	e := newEnvWith(t, t.TempDir(), func(c *Config) {
+		c.Ephemeral.AllowedAttributes = []string{AttrSize, ParamMountPermissions}
+	})
 	testutil.CleanupMounts(t, e.dir)
 	const handle = "csi-8f1c0e0a7d3e2b1f6a5c4d3e2b1f0a9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a"
 	target := e.dir + "/pods/web/volumes/scratch/mount"
@@ -52,9 +54,8 @@ func TestInlineEphemeralVolume(t *testing.T) {
 	if err != nil {
 		t.Fatalf("stats by the kubelet's handle: %v", err)
 	}
-	// A directory held by a quota reports the size asked; an image (the
-	// default where nothing holds a directory) reports its filesystem,
-	// which keeps a little of the 64 MiB for itself.
+	// An image reports its filesystem, which keeps a little of the 64 MiB
+	// for itself.
 	total := st.GetUsage()[0].GetTotal()
 	if total > 64<<20 || total < 64<<20*8/10 {
 		t.Fatalf("stats by the kubelet's handle: %v, want a total of at most 64 MiB and at least 80%% of it", st)
@@ -63,22 +64,18 @@ func TestInlineEphemeralVolume(t *testing.T) {
 	if len(vols) != 1 {
 		t.Fatalf("%d volume directories, want 1", len(vols))
 	}
-	if limit, _ := e.d.vols.DirectoryLimit(); limit == hostpath.EnforceNone {
-		if v, _ := e.d.ephemeralVolume(handle); v == nil || v.Layout != LayoutImage {
-			t.Fatalf("inline volume where nothing holds a directory: %+v, want an image", v)
-		}
-		if _, err := e.d.NodePublishVolume(ctx, inlineReq("csi-dir", e.dir+"/pods/d/mount", map[string]string{ParamLayout: LayoutDirectory})); status.Code(err) != codes.InvalidArgument {
-			t.Errorf("inline directory where nothing holds it: %v, want InvalidArgument", err)
-		}
+	// Always an image: nothing else holds against the pod inside it.
+	if v, _ := e.d.ephemeralVolume(handle); v == nil || v.Layout != LayoutImage || v.Limit != hostpath.EnforceImage {
+		t.Fatalf("inline volume: %+v, want an image", v)
 	}
 	if l, _ := e.d.ListVolumes(ctx, &csi.ListVolumesRequest{}); len(l.GetEntries()) != 0 {
 		t.Fatalf("the controller lists an inline volume: %v", l)
 	}
 
-	for _, bad := range []map[string]string{{"fsType": "ext4"}, {AttrSize: "lots"}, {AttrSize: "2Ti"}, {ParamMountPermissions: "rwx"}} {
+	for _, bad := range []map[string]string{{"fsType": "ext4"}, {AttrSize: "lots"}, {AttrSize: "2Ti"}, {ParamMountPermissions: "rwx"}, {ParamLayout: LayoutDirectory}} {
 		_, err := e.d.NodePublishVolume(ctx, inlineReq("csi-other", e.dir+"/pods/x/mount", bad))
-		if c := status.Code(err); c != codes.InvalidArgument && c != codes.OutOfRange {
-			t.Errorf("attributes %v: %v, want InvalidArgument or OutOfRange", bad, err)
+		if c := status.Code(err); c != codes.InvalidArgument {
+			t.Errorf("attributes %v: %v, want InvalidArgument", bad, err)
 		}
 	}
 	_, err = e.d.CreateVolume(ctx, createReq(ephemeralNamePrefix+"x", 1<<20))
@@ -171,18 +168,14 @@ func grepLines(s, sub string) string {
 	return strings.Join(out, "\n")
 }
 
-// inlineImageEnv is a driver whose data directory holds no directory to its
-// size (ext4 without project quotas), so inline volumes are images.
+// inlineImageEnv is a driver on a filesystem of its own, whose inline
+// volumes (images, as everywhere) leave nothing behind.
 func inlineImageEnv(t *testing.T) *testEnv {
 	t.Helper()
 	mnt := testutil.LoopFS(t, "ext4", 512)
 	cleanupUnder(t, mnt)
 	testutil.CleanupMounts(t, filepath.Join(mnt, "pods"))
-	e := newEnvOn(t, mnt)
-	if limit, _ := e.d.vols.DirectoryLimit(); limit != hostpath.EnforceNone {
-		t.Skipf("the data directory holds directories (%s): inline volumes are not images here", limit)
-	}
-	return e
+	return newEnvOn(t, mnt)
 }
 
 // A pod may mount its inline volume read-only (`readOnly: true` on the

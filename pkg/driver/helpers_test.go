@@ -17,6 +17,8 @@ type testEnv struct {
 	dir      string
 	stateDir string
 	dataDir  string
+	// tweak, when set, changes the configuration of every (re)start.
+	tweak func(*Config)
 }
 
 func newEnv(t testing.TB) *testEnv {
@@ -28,9 +30,23 @@ func newEnv(t testing.TB) *testEnv {
 	return e
 }
 
+// newEnvWith is a driver on dir (state and data under it) whose
+// configuration tweak changes, at every (re)start.
+func newEnvWith(t testing.TB, dir string, tweak func(*Config)) *testEnv {
+	t.Helper()
+	e := &testEnv{dir: dir, stateDir: filepath.Join(dir, "state"), dataDir: filepath.Join(dir, "data"), tweak: tweak}
+	e.start(t)
+	t.Cleanup(func() { e.d.Close() })
+	return e
+}
+
 func (e *testEnv) config() Config {
-	return Config{DriverName: DefaultDriverName, NodeID: "node-1", StateDir: e.stateDir, DataDir: e.dataDir,
+	c := Config{DriverName: DefaultDriverName, NodeID: "node-1", StateDir: e.stateDir, DataDir: e.dataDir,
 		Controller: true, Node: true, MaxVolumeSize: 1 << 40}
+	if e.tweak != nil {
+		e.tweak(&c)
+	}
+	return c
 }
 
 // start (re)starts the driver on the same directories, as a restart would.

@@ -1,0 +1,160 @@
+package driver
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
+	"github.com/hostpath-csi/hostpath-csi/pkg/state"
+)
+
+// What a pod author may ask of an inline volume is bounded by the
+// administrator. Anyone who can create a pod can ask for one (PodSecurity
+// "restricted" allows csi: volumes), and neither ResourceQuota nor the
+// scheduler's capacity tracking sees them: these bounds are all that stands
+// between one pod and the node's room.
+const (
+	// DefaultEphemeralMaxSize is the largest inline volume unless
+	// --ephemeral-max-size says otherwise.
+	DefaultEphemeralMaxSize int64 = 1 << 30
+	// DefaultEphemeralSize is an inline volume's size when its pod names
+	// none (--ephemeral-default-size).
+	DefaultEphemeralSize int64 = 1 << 30
+	// DefaultEphemeralMaxShare is the percentage of the data filesystem
+	// all inline volumes together may hold (--ephemeral-max-share).
+	DefaultEphemeralMaxShare = 10
+	// DefaultEphemeralMaxCount is how many inline volumes a node has at
+	// most (--ephemeral-max-count).
+	DefaultEphemeralMaxCount = 64
+)
+
+// ephemeralAttributeNames are the attributes an inline volume understands;
+// a pod may set those the administrator allows.
+var ephemeralAttributeNames = []string{AttrSize, ParamMountPermissions, ParamLayout}
+
+// DefaultEphemeralAllowedAttributes are the attributes a pod may set unless
+// --ephemeral-allowed-attributes says otherwise.
+var DefaultEphemeralAllowedAttributes = []string{AttrSize}
+
+// EphemeralConfig bounds the CSI inline volumes of pods; zero values are the
+// defaults.
+type EphemeralConfig struct {
+	// Disabled refuses every new inline volume (--ephemeral=false); those
+	// pods already have are served until their pods go.
+	Disabled bool
+	// MaxSize is the largest inline volume in bytes; a larger size is
+	// INVALID_ARGUMENT.
+	MaxSize int64
+	// DefaultSize is the size of an inline volume whose pod names none (or
+	// may not name one).
+	DefaultSize int64
+	// MaxSharePercent is how much of the data filesystem's size (1-100)
+	// all inline volumes together may hold; past it a new one is
+	// RESOURCE_EXHAUSTED.
+	MaxSharePercent int
+	// MaxCount is how many inline volumes the node has at most; past it a
+	// new one is RESOURCE_EXHAUSTED.
+	MaxCount int
+	// AllowedAttributes are the volume attributes a pod may set, of size,
+	// mountPermissions and layout; nil is DefaultEphemeralAllowedAttributes,
+	// empty allows none. An attribute a pod may not set is refused unless
+	// it asks what the pod gets anyway.
+	AllowedAttributes []string
+	// MountPermissions is the mode of an inline volume's root (octal, as
+	// the StorageClass parameter) unless its pod may and does set it;
+	// "" is DefaultMountPermissions.
+	MountPermissions string
+}
+
+// check fills in the defaults and says what is wrong, naming the flags.
+// maxVolume is --max-volume-size, fsType the image filesystem.
+func (c *EphemeralConfig) check(maxVolume int64, fsType string) []string {
+	var problems []string
+	if c.MaxSize == 0 {
+		c.MaxSize = min(DefaultEphemeralMaxSize, maxVolume)
+	}
+	if c.DefaultSize == 0 {
+		c.DefaultSize = min(DefaultEphemeralSize, c.MaxSize)
+	}
+	if c.MaxSharePercent == 0 {
+		c.MaxSharePercent = DefaultEphemeralMaxShare
+	}
+	if c.MaxCount == 0 {
+		c.MaxCount = DefaultEphemeralMaxCount
+	}
+	if c.AllowedAttributes == nil {
+		c.AllowedAttributes = DefaultEphemeralAllowedAttributes
+	}
+	if c.MountPermissions == "" {
+		c.MountPermissions = fmt.Sprintf("%04o", uint32(DefaultMountPermissions))
+	}
+	switch {
+	case c.MaxSize < 0:
+		problems = append(problems, "--ephemeral-max-size is negative")
+	case c.MaxSize > maxVolume:
+		problems = append(problems, fmt.Sprintf("--ephemeral-max-size (%d bytes) is larger than --max-volume-size (%d bytes)", c.MaxSize, maxVolume))
+	}
+	if least, err := imagefs.MinSize(fsType); err == nil && c.MaxSize < least {
+		problems = append(problems, fmt.Sprintf("--ephemeral-max-size (%d bytes) is below the least %s image (%d bytes, --image-fstype): every inline volume would be larger", c.MaxSize, fsType, least))
+	}
+	if c.DefaultSize < 0 || c.DefaultSize > c.MaxSize {
+		problems = append(problems, fmt.Sprintf("--ephemeral-default-size (%d bytes) is not between 1 and --ephemeral-max-size (%d bytes)", c.DefaultSize, c.MaxSize))
+	}
+	if c.MaxSharePercent < 0 || c.MaxSharePercent > 100 {
+		problems = append(problems, fmt.Sprintf("--ephemeral-max-share is %d; want a percentage from 1 to 100", c.MaxSharePercent))
+	}
+	if c.MaxCount < 0 {
+		problems = append(problems, "--ephemeral-max-count is negative")
+	}
+	for _, a := range c.AllowedAttributes {
+		if !slices.Contains(ephemeralAttributeNames, a) {
+			problems = append(problems, fmt.Sprintf("--ephemeral-allowed-attributes: unknown attribute %q; inline volumes take %s", a, strings.Join(ephemeralAttributeNames, ", ")))
+		}
+	}
+	if _, err := parseParameters(map[string]string{ParamMountPermissions: c.MountPermissions}); err != nil {
+		problems = append(problems, fmt.Sprintf("--ephemeral-mount-permissions=%q: want an octal mode such as 0770", c.MountPermissions))
+	}
+	return problems
+}
+
+func (c *EphemeralConfig) allows(attr string) bool { return slices.Contains(c.AllowedAttributes, attr) }
+
+// allowedFlag names the flag and its value, for messages.
+func (c *EphemeralConfig) allowedFlag() string {
+	return "--ephemeral-allowed-attributes=" + strings.Join(c.AllowedAttributes, ",")
+}
+
+// admitEphemeral records v, a new inline volume of capacity bytes, if the
+// node's bounds leave room for it: the count and the share are read from
+// the records and the new record is written under one lock, so concurrent
+// publishes cannot together pass a bound, and a restart counts exactly what
+// is on record.
+func (d *Driver) admitEphemeral(v *state.Volume, capacity int64) (*state.Volume, error) {
+	d.ephemeralMu.Lock()
+	defer d.ephemeralMu.Unlock()
+	vols, _, err := d.store.ListVolumes("", 0, func(v *state.Volume) bool { return v.Ephemeral && v.Phase != state.PhaseDeleting })
+	if err != nil {
+		return nil, stateError(err)
+	}
+	pol := d.cfg.Ephemeral
+	if len(vols) >= pol.MaxCount {
+		return nil, status.Errorf(codes.ResourceExhausted, "this node already has %d inline volumes, the most it allows (--ephemeral-max-count=%d); retry once other pods' inline volumes are gone, or use a PersistentVolumeClaim", len(vols), pol.MaxCount)
+	}
+	var held int64
+	for _, o := range vols {
+		held += d.heldSize(o)
+	}
+	fs, err := d.vols.Stats()
+	if err != nil {
+		return nil, diskError("read the data filesystem's size", err)
+	}
+	share := fs.TotalBytes / 100 * int64(pol.MaxSharePercent)
+	if held+capacity > share {
+		return nil, status.Errorf(codes.ResourceExhausted, "an inline volume of %d bytes does not fit: inline volumes on this node hold %d bytes of the %d (%d%% of the data filesystem, --ephemeral-max-share) they may hold together; ask for less, retry once other pods' inline volumes are gone, or use a PersistentVolumeClaim", capacity, held, share, pol.MaxSharePercent)
+	}
+	return d.recordNewVolume(v, capacity, nil)
+}

@@ -1,0 +1,292 @@
+package driver
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+)
+
+// inlineBoundsEnv is a driver on a 512 MiB ext4 filesystem of its own whose
+// inline volumes tweak bounds.
+func inlineBoundsEnv(t *testing.T, tweak func(*EphemeralConfig)) *testEnv {
+	t.Helper()
+	mnt := testutil.LoopFS(t, "ext4", 512)
+	cleanupUnder(t, mnt)
+	testutil.CleanupMounts(t, filepath.Join(mnt, "pods"))
+	return newEnvWith(t, mnt, func(c *Config) { tweak(&c.Ephemeral) })
+}
+
+func (e *testEnv) inlineTarget(handle string) string {
+	return filepath.Join(e.dir, "pods", handle, "mount")
+}
+
+// publishInline publishes the inline volume handle with attrs and, when it
+// is made, unpublishes it at the end of the test.
+func (e *testEnv) publishInline(t *testing.T, handle string, attrs map[string]string) error {
+	t.Helper()
+	target := e.inlineTarget(handle)
+	_, err := e.d.NodePublishVolume(ctx, inlineReq(handle, target, attrs))
+	if err == nil {
+		t.Cleanup(func() {
+			e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: handle, TargetPath: target})
+		})
+	}
+	return err
+}
+
+func (e *testEnv) unpublishInline(t *testing.T, handle string) {
+	t.Helper()
+	if _, err := e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: handle, TargetPath: e.inlineTarget(handle)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *testEnv) capacity(t *testing.T) int64 {
+	t.Helper()
+	r, err := e.d.GetCapacity(ctx, &csi.GetCapacityRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.GetAvailableCapacity()
+}
+
+func wantRefused(t *testing.T, err error, code codes.Code, flag string) {
+	t.Helper()
+	if status.Code(err) != code || !strings.Contains(err.Error(), flag) {
+		t.Fatalf("got %v; want %s naming %s", err, code, flag)
+	}
+}
+
+// One pod cannot take the node's room with inline volumes: a size past
+// --ephemeral-max-size (here, all the node has) is refused, and however
+// many it asks for, inline volumes together hold at most --ephemeral-max-share
+// of the data filesystem. The capacity the scheduler reads stays above what
+// the share leaves, and a claim of all of it is still made.
+func TestOnePodCannotTakeTheNodesRoomWithInlineVolumes(t *testing.T) {
+	e := inlineBoundsEnv(t, func(c *EphemeralConfig) { c.MaxSize = 32 << 20 })
+	fsStats, err := e.d.vols.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	share := fsStats.TotalBytes / 100 * DefaultEphemeralMaxShare
+	before := e.capacity(t)
+
+	err = e.publishInline(t, "csi-all", map[string]string{AttrSize: fmt.Sprint(before)})
+	wantRefused(t, err, codes.InvalidArgument, "--ephemeral-max-size")
+
+	made := 0
+	for ; made < 20; made++ {
+		err = e.publishInline(t, fmt.Sprintf("csi-%d", made), map[string]string{AttrSize: "16Mi"})
+		if err != nil {
+			break
+		}
+	}
+	wantRefused(t, err, codes.ResourceExhausted, "--ephemeral-max-share")
+	if held := int64(made) * 16 << 20; made == 0 || held > share || held+16<<20 <= share {
+		t.Fatalf("%d inline volumes of 16 MiB made; want as many as fit in the share of %d bytes", made, share)
+	}
+	// Read by a fresh process: the running one reuses its sum of what
+	// volumes may still fill for a moment (reserveTTL), which is then
+	// short of what the new images' own filesystems took meanwhile.
+	e.restart(t)
+	after := e.capacity(t)
+	// The state database shares the filesystem and may grow a little.
+	if after < before-share-(1<<20) {
+		t.Fatalf("capacity fell from %d to %d with inline volumes; the share allows them %d bytes", before, after, share)
+	}
+	if _, err := e.d.CreateVolume(ctx, createReq("claim", after)); err != nil {
+		t.Fatalf("a claim of the %d bytes capacity reports: %v", after, err)
+	}
+	t.Logf("capacity %d -> %d bytes with %d inline volumes of 16 MiB (share %d bytes)", before, after, made, share)
+}
+
+// The number of inline volumes on a node is bounded (--ephemeral-max-count),
+// counted from the records (a restart counts the same), and a slot is
+// given back when its pod's mount goes.
+func TestInlineVolumesPerNodeAreBoundedAndReleasedAtUnpublish(t *testing.T) {
+	testutil.RequireRoot(t)
+	e := newEnvWith(t, t.TempDir(), func(c *Config) { c.Ephemeral.MaxCount, c.Ephemeral.DefaultSize = 3, 8<<20 })
+	testutil.CleanupMounts(t, e.dir)
+	for i := 0; i < 3; i++ {
+		if err := e.publishInline(t, fmt.Sprintf("csi-%d", i), nil); err != nil {
+			t.Fatalf("inline volume %d of 3: %v", i, err)
+		}
+	}
+	wantRefused(t, e.publishInline(t, "csi-3", nil), codes.ResourceExhausted, "--ephemeral-max-count")
+	// A publish again of one the node has is not a new volume.
+	if err := e.publishInline(t, "csi-0", nil); err != nil {
+		t.Fatalf("publish again: %v", err)
+	}
+	e.restart(t)
+	wantRefused(t, e.publishInline(t, "csi-3", nil), codes.ResourceExhausted, "--ephemeral-max-count")
+	e.unpublishInline(t, "csi-1")
+	if err := e.publishInline(t, "csi-3", nil); err != nil {
+		t.Fatalf("an inline volume after another pod's went: %v", err)
+	}
+}
+
+// Concurrent publishes of new inline volumes cannot together pass a bound:
+// the check and the record are one step.
+func TestConcurrentInlinePublishesCannotOvershootTheBounds(t *testing.T) {
+	run := func(t *testing.T, e *testEnv, n int, attrs map[string]string) (made int, refused []error) {
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				handle := fmt.Sprintf("csi-%d", i)
+				target := e.inlineTarget(handle)
+				_, err := e.d.NodePublishVolume(ctx, inlineReq(handle, target, attrs))
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					refused = append(refused, err)
+					return
+				}
+				made++
+				t.Cleanup(func() {
+					e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: handle, TargetPath: target})
+				})
+			}()
+		}
+		wg.Wait()
+		for _, err := range refused {
+			if status.Code(err) != codes.ResourceExhausted {
+				t.Errorf("refused with %v; want ResourceExhausted", err)
+			}
+		}
+		return made, refused
+	}
+	t.Run("share", func(t *testing.T) {
+		e := inlineBoundsEnv(t, func(c *EphemeralConfig) { c.MaxSize = 32 << 20 })
+		fsStats, err := e.d.vols.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := int(fsStats.TotalBytes / 100 * DefaultEphemeralMaxShare / (16 << 20))
+		if made, _ := run(t, e, 8, map[string]string{AttrSize: "16Mi"}); made != want {
+			t.Fatalf("%d of 8 concurrent inline volumes of 16 MiB made; the share holds %d", made, want)
+		}
+	})
+	t.Run("count", func(t *testing.T) {
+		testutil.RequireRoot(t)
+		e := newEnvWith(t, t.TempDir(), func(c *Config) { c.Ephemeral.MaxCount, c.Ephemeral.DefaultSize = 2, 8<<20 })
+		testutil.CleanupMounts(t, e.dir)
+		if made, _ := run(t, e, 6, nil); made != 2 {
+			t.Fatalf("%d of 6 concurrent inline volumes made; --ephemeral-max-count is 2", made)
+		}
+	})
+}
+
+// What a pod may set on an inline volume is what the administrator allows
+// (--ephemeral-allowed-attributes, size alone by default); the rest comes
+// from the administrator's flags: a missing size is --ephemeral-default-size,
+// the root's mode --ephemeral-mount-permissions. An attribute asking what
+// the pod gets anyway is not refused. --ephemeral=false refuses new inline
+// volumes and still removes those pods have.
+func TestInlineVolumeAttributesAPodMayNotSetAreRefused(t *testing.T) {
+	e := inlineBoundsEnv(t, func(c *EphemeralConfig) { c.DefaultSize, c.MountPermissions = 32<<20, "0750" })
+	for _, attrs := range []map[string]string{{ParamMountPermissions: "0777"}, {ParamMountPermissions: "0700", AttrSize: "8Mi"}} {
+		wantRefused(t, e.publishInline(t, "csi-mode", attrs), codes.InvalidArgument, "--ephemeral-allowed-attributes=size")
+	}
+	wantRefused(t, e.publishInline(t, "csi-dir", map[string]string{ParamLayout: LayoutDirectory}), codes.InvalidArgument, "always an image")
+	// What the node gives anyway, and no size at all.
+	if err := e.publishInline(t, "csi-default", map[string]string{ParamMountPermissions: "750", ParamLayout: LayoutImage}); err != nil {
+		t.Fatalf("attributes that ask what the node gives: %v", err)
+	}
+	target := e.inlineTarget("csi-default")
+	st, err := e.d.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: "csi-default", VolumePath: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An image's filesystem keeps a little of it for itself.
+	if total := st.GetUsage()[0].GetTotal(); total > 32<<20 || total < 32<<20*8/10 {
+		t.Errorf("an inline volume without a size has %d bytes; want --ephemeral-default-size, 32 MiB", total)
+	}
+	if fi, err := os.Stat(target); err != nil || fi.Mode().Perm() != 0o750 {
+		t.Errorf("inline volume root: %v %v; want --ephemeral-mount-permissions 0750", fi, err)
+	}
+
+	// Nothing allowed: a size other than the default is refused too.
+	e.tweak = func(c *Config) { c.Ephemeral.AllowedAttributes = []string{} }
+	e.restart(t)
+	wantRefused(t, e.publishInline(t, "csi-size", map[string]string{AttrSize: "8Mi"}), codes.InvalidArgument, "--ephemeral-allowed-attributes=")
+
+	// Turned off: no new inline volume; the one a pod has still goes.
+	e.tweak = func(c *Config) { c.Ephemeral.Disabled = true }
+	e.restart(t)
+	wantRefused(t, e.publishInline(t, "csi-off", nil), codes.FailedPrecondition, "--ephemeral=false")
+	e.unpublishInline(t, "csi-default")
+	e.d.vols.WaitIdle()
+	if vols, _ := e.d.vols.List(); len(vols) != 0 {
+		t.Fatalf("inline volume data left after its unpublish: %v", vols)
+	}
+}
+
+// On btrfs an inline volume is held to its size against an unprivileged
+// user inside it, whatever it does: it cannot create a nested subvolume
+// (which a qgroup would not count) and write past the size through it.
+func TestInlineVolumeOnBtrfsHoldsAgainstNestedSubvolumes(t *testing.T) {
+	mnt := testutil.LoopFS(t, "btrfs", 512)
+	cleanupUnder(t, mnt)
+	testutil.CleanupMounts(t, filepath.Join(mnt, "pods"))
+	e := newEnvOn(t, mnt)
+	btrfsTool, err := exec.LookPath("btrfs")
+	if err != nil {
+		t.Skip("skipping: btrfs-progs not installed")
+	}
+	if err := e.publishInline(t, "csi-escape", map[string]string{AttrSize: "16Mi"}); err != nil {
+		t.Fatal(err)
+	}
+	target := e.inlineTarget("csi-escape")
+
+	// As nobody, in the volume's root (reached through a directory fd:
+	// the test's directories are closed to nobody): a nested subvolume,
+	// then 200 MiB into it, or into the volume if there is none.
+	dir, err := os.Open(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	script := `cd /proc/self/fd/3 || exit 1
+"$1" subvolume create nested
+if [ -d nested ]; then dd if=/dev/zero of=nested/fill bs=1M count=200; else dd if=/dev/zero of=fill bs=1M count=200; fi
+sync`
+	cmd := exec.Command("/bin/sh", "-c", script, "sh", btrfsTool)
+	cmd.ExtraFiles = []*os.File{dir}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, _ := cmd.CombinedOutput() // the write is to fail
+	var used int64
+	err = filepath.WalkDir(target, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if fi, err := d.Info(); err == nil {
+			used += fi.Sys().(*syscall.Stat_t).Blocks * 512
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used > 16<<20 {
+		t.Fatalf("an unprivileged user wrote %d bytes into a 16 MiB inline volume:\n%s", used, out)
+	}
+	t.Logf("%d bytes in the 16 MiB inline volume after the attempt:\n%s", used, out)
+	if _, err := os.Stat(filepath.Join(target, "nested")); err == nil {
+		t.Errorf("a nested subvolume was made in an inline volume:\n%s", out)
+	}
+}
