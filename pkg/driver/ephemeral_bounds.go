@@ -136,17 +136,13 @@ func (c *EphemeralConfig) allowedFlag() string {
 func (d *Driver) admitEphemeral(v *state.Volume, capacity int64) (*state.Volume, error) {
 	d.ephemeralMu.Lock()
 	defer d.ephemeralMu.Unlock()
-	vols, _, err := d.store.ListVolumes("", 0, func(v *state.Volume) bool { return v.Ephemeral && v.Phase != state.PhaseDeleting })
+	count, held, err := d.ephemeralInUse()
 	if err != nil {
-		return nil, stateError(err)
+		return nil, err
 	}
 	pol := d.cfg.Ephemeral
-	if len(vols) >= pol.MaxCount {
-		return nil, status.Errorf(codes.ResourceExhausted, "this node already has %d inline volumes, the most it allows (--ephemeral-max-count=%d); retry once other pods' inline volumes are gone, or use a PersistentVolumeClaim", len(vols), pol.MaxCount)
-	}
-	var held int64
-	for _, o := range vols {
-		held += d.heldSize(o)
+	if count >= pol.MaxCount {
+		return nil, status.Errorf(codes.ResourceExhausted, "this node already has %d inline volumes, the most it allows (--ephemeral-max-count=%d); retry once other pods' inline volumes are gone, or use a PersistentVolumeClaim", count, pol.MaxCount)
 	}
 	fs, err := d.vols.Stats()
 	if err != nil {
@@ -157,4 +153,20 @@ func (d *Driver) admitEphemeral(v *state.Volume, capacity int64) (*state.Volume,
 		return nil, status.Errorf(codes.ResourceExhausted, "an inline volume of %d bytes does not fit: inline volumes on this node hold %d bytes of the %d (%d%% of the data filesystem, --ephemeral-max-share) they may hold together; ask for less, retry once other pods' inline volumes are gone, or use a PersistentVolumeClaim", capacity, held, share, pol.MaxSharePercent)
 	}
 	return d.recordNewVolume(v, capacity, nil)
+}
+
+// ephemeralInUse counts the inline volumes on record, but those being
+// removed, and what they hold. It reads their records alone, by name.
+func (d *Driver) ephemeralInUse() (count int, held int64, err error) {
+	vols, err := d.store.VolumesNamed(ephemeralNamePrefix)
+	if err != nil {
+		return 0, 0, stateError(err)
+	}
+	for _, v := range vols {
+		if v.Ephemeral && v.Phase != state.PhaseDeleting {
+			count++
+			held += d.heldSize(v)
+		}
+	}
+	return count, held, nil
 }
