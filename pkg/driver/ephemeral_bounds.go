@@ -59,8 +59,8 @@ type EphemeralConfig struct {
 	// MaxCount is how many inline volumes the node has at most; past it a
 	// new one is RESOURCE_EXHAUSTED.
 	MaxCount int
-	// AllowedAttributes are the volume attributes a pod may set, of size,
-	// mountPermissions and layout; nil is DefaultEphemeralAllowedAttributes,
+	// AllowedAttributes are the volume attributes a pod may set, of size
+	// and mountPermissions; nil is DefaultEphemeralAllowedAttributes,
 	// empty allows none. An attribute a pod may not set is refused unless
 	// it asks what the pod gets anyway.
 	AllowedAttributes []string
@@ -111,8 +111,12 @@ func (c *EphemeralConfig) check(maxVolume int64, fsType string) []string {
 		problems = append(problems, "--ephemeral-max-count is negative")
 	}
 	for _, a := range c.AllowedAttributes {
-		if !slices.Contains(ephemeralAttributeNames, a) {
-			problems = append(problems, fmt.Sprintf("--ephemeral-allowed-attributes: unknown attribute %q; inline volumes take %s", a, strings.Join(ephemeralAttributeNames, ", ")))
+		switch a {
+		case AttrSize, ParamMountPermissions:
+		case ParamLayout:
+			problems = append(problems, "--ephemeral-allowed-attributes: layout is no choice: an inline volume is always an image, and any pod may say layout: image")
+		default:
+			problems = append(problems, fmt.Sprintf("--ephemeral-allowed-attributes: unknown attribute %q; a pod may be allowed to set %s, %s", a, AttrSize, ParamMountPermissions))
 		}
 	}
 	if _, err := parseParameters(map[string]string{ParamMountPermissions: c.MountPermissions}); err != nil {

@@ -290,3 +290,31 @@ sync`
 		t.Errorf("a nested subvolume was made in an inline volume:\n%s", out)
 	}
 }
+
+// Bounds that make no sense stop the driver at start, naming the flag.
+func TestInlineBoundsThatMakeNoSenseStopTheDriver(t *testing.T) {
+	for _, tc := range []struct {
+		e    EphemeralConfig
+		flag string
+	}{
+		{EphemeralConfig{MaxSize: 4 << 20}, "--ephemeral-max-size"}, // below the least ext4 image
+		{EphemeralConfig{MaxSize: 2 << 40}, "--max-volume-size"},
+		{EphemeralConfig{MaxSize: 64 << 20, DefaultSize: 128 << 20}, "--ephemeral-default-size"},
+		{EphemeralConfig{MaxSharePercent: 101}, "--ephemeral-max-share"},
+		{EphemeralConfig{MaxCount: -1}, "--ephemeral-max-count"},
+		{EphemeralConfig{AllowedAttributes: []string{"fsType"}}, "--ephemeral-allowed-attributes"},
+		{EphemeralConfig{AllowedAttributes: []string{ParamLayout}}, "always an image"},
+		{EphemeralConfig{MountPermissions: "rwx"}, "--ephemeral-mount-permissions"},
+	} {
+		dir := t.TempDir()
+		cfg := Config{DriverName: DefaultDriverName, NodeID: "n", StateDir: dir + "/state", DataDir: dir + "/data",
+			Controller: true, Node: true, MaxVolumeSize: 1 << 40, Ephemeral: tc.e}
+		d, err := New(cfg)
+		if err == nil {
+			d.Close()
+			t.Errorf("%+v: the driver started; want an error naming %s", tc.e, tc.flag)
+		} else if !strings.Contains(err.Error(), tc.flag) {
+			t.Errorf("%+v: %v; want it to name %s", tc.e, err, tc.flag)
+		}
+	}
+}
