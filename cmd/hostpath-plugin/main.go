@@ -65,7 +65,7 @@ func parseFlags() *options {
 	// where that is smaller.
 	fs.Var(sizeValue{&o.cfg.Ephemeral.MaxSize}, "ephemeral-max-size", "largest inline volume a pod may ask for (1Gi, 500Mi, or bytes); larger is InvalidArgument (default 1Gi, or --max-volume-size if smaller)")
 	fs.Var(sizeValue{&o.cfg.Ephemeral.DefaultSize}, "ephemeral-default-size", "size of an inline volume whose pod names none (default 1Gi, or --ephemeral-max-size if smaller)")
-	fs.IntVar(&o.cfg.Ephemeral.MaxSharePercent, "ephemeral-max-share", driver.DefaultEphemeralMaxShare, "percentage (1-100) of the data filesystem's size all inline volumes together may hold; past it a new one is ResourceExhausted")
+	fs.IntVar(&o.cfg.Ephemeral.MaxSharePercent, "ephemeral-max-share", driver.DefaultEphemeralMaxShare, "percentage (1-100) of the node's room for volumes (what is available plus what inline volumes hold) all inline volumes together may hold; past it a new one is ResourceExhausted")
 	fs.IntVar(&o.cfg.Ephemeral.MaxCount, "ephemeral-max-count", driver.DefaultEphemeralMaxCount, "inline volumes a node has at most; past it a new one is ResourceExhausted")
 	allowed := fs.String("ephemeral-allowed-attributes", strings.Join(driver.DefaultEphemeralAllowedAttributes, ","), "comma-separated volume attributes a pod may set on an inline volume, of size and mountPermissions (empty: none); others are InvalidArgument unless they ask what the node gives anyway (layout: image, the only layout of an inline volume, is always accepted)")
 	fs.StringVar(&o.cfg.Ephemeral.MountPermissions, "ephemeral-mount-permissions", fmt.Sprintf("%04o", uint32(driver.DefaultMountPermissions)), "octal mode of an inline volume's root, unless the pod may set mountPermissions and does")

@@ -24,8 +24,8 @@ const (
 	// DefaultEphemeralSize is an inline volume's size when its pod names
 	// none (--ephemeral-default-size).
 	DefaultEphemeralSize int64 = 1 << 30
-	// DefaultEphemeralMaxShare is the percentage of the data filesystem
-	// all inline volumes together may hold (--ephemeral-max-share).
+	// DefaultEphemeralMaxShare is the percentage of the node's room for
+	// volumes all inline volumes together may hold (--ephemeral-max-share).
 	DefaultEphemeralMaxShare = 10
 	// DefaultEphemeralMaxCount is how many inline volumes a node has at
 	// most (--ephemeral-max-count).
@@ -52,8 +52,9 @@ type EphemeralConfig struct {
 	// DefaultSize is the size of an inline volume whose pod names none (or
 	// may not name one).
 	DefaultSize int64
-	// MaxSharePercent is how much of the data filesystem's size (1-100)
-	// all inline volumes together may hold; past it a new one is
+	// MaxSharePercent is how much (1-100) of the node's room for volumes
+	// (what is available, as GetCapacity reports, plus what inline volumes
+	// hold) all inline volumes together may hold; past it a new one is
 	// RESOURCE_EXHAUSTED.
 	MaxSharePercent int
 	// MaxCount is how many inline volumes the node has at most; past it a
@@ -148,13 +149,17 @@ func (d *Driver) admitEphemeral(v *state.Volume, capacity int64) (*state.Volume,
 	if count >= pol.MaxCount {
 		return nil, status.Errorf(codes.ResourceExhausted, "this node already has %d inline volumes, the most it allows (--ephemeral-max-count=%d); retry once other pods' inline volumes are gone, or use a PersistentVolumeClaim", count, pol.MaxCount)
 	}
-	fs, err := d.vols.Stats()
+	// The node's room is what volumes could have if there were no inline
+	// ones: what is available (the capacity the scheduler reads) plus
+	// what inline volumes hold. Inline volumes take at most the share of
+	// it, so claims always keep the rest, however full the node is.
+	avail, err := d.available()
 	if err != nil {
-		return nil, diskError("read the data filesystem's size", err)
+		return nil, err
 	}
-	share := fs.TotalBytes / 100 * int64(pol.MaxSharePercent)
+	share := (avail + held) / 100 * int64(pol.MaxSharePercent)
 	if held+capacity > share {
-		return nil, status.Errorf(codes.ResourceExhausted, "an inline volume of %d bytes does not fit: inline volumes on this node hold %d bytes of the %d (%d%% of the data filesystem, --ephemeral-max-share) they may hold together; ask for less, retry once other pods' inline volumes are gone, or use a PersistentVolumeClaim", capacity, held, share, pol.MaxSharePercent)
+		return nil, status.Errorf(codes.ResourceExhausted, "an inline volume of %d bytes does not fit: inline volumes on this node hold %d bytes of the %d they may hold together (%d%% of the node's room for volumes, --ephemeral-max-share); ask for less, retry once other pods' inline volumes are gone, or use a PersistentVolumeClaim", capacity, held, share, pol.MaxSharePercent)
 	}
 	return d.recordNewVolume(v, capacity, nil)
 }

@@ -72,18 +72,15 @@ func wantRefused(t *testing.T, err error, code codes.Code, flag string) {
 // One pod cannot take the node's room with inline volumes: a size past
 // --ephemeral-max-size (here, all the node has) is refused, and however
 // many it asks for, inline volumes together hold at most --ephemeral-max-share
-// of the data filesystem. The capacity the scheduler reads stays above what
-// the share leaves, and a claim of all of it is still made.
+// of the node's room for volumes. The capacity the scheduler reads stays
+// above what the share leaves, a claim of all of it is still made, and
+// after it no inline volume is.
 func TestOnePodCannotTakeTheNodesRoomWithInlineVolumes(t *testing.T) {
 	e := inlineBoundsEnv(t, func(c *EphemeralConfig) { c.MaxSize = 32 << 20 })
-	fsStats, err := e.d.vols.Stats()
-	if err != nil {
-		t.Fatal(err)
-	}
-	share := fsStats.TotalBytes / 100 * DefaultEphemeralMaxShare
 	before := e.capacity(t)
+	share := before / 100 * DefaultEphemeralMaxShare
 
-	err = e.publishInline(t, "csi-all", map[string]string{AttrSize: fmt.Sprint(before)})
+	err := e.publishInline(t, "csi-all", map[string]string{AttrSize: fmt.Sprint(before)})
 	wantRefused(t, err, codes.InvalidArgument, "--ephemeral-max-size")
 
 	made := 0
@@ -106,9 +103,18 @@ func TestOnePodCannotTakeTheNodesRoomWithInlineVolumes(t *testing.T) {
 	if after < before-share-(1<<20) {
 		t.Fatalf("capacity fell from %d to %d with inline volumes; the share allows them %d bytes", before, after, share)
 	}
-	if _, err := e.d.CreateVolume(ctx, createReq("claim", after)); err != nil {
+	if after < before/100*(100-DefaultEphemeralMaxShare)-(1<<20) {
+		t.Fatalf("capacity fell from %d to %d: below %d%% of the room", before, after, 100-DefaultEphemeralMaxShare)
+	}
+	// A claim held to its size (an image, which sets its room aside) of
+	// all the capacity reported is made; then the node's room is what
+	// inline volumes hold, already past the share: no new one.
+	claim := createReq("claim", after)
+	claim.Parameters = map[string]string{ParamLayout: LayoutImage}
+	if _, err := e.d.CreateVolume(ctx, claim); err != nil {
 		t.Fatalf("a claim of the %d bytes capacity reports: %v", after, err)
 	}
+	wantRefused(t, e.publishInline(t, "csi-full", map[string]string{AttrSize: "8Mi"}), codes.ResourceExhausted, "--ephemeral-max-share")
 	t.Logf("capacity %d -> %d bytes with %d inline volumes of 16 MiB (share %d bytes)", before, after, made, share)
 }
 
@@ -172,11 +178,7 @@ func TestConcurrentInlinePublishesCannotOvershootTheBounds(t *testing.T) {
 	}
 	t.Run("share", func(t *testing.T) {
 		e := inlineBoundsEnv(t, func(c *EphemeralConfig) { c.MaxSize = 32 << 20 })
-		fsStats, err := e.d.vols.Stats()
-		if err != nil {
-			t.Fatal(err)
-		}
-		want := int(fsStats.TotalBytes / 100 * DefaultEphemeralMaxShare / (16 << 20))
+		want := int(e.capacity(t) / 100 * DefaultEphemeralMaxShare / (16 << 20))
 		if made, _ := run(t, e, 8, map[string]string{AttrSize: "16Mi"}); made != want {
 			t.Fatalf("%d of 8 concurrent inline volumes of 16 MiB made; the share holds %d", made, want)
 		}
