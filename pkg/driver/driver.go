@@ -70,6 +70,10 @@ type Config struct {
 	// ReconcileRetry is how often what start-up could not reconcile is
 	// retried while the driver serves (default 30 s).
 	ReconcileRetry time.Duration
+	// ProjectQuotas holds directory volumes with ext4/xfs project quotas
+	// where the kernel has them (see hostpath.Options.ProjectQuotas: only
+	// for pods in user namespaces of their own).
+	ProjectQuotas bool
 	// UdevRulesDir, when set, is where the driver writes (at start, before
 	// it attaches any loop device) a udev rule that keeps the host from
 	// probing, linking, or activating LVM or md on the loop devices of its
@@ -219,7 +223,7 @@ func New(cfg Config) (*Driver, error) {
 			klog.InfoS("Host guard: change events sent to the volumes' loop devices", "devices", devs)
 		}
 	}
-	vols, err := hostpath.New(cfg.DataDir, hostpath.Options{FreezeMarkers: markers.Name()})
+	vols, err := hostpath.New(cfg.DataDir, hostpath.Options{FreezeMarkers: markers.Name(), ProjectQuotas: cfg.ProjectQuotas})
 	if err != nil {
 		markers.Close()
 		return nil, err

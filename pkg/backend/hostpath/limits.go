@@ -37,7 +37,20 @@ type Options struct {
 	// FreezeMarkers is the directory where a copy that freezes an image's
 	// filesystem leaves a marker while it is frozen (imagefs.ThawMarked).
 	FreezeMarkers string
+	// ProjectQuotas holds directory volumes with ext4/xfs project quotas
+	// where the kernel has them. Off by default: a project quota holds
+	// only against pods in their own user namespace (hostUsers: false),
+	// because a file's owner may change its project ID from the host's
+	// user namespace (see ProjectNotHeld).
+	ProjectQuotas bool
 }
+
+// ProjectNotHeld says why a project quota does not hold a directory volume
+// against the pod inside it: FS_IOC_FSSETXATTR lets a file's owner set the
+// file's project ID (the kernel refuses the change only from a user
+// namespace other than the host's), so a pod that owns its files moves
+// them to a project without a limit and writes on.
+const ProjectNotHeld = "a project quota does not hold a directory volume against a pod that runs in the host's user namespace: the owner of a file may change its project ID (FS_IOC_FSSETXATTR); use StorageClass parameter layout: image for sizes that hold, or --project-quotas where every pod runs with hostUsers: false"
 
 // BtrfsNotHeld says why nothing holds a directory volume on btrfs. A qgroup
 // limit on the volume's subvolume counts only that subvolume, and any user
@@ -71,6 +84,10 @@ func (b *Backend) probeDirectoryLimits(opts Options) {
 	}
 	if err := quota.ProjectQuotaSupport(b.root); err != nil {
 		b.dirLimitWhy = err.Error()
+		return
+	}
+	if !opts.ProjectQuotas {
+		b.dirLimitWhy = ProjectNotHeld
 		return
 	}
 	if err := b.selfTestProject(); err != nil {
