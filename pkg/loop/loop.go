@@ -301,8 +301,8 @@ func queueValue(n int, name string) (uint64, error) {
 // removed (LOOP_CTL_REMOVE) or the node reboots; the kernel accepts no
 // value but 0 once the device has no discard granularity.
 func DisableDiscard(d *Device) error {
-	p := filepath.Join(sysBlock, "loop"+strconv.Itoa(d.Number), "queue", "discard_max_bytes")
-	if err := os.WriteFile(p, []byte("0"), 0); err != nil {
+	rel := filepath.Join("block", "loop"+strconv.Itoa(d.Number), "queue", "discard_max_bytes")
+	if err := writeSysfs(rel, "0"); err != nil {
 		return fmt.Errorf("turn discard off on %s (so that nothing written to it punches holes in %s): %w", d.Path, d.BackingFile, err)
 	}
 	v, err := queueValue(d.Number, "discard_max_bytes")
@@ -314,6 +314,28 @@ func DisableDiscard(d *Device) error {
 	}
 	d.Discard = false
 	return nil
+}
+
+// writeSysfs writes value to /sys/rel. A container runtime may mount /sys
+// read-only even in a privileged container (what this driver runs in): then
+// it writes through a private sysfs mount of its own, which a process with
+// CAP_SYS_ADMIN may make, and removes that mount at once. Block devices are
+// the same in every sysfs mount.
+func writeSysfs(rel, value string) error {
+	err := os.WriteFile(filepath.Join(sysBlock, "..", rel), []byte(value), 0)
+	if !errors.Is(err, unix.EROFS) {
+		return err
+	}
+	dir, derr := os.MkdirTemp("", "hostpath-csi-sysfs-")
+	if derr != nil {
+		return fmt.Errorf("%w; and no directory for a private sysfs: %v", err, derr)
+	}
+	defer os.Remove(dir)
+	if merr := unix.Mount("sysfs", dir, "sysfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); merr != nil {
+		return fmt.Errorf("%w; and a private sysfs mount failed: %v", err, merr)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	return os.WriteFile(filepath.Join(dir, rel), []byte(value), 0)
 }
 
 // backingFile reads the backing file's current path from sysfs. The kernel
