@@ -6,6 +6,12 @@ set -uo pipefail
 source "$(dirname "$0")/env.sh"
 [ "$(id -u)" = 0 ] || { echo "make e2e needs root (it runs a kubelet, mounts, and makes network interfaces)"; exit 1; }
 started=$SECONDS
+# A cluster already up is someone else's (make e2e-cluster, another run):
+# refuse before the trap is set, so this run never tears it down.
+if [ -e "$E2E_DIR" ]; then
+	log "error: $E2E_DIR exists: a cluster is up (or was not torn down); run make e2e-down first"
+	exit 1
+fi
 trap '"$E2E_ROOT/test/e2e/scripts/cluster-down.sh"' EXIT
 "$E2E_ROOT/test/e2e/scripts/cluster-up.sh" || exit 1
 log "cluster up in $((SECONDS - started)) s"
