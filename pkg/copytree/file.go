@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
 )
 
 // copyFile copies one regular file: data by reflink or in-kernel copy, then
@@ -39,6 +40,17 @@ func (c *copier) copyFile(j fileJob) error {
 
 func (c *copier) fillFile(in, out int, st *unix.Statx_t, from, to string) error {
 	size := int64(st.Size)
+	// A NOCOW file (a btrfs image or block volume's file, or a tenant's
+	// database) stays NOCOW: btrfs keeps the flag only on an empty file, so
+	// it is set before the data, and a reflink between a NOCOW file and a
+	// plain one is refused.
+	if nocow, _, err := btrfs.IsNoCOW(in); err != nil {
+		return fmt.Errorf("%s: %w", from, err)
+	} else if nocow {
+		if err := btrfs.SetNoCOW(out); err != nil {
+			return fmt.Errorf("%s: %w", to, err)
+		}
+	}
 	cloned := false
 	if !c.opts.NoReflink && size > 0 {
 		cloned = unix.IoctlFileClone(out, in) == nil

@@ -24,15 +24,23 @@ import (
 // first tries to give its blocks back (blkdiscard, fallocate --punch-hole:
 // the loop driver punches holes in the backing file for both), the image's
 // tenant trims its filesystem, then a directory volume fills the disk; the
-// block volume and the image volume each write their whole size.
+// block volume and the image volume each write their whole size, once
+// before the disk is full and again after: on btrfs, which writes every
+// overwrite of a file to new blocks, a preallocated file rewritten on a full
+// disk failed (the block volume's sync got EIO) until volume files were made
+// NOCOW.
 func TestHeldVolumesWriteTheirWholeSizeOnAFullDisk(t *testing.T) {
-	for _, fs := range []string{"ext4", "xfs"} {
+	for _, fs := range []string{"ext4", "xfs", "btrfs"} {
 		t.Run(fs, func(t *testing.T) {
 			var args []string
-			if fs == "xfs" {
+			size := 768
+			switch fs {
+			case "xfs":
 				args = []string{"-m", "reflink=1"}
+			case "btrfs":
+				size = 1024
 			}
-			mnt := testutil.LoopFS(t, fs, 768, args...)
+			mnt := testutil.LoopFS(t, fs, size, args...)
 			cleanupUnder(t, mnt)
 			e := newEnvOn(t, mnt)
 
@@ -80,21 +88,26 @@ func TestHeldVolumesWriteTheirWholeSizeOnAFullDisk(t *testing.T) {
 				}
 			}
 
-			filler := testutil.FillFS(t, greedyTarget, false)
-			defer os.RemoveAll(filler)
-
-			if err := testutil.SeqWrite(dev, 96<<20, false, 1); err != nil {
-				t.Errorf("writing the whole block volume on a full disk: %v", err)
-			}
 			var st unix.Statfs_t
 			if err := unix.Statfs(imageTarget, &st); err != nil {
 				t.Fatal(err)
 			}
 			free := int64(st.Bavail)*st.Bsize - 2<<20 // its own metadata grows as it fills
 			free -= free % testutil.SeqWriteBlock
-			if err := testutil.SeqWrite(filepath.Join(imageTarget, "data"), free, false, 1); err != nil {
-				t.Errorf("writing %d bytes, all the image's filesystem offers, on a full disk: %v", free, err)
+			write := func(when string) {
+				if err := testutil.SeqWrite(dev, 96<<20, false, 1); err != nil {
+					t.Errorf("writing the whole block volume %s: %v", when, err)
+				}
+				if err := testutil.SeqWrite(filepath.Join(imageTarget, "data"), free, false, 1); err != nil {
+					t.Errorf("writing %d bytes, all the image's filesystem offers, %s: %v", free, when, err)
+				}
 			}
+			write("before the disk is full")
+
+			filler := testutil.FillFS(t, greedyTarget, false)
+			defer os.RemoveAll(filler)
+
+			write("again on a full disk")
 			os.RemoveAll(filler)
 			for _, id := range []string{block, image, greedy} {
 				e.unpublishAndUnstage(t, id)
@@ -260,5 +273,79 @@ func TestSnapshotSetsAsideItsRoomWhileItCopies(t *testing.T) {
 	e.d.vols.WaitIdle()
 	if again, _ := e.d.GetCapacity(ctx, &csi.GetCapacityRequest{}); again.GetAvailableCapacity() < before.GetAvailableCapacity()-4<<20 {
 		t.Errorf("GetCapacity %d after the snapshot's delete, %d before it", again.GetAvailableCapacity(), before.GetAvailableCapacity())
+	}
+}
+
+// A block volume restored from a snapshot, and one cloned from a volume,
+// write their whole size, then rewrite it on a data filesystem that a claim
+// of the default class filled. On btrfs their files are copies of a NOCOW
+// file: before copies kept the flag, the restore and the clone were plain
+// (copy-on-write) files, and their rewrite on the full disk failed with EIO.
+func TestRestoresAndClonesRewriteTheirWholeSizeOnAFullDisk(t *testing.T) {
+	for _, fs := range []string{"xfs", "btrfs"} {
+		t.Run(fs, func(t *testing.T) {
+			var args []string
+			size := 768
+			switch fs {
+			case "xfs":
+				args = []string{"-m", "reflink=1"}
+			case "btrfs":
+				size = 1024
+			}
+			mnt := testutil.LoopFS(t, fs, size, args...)
+			cleanupUnder(t, mnt)
+			e := newEnvOn(t, mnt)
+			const volSize = 64 << 20
+
+			block := func(r *csi.CreateVolumeRequest) string {
+				t.Helper()
+				r.VolumeCapabilities = []*csi.VolumeCapability{blockCap}
+				v, err := e.d.CreateVolume(ctx, r)
+				if err != nil {
+					t.Fatalf("create %s: %v", r.GetName(), err)
+				}
+				return v.GetVolume().GetVolumeId()
+			}
+			src := block(createReq("src", volSize))
+			_, srcDev := e.stageAndPublish(t, src, blockCap)
+			if err := testutil.SeqWrite(srcDev, volSize, false, 1); err != nil {
+				t.Fatal(err)
+			}
+			snap, err := e.d.CreateSnapshot(ctx, snapReq("snap", src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			restored := block(fromSnapshot("restored", volSize, snap.GetSnapshot().GetSnapshotId()))
+			cloned := block(fromVolume("cloned", volSize, src))
+			devs := map[string]string{}
+			for _, id := range []string{restored, cloned} {
+				_, devs[id] = e.stageAndPublish(t, id, blockCap)
+				if err := testutil.SeqWrite(devs[id], volSize, false, 1); err != nil {
+					t.Errorf("volume %s writing its whole size: %v", id, err)
+				}
+			}
+
+			r, err := e.d.CreateVolume(ctx, createReq("greedy", 16<<20))
+			if err != nil {
+				t.Fatal(err)
+			}
+			greedy := r.GetVolume().GetVolumeId()
+			if got := r.GetVolume().GetVolumeContext()[ContextLimit]; got != hostpath.EnforceNone {
+				t.Skipf("directory volumes are held here (%s); this test needs one that is not", got)
+			}
+			_, greedyTarget := e.stageAndPublish(t, greedy, rwo)
+			filler := testutil.FillFS(t, greedyTarget, false)
+			defer os.RemoveAll(filler)
+
+			for what, id := range map[string]string{"restored": restored, "cloned": cloned} {
+				if err := testutil.SeqWrite(devs[id], volSize, false, 1); err != nil {
+					t.Errorf("the %s volume rewriting its whole size on a full disk: %v", what, err)
+				}
+			}
+			os.RemoveAll(filler)
+			for _, id := range []string{src, restored, cloned, greedy} {
+				e.unpublishAndUnstage(t, id)
+			}
+		})
 	}
 }

@@ -8,6 +8,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
 )
 
 // Method names how an image was copied.
@@ -66,6 +68,15 @@ func CopyImage(src, dst string) (m Method, err error) {
 			_ = os.Remove(dst)
 		}
 	}()
+	// A NOCOW image (see Allocate) gets a NOCOW copy: btrfs refuses a
+	// reflink between a NOCOW file and a plain one.
+	if nocow, _, err := btrfs.IsNoCOW(int(in.Fd())); err != nil {
+		return "", fmt.Errorf("image %s: %w", src, err)
+	} else if nocow {
+		if err := btrfs.SetNoCOW(int(out.Fd())); err != nil {
+			return "", fmt.Errorf("image copy %s: %w", dst, err)
+		}
+	}
 	m = Reflink
 	if cerr := unix.IoctlFileClone(int(out.Fd()), int(in.Fd())); cerr != nil {
 		if !errors.Is(cerr, unix.EOPNOTSUPP) && !errors.Is(cerr, unix.EXDEV) && !errors.Is(cerr, unix.EINVAL) && !errors.Is(cerr, unix.ENOTTY) {

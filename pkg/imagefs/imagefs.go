@@ -31,6 +31,7 @@ import (
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/keylock"
 	"github.com/hostpath-csi/hostpath-csi/pkg/loop"
 )
@@ -122,7 +123,18 @@ func Create(path string, size int64, fsType string) error {
 // which a write must copy first (that room is set aside by the driver's
 // bookkeeping, not by the file). On a filesystem without fallocate the file
 // is made sparse, and a warning says so.
+//
+// On btrfs an empty file is made NOCOW first (btrfs.SetNoCOW): btrfs
+// otherwise writes every overwrite to new blocks, and a preallocated file
+// rewritten on a full filesystem fails. A file that already holds data keeps
+// what it is (btrfs sets the flag only on an empty file): a copy of a NOCOW
+// file is made NOCOW by pkg/copytree.
 func Allocate(f *os.File, size int64) error {
+	if fi, err := f.Stat(); err == nil && fi.Size() == 0 {
+		if err := btrfs.SetNoCOW(int(f.Fd())); err != nil {
+			return fmt.Errorf("%s: %w", f.Name(), err)
+		}
+	}
 	err := unix.Fallocate(int(f.Fd()), 0, 0, size)
 	if errors.Is(err, unix.EOPNOTSUPP) {
 		klog.InfoS("WARNING: the data filesystem cannot preallocate; the image is sparse, and its room is only set aside, not held", "file", f.Name())
