@@ -64,7 +64,6 @@ func TestIoctlLayouts(t *testing.T) {
 		name      string
 		got, want uintptr
 	}{
-		{"btrfs_ioctl_vol_args_v2", unsafe.Sizeof(volArgsV2{}), 4096},
 		{"btrfs_ioctl_search_key", unsafe.Sizeof(searchKey{}), 104},
 		{"btrfs_ioctl_search_args", unsafe.Sizeof(searchArgs{}), 4096},
 		{"btrfs_ioctl_search_header", unsafe.Sizeof(searchHeader{}), 32},
@@ -73,9 +72,6 @@ func TestIoctlLayouts(t *testing.T) {
 		if tc.got != tc.want {
 			t.Errorf("struct %s is %d bytes here, the kernel's is %d", tc.name, tc.got, tc.want)
 		}
-	}
-	if off := unsafe.Offsetof(volArgsV2{}.id); off != 56 {
-		t.Errorf("btrfs_ioctl_vol_args_v2.subvolid at %d, the kernel's is at 56", off)
 	}
 }
 
@@ -113,13 +109,55 @@ func TestDeleteSubvolumeTree(t *testing.T) {
 	if err := DeleteSubvolume(vol); !errors.Is(err, unix.ENOTEMPTY) {
 		t.Fatalf("DeleteSubvolume of a subvolume holding others: %v, want ENOTEMPTY", err)
 	}
-	if err := DeleteSubvolumeTree(vol); err != nil {
+	if err := DeleteSubvolumeTree(vol, mnt); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Lstat(vol); !os.IsNotExist(err) {
 		t.Fatalf("%s still there: %v", vol, err)
 	}
-	if err := DeleteSubvolumeTree(vol); !errors.Is(err, unix.ENOENT) {
+	if err := DeleteSubvolumeTree(vol, mnt); !errors.Is(err, unix.ENOENT) {
 		t.Fatalf("DeleteSubvolumeTree of nothing: %v, want ENOENT", err)
+	}
+}
+
+// A chain of subvolumes each inside the last, deeper than any fixed bound,
+// under a read-only top, goes whole.
+func TestDeleteSubvolumeTreeDeepChain(t *testing.T) {
+	mnt := testutil.LoopFS(t, "btrfs", 256)
+	vol := filepath.Join(mnt, "vol")
+	if err := CreateSubvolume(vol); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(vol, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5000; i++ {
+		var args volArgs
+		copy(args.name[:], "s")
+		if err := ioctl(fd, iocSubvolNew, unsafe.Pointer(&args)); err != nil {
+			t.Fatalf("subvolume %d: %v", i, err)
+		}
+		next, err := unix.Openat(fd, "s", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd)
+		fd = next
+	}
+	unix.Close(fd)
+	rdonly := uint64(subvolRdonly)
+	if fd, err = unix.Open(vol, unix.O_RDONLY|unix.O_DIRECTORY, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := ioctl(fd, iocSubvolSetFlags, unsafe.Pointer(&rdonly)); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	if err := DeleteSubvolumeTree(vol, mnt); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(vol); !os.IsNotExist(err) {
+		t.Fatalf("%s still there: %v", vol, err)
 	}
 }

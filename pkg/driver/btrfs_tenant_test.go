@@ -1,6 +1,8 @@
 package driver
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,8 +10,10 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
@@ -315,4 +319,154 @@ func TestQgroupVolumesOfAnEarlierVersionKeepWorking(t *testing.T) {
 	if left := subvolumesUnder(t, mnt); len(left) != 0 {
 		t.Fatalf("subvolumes left after every volume and snapshot was deleted: %v", left)
 	}
+}
+
+// tenantChildEnv names what the test binary does when started as a tenant's
+// process (see tenantChild).
+const tenantChildEnv = "HOSTPATH_TEST_TENANT_CHILD"
+
+// tenantChild is the test binary started by runTenantChild: it drops to the
+// tenant's user (no groups, and with the uid change no capabilities), then
+// in its working directory makes a chain of subvolumes, each inside the
+// last, as many as the environment says, with the ioctl btrfs subvolume
+// create uses (thousands of btrfs processes would take minutes). It reports
+// whether it ran as the child.
+func tenantChild() bool {
+	n, err := strconv.Atoi(os.Getenv(tenantChildEnv))
+	if err != nil {
+		return false
+	}
+	fail := func(err error) bool {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+		return true
+	}
+	if err := unix.Setgroups(nil); err != nil {
+		return fail(err)
+	}
+	if err := unix.Setresgid(65534, 65534, 65534); err != nil {
+		return fail(err)
+	}
+	if err := unix.Setresuid(65534, 65534, 65534); err != nil {
+		return fail(err)
+	}
+	fd, err := unix.Open(".", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return fail(err)
+	}
+	for i := 0; i < n; i++ {
+		var args [4096]byte // struct btrfs_ioctl_vol_args: fd, then the name
+		copy(args[8:], "s")
+		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), 0x5000940e, uintptr(unsafe.Pointer(&args))); errno != 0 {
+			return fail(fmt.Errorf("subvolume %d: %w", i, errno))
+		}
+		next, err := unix.Openat(fd, "s", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return fail(err)
+		}
+		unix.Close(fd)
+		fd = next
+	}
+	os.Exit(0)
+	return true
+}
+
+// tenantSubvolumeChain makes, as the tenant, a chain of n subvolumes each
+// inside the last, starting in dir.
+func tenantSubvolumeChain(t *testing.T, dir string, n int) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), tenantChildEnv+"="+strconv.Itoa(n))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("the tenant's chain of %d subvolumes: %v\n%s", n, err, out)
+	}
+}
+
+// asRootWithoutCaps runs script as uid 0 with no capabilities at all (a
+// pod that runs as root in a default, unprivileged container keeps a few;
+// this one has none): it owns what root owns, and nothing more.
+func asRootWithoutCaps(t *testing.T, dir, script string) string {
+	t.Helper()
+	for _, tool := range []string{"setpriv", "btrfs"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("skipping: %s not installed (util-linux, btrfs-progs)", tool)
+		}
+	}
+	cmd := exec.Command("setpriv", "--inh-caps=-all", "--bounding-set=-all", "--", "sh", "-c", script)
+	cmd.Dir = dir
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("script as root without capabilities failed: %v\n%s\n%s", err, script, out)
+	}
+	return string(out)
+}
+
+// deleteLeavesNothing deletes volume id and checks that nothing of it is
+// left on the btrfs data filesystem at mnt: no subvolume, no entry in
+// volumes/, trash/ or partial/.
+func deleteLeavesNothing(t *testing.T, e *testEnv, mnt, id string) {
+	t.Helper()
+	if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+		t.Fatalf("DeleteVolume: %v", err)
+	}
+	e.d.vols.WaitIdle()
+	if left := subvolumesUnder(t, mnt); len(left) != 0 {
+		t.Fatalf("%d subvolumes left after DeleteVolume, first %q", len(left), left[0])
+	}
+	for _, dir := range []string{"volumes", "trash", "partial"} {
+		if names, err := os.ReadDir(filepath.Join(mnt, "data", dir)); err != nil || len(names) != 0 {
+			t.Fatalf("data/%s after DeleteVolume: %v %v, want empty", dir, names, err)
+		}
+	}
+}
+
+// A pod that runs as root, even with no capability at all, owns its
+// volume's subvolume and may make it read-only (btrfs property set ro
+// true), and a subvolume it made inside too. Before the delete cleared
+// the flag, DeleteVolume failed for ever: "move to trash: ... read-only file
+// system".
+func TestDeleteOfAVolumeItsPodMadeReadOnly(t *testing.T) {
+	mnt := testutil.LoopFS(t, "btrfs", 1024)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	id := e.create(t, "v")
+	_, target := e.stageAndPublish(t, id, rwo)
+	asRootWithoutCaps(t, target, `set -e
+		btrfs subvolume create inner >/dev/null
+		dd if=/dev/zero of=inner/data bs=1M count=8 2>/dev/null
+		btrfs property set -ts inner ro true
+		dd if=/dev/zero of=data bs=1M count=8 2>/dev/null
+		btrfs property set -ts . ro true`)
+	if err := os.WriteFile(filepath.Join(target, "after"), nil, 0o644); !errors.Is(err, unix.EROFS) {
+		t.Fatalf("a write into the volume its pod made read-only: %v, want EROFS", err)
+	}
+	e.unpublishAndUnstage(t, id)
+	deleteLeavesNothing(t, e, mnt, id)
+}
+
+// A pod cannot make a delete leave its data behind with a chain of
+// subvolumes deeper than any bound (4100 here, each inside the last, made
+// with the ioctl in a few seconds) next to a read-only snapshot that holds
+// data. Before, the delete gave up on a chain deeper than 4096, and the
+// file-by-file fallback stopped with EROFS in the read-only snapshot:
+// DeleteVolume said OK, and the data stayed in the trash for ever.
+func TestDeleteLeavesNothingOfDeepSubvolumeChains(t *testing.T) {
+	mnt := testutil.LoopFS(t, "btrfs", 1024)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	id := e.create(t, "v")
+	_, target := e.stageAndPublish(t, id, rwo)
+	asTenant(t, target, `set -e
+		btrfs subvolume create held >/dev/null
+		dd if=/dev/zero of=held/data bs=1M count=64 2>/dev/null
+		btrfs subvolume snapshot -r held ro-snap >/dev/null
+		mkdir chain`)
+	tenantSubvolumeChain(t, filepath.Join(target, "chain"), 4100)
+	if n := len(subvolumesUnder(t, mnt)); n < 4103 {
+		t.Fatalf("%d subvolumes after the pod made 4102 inside its volume", n)
+	}
+	e.unpublishAndUnstage(t, id)
+	deleteLeavesNothing(t, e, mnt, id)
 }

@@ -12,6 +12,9 @@ import (
 // TestMain keeps the driver's logs out of test and benchmark output; run
 // with HOSTPATH_TEST_LOGS=1 to see them.
 func TestMain(m *testing.M) {
+	if tenantChild() {
+		return
+	}
 	if os.Getenv("HOSTPATH_TEST_LOGS") == "" {
 		fs := flag.NewFlagSet("klog", flag.ContinueOnError)
 		klog.InitFlags(fs)

@@ -217,9 +217,26 @@ func (b *Backend) discard(p string) error {
 		return fmt.Errorf("%w: %v", ErrMountedInside, mounted)
 	}
 	dst := filepath.Join(b.trash, filepath.Base(p)+"."+strconv.FormatUint(b.trashSeq.Add(1), 10))
-	if err := os.Rename(p, dst); err != nil {
+	for try := 0; ; try++ {
+		err := os.Rename(p, dst)
+		if err == nil {
+			break
+		}
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
+		}
+		// A btrfs volume's subvolume belongs to whoever owns its root
+		// directory, and a pod running as that user (root, even with no
+		// capability) may make it read-only, which no rename passes.
+		// The pod's mount may outlive its unpublish: it can set the flag
+		// again, so a few tries.
+		if b.btrfs && errors.Is(err, unix.EROFS) && try < 3 {
+			if sub, serr := btrfs.IsSubvolume(p); serr == nil && sub {
+				if cerr := btrfs.ClearReadOnly(p); cerr != nil {
+					return fmt.Errorf("move to trash: %w (and making the subvolume writable again: %v)", err, cerr)
+				}
+				continue
+			}
 		}
 		return fmt.Errorf("move to trash: %w", err)
 	}
@@ -350,7 +367,7 @@ func (b *Backend) copyTree(ctx context.Context, src, dst string) (CopyResult, er
 func (b *Backend) remove(p string) error {
 	if b.btrfs {
 		if sub, err := btrfs.IsSubvolume(p); err == nil && sub {
-			err := btrfs.DeleteSubvolumeTree(p)
+			err := btrfs.DeleteSubvolumeTree(p, b.trash)
 			if err == nil || errors.Is(err, unix.ENOENT) {
 				return nil
 			}
