@@ -306,9 +306,10 @@ const maxExclusiveExtents = 16384
 // data filesystem: its allocated extents less those it shares with another
 // file (a reflinked snapshot, clone or source). A shared extent takes new
 // space when the volume rewrites it, so only the exclusive ones are already
-// paid for. An image with more than maxExclusiveExtents extents is counted
-// by its allocated blocks instead, shared or not: it then sets aside less
-// than a rewrite of its shared blocks could take, which is the price of a
+// paid for. Of an image with more than maxExclusiveExtents extents only the
+// exclusive extents among the first maxExclusiveExtents are counted: less
+// than it holds alone, so the room the driver sets aside for its rewrites
+// (its size less this) errs large, never small, which is the price of a
 // bounded sum.
 func (b *Backend) ImageExclusive(id string) (int64, error) {
 	return imageExclusive(b.ImagePath(id), maxExclusiveExtents)
@@ -331,7 +332,7 @@ func imageExclusive(path string, maxExtents int) (int64, error) {
 	var buf fiemapBuf
 	for start, seen := uint64(0), 0; ; {
 		if seen >= maxExtents {
-			return allocated()
+			return total, nil // a lower bound: see ImageExclusive
 		}
 		buf.h = fiemapHeader{start: start, length: ^uint64(0), extentCount: fiemapBatch}
 		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), fsIocFiemap, uintptr(unsafe.Pointer(&buf))); errno != 0 {
