@@ -351,6 +351,13 @@ func (b *Backend) copyTree(ctx context.Context, src, dst string) (CopyResult, er
 			if err := btrfs.Snapshot(src, dst); err != nil {
 				return CopyResult{}, err
 			}
+			// And again after: one made between the look and the
+			// snapshot is left out of it too (the caller removes dst).
+			if nested, err := quota.HasNestedSubvolumes(src); err != nil {
+				return CopyResult{}, err
+			} else if nested {
+				return CopyResult{}, ErrNestedSubvolumes
+			}
 			return CopyResult{Mechanism: "btrfs-snapshot"}, nil
 		}
 	}
