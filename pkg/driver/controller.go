@@ -361,24 +361,22 @@ func (d *Driver) growForSource(v *state.Volume, srcCap, limit int64) error {
 	if srcCap > d.cfg.MaxVolumeSize {
 		return status.Errorf(codes.OutOfRange, "the source volume grew to %d bytes since the request; the largest volume this driver makes is %d bytes (--max-volume-size)", srcCap, d.cfg.MaxVolumeSize)
 	}
-	if enforced(v) {
-		d.roomMu.Lock()
-		defer d.roomMu.Unlock()
-		avail, err := d.available()
-		if err != nil {
-			return err
-		}
-		if extra > avail {
-			return status.Errorf(codes.ResourceExhausted, "the source volume grew to %d bytes since the request; the clone needs %d bytes more, and the node has %d bytes available for volumes held to their size", srcCap, extra, avail)
-		}
+	// Held or not: a clone sets aside its whole capacity while it copies
+	// (reservedBy, recordNewVolume), and the copy writes up to it.
+	d.roomMu.Lock()
+	defer d.roomMu.Unlock()
+	avail, err := d.available()
+	if err != nil {
+		return err
+	}
+	if extra > avail {
+		return status.Errorf(codes.ResourceExhausted, "the source volume grew to %d bytes since the request; the clone needs %d bytes more, and the node has %d bytes available for volumes (what volumes held to their size and copies in progress may still fill is set aside)", srcCap, extra, avail)
 	}
 	if err := d.store.SetVolumeCapacity(v.ID, srcCap); err != nil {
 		return stateError(err)
 	}
 	v.CapacityBytes = srcCap
-	if enforced(v) {
-		d.reserved.add(extra)
-	}
+	d.reserved.add(extra)
 	return nil
 }
 
@@ -595,9 +593,11 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 // removeVolumeData frees what a volume holds on the node (a block or image
 // file's loop devices a crash may have left) and moves its data to the trash.
 // Its reservation is given back once the data is gone, not before: a
-// removal that fails keeps the volume, and what it may fill.
+// removal that fails keeps the volume, and what it may fill. Given back by
+// taking the sum again, not by subtracting what the volume set aside: a
+// sum taken since its phase became deleting no longer counts it, and a
+// subtraction then took it out twice.
 func (d *Driver) removeVolumeData(v *state.Volume) error {
-	reserved := d.reservedBy(v)
 	if kindOf(v).layout != LayoutDirectory {
 		if err := d.vols.DetachBlock(v.ID); err != nil {
 			return err
@@ -606,7 +606,7 @@ func (d *Driver) removeVolumeData(v *state.Volume) error {
 	if err := d.vols.Delete(v.ID); err != nil {
 		return err
 	}
-	d.released(reserved)
+	d.reserved.invalidate()
 	return nil
 }
 

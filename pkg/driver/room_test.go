@@ -349,3 +349,48 @@ func TestRestoresAndClonesRewriteTheirWholeSizeOnAFullDisk(t *testing.T) {
 		})
 	}
 }
+
+// A clone of a volume nothing holds to its size, whose source grew while
+// the clone waited to copy, still fits the node's room: it sets aside its
+// new size, or is refused. Before, only a held clone was checked, and this
+// one grew past what a held image had just been given.
+func TestCloneOfAGrownSourceFitsTheRoom(t *testing.T) {
+	mnt := testutil.LoopFS(t, "ext4", 768)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	r, err := e.d.CreateVolume(ctx, createReq("src", 32<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := r.GetVolume().GetVolumeId()
+	if got := r.GetVolume().GetVolumeContext()[ContextLimit]; got != hostpath.EnforceNone {
+		t.Skipf("directory volumes are held here (%s); this test needs one that is not", got)
+	}
+	_, target := e.stageAndPublish(t, src, rwo)
+
+	g := newGate(e)
+	done := make(chan error, 1)
+	go func() { _, err := e.d.CreateVolume(ctx, fromVolume("clone", 32<<20, src)); done <- err }()
+	g.wait(t) // accepted, its copy not started
+	const grown = 256 << 20
+	if _, err := e.d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: src, VolumePath: target,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: grown}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := e.d.GetCapacity(ctx, &csi.GetCapacityRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := createReq("held", (c.GetAvailableCapacity()-64<<20)&^(1<<20-1))
+	held.Parameters = map[string]string{ParamLayout: LayoutImage}
+	if _, err := e.d.CreateVolume(ctx, held); err != nil {
+		t.Fatal(err)
+	}
+	close(g.open)
+	err = <-done
+	wantCode(t, err, codes.ResourceExhausted)
+	if c, err := e.d.GetCapacity(ctx, &csi.GetCapacityRequest{}); err != nil || c.GetAvailableCapacity() < 0 {
+		t.Fatal(c, err)
+	}
+	e.unpublishAndUnstage(t, src)
+}
