@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"sync"
 	"time"
 
 	"k8s.io/klog/v2"
 
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 	"github.com/hostpath-csi/hostpath-csi/pkg/loop"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
@@ -80,6 +82,7 @@ func (d *Driver) reconcile() []*problem {
 	}
 
 	add("loop devices left attached", d.detachLeakedDevices(), nil)
+	add("held volume files", d.holdVolumeFiles(vols), func() error { return d.holdVolumeFiles(nil) })
 
 	known := make(map[string]bool, len(vols))
 	for _, v := range vols {
@@ -119,6 +122,37 @@ func (d *Driver) reconcile() []*problem {
 	add("list snapshot directories", err, nil)
 	d.quarantineUnknown(names, knownSnaps, d.vols.QuarantineSnapshot, "snapshot", add)
 	return problems
+}
+
+// holdVolumeFiles gives volumes an earlier version made what a held image
+// or block volume is promised now: every block of its file allocated (an
+// earlier version left them sparse; their holes are already counted as set
+// aside, so allocating them takes no room from anyone), and discard off on
+// the loop devices that hold them (one attached before the upgrade stays
+// attached, with discard on, until its next stage). vols nil: read the
+// records again (a retry).
+func (d *Driver) holdVolumeFiles(vols []*state.Volume) error {
+	if vols == nil {
+		var err error
+		if vols, _, err = d.store.ListVolumes("", 0, nil); err != nil {
+			return stateError(err)
+		}
+	}
+	var errs []error
+	for _, v := range vols {
+		if v.Phase != state.PhaseReady || v.Limit != hostpath.EnforceImage {
+			continue
+		}
+		if err := d.vols.HoldImage(v.ID); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("allocate the file of volume %s: %w", v.ID, err))
+		}
+	}
+	d.reserved.invalidate() // what was allocated is on disk now
+	n, err := d.vols.DisableDiscardOnVolumeDevices()
+	if n > 0 {
+		klog.InfoS("Turned discard off on loop devices of volume files attached before", "devices", n)
+	}
+	return errors.Join(append(errs, err)...)
 }
 
 // detachLeakedDevices detaches loop devices of files under the data

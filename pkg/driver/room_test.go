@@ -1,11 +1,13 @@
 package driver
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -393,4 +395,120 @@ func TestCloneOfAGrownSourceFitsTheRoom(t *testing.T) {
 		t.Fatal(c, err)
 	}
 	e.unpublishAndUnstage(t, src)
+}
+
+// freshLoopDevice adds a loop device of its own (LOOP_CTL_ADD), with the
+// kernel's defaults (discard on) whatever earlier users set on the others,
+// and removes it at cleanup. It returns its path.
+func freshLoopDevice(t *testing.T) string {
+	t.Helper()
+	ctl := func(req uintptr, n int) (int, error) {
+		fd, err := unix.Open("/dev/loop-control", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return 0, err
+		}
+		defer unix.Close(fd)
+		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(n))
+		if errno != 0 {
+			return 0, errno
+		}
+		return int(r), nil
+	}
+	for n := 6000 + os.Getpid()%1000; n < 8000; n++ {
+		got, err := ctl(unix.LOOP_CTL_ADD, n)
+		if errors.Is(err, unix.EEXIST) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("LOOP_CTL_ADD %d: %v", n, err)
+		}
+		path := fmt.Sprintf("/dev/loop%d", got)
+		if _, err := os.Stat(path); err != nil {
+			if err := unix.Mknod(path, unix.S_IFBLK|0o600, int(unix.Mkdev(7, uint32(got)))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Cleanup(func() {
+			exec.Command("losetup", "-d", path).Run()
+			for i := 0; i < 200; i++ {
+				if _, err := ctl(unix.LOOP_CTL_REMOVE, got); err == nil {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			os.Remove(path)
+		})
+		return path
+	}
+	t.Fatal("no free loop device number to add")
+	return ""
+}
+
+// Volumes an earlier version made get what a held volume is promised now
+// at the first start after the upgrade: their files, which that version
+// left sparse, have every block, and a loop device it attached with
+// discard on (which stays attached, its pod running, until the next stage)
+// takes discards no more, so a pod's blkdiscard cannot punch holes in the
+// file. Before, the files stayed sparse and the device kept discard on.
+func TestVolumesOfAnEarlierVersionAreHeldAfterRestart(t *testing.T) {
+	mnt := testutil.LoopFS(t, "ext4", 768)
+	cleanupUnder(t, mnt)
+	e := newEnvOn(t, mnt)
+	req := createReq("block", 64<<20)
+	req.VolumeCapabilities = []*csi.VolumeCapability{blockCap}
+	r, err := e.d.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := r.GetVolume().GetVolumeId()
+	req = createReq("image", 64<<20)
+	req.Parameters = map[string]string{ParamLayout: LayoutImage}
+	if r, err = e.d.CreateVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	image := r.GetVolume().GetVolumeId()
+	e.stageAndPublish(t, block, blockCap)
+
+	// What the earlier version left: sparse files, and a device of the
+	// block volume's file with discard on.
+	for _, id := range []string{block, image} {
+		if out, err := exec.Command("fallocate", "--punch-hole", "--offset", "0", "--length", "48MiB", e.d.vols.ImagePath(id)).CombinedOutput(); err != nil {
+			t.Fatalf("punch holes in %s: %v %s", id, err, out)
+		}
+	}
+	dev := freshLoopDevice(t)
+	if out, err := exec.Command("losetup", dev, e.d.vols.ImagePath(block)).CombinedOutput(); err != nil {
+		t.Fatalf("losetup: %v %s", err, out)
+	}
+	discardOn := func() bool {
+		t.Helper()
+		var st unix.Stat_t
+		if err := unix.Stat(dev, &st); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/queue/discard_max_bytes", unix.Major(st.Rdev), unix.Minor(st.Rdev)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b) != "0\n"
+	}
+	if !discardOn() {
+		t.Skip("a fresh loop device takes no discards on this kernel")
+	}
+
+	e.restart(t)
+	for _, id := range []string{block, image} {
+		var st unix.Stat_t
+		if err := unix.Stat(e.d.vols.ImagePath(id), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Blocks*512 < st.Size {
+			t.Errorf("after the restart volume %s's file holds %d of its %d bytes on disk", id, st.Blocks*512, st.Size)
+		}
+	}
+	if discardOn() {
+		t.Errorf("after the restart %s, a device of a held volume's file, still takes discards", dev)
+	}
+	exec.Command("losetup", "-d", dev).Run()
+	e.unpublishAndUnstage(t, block)
 }

@@ -366,3 +366,57 @@ func (b *Backend) QgroupExclusive(id string) (int64, error) {
 	}
 	return int64(q.Exclusive), nil
 }
+
+// HoldImage allocates every block of image or block volume id's file that
+// is not (a sparse file an earlier version made, or one a copy left holes
+// in), so that what the driver counts as held is held. A file fully
+// allocated is left as it is.
+func (b *Backend) HoldImage(id string) error {
+	img := b.ImagePath(id)
+	var st unix.Stat_t
+	if err := unix.Lstat(img, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Blocks*512 >= st.Size {
+		return nil
+	}
+	return growFile(img, st.Size)
+}
+
+// DisableDiscardOnVolumeDevices turns discard off on every loop device that
+// holds a volume file of this data directory (matched by device and inode,
+// as LeakedBlockDevices does) and still takes discards: a device an
+// earlier version attached, which a pod's discard turns into holes punched
+// in the file. It returns how many it turned off.
+func (b *Backend) DisableDiscardOnVolumeDevices() (int, error) {
+	all, err := loop.List()
+	if err != nil {
+		return 0, err
+	}
+	type inode struct{ dev, ino uint64 }
+	files := map[inode]bool{}
+	names, err := listDir(b.volumes)
+	if err != nil {
+		return 0, err
+	}
+	for _, id := range names {
+		var st unix.Stat_t
+		if unix.Lstat(filepath.Join(b.volumes, id, imageName), &st) == nil {
+			files[inode{st.Dev, st.Ino}] = true
+		}
+	}
+	n := 0
+	var errs []error
+	for i := range all {
+		d := &all[i]
+		if !d.Discard || !files[inode{d.BackingDev, d.BackingInode}] {
+			continue
+		}
+		if err := loop.DisableDiscard(d); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}
