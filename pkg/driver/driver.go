@@ -123,6 +123,9 @@ func (c *Config) validate() error {
 	if c.NFS.Timeout < 0 {
 		problems = append(problems, "NFS timeout is negative")
 	}
+	if c.Ephemeral.SweepAfter <= 0 {
+		c.Ephemeral.SweepAfter = DefaultEphemeralSweepAfter
+	}
 	if c.MaxVolumeSize <= 0 {
 		problems = append(problems, "max volume size must be positive")
 	} else if !c.Ephemeral.Disabled {
@@ -178,6 +181,8 @@ type Driver struct {
 	// ephemeralMu makes the check of the inline volumes' bounds and the
 	// record of a new one one step (see admitEphemeral).
 	ephemeralMu sync.Mutex
+	// sweep removes inline volumes left without a mount (ephemeral_sweep.go).
+	sweep ephemeralSweep
 	// wholeCopies are the image and block volumes a full copy reads now,
 	// without their node locks (see withCopyLocks).
 	wholeCopies wholeCopies
@@ -250,6 +255,9 @@ func New(cfg Config) (*Driver, error) {
 		every = 30 * time.Second
 	}
 	d.pending = startPending(problems, every)
+	if cfg.Node {
+		d.startEphemeralSweep(cfg.Ephemeral.SweepAfter)
+	}
 	if limit, why := vols.DirectoryLimit(); limit == hostpath.EnforceNone {
 		klog.InfoS("Directory volumes are NOT held to their size on this data directory: a pod can fill it past its volume's capacity; use StorageClass parameter layout: image for sizes that hold", "why", why)
 	} else {
@@ -271,6 +279,7 @@ func New(cfg Config) (*Driver, error) {
 // the CO's retry starts it again), finishes background removals and closes
 // the state database.
 func (d *Driver) Close() error {
+	d.stopEphemeralSweep()
 	d.pending.close()
 	d.jobs.close()
 	d.waitSweeps()

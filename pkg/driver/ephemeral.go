@@ -134,6 +134,7 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 		return nil, err
 	}
 	defer unlock()
+	d.ephemeralSeen(name)
 	// The bounds are checked for a new volume; one on record was admitted
 	// and is served as it was made, whatever the flags say since.
 	v, err := d.store.GetVolumeByName(name)
@@ -162,10 +163,22 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 	case v.Phase != state.PhaseReady:
 		return nil, status.Errorf(codes.Aborted, "inline volume %s is %s; retry", handle, v.Phase)
 	}
+	if err := d.publishEphemeralAt(ctx, v, req); err != nil {
+		d.undoFailedEphemeral(ctx, v, err)
+		return nil, err
+	}
+	klog.V(2).InfoS("Inline volume published", "handle", handle, "volumeID", v.ID, "targetPath", target, "capacity", v.CapacityBytes,
+		"pod", klog.KRef(req.GetVolumeContext()["csi.storage.k8s.io/pod.namespace"], req.GetVolumeContext()["csi.storage.k8s.io/pod.name"]))
+	return &csi.NodePublishVolumeResponse{}, nil
+}
 
+// publishEphemeralAt mounts the inline volume v at the request's target,
+// under the volume's node lock.
+func (d *Driver) publishEphemeralAt(ctx context.Context, v *state.Volume, req *csi.NodePublishVolumeRequest) error {
+	handle, target := req.GetVolumeId(), req.GetTargetPath()
 	unlockNode, err := d.lockForNode(ctx, v.ID)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer unlockNode()
 	mode := req.GetVolumeCapability().GetAccessMode().GetMode()
@@ -180,22 +193,50 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 	}
 	done, err := d.prepareMountPoint(v, state.KindPublish, target, same)
 	if err != nil || done {
-		return &csi.NodePublishVolumeResponse{}, err
+		return err
 	}
 	if others, err := d.store.PublicationsOf(v.ID); err != nil {
-		return nil, stateError(err)
+		return stateError(err)
 	} else if len(others) > 0 {
-		return nil, status.Errorf(codes.FailedPrecondition, "inline volume %s is already published at %s; it belongs to one pod", handle, others[0].Path)
+		return status.Errorf(codes.FailedPrecondition, "inline volume %s is already published at %s; it belongs to one pod", handle, others[0].Path)
 	}
 	if err := os.MkdirAll(target, 0o750); err != nil {
-		return nil, status.Errorf(codes.Internal, "create target path: %v", err)
+		return status.Errorf(codes.Internal, "create target path: %v", err)
 	}
-	if err := d.mountRecorded(pub, func() error { return d.mountEphemeral(v, pub) }); err != nil {
-		return nil, err
+	return d.mountRecorded(pub, func() error { return d.mountEphemeral(v, pub) })
+}
+
+// finalForKubelet reports whether the kubelet takes a NodePublishVolume
+// error as final (isFinalError in its pkg/volume/csi): it then neither
+// marks the mount uncertain nor ever calls NodeUnpublishVolume for it. It
+// retries the others, and unpublishes on its own if the pod goes.
+func finalForKubelet(err error) bool {
+	switch status.Code(err) {
+	case codes.Canceled, codes.DeadlineExceeded, codes.Unavailable, codes.ResourceExhausted, codes.Aborted:
+		return false
 	}
-	klog.V(2).InfoS("Inline volume published", "handle", handle, "volumeID", v.ID, "targetPath", target, "capacity", v.CapacityBytes,
-		"pod", klog.KRef(req.GetVolumeContext()["csi.storage.k8s.io/pod.namespace"], req.GetVolumeContext()["csi.storage.k8s.io/pod.name"]))
-	return &csi.NodePublishVolumeResponse{}, nil
+	return true
+}
+
+// undoFailedEphemeral removes inline volume v after its publish failed with
+// err, if the kubelet will not unpublish it and no mount holds it: its slot,
+// its share and its image would otherwise stay until a restart. The
+// caller holds the name lock. What cannot be removed now the sweep of
+// unpublished inline volumes removes later.
+func (d *Driver) undoFailedEphemeral(ctx context.Context, v *state.Volume, err error) {
+	if !finalForKubelet(err) {
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	if pubs, perr := d.store.PublicationsOf(v.ID); perr != nil || len(pubs) > 0 {
+		return // a pod's mount (or no way to know): the unpublish removes it
+	}
+	if rerr := d.removeEphemeral(ctx, v, ""); rerr != nil {
+		klog.ErrorS(rerr, "Cannot remove an inline volume whose publish failed; the sweep of unpublished inline volumes will", "volumeID", v.ID, "name", v.Name)
+		return
+	}
+	d.ephemeralForget(v.Name)
+	klog.V(2).InfoS("Removed an inline volume whose publish failed, as the kubelet will not unpublish it", "volumeID", v.ID, "name", v.Name, "err", err)
 }
 
 // mountEphemeral makes an inline volume's publication: there is no

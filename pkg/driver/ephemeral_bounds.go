@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -69,6 +70,10 @@ type EphemeralConfig struct {
 	// the StorageClass parameter) unless its pod may and does set it;
 	// "" is DefaultMountPermissions.
 	MountPermissions string
+	// SweepAfter is how long an inline volume may be without a mount (and
+	// without a publish trying) before it is removed (see
+	// ephemeral_sweep.go); 0 is DefaultEphemeralSweepAfter. Not a flag.
+	SweepAfter time.Duration
 }
 
 // check fills in the defaults and says what is wrong, naming the flags.

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -318,5 +319,81 @@ func TestInlineBoundsThatMakeNoSenseStopTheDriver(t *testing.T) {
 		} else if !strings.Contains(err.Error(), tc.flag) {
 			t.Errorf("%+v: %v; want it to name %s", tc.e, err, tc.flag)
 		}
+	}
+}
+
+// A publish that fails with a code the kubelet takes as final (it then never
+// calls NodeUnpublishVolume for it) leaves no inline volume behind: its
+// slot, its share and its image are given back at once.
+func TestFailedInlinePublishWithNoUnpublishFreesTheSlot(t *testing.T) {
+	testutil.RequireRoot(t)
+	e := newEnvWith(t, t.TempDir(), func(c *Config) { c.Ephemeral.MaxCount, c.Ephemeral.DefaultSize = 1, 8<<20 })
+	testutil.CleanupMounts(t, e.dir)
+	// A target whose parent is a regular file: no mount can be made there.
+	parent := filepath.Join(e.dir, "pods", "broken")
+	if err := os.MkdirAll(filepath.Dir(parent), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(parent, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.d.NodePublishVolume(ctx, inlineReq("csi-a", filepath.Join(parent, "mount"), nil))
+	if err == nil || !isFinalForKubelet(status.Code(err)) {
+		t.Fatalf("publish at a target under a regular file: %v; want a final error", err)
+	}
+	e.d.vols.WaitIdle()
+	if vols, _ := e.d.vols.List(); len(vols) != 0 {
+		t.Fatalf("a failed inline publish left volume data: %v", vols)
+	}
+	if n, held, _ := e.d.ephemeralInUse(); n != 0 || held != 0 {
+		t.Fatalf("a failed inline publish holds %d volumes, %d bytes", n, held)
+	}
+	if err := e.publishInline(t, "csi-b", nil); err != nil {
+		t.Fatalf("the next pod's inline volume after a failed one (--ephemeral-max-count=1): %v", err)
+	}
+}
+
+// isFinalForKubelet is the kubelet's isFinalError (pkg/volume/csi/csi_client.go).
+func isFinalForKubelet(c codes.Code) bool {
+	switch c {
+	case codes.Canceled, codes.DeadlineExceeded, codes.Unavailable, codes.ResourceExhausted, codes.Aborted:
+		return false
+	}
+	return true
+}
+
+// An inline volume left without a mount (a publish failed with a code the
+// kubelet retries, and its pod went before the retry) is removed by the
+// sweep once no publish has tried it for a while, giving its slot back; a
+// volume a pod mounts is never swept.
+func TestUnpublishedInlineVolumeIsSweptAndAMountedOneKept(t *testing.T) {
+	testutil.RequireRoot(t)
+	const after = 300 * time.Millisecond
+	e := newEnvWith(t, t.TempDir(), func(c *Config) {
+		c.Ephemeral.MaxCount, c.Ephemeral.DefaultSize, c.Ephemeral.SweepAfter = 1, 8<<20, after
+	})
+	testutil.CleanupMounts(t, e.dir)
+	// What such a publish leaves: made, never mounted.
+	params, capacity, attrs, err := e.d.ephemeralAttributes(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.makeEphemeral(ephemeralName("csi-left"), capacity, attrs, params); err != nil {
+		t.Fatal(err)
+	}
+	wantRefused(t, e.publishInline(t, "csi-b", nil), codes.ResourceExhausted, "--ephemeral-max-count")
+	deadline := time.Now().Add(20 * after)
+	for err = e.publishInline(t, "csi-b", nil); err != nil; err = e.publishInline(t, "csi-b", nil) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the slot of an inline volume no mount held was not given back after %v: %v", 20*after, err)
+		}
+		time.Sleep(after / 3)
+	}
+	time.Sleep(3 * after)
+	if err := os.WriteFile(filepath.Join(e.inlineTarget("csi-b"), "f"), []byte("x"), 0o644); err != nil {
+		t.Fatalf("a mounted inline volume after sweeps: %v", err)
+	}
+	if n, _, _ := e.d.ephemeralInUse(); n != 1 {
+		t.Fatalf("%d inline volumes after sweeps; want the mounted one", n)
 	}
 }
