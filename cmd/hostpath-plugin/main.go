@@ -68,6 +68,8 @@ func parseFlags() *options {
 	fs.Var(sizeValue{&o.cfg.Ephemeral.DefaultSize}, "ephemeral-default-size", "size of an inline volume whose pod names none (default 1Gi, or --ephemeral-max-size if smaller)")
 	fs.IntVar(&o.cfg.Ephemeral.MaxSharePercent, "ephemeral-max-share", driver.DefaultEphemeralMaxShare, "percentage (1-100) of the node's room for volumes (what is available plus what inline volumes hold) all inline volumes together may hold; past it a new one is ResourceExhausted")
 	fs.IntVar(&o.cfg.Ephemeral.MaxCount, "ephemeral-max-count", driver.DefaultEphemeralMaxCount, "inline volumes a node has at most; past it a new one is ResourceExhausted")
+	fs.IntVar(&o.cfg.Ephemeral.MaxSharePerNamespacePercent, "ephemeral-max-share-per-namespace", driver.DefaultEphemeralMaxSharePerNamespace, "percentage (1-100) of what inline volumes may hold together (--ephemeral-max-share) the inline volumes of one namespace may hold on the node; past it a new one is ResourceExhausted (100 and --ephemeral-max-count-per-namespace equal to --ephemeral-max-count: no bounds per namespace)")
+	fs.IntVar(&o.cfg.Ephemeral.MaxCountPerNamespace, "ephemeral-max-count-per-namespace", 0, "inline volumes one namespace has on the node at most (at most --ephemeral-max-count); past it a new one is ResourceExhausted (default a quarter of --ephemeral-max-count, at least 1)")
 	allowed := fs.String("ephemeral-allowed-attributes", strings.Join(driver.DefaultEphemeralAllowedAttributes, ","), "comma-separated volume attributes a pod may set on an inline volume, of size and mountPermissions (empty: none); others are InvalidArgument unless they ask what the node gives anyway (layout: image, the only layout of an inline volume, is always accepted)")
 	fs.StringVar(&o.cfg.Ephemeral.MountPermissions, "ephemeral-mount-permissions", fmt.Sprintf("%04o", uint32(driver.DefaultMountPermissions)), "octal mode of an inline volume's root, unless the pod may set mountPermissions and does")
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "address (host:port, or :port for every address) of the HTTP server for /healthz and /metrics; empty disables it")
@@ -107,7 +109,8 @@ func run() error {
 	var zero []string
 	flag.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "ephemeral-max-size", "ephemeral-default-size", "ephemeral-max-share", "ephemeral-max-count":
+		case "ephemeral-max-size", "ephemeral-default-size", "ephemeral-max-share", "ephemeral-max-count",
+			"ephemeral-max-share-per-namespace", "ephemeral-max-count-per-namespace":
 			if v, ok := f.Value.(flag.Getter); ok && fmt.Sprint(v.Get()) == "0" {
 				zero = append(zero, "--"+f.Name)
 			}

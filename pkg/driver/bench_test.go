@@ -77,14 +77,14 @@ func BenchmarkInlineBoundsCheck(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := d.makeEphemeral(ephemeralName(fmt.Sprint("csi-", i)), capacity, attrs, params); err != nil {
+				if _, err := d.makeEphemeral(ephemeralName(fmt.Sprint("csi-", i)), "default", capacity, attrs, params); err != nil {
 					b.Fatal(err)
 				}
 			}
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				if n, _, err := d.ephemeralInUse(); err != nil || n != 16 {
-					b.Fatal(n, err)
+				if use, err := d.ephemeralInUse("default"); err != nil || use.count != 16 {
+					b.Fatal(use, err)
 				}
 			}
 		})

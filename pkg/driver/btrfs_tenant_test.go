@@ -107,7 +107,8 @@ func TestBtrfsVolumeSaidHeldHoldsAgainstNestedSubvolumes(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			mnt := testutil.LoopFS(t, "btrfs", 1024)
 			cleanupUnder(t, mnt)
-			e := newEnvOn(t, mnt)
+			// A small filesystem: a namespace's inline share would be short of 32 MiB.
+			e := newEnvWith(t, mnt, func(c *Config) { nodeBoundsOnly(&c.Ephemeral) })
 			var target, limit string
 			var unpublish func()
 			if tc.inline {

@@ -268,7 +268,8 @@ func New(cfg Config) (*Driver, error) {
 		klog.InfoS("Inline (CSI ephemeral) volumes are turned off (--ephemeral=false); those pods have are served until they go")
 	} else {
 		klog.InfoS("Inline (CSI ephemeral) volumes are images, bounded", "maxSize", e.MaxSize, "defaultSize", e.DefaultSize,
-			"maxSharePercent", e.MaxSharePercent, "maxCount", e.MaxCount, "podMaySet", e.AllowedAttributes, "mountPermissions", e.MountPermissions)
+			"maxSharePercent", e.MaxSharePercent, "maxCount", e.MaxCount,
+			"maxSharePerNamespacePercent", e.MaxSharePerNamespacePercent, "maxCountPerNamespace", e.MaxCountPerNamespace, "podMaySet", e.AllowedAttributes, "mountPermissions", e.MountPermissions)
 	}
 	klog.InfoS("Driver ready", "driver", cfg.DriverName, "version", Version(), "node", cfg.NodeID,
 		"controller", cfg.Controller, "nodeService", cfg.Node, "dataDir", vols.Root(), "stateDB", store.Path())

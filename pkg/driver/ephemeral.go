@@ -113,6 +113,26 @@ func (d *Driver) ephemeralAttributes(attrs map[string]string) (volumeParams, int
 	return p, capacity, params, err
 }
 
+// podNamespaceKey is the attribute in which the kubelet names the pod's
+// namespace (with podInfoOnMount in the CSIDriver object). The kubelet
+// merges its pod attributes over the pod's own volumeAttributes
+// (getPodInfoAttrs in its pkg/volume/csi), so a pod cannot name another
+// namespace.
+const podNamespaceKey = "csi.storage.k8s.io/pod.namespace"
+
+// podNamespace is the namespace a new inline volume is counted in. Without
+// one, bounds per namespace could not hold: the publish is refused.
+func (d *Driver) podNamespace(attrs map[string]string) (string, error) {
+	ns := attrs[podNamespaceKey]
+	if len(ns) > 63 {
+		return "", status.Errorf(codes.InvalidArgument, "volume attribute %s=%.64q... is longer than a namespace name (63 characters)", podNamespaceKey, ns)
+	}
+	if ns == "" && d.cfg.Ephemeral.perNamespace() {
+		return "", status.Errorf(codes.FailedPrecondition, "the publish of this inline volume names no pod namespace (volume attribute %s), which the kubelet sends when the CSIDriver object sets podInfoOnMount: true; this node bounds inline volumes per namespace (--ephemeral-max-count-per-namespace, --ephemeral-max-share-per-namespace): set podInfoOnMount: true in the CSIDriver (deploy/kubernetes/base/csidriver.yaml does)", podNamespaceKey)
+	}
+	return ns, nil
+}
+
 // sameMode reports whether two mountPermissions values are the same mode.
 func sameMode(a, b string) bool {
 	pa, erra := parseParameters(map[string]string{ParamMountPermissions: a})
@@ -147,7 +167,11 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 		if err != nil {
 			return nil, err
 		}
-		if v, err = d.makeEphemeral(name, capacity, attrs, params); err != nil {
+		ns, err := d.podNamespace(req.GetVolumeContext())
+		if err != nil {
+			return nil, err
+		}
+		if v, err = d.makeEphemeral(name, ns, capacity, attrs, params); err != nil {
 			return nil, err
 		}
 	case err != nil:
@@ -168,7 +192,7 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 		return nil, err
 	}
 	klog.V(2).InfoS("Inline volume published", "handle", handle, "volumeID", v.ID, "targetPath", target, "capacity", v.CapacityBytes,
-		"pod", klog.KRef(req.GetVolumeContext()["csi.storage.k8s.io/pod.namespace"], req.GetVolumeContext()["csi.storage.k8s.io/pod.name"]))
+		"pod", klog.KRef(req.GetVolumeContext()[podNamespaceKey], req.GetVolumeContext()["csi.storage.k8s.io/pod.name"]))
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
@@ -250,13 +274,13 @@ func (d *Driver) mountEphemeral(v *state.Volume, pub *state.Publication) error {
 }
 
 // makeEphemeral makes a new, empty inline volume: intent, data, result.
-func (d *Driver) makeEphemeral(name string, capacity int64, attrs map[string]string, params volumeParams) (*state.Volume, error) {
+func (d *Driver) makeEphemeral(name, namespace string, capacity int64, attrs map[string]string, params volumeParams) (*state.Volume, error) {
 	if params.layout != LayoutImage {
 		// What holds a directory (a qgroup, a project quota) is escaped
 		// by its own tenant: never served to a pod inline.
 		return nil, status.Errorf(codes.Internal, "inline volume %s: layout %q is not held against its pod; inline volumes are images", name, params.layout)
 	}
-	v := &state.Volume{Name: name, Parameters: attrs, Ephemeral: true, Layout: LayoutImage, FSType: d.cfg.ImageFSType, Limit: hostpath.EnforceImage}
+	v := &state.Volume{Name: name, PodNamespace: namespace, Parameters: attrs, Ephemeral: true, Layout: LayoutImage, FSType: d.cfg.ImageFSType, Limit: hostpath.EnforceImage}
 	v, err := d.admitEphemeral(v, capacity)
 	if err != nil {
 		return nil, err

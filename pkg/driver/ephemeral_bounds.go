@@ -31,6 +31,10 @@ const (
 	// DefaultEphemeralMaxCount is how many inline volumes a node has at
 	// most (--ephemeral-max-count).
 	DefaultEphemeralMaxCount = 64
+	// DefaultEphemeralMaxSharePerNamespace is the percentage of what inline
+	// volumes may hold together (--ephemeral-max-share) those of one
+	// namespace may hold (--ephemeral-max-share-per-namespace).
+	DefaultEphemeralMaxSharePerNamespace = 25
 )
 
 // ephemeralAttributeNames are the attributes an inline volume understands;
@@ -61,6 +65,15 @@ type EphemeralConfig struct {
 	// MaxCount is how many inline volumes the node has at most; past it a
 	// new one is RESOURCE_EXHAUSTED.
 	MaxCount int
+	// MaxSharePerNamespacePercent is how much (1-100) of what inline
+	// volumes may hold together (MaxSharePercent of the node's room) the
+	// inline volumes of one namespace may hold; 0 is
+	// DefaultEphemeralMaxSharePerNamespace.
+	MaxSharePerNamespacePercent int
+	// MaxCountPerNamespace is how many inline volumes one namespace has on
+	// the node at most; 0 is a quarter of MaxCount (at least 1). With 100
+	// and MaxCount, namespaces are not bounded apart.
+	MaxCountPerNamespace int
 	// AllowedAttributes are the volume attributes a pod may set, of size
 	// and mountPermissions; nil is DefaultEphemeralAllowedAttributes,
 	// empty allows none. An attribute a pod may not set is refused unless
@@ -92,6 +105,12 @@ func (c *EphemeralConfig) check(maxVolume int64, fsType string) []string {
 	if c.MaxCount == 0 {
 		c.MaxCount = DefaultEphemeralMaxCount
 	}
+	if c.MaxSharePerNamespacePercent == 0 {
+		c.MaxSharePerNamespacePercent = DefaultEphemeralMaxSharePerNamespace
+	}
+	if c.MaxCountPerNamespace == 0 {
+		c.MaxCountPerNamespace = max(1, c.MaxCount/4)
+	}
 	if c.AllowedAttributes == nil {
 		c.AllowedAttributes = DefaultEphemeralAllowedAttributes
 	}
@@ -116,6 +135,12 @@ func (c *EphemeralConfig) check(maxVolume int64, fsType string) []string {
 	if c.MaxCount < 0 {
 		problems = append(problems, "--ephemeral-max-count is negative")
 	}
+	if c.MaxSharePerNamespacePercent < 0 || c.MaxSharePerNamespacePercent > 100 {
+		problems = append(problems, fmt.Sprintf("--ephemeral-max-share-per-namespace is %d; want a percentage (1-100) of --ephemeral-max-share", c.MaxSharePerNamespacePercent))
+	}
+	if c.MaxCountPerNamespace < 0 || c.MaxCountPerNamespace > c.MaxCount {
+		problems = append(problems, fmt.Sprintf("--ephemeral-max-count-per-namespace (%d) is not between 1 and --ephemeral-max-count (%d)", c.MaxCountPerNamespace, c.MaxCount))
+	}
 	for _, a := range c.AllowedAttributes {
 		switch a {
 		case AttrSize, ParamMountPermissions:
@@ -138,49 +163,78 @@ func (c *EphemeralConfig) allowedFlag() string {
 	return "--ephemeral-allowed-attributes=" + strings.Join(c.AllowedAttributes, ",")
 }
 
-// admitEphemeral records v, a new inline volume of capacity bytes, if the
-// node's bounds leave room for it: the count and the share are read from
-// the records and the new record is written under one lock, so concurrent
-// publishes cannot together pass a bound, and a restart counts exactly what
-// is on record.
+// perNamespace reports whether namespaces are bounded apart.
+func (c *EphemeralConfig) perNamespace() bool {
+	return c.MaxSharePerNamespacePercent < 100 || c.MaxCountPerNamespace < c.MaxCount
+}
+
+// ephemeralUse is what inline volumes on record hold: on the node, and of
+// one namespace.
+type ephemeralUse struct {
+	count, nsCount int
+	held, nsHeld   int64
+}
+
+// admitEphemeral records v, a new inline volume of capacity bytes of the
+// pod namespace v.PodNamespace, if the node's bounds and the namespace's
+// leave room for it: the counts and the shares are read from the records
+// and the new record is written under one lock, so concurrent publishes
+// cannot together pass a bound, and a restart counts exactly what is on
+// record.
 func (d *Driver) admitEphemeral(v *state.Volume, capacity int64) (*state.Volume, error) {
 	d.ephemeralMu.Lock()
 	defer d.ephemeralMu.Unlock()
-	count, held, err := d.ephemeralInUse()
+	use, err := d.ephemeralInUse(v.PodNamespace)
 	if err != nil {
 		return nil, err
 	}
 	pol := d.cfg.Ephemeral
-	if count >= pol.MaxCount {
-		return nil, status.Errorf(codes.ResourceExhausted, "this node already has %d inline volumes, the most it allows (--ephemeral-max-count=%d); retry once other pods' inline volumes are gone, or use a PersistentVolumeClaim", count, pol.MaxCount)
+	ns := v.PodNamespace
+	if pol.perNamespace() && use.nsCount >= pol.MaxCountPerNamespace {
+		return nil, status.Errorf(codes.ResourceExhausted, "namespace %q already has %d inline volumes on this node, the most one namespace may have (--ephemeral-max-count-per-namespace=%d); retry once other inline volumes of the namespace are gone, or use a PersistentVolumeClaim", ns, use.nsCount, pol.MaxCountPerNamespace)
+	}
+	if use.count >= pol.MaxCount {
+		return nil, status.Errorf(codes.ResourceExhausted, "this node already has %d inline volumes, the most it allows (--ephemeral-max-count=%d); retry once other pods' inline volumes are gone, or use a PersistentVolumeClaim", use.count, pol.MaxCount)
 	}
 	// The node's room is what volumes could have if there were no inline
 	// ones: what is available (the capacity the scheduler reads) plus
 	// what inline volumes hold. Inline volumes take at most the share of
-	// it, so claims always keep the rest, however full the node is.
+	// it, so claims always keep the rest, however full the node is; and
+	// one namespace's take at most its part of the share, so the others
+	// keep theirs.
 	avail, err := d.available()
 	if err != nil {
 		return nil, err
 	}
-	share := (avail + held) / 100 * int64(pol.MaxSharePercent)
-	if held+capacity > share {
-		return nil, status.Errorf(codes.ResourceExhausted, "an inline volume of %d bytes does not fit: inline volumes on this node hold %d bytes of the %d they may hold together (%d%% of the node's room for volumes, --ephemeral-max-share); ask for less, retry once other pods' inline volumes are gone, or use a PersistentVolumeClaim", capacity, held, share, pol.MaxSharePercent)
+	share := (avail + use.held) / 100 * int64(pol.MaxSharePercent)
+	if nsShare := share / 100 * int64(pol.MaxSharePerNamespacePercent); pol.perNamespace() && use.nsHeld+capacity > nsShare {
+		return nil, status.Errorf(codes.ResourceExhausted, "an inline volume of %d bytes does not fit: inline volumes of namespace %q on this node hold %d bytes of the %d one namespace may hold (%d%% of what inline volumes may hold together, --ephemeral-max-share-per-namespace); ask for less, retry once other inline volumes of the namespace are gone, or use a PersistentVolumeClaim", capacity, ns, use.nsHeld, nsShare, pol.MaxSharePerNamespacePercent)
+	}
+	if use.held+capacity > share {
+		return nil, status.Errorf(codes.ResourceExhausted, "an inline volume of %d bytes does not fit: inline volumes on this node hold %d bytes of the %d they may hold together (%d%% of the node's room for volumes, --ephemeral-max-share); ask for less, retry once other pods' inline volumes are gone, or use a PersistentVolumeClaim", capacity, use.held, share, pol.MaxSharePercent)
 	}
 	return d.recordNewVolume(v, capacity, nil)
 }
 
 // ephemeralInUse counts the inline volumes on record, but those being
-// removed, and what they hold. It reads their records alone, by name.
-func (d *Driver) ephemeralInUse() (count int, held int64, err error) {
+// removed, and what they hold: all of them, and those of namespace ns (an
+// inline volume of an earlier release has none, and counts on the node
+// alone). It reads their records alone, by name.
+func (d *Driver) ephemeralInUse(ns string) (use ephemeralUse, err error) {
 	vols, err := d.store.VolumesNamed(ephemeralNamePrefix)
 	if err != nil {
-		return 0, 0, stateError(err)
+		return use, stateError(err)
 	}
 	for _, v := range vols {
 		if v.Ephemeral && v.Phase != state.PhaseDeleting {
-			count++
-			held += d.heldSize(v)
+			size := d.heldSize(v)
+			use.count++
+			use.held += size
+			if ns != "" && v.PodNamespace == ns {
+				use.nsCount++
+				use.nsHeld += size
+			}
 		}
 	}
-	return count, held, nil
+	return use, nil
 }

@@ -19,6 +19,15 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
+// nodeBoundsOnly bounds inline volumes on the node alone, not per
+// namespace, for tests of the node's bounds.
+func nodeBoundsOnly(c *EphemeralConfig) {
+	if c.MaxCount == 0 {
+		c.MaxCount = DefaultEphemeralMaxCount
+	}
+	c.MaxSharePerNamespacePercent, c.MaxCountPerNamespace = 100, c.MaxCount
+}
+
 // inlineBoundsEnv is a driver on a 512 MiB ext4 filesystem of its own whose
 // inline volumes tweak bounds.
 func inlineBoundsEnv(t *testing.T, tweak func(*EphemeralConfig)) *testEnv {
@@ -77,7 +86,7 @@ func wantRefused(t *testing.T, err error, code codes.Code, flag string) {
 // above what the share leaves, a claim of all of it is still made, and
 // after it no inline volume is.
 func TestOnePodCannotTakeTheNodesRoomWithInlineVolumes(t *testing.T) {
-	e := inlineBoundsEnv(t, func(c *EphemeralConfig) { c.MaxSize = 32 << 20 })
+	e := inlineBoundsEnv(t, func(c *EphemeralConfig) { c.MaxSize = 32 << 20; nodeBoundsOnly(c) })
 	before := e.capacity(t)
 	share := before / 100 * DefaultEphemeralMaxShare
 
@@ -124,7 +133,10 @@ func TestOnePodCannotTakeTheNodesRoomWithInlineVolumes(t *testing.T) {
 // given back when its pod's mount goes.
 func TestInlineVolumesPerNodeAreBoundedAndReleasedAtUnpublish(t *testing.T) {
 	testutil.RequireRoot(t)
-	e := newEnvWith(t, t.TempDir(), func(c *Config) { c.Ephemeral.MaxCount, c.Ephemeral.DefaultSize = 3, 8<<20 })
+	e := newEnvWith(t, t.TempDir(), func(c *Config) {
+		c.Ephemeral.MaxCount, c.Ephemeral.DefaultSize = 3, 8<<20
+		nodeBoundsOnly(&c.Ephemeral)
+	})
 	testutil.CleanupMounts(t, e.dir)
 	for i := 0; i < 3; i++ {
 		if err := e.publishInline(t, fmt.Sprintf("csi-%d", i), nil); err != nil {
@@ -178,7 +190,7 @@ func TestConcurrentInlinePublishesCannotOvershootTheBounds(t *testing.T) {
 		return made, refused
 	}
 	t.Run("share", func(t *testing.T) {
-		e := inlineBoundsEnv(t, func(c *EphemeralConfig) { c.MaxSize = 32 << 20 })
+		e := inlineBoundsEnv(t, func(c *EphemeralConfig) { c.MaxSize = 32 << 20; nodeBoundsOnly(c) })
 		want := int(e.capacity(t) / 100 * DefaultEphemeralMaxShare / (16 << 20))
 		if made, _ := run(t, e, 8, map[string]string{AttrSize: "16Mi"}); made != want {
 			t.Fatalf("%d of 8 concurrent inline volumes of 16 MiB made; the share holds %d", made, want)
@@ -186,10 +198,21 @@ func TestConcurrentInlinePublishesCannotOvershootTheBounds(t *testing.T) {
 	})
 	t.Run("count", func(t *testing.T) {
 		testutil.RequireRoot(t)
-		e := newEnvWith(t, t.TempDir(), func(c *Config) { c.Ephemeral.MaxCount, c.Ephemeral.DefaultSize = 2, 8<<20 })
+		e := newEnvWith(t, t.TempDir(), func(c *Config) {
+			c.Ephemeral.MaxCount, c.Ephemeral.DefaultSize = 2, 8<<20
+			nodeBoundsOnly(&c.Ephemeral)
+		})
 		testutil.CleanupMounts(t, e.dir)
 		if made, _ := run(t, e, 6, nil); made != 2 {
 			t.Fatalf("%d of 6 concurrent inline volumes made; --ephemeral-max-count is 2", made)
+		}
+	})
+	t.Run("count-per-namespace", func(t *testing.T) {
+		testutil.RequireRoot(t)
+		e := newEnvWith(t, t.TempDir(), func(c *Config) { c.Ephemeral.MaxCount, c.Ephemeral.DefaultSize = 8, 8<<20 })
+		testutil.CleanupMounts(t, e.dir)
+		if made, _ := run(t, e, 6, nil); made != 2 {
+			t.Fatalf("%d of 6 concurrent inline volumes of one namespace made; --ephemeral-max-count-per-namespace is 2 (a quarter of 8)", made)
 		}
 	})
 }
@@ -201,7 +224,7 @@ func TestConcurrentInlinePublishesCannotOvershootTheBounds(t *testing.T) {
 // the pod gets anyway is not refused. --ephemeral=false refuses new inline
 // volumes and still removes those pods have.
 func TestInlineVolumeAttributesAPodMayNotSetAreRefused(t *testing.T) {
-	e := inlineBoundsEnv(t, func(c *EphemeralConfig) { c.DefaultSize, c.MountPermissions = 32<<20, "0750" })
+	e := inlineBoundsEnv(t, func(c *EphemeralConfig) { c.DefaultSize, c.MountPermissions = 32<<20, "0750"; nodeBoundsOnly(c) })
 	for _, attrs := range []map[string]string{{ParamMountPermissions: "0777"}, {ParamMountPermissions: "0700", AttrSize: "8Mi"}} {
 		wantRefused(t, e.publishInline(t, "csi-mode", attrs), codes.InvalidArgument, "--ephemeral-allowed-attributes=size")
 	}
@@ -246,7 +269,7 @@ func TestInlineVolumeOnBtrfsHoldsAgainstNestedSubvolumes(t *testing.T) {
 	mnt := testutil.LoopFS(t, "btrfs", 512)
 	cleanupUnder(t, mnt)
 	testutil.CleanupMounts(t, filepath.Join(mnt, "pods"))
-	e := newEnvOn(t, mnt)
+	e := newEnvWith(t, mnt, func(c *Config) { nodeBoundsOnly(&c.Ephemeral) }) // a small filesystem
 	btrfsTool, err := exec.LookPath("btrfs")
 	if err != nil {
 		t.Skip("skipping: btrfs-progs not installed")
@@ -305,6 +328,8 @@ func TestInlineBoundsThatMakeNoSenseStopTheDriver(t *testing.T) {
 		{EphemeralConfig{MaxSize: 64 << 20, DefaultSize: 128 << 20}, "--ephemeral-default-size"},
 		{EphemeralConfig{MaxSharePercent: 101}, "--ephemeral-max-share"},
 		{EphemeralConfig{MaxCount: -1}, "--ephemeral-max-count"},
+		{EphemeralConfig{MaxSharePerNamespacePercent: 101}, "--ephemeral-max-share-per-namespace"},
+		{EphemeralConfig{MaxCount: 8, MaxCountPerNamespace: 9}, "--ephemeral-max-count-per-namespace"},
 		{EphemeralConfig{AllowedAttributes: []string{"fsType"}}, "--ephemeral-allowed-attributes"},
 		{EphemeralConfig{AllowedAttributes: []string{ParamLayout}}, "always an image"},
 		{EphemeralConfig{MountPermissions: "rwx"}, "--ephemeral-mount-permissions"},
@@ -345,8 +370,8 @@ func TestFailedInlinePublishWithNoUnpublishFreesTheSlot(t *testing.T) {
 	if vols, _ := e.d.vols.List(); len(vols) != 0 {
 		t.Fatalf("a failed inline publish left volume data: %v", vols)
 	}
-	if n, held, _ := e.d.ephemeralInUse(); n != 0 || held != 0 {
-		t.Fatalf("a failed inline publish holds %d volumes, %d bytes", n, held)
+	if use, _ := e.d.ephemeralInUse(""); use.count != 0 || use.held != 0 {
+		t.Fatalf("a failed inline publish holds %d volumes, %d bytes", use.count, use.held)
 	}
 	if err := e.publishInline(t, "csi-b", nil); err != nil {
 		t.Fatalf("the next pod's inline volume after a failed one (--ephemeral-max-count=1): %v", err)
@@ -378,7 +403,7 @@ func TestUnpublishedInlineVolumeIsSweptAndAMountedOneKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.d.makeEphemeral(ephemeralName("csi-left"), capacity, attrs, params); err != nil {
+	if _, err := e.d.makeEphemeral(ephemeralName("csi-left"), "default", capacity, attrs, params); err != nil {
 		t.Fatal(err)
 	}
 	wantRefused(t, e.publishInline(t, "csi-b", nil), codes.ResourceExhausted, "--ephemeral-max-count")
@@ -393,7 +418,75 @@ func TestUnpublishedInlineVolumeIsSweptAndAMountedOneKept(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(e.inlineTarget("csi-b"), "f"), []byte("x"), 0o644); err != nil {
 		t.Fatalf("a mounted inline volume after sweeps: %v", err)
 	}
-	if n, _, _ := e.d.ephemeralInUse(); n != 1 {
-		t.Fatalf("%d inline volumes after sweeps; want the mounted one", n)
+	if use, _ := e.d.ephemeralInUse(""); use.count != 1 {
+		t.Fatalf("%d inline volumes after sweeps; want the mounted one", use.count)
 	}
+}
+
+func inNamespace(ns string, attrs map[string]string) map[string]string {
+	out := map[string]string{podNamespaceKey: ns}
+	for k, v := range attrs {
+		out[k] = v
+	}
+	return out
+}
+
+// One namespace cannot take the inline room of the others: its inline
+// volumes number at most --ephemeral-max-count-per-namespace (a quarter of
+// --ephemeral-max-count by default) and hold at most
+// --ephemeral-max-share-per-namespace (a quarter of what inline volumes may
+// hold together) -- counted from the records, across a restart -- while
+// another namespace's pods still get theirs. The namespace is the one the
+// kubelet names; a publish that names none is refused.
+func TestOneNamespaceCannotTakeTheInlineRoomOfOthers(t *testing.T) {
+	t.Run("count", func(t *testing.T) {
+		testutil.RequireRoot(t)
+		e := newEnvWith(t, t.TempDir(), func(c *Config) { c.Ephemeral.MaxCount, c.Ephemeral.DefaultSize = 8, 8<<20 })
+		testutil.CleanupMounts(t, e.dir)
+		for i := 0; i < 2; i++ {
+			if err := e.publishInline(t, fmt.Sprint("csi-a", i), inNamespace("team-a", nil)); err != nil {
+				t.Fatalf("inline volume %d of 2 of namespace team-a: %v", i, err)
+			}
+		}
+		wantRefused(t, e.publishInline(t, "csi-a2", inNamespace("team-a", nil)), codes.ResourceExhausted, "--ephemeral-max-count-per-namespace=2")
+		e.restart(t)
+		wantRefused(t, e.publishInline(t, "csi-a2", inNamespace("team-a", nil)), codes.ResourceExhausted, "--ephemeral-max-count-per-namespace=2")
+		if err := e.publishInline(t, "csi-b0", inNamespace("team-b", nil)); err != nil {
+			t.Fatalf("another namespace's inline volume while team-a has its most: %v", err)
+		}
+		e.unpublishInline(t, "csi-a0")
+		if err := e.publishInline(t, "csi-a2", inNamespace("team-a", nil)); err != nil {
+			t.Fatalf("team-a's inline volume once one of its others went: %v", err)
+		}
+	})
+	t.Run("share", func(t *testing.T) {
+		e := inlineBoundsEnv(t, func(c *EphemeralConfig) { c.MaxSize = 32 << 20 })
+		nsShare := e.capacity(t) / 100 * DefaultEphemeralMaxShare / 100 * DefaultEphemeralMaxSharePerNamespace
+		made := 0
+		var err error
+		for ; made < 20; made++ {
+			if err = e.publishInline(t, fmt.Sprint("csi-a", made), inNamespace("team-a", map[string]string{AttrSize: "8Mi"})); err != nil {
+				break
+			}
+		}
+		wantRefused(t, err, codes.ResourceExhausted, "--ephemeral-max-share-per-namespace")
+		if held := int64(made) * 8 << 20; made == 0 || held > nsShare || held+8<<20 <= nsShare {
+			t.Fatalf("%d inline volumes of 8 MiB made in one namespace; want as many as fit in its share of %d bytes", made, nsShare)
+		}
+		if err := e.publishInline(t, "csi-b0", inNamespace("team-b", map[string]string{AttrSize: "8Mi"})); err != nil {
+			t.Fatalf("another namespace's inline volume while team-a holds its share: %v", err)
+		}
+	})
+	t.Run("no-namespace", func(t *testing.T) {
+		testutil.RequireRoot(t)
+		e := newEnvWith(t, t.TempDir(), func(c *Config) { c.Ephemeral.DefaultSize = 8 << 20 })
+		testutil.CleanupMounts(t, e.dir)
+		wantRefused(t, e.publishInline(t, "csi-none", inNamespace("", nil)), codes.FailedPrecondition, "podInfoOnMount")
+		// Namespaces not bounded apart: nothing to count it in is needed.
+		e.tweak = func(c *Config) { c.Ephemeral.DefaultSize = 8 << 20; nodeBoundsOnly(&c.Ephemeral) }
+		e.restart(t)
+		if err := e.publishInline(t, "csi-none", inNamespace("", nil)); err != nil {
+			t.Fatalf("a publish naming no namespace with bounds per node alone: %v", err)
+		}
+	})
 }

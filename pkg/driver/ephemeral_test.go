@@ -109,7 +109,7 @@ func TestInlineEphemeralAcrossRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	orphan, err := e.d.makeEphemeral(ephemeralName("csi-crashed"), capacity, attrs, params) // made, never published
+	orphan, err := e.d.makeEphemeral(ephemeralName("csi-crashed"), "default", capacity, attrs, params) // made, never published
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func inlineImageEnv(t *testing.T) *testEnv {
 	mnt := testutil.LoopFS(t, "ext4", 512)
 	cleanupUnder(t, mnt)
 	testutil.CleanupMounts(t, filepath.Join(mnt, "pods"))
-	return newEnvOn(t, mnt)
+	return newEnvWith(t, mnt, func(c *Config) { nodeBoundsOnly(&c.Ephemeral) }) // a small filesystem
 }
 
 // A pod may mount its inline volume read-only (`readOnly: true` on the

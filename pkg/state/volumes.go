@@ -54,6 +54,10 @@ type Volume struct {
 	// and removed by its NodeUnpublishVolume. Its name is
 	// "csi-ephemeral:" + the kubelet's volume handle.
 	Ephemeral bool `json:"ephemeral,omitempty"`
+	// PodNamespace is an inline volume's pod's namespace, as the kubelet
+	// said it (csi.storage.k8s.io/pod.namespace): inline volumes are
+	// bounded per namespace. "" for inline volumes of earlier releases.
+	PodNamespace string `json:"podNamespace,omitempty"`
 	// GrowingTo is the size an expansion is making the volume, recorded
 	// before the disk grows and cleared when the new capacity is: what the
 	// volume may fill is set aside while (and if killed, after) it grows.

@@ -574,7 +574,11 @@ func (h *harness) inline(m *model, handle string) error {
 	m.mu.Unlock()
 	ctx, cancel := ctx5()
 	defer cancel()
-	vctx := map[string]string{"csi.storage.k8s.io/ephemeral": "true", "size": "1Mi"}
+	// What the kubelet sends with podInfoOnMount (a pod of its own
+	// namespace each: the node's bounds are what this exercises).
+	vctx := map[string]string{"csi.storage.k8s.io/ephemeral": "true", "size": "1Mi",
+		"csi.storage.k8s.io/pod.name": "pod", "csi.storage.k8s.io/pod.namespace": "ns-" + handle,
+		"csi.storage.k8s.io/pod.uid": handle, "csi.storage.k8s.io/serviceAccount.name": "default"}
 	if _, err := h.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: handle, TargetPath: target, VolumeCapability: rwo, VolumeContext: vctx}); err != nil {
 		return err
 	}
