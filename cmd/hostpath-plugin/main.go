@@ -62,10 +62,10 @@ func parseFlags() *options {
 	fs.BoolVar(&o.cfg.ProjectQuotas, "project-quotas", false, "hold directory volumes with ext4/xfs project quotas where the kernel has them; only where every pod runs in a user namespace of its own (hostUsers: false): from the host's, a file's owner can change its project ID and leave the quota")
 	fs.StringVar(&o.cfg.UdevRulesDir, "udev-rules-dir", "", "the host's udev rules directory (e.g. /etc/udev/rules.d mounted into the pod): the driver writes a rule there that keeps udev, LVM and md from probing, linking or activating what tenants write into the loop devices of volumes; empty leaves the host's udev alone")
 	ephemeral := fs.Bool("ephemeral", true, "serve CSI inline (ephemeral) volumes, bounded by the --ephemeral-* flags; false refuses new ones (FailedPrecondition) and serves those pods have until they go (also drop Ephemeral from the CSIDriver's volumeLifecycleModes)")
-	// Sizes left at 0 take the driver's defaults: 1Gi, or --max-volume-size
-	// where that is smaller.
+	// Sizes left at 0 take the driver's defaults: 1Gi (256Mi for the
+	// default size), or the max where that is smaller.
 	fs.Var(sizeValue{&o.cfg.Ephemeral.MaxSize}, "ephemeral-max-size", "largest inline volume a pod may ask for (1Gi, 500Mi, or bytes); larger is InvalidArgument (default 1Gi, or --max-volume-size if smaller)")
-	fs.Var(sizeValue{&o.cfg.Ephemeral.DefaultSize}, "ephemeral-default-size", "size of an inline volume whose pod names none (default 1Gi, or --ephemeral-max-size if smaller)")
+	fs.Var(sizeValue{&o.cfg.Ephemeral.DefaultSize}, "ephemeral-default-size", "size of an inline volume whose pod names none (default 256Mi, or --ephemeral-max-size if smaller; an xfs image is at least 300Mi)")
 	fs.IntVar(&o.cfg.Ephemeral.MaxSharePercent, "ephemeral-max-share", driver.DefaultEphemeralMaxShare, "percentage (1-100) of the node's room for volumes (what is available plus what inline volumes hold) all inline volumes together may hold; past it a new one is ResourceExhausted")
 	fs.IntVar(&o.cfg.Ephemeral.MaxCount, "ephemeral-max-count", driver.DefaultEphemeralMaxCount, "inline volumes a node has at most; past it a new one is ResourceExhausted")
 	fs.IntVar(&o.cfg.Ephemeral.MaxSharePerNamespacePercent, "ephemeral-max-share-per-namespace", driver.DefaultEphemeralMaxSharePerNamespace, "percentage (1-100) of what inline volumes may hold together (--ephemeral-max-share) the inline volumes of one namespace may hold on the node; past it a new one is ResourceExhausted (100 and --ephemeral-max-count-per-namespace equal to --ephemeral-max-count: no bounds per namespace)")

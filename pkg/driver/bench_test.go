@@ -73,11 +73,11 @@ func BenchmarkInlineBoundsCheck(b *testing.B) {
 				}
 			}
 			for i := 0; i < 16; i++ {
-				params, capacity, attrs, err := d.ephemeralAttributes(map[string]string{AttrSize: "8Mi"})
+				iv, err := d.ephemeralAttributes(map[string]string{AttrSize: "8Mi"}, "")
 				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := d.makeEphemeral(ephemeralName(fmt.Sprint("csi-", i)), "default", capacity, attrs, params); err != nil {
+				if _, err := d.makeEphemeral(ephemeralName(fmt.Sprint("csi-", i)), iv); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -15,6 +15,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/size"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
@@ -52,12 +53,24 @@ func isEphemeral(volumeContext map[string]string) bool {
 
 func ephemeralName(handle string) string { return ephemeralNamePrefix + handle }
 
+// inlineVolume is what a new inline volume is to be: from its pod's
+// attributes, capability and namespace, within the administrator's bounds.
+type inlineVolume struct {
+	params    volumeParams
+	capacity  int64
+	attrs     map[string]string // the parameters to record
+	fsType    string
+	namespace string
+}
+
 // ephemeralAttributes checks a new inline volume's attributes against what
 // the administrator lets a pod set (--ephemeral-allowed-attributes), and
-// returns its parameters, its size and the parameters to record. What a pod
-// may not set comes from the administrator's flags; a pod that asks for
-// exactly what it would get anyway is not refused.
-func (d *Driver) ephemeralAttributes(attrs map[string]string) (volumeParams, int64, map[string]string, error) {
+// its capability's fsType (ext4 or xfs; "" is --image-fstype), and returns
+// what the volume is to be. What a pod may not set comes from the
+// administrator's flags; a pod that asks for what it would get anyway, or
+// for less than it gets (a mode the node's grants, layout: directory of pod
+// templates from before inline volumes were always images), is not refused.
+func (d *Driver) ephemeralAttributes(attrs map[string]string, fsType string) (*inlineVolume, error) {
 	pol := &d.cfg.Ephemeral
 	params := map[string]string{ParamMountPermissions: pol.MountPermissions}
 	capacity := pol.DefaultSize
@@ -67,21 +80,41 @@ func (d *Driver) ephemeralAttributes(attrs map[string]string) (volumeParams, int
 		case podInfoAttributes[k]:
 		case k == AttrSize:
 			n, err := size.Parse(v)
-			if err != nil || n <= 0 {
-				return volumeParams{}, 0, nil, status.Errorf(codes.InvalidArgument, "inline volume attribute %s: %v", AttrSize, err)
+			if err != nil {
+				return nil, status.Errorf(codes.InvalidArgument, "inline volume attribute %s: %v", AttrSize, err)
+			}
+			if n <= 0 {
+				return nil, status.Errorf(codes.InvalidArgument, "inline volume attribute %s=%.64q: must be positive (such as 256Mi); omit it for the node's %d bytes (--ephemeral-default-size)", AttrSize, v, pol.DefaultSize)
 			}
 			if !pol.allows(k) && n != pol.DefaultSize {
 				forbidden = append(forbidden, k)
 			}
 			capacity = n
 		case k == ParamMountPermissions:
-			if !pol.allows(k) && !sameMode(v, pol.MountPermissions) {
+			switch {
+			case pol.allows(k):
+				params[k] = v
+			case grantsAll(pol.MountPermissions, v):
+				// A template from when pods set the mode: the node's
+				// mode lets the pod do all it asked.
+				klog.InfoS("Warning: inline volume asks for mountPermissions, which pods may not set on this node; its root gets the node's mode, which grants all it asks",
+					"asked", v, "given", pol.MountPermissions, "flag", pol.allowedFlag(), "pod", podRef(attrs))
+			default:
+				if _, err := parseParameters(map[string]string{k: v}); err != nil {
+					return nil, err
+				}
 				forbidden = append(forbidden, k)
 			}
-			params[k] = v
 		case k == ParamLayout:
-			if v != LayoutImage {
-				return volumeParams{}, 0, nil, status.Errorf(codes.InvalidArgument, "inline volume attribute %s=%.64q: an inline volume is always an image on this driver, as nothing else holds a directory to its size against the pod inside it (a btrfs qgroup is left by a nested subvolume, a project quota by a file's owner changing its project); omit %s or set it to %s",
+			switch v {
+			case LayoutImage:
+			case LayoutDirectory:
+				// Pod templates of releases that made inline
+				// directories: an image is the same to the pod, and held.
+				klog.InfoS("Warning: inline volume asks for layout directory; serving an image, the only layout of an inline volume (nothing else holds a directory to its size against the pod inside it)",
+					"pod", podRef(attrs))
+			default:
+				return nil, status.Errorf(codes.InvalidArgument, "inline volume attribute %s=%.64q: an inline volume is always an image on this driver; omit %s or set it to %s",
 					ParamLayout, v, ParamLayout, LayoutImage)
 			}
 		default:
@@ -90,27 +123,53 @@ func (d *Driver) ephemeralAttributes(attrs map[string]string) (volumeParams, int
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return volumeParams{}, 0, nil, status.Errorf(codes.InvalidArgument, "unknown inline volume attribute %s; this driver accepts: %s",
+		return nil, status.Errorf(codes.InvalidArgument, "unknown inline volume attribute %s; this driver accepts: %s",
 			strings.Join(unknown[:min(len(unknown), 5)], ", "), strings.Join(ephemeralAttributeNames, ", "))
 	}
 	if len(forbidden) > 0 {
 		sort.Strings(forbidden)
-		return volumeParams{}, 0, nil, status.Errorf(codes.InvalidArgument, "inline volume attribute %s is not one a pod may set on this node (%s); remove it from the pod's volumeAttributes (the node gives size %d bytes, mountPermissions %s), or ask the administrator",
+		return nil, status.Errorf(codes.InvalidArgument, "inline volume attribute %s is not one a pod may set on this node (%s); remove it from the pod's volumeAttributes (the node gives size %d bytes, mountPermissions %s: a mode it grants is accepted), or ask the administrator",
 			strings.Join(forbidden, ", "), pol.allowedFlag(), pol.DefaultSize, pol.MountPermissions)
 	}
 	if capacity > pol.MaxSize {
-		return volumeParams{}, 0, nil, status.Errorf(codes.InvalidArgument, "inline volume attribute %s=%s: %d bytes is more than this node allows for one inline volume, %d bytes (--ephemeral-max-size); ask for less, or use a PersistentVolumeClaim",
+		return nil, status.Errorf(codes.InvalidArgument, "inline volume attribute %s=%s: %d bytes is more than this node allows for one inline volume, %d bytes (--ephemeral-max-size); ask for less, or use a PersistentVolumeClaim",
 			AttrSize, attrs[AttrSize], capacity, pol.MaxSize)
+	}
+	switch fsType {
+	case "":
+		fsType = d.cfg.ImageFSType
+	case imagefs.Ext4, imagefs.XFS:
+	default:
+		return nil, status.Errorf(codes.InvalidArgument, "inline volume fsType %.64q: an inline volume is an image of %s or %s; set the csi volume's fsType to one of them, or omit it for the node's %s (--image-fstype)",
+			fsType, imagefs.Ext4, imagefs.XFS, d.cfg.ImageFSType)
 	}
 	p, err := parseParameters(params)
 	if err != nil {
-		return p, 0, nil, err
+		return nil, err
 	}
 	// Always an image: a loop-mounted filesystem of its own, which no
 	// move of the pod inside it can grow.
 	p.layout = LayoutImage
-	capacity, err = sizeForKind(capacity, volumeKind{layout: LayoutImage, fsType: d.cfg.ImageFSType}, nil)
-	return p, capacity, params, err
+	if capacity, err = sizeForKind(capacity, volumeKind{layout: LayoutImage, fsType: fsType}, nil); err != nil {
+		return nil, err
+	}
+	if capacity > pol.MaxSize { // the least image of the pod's fsType
+		return nil, status.Errorf(codes.InvalidArgument, "inline volume fsType %s: the least %s image, %d bytes, is more than this node allows for one inline volume, %d bytes (--ephemeral-max-size); omit fsType for the node's %s",
+			fsType, fsType, capacity, pol.MaxSize, d.cfg.ImageFSType)
+	}
+	return &inlineVolume{params: p, capacity: capacity, attrs: params, fsType: fsType}, nil
+}
+
+// grantsAll reports whether mode given (octal) has every bit of mode asked:
+// a pod asking for asked can do all it meant to under given.
+func grantsAll(given, asked string) bool {
+	pg, errg := parseParameters(map[string]string{ParamMountPermissions: given})
+	pa, erra := parseParameters(map[string]string{ParamMountPermissions: asked})
+	return errg == nil && erra == nil && pa.mode&^pg.mode == 0
+}
+
+func podRef(attrs map[string]string) klog.ObjectRef {
+	return klog.KRef(attrs[podNamespaceKey], attrs["csi.storage.k8s.io/pod.name"])
 }
 
 // podNamespaceKey is the attribute in which the kubelet names the pod's
@@ -131,13 +190,6 @@ func (d *Driver) podNamespace(attrs map[string]string) (string, error) {
 		return "", status.Errorf(codes.FailedPrecondition, "the publish of this inline volume names no pod namespace (volume attribute %s), which the kubelet sends when the CSIDriver object sets podInfoOnMount: true; this node bounds inline volumes per namespace (--ephemeral-max-count-per-namespace, --ephemeral-max-share-per-namespace): set podInfoOnMount: true in the CSIDriver (deploy/kubernetes/base/csidriver.yaml does)", podNamespaceKey)
 	}
 	return ns, nil
-}
-
-// sameMode reports whether two mountPermissions values are the same mode.
-func sameMode(a, b string) bool {
-	pa, erra := parseParameters(map[string]string{ParamMountPermissions: a})
-	pb, errb := parseParameters(map[string]string{ParamMountPermissions: b})
-	return erra == nil && errb == nil && pa.mode == pb.mode
 }
 
 // publishEphemeral makes (or finds, on a retry) the pod's inline volume and
@@ -163,15 +215,14 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 		if d.cfg.Ephemeral.Disabled {
 			return nil, status.Error(codes.FailedPrecondition, "inline (CSI ephemeral) volumes are turned off on this node (--ephemeral=false); use a PersistentVolumeClaim or a generic ephemeral volume")
 		}
-		params, capacity, attrs, err := d.ephemeralAttributes(req.GetVolumeContext())
+		iv, err := d.ephemeralAttributes(req.GetVolumeContext(), req.GetVolumeCapability().GetMount().GetFsType())
 		if err != nil {
 			return nil, err
 		}
-		ns, err := d.podNamespace(req.GetVolumeContext())
-		if err != nil {
+		if iv.namespace, err = d.podNamespace(req.GetVolumeContext()); err != nil {
 			return nil, err
 		}
-		if v, err = d.makeEphemeral(name, ns, capacity, attrs, params); err != nil {
+		if v, err = d.makeEphemeral(name, iv); err != nil {
 			return nil, err
 		}
 	case err != nil:
@@ -274,18 +325,19 @@ func (d *Driver) mountEphemeral(v *state.Volume, pub *state.Publication) error {
 }
 
 // makeEphemeral makes a new, empty inline volume: intent, data, result.
-func (d *Driver) makeEphemeral(name, namespace string, capacity int64, attrs map[string]string, params volumeParams) (*state.Volume, error) {
-	if params.layout != LayoutImage {
+func (d *Driver) makeEphemeral(name string, iv *inlineVolume) (*state.Volume, error) {
+	if iv.params.layout != LayoutImage {
 		// What holds a directory (a qgroup, a project quota) is escaped
 		// by its own tenant: never served to a pod inline.
-		return nil, status.Errorf(codes.Internal, "inline volume %s: layout %q is not held against its pod; inline volumes are images", name, params.layout)
+		return nil, status.Errorf(codes.Internal, "inline volume %s: layout %q is not held against its pod; inline volumes are images", name, iv.params.layout)
 	}
-	v := &state.Volume{Name: name, PodNamespace: namespace, Parameters: attrs, Ephemeral: true, Layout: LayoutImage, FSType: d.cfg.ImageFSType, Limit: hostpath.EnforceImage}
-	v, err := d.admitEphemeral(v, capacity)
+	v := &state.Volume{Name: name, PodNamespace: iv.namespace, Parameters: iv.attrs, Ephemeral: true,
+		Layout: LayoutImage, FSType: iv.fsType, Limit: hostpath.EnforceImage}
+	v, err := d.admitEphemeral(v, iv.capacity)
 	if err != nil {
 		return nil, err
 	}
-	if err := d.makeEmpty(v, params.mode); err != nil {
+	if err := d.makeEmpty(v, iv.params.mode); err != nil {
 		d.rollbackCreate(v)
 		return nil, err
 	}

@@ -24,7 +24,7 @@ const (
 	DefaultEphemeralMaxSize int64 = 1 << 30
 	// DefaultEphemeralSize is an inline volume's size when its pod names
 	// none (--ephemeral-default-size).
-	DefaultEphemeralSize int64 = 1 << 30
+	DefaultEphemeralSize int64 = 256 << 20
 	// DefaultEphemeralMaxShare is the percentage of the node's room for
 	// volumes all inline volumes together may hold (--ephemeral-max-share).
 	DefaultEphemeralMaxShare = 10

@@ -225,10 +225,11 @@ func TestConcurrentInlinePublishesCannotOvershootTheBounds(t *testing.T) {
 // volumes and still removes those pods have.
 func TestInlineVolumeAttributesAPodMayNotSetAreRefused(t *testing.T) {
 	e := inlineBoundsEnv(t, func(c *EphemeralConfig) { c.DefaultSize, c.MountPermissions = 32<<20, "0750"; nodeBoundsOnly(c) })
-	for _, attrs := range []map[string]string{{ParamMountPermissions: "0777"}, {ParamMountPermissions: "0700", AttrSize: "8Mi"}} {
+	// A mode the node's does not grant all of.
+	for _, attrs := range []map[string]string{{ParamMountPermissions: "0777"}, {ParamMountPermissions: "0770", AttrSize: "8Mi"}} {
 		wantRefused(t, e.publishInline(t, "csi-mode", attrs), codes.InvalidArgument, "--ephemeral-allowed-attributes=size")
 	}
-	wantRefused(t, e.publishInline(t, "csi-dir", map[string]string{ParamLayout: LayoutDirectory}), codes.InvalidArgument, "always an image")
+	wantRefused(t, e.publishInline(t, "csi-layout", map[string]string{ParamLayout: "subvolume"}), codes.InvalidArgument, "always an image")
 	// What the node gives anyway, and no size at all.
 	if err := e.publishInline(t, "csi-default", map[string]string{ParamMountPermissions: "750", ParamLayout: LayoutImage}); err != nil {
 		t.Fatalf("attributes that ask what the node gives: %v", err)
@@ -399,11 +400,11 @@ func TestUnpublishedInlineVolumeIsSweptAndAMountedOneKept(t *testing.T) {
 	})
 	testutil.CleanupMounts(t, e.dir)
 	// What such a publish leaves: made, never mounted.
-	params, capacity, attrs, err := e.d.ephemeralAttributes(nil)
+	iv, err := e.d.ephemeralAttributes(nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.d.makeEphemeral(ephemeralName("csi-left"), "default", capacity, attrs, params); err != nil {
+	if _, err := e.d.makeEphemeral(ephemeralName("csi-left"), iv); err != nil {
 		t.Fatal(err)
 	}
 	wantRefused(t, e.publishInline(t, "csi-b", nil), codes.ResourceExhausted, "--ephemeral-max-count")

@@ -72,10 +72,13 @@ func TestInlineEphemeralVolume(t *testing.T) {
 		t.Fatalf("the controller lists an inline volume: %v", l)
 	}
 
-	for _, bad := range []map[string]string{{"fsType": "ext4"}, {AttrSize: "lots"}, {AttrSize: "2Ti"}, {ParamMountPermissions: "rwx"}, {ParamLayout: LayoutDirectory}} {
+	for _, bad := range []map[string]string{{"fsType": "ext4"}, {AttrSize: "lots"}, {AttrSize: "0"}, {AttrSize: "2Ti"}, {ParamMountPermissions: "rwx"}, {ParamLayout: "subvolume"}} {
 		_, err := e.d.NodePublishVolume(ctx, inlineReq("csi-other", e.dir+"/pods/x/mount", bad))
 		if c := status.Code(err); c != codes.InvalidArgument {
 			t.Errorf("attributes %v: %v, want InvalidArgument", bad, err)
+		}
+		if bad[AttrSize] == "0" && !strings.Contains(err.Error(), "must be positive") {
+			t.Errorf("size 0: %v; want it to say the size must be positive", err)
 		}
 	}
 	_, err = e.d.CreateVolume(ctx, createReq(ephemeralNamePrefix+"x", 1<<20))
@@ -105,11 +108,11 @@ func TestInlineEphemeralAcrossRestart(t *testing.T) {
 	testutil.RequireRoot(t)
 	e := newEnv(t)
 	testutil.CleanupMounts(t, e.dir)
-	params, capacity, attrs, err := e.d.ephemeralAttributes(map[string]string{AttrSize: "1Mi"})
+	iv, err := e.d.ephemeralAttributes(map[string]string{AttrSize: "1Mi"}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	orphan, err := e.d.makeEphemeral(ephemeralName("csi-crashed"), "default", capacity, attrs, params) // made, never published
+	orphan, err := e.d.makeEphemeral(ephemeralName("csi-crashed"), iv) // made, never published
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,4 +211,96 @@ func TestReadOnlyInlineImagePublishesReadOnly(t *testing.T) {
 	} else if want := DefaultMountPermissions; fi.Mode().Perm() != want {
 		t.Errorf("the read-only volume's root has mode %v, want %v", fi.Mode().Perm(), want)
 	}
+}
+
+// inlineTotal is the size the inline volume at target reports.
+func inlineTotal(t *testing.T, e *testEnv, handle, target string) int64 {
+	t.Helper()
+	st, err := e.d.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: handle, VolumePath: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.GetUsage()[0].GetTotal()
+}
+
+// An inline volume whose pod names no size is 256 MiB by default
+// (--ephemeral-default-size), so a small node admits more than a few.
+func TestInlineVolumeWithoutASizeIs256MiBByDefault(t *testing.T) {
+	testutil.RequireRoot(t)
+	e := newEnv(t)
+	testutil.CleanupMounts(t, e.dir)
+	target := filepath.Join(e.dir, "pods", "nosize", "mount")
+	if _, err := e.d.NodePublishVolume(ctx, inlineReq("csi-nosize", target, nil)); err != nil {
+		t.Fatal(err)
+	}
+	defer e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-nosize", TargetPath: target})
+	if total := inlineTotal(t, e, "csi-nosize", target); total > 256<<20 || total < 256<<20*8/10 {
+		t.Fatalf("an inline volume without a size has %d bytes; want 256 MiB", total)
+	}
+}
+
+// Pod templates written for earlier releases still start: layout:
+// directory gets an image (the same to the pod, and held to its size), and
+// a mountPermissions pods may no longer set gets the node's mode when that
+// grants all it asks. A mode it does not grant is refused, naming the flag.
+func TestInlinePodTemplatesOfEarlierReleasesStillStart(t *testing.T) {
+	testutil.RequireRoot(t)
+	e := newEnvWith(t, t.TempDir(), func(c *Config) { c.Ephemeral.DefaultSize = 32 << 20 }) // node's mode 0777
+	testutil.CleanupMounts(t, e.dir)
+	target := filepath.Join(e.dir, "pods", "old", "mount")
+	old := map[string]string{ParamLayout: LayoutDirectory, ParamMountPermissions: "0750"}
+	if _, err := e.d.NodePublishVolume(ctx, inlineReq("csi-old", target, old)); err != nil {
+		t.Fatalf("a pod template of an earlier release (%v): %v", old, err)
+	}
+	defer func() { // on the driver running then
+		e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-old", TargetPath: target})
+	}()
+	if v, _ := e.d.ephemeralVolume("csi-old"); v == nil || v.Layout != LayoutImage {
+		t.Fatalf("layout: directory made %+v; want an image", v)
+	}
+	if total := inlineTotal(t, e, "csi-old", target); total > 32<<20 {
+		t.Fatalf("layout: directory reports %d bytes; want its own 32 MiB image", total)
+	}
+	if fi, err := os.Stat(target); err != nil || fi.Mode().Perm() != 0o777 {
+		t.Fatalf("root of an inline volume asking 0750 on a node giving 0777: %v %v; want 0777", fi, err)
+	}
+
+	e.tweak = func(c *Config) { c.Ephemeral.DefaultSize, c.Ephemeral.MountPermissions = 32<<20, "0750" }
+	e.restart(t)
+	_, err := e.d.NodePublishVolume(ctx, inlineReq("csi-wide", filepath.Join(e.dir, "pods", "wide", "mount"), map[string]string{ParamMountPermissions: "0777"}))
+	wantRefused(t, err, codes.InvalidArgument, "--ephemeral-allowed-attributes")
+}
+
+// An inline volume has the filesystem its pod asks for (the csi volume's
+// fsType), ext4 or xfs; without one, --image-fstype. Another is refused.
+func TestInlineVolumeHasTheFilesystemItsPodAsks(t *testing.T) {
+	testutil.RequireRoot(t)
+	e := newEnv(t)
+	testutil.CleanupMounts(t, e.dir)
+	for _, tc := range []struct {
+		fsType string
+		magic  int64
+	}{{"", unix.EXT4_SUPER_MAGIC}, {"ext4", unix.EXT4_SUPER_MAGIC}, {"xfs", unix.XFS_SUPER_MAGIC}} {
+		handle := "csi-fs-" + tc.fsType
+		target := filepath.Join(e.dir, "pods", handle, "mount")
+		req := inlineReq(handle, target, map[string]string{AttrSize: "32Mi"})
+		req.VolumeCapability = mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+		req.VolumeCapability.GetMount().FsType = tc.fsType
+		if _, err := e.d.NodePublishVolume(ctx, req); err != nil {
+			t.Fatalf("fsType %q: %v", tc.fsType, err)
+		}
+		defer e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: handle, TargetPath: target})
+		var st unix.Statfs_t
+		if err := unix.Statfs(target, &st); err != nil {
+			t.Fatal(err)
+		}
+		if int64(st.Type) != tc.magic {
+			t.Errorf("fsType %q: the inline volume's filesystem has magic %#x; want %#x", tc.fsType, st.Type, tc.magic)
+		}
+	}
+	req := inlineReq("csi-fs-btrfs", filepath.Join(e.dir, "pods", "btrfs", "mount"), nil)
+	req.VolumeCapability = mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	req.VolumeCapability.GetMount().FsType = "btrfs"
+	_, err := e.d.NodePublishVolume(ctx, req)
+	wantRefused(t, err, codes.InvalidArgument, "ext4 or xfs")
 }
