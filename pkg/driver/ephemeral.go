@@ -230,6 +230,7 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 	case v.Phase == state.PhaseCreating: // an earlier attempt failed half way
 		params, _ := parseParameters(v.Parameters)
 		if err := d.makeEmpty(v, params.mode); err != nil {
+			d.undoFailedEphemeral(ctx, v, err)
 			return nil, err
 		}
 		if err := d.markVolumeReady(v); err != nil {

@@ -302,5 +302,8 @@ func TestInlineVolumeHasTheFilesystemItsPodAsks(t *testing.T) {
 	req.VolumeCapability = mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
 	req.VolumeCapability.GetMount().FsType = "btrfs"
 	_, err := e.d.NodePublishVolume(ctx, req)
+	if err == nil {
+		e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: req.TargetPath})
+	}
 	wantRefused(t, err, codes.InvalidArgument, "ext4 or xfs")
 }
