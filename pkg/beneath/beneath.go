@@ -18,6 +18,8 @@
 package beneath
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -60,7 +62,12 @@ func Gone(err error) bool {
 // the directory's one offset.
 type Dir struct {
 	fd   int
-	path string // for messages only
+	path string // for messages only; "" for one opened by OpenChild
+	// up and name make the path of a directory opened by OpenChild, when
+	// a message asks for it: a walk holding one directory per level then
+	// holds one name per level, not one path.
+	up   *Dir
+	name string
 	mnt  uint64 // mount ID (statx), 0 where the kernel does not say
 	refs atomic.Int32
 }
@@ -96,7 +103,12 @@ func newDir(fd int, path string, mnt uint64) *Dir {
 func (d *Dir) Fd() int { return d.fd }
 
 // Path is where the directory was when it was opened, for messages.
-func (d *Dir) Path() string { return d.path }
+func (d *Dir) Path() string {
+	if d.up != nil {
+		return d.up.Path() + "/" + d.name
+	}
+	return d.path
+}
 
 // Retain adds a reference: the descriptor stays open until Close has been
 // called once more than Retain. It lets work queued for later (a file to
@@ -112,7 +124,7 @@ func (d *Dir) Close() error {
 	case n == 0:
 		return unix.Close(d.fd)
 	case n < 0:
-		panic("beneath: Dir closed more often than opened and retained: " + d.path)
+		panic("beneath: Dir closed more often than opened and retained: " + d.Path())
 	}
 	return nil
 }
@@ -125,7 +137,7 @@ func (d *Dir) OpenDir(rel string) (*Dir, error) {
 	}
 	// A path longer than PATH_MAX is opened in pieces.
 	const chunk = 2048
-	from, shown := d.fd, d.path
+	from, shown := d.fd, d.Path()
 	prev := -1
 	defer func() {
 		if prev >= 0 {
@@ -135,7 +147,7 @@ func (d *Dir) OpenDir(rel string) (*Dir, error) {
 	for len(rel) > chunk {
 		i := strings.LastIndexByte(rel[:chunk], '/')
 		if i <= 0 {
-			return nil, &os.PathError{Op: "open", Path: d.path + "/" + rel, Err: unix.ENAMETOOLONG}
+			return nil, &os.PathError{Op: "open", Path: d.Path() + "/" + rel, Err: unix.ENAMETOOLONG}
 		}
 		fd, err := openat2(from, rel[:i], unix.O_RDONLY|unix.O_DIRECTORY)
 		if err != nil {
@@ -153,11 +165,76 @@ func (d *Dir) OpenDir(rel string) (*Dir, error) {
 	return newDir(fd, shown+"/"+rel, d.mnt), nil
 }
 
+// OpenChild opens the subdirectory name of d, as OpenDir does, and keeps
+// no path string for it: its Path is made from d's when a message asks.
+func (d *Dir) OpenChild(name string) (*Dir, error) {
+	if err := checkName(name); err != nil {
+		return nil, d.errAt("open", name, err)
+	}
+	fd, err := openat2(d.fd, name, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, d.errAt("open", name, err)
+	}
+	c := newDir(fd, "", d.mnt)
+	c.up, c.name = d, name
+	return c, nil
+}
+
+// ReadFrom reads the directory's entries from offset off (0 for the
+// start, else a Next an earlier call gave), as many as one read of the
+// kernel puts in buf, and calls fn for each (not . and ..) with the offset
+// of the entry after it, until fn returns stop. It reports end when there
+// was nothing more to read. The kernel's offset is the only cursor: a walk
+// that goes down into a subdirectory keeps the subdirectory's Next, not
+// the rest of the read, and comes back to it with another ReadFrom.
+func (d *Dir) ReadFrom(off int64, buf []byte, fn func(name string, next int64) (stop bool, err error)) (end bool, err error) {
+	if _, err := unix.Seek(d.fd, off, 0); err != nil {
+		return false, &os.PathError{Op: "seek", Path: d.Path(), Err: err}
+	}
+	for {
+		n, err := ignoringEINTR(func() (int, error) { return unix.Getdents(d.fd, buf) })
+		if err != nil {
+			return false, &os.PathError{Op: "readdir", Path: d.Path(), Err: err}
+		}
+		if n <= 0 {
+			return true, nil
+		}
+		seen := false
+		for b := buf[:n]; len(b) >= direntHeader; {
+			reclen := int(binary.NativeEndian.Uint16(b[16:18]))
+			if reclen < direntHeader || reclen > len(b) {
+				return false, &os.PathError{Op: "readdir", Path: d.Path(), Err: unix.EIO}
+			}
+			next := int64(binary.NativeEndian.Uint64(b[8:16]))
+			raw := b[direntHeader:reclen]
+			if i := bytes.IndexByte(raw, 0); i >= 0 {
+				raw = raw[:i]
+			}
+			b = b[reclen:]
+			if string(raw) == "." || string(raw) == ".." {
+				continue
+			}
+			seen = true
+			stop, err := fn(string(raw), next)
+			if err != nil || stop {
+				return false, err
+			}
+		}
+		if seen {
+			return false, nil
+		}
+	}
+}
+
+// direntHeader is the size of linux_dirent64 up to its name: d_ino (8),
+// d_off (8), d_reclen (2), d_type (1).
+const direntHeader = 19
+
 // Stat describes the directory itself.
 func (d *Dir) Stat() (unix.Statx_t, error) {
 	var st unix.Statx_t
 	if err := unix.Statx(d.fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_SYNC_AS_STAT, statxMask, &st); err != nil {
-		return st, &os.PathError{Op: "stat", Path: d.path, Err: err}
+		return st, &os.PathError{Op: "stat", Path: d.Path(), Err: err}
 	}
 	return st, nil
 }
@@ -184,7 +261,7 @@ func (d *Dir) Lstat(name string) (unix.Statx_t, error) {
 // Names lists all the directory's entries (without . and ..), sorted.
 func (d *Dir) Names() ([]string, error) {
 	if _, err := unix.Seek(d.fd, 0, 0); err != nil {
-		return nil, &os.PathError{Op: "seek", Path: d.path, Err: err}
+		return nil, &os.PathError{Op: "seek", Path: d.Path(), Err: err}
 	}
 	var names []string
 	for {
@@ -214,7 +291,7 @@ func (d *Dir) readNames(names []string) ([]string, error) {
 	for {
 		n, err := ignoringEINTR(func() (int, error) { return unix.Getdents(d.fd, *buf) })
 		if err != nil {
-			return names, &os.PathError{Op: "readdir", Path: d.path, Err: err}
+			return names, &os.PathError{Op: "readdir", Path: d.Path(), Err: err}
 		}
 		if n <= 0 {
 			return names, nil
@@ -432,7 +509,7 @@ func checkRel(rel string) error {
 }
 
 func (d *Dir) errAt(op, name string, err error) error {
-	return pathErr(op, d.path+"/"+name, err)
+	return pathErr(op, d.Path()+"/"+name, err)
 }
 
 // pathErr keeps errno and names what it means for a walk of a tree in use.
