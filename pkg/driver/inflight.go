@@ -26,7 +26,8 @@ type job struct {
 	started time.Time
 	cancel  context.CancelFunc
 	done    chan struct{}
-	err     error // set before done is closed
+	err     error     // set before done is closed
+	ended   time.Time // set before done is closed
 }
 
 func (j *job) finished() bool {
@@ -60,12 +61,18 @@ type jobs struct {
 	// holds threads and descriptors. A job waits for a slot without
 	// holding a thread.
 	slots chan struct{}
+	// looks are the slots of the looks for another share inside an NFS
+	// volume (lookpool.go), apart from the copies'.
+	looks *lookPool
+	// lookBackoff is how long a look's refusal answers the retries
+	// (nfsLookBackoff).
+	lookBackoff time.Duration
 }
 
 func newJobs(maxCopies int) *jobs {
 	base, cancel := context.WithCancel(context.Background())
 	return &jobs{base: base, cancel: cancel, byKey: map[string]*job{}, keep: 15 * time.Minute,
-		slots: make(chan struct{}, max(1, maxCopies))}
+		slots: make(chan struct{}, max(1, maxCopies)), looks: newLookPool(maxLooks), lookBackoff: nfsLookBackoff}
 }
 
 // start runs fn detached. fn's context ends only when the job is cancelled
@@ -79,6 +86,22 @@ func newJobs(maxCopies int) *jobs {
 // with stillUncollected that no retry collected the result meanwhile, and
 // removes what the job made.
 func (js *jobs) start(key, id, what string, reads []string, fn func(context.Context) error, abandon func(*job)) *job {
+	return js.startIn(js.copySlot, key, id, what, reads, fn, abandon)
+}
+
+// copySlot waits for one of the copy slots.
+func (js *jobs) copySlot(ctx context.Context) (func(), error) {
+	select {
+	case js.slots <- struct{}{}:
+		return func() { <-js.slots }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// startIn is start with the job's slot taken by slot (which returns its
+// release) instead of a copy slot.
+func (js *jobs) startIn(slot func(context.Context) (func(), error), key, id, what string, reads []string, fn func(context.Context) error, abandon func(*job)) *job {
 	ctx, cancel := context.WithCancel(js.base)
 	j := &job{key: key, id: id, what: what, reads: reads, started: time.Now(), cancel: cancel, done: make(chan struct{})}
 	js.mu.Lock()
@@ -88,13 +111,13 @@ func (js *jobs) start(key, id, what string, reads []string, fn func(context.Cont
 	go func() {
 		defer js.wg.Done()
 		defer cancel()
-		select {
-		case js.slots <- struct{}{}:
+		if release, err := slot(ctx); err == nil {
 			j.err = fn(ctx)
-			<-js.slots
-		case <-ctx.Done():
+			release()
+		} else {
 			j.err = fn(ctx) // cancelled while queued: fn rolls back at once
 		}
+		j.ended = time.Now()
 		close(j.done)
 		time.AfterFunc(js.keep, func() {
 			if j.err == nil && abandon != nil && !js.shuttingDown() {
@@ -129,6 +152,16 @@ func (js *jobs) forget(j *job) {
 	defer js.mu.Unlock()
 	if js.byKey[j.key] == j {
 		delete(js.byKey, j.key)
+	}
+}
+
+// remember puts back a finished job whose result was collected, for a
+// later call to get it again (until keep forgets it).
+func (js *jobs) remember(j *job) {
+	js.mu.Lock()
+	defer js.mu.Unlock()
+	if _, ok := js.byKey[j.key]; !ok {
+		js.byKey[j.key] = j
 	}
 }
 

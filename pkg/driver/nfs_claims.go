@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -234,23 +235,56 @@ func (d *Driver) nfsClaimSubDir(ctx context.Context, x *nfs.Export, rec *nfs.Vol
 }
 
 // nfsCheckNoShareInside refuses rec's tree if it holds another share's
-// records (nfs.ErrHoldsShare): before a delete, an archive or a takeover
-// of retained data. The walk reads every entry of a tenant's tree, which
-// on a large volume takes longer than a sidecar waits for a call (10 s by
+// records (nfs.ErrHoldsShare), or cannot be looked through
+// (nfs.ErrCannotLook): before a delete, an archive or a takeover of
+// retained data. The walk reads every entry of a tenant's tree, which on a
+// large volume takes longer than a sidecar waits for a call (10 s by
 // default): it runs detached, as a copy does, so that it is not started
 // over at each retry; a retry while it runs is ABORTED, and the first one
-// after it gets its result.
+// after it gets its result. Walks take slots of their own, one per
+// namespace at a time (lookpool.go), never the copies'.
+//
+// A refusal (FAILED_PRECONDITION) stays the answer for nfsLookBackoff: the
+// provisioner retries a delete for ever, and each retry must not walk the
+// whole tree again; what it takes to lift the refusal (an administrator
+// moving a share away, a tenant's chmod) is seen within that time.
 func (d *Driver) nfsCheckNoShareInside(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, what string) error {
+	j, err := d.nfsStartLook(x, rec, what)
+	if j == nil {
+		return err
+	}
+	err = d.jobs.await(ctx, j)
+	if status.Code(err) == codes.FailedPrecondition && d.jobs.get(j.key) == nil {
+		d.jobs.remember(j) // await collected it: kept for the backoff
+	}
+	return err
+}
+
+// nfsStartLook starts the look inside rec's tree, or finds it running, and
+// returns it; or, with no job, the answer of one that ended: a refusal
+// still within its backoff, or a result nobody collected yet.
+func (d *Driver) nfsStartLook(x *nfs.Export, rec *nfs.VolumeRecord, what string) (*job, error) {
 	key := "nfs-inside/" + rec.ID
 	if j := d.jobs.get(key); j != nil {
 		if !j.finished() {
-			return j.inProgress()
+			return j, nil
+		}
+		if status.Code(j.err) == codes.FailedPrecondition && time.Since(j.ended) < d.jobs.lookBackoff {
+			return nil, status.Errorf(codes.FailedPrecondition, "%s (found by a look %s ago; the tree is looked at again %s after that look)",
+				status.Convert(j.err).Message(), time.Since(j.ended).Round(time.Second), d.jobs.lookBackoff)
 		}
 		d.jobs.forget(j)
-		return j.err
+		if status.Code(j.err) != codes.FailedPrecondition {
+			return nil, j.err
+		}
 	}
 	server, share, subDir := x.Server(), x.Share(), rec.SubDir
-	j := d.jobs.start(key, "nfs-inside:"+rec.ID, "the look for another share inside volume "+rec.ID, nil, func(jctx context.Context) error {
+	owner := rec.Parameters[ParamPVCNamespace]
+	if owner == "" {
+		owner = "export " + x.Name() // no namespace known: the export's volumes share one turn
+	}
+	slot := func(ctx context.Context) (func(), error) { return d.jobs.looks.acquire(ctx, owner) }
+	return d.jobs.startIn(slot, key, "nfs-inside:"+rec.ID, "the look for another share inside volume "+rec.ID, nil, func(jctx context.Context) error {
 		jx, err := d.useExport(jctx, server, share)
 		if err != nil {
 			return err
@@ -260,9 +294,12 @@ func (d *Driver) nfsCheckNoShareInside(ctx context.Context, x *nfs.Export, rec *
 			return nfsDirError(jx, what, subDir, err)
 		}
 		return nil
-	}, nil)
-	return d.jobs.await(ctx, j)
+	}, nil), nil
 }
+
+// nfsLookBackoff is how long a look that refused a tree stays the answer
+// to the retries of its call (jobs.lookBackoff; shorter in tests).
+const nfsLookBackoff = 2 * time.Minute
 
 // nfsDirError is the answer to a subdirectory a create may not take, or to
 // a tree a delete may not touch.

@@ -59,7 +59,7 @@ func (d *Driver) nfsRemoveVolume(ctx context.Context, x *nfs.Export, rec *nfs.Vo
 	}
 	mine := owner == "" || owner == rec.ID
 	if mine && onDelete != OnDeleteRetain {
-		if err := d.nfsCheckNoShareInside(ctx, x, rec, "delete volume "+rec.ID); err != nil {
+		if err := d.nfsCheckNoShareInside(ctx, x, rec, nfsDeleteWhat(rec)); err != nil {
 			return err
 		}
 	}
@@ -100,6 +100,9 @@ func (d *Driver) nfsRemoveVolume(ctx context.Context, x *nfs.Export, rec *nfs.Vo
 	klog.V(2).InfoS("NFS volume deleted", "volumeID", rec.ID, "name", rec.Name, "onDelete", onDelete)
 	return nil
 }
+
+// nfsDeleteWhat names a delete in the look before it.
+func nfsDeleteWhat(rec *nfs.VolumeRecord) string { return "delete volume " + rec.ID }
 
 // nfsReadyVolume returns the record of a ready NFS volume, or NotFound; the
 // caller releases the export.

@@ -89,10 +89,22 @@ func (d *Driver) sweepExport(server, share string) error {
 	if err != nil {
 		return err
 	}
+	var todo []*nfs.VolumeRecord
 	for _, rec := range vols {
 		if rec.Phase == nfs.PhaseReady || time.Since(rec.CreatedAt) < age || d.jobs.making(rec.ID) != nil {
 			continue
 		}
+		todo = append(todo, rec)
+		// The looks inside the trees of the deletes to finish start
+		// first, all of them (in their own slots): the deletes below then
+		// wait for looks that ran side by side, not one after another.
+		if rec.Phase == nfs.PhaseDeleting && rec.OnDelete != OnDeleteRetain {
+			if owner, err := x.SubDirOwner(ctx, rec.SubDir); err == nil && owner == rec.ID || errors.Is(err, nfs.ErrNotFound) {
+				_, _ = d.nfsStartLook(x, rec, nfsDeleteWhat(rec))
+			}
+		}
+	}
+	for _, rec := range todo {
 		if err := d.sweepVolume(ctx, x, rec); status.Code(err) == codes.FailedPrecondition {
 			// A delete refused for good (its tree holds another share):
 			// said, and the others swept.

@@ -1,0 +1,131 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+)
+
+// One tenant deletes a few large volumes at once (each look for another
+// share inside them made slow, as a tree of millions of entries on a real
+// server is): another tenant's NFS delete, NFS clone and hostpath snapshot
+// are answered as if nothing ran. The looks took the copy slots, and all
+// three were ABORTED for as long as they ran.
+func TestNFSOneTenantsLooksInsideVolumesHoldUpNoOtherTenant(t *testing.T) {
+	e := newNFSEnv(t, 30*time.Second)
+	var ended atomic.Bool
+	e.opts.BeforeFileOp = func(export, op string) error {
+		if strings.HasPrefix(op, "look inside evil") && !ended.Load() {
+			time.Sleep(200 * time.Millisecond)
+		}
+		return nil
+	}
+	e.restart(t)
+	t.Cleanup(func() {
+		// The slow steps end before the driver closes and unmounts.
+		ended.Store(true)
+		time.Sleep(300 * time.Millisecond)
+	})
+	var evil []string
+	for i := 0; i < 4; i++ {
+		v := e.createNFS(t, fmt.Sprintf("pv-evil%d", i), nfsParamsFor(ParamSubDir, fmt.Sprintf("evil%d", i), ParamPVCNamespace, "ns-evil", ParamPVCName, fmt.Sprintf("e%d", i)))
+		for j := 0; j < 30; j++ {
+			if err := os.MkdirAll(filepath.Join(e.export, fmt.Sprintf("evil%d", i), fmt.Sprintf("d%02d", j)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		evil = append(evil, v.GetVolumeId())
+	}
+	victimParams := func(subDir, claim string) map[string]string {
+		return nfsParamsFor(ParamSubDir, subDir, ParamPVCNamespace, "ns-victim", ParamPVCName, claim)
+	}
+	victim := e.createNFS(t, "pv-victim", victimParams("victim", "v1"))
+	victim2 := e.createNFS(t, "pv-victim2", victimParams("victim2", "v2"))
+	hp := e.create(t, "hp-victim")
+
+	for _, id := range evil {
+		short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		_, err := e.d.DeleteVolume(short, &csi.DeleteVolumeRequest{VolumeId: id})
+		cancel()
+		if status.Code(err) != codes.Aborted {
+			t.Fatalf("delete of a volume whose look takes 6 s, given 100 ms = %v; want ABORTED (the look goes on)", err)
+		}
+	}
+	within := func(what string, call func(context.Context) error) {
+		t.Helper()
+		c, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		if err := call(c); err != nil {
+			t.Errorf("%s while another tenant's looks run: %v; want it done", what, err)
+		}
+	}
+	within("another tenant's NFS delete", func(c context.Context) error {
+		_, err := e.d.DeleteVolume(c, &csi.DeleteVolumeRequest{VolumeId: victim.GetVolumeId()})
+		return err
+	})
+	within("another tenant's NFS clone", func(c context.Context) error {
+		req := nfsReq("pv-clone", victimParams("clone", "v3"))
+		req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: victim2.GetVolumeId()}}}
+		_, err := e.d.CreateVolume(c, req)
+		return err
+	})
+	within("a hostpath snapshot", func(c context.Context) error {
+		_, err := e.d.CreateSnapshot(c, &csi.CreateSnapshotRequest{Name: "snap-hp", SourceVolumeId: hp})
+		return err
+	})
+	if _, err := os.Stat(filepath.Join(e.export, "victim")); !os.IsNotExist(err) {
+		t.Errorf("the other tenant's deleted volume's directory: %v; want it gone", err)
+	}
+}
+
+// A delete refused because the tree holds another share's records is
+// answered FAILED_PRECONDITION at each retry without walking the tree
+// again: the provisioner retries for ever, and each walk reads the whole
+// tree. Before, every second retry started a fresh walk.
+func TestNFSRefusedDeleteIsNotWalkedAgainAtEachRetry(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	var walks atomic.Int32
+	e.opts.BeforeFileOp = func(export, op string) error {
+		if strings.HasPrefix(op, "look inside held: open") {
+			walks.Add(1)
+		}
+		return nil
+	}
+	e.restart(t)
+	v := e.createNFS(t, "pv-held", nfsParamsFor(ParamSubDir, "held"))
+	if err := os.MkdirAll(filepath.Join(e.export, "held", "deep", ids.HiddenDir), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		_, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.GetVolumeId()})
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "held/deep") {
+			t.Fatalf("delete %d of a volume holding another share's records = %v; want FAILED_PRECONDITION naming held/deep", i+1, err)
+		}
+	}
+	if n := walks.Load(); n != 1 {
+		t.Fatalf("5 deletes of a refused tree walked it %d times; want once (the refusal is the answer for a while)", n)
+	}
+	// Once the backoff has passed, the tree is looked at again: the
+	// refusal lifted, the delete goes through.
+	e.d.jobs.lookBackoff = 0
+	if err := os.RemoveAll(filepath.Join(e.export, "held", "deep", ids.HiddenDir)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.GetVolumeId()}); err != nil {
+		t.Fatalf("delete after the share's records were removed and the backoff passed: %v", err)
+	}
+	if n := walks.Load(); n != 2 {
+		t.Fatalf("walks: %d; want 2", n)
+	}
+}
