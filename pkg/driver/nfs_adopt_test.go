@@ -2,6 +2,8 @@ package driver
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"os"
@@ -324,15 +326,21 @@ func TestNFSShareInsideAnotherSharesVolumeIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	refused("data retained from class A's volume")
-	// Once the retained data is moved away and the directory made anew by
-	// the administrator for class B, B works.
+	// Moving the retained data away and making the directory anew is not
+	// enough: what the directory holds is no sign of whose it is.
 	if err := os.Rename(filepath.Join(e.export, "team"), filepath.Join(e.dir, "team-moved")); err != nil {
 		t.Fatal(err)
 	}
 	e.makeShareB(t)
+	refused("data retained from class A's volume, moved away")
+	// Once the administrator releases the claim as the refusal says, B
+	// works.
+	sum := sha256.Sum256([]byte("team"))
+	if err := os.Remove(filepath.Join(e.export, ids.HiddenDir, "subdirs", hex.EncodeToString(sum[:]))); err != nil {
+		t.Fatal(err)
+	}
 	e.createNFS(t, "pv-b1", classB())
-	// A new process (the Deployment moved) looks again, and lets it be:
-	// the root holds B's records now.
+	// A new process (the Deployment moved) looks again, and lets it be.
 	if _, err := e.another(t).CreateVolume(ctx, nfsReq("pv-b2", classB())); err != nil {
 		t.Fatalf("class B in use, on another controller: %v", err)
 	}

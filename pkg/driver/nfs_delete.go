@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -59,6 +60,9 @@ func (d *Driver) nfsRemoveVolume(ctx context.Context, x *nfs.Export, rec *nfs.Vo
 	}
 	mine := owner == "" || owner == rec.ID
 	if mine && onDelete != OnDeleteRetain {
+		if err := d.nfsCheckNoClaimBelow(ctx, x, rec); err != nil {
+			return err
+		}
 		if err := d.nfsCheckNoShareInside(ctx, x, rec, nfsDeleteWhat(rec)); err != nil {
 			return err
 		}
@@ -99,6 +103,49 @@ func (d *Driver) nfsRemoveVolume(ctx context.Context, x *nfs.Export, rec *nfs.Vo
 	}
 	klog.V(2).InfoS("NFS volume deleted", "volumeID", rec.ID, "name", rec.Name, "onDelete", onDelete)
 	return nil
+}
+
+// nfsCheckNoClaimBelow refuses to delete or archive rec's subdirectory
+// while it holds another volume's subdirectory, live or retained: a
+// record never holds one (creates refuse nested subDirs both ways), unless
+// it was not written by the driver (a tenant's, planted in its own data
+// and found by a sweep).
+func (d *Driver) nfsCheckNoClaimBelow(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord) error {
+	claims, err := x.SubDirClaims(ctx, rec.SubDir)
+	if err != nil {
+		return nfsError("read subdirectory index", err)
+	}
+	for _, c := range claims {
+		if c.ID == rec.ID || !strings.HasPrefix(c.SubDir, rec.SubDir+"/") {
+			continue
+		}
+		held := false
+		if c.Retained {
+			exists, err := x.DirExists(ctx, c.SubDir)
+			if err != nil {
+				return nfsError("look up retained data", err)
+			}
+			held = exists
+		} else if ov, err := ids.ParseNFSVolumeID(c.ID); err == nil {
+			orec, err := x.GetVolume(ctx, ov.Key)
+			if err != nil && !errors.Is(err, nfs.ErrNotFound) {
+				return nfsError("read volume record", err)
+			}
+			held = err == nil && orec.ID == c.ID
+		}
+		if held {
+			klog.ErrorS(nil, "Refusing to remove an NFS volume's subdirectory: it holds another volume's", "volumeID", rec.ID, "subDir", rec.SubDir,
+				"export", x.Name(), "holds", c.SubDir, "of", c.ID, "retained", c.Retained)
+			return status.Errorf(codes.FailedPrecondition, "delete volume %s: its subDir %q on %s holds the subdirectory of another volume (or data retained from one), which the driver never makes: the record was not written by the driver; it is left as it is (details in the controller's log); an administrator removes the record %s.json from %s/volumes on the server",
+				rec.ID, rec.SubDir, x.Name(), mustKey(rec.ID), ids.HiddenDir)
+		}
+	}
+	return nil
+}
+
+func mustKey(id string) string {
+	v, _ := ids.ParseNFSVolumeID(id)
+	return v.Key
 }
 
 // nfsDeleteWhat names a delete in the look before it.

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"k8s.io/klog/v2"
@@ -34,8 +33,10 @@ const probePrefix = "probe-"
 // while /export/team is a volume of class A, whose share is /export). Each
 // proper ancestor of the share is mounted aside, read-only in effect
 // (nothing is written there), and its .hostpath-csi subdirectory index read
-// for the share's path and every directory above it; one the server does
-// not let this node mount cannot be looked at and is passed.
+// for the share's path and every directory above it: a live volume's claim
+// there, or data retained from one (until an administrator releases it),
+// refuses the share. One the server does not let this node mount cannot be
+// looked at and is passed.
 //
 // It runs at the first mount of the share in this process, before the
 // driver's directory is made there, and once it has passed, not again:
@@ -114,41 +115,20 @@ func (b *Backend) probeAncestor(ctx context.Context, e *export, anc, rel string)
 	if claim == nil {
 		return nil
 	}
-	what := "volume " + claim.ID
+	// The claim's volume is another tenant's: its ID and claim go to the
+	// log, not into an answer that reaches this share's claims.
+	klog.InfoS("Refusing an NFS share inside a volume of a share above it on the same server", "share", e.key, "above", akey,
+		"subDir", claim.SubDir, "volumeID", claim.ID, "retained", claim.Retained, "retainedFor", claim.RetainedFor.String())
 	if claim.Retained {
-		// Retained data has no pods, and a claim taking it back is
-		// refused a tree that holds a share: what matters is that the
-		// share is not made among that data. A root that is empty (made
-		// for the share after the data was moved away) or holds the
-		// driver's directory already (the share is in use) passes.
-		ok, err := b.shareRootEmptyOrInUse(ctx, e)
-		if err != nil {
-			return err
-		}
-		if ok {
-			return nil
-		}
-		what = "data retained from deleted volume " + claim.ID
+		// Retained data is a tenant's tree: whatever is in it (a
+		// .hostpath-csi with records to the tenant's taste) is not a
+		// share's. An administrator releases the claim once the data is
+		// moved away.
+		return fmt.Errorf("%w: share %s lies in subDir %q of share %s, data retained (onDelete: retain) from a deleted volume there: the driver makes no share in a tenant's data; an administrator moves that data away on the server, then releases its claim by removing %s/%s/%s/%s there",
+			ErrInsideVolume, e.key, claim.SubDir, akey, anc, ids.HiddenDir, dirSubDirs, hashName(claim.SubDir))
 	}
-	return fmt.Errorf("%w: share %s lies in subDir %q of %s, on share %s: that volume's pods could read and change this share's records and volumes; use as a share a directory outside other shares' volumes (or delete that volume, and remove its data, first)",
-		ErrInsideVolume, e.key, claim.SubDir, what, akey)
-}
-
-// shareRootEmptyOrInUse reports whether e's root, mounted, is empty or
-// holds the driver's directory.
-func (b *Backend) shareRootEmptyOrInUse(ctx context.Context, e *export) (bool, error) {
-	var ok bool
-	err := b.guard.do(ctx, e.key, "look at the root of "+e.key, func() error {
-		root, err := beneath.OpenRoot(e.mnt)
-		if err != nil {
-			return err
-		}
-		defer root.Close()
-		names, err := root.Names()
-		ok = err == nil && (len(names) == 0 || slices.Contains(names, ids.HiddenDir))
-		return err
-	})
-	return ok, err
+	return fmt.Errorf("%w: share %s lies in subDir %q of share %s, a live volume there: that volume's pods could read and change this share's records and volumes; use as a share a directory outside other shares' volumes (or delete that volume, and remove its data, first)",
+		ErrInsideVolume, e.key, claim.SubDir, akey)
 }
 
 // claimAbove reads, on the export root mounted at mnt, the claim of a live

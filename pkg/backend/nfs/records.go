@@ -816,6 +816,13 @@ func (x *Export) ListVolumes(ctx context.Context) ([]*VolumeRecord, error) {
 			if err := x.readRecord(dirVolumes, name, &r); err != nil {
 				return err
 			}
+			// A record is at the name its ID's key gives: one elsewhere
+			// was not written by the driver (or was copied by hand), and
+			// is acted on by nothing that lists records.
+			if v, err := ids.ParseNFSVolumeID(r.ID); err != nil || v.Key+".json" != name {
+				klog.ErrorS(nil, "Ignoring an NFS volume record whose ID does not match its file name", "export", x.Name(), "file", name, "volumeID", r.ID)
+				return nil
+			}
 			out = append(out, &r)
 			return nil
 		})
