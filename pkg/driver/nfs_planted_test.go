@@ -1,10 +1,12 @@
 package driver
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -93,5 +95,45 @@ func TestNFSSweepLeavesLiveVolumesBelowARecordsSubDir(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "ns-b/db") || strings.Contains(err.Error(), b.GetVolumeId()) {
 		t.Errorf("the refusal names the other volume: %v", err)
+	}
+}
+
+// While the export above a share is busy (a caller gave up on one of its
+// steps a moment ago), the share is not passed: its calls are UNAVAILABLE,
+// nothing is written, and once the export answers the look is made and
+// refuses it. Before, the look was skipped and the share passed for the
+// life of the process, its records made inside a tenant's volume.
+func TestNFSShareIsNotPassedWhileTheExportAboveIsBusy(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	var slow atomic.Bool
+	e.opts.BeforeFileOp = func(export, op string) error {
+		if slow.Load() && export == testServer+":/export" && op == "read volume record" {
+			time.Sleep(2 * time.Second)
+		}
+		return nil
+	}
+	e.restart(t)
+	aVol := e.createNFS(t, "pv-a", classA("ns-a", "team"))
+	slowEnds := time.Now().Add(2500 * time.Millisecond)
+	t.Cleanup(func() { time.Sleep(time.Until(slowEnds)) }) // the slow step ends before the driver unmounts
+	slow.Store(true)
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	_, err := e.d.ControllerGetVolume(short, &csi.ControllerGetVolumeRequest{VolumeId: aVol.GetVolumeId()})
+	cancel()
+	slow.Store(false)
+	if err == nil {
+		t.Fatal("a call on the export above, given 100 ms for a 2 s step, succeeded")
+	}
+	_, err = e.d.CreateVolume(ctx, nfsReq("pv-b1", classB()))
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("class B inside class A's live volume, while the export above is busy: %v; want UNAVAILABLE", err)
+	}
+	if _, err := os.Stat(filepath.Join(e.export, "team", ids.HiddenDir)); !os.IsNotExist(err) {
+		t.Fatalf("class B's records in class A's volume: %v", err)
+	}
+	time.Sleep(time.Until(slowEnds)) // the step ends; the export answers
+	_, err = e.d.CreateVolume(ctx, nfsReq("pv-b1", classB()))
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("class B inside class A's live volume, the export above answering again: %v; want FAILED_PRECONDITION", err)
 	}
 }

@@ -35,8 +35,10 @@ const probePrefix = "probe-"
 // (nothing is written there), and its .hostpath-csi subdirectory index read
 // for the share's path and every directory above it: a live volume's claim
 // there, or data retained from one (until an administrator releases it),
-// refuses the share. One the server does not let this node mount cannot be
-// looked at and is passed.
+// refuses the share. One the server answers it does not export to this
+// node cannot be looked at and is passed; one that does not answer (busy,
+// down, timed out) makes the call UNAVAILABLE (ErrBusy), and it is looked
+// at again at the next.
 //
 // It runs at the first mount of the share in this process, before the
 // driver's directory is made there, and once it has passed, not again:
@@ -81,19 +83,23 @@ func (b *Backend) probeAncestor(ctx context.Context, e *export, anc, rel string)
 		return fmt.Errorf("create mount point to look at %s: %w", akey, err)
 	}
 	defer os.Remove(mnt)
-	if b.guard.busy(akey) != nil {
-		klog.V(2).InfoS("Not looking at an NFS export above a share: it is not answering", "export", akey, "share", e.key)
-		return nil
+	// The look fails closed: only a server's definite "not exported
+	// (to this node)" passes; an export above that is busy, down or slow
+	// makes the call UNAVAILABLE, and nothing is recorded, so the next
+	// call looks again.
+	if err := b.guard.busy(akey); err != nil {
+		return fmt.Errorf("cannot look at %s, above share %s, for a volume the share would lie in; retry: %w", akey, e.key, err)
 	}
 	mctx, cancel := context.WithTimeout(ctx, b.opts.Timeout)
 	err := b.opts.Mounter.Mount(mctx, akey, mnt, DefaultFSType, e.options)
+	timedOut := mctx.Err() != nil
 	cancel()
 	if err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("%w: looking at %s, above %s: %v", ErrBusy, akey, e.key, ctx.Err())
+		if timedOut || !mountRefused(err) {
+			return fmt.Errorf("%w: cannot look at %s, above share %s, for a volume the share would lie in (%v); retry once the server answers", ErrBusy, akey, e.key, err)
 		}
 		// Not exported to this node, or not at all: nothing to see.
-		klog.V(4).InfoS("Cannot mount the NFS export above a share to look for claims on it; passing", "export", akey, "share", e.key, "err", err)
+		klog.V(4).InfoS("The NFS export above a share is not exported to this node; passing", "export", akey, "share", e.key, "err", err)
 		return nil
 	}
 	defer func() {
@@ -129,6 +135,16 @@ func (b *Backend) probeAncestor(ctx context.Context, e *export, anc, rel string)
 	}
 	return fmt.Errorf("%w: share %s lies in subDir %q of share %s, a live volume there: that volume's pods could read and change this share's records and volumes; use as a share a directory outside other shares' volumes (or delete that volume, and remove its data, first)",
 		ErrInsideVolume, e.key, claim.SubDir, akey)
+}
+
+// mountRefused reports whether a mount failed because the server does not
+// export that path (to this node): mount.nfs says "access denied by server"
+// (NFSv3, or NFSv4 for a path not exported to this client) or "No such
+// file or directory" (a path the server does not have). A timeout, a
+// refused connection or anything else is no answer.
+func mountRefused(err error) bool {
+	m := strings.ToLower(err.Error())
+	return strings.Contains(m, "access denied") || strings.Contains(m, "no such file or directory")
 }
 
 // claimAbove reads, on the export root mounted at mnt, the claim of a live
