@@ -308,6 +308,9 @@ func nfsDirError(x *nfs.Export, what, subDir string, err error) error {
 	case errors.Is(err, nfs.ErrHoldsShare):
 		return status.Errorf(codes.FailedPrecondition, "%s: %v; the driver neither takes such a tree into a volume, nor archives, nor deletes it: another StorageClass's share lies there (move its volumes away, or remove the %s directory if a tenant made it), or use a subDir that does not reach it",
 			what, err, ids.HiddenDir)
+	case errors.Is(err, nfs.ErrCannotLook):
+		return status.Errorf(codes.FailedPrecondition, "%s: %v (permission denied: the export squashes root, and the volume's tenant made this directory unreadable to others); the driver neither deletes, nor archives, nor takes over a tree it cannot look through for another share's records: make the directory readable and searchable by others (chmod o+rx) from a pod of the volume, or export the share to the controller's node with no_root_squash, or remove the directory on the server",
+			what, err)
 	case errors.Is(err, nfs.ErrNotOurs):
 		return status.Errorf(codes.FailedPrecondition, "%s: %v; a volume is made only in a subdirectory the driver creates for it, or in data retained (onDelete: retain) for the same claim: whatever is in %s on %s was put there otherwise (by hand, by another StorageClass or server name on the same export, by an older driver); move it away, or use a subDir template that does not name it",
 			what, err, subDir, x.Name())

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
+	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 )
 
@@ -127,5 +130,82 @@ func TestNFSRefusedDeleteIsNotWalkedAgainAtEachRetry(t *testing.T) {
 	}
 	if n := walks.Load(); n != 2 {
 		t.Fatalf("walks: %d; want 2", n)
+	}
+}
+
+// On an export that squashes root, a tenant's directory of mode 0700 is
+// unreadable to the controller: the delete is FAILED_PRECONDITION naming
+// the directory and what to do, the volume stays, and a sweep goes on
+// past such a delete to the others. Before, it was INTERNAL for ever, and
+// the sweep stopped there.
+func TestNFSDeleteOfATreeTheDriverMayNotReadSaysWhatToDo(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	e.opts.BeforeFileOp = func(_, op string) error {
+		if strings.HasPrefix(op, "look inside") {
+			return testutil.SquashRootOnThisThread()
+		}
+		return nil
+	}
+	e.restart(t)
+	v := e.createNFS(t, "pv-private", nfsParamsFor(ParamSubDir, "private"))
+	dir := filepath.Join(e.export, "private", "home")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, 12345, 12345); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.GetVolumeId()})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "private/home") || !strings.Contains(err.Error(), "chmod") {
+		t.Fatalf("delete of a tree with a directory the driver may not read: %v; want FAILED_PRECONDITION naming private/home and what to do", err)
+	}
+	if _, err := os.Stat(filepath.Join(e.export, "private", "home")); err != nil {
+		t.Fatalf("the volume's data after the refused delete: %v", err)
+	}
+
+	// Both deletes interrupted (their records say deleting, an hour ago):
+	// another controller's sweep finishes the one after the refused one.
+	other := e.createNFS(t, "pv-other", nfsParamsFor(ParamSubDir, "zz-other"))
+	for _, id := range []string{v.GetVolumeId(), other.GetVolumeId()} {
+		markDeleting(t, e, id)
+	}
+	d2 := e.another(t)
+	d2.nfsSweep.age = time.Millisecond
+	if _, err := d2.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: other.GetVolumeId()}); status.Code(err) != codes.Aborted && err != nil {
+		t.Fatal(err)
+	}
+	d2.nfsSweep.wg.Wait()
+	if _, err := os.Stat(filepath.Join(e.export, "zz-other")); !os.IsNotExist(err) {
+		t.Fatalf("the sweep did not finish the delete after one it may not do: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(e.export, "private", "home")); err != nil {
+		t.Fatalf("the refused volume's data after the sweep: %v", err)
+	}
+}
+
+// markDeleting rewrites an NFS volume's record as a delete a kill cut
+// short an hour ago.
+func markDeleting(t *testing.T, e *nfsEnv, id string) {
+	t.Helper()
+	v, err := ids.ParseNFSVolumeID(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(e.export, ids.HiddenDir, "volumes", v.Key+".json")
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec map[string]any
+	if err := json.Unmarshal(data, &rec); err != nil {
+		t.Fatal(err)
+	}
+	rec["phase"] = nfs.PhaseDeleting
+	rec["createdAt"] = time.Now().Add(-time.Hour)
+	if data, err = json.Marshal(rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
