@@ -131,8 +131,8 @@ func TestNFSRetainedDataGoesOnlyToItsClaim(t *testing.T) {
 		b, _ := os.ReadFile(filepath.Join(e.export, resp.GetVolume().GetVolumeContext()[ContextSubDir], "secret"))
 		t.Fatalf("a claim db of namespace team-b received the data retained for team-a/db: %q", b)
 	}
-	if status.Code(err) != codes.AlreadyExists || !strings.Contains(err.Error(), "team-a/db") {
-		t.Fatalf("claim team-b/db over data retained for team-a/db: %v; want ALREADY_EXISTS naming team-a/db", err)
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "another namespace") || strings.Contains(err.Error(), "team-a") {
+		t.Fatalf("claim team-b/db over data retained for team-a/db: %v; want FAILED_PRECONDITION saying it is another namespace's, naming none", err)
 	}
 	// The claim it was retained for, made again (a new PVC UID, so a new
 	// PV name), gets it back.
@@ -146,12 +146,12 @@ func TestNFSRetainedDataGoesOnlyToItsClaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = e.d.CreateVolume(ctx, nfsReq("pv-a3", classA("team-a", "db", ParamRetainedDataTo, RetainedToNone)))
-	wantCode(t, err, codes.AlreadyExists)
+	wantCode(t, err, codes.FailedPrecondition)
 	// sameNamespace: another claim of team-a whose subDir maps there (a
 	// fixed one) gets it; one of team-b never does.
 	_, err = e.d.CreateVolume(ctx, nfsReq("pv-b2", nfsParamsFor(ParamSubDir, "db", ParamPVCNamespace, "team-b", ParamPVCName, "other",
 		ParamRetainedDataTo, RetainedToSameNamespace)))
-	wantCode(t, err, codes.AlreadyExists)
+	wantCode(t, err, codes.FailedPrecondition)
 	other := e.createNFS(t, "pv-a4", nfsParamsFor(ParamSubDir, "db", ParamPVCNamespace, "team-a", ParamPVCName, "other",
 		ParamRetainedDataTo, RetainedToSameNamespace))
 	if b, err := os.ReadFile(secret); err != nil || string(b) != "team-a secrets" {
@@ -182,8 +182,8 @@ func TestNFSRetainedDataOfAnOlderDriverIsHandedToNoClaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := e.d.CreateVolume(ctx, nfsReq("pv-again", classA("team-a", "db")))
-	if status.Code(err) != codes.AlreadyExists || !strings.Contains(err.Error(), "earlier version") {
-		t.Fatalf("claim over data an older driver retained: %v; want ALREADY_EXISTS saying an earlier version retained it", err)
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "earlier version") {
+		t.Fatalf("claim over data an older driver retained: %v; want FAILED_PRECONDITION saying an earlier version retained it", err)
 	}
 	if err := os.Rename(filepath.Join(e.export, "db"), filepath.Join(e.dir, "db-moved")); err != nil {
 		t.Fatal(err)

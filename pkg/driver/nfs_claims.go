@@ -54,7 +54,7 @@ func (w claimant) mayTake(c nfs.SubDirClaim) string {
 	case !o.Known():
 		return "it was retained by an earlier version of the driver, which did not record the claim it was retained for; such data is handed to no claim"
 	case o.Namespace != w.ref.Namespace:
-		return fmt.Sprintf("it was retained for claim %s, and data of one namespace is never handed to a claim of another", o)
+		return "it was retained for a claim of another namespace, and data of one namespace is never handed to a claim of another"
 	}
 	switch w.retainedDataTo {
 	case RetainedToNone:
@@ -144,20 +144,28 @@ func (d *Driver) nfsCheckSubDirFree(ctx context.Context, x *nfs.Export, subDir s
 		if err != nil {
 			return nil, nfsError("read volume record", err)
 		}
+		// The other volume may be another namespace's: its ID, name and
+		// subDir go to the log, not into an answer that reaches this
+		// claim's events.
+		var why string
 		switch {
 		case orec.SubDir == subDir:
 			if orec.Name == who.name {
 				continue
 			}
-			return nil, status.Errorf(codes.AlreadyExists, "subDir %q on %s already belongs to volume %s (name %q): two claims map to one subdirectory; make the StorageClass's subDir template unique (for instance ${pvc.metadata.namespace}/${pvc.metadata.name})",
-				subDir, x.Name(), orec.ID, orec.Name)
+			why = fmt.Sprintf("subDir %q on %s already belongs to another volume: two claims map to one subdirectory; make the StorageClass's subDir template unique (for instance ${pvc.metadata.namespace}/${pvc.metadata.name})",
+				subDir, x.Name())
 		case strings.HasPrefix(orec.SubDir, subDir+"/"):
-			return nil, status.Errorf(codes.AlreadyExists, "subDir %q on %s holds subDir %q of volume %s (name %q): a volume there would see and delete that volume's data; use a subDir template that cannot name another class's directories (StorageClasses on one export with templates of different depths collide)",
-				subDir, x.Name(), orec.SubDir, orec.ID, orec.Name)
+			why = fmt.Sprintf("subDir %q on %s holds the subdirectory of another volume: a volume there would see and delete that volume's data; use a subDir template that cannot name another class's directories (StorageClasses on one export with templates of different depths collide)",
+				subDir, x.Name())
 		case strings.HasPrefix(subDir, orec.SubDir+"/"):
-			return nil, status.Errorf(codes.AlreadyExists, "subDir %q on %s is inside subDir %q of volume %s (name %q), whose pods could read and remove it; use a subDir template that cannot name another class's directories (StorageClasses on one export with templates of different depths collide)",
-				subDir, x.Name(), orec.SubDir, orec.ID, orec.Name)
+			why = fmt.Sprintf("subDir %q on %s is inside the subdirectory of another volume, whose pods could read and remove it; use a subDir template that cannot name another class's directories (StorageClasses on one export with templates of different depths collide)",
+				subDir, x.Name())
+		default:
+			continue
 		}
+		klog.InfoS("Refusing an NFS subdirectory another volume holds", "export", x.Name(), "subDir", subDir, "otherVolumeID", orec.ID, "otherName", orec.Name, "otherSubDir", orec.SubDir)
+		return nil, status.Error(codes.FailedPrecondition, why)
 	}
 	return handover, nil
 }
@@ -178,8 +186,9 @@ func (d *Driver) nfsCheckRetained(ctx context.Context, x *nfs.Export, subDir str
 	}
 	if c.SubDir == subDir {
 		if why := who.mayTake(c); why != "" {
-			return false, status.Errorf(codes.AlreadyExists, "subDir %q on %s holds data retained from deleted volume %s (onDelete: retain), which is not handed to this claim (%s): %s; use a subDir template that keeps claims apart (for instance ${pvc.metadata.namespace}/${pvc.metadata.name}), or have an administrator move the retained data away",
-				subDir, x.Name(), c.ID, who.ref, why)
+			klog.InfoS("Refusing NFS retained data to a claim", "export", x.Name(), "subDir", subDir, "retainedFrom", c.ID, "retainedFor", c.RetainedFor.String(), "claim", who.ref.String())
+			return false, status.Errorf(codes.FailedPrecondition, "subDir %q on %s holds data retained from a deleted volume (onDelete: retain), which is not handed to this claim (%s): %s; use a subDir template that keeps claims apart (for instance ${pvc.metadata.namespace}/${pvc.metadata.name}), or have an administrator move the retained data away",
+				subDir, x.Name(), who.ref, why)
 		}
 		return true, nil
 	}
@@ -187,8 +196,9 @@ func (d *Driver) nfsCheckRetained(ctx context.Context, x *nfs.Export, subDir str
 	if strings.HasPrefix(subDir, c.SubDir+"/") {
 		how = "is inside"
 	}
-	return false, status.Errorf(codes.AlreadyExists, "subDir %q on %s %s subDir %q, retained from deleted volume %s (onDelete: retain): a volume there would see and delete that data; use another subDir, or move the retained data away",
-		subDir, x.Name(), how, c.SubDir, c.ID)
+	klog.InfoS("Refusing an NFS subdirectory around or inside retained data", "export", x.Name(), "subDir", subDir, "retainedSubDir", c.SubDir, "retainedFrom", c.ID)
+	return false, status.Errorf(codes.FailedPrecondition, "subDir %q on %s %s data retained (onDelete: retain) from a deleted volume: a volume there would see and delete that data; use another subDir, or have an administrator move the retained data away",
+		subDir, x.Name(), how)
 }
 
 // nfsClaimSubDir claims rec's subdirectory, then reads the claims around
@@ -198,7 +208,7 @@ func (d *Driver) nfsCheckRetained(ctx context.Context, x *nfs.Export, subDir str
 // nested (or identical) subDirs through. Claim first, without replacing
 // another volume's claim, then check: of two controllers at once, the one
 // whose check comes last sees the other's claim, withdraws its own and
-// answers ALREADY_EXISTS (both may, in a close race: the CO retries).
+// answers FAILED_PRECONDITION (both may, in a close race: the CO retries).
 //
 // A claim of retained data handed to who is replaced only after rec
 // records it takes that data over (TakesOver): a retry after a kill then

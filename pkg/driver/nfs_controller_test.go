@@ -73,7 +73,7 @@ func TestNFSCreateDeleteOnDelete(t *testing.T) {
 			wantCode(t, err, codes.AlreadyExists)
 			// Another name mapping to the same subdirectory.
 			_, err = e.d.CreateVolume(ctx, nfsReq("pv-other-"+onDelete, other))
-			wantCode(t, err, codes.AlreadyExists)
+			wantCode(t, err, codes.FailedPrecondition)
 			if !strings.Contains(err.Error(), subDir) {
 				t.Fatalf("error does not name the subDir: %v", err)
 			}
@@ -375,8 +375,8 @@ func TestNFSNestedSubDirsOfOlderVolumesAreRefused(t *testing.T) {
 	d2 := e.another(t)
 	_, err := d2.CreateVolume(ctx, nfsReq("pv-new", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}",
 		ParamPVCNamespace, "mallory", ParamPVCName, "team-c")))
-	if status.Code(err) != codes.AlreadyExists || !strings.Contains(err.Error(), "team-c/db") {
-		t.Errorf("subDir team-c over an older volume's team-c/db: %v, want AlreadyExists naming team-c/db", err)
+	if status.Code(err) != codes.FailedPrecondition || strings.Contains(err.Error(), "team-c/db") {
+		t.Errorf("subDir team-c over an older volume's team-c/db: %v, want FailedPrecondition, naming not the other volume's subDir", err)
 	}
 }
 
@@ -479,8 +479,8 @@ func TestNFSServerSpellingsAreOneExport(t *testing.T) {
 		t.Fatalf("volume ID %s: server %q (%v), want %q", vol.GetVolumeId(), v.Server, err, testServer)
 	}
 	_, err = e.d.CreateVolume(ctx, nfsReq("pv-lower", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCName, "db")))
-	if status.Code(err) != codes.AlreadyExists {
-		t.Errorf("subDir db through %s after %s: %v, want AlreadyExists", testServer, upper[ParamServer], err)
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("subDir db through %s after %s: %v, want FailedPrecondition", testServer, upper[ParamServer], err)
 	}
 }
 
@@ -506,8 +506,8 @@ func TestNFSNestedCreatesRace(t *testing.T) {
 			switch {
 			case err == nil:
 				ok++
-			case status.Code(err) != codes.AlreadyExists:
-				t.Fatalf("%s: %v, want success or AlreadyExists", ns, err)
+			case status.Code(err) != codes.FailedPrecondition:
+				t.Fatalf("%s: %v, want success or FailedPrecondition", ns, err)
 			}
 		}
 		if ok != 1 {

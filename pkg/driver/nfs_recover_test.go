@@ -275,8 +275,8 @@ func TestNFSRetriedCreateDoesNotTakeAnotherVolumesSubDir(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(e.export, "shared", "b-data")); err != nil {
 			t.Errorf("deleting pv-a removed volume pv-b's data: %v", err)
 		}
-	} else if status.Code(err) != codes.AlreadyExists {
-		t.Errorf("retry of pv-a: %v, want AlreadyExists (subDir owned by %s)", err, b.GetVolumeId())
+	} else if status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("retry of pv-a: %v, want FailedPrecondition (subDir owned by %s)", err, b.GetVolumeId())
 	}
 }
 

@@ -3,6 +3,7 @@ package driver
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,12 +27,12 @@ func TestRetainedNestedDataIsNotAdoptedByAnotherSubDir(t *testing.T) {
 	}
 	_, err := e.d.CreateVolume(ctx, nfsReq("pv-mallory", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}",
 		ParamPVCNamespace, "mallory", ParamPVCName, "team-e")))
-	if status.Code(err) != codes.AlreadyExists {
-		t.Errorf("a claim of namespace mallory with subDir team-e, which holds team-e/db retained from namespace team-e: %v, want ALREADY_EXISTS", err)
+	if status.Code(err) != codes.FailedPrecondition || strings.Contains(err.Error(), "team-e/db") {
+		t.Errorf("a claim of namespace mallory with subDir team-e, which holds team-e/db retained from namespace team-e: %v, want FAILED_PRECONDITION naming not team-e/db", err)
 	}
 	_, err = e.d.CreateVolume(ctx, nfsReq("pv-below", nfsParamsFor(ParamSubDir, "team-e/db/x")))
-	if status.Code(err) != codes.AlreadyExists {
-		t.Errorf("a claim with subDir team-e/db/x, inside retained team-e/db: %v, want ALREADY_EXISTS", err)
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("a claim with subDir team-e/db/x, inside retained team-e/db: %v, want FAILED_PRECONDITION", err)
 	}
 	// The claim coming back for its retained data gets it.
 	back := e.createNFS(t, "pv-back", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
