@@ -345,13 +345,14 @@ func (d *Driver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.Volum
 		if err != nil {
 			return nfsError("look up the volume's subdirectory", err)
 		}
+		wasParent := false
 		if exists {
 			// Only an empty parent the driver's volumes left (volumes of
 			// a deeper template, since deleted) is taken: no one's data.
 			if was, err := x.WasParent(ctx, rec.SubDir); err != nil {
 				return nfsError("read subdirectory index", err)
 			} else if was {
-				exists = false
+				exists, wasParent = false, true
 			}
 		}
 		if exists {
@@ -365,7 +366,11 @@ func (d *Driver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.Volum
 		if err := x.PutVolume(ctx, rec, recKey); err != nil {
 			return nfsError("record the volume's subdirectory as being made", err)
 		}
-		if err := x.MakeNewDir(ctx, rec.SubDir, p.mode); err != nil {
+		mkdir := x.MakeOwnDir // not there a moment ago: one there now is someone else's
+		if wasParent {
+			mkdir = x.MakeNewDir
+		}
+		if err := mkdir(ctx, rec.SubDir, p.mode); err != nil {
 			return nfsDirError(x, "create the volume's subdirectory", rec.SubDir, err)
 		}
 	}

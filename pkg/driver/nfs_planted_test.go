@@ -137,3 +137,29 @@ func TestNFSShareIsNotPassedWhileTheExportAboveIsBusy(t *testing.T) {
 		t.Fatalf("class B inside class A's live volume, the export above answering again: %v; want FAILED_PRECONDITION", err)
 	}
 }
+
+// A directory made at a new volume's subDir between the create's look
+// for it and its mkdir (another share's root being made, say) is not
+// taken, even empty: the create is FAILED_PRECONDITION and the directory
+// left to whoever made it. Before, an empty one was taken.
+func TestNFSCreateDoesNotTakeADirectoryMadeMeanwhile(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	e.opts.BeforeFileOp = func(_, op string) error {
+		if op == "create race" {
+			if err := os.Mkdir(filepath.Join(e.export, "race"), 0o755); err != nil && !os.IsExist(err) {
+				return err
+			}
+		}
+		return nil
+	}
+	e.restart(t)
+	for _, try := range []string{"create", "its retry"} {
+		_, err := e.d.CreateVolume(ctx, nfsReq("pv-race", nfsParamsFor(ParamSubDir, "race")))
+		if status.Code(err) != codes.FailedPrecondition {
+			t.Fatalf("%s, whose subDir was made by someone else just before its mkdir: %v; want FAILED_PRECONDITION", try, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(e.export, "race")); err != nil {
+		t.Fatalf("the directory someone else made: %v; want it left", err)
+	}
+}

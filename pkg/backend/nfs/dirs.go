@@ -106,6 +106,18 @@ func (x *Export) openSubDir(subDir string) (*beneath.Dir, error) {
 // recorded the volume ready: no pod has written there yet); one that holds
 // anything is ErrNotOurs and is left as it is.
 func (x *Export) MakeNewDir(ctx context.Context, subDir string, mode *os.FileMode) error {
+	return x.makeDir(ctx, subDir, mode, false)
+}
+
+// MakeOwnDir is MakeNewDir for a create's first mkdir, which the create
+// looked for and did not find: a directory there now was made by someone
+// else meanwhile (another share's root being made, say) and is ErrNotOurs,
+// even empty.
+func (x *Export) MakeOwnDir(ctx context.Context, subDir string, mode *os.FileMode) error {
+	return x.makeDir(ctx, subDir, mode, true)
+}
+
+func (x *Export) makeDir(ctx context.Context, subDir string, mode *os.FileMode, exclusive bool) error {
 	err := x.do(ctx, "create "+subDir, func() error {
 		parent, name, err := x.openParent(subDir, true)
 		if err != nil {
@@ -114,6 +126,9 @@ func (x *Export) MakeNewDir(ctx context.Context, subDir string, mode *os.FileMod
 		defer parent.Close()
 		existed := false
 		if err := parent.Mkdir(name, 0o755); errors.Is(err, unix.EEXIST) {
+			if exclusive {
+				return fmt.Errorf("%s: %w (it was made by someone else while this volume was being created)", subDir, ErrNotOurs)
+			}
 			existed = true
 		} else if err != nil {
 			return err
