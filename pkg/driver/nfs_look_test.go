@@ -209,3 +209,52 @@ func markDeleting(t *testing.T, e *nfsEnv, id string) {
 		t.Fatal(err)
 	}
 }
+
+// A sweep finishing deletes a kill cut short starts the looks inside all
+// their trees before it waits for any: two namespaces' slow looks run side
+// by side. Before, the sweep waited for each look in turn.
+func TestNFSSweepLooksInsideTreesSideBySide(t *testing.T) {
+	e := newNFSEnv(t, 30*time.Second)
+	var ended atomic.Bool
+	e.opts.BeforeFileOp = func(_, op string) error {
+		if strings.HasPrefix(op, "look inside slow") && !ended.Load() {
+			time.Sleep(100 * time.Millisecond)
+		}
+		return nil
+	}
+	e.restart(t)
+	t.Cleanup(func() { ended.Store(true); time.Sleep(200 * time.Millisecond) })
+	var vols []string
+	for i := 1; i <= 2; i++ {
+		sub := fmt.Sprintf("slow%d", i)
+		v := e.createNFS(t, "pv-"+sub, nfsParamsFor(ParamSubDir, sub, ParamPVCNamespace, fmt.Sprintf("ns-%d", i), ParamPVCName, "c"))
+		for j := 0; j < 5; j++ {
+			if err := os.MkdirAll(filepath.Join(e.export, sub, fmt.Sprintf("d%d", j)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		vols = append(vols, v.GetVolumeId())
+	}
+	for _, id := range vols {
+		markDeleting(t, e, id)
+	}
+	d2 := e.another(t)
+	d2.nfsSweep.age = time.Millisecond
+	start := time.Now()
+	if _, err := d2.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: vols[0]}); err != nil && status.Code(err) != codes.Aborted {
+		t.Fatal(err)
+	}
+	d2.nfsSweep.wg.Wait()
+	took := time.Since(start)
+	for i := 1; i <= 2; i++ {
+		if _, err := os.Stat(filepath.Join(e.export, fmt.Sprintf("slow%d", i))); !os.IsNotExist(err) {
+			t.Fatalf("slow%d after the sweep: %v; want it deleted", i, err)
+		}
+	}
+	// Each look: 6 directories, 2 slowed steps each (a read, an open) and
+	// the end of each read: about 1.7 s; one after the other, 3.4 s.
+	t.Logf("sweep of two deletes with slow looks: %s", took.Round(time.Millisecond))
+	if took > 2800*time.Millisecond {
+		t.Fatalf("the sweep took %s for two looks of about 1.7 s each; want them side by side", took.Round(time.Millisecond))
+	}
+}
