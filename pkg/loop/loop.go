@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -316,26 +317,52 @@ func DisableDiscard(d *Device) error {
 	return nil
 }
 
-// writeSysfs writes value to /sys/rel. A container runtime may mount /sys
-// read-only even in a privileged container (what this driver runs in): then
-// it writes through a private sysfs mount of its own, which a process with
-// CAP_SYS_ADMIN may make, and removes that mount at once. Block devices are
-// the same in every sysfs mount.
+// writeSysfs writes value to /sys/rel. A container that is not in the
+// host's network namespace gets its network namespace's sysfs, which the
+// runtime mounts read-only even in a privileged container (what this driver
+// runs in as a pod), and every further mount of that sysfs shares its
+// read-only superblock. Block devices are not tied to a network namespace,
+// so the write then goes through a fresh sysfs mounted from a network and
+// mount namespace of its own, on a thread that ends with them.
 func writeSysfs(rel, value string) error {
 	err := os.WriteFile(filepath.Join(sysBlock, "..", rel), []byte(value), 0)
 	if !errors.Is(err, unix.EROFS) {
 		return err
 	}
-	dir, derr := os.MkdirTemp("", "hostpath-csi-sysfs-")
-	if derr != nil {
-		return fmt.Errorf("%w; and no directory for a private sysfs: %v", err, derr)
+	if ferr := writeFreshSysfs(rel, value); ferr != nil {
+		return fmt.Errorf("%w; and through a sysfs of its own: %v", err, ferr)
+	}
+	return nil
+}
+
+func writeFreshSysfs(rel, value string) error {
+	dir, err := os.MkdirTemp("", "hostpath-csi-sysfs-")
+	if err != nil {
+		return err
 	}
 	defer os.Remove(dir)
-	if merr := unix.Mount("sysfs", dir, "sysfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); merr != nil {
-		return fmt.Errorf("%w; and a private sysfs mount failed: %v", err, merr)
-	}
-	defer unix.Unmount(dir, unix.MNT_DETACH)
-	return os.WriteFile(filepath.Join(dir, rel), []byte(value), 0)
+	done := make(chan error, 1)
+	go func() {
+		// Never unlocked: the thread, and the namespaces it entered, end
+		// with this goroutine, so no other code runs in them.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNS | unix.CLONE_NEWNET); err != nil {
+			done <- fmt.Errorf("unshare: %w", err)
+			return
+		}
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			done <- fmt.Errorf("make mounts private: %w", err)
+			return
+		}
+		if err := unix.Mount("sysfs", dir, "sysfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			done <- fmt.Errorf("mount: %w", err)
+			return
+		}
+		err := os.WriteFile(filepath.Join(dir, rel), []byte(value), 0)
+		_ = unix.Unmount(dir, unix.MNT_DETACH)
+		done <- err
+	}()
+	return <-done
 }
 
 // backingFile reads the backing file's current path from sysfs. The kernel

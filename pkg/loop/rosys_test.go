@@ -7,10 +7,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A container runtime may mount /sys read-only even in a privileged
-// container; the driver's pod got "read-only file system" there, and no
-// image or block volume could be staged. Discard is still turned off,
-// through a private sysfs mount.
+// A pod on the pod network gets its network namespace's sysfs, mounted
+// read-only even in a privileged container; in make e2e the driver's pod
+// got "read-only file system" there (and again through a second mount of
+// that sysfs), and no image or block volume could be staged. Discard is
+// still turned off, through a sysfs of a network namespace of its own.
 func TestNoDiscardWhereSysIsReadOnly(t *testing.T) {
 	dir := scratch(t)
 	img := preallocated(t, dir, 8<<20)
@@ -29,11 +30,14 @@ func TestNoDiscardWhereSysIsReadOnly(t *testing.T) {
 			errc <- err
 			return
 		}
-		if err := unix.Mount("/sys", "/sys", "", unix.MS_BIND, ""); err != nil {
+		// As a pod on the pod network gets it: its own network namespace,
+		// whose sysfs the runtime mounts read-only (the superblock then is,
+		// for every mount of it).
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 			errc <- err
 			return
 		}
-		if err := unix.Mount("", "/sys", "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
+		if err := unix.Mount("sysfs", "/sys", "sysfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 			errc <- err
 			return
 		}
