@@ -101,11 +101,27 @@ func TestNFSKill(t *testing.T) {
 			// The controller moved: nothing of the old node's state. (The
 			// killed process's private mount of the export goes first: a
 			// RemoveAll through it would empty the export.)
+			// A mount(8) the killed process started runs in its own process
+			// group and may still finish its mount after the kill: unmount
+			// until no mount is left under the state for a while.
 			state := filepath.Join(dir, "state")
-			for _, mnt := range testutil.MountsUnder(t, state) {
-				if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
-					t.Fatal(err)
+			deadline := time.Now().Add(15 * time.Second)
+			for quiet := 0; quiet < 5; {
+				mnts := testutil.MountsUnder(t, state)
+				if len(mnts) == 0 {
+					quiet++
+				} else {
+					quiet = 0
 				}
+				for _, mnt := range mnts {
+					if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("mounts keep appearing under %s: %v", state, mnts)
+				}
+				time.Sleep(50 * time.Millisecond)
 			}
 			if err := os.RemoveAll(state); err != nil {
 				t.Fatal(err)
