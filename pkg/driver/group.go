@@ -48,7 +48,7 @@ func (d *Driver) CreateVolumeGroupSnapshot(ctx context.Context, req *csi.CreateV
 	if len(slices.Compact(slices.Clone(sorted))) != len(sorted) {
 		return nil, status.Error(codes.InvalidArgument, "source volume IDs repeat a volume")
 	}
-	if err := checkSnapshotParameters(req.GetParameters()); err != nil {
+	if err := groupSnapshotParameters.check(req.GetParameters()); err != nil {
 		return nil, err
 	}
 	for _, id := range sorted {

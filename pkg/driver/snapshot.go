@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -19,20 +20,53 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
-// Keys the external-snapshotter adds with --extra-create-metadata.
-var knownSnapshotParameters = map[string]bool{
-	"csi.storage.k8s.io/volumesnapshot/name":        true,
-	"csi.storage.k8s.io/volumesnapshot/namespace":   true,
-	"csi.storage.k8s.io/volumesnapshotcontent/name": true,
+// snapshotParams says what the class of a snapshot or of a group snapshot
+// may carry. Snapshots take no parameters of their own: known holds the
+// metadata keys csi-snapshotter adds with --extra-create-metadata.
+type snapshotParams struct {
+	what  string // "snapshot", "group snapshot"
+	class string // the Kubernetes kind that holds the parameters
+	known map[string]bool
 }
 
-func checkSnapshotParameters(params map[string]string) error {
+var (
+	snapshotParameters = snapshotParams{what: "snapshot", class: "VolumeSnapshotClass", known: map[string]bool{
+		"csi.storage.k8s.io/volumesnapshot/name":        true,
+		"csi.storage.k8s.io/volumesnapshot/namespace":   true,
+		"csi.storage.k8s.io/volumesnapshotcontent/name": true,
+	}}
+	groupSnapshotParameters = snapshotParams{what: "group snapshot", class: "VolumeGroupSnapshotClass", known: map[string]bool{
+		"csi.storage.k8s.io/volumegroupsnapshot/name":        true,
+		"csi.storage.k8s.io/volumegroupsnapshot/namespace":   true,
+		"csi.storage.k8s.io/volumegroupsnapshotcontent/name": true,
+	}}
+)
+
+// ignoredSnapshotParameters are keys a class carries that mean nothing to
+// the driver but are no mistake: the Kubernetes storage e2e suite
+// (test/e2e/storage/testsuites, and classes copied from it) repeats a
+// class's deletionPolicy in its parameters, where csi-snapshotter passes it
+// on. The class's own deletionPolicy field is what the sidecars act on, so
+// the key is accepted, logged and ignored (csi-driver-host-path ignores
+// every key it does not use). Any other unknown key stays an error: a typo
+// in a class must say so, not be dropped in silence.
+var ignoredSnapshotParameters = map[string]bool{
+	"deletionPolicy": true,
+}
+
+func (p snapshotParams) check(params map[string]string) error {
 	if len(params) > maxParams {
 		return status.Errorf(codes.InvalidArgument, "too many parameters: %d (at most %d)", len(params), maxParams)
 	}
-	for k := range params {
-		if !knownSnapshotParameters[k] {
-			return status.Errorf(codes.InvalidArgument, "unknown snapshot parameter %.64q; snapshots take no parameters of their own", k)
+	for _, k := range slices.Sorted(maps.Keys(params)) {
+		switch {
+		case p.known[k]:
+		case ignoredSnapshotParameters[k]:
+			klog.V(2).InfoS("Ignoring a "+p.class+" parameter the driver does not use", "parameter", k, "value", params[k],
+				"why", "the class's own field of that name is what applies")
+		default:
+			return status.Errorf(codes.InvalidArgument, "unknown %s parameter %.64q; %ss take no parameters of their own: remove it from the %s (deletionPolicy belongs in the class's own field)",
+				p.what, k, p.what, p.class)
 		}
 	}
 	return nil
@@ -63,7 +97,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	if req.GetSourceVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "source volume ID is required")
 	}
-	if err := checkSnapshotParameters(req.GetParameters()); err != nil {
+	if err := snapshotParameters.check(req.GetParameters()); err != nil {
 		return nil, err
 	}
 	if ids.IsNFSVolumeID(req.GetSourceVolumeId()) {
