@@ -24,6 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
@@ -336,9 +337,19 @@ func (b *Backend) Close() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, e := range b.exports {
+		// The driver directory's descriptor would keep the mount busy.
+		if e.hidden != nil {
+			e.hidden.Close()
+			e.hidden = nil
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
 		if err := unmount(ctx, b.guard, e.key, e.mnt); err != nil {
-			klog.ErrorS(err, "Cannot unmount NFS export at shutdown", "export", e.key)
+			// Still busy (a file operation a timeout abandoned): detach it,
+			// so no mount of this process outlives it.
+			klog.ErrorS(err, "Cannot unmount NFS export at shutdown; detaching it", "export", e.key)
+			if derr := unix.Unmount(e.mnt, unix.MNT_DETACH); derr != nil && !errors.Is(derr, unix.EINVAL) {
+				klog.ErrorS(derr, "Cannot detach NFS export at shutdown", "export", e.key)
+			}
 		}
 		cancel()
 	}
