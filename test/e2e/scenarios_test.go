@@ -400,9 +400,10 @@ func testDriverKilled(t *testing.T, c *cluster) {
 			restarts, id = s.RestartCount, strings.TrimPrefix(s.ContainerID, "containerd://")
 		}
 	}
-	pid := c.taskPID(t, id)
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatalf("kill -9 the driver (pid %d): %v", pid, err)
+	// SIGKILL through containerd, which signals the container's process in
+	// the node's PID namespace (its PID there is not the host's).
+	if out, err := runCmd(append(c.ctr, "tasks", "kill", "--signal", "SIGKILL", id)...); err != nil {
+		t.Fatalf("kill -9 the driver (container %s): %v\n%s", id, err, out)
 	}
 	eventually(t, 2*time.Minute, "the driver restarted and ready", func() (bool, error) {
 		p := c.driverPod(t, c.node1)
@@ -418,26 +419,6 @@ func testDriverKilled(t *testing.T, c *cluster) {
 	// And it serves new volumes.
 	c.apply(t, ns, claim("fresh", "16Mi", ""))
 	c.runPod(t, ns, "fresh-user", "fresh", "echo ok > /data/ok")
-}
-
-// taskPID is the host PID of a container's process, from containerd.
-func (c *cluster) taskPID(t *testing.T, id string) int {
-	t.Helper()
-	out, err := runCmd(append(c.ctr, "tasks", "ls")...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(out, "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 2 && f[0] == id {
-			var pid int
-			if _, err := fmt.Sscan(f[1], &pid); err == nil && pid > 0 {
-				return pid
-			}
-		}
-	}
-	t.Fatalf("container %s not found in:\n%s", id, out)
-	return 0
 }
 
 // Once every scenario's namespace is gone, no volume of the driver is

@@ -20,7 +20,8 @@ stop() {
 	pid=$(cat "$f")
 	if kill -0 "$pid" 2>/dev/null; then
 		kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
-		for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+		# The whole group: a daemon started through nsenter is its child.
+		for _ in $(seq 60); do kill -0 -- "-$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
 		kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
 	fi
 	rm -f "$f"
@@ -62,7 +63,7 @@ log "stopping processes"
 if [ -f "$E2E_DIR/pids/order" ]; then
 	for name in $(tac "$E2E_DIR/pids/order"); do
 		[ "$name" = containerd ] && continue
-		case $name in kube-apiserver|etcd|svcproxy) continue ;; esac
+		case $name in kube-apiserver|etcd|svcproxy|node) continue ;; esac
 		stop "$name"
 	done
 fi
@@ -80,6 +81,9 @@ for p in /proc/[0-9]*; do
 		kill -KILL "${p#/proc/}" 2>/dev/null
 	fi
 done
+# The node's PID 1 last of the node: its exit ends anything left in its
+# namespaces, and their mounts with them.
+stop node
 for name in svcproxy kube-apiserver etcd; do stop "$name"; done
 
 log "unmounting"

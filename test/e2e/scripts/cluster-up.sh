@@ -116,6 +116,26 @@ start kube-controller-manager "$E2E_BIN/kube-controller-manager" --kubeconfig "$
 start kube-scheduler "$E2E_BIN/kube-scheduler" --kubeconfig "$KUBECONFIG_E2E" --leader-elect=false \
 	--bind-address 127.0.0.1 --secure-port 20259 --v=1
 
+log "node namespace"
+# The kubelet's directory on a shared mount: the driver's Bidirectional
+# mounts propagate from it (this host's / is private), into the node's
+# mount namespace below and out of it to the host, where tests look.
+mkdir -p /var/lib/kubelet /var/lib/kubelet/plugins_registry
+undo "rm -rf /var/lib/kubelet"
+mount --bind /var/lib/kubelet /var/lib/kubelet
+undo "umount /var/lib/kubelet"
+mount --make-rshared /var/lib/kubelet
+undo "rm -rf /var/lib/hostpath-csi"   # the driver's state and data on node 1
+# containerd, the kubelet and the pods run in a PID and mount namespace of
+# the node's own, whose PID 1 (nodeinit) a pod can nsenter as the
+# Kubernetes e2e suite's hostexec pods do; this machine's PID 1 is not ours.
+start node unshare --pid --mount --fork --propagation unchanged \
+	"$E2E_CACHE/local/nodeinit" -pidfile "$E2E_RUN/node.pid"
+wait_for 10 "the node's namespace" test -s "$E2E_RUN/node.pid"
+NODE_PID=$(cat "$E2E_RUN/node.pid")
+# innode NAME CMD...: start a daemon inside the node's namespaces.
+innode() { local name=$1; shift; start "$name" nsenter --target "$NODE_PID" --mount --pid -- "$@"; }
+
 log "containerd"
 mkdir -p "$E2E_DIR/cni/net.d" "$E2E_DIR/containerd"
 cat >"$E2E_DIR/cni/net.d/10-hostpath-e2e.conflist" <<EOF2
@@ -153,7 +173,7 @@ sed -e "s|^root = .*|root = \"$E2E_DIR/containerd/root\"|" \
 	-e "s|stream_server_address = .*|stream_server_address = \"127.0.0.1\"|" \
 	-e "s|SystemdCgroup = .*|SystemdCgroup = false|" \
 	"$E2E_DIR/containerd/config.toml.default" >"$E2E_DIR/containerd/config.toml"
-start containerd containerd --config "$E2E_DIR/containerd/config.toml"
+innode containerd containerd --config "$E2E_DIR/containerd/config.toml"
 wait_for 30 containerd $CTR version
 for f in "$E2E_CACHE"/images/*.tar; do
 	$CTR images import --no-unpack=false "$f" >/dev/null
@@ -161,14 +181,6 @@ done
 log "images: $($CTR images ls -q | grep -v '^sha256:' | tr '\n' ' ')"
 
 log "kubelet"
-# The kubelet's directory on a shared mount: the driver's Bidirectional
-# mounts propagate from it (this host's / is private).
-mkdir -p /var/lib/kubelet /var/lib/kubelet/plugins_registry
-undo "rm -rf /var/lib/kubelet"
-mount --bind /var/lib/kubelet /var/lib/kubelet
-undo "umount /var/lib/kubelet"
-mount --make-rshared /var/lib/kubelet
-undo "rm -rf /var/lib/hostpath-csi"   # the driver's state and data on node 1
 : >"$E2E_DIR/resolv.conf"              # pods get no name server: nothing to reach
 cat >"$E2E_DIR/kubelet.yaml" <<EOF2
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -194,7 +206,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 EOF2
-start kubelet "$E2E_BIN/kubelet" --config "$E2E_DIR/kubelet.yaml" --kubeconfig "$KUBECONFIG_E2E" \
+innode kubelet "$E2E_BIN/kubelet" --config "$E2E_DIR/kubelet.yaml" --kubeconfig "$KUBECONFIG_E2E" \
 	--hostname-override "$NODE1" --node-ip "$NODE_IP" --cert-dir "$E2E_DIR/kubelet-pki" --v=1
 wait_for 120 "node $NODE1 Ready" sh -c "$KUBECTL get node $NODE1 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
 # The node lifecycle controller is off: nobody else removes this taint.
