@@ -27,7 +27,7 @@ IMAGE     ?= hostpath-csi/hostpath-plugin
 IMAGE_TAG ?= $(shell awk '$$1=="-" && $$3=="$(IMAGE)" {getline; print $$2}' deploy/kubernetes/components/images/kustomization.yaml)
 ENGINE    ?= $(shell command -v docker || command -v podman)
 
-.PHONY: help build test bench lint run demo clean fuzz fuzz-short torture powercut image e2e e2e-nfs e2e-cluster e2e-down
+.PHONY: help build test bench lint run demo clean fuzz fuzz-short torture powercut image e2e e2e-nfs e2e-cluster e2e-down conformance
 
 help:
 	@echo "make build   build hostpath-plugin and csictl into $(OUT)/ (version $(VERSION))"
@@ -42,6 +42,7 @@ help:
 	@echo "make image   build the driver image $(IMAGE):$(IMAGE_TAG) with docker or podman"
 	@echo "make e2e     a real one-node Kubernetes here (root), the driver deployed, every scenario, torn down"
 	@echo "make e2e-nfs a VM (qemu) with a kernel NFS server: the driver provisions, publishes, snapshots, restores, deletes on it"
+	@echo "make conformance  the Kubernetes External Storage e2e suite on that cluster, per class (CONFORMANCE_SUBSET=patterns: CI's quick pass)"
 	@echo "make e2e-cluster  bring that cluster up with the driver deployed and print its kubeconfig"
 	@echo "make e2e-down     tear it down"
 
@@ -92,6 +93,13 @@ e2e:
 # it cannot run. (make test runs only its quick mount check, TestMountInVM.)
 e2e-nfs:
 	HOSTPATH_E2E_NFS=1 $(GO) test -count=1 -v -timeout 10m ./test/nfs/
+
+# The Kubernetes "External Storage" e2e suite (e2e.test and ginkgo built
+# from the module proxy, cached with the cluster's binaries) against the
+# same cluster, once per definition file in test/e2e/conformance; reports
+# in _output/conformance. Needs root. See the README (Conformance).
+conformance:
+	./test/e2e/scripts/conformance.sh
 
 e2e-cluster:
 	./test/e2e/scripts/cluster-up.sh

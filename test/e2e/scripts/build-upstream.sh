@@ -8,6 +8,8 @@
 #
 #   build-upstream.sh OUTDIR MODULE VERSION PKG...
 #
+# A PKG written test:IMPORTPATH is a package's test binary (go test -c),
+# OUTDIR/<last element>.test: the Kubernetes e2e suite is one.
 # The binaries land in OUTDIR (static: CGO_ENABLED=0) with a stamp file
 # naming what was built; a second run with the same stamp does nothing.
 set -euo pipefail
@@ -69,5 +71,12 @@ esac
 cd "$work"
 echo "build-upstream: $mod@$ver: ${pkgs[*]}" >&2
 go mod download
-go build -trimpath -ldflags "$ldflags" -o "$out/" "${pkgs[@]}"
+bins=() tests=()
+for p in "${pkgs[@]}"; do
+	case $p in test:*) tests+=("${p#test:}") ;; *) bins+=("$p") ;; esac
+done
+[ ${#bins[@]} -eq 0 ] || go build -trimpath -ldflags "$ldflags" -o "$out/" "${bins[@]}"
+for p in ${tests[@]+"${tests[@]}"}; do
+	go test -c -trimpath -ldflags "$ldflags" -o "$out/$(basename "$p").test" "$p"
+done
 touch "$stamp"

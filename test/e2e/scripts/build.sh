@@ -49,9 +49,11 @@ log "images"
 img=$E2E_CACHE/images
 mkdir -p "$img"
 mkimage=$local_bin/mkimage
-# image FILE NAME INPUTS... -- MKIMAGE-ARGS: (re)make FILE when an input is newer.
+# image FILE NAME INPUTS... -- MKIMAGE-ARGS: (re)make FILE (in $img unless
+# absolute) when an input is newer.
 image() {
-	local file=$img/$1 name=$2; shift 2
+	local file=$1 name=$2; shift 2
+	[[ $file = /* ]] || file=$img/$file
 	local stale=false inputs=()
 	while [ "$1" != -- ]; do inputs+=("$1"); shift; done; shift
 	[ -f "$file" ] || stale=true
@@ -88,4 +90,29 @@ links=()
 for a in $(busybox --list); do [ "$a" = busybox ] || links+=(-symlink "/bin/busybox:/bin/$a"); done
 image busybox.tar docker.io/library/busybox:1.35 "$bb" -- -file "$bb:/bin/busybox:0755" "${links[@]}" \
 	-env PATH=/bin -cmd sh
+
+# make conformance: the Kubernetes e2e suite (e2e.test, ginkgo) and what it
+# runs in its pods, under the names it asks for. agnhost is built from
+# Kubernetes' own source with busybox for its shell tools (the real image
+# adds Alpine's); the suite's busybox, and its nginx and glibc-dns-testing
+# (which the storage specs use only to run a shell command), are Debian's
+# busybox. None of these images is pulled: they are imported.
+if [ "${E2E_CONFORMANCE:-}" = 1 ]; then
+	log "Kubernetes $K8S_VERSION e2e suite: e2e.test, ginkgo, agnhost"
+	"$up" "$E2E_BIN" k8s.io/kubernetes "$K8S_VERSION" test:k8s.io/kubernetes/test/e2e \
+		github.com/onsi/ginkgo/v2/ginkgo k8s.io/kubernetes/test/images/agnhost
+	cimg=$E2E_CACHE/images-conformance
+	mkdir -p "$cimg"
+	suite_busybox() { # FILE NAME
+		image "$cimg/$1" "$2" "$bb" -- -file "$bb:/bin/busybox:0755" "${links[@]}" -env PATH=/bin -cmd sh
+	}
+	suite_busybox busybox.tar registry.k8s.io/e2e-test-images/busybox:1.37.0-2
+	suite_busybox nginx.tar registry.k8s.io/e2e-test-images/nginx:1.27.0-2
+	suite_busybox glibc-dns-testing.tar registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1
+	image "$cimg/agnhost.tar" registry.k8s.io/e2e-test-images/agnhost:2.66.1 "$E2E_BIN/agnhost" "$bb" -- \
+		-file "$E2E_BIN/agnhost:/agnhost:0755" -file "$bb:/bin/busybox:0755" "${links[@]}" \
+		-symlink "/agnhost:/agnhost-2" -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+		-entrypoint /agnhost -cmd pause
+	image "$cimg/pause.tar" registry.k8s.io/pause:3.10.2 "$local_bin/pause" -- -file "$local_bin/pause:/pause:0755" -entrypoint /pause
+fi
 log "built; images in $img"
