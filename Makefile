@@ -27,13 +27,14 @@ IMAGE     ?= hostpath-csi/hostpath-plugin
 IMAGE_TAG ?= $(shell awk '$$1=="-" && $$3=="$(IMAGE)" {getline; print $$2}' deploy/kubernetes/components/images/kustomization.yaml)
 ENGINE    ?= $(shell command -v docker || command -v podman)
 
-.PHONY: help build test bench lint run demo clean fuzz fuzz-short torture powercut image e2e e2e-nfs e2e-cluster e2e-down conformance
+.PHONY: help build test test-deps bench lint run demo clean fuzz fuzz-short torture powercut image e2e e2e-nfs e2e-cluster e2e-down conformance
 
 help:
 	@echo "make build   build hostpath-plugin and csictl into $(OUT)/ (version $(VERSION))"
 	@echo "make run     run the driver on $(OUT)/csi.sock with state and data under $(OUT)/"
 	@echo "make demo    (with make run going) create, publish, write, unpublish and delete a volume"
 	@echo "make test    lint, unit tests with -race, csi-sanity, the 50-kill crash test and 2+2 power cuts"
+	@echo "make test-deps  say which Debian packages make test needs that are missing (make test runs it first)"
 	@echo "make bench   Go benchmarks and the load tool against a fresh driver"
 	@echo "make lint    gofmt and go vet"
 	@echo "make fuzz    each fuzz target for $(FUZZTIME) (make test runs them for $(FUZZTIME_SHORT))"
@@ -55,11 +56,15 @@ lint:
 	cd test/e2e && $(GO) vet ./...
 
 # Tests that mount (node service, sanity, crash) need root; elsewhere they
-# skip and say so.
-test: lint
+# skip and say so, or fail with HOSTPATH_TEST_REQUIRE_ALL=1 (CI sets it),
+# as do tests whose tools are missing: test-deps says first what to install.
+test: test-deps lint
 	$(GO) test -race -count=1 -timeout 20m ./...
 	cd test/e2e && $(GO) test -race -count=1 ./standins/... ./tools/...
 	$(MAKE) --no-print-directory fuzz-short
+
+test-deps:
+	@./hack/check-test-deps.sh
 
 fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_SHORT)
@@ -90,7 +95,7 @@ e2e:
 # and runs the driver against it (test/nfs). Needs qemu-system-x86 and
 # busybox-static; fetches the kernel and the NFS programs with apt-get
 # download into /var/cache/hostpath-csi/vm once. Skips and says why where
-# it cannot run. (make test runs only its quick mount check, TestMountInVM.)
+# it cannot run (fails instead with HOSTPATH_TEST_REQUIRE_ALL=1, as in CI). (make test runs only its quick mount check, TestMountInVM.)
 e2e-nfs:
 	HOSTPATH_E2E_NFS=1 $(GO) test -count=1 -v -timeout 10m ./test/nfs/
 

@@ -21,10 +21,7 @@ import (
 func LoopFS(t testing.TB, fstype string, sizeMiB int, mkfsArgs ...string) string {
 	t.Helper()
 	RequireRoot(t)
-	mkfs, err := exec.LookPath("mkfs." + fstype)
-	if err != nil {
-		t.Skipf("skipping: mkfs.%s not installed (apt-get install e2fsprogs/xfsprogs/btrfs-progs)", fstype)
-	}
+	mkfs := RequireMkfs(t, fstype)
 	dir := t.TempDir()
 	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
 	if err := os.Mkdir(mnt, 0o755); err != nil {

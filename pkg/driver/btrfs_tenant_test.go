@@ -33,9 +33,7 @@ const tenantUID = "65534"
 func asTenant(t *testing.T, dir, script string) string {
 	t.Helper()
 	for _, tool := range []string{"setpriv", "btrfs", "dd"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipping: %s not installed (util-linux, btrfs-progs, coreutils)", tool)
-		}
+		testutil.RequireCommand(t, tool)
 	}
 	cmd := exec.Command("setpriv", "--reuid="+tenantUID, "--regid="+tenantUID, "--clear-groups", "--inh-caps=-all", "--", "sh", "-c", script)
 	cmd.Dir = dir
@@ -237,7 +235,8 @@ func TestQgroupVolumesOfAnEarlierVersionKeepWorking(t *testing.T) {
 	// What an earlier version left: quotas on, a qgroup limit of the
 	// volume's size, and the record naming it.
 	if err := quota.EnableQgroups(e.d.vols.Root()); err != nil {
-		t.Skipf("skipping: btrfs quotas cannot be turned on here: %v", err)
+		testutil.Missing(t, fmt.Sprintf("btrfs quotas cannot be turned on here: %v", err),
+			"a kernel with btrfs qgroups (Debian 12's has them)")
 	}
 	if err := quota.SetQgroupLimit(e.d.vols.Path(id), size); err != nil {
 		t.Fatal(err)
@@ -390,9 +389,7 @@ func tenantSubvolumeChain(t *testing.T, dir string, n int) {
 func asRootWithoutCaps(t *testing.T, dir, script string) string {
 	t.Helper()
 	for _, tool := range []string{"setpriv", "btrfs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipping: %s not installed (util-linux, btrfs-progs)", tool)
-		}
+		testutil.RequireCommand(t, tool)
 	}
 	cmd := exec.Command("setpriv", "--inh-caps=-all", "--bounding-set=-all", "--", "sh", "-c", script)
 	cmd.Dir = dir

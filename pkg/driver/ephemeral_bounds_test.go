@@ -271,10 +271,7 @@ func TestInlineVolumeOnBtrfsHoldsAgainstNestedSubvolumes(t *testing.T) {
 	cleanupUnder(t, mnt)
 	testutil.CleanupMounts(t, filepath.Join(mnt, "pods"))
 	e := newEnvWith(t, mnt, func(c *Config) { nodeBoundsOnly(&c.Ephemeral) }) // a small filesystem
-	btrfsTool, err := exec.LookPath("btrfs")
-	if err != nil {
-		t.Skip("skipping: btrfs-progs not installed")
-	}
+	btrfsTool := testutil.RequireCommand(t, "btrfs")
 	if err := e.publishInline(t, "csi-escape", map[string]string{AttrSize: "16Mi"}); err != nil {
 		t.Fatal(err)
 	}

@@ -23,10 +23,8 @@ import (
 // rules on the real devices.
 func TestHostIgnoresWhatTenantsWriteIntoBlockVolumes(t *testing.T) {
 	testutil.RequireRoot(t)
-	for _, tool := range []string{"udevadm", "mkfs.ext4", "pvcreate"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not found (Debian: udev, e2fsprogs, lvm2)", tool)
-		}
+	for _, tool := range []string{"udevadm", "mkfs.ext4", "pvcreate", "pvs"} {
+		testutil.RequireCommand(t, tool)
 	}
 	const rulesDir = "/run/udev/rules.d" // read by udev, not kept across boots
 	if err := os.MkdirAll(rulesDir, 0o755); err != nil {

@@ -129,10 +129,7 @@ func wantTenantSafe(t *testing.T, target string, mounts ...string) {
 	// A setuid-root copy of id(1), run by nobody through the pod's mount,
 	// reports nobody's uid. The child reaches the binary through a
 	// directory fd, as the test's own directories are closed to nobody.
-	idPath, err := exec.LookPath("id")
-	if err != nil {
-		t.Skipf("skipping the setuid check: %v", err)
-	}
+	idPath := testutil.RequireCommand(t, "id")
 	bin := filepath.Join(target, "id")
 	if err := copyFile(idPath, bin, os.ModeSetuid|0o755); err != nil {
 		t.Fatal(err)

@@ -21,9 +21,7 @@ import (
 // Driver.Close, which waits for the sweeps at most the timeout, returns:
 // a graceful shutdown stays graceful.
 func TestTrashPurgeOnAServerThatStopsAnsweringDoesNotHoldClose(t *testing.T) {
-	if _, err := exec.LookPath("fsfreeze"); err != nil {
-		t.Skip("skipping: fsfreeze not installed (util-linux)")
-	}
+	testutil.RequireCommand(t, "fsfreeze")
 	e := newNFSEnv(t, 2*time.Second)
 	mnt := testutil.LoopFS(t, "ext4", 256)
 	exp := e.standin.AddExport(t, "frozen.example", testShare, filepath.Join(mnt, "export"))

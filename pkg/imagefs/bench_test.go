@@ -3,7 +3,6 @@ package imagefs
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -15,9 +14,7 @@ const benchWrite = 256 << 20
 func benchScratch(b *testing.B, fs string) string {
 	b.Helper()
 	testutil.RequireRoot(b)
-	if _, err := exec.LookPath("mkfs." + fs); err != nil {
-		b.Skipf("skipping: mkfs.%s not installed", fs)
-	}
+	testutil.RequireMkfs(b, fs)
 	dir := testutil.BenchDir(b)
 	testutil.CleanupLoopDevices(b, dir)
 	testutil.CleanupMounts(b, dir)

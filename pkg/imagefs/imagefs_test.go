@@ -21,9 +21,7 @@ func scratch(t testing.TB, fsTypes ...string) string {
 	t.Helper()
 	testutil.RequireRoot(t)
 	for _, fs := range append(fsTypes, "ext4") {
-		if _, err := exec.LookPath("mkfs." + fs); err != nil {
-			t.Skipf("skipping: mkfs.%s not installed (apt-get install e2fsprogs xfsprogs)", fs)
-		}
+		testutil.RequireMkfs(t, fs)
 	}
 	dir := t.TempDir()
 	return guard(t, dir)

@@ -80,9 +80,7 @@ func filepathJoinSys(n int, rel string) string {
 // logical sectors (attached by this package) and returns the mount point.
 func fourKSectorFS(t *testing.T) string {
 	t.Helper()
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("skipping: mkfs.ext4 not installed")
-	}
+	testutil.RequireMkfs(t, "ext4")
 	dir := t.TempDir()
 	img, mnt := filepath.Join(dir, "4k.img"), filepath.Join(dir, "mnt")
 	if err := os.Mkdir(mnt, 0o755); err != nil {

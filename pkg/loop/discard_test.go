@@ -2,6 +2,7 @@ package loop
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
 // loopControl issues a loop-control ioctl that takes a device number.
@@ -78,7 +81,8 @@ func preallocated(t *testing.T, dir string, size int64) string {
 	}
 	defer f.Close()
 	if err := unix.Fallocate(int(f.Fd()), 0, 0, size); err != nil {
-		t.Skipf("skipping: the test directory's filesystem cannot preallocate: %v", err)
+		testutil.Missing(t, fmt.Sprintf("the test directory's filesystem cannot preallocate: %v", err),
+			"set TMPDIR to a directory on ext4, xfs, btrfs or tmpfs")
 	}
 	return p
 }
@@ -112,9 +116,7 @@ func runOn(t *testing.T, dev string) {
 func TestNoDiscardKeepsTheBackingFileAllocated(t *testing.T) {
 	dir := scratch(t)
 	for _, tool := range []string{"blkdiscard", "fallocate"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipping: %s not installed (util-linux)", tool)
-		}
+		testutil.RequireCommand(t, tool)
 	}
 	const size = 32 << 20
 	img := preallocated(t, dir, size)

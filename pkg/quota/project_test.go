@@ -21,10 +21,7 @@ import (
 func quotaFS(t *testing.T, fstype string, mkfsArgs []string, data string) (string, error) {
 	t.Helper()
 	testutil.RequireRoot(t)
-	mkfs, err := exec.LookPath("mkfs." + fstype)
-	if err != nil {
-		t.Skipf("skipping: mkfs.%s not installed", fstype)
-	}
+	mkfs := testutil.RequireMkfs(t, fstype)
 	dir := t.TempDir()
 	testutil.CleanupLoopDevices(t, dir)
 	testutil.CleanupMounts(t, dir)
@@ -154,7 +151,7 @@ func TestProjectQuotaOtherFilesystems(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := os.Stat(tc.path); err != nil {
-				t.Skipf("skipping: %v", err)
+				testutil.Missing(t, err.Error(), "a tmpfs on /dev/shm, as every Debian system has")
 			}
 			err := ProjectQuotaSupport(tc.path)
 			var nse *NotSupportedError

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -72,10 +71,7 @@ func TestNFSKill(t *testing.T) {
 	if s := os.Getenv("HOSTPATH_NFS_CRASH_KILLS"); s != "" {
 		kills, _ = strconv.Atoi(s)
 	}
-	realMount, err := exec.LookPath("mount")
-	if err != nil {
-		t.Skip("no mount(8):", err)
-	}
+	realMount := testutil.RequireCommand(t, "mount")
 	dir := t.TempDir()
 	testutil.CleanupMounts(t, dir)
 	standin := filepath.Join(dir, "nfs")

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 	"github.com/hostpath-csi/hostpath-csi/test/vm"
 )
 
@@ -101,7 +102,8 @@ func requireImage(t *testing.T) *guestImage {
 	u, err := vm.FetchUserland(vm.CacheDir(), packages)
 	if err != nil {
 		if errors.Is(err, vm.ErrUnavailable) {
-			t.Skipf("skipping: the guest's NFS programs: %v", err)
+			testutil.Missing(t, fmt.Sprintf("the guest's NFS programs: %v", err),
+				"apt-get install apt dpkg, and apt-get update so that apt-get download finds them")
 		}
 		t.Fatal(err)
 	}

@@ -27,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 	"github.com/hostpath-csi/hostpath-csi/test/powercut/proto"
 	"github.com/hostpath-csi/hostpath-csi/test/vm"
 )
@@ -102,10 +103,7 @@ func makeDisk(t *testing.T, fs string) string {
 	if fs == "xfs" {
 		size, args = 512<<20, []string{"-q", "-f", "-m", "reflink=1"} // xfs wants 300 MiB at least
 	}
-	mkfs, err := exec.LookPath("mkfs." + fs)
-	if err != nil {
-		t.Skipf("skipping: mkfs.%s not installed (apt-get install e2fsprogs xfsprogs)", fs)
-	}
+	mkfs := testutil.RequireMkfs(t, fs)
 	if err := os.WriteFile(img, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -13,13 +13,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
 func TestCPIOExtractsWithHostCpio(t *testing.T) {
-	cpio, err := exec.LookPath("cpio")
-	if err != nil {
-		t.Skip("skipping: cpio not installed")
-	}
+	cpio := testutil.RequireCommand(t, "cpio")
 	// Sizes around the 4-byte padding, and names of every length mod 4.
 	files := map[string]string{
 		"a":           "",
