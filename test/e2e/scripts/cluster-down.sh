@@ -10,7 +10,14 @@ set -uo pipefail
 source "$(dirname "$0")/env.sh"
 [ -d "$E2E_DIR" ] || { log "no cluster at $E2E_DIR: nothing to tear down"; exit 0; }
 
-alive() { [ -f "$E2E_DIR/pids/$1.pid" ] && kill -0 "$(cat "$E2E_DIR/pids/$1.pid")" 2>/dev/null; }
+# alive NAME: the daemon or anything of its process group (a daemon started
+# through nsenter is the leader's child, and outlives it if it is killed).
+alive() {
+	local pid
+	[ -f "$E2E_DIR/pids/$1.pid" ] || return 1
+	pid=$(cat "$E2E_DIR/pids/$1.pid")
+	kill -0 -- "-$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null
+}
 
 # stop NAME: SIGTERM, up to 30 s to exit, then SIGKILL. The process group
 # goes with it (setsid made the daemon its leader).
@@ -18,7 +25,7 @@ stop() {
 	local f=$E2E_DIR/pids/$1.pid pid
 	[ -f "$f" ] || return 0
 	pid=$(cat "$f")
-	if kill -0 "$pid" 2>/dev/null; then
+	if kill -0 -- "-$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null; then
 		kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
 		# The whole group: a daemon started through nsenter is its child.
 		for _ in $(seq 60); do kill -0 -- "-$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
@@ -84,6 +91,16 @@ done
 # The node's PID 1 last of the node: its exit ends anything left in its
 # namespaces, and their mounts with them.
 stop node
+# The node's PID 1 by the PID it recorded, should it have outlived its
+# process group (its unshare parent killed alone): its exit ends the node.
+if [ -s "$E2E_RUN/node.pid" ]; then
+	np=$(cat "$E2E_RUN/node.pid")
+	if [ "$(cat "/proc/$np/comm" 2>/dev/null)" = nodeinit ]; then
+		kill -KILL "$np" 2>/dev/null
+		for _ in $(seq 20); do [ -d "/proc/$np" ] || break; sleep 0.5; done
+		[ -d "/proc/$np" ] && { log "the node's PID 1 ($np) is still alive"; exit 1; }
+	fi
+fi
 for name in svcproxy kube-apiserver etcd; do stop "$name"; done
 
 log "unmounting"

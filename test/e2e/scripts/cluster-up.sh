@@ -129,6 +129,7 @@ undo "rm -rf /var/lib/hostpath-csi"   # the driver's state and data on node 1
 # containerd, the kubelet and the pods run in a PID and mount namespace of
 # the node's own, whose PID 1 (nodeinit) a pod can nsenter as the
 # Kubernetes e2e suite's hostexec pods do; this machine's PID 1 is not ours.
+rm -f "$E2E_RUN/node.pid"
 start node unshare --pid --mount --fork --propagation unchanged \
 	"$E2E_CACHE/local/nodeinit" -pidfile "$E2E_RUN/node.pid"
 wait_for 10 "the node's namespace" test -s "$E2E_RUN/node.pid"

@@ -30,7 +30,10 @@ if [ -e "$E2E_DIR" ]; then
 	log "error: $E2E_DIR exists: a cluster is up (or was not torn down); run make e2e-down first"
 	exit 1
 fi
+# Ctrl-C or SIGTERM ends the run (ginkgo exits on SIGINT, and the next pass
+# would start); the teardown then runs with SIGINT ignored, to its end.
 trap '"$E2E_ROOT/test/e2e/scripts/cluster-down.sh"' EXIT
+trap 'trap "" INT; exit 130' INT TERM
 E2E_CONFORMANCE=1 "$E2E_ROOT/test/e2e/scripts/cluster-up.sh" >/dev/null || exit 1
 for f in "$E2E_CACHE"/images-conformance/*.tar; do
 	$CTR images import --no-unpack=false "$f" >/dev/null || { log "error: import $f"; exit 1; }
@@ -90,6 +93,10 @@ pass() {
 	local prc=$?
 	log "pass $name: ginkgo exited $prc after $((SECONDS - t0)) s (log: $out/$name.log)"
 	sums+=("$name=$out/$name.xml")
+	# A parallel process that died, a suite timeout or an interrupt fail the
+	# run even where every spec in the report passed.
+	[ $prc -eq 0 ] || rc=1
+	[ $prc -lt 128 ] || exit $prc
 }
 for d in $drivers; do
 	pass "$d" "$d" parallel

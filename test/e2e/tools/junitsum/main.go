@@ -3,8 +3,10 @@
 //
 //	NAME: Ran N of M Specs: P Passed | F Failed | S Skipped
 //
-// then the name of every failed spec. It exits 1 when a spec failed or no
-// spec ran, so a run that proves nothing does not pass.
+// then the name of every failed spec. It exits 1 when a spec failed, no
+// spec ran, or ginkgo says the suite failed (SuiteSucceeded false: a
+// process died, a timeout, an interrupt), so a run that proves nothing
+// does not pass.
 package main
 
 import (
@@ -21,7 +23,13 @@ type testSuites struct {
 }
 
 type testSuite struct {
-	Cases []testCase `xml:"testcase"`
+	Properties []property `xml:"properties>property"`
+	Cases      []testCase `xml:"testcase"`
+}
+
+type property struct {
+	Name  string `xml:"name,attr"`
+	Value string `xml:"value,attr"`
 }
 
 type testCase struct {
@@ -39,6 +47,11 @@ type testCase struct {
 type summary struct {
 	total, ran, passed, failed, skipped int
 	failures                            []string
+	// suiteFailed: ginkgo's SuiteSucceeded property is false (a parallel
+	// process died, the suite timed out or was interrupted) even where no
+	// test case says so; reason is its SpecialSuiteFailureReason.
+	suiteFailed bool
+	reason      string
 }
 
 func summarize(r io.Reader) (summary, error) {
@@ -48,6 +61,18 @@ func summarize(r io.Reader) (summary, error) {
 	}
 	var s summary
 	for _, suite := range doc.Suites {
+		for _, p := range suite.Properties {
+			switch p.Name {
+			case "SuiteSucceeded":
+				if p.Value == "false" {
+					s.suiteFailed = true
+				}
+			case "SpecialSuiteFailureReason", "SpecialSuiteFailureReasons":
+				if p.Value != "" {
+					s.reason = p.Value
+				}
+			}
+		}
 		for _, c := range suite.Cases {
 			failed := c.Failure != nil || c.Error != nil || c.Status == "failed" || c.Status == "panicked" ||
 				c.Status == "timedout" || c.Status == "interrupted" || c.Status == "aborted"
@@ -118,7 +143,10 @@ func main() {
 		for _, n := range s.failures {
 			fmt.Printf("  FAILED: %s\n", n)
 		}
-		if s.failed > 0 || s.ran == 0 {
+		if s.suiteFailed {
+			fmt.Printf("  SUITE FAILED (ginkgo's SuiteSucceeded is false) %s\n", s.reason)
+		}
+		if s.failed > 0 || s.ran == 0 || s.suiteFailed {
 			bad = true
 		}
 	}

@@ -33,6 +33,14 @@ func TestSummarizeCountsSpecsNotSuiteNodes(t *testing.T) {
 			want: summary{total: 1, skipped: 1, failed: 1, failures: []string{"[SynchronizedBeforeSuite]"}},
 		},
 		{
+			name: "ginkgo's SuiteSucceeded false fails the run though every case passed",
+			xml: `<testsuites><testsuite><properties>
+<property name="SuiteSucceeded" value="false"></property>
+<property name="SpecialSuiteFailureReason" value="Interrupted by User"></property>
+</properties><testcase name="a" status="passed"></testcase></testsuite></testsuites>`,
+			want: summary{total: 1, ran: 1, passed: 1, suiteFailed: true, reason: "Interrupted by User"},
+		},
+		{
 			name: "a timed-out spec is a failure",
 			xml:  `<testsuites><testsuite><testcase name="slow" status="timedout"></testcase></testsuite></testsuites>`,
 			want: summary{total: 1, ran: 1, failed: 1, failures: []string{"slow"}},

@@ -30,13 +30,20 @@ func main() {
 		fmt.Fprintln(os.Stderr, "nodeinit:", err)
 		os.Exit(1)
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGCHLD)
-	for s := range sigs {
-		if s != syscall.SIGCHLD {
+	// A channel of its own for the stop signals: os/signal drops a signal
+	// whose channel is full, and a burst of SIGCHLDs (the shims killed at
+	// teardown) must not crowd out the SIGTERM that follows.
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	children := make(chan os.Signal, 1)
+	signal.Notify(children, syscall.SIGCHLD)
+	for {
+		select {
+		case <-stop:
 			return
+		case <-children:
+			reap()
 		}
-		reap()
 	}
 }
 
