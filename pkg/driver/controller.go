@@ -146,7 +146,7 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 			// The spec's code for a source the new volume cannot be made from.
 			return nil, nil, status.Errorf(codes.InvalidArgument, "the source is a %s volume; this request asks for a %s volume (use the source's volume mode, layout and filesystem)", src.kind, kind)
 		}
-		if size, err = sizeFor(req.GetCapacityRange(), size, src.capacity); err != nil {
+		if size, err = sizeFor(req.GetCapacityRange(), size, src.capacity, src.least); err != nil {
 			return nil, nil, err
 		}
 		if size > d.cfg.MaxVolumeSize {
@@ -186,6 +186,9 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 // (phase creating: a crash after this point is rolled back at start-up).
 func (d *Driver) newVolume(req *csi.CreateVolumeRequest, kind volumeKind, size int64, src *contentSource) (*state.Volume, error) {
 	v := &state.Volume{Name: req.GetName(), Parameters: req.GetParameters(), AccessType: "mount", Layout: kind.layout, FSType: kind.fsType}
+	if r := req.GetCapacityRange().GetRequiredBytes(); r > 0 && r < size {
+		v.RequestedBytes = r // made larger than asked: a filesystem's minimum, a larger source
+	}
 	switch kind.layout {
 	case layoutBlock:
 		v.AccessType, v.Layout, v.Limit = "block", "", hostpath.EnforceImage

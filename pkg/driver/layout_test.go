@@ -654,3 +654,117 @@ func TestUnstageOfAnImageWhoseDataIsGone(t *testing.T) {
 		}
 	}
 }
+
+// A claim smaller than an image's filesystem minimum gets a volume of that
+// minimum; its snapshots and clones are accepted at the claim's own size
+// (csi-provisioner refuses a restore asking less than the snapshot's
+// size_bytes, and tools restore at the source claim's size), into a volume
+// never smaller than the source. Below the claim's size it is OUT_OF_RANGE.
+func TestImageRaisedToItsMinimumRestoresAtTheClaimsSize(t *testing.T) {
+	testutil.RequireMkfs(t, "ext4")
+	dir := t.TempDir()
+	cleanupUnder(t, dir)
+	e := newEnvWith(t, dir, nil)
+	minimum, err := hostpath.ImageMinSize("ext4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	image := func(r *csi.CreateVolumeRequest) *csi.CreateVolumeRequest {
+		r.Parameters = map[string]string{ParamLayout: LayoutImage}
+		return r
+	}
+	const asked = 1 << 20
+	made, err := e.d.CreateVolume(ctx, image(createReq("src", asked)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := made.GetVolume().GetVolumeId()
+	if n := made.GetVolume().GetCapacityBytes(); n != minimum {
+		t.Fatalf("capacity %d, want the ext4 image minimum %d", n, minimum)
+	}
+	snap, err := e.d.CreateSnapshot(ctx, snapReq("snap", src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapID := snap.GetSnapshot().GetSnapshotId()
+	if n := snap.GetSnapshot().GetSizeBytes(); n != asked {
+		t.Fatalf("snapshot size_bytes %d, want the claim's %d", n, asked)
+	}
+	listed, err := e.d.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: snapID})
+	if err != nil || len(listed.GetEntries()) != 1 || listed.GetEntries()[0].GetSnapshot().GetSizeBytes() != asked {
+		t.Fatalf("ListSnapshots: %v %v, want size_bytes %d", listed, err, asked)
+	}
+
+	for _, tc := range []struct {
+		name     string
+		req      *csi.CreateVolumeRequest
+		wantCode codes.Code
+	}{
+		{"restore at the claim's size", fromSnapshot("r-claim", asked, snapID), codes.OK},
+		{"restore with nothing asked", fromSnapshot("r-none", 0, snapID), codes.OK},
+		{"restore below the claim's size", fromSnapshot("r-less", asked/2, snapID), codes.OutOfRange},
+		{"restore with a limit under the minimum", func() *csi.CreateVolumeRequest {
+			r := fromSnapshot("r-limit", asked, snapID)
+			r.CapacityRange.LimitBytes = minimum / 2
+			return r
+		}(), codes.OutOfRange},
+		{"clone at the claim's size", fromVolume("c-claim", asked, src), codes.OK},
+		{"clone below the claim's size", fromVolume("c-less", asked/2, src), codes.OutOfRange},
+		{"restore larger than the minimum", fromSnapshot("r-more", 2*minimum, snapID), codes.OK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := e.d.CreateVolume(ctx, image(tc.req))
+			if tc.wantCode != codes.OK {
+				wantCode(t, err, tc.wantCode)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := max(minimum, tc.req.GetCapacityRange().GetRequiredBytes())
+			if n := got.GetVolume().GetCapacityBytes(); n != want {
+				t.Fatalf("capacity %d, want %d", n, want)
+			}
+			if n, _ := e.d.vols.ImageSize(got.GetVolume().GetVolumeId()); n != want {
+				t.Fatalf("image file of %d bytes, want %d", n, want)
+			}
+			// A retry of the same call is the same volume.
+			again, err := e.d.CreateVolume(ctx, image(tc.req))
+			if err != nil || again.GetVolume().GetVolumeId() != got.GetVolume().GetVolumeId() {
+				t.Fatalf("retry: %v %v", again, err)
+			}
+			// And a snapshot of it restores at its own claim's size too.
+			s, err := e.d.CreateSnapshot(ctx, snapReq("of-"+tc.req.GetName(), got.GetVolume().GetVolumeId()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantSize := want
+			if r := tc.req.GetCapacityRange().GetRequiredBytes(); r > 0 && r < want {
+				wantSize = r
+			}
+			if n := s.GetSnapshot().GetSizeBytes(); n != wantSize {
+				t.Fatalf("snapshot of the restore: size_bytes %d, want %d", n, wantSize)
+			}
+		})
+	}
+
+	// Grown, the volume's claim asks its new size: a snapshot now restores
+	// at that size, no less.
+	_, target := e.stageAndPublish(t, src, rwo)
+	grown := minimum + 4<<20
+	_, err = e.d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: src, VolumePath: target,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: grown}})
+	if err != nil && status.Code(err) != codes.FailedPrecondition { // ext4 grows at the next stage without CAP_SYS_RESOURCE
+		t.Fatal(err)
+	}
+	e.unpublishAndUnstage(t, src)
+	after, err := e.d.CreateSnapshot(ctx, snapReq("after-growth", src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := after.GetSnapshot().GetSizeBytes(); n != grown {
+		t.Fatalf("snapshot after growth: size_bytes %d, want %d", n, grown)
+	}
+	_, err = e.d.CreateVolume(ctx, image(fromSnapshot("after-small", asked, after.GetSnapshot().GetSnapshotId())))
+	wantCode(t, err, codes.OutOfRange)
+}

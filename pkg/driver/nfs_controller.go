@@ -124,7 +124,7 @@ func (d *Driver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p 
 				src.unlock()
 			}
 		}()
-		if size, err = sizeFor(req.GetCapacityRange(), size, src.capacity); err != nil {
+		if size, err = sizeFor(req.GetCapacityRange(), size, src.capacity, src.capacity); err != nil {
 			return nil, nil, err
 		}
 		if exists, err := x.DirExists(ctx, subDir); err != nil {

@@ -76,9 +76,11 @@ func csiSnapshot(s *state.Snapshot) *csi.Snapshot {
 	return &csi.Snapshot{
 		SnapshotId:     s.ID,
 		SourceVolumeId: s.SourceVolumeID,
-		// The least size a restore needs (Kubernetes shows it as
-		// restoreSize): the source's capacity, not the bytes copied.
-		SizeBytes:       s.SourceCapacity,
+		// The least size a restore asks for (Kubernetes shows it as
+		// restoreSize, and csi-provisioner refuses a claim asking less):
+		// the source's capacity, or its request where the driver made it
+		// larger than asked; never the bytes copied.
+		SizeBytes:       s.RestoreRequest(),
 		CreationTime:    timestamppb.New(s.CreatedAt),
 		ReadyToUse:      s.Phase == state.PhaseReady,
 		GroupSnapshotId: s.GroupID,
@@ -174,7 +176,7 @@ func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 			// The source as it is now, under its node lock: an expansion
 			// since the call changed its size, and one a kill cut short
 			// left its file larger than its record.
-			snap.SourceCapacity = d.heldSize(vols[srcID])
+			d.sizeSnapshot(snap, vols[srcID])
 			if err := d.setAsideSnapshots([]*state.Snapshot{snap}, vols); err != nil {
 				return err
 			}
@@ -293,9 +295,28 @@ func (d *Driver) abandonSnapshot(j *job) {
 // Its size is what a copy of src holds now (see heldSize), which a restore
 // must have room for.
 func (d *Driver) newSnapshotOf(src *state.Volume, id, name string) *state.Snapshot {
-	return &state.Snapshot{ID: id, Name: name, SourceVolumeID: src.ID, SourceCapacity: d.heldSize(src),
+	snap := &state.Snapshot{ID: id, Name: name, SourceVolumeID: src.ID,
 		SourceAccessType: src.AccessType, SourceLayout: src.Layout, SourceFSType: src.FSType, SourceFormatted: src.Formatted,
 		Phase: state.PhaseCreating, CreatedAt: time.Now().UTC()}
+	d.sizeSnapshot(snap, src)
+	return snap
+}
+
+// sizeSnapshot records what a copy of src holds now (see heldSize) as snap's
+// size, and the request a claim like src's makes (see requestOf).
+func (d *Driver) sizeSnapshot(snap *state.Snapshot, src *state.Volume) {
+	snap.SourceCapacity = d.heldSize(src)
+	snap.SourceRequested = requestOf(src, snap.SourceCapacity)
+}
+
+// requestOf is the size the CO asked for v when the driver made v larger
+// (RequestedBytes), or 0. held is v's heldSize: a volume that is growing, or
+// whose file grew beyond its record, is sized by that alone.
+func requestOf(v *state.Volume, held int64) int64 {
+	if r := v.RequestedBytes; r > 0 && r < held && held == v.CapacityBytes {
+		return r
+	}
+	return 0
 }
 
 // copyPlan says how volume v is copied as one whole now: the mounts of its
@@ -564,10 +585,14 @@ func (d *Driver) readySnapshot(id string) (*state.Snapshot, error) {
 type contentSource struct {
 	snapshotID, volumeID string
 	capacity             int64 // the smallest volume the content fits in
-	kind                 volumeKind
-	formatted            bool // an image source holds a filesystem
-	lockKey              string
-	unlock               func()
+	// least is the smallest required_bytes accepted: capacity, or the
+	// source's own request where the driver made it larger than asked (the
+	// new volume is still made at least capacity).
+	least     int64
+	kind      volumeKind
+	formatted bool // an image source holds a filesystem
+	lockKey   string
+	unlock    func()
 }
 
 func (cs *contentSource) describe(newID string) string {
@@ -596,7 +621,7 @@ func (d *Driver) lockContentSource(ctx context.Context, cs *csi.VolumeContentSou
 			unlock()
 			return nil, err
 		}
-		return &contentSource{snapshotID: id, capacity: snap.SourceCapacity, kind: kindOfSnapshot(snap), formatted: snap.SourceFormatted,
+		return &contentSource{snapshotID: id, capacity: snap.SourceCapacity, least: snap.RestoreRequest(), kind: kindOfSnapshot(snap), formatted: snap.SourceFormatted,
 			lockKey: "snap/" + id, unlock: unlock}, nil
 	case cs.GetVolume() != nil:
 		id := cs.GetVolume().GetVolumeId()
@@ -616,7 +641,12 @@ func (d *Driver) lockContentSource(ctx context.Context, cs *csi.VolumeContentSou
 			unlock()
 			return nil, err
 		}
-		return &contentSource{volumeID: id, capacity: d.heldSize(v), kind: kindOf(v), formatted: v.Formatted,
+		held := d.heldSize(v)
+		least := held
+		if r := requestOf(v, held); r > 0 {
+			least = r
+		}
+		return &contentSource{volumeID: id, capacity: held, least: least, kind: kindOf(v), formatted: v.Formatted,
 			lockKey: "vol/" + id, unlock: unlock}, nil
 	}
 	return nil, status.Error(codes.InvalidArgument, "volume content source has neither a snapshot nor a volume")
@@ -634,19 +664,24 @@ func snapshotIDOrNotFound(id string) error {
 	return nil
 }
 
-// sizeFor picks the capacity of a volume made from content of srcCap bytes:
-// what was asked, never less than the source; the source's size when nothing
-// was asked.
-func sizeFor(cr *csi.CapacityRange, asked, srcCap int64) (int64, error) {
+// sizeFor picks the capacity of a volume made from a source of capacity bytes: what was asked,
+// never less than the source's capacity; the source's size when nothing was
+// asked. A request below the source's capacity is accepted down to
+// least, the source's own request where the driver made the source
+// larger than asked (a filesystem image's minimum): a claim of the source
+// claim's size restores it, into a volume larger than required, as CSI lets
+// it be. Below that, or with a limit under the source's capacity, it is
+// OUT_OF_RANGE.
+func sizeFor(cr *csi.CapacityRange, asked, capacity, least int64) (int64, error) {
 	req, lim := cr.GetRequiredBytes(), cr.GetLimitBytes()
+	if lim > 0 && lim < capacity {
+		return 0, status.Errorf(codes.OutOfRange, "limit of %d bytes is smaller than the source (%d bytes)", lim, capacity)
+	}
 	if req == 0 {
-		if lim > 0 && lim < srcCap {
-			return 0, status.Errorf(codes.OutOfRange, "limit of %d bytes is smaller than the source (%d bytes)", lim, srcCap)
-		}
-		return srcCap, nil
+		return capacity, nil
 	}
-	if asked < srcCap {
-		return 0, status.Errorf(codes.OutOfRange, "requested %d bytes, smaller than the source (%d bytes); ask for at least the source's size", asked, srcCap)
+	if least = max(1, least); asked < least {
+		return 0, status.Errorf(codes.OutOfRange, "requested %d bytes, smaller than the source (%d bytes); ask for at least the source's size", asked, least)
 	}
-	return asked, nil
+	return max(asked, capacity), nil
 }

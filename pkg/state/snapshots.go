@@ -14,6 +14,11 @@ type Snapshot struct {
 	// SourceCapacity is the source volume's capacity when the snapshot was
 	// taken: the smallest volume it can be restored into.
 	SourceCapacity int64 `json:"sourceCapacity"`
+	// SourceRequested is the source's RequestedBytes when the snapshot was
+	// taken (0: none): the size a claim like the source's asks for. A
+	// restore asking at least this much is accepted and made at least
+	// SourceCapacity, as CSI lets a volume be larger than required.
+	SourceRequested int64 `json:"sourceRequested,omitempty"`
 	// The source's access type, layout and filesystem: a restore makes a
 	// volume of the same kind ("" for snapshots made before layouts: a
 	// mount directory).
@@ -23,7 +28,7 @@ type Snapshot struct {
 	SourceFormatted  bool   `json:"sourceFormatted,omitempty"`
 	// SizeBytes is the logical size of the files the snapshot copied (0
 	// for a btrfs snapshot, which copies none); for logs and operators.
-	// CSI's size_bytes is SourceCapacity.
+	// CSI's size_bytes is RestoreRequest().
 	SizeBytes int64 `json:"sizeBytes"`
 	// Mechanism is how the data was copied (reflink, copy, ...).
 	Mechanism  string            `json:"mechanism"`
@@ -68,4 +73,16 @@ func (s *Store) DeleteSnapshot(id string) error {
 // ListSnapshots pages through snapshots in ID order as ListVolumes does.
 func (s *Store) ListSnapshots(start string, limit int, keep func(*Snapshot) bool) ([]*Snapshot, string, error) {
 	return list(s, bucketSnapshots, start, limit, keep)
+}
+
+// RestoreRequest is the least required_bytes a restore of s is accepted
+// with, which CSI's size_bytes (Kubernetes' restoreSize) reports: the
+// source's request where the driver made the source larger than asked, its
+// capacity otherwise. The restored volume is never smaller than
+// SourceCapacity whatever was asked.
+func (s *Snapshot) RestoreRequest() int64 {
+	if r := s.SourceRequested; r > 0 && r < s.SourceCapacity {
+		return r
+	}
+	return s.SourceCapacity
 }

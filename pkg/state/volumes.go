@@ -62,6 +62,12 @@ type Volume struct {
 	// before the disk grows and cleared when the new capacity is: what the
 	// volume may fill is set aside while (and if killed, after) it grows.
 	GrowingTo int64 `json:"growingTo,omitempty"`
+	// RequestedBytes is the size the CO asked for (required_bytes) when
+	// the driver made the volume larger (a filesystem image's minimum, a
+	// clone of a source larger than asked); 0 when the capacity is what
+	// was asked, and after an expansion. A snapshot of the volume restores
+	// at a request of this size (see Snapshot.SourceRequested).
+	RequestedBytes int64 `json:"requestedBytes,omitempty"`
 }
 
 // HasSource reports whether the volume is made from a snapshot or a volume.
@@ -95,7 +101,7 @@ func (s *Store) SetVolumeFormatted(id string) error {
 // SetVolumeCapacity changes the recorded capacity of an existing volume, and
 // ends an expansion in progress (GrowingTo).
 func (s *Store) SetVolumeCapacity(id string, bytes int64) error {
-	return s.modifyVolume(id, func(v *Volume) { v.CapacityBytes, v.GrowingTo = bytes, 0 })
+	return s.modifyVolume(id, func(v *Volume) { v.CapacityBytes, v.GrowingTo, v.RequestedBytes = bytes, 0, 0 })
 }
 
 // SetVolumeGrowingTo records the size an expansion is about to give a
