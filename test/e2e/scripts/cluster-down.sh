@@ -107,6 +107,14 @@ log "unmounting"
 for d in /var/lib/kubelet/pods /var/lib/kubelet/plugins "$E2E_RUN" "$E2E_DIR" /var/lib/hostpath-csi; do
 	for m in $(mounts_under "$d"); do umount "$m" 2>/dev/null || umount -l "$m"; done
 done
+# Loop devices of the cluster's files: the kubelet attaches one to map a
+# block volume into a pod, and one a killed kubelet or driver left behind
+# outlives every namespace.
+for d in /var/lib/kubelet "$E2E_DIR" /var/lib/hostpath-csi; do
+	for dev in $(losetup -n -l -O NAME,BACK-FILE 2>/dev/null | awk -v d="$d" '{ f=$2; if (f==d || index(f, d "/")==1) print $1 }'); do
+		losetup -d "$dev" 2>/dev/null || log "cannot detach $dev"
+	done
+done
 # Network namespaces the CNI made for pods that were not torn down.
 if [ -d /var/run/netns ]; then
 	for n in $(ls /var/run/netns | sort | comm -13 "$E2E_DIR/netns-before" - 2>/dev/null); do

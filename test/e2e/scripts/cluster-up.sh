@@ -122,8 +122,12 @@ log "node namespace"
 # mount namespace below and out of it to the host, where tests look.
 mkdir -p /var/lib/kubelet /var/lib/kubelet/plugins_registry
 undo "rm -rf /var/lib/kubelet"
-mount --bind /var/lib/kubelet /var/lib/kubelet
+# The undo first: a bind mount made and then a kill is still undone.
 undo "umount /var/lib/kubelet"
+mount --bind /var/lib/kubelet /var/lib/kubelet
+# A peer group of its own: on a host whose / is shared (systemd), the bind
+# joined /'s group, and mounts under it would propagate to /'s peers too.
+mount --make-private /var/lib/kubelet
 mount --make-rshared /var/lib/kubelet
 undo "rm -rf /var/lib/hostpath-csi"   # the driver's state and data on node 1
 # containerd, the kubelet and the pods run in a PID and mount namespace of

@@ -17,19 +17,13 @@ trap '"$E2E_ROOT/test/e2e/scripts/cluster-down.sh"' EXIT
 log "cluster up in $((SECONDS - started)) s"
 "$E2E_ROOT/test/e2e/scripts/scenarios.sh"
 rc=$?
+# The node's mount namespace, to find any of its processes after the
+# teardown (its mounts live as long as one does).
+node_ns=$(stat -L -c %i "/proc/$(cat "$E2E_RUN/node.pid" 2>/dev/null)/ns/mnt" 2>/dev/null)
 trap - EXIT
 "$E2E_ROOT/test/e2e/scripts/cluster-down.sh" || rc=1
-# Nothing of the cluster may be left: processes, mounts, interfaces, rules.
-left=""
-grep -qs -e " /var/lib/kubelet" -e " $E2E_DIR" -e " /var/lib/hostpath-csi" /proc/self/mountinfo && left="$left mounts"
-ip link show "$BRIDGE" >/dev/null 2>&1 && left="$left bridge"
-ip link show "$NODE_LINK" >/dev/null 2>&1 && left="$left veth"
-ip addr show dev lo | grep -q "$SERVICE_IP/" && left="$left service-ip"
-iptables -S FORWARD | grep -q hostpath-csi-e2e && left="$left iptables"
-for d in "$E2E_DIR" "$E2E_RUN" /var/lib/kubelet /var/lib/hostpath-csi; do [ -e "$d" ] && left="$left $d"; done
-if [ -n "$left" ]; then
-	log "teardown left behind:$left"
-	rc=1
-fi
+# Nothing of the cluster may be left: processes, mounts, loop devices,
+# interfaces, rules, directories.
+"$E2E_ROOT/test/e2e/scripts/leftovers.sh" "$node_ns" || rc=1
 log "make e2e: $([ $rc = 0 ] && echo passed || echo FAILED) in $((SECONDS - started)) s"
 exit $rc
