@@ -375,10 +375,15 @@ func (d *Driver) growForSource(v *state.Volume, srcCap, limit int64) error {
 	if extra > avail {
 		return status.Errorf(codes.ResourceExhausted, "the source volume grew to %d bytes since the request; the clone needs %d bytes more, and the node has %d bytes available for volumes (what volumes held to their size and copies in progress may still fill is set aside)", srcCap, extra, avail)
 	}
-	if err := d.store.SetVolumeCapacity(v.ID, srcCap); err != nil {
+	// The clone's claim asked what it asked: its snapshots restore at that.
+	asked := v.RequestedBytes
+	if asked == 0 {
+		asked = v.CapacityBytes
+	}
+	if err := d.store.SetVolumeCapacity(v.ID, srcCap, asked); err != nil {
 		return stateError(err)
 	}
-	v.CapacityBytes = srcCap
+	v.CapacityBytes, v.RequestedBytes = srcCap, asked
 	d.reserved.add(extra)
 	return nil
 }

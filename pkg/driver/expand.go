@@ -91,7 +91,7 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 		// could not take at once is finished here or at the next stage.
 		_, err = d.vols.ExpandImage(v.ID, want)
 		if errors.Is(err, imagefs.ErrGrowAtNextMount) {
-			if rerr := d.recordCapacity(v, want); rerr != nil {
+			if rerr := d.recordCapacity(v, want, required); rerr != nil {
 				return nil, rerr
 			}
 			// The spec's code for a filesystem that cannot grow while
@@ -116,7 +116,7 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 		}
 		return nil, diskError("grow volume", err)
 	}
-	if err := d.recordCapacity(v, want); err != nil {
+	if err := d.recordCapacity(v, want, required); err != nil {
 		return nil, err
 	}
 	if charged && k.layout != LayoutDirectory {
@@ -198,17 +198,22 @@ func (d *Driver) heldSize(v *state.Volume) int64 {
 const blockSector = 4096
 
 // recordCapacity records a volume's new size, after it holds (a retry of an
-// expansion cut short finds the volume already grown and records it then).
-func (d *Driver) recordCapacity(v *state.Volume, size int64) error {
+// expansion cut short finds the volume already grown and records it then),
+// and what was required when that is less (a block volume's whole sectors):
+// a snapshot of it restores at the claim's new size.
+func (d *Driver) recordCapacity(v *state.Volume, size, required int64) error {
 	if size == v.CapacityBytes && v.GrowingTo == 0 {
 		return nil
 	}
-	if err := d.store.SetVolumeCapacity(v.ID, size); err != nil {
+	if err := d.store.SetVolumeCapacity(v.ID, size, required); err != nil {
 		return stateError(err)
 	}
 
 	klog.V(2).InfoS("Volume expanded", "volumeID", v.ID, "from", v.CapacityBytes, "to", size, "limit", v.Limit)
-	v.CapacityBytes, v.GrowingTo = size, 0
+	v.CapacityBytes, v.GrowingTo, v.RequestedBytes = size, 0, 0
+	if required > 0 && required < size {
+		v.RequestedBytes = required
+	}
 	return nil
 }
 

@@ -768,3 +768,53 @@ func TestImageRaisedToItsMinimumRestoresAtTheClaimsSize(t *testing.T) {
 	_, err = e.d.CreateVolume(ctx, image(fromSnapshot("after-small", asked, after.GetSnapshot().GetSnapshotId())))
 	wantCode(t, err, codes.OutOfRange)
 }
+
+// A block volume grows in whole sectors: grown to a claim of 2M (2000000
+// bytes, not a multiple of 4096), its snapshots and clones are still
+// accepted at the claim's size (what csi-provisioner checks against
+// restoreSize), into a volume of the rounded size.
+func TestBlockGrownToAnUnalignedClaimRestoresAtTheClaimsSize(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	cleanupUnder(t, dir)
+	e := newEnvWith(t, dir, nil)
+	block := func(r *csi.CreateVolumeRequest) *csi.CreateVolumeRequest {
+		r.VolumeCapabilities = []*csi.VolumeCapability{blockCap}
+		return r
+	}
+	made, err := e.d.CreateVolume(ctx, block(createReq("src", 1<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := made.GetVolume().GetVolumeId()
+	_, target := e.stageAndPublish(t, src, blockCap)
+	const claim = 2000000
+	rounded := int64((claim/blockSector + 1) * blockSector)
+	grown, err := e.d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: src, VolumePath: target,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: claim}})
+	if err != nil || grown.GetCapacityBytes() != rounded {
+		t.Fatalf("NodeExpandVolume to %d: %v %v, want %d bytes", claim, grown, err, rounded)
+	}
+	e.unpublishAndUnstage(t, src)
+	snap, err := e.d.CreateSnapshot(ctx, snapReq("snap", src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := snap.GetSnapshot().GetSizeBytes(); n != claim {
+		t.Fatalf("snapshot size_bytes %d, want the claim's %d", n, claim)
+	}
+	for _, req := range []*csi.CreateVolumeRequest{
+		fromSnapshot("restore", claim, snap.GetSnapshot().GetSnapshotId()),
+		fromVolume("clone", claim, src),
+	} {
+		got, err := e.d.CreateVolume(ctx, block(req))
+		if err != nil {
+			t.Fatalf("%s at the claim's size: %v", req.GetName(), err)
+		}
+		if n := got.GetVolume().GetCapacityBytes(); n != rounded {
+			t.Fatalf("%s: capacity %d, want the source's %d", req.GetName(), n, rounded)
+		}
+	}
+	_, err = e.d.CreateVolume(ctx, block(fromSnapshot("less", claim-1, snap.GetSnapshot().GetSnapshotId())))
+	wantCode(t, err, codes.OutOfRange)
+}

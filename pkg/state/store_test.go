@@ -57,7 +57,7 @@ func TestVolumeRecords(t *testing.T) {
 	if err := s.PutVolume(vol("id-b", "name-a")); !errors.Is(err, ErrNameTaken) {
 		t.Fatalf("second volume with the same name: err = %v, want ErrNameTaken", err)
 	}
-	if err := s.SetVolumeCapacity("id-a", 5<<20); err != nil {
+	if err := s.SetVolumeCapacity("id-a", 5<<20, 0); err != nil {
 		t.Fatal(err)
 	}
 	if v, _ := s.GetVolume("id-a"); v.CapacityBytes != 5<<20 {

@@ -100,8 +100,13 @@ func (s *Store) SetVolumeFormatted(id string) error {
 
 // SetVolumeCapacity changes the recorded capacity of an existing volume, and
 // ends an expansion in progress (GrowingTo).
-func (s *Store) SetVolumeCapacity(id string, bytes int64) error {
-	return s.modifyVolume(id, func(v *Volume) { v.CapacityBytes, v.GrowingTo, v.RequestedBytes = bytes, 0, 0 })
+// requested is what the CO asked for, recorded as RequestedBytes when it is
+// less (a block volume grows in whole sectors; 0: the capacity itself).
+func (s *Store) SetVolumeCapacity(id string, bytes, requested int64) error {
+	if requested <= 0 || requested >= bytes {
+		requested = 0
+	}
+	return s.modifyVolume(id, func(v *Volume) { v.CapacityBytes, v.GrowingTo, v.RequestedBytes = bytes, 0, requested })
 }
 
 // SetVolumeGrowingTo records the size an expansion is about to give a
