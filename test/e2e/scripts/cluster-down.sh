@@ -107,14 +107,18 @@ log "unmounting"
 for d in /var/lib/kubelet/pods /var/lib/kubelet/plugins "$E2E_RUN" "$E2E_DIR" /var/lib/hostpath-csi; do
 	for m in $(mounts_under "$d"); do umount "$m" 2>/dev/null || umount -l "$m"; done
 done
-# Loop devices of the cluster's files: the kubelet attaches one to map a
-# block volume into a pod, and one a killed kubelet or driver left behind
-# outlives every namespace.
-for d in /var/lib/kubelet "$E2E_DIR" /var/lib/hostpath-csi; do
-	for dev in $(losetup -n -l -O NAME,BACK-FILE 2>/dev/null | awk -v d="$d" '{ f=$2; if (f==d || index(f, d "/")==1) print $1 }'); do
-		losetup -d "$dev" 2>/dev/null || log "cannot detach $dev"
-	done
+# Loop devices of the driver's files (node 1's and node 2's data), found by
+# the backing file's device and inode: its path is the attacher's (the
+# driver's container), unreachable from here once that is gone. Every
+# volume was unstaged by now, so any is a leak: detached, and the teardown
+# fails. (The kubelet's own loop on a mapped block volume's device node is
+# the kubelet's to detach when it unmaps the volume, as the pods' deletion
+# above waited for.)
+leaked=$(cluster_loops /var/lib/hostpath-csi "$E2E_DIR")
+for dev in $leaked; do
+	losetup -d "$dev" 2>/dev/null || log "cannot detach $dev"
 done
+[ -z "$leaked" ] || log "left behind: loop devices $(echo $leaked), detached"
 # Network namespaces the CNI made for pods that were not torn down.
 if [ -d /var/run/netns ]; then
 	for n in $(ls /var/run/netns | sort | comm -13 "$E2E_DIR/netns-before" - 2>/dev/null); do
@@ -134,4 +138,5 @@ fi
 left=$(mounts_under "$E2E_DIR")
 [ -z "$left" ] || { log "still mounted: $left"; exit 1; }
 rm -rf "$E2E_DIR"
+[ -z "$leaked" ] || { log "torn down, but loop devices were left behind"; exit 1; }
 log "torn down"

@@ -19,7 +19,7 @@ log "cluster up in $((SECONDS - started)) s"
 rc=$?
 # The node's mount namespace, to find any of its processes after the
 # teardown (its mounts live as long as one does).
-node_ns=$(stat -L -c %i "/proc/$(cat "$E2E_RUN/node.pid" 2>/dev/null)/ns/mnt" 2>/dev/null)
+node_ns=$(node_mnt_ns)
 trap - EXIT
 "$E2E_ROOT/test/e2e/scripts/cluster-down.sh" || rc=1
 # Nothing of the cluster may be left: processes, mounts, loop devices,

@@ -27,6 +27,38 @@ NODE2=hostpath-e2e-node2    # distributed flavour: a Node object, a driver as pr
 log() { echo "[$(date +%T)] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# cluster_loops DIR...: the loop devices backed by a regular file under a
+# DIR, matched by the file's device and inode, then those backed by one of
+# these devices' nodes (a loop on a loop), until no more are found.
+cluster_loops() {
+	local files found=" " more=1 name majmin ino key
+	files=$(find "$@" -xdev -type f -printf '%D %i\n' 2>/dev/null | sort -u)
+	while [ $more = 1 ]; do
+		more=0
+		while read -r name majmin ino; do
+			[ -n "$name" ] || continue
+			case $found in *" $name "*) continue ;; esac
+			# losetup gives MAJ:MIN, find and stat a number (major << 8 | minor
+			# for minors below 256, as loop and disk devices here have).
+			key=$(awk -v m="$majmin" -v i="$ino" 'BEGIN { split(m, a, ":"); print a[1] * 256 + a[2], i }')
+			if grep -qxF "$key" <<<"$files"; then
+				found="$found$name "
+				files=$files$'\n'$(stat -c '%d %i' "$name")
+				more=1
+			fi
+		done < <(losetup -n -l -O NAME,BACK-MAJ:MIN,BACK-INO 2>/dev/null)
+	done
+	echo $found
+}
+
+# node_mnt_ns: the inode of the node's mount namespace, if its PID 1 still
+# runs (a PID reused by another process would name the host's own).
+node_mnt_ns() {
+	local np; np=$(cat "$E2E_RUN/node.pid" 2>/dev/null) || return 0
+	[ "$(cat "/proc/$np/comm" 2>/dev/null)" = nodeinit ] || return 0
+	stat -L -c %i "/proc/$np/ns/mnt" 2>/dev/null
+}
+
 # undo CMD...: record a command that cluster-down.sh runs (in reverse order).
 undo() { printf '%s\n' "$*" >>"$E2E_DIR/undo"; }
 

@@ -2,8 +2,10 @@
 # leftovers.sh NODE_MNT_NS: after cluster-down.sh, print what the cluster
 # left behind and exit 1 if anything: processes (any of the node's mount
 # namespace, whose inode is NODE_MNT_NS, read before the teardown, or any
-# naming the cluster's directories), mounts, loop devices backed by the
-# cluster's files, interfaces, addresses, iptables rules, directories.
+# naming the cluster's directories), mounts, interfaces, addresses,
+# iptables rules, directories. (Loop devices are found by cluster-down.sh,
+# which fails when it has to detach one: it matches them by their backing
+# files, which are gone by now.)
 # make e2e and make conformance call it after their teardown.
 set -uo pipefail
 source "$(dirname "$0")/env.sh"
@@ -24,8 +26,6 @@ for p in /proc/[0-9]*; do
 done
 for d in "${dirs[@]}"; do
 	grep -qs -e " $d " -e " $d/" /proc/self/mountinfo && left="$left mounts:$d"
-	devs=$(losetup -n -l -O NAME,BACK-FILE 2>/dev/null | awk -v d="$d" '{ f=$2; if (f==d || index(f, d "/")==1) print $1 }')
-	[ -z "$devs" ] || left="$left loop-devices:$(echo $devs | tr ' ' ,)"
 	[ -e "$d" ] && left="$left $d"
 done
 ip link show "$BRIDGE" >/dev/null 2>&1 && left="$left bridge"

@@ -20,7 +20,11 @@ command -v debootstrap >/dev/null || {
 	echo "rootfs.sh: installing debootstrap" >&2
 	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap) >&2
 }
-rm -rf "$dir" "$dir.tmp"
+# A debootstrap cut short leaves its proc and sys mounted in the tree.
+for m in $(awk -v d="$dir.tmp" '{ if (index($5, d "/")==1) print $5 }' /proc/self/mountinfo | sort -r); do
+	umount "$m" 2>/dev/null || umount -l "$m"
+done
+rm -rf --one-file-system "$dir" "$dir.tmp"
 mkdir -p "$cache"
 echo "rootfs.sh: debootstrap bookworm with: $pkgs" >&2
 debootstrap --variant=minbase --include="${pkgs// /,}" bookworm "$dir.tmp" "$mirror" >&2
