@@ -94,9 +94,10 @@ image busybox.tar docker.io/library/busybox:1.35 "$bb" -- -file "$bb:/bin/busybo
 # make conformance: the Kubernetes e2e suite (e2e.test, ginkgo) and what it
 # runs in its pods, under the names it asks for. agnhost is built from
 # Kubernetes' own source with busybox for its shell tools (the real image
-# adds Alpine's); the suite's busybox, and its nginx and glibc-dns-testing
-# (which the storage specs use only to run a shell command), are Debian's
-# busybox. None of these images is pulled: they are imported.
+# adds Alpine's); the suite's busybox and its nginx (which the storage specs
+# use only to run a shell command) are Debian's busybox, glibc-dns-testing
+# the driver image's Debian root filesystem. None of these images is
+# pulled: they are imported.
 if [ "${E2E_CONFORMANCE:-}" = 1 ]; then
 	log "Kubernetes $K8S_VERSION e2e suite: e2e.test, ginkgo, agnhost"
 	"$up" "$E2E_BIN" k8s.io/kubernetes "$K8S_VERSION" test:k8s.io/kubernetes/test/e2e \
@@ -108,7 +109,11 @@ if [ "${E2E_CONFORMANCE:-}" = 1 ]; then
 	}
 	suite_busybox busybox.tar registry.k8s.io/e2e-test-images/busybox:1.37.0-2
 	suite_busybox nginx.tar registry.k8s.io/e2e-test-images/nginx:1.27.0-2
-	suite_busybox glibc-dns-testing.tar registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1
+	# glibc-dns-testing: a glibc userland with GNU coreutils, whose dd the
+	# multiVolume specs write with (oflag=nocache, which busybox's dd
+	# lacks): the driver image's Debian root filesystem.
+	image "$cimg/glibc-dns-testing.tar" registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1 "$rootfs/.complete" -- \
+		-rootfs "$rootfs" -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin -cmd sh
 	image "$cimg/agnhost.tar" registry.k8s.io/e2e-test-images/agnhost:2.66.1 "$E2E_BIN/agnhost" "$bb" -- \
 		-file "$E2E_BIN/agnhost:/agnhost:0755" -file "$bb:/bin/busybox:0755" "${links[@]}" \
 		-symlink "/agnhost:/agnhost-2" -env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
