@@ -85,7 +85,14 @@ jsons=()
 pass() {
 	local name=$1 def=$2 serial=$3 f=$focus s=$skip p=$procs
 	case $def in
-	block) f="$f \\[Testpattern: [^]]*\\(block volmode\\)" ;;
+	block)
+		f="$f \\[Testpattern: [^]]*\\(block volmode\\)"
+		# The driver refuses to copy a block volume a pod has published
+		# where the data filesystem cannot reflink, as this cluster's (ext4)
+		# cannot: a copy of a device being written would be torn. This spec
+		# clones one while a pod uses it.
+		s="$s|multiVolume should concurrently access the volume and its clone from pods on the same node"
+		;;
 	# The other files say block: false so that the block patterns run once,
 	# in the block pass (every class makes block volumes for block claims,
 	# the same kind of volume whatever the class). This spec asserts the
@@ -112,7 +119,10 @@ pass() {
 for d in $drivers; do
 	pass "$d" "$d" parallel
 	# The [Serial] specs: a pass of their own (none is in the patterns).
-	[ "$subset" = full ] && pass "$d-serial" "$d" serial
+	# The block patterns' only one measures provisioning at scale, which
+	# runs only with PerformanceTestOptions, which no file sets: skipped,
+	# and a pass that runs nothing fails.
+	[ "$subset" = full ] && [ "$d" != block ] && pass "$d-serial" "$d" serial
 done
 # The reports decide: a failed or interrupted spec, or a pass that ran none.
 "$E2E_CACHE/local/junitsum" "${sums[@]}" | tee "$out/summary.txt" || rc=1
