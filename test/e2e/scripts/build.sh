@@ -58,10 +58,12 @@ image() {
 	while [ "$1" != -- ]; do inputs+=("$1"); shift; done; shift
 	[ -f "$file" ] || stale=true
 	for i in "${inputs[@]}"; do [ "$i" -nt "$file" ] && stale=true; done
-	[ -f "$file.name" ] && [ "$(cat "$file.name")" = "$name" ] || stale=true
+	# The name and how it is made: a changed recipe remakes the image.
+	local recipe; recipe="$name $(printf '%s\n' "$@" | sha256sum | cut -c1-16)"
+	[ -f "$file.name" ] && [ "$(cat "$file.name")" = "$recipe" ] || stale=true
 	if $stale; then
 		"$mkimage" -name "$name" -o "$file" "$@"
-		echo "$name" >"$file.name"
+		echo "$recipe" >"$file.name"
 	fi
 }
 sidecar() { # FILE BINARY IMAGE

@@ -19,7 +19,7 @@ for p in /proc/[0-9]*; do
 		left="$left process:$pid($(cat "$p/comm" 2>/dev/null))"
 		continue
 	fi
-	cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+	cmd=$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null) || continue
 	for d in "$E2E_DIR" "$E2E_RUN"; do
 		case $cmd in *"$d"*) left="$left process:$pid($(cat "$p/comm" 2>/dev/null))"; break ;; esac
 	done
