@@ -149,6 +149,11 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 		if size, err = sizeFor(req.GetCapacityRange(), size, src.capacity, src.least); err != nil {
 			return nil, nil, err
 		}
+		// A block volume in whole sectors, as an empty one (sizeFor may
+		// give what was asked, 3000000 bytes say).
+		if size, err = sizeForKind(size, kind, req.GetCapacityRange()); err != nil {
+			return nil, nil, err
+		}
 		if size > d.cfg.MaxVolumeSize {
 			return nil, nil, status.Errorf(codes.OutOfRange, "the source needs %d bytes; the largest volume this driver makes is %d bytes (--max-volume-size)", size, d.cfg.MaxVolumeSize)
 		}

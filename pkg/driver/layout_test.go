@@ -817,4 +817,23 @@ func TestBlockGrownToAnUnalignedClaimRestoresAtTheClaimsSize(t *testing.T) {
 	}
 	_, err = e.d.CreateVolume(ctx, block(fromSnapshot("less", claim-1, snap.GetSnapshot().GetSnapshotId())))
 	wantCode(t, err, codes.OutOfRange)
+	// Larger and unaligned: whole sectors, as an empty block volume, so
+	// the device has the capacity reported.
+	const larger = 3000000
+	for _, req := range []*csi.CreateVolumeRequest{
+		fromSnapshot("restore-larger", larger, snap.GetSnapshot().GetSnapshotId()),
+		fromVolume("clone-larger", larger, src),
+	} {
+		got, err := e.d.CreateVolume(ctx, block(req))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := int64((larger/blockSector + 1) * blockSector)
+		if n := got.GetVolume().GetCapacityBytes(); n != want {
+			t.Fatalf("%s: capacity %d, want %d in whole sectors", req.GetName(), n, want)
+		}
+		if n, _ := e.d.vols.ImageSize(got.GetVolume().GetVolumeId()); n != want {
+			t.Fatalf("%s: file of %d bytes, want %d", req.GetName(), n, want)
+		}
+	}
 }

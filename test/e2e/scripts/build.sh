@@ -18,6 +18,10 @@ need_tag() { local t; t=$(tag "$1"); [ -n "$t" ] || die "no tag for $1 in $image
 
 up=$E2E_ROOT/test/e2e/scripts/build-upstream.sh
 mkdir -p "$E2E_BIN"
+# One build at a time (.ci/run starts one in the background, cluster-up.sh
+# another): a second would remove the first's root filesystem in the making.
+exec 9>"$E2E_CACHE/.build.lock"
+flock 9
 log "Kubernetes $K8S_VERSION"
 "$up" "$E2E_BIN" k8s.io/kubernetes "$K8S_VERSION" k8s.io/kubernetes/cmd/kube-apiserver \
 	k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \

@@ -111,11 +111,14 @@ done
 # the backing file's device and inode: its path is the attacher's (the
 # driver's container), unreachable from here once that is gone. Every
 # volume was unstaged by now, so any is a leak: detached, and the teardown
-# fails. (The kubelet's own loop on a mapped block volume's device node is
-# the kubelet's to detach when it unmaps the volume, as the pods' deletion
-# above waited for.)
+# fails. Not checked: the kubelet's own loop on a mapped block volume's
+# device node, which the kubelet detaches when it unmaps the volume (the
+# pods' deletion above waits for that): its backing node is in the driver
+# container's /dev, matched here by neither its path nor its inode.
 leaked=$(cluster_loops /var/lib/hostpath-csi "$E2E_DIR")
 for dev in $leaked; do
+	# Still ours (not released and taken by another program meanwhile).
+	case " $(cluster_loops /var/lib/hostpath-csi "$E2E_DIR") " in *" $dev "*) ;; *) continue ;; esac
 	losetup -d "$dev" 2>/dev/null || log "cannot detach $dev"
 done
 [ -z "$leaked" ] || log "left behind: loop devices $(echo $leaked), detached"

@@ -14,7 +14,9 @@
 #                         three files, each pattern must still name a spec
 #                         that ran (speccheck), or the run fails
 #   CONFORMANCE_FOCUS     a regular expression: only the specs it matches
-#                         too, and no [Serial] pass (to re-run a few)
+#                         too, and no [Serial] pass (to re-run a few; a
+#                         file in which it matches none fails: pick the
+#                         files with CONFORMANCE_DRIVERS)
 #   CONFORMANCE_PROCS     ginkgo's parallel processes (default 4)
 #   CONFORMANCE_OUT       where reports go (default _output/conformance)
 set -uo pipefail
@@ -122,9 +124,9 @@ pass() {
 for d in $drivers; do
 	pass "$d" "$d" parallel
 	# The [Serial] specs: a pass of their own (none is in the patterns).
-	# The block patterns' only one measures provisioning at scale, which
-	# runs only with PerformanceTestOptions, which no file sets: skipped,
-	# and a pass that runs nothing fails.
+	# The block patterns' only one measures deletion at scale
+	# (pvc-deletion-performance), which runs only with PerformanceTestOptions,
+	# which no file sets: skipped, and a pass that runs nothing fails.
 	[ "$subset" = full ] && [ "$d" != block ] && [ -z "${CONFORMANCE_FOCUS:-}" ] && pass "$d-serial" "$d" serial
 done
 # The reports decide: a failed or interrupted spec, or a pass that ran none.

@@ -22,7 +22,8 @@ rc=$?
 node_ns=$(node_mnt_ns)
 trap - EXIT
 "$E2E_ROOT/test/e2e/scripts/cluster-down.sh" || rc=1
-# Nothing of the cluster may be left: processes, mounts, loop devices,
+# Nothing of the cluster may be left: processes, mounts (loop devices:
+# cluster-down.sh finds and fails on them),
 # interfaces, rules, directories.
 "$E2E_ROOT/test/e2e/scripts/leftovers.sh" "$node_ns" || rc=1
 log "make e2e: $([ $rc = 0 ] && echo passed || echo FAILED) in $((SECONDS - started)) s"

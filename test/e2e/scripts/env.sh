@@ -38,9 +38,9 @@ cluster_loops() {
 		while read -r name majmin ino; do
 			[ -n "$name" ] || continue
 			case $found in *" $name "*) continue ;; esac
-			# losetup gives MAJ:MIN, find and stat a number (major << 8 | minor
-			# for minors below 256, as loop and disk devices here have).
-			key=$(awk -v m="$majmin" -v i="$ino" 'BEGIN { split(m, a, ":"); print a[1] * 256 + a[2], i }')
+			# losetup gives MAJ:MIN, find and stat the kernel's number:
+			# minor's low byte, major << 8, the minor's other bits << 12.
+			key=$(awk -v m="$majmin" -v i="$ino" 'BEGIN { split(m, a, ":"); print a[1] * 256 + a[2] % 256 + int(a[2] / 256) * 1048576, i }')
 			if grep -qxF "$key" <<<"$files"; then
 				found="$found$name "
 				files=$files$'\n'$(stat -c '%d %i' "$name")
