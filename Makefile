@@ -12,8 +12,8 @@ RUN_FLAGS ?= --endpoint=unix://$(CURDIR)/$(OUT)/csi.sock --state-dir=$(CURDIR)/$
 
 # Fuzz targets as package:Target; `make test` runs each for FUZZTIME_SHORT,
 # `make fuzz` for FUZZTIME.
-FUZZ_TARGETS := ids:FuzzValidateVolumeID ids:FuzzParseNFSVolumeID driver:FuzzParseParameters driver:FuzzExpandSubDir \
-	driver:FuzzCapacityRange driver:FuzzRequirePath driver:FuzzPageToken
+FUZZ_TARGETS := internal/ids:FuzzValidateVolumeID internal/ids:FuzzParseNFSVolumeID pkg/driver:FuzzParseParameters \
+	pkg/driver:FuzzExpandSubDir pkg/driver:FuzzCapacityRange pkg/driver:FuzzRequirePath pkg/driver:FuzzPageToken
 FUZZTIME_SHORT ?= 3s
 FUZZTIME ?= 2m
 # make torture: the kill storm with many more kills than the short one in make test.
@@ -72,7 +72,7 @@ fuzz-short:
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
 		echo "fuzz $$fn ($(FUZZTIME))"; \
-		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) ./pkg/$$pkg/ || exit 1; done
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) ./$$pkg/ || exit 1; done
 
 torture:
 	HOSTPATH_CRASH_KILLS=$(TORTURE_KILLS) $(GO) test -count=1 -v -timeout 60m -run TestKillStorm ./test/crash/

@@ -9,10 +9,10 @@ sock="$bench/csi.sock"
 echo "== machine: $(nproc) cores, $(uname -r), data dir on $(df -T "$out" | awk 'NR==2{print $2}') =="
 echo
 echo "== Go benchmarks (in-process, no gRPC) =="
-go test -run '^$' -bench . -benchtime 4000x ./pkg/state/ ./pkg/keylock/ ./pkg/driver/ | grep -E '^(Benchmark|ok|FAIL)'
+go test -run '^$' -bench . -benchtime 4000x ./pkg/state/ ./internal/keylock/ ./pkg/driver/ | grep -E '^(Benchmark|ok|FAIL)'
 # What a delete or archive of an NFS volume pays to look for another
 # share inside it: per entry, against a plain walk of the same tree.
-go test -run '^$' -bench CheckNoShareInside -benchtime 20x ./pkg/backend/nfs/ | grep -E '^(Benchmark|ok|FAIL)'
+go test -run '^$' -bench CheckNoShareInside -benchtime 20x ./internal/backend/nfs/ | grep -E '^(Benchmark|ok|FAIL)'
 
 if mount | grep -q " $bench/"; then echo "refusing: mounts left under $bench" >&2; exit 1; fi
 rm -rf "$bench"
@@ -59,10 +59,10 @@ fi
 if [ "$(id -u)" = 0 ]; then
 	echo
 	echo "== Block and image volume writes vs a plain file (256 MiB per round; backing files under $bench) =="
-	HOSTPATH_BENCH_DIR="$bench" go test -run '^$' -bench . -benchtime 10x ./pkg/loop/ ./pkg/imagefs/ | grep -E '^(Benchmark|ok|FAIL)'
+	HOSTPATH_BENCH_DIR="$bench" go test -run '^$' -bench . -benchtime 10x ./internal/loop/ ./internal/imagefs/ | grep -E '^(Benchmark|ok|FAIL)'
 	echo
 	echo "== Making a 1 GiB image or block file: sparse (before) vs preallocated (now), ext4 and xfs data filesystems; MiB/op is what it takes on disk =="
-	go test -run '^$' -bench CreateVolumeFile -benchtime 50x ./pkg/backend/hostpath/ | grep -E '^(Benchmark|ok|FAIL)'
+	go test -run '^$' -bench CreateVolumeFile -benchtime 50x ./internal/backend/hostpath/ | grep -E '^(Benchmark|ok|FAIL)'
 fi
 
 # The copy benchmarks leave gigabytes to write back; they go last, and each
@@ -72,7 +72,7 @@ if [ "$(id -u)" = 0 ]; then
 	sync
 	echo
 	echo "== Copy engine: 1 GiB file + 10000 x 4 KiB, per filesystem (loop images, warm cache) =="
-	go test -run '^$' -bench Tree -benchtime 3x ./pkg/copytree/ | grep -E '^(Benchmark|ok|FAIL)|mechanism' | sort -u
+	go test -run '^$' -bench Tree -benchtime 3x ./internal/copytree/ | grep -E '^(Benchmark|ok|FAIL)|mechanism' | sort -u
 fi
 
 # Snapshot, restore and clone of issue 3's reference volume (1 GiB random

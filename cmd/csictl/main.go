@@ -8,7 +8,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/hostpath-csi/hostpath-csi/pkg/size"
+	"github.com/hostpath-csi/hostpath-csi/internal/size"
 	"os"
 	"strings"
 	"time"

@@ -17,9 +17,9 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/internal/size"
 	"github.com/hostpath-csi/hostpath-csi/pkg/driver"
-	"github.com/hostpath-csi/hostpath-csi/pkg/size"
 )
 
 func main() {

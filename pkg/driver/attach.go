@@ -12,8 +12,8 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/loop"
-	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
+	"github.com/hostpath-csi/hostpath-csi/internal/loop"
+	"github.com/hostpath-csi/hostpath-csi/internal/mountutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 

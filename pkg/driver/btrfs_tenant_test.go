@@ -15,9 +15,9 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/internal/quota"
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
-	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
-	"github.com/hostpath-csi/hostpath-csi/pkg/quota"
 )
 
 // tenantUID is who the tenant's processes run as: nobody, with no groups

@@ -18,11 +18,11 @@ import (
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
-	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
-	"github.com/hostpath-csi/hostpath-csi/pkg/hostguard"
-	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
-	"github.com/hostpath-csi/hostpath-csi/pkg/keylock"
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/internal/hostguard"
+	"github.com/hostpath-csi/hostpath-csi/internal/imagefs"
+	"github.com/hostpath-csi/hostpath-csi/internal/keylock"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -77,7 +77,7 @@ type Config struct {
 	// UdevRulesDir, when set, is where the driver writes (at start, before
 	// it attaches any loop device) a udev rule that keeps the host from
 	// probing, linking, or activating LVM or md on the loop devices of its
-	// volumes: their bytes are tenants' (see pkg/hostguard).
+	// volumes: their bytes are tenants' (see internal/hostguard).
 	UdevRulesDir string
 	// Ephemeral bounds the CSI inline volumes pods may ask for (see
 	// EphemeralConfig; zero values are the defaults).

@@ -17,10 +17,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/internal/loop"
+	"github.com/hostpath-csi/hostpath-csi/internal/mountutil"
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
-	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
-	"github.com/hostpath-csi/hostpath-csi/pkg/loop"
-	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
 )
 
 // cleanupUnder fails the test if a loop device or a mount of the driver's is

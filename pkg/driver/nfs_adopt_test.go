@@ -18,8 +18,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
-	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 )
 
 // classA is a class on the whole export with one subdirectory per claim

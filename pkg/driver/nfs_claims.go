@@ -11,8 +11,8 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
-	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 )
 
 // Claims on subdirectories of an export. A volume owns its subdirectory

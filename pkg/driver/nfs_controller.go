@@ -13,9 +13,9 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
-	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
-	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 )
 
 // The controller side of NFS volumes. CreateVolume routes here by its

@@ -12,8 +12,8 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
-	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 )
 
 func (d *Driver) nfsDeleteVolume(ctx context.Context, id string) (*csi.DeleteVolumeResponse, error) {

@@ -7,8 +7,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
-	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 )
 
 // nfsError maps a failure on an NFS export to its code: a server that does

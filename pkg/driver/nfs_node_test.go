@@ -11,8 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/nfs"
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
-	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
 )
 
 // Stage mounts server:/share/subDir with the class's mount options, exactly

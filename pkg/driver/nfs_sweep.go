@@ -10,8 +10,8 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/backend/nfs"
-	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/nfs"
+	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 )
 
 // The export is the NFS volumes' state, so what a hostpath start-up

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
-	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
 )
 
 // The trash purge a process's first use of an export runs, and the

@@ -4,7 +4,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
 )
 
 // usageCache keeps the last usage measured per volume: for the used-bytes

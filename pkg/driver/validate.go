@@ -13,8 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
-	"github.com/hostpath-csi/hostpath-csi/pkg/mountutil"
+	"github.com/hostpath-csi/hostpath-csi/internal/ids"
+	"github.com/hostpath-csi/hostpath-csi/internal/mountutil"
 )
 
 // Volume parameters (StorageClass parameters) this driver understands.

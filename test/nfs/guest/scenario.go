@@ -20,7 +20,7 @@ import (
 )
 
 // decodeID reads an NFS volume or snapshot ID as the README documents it,
-// independently of pkg/ids: "nfs1:server:share:subDir:key" for a volume,
+// independently of internal/ids: "nfs1:server:share:subDir:key" for a volume,
 // "nfss1:server:share:key" for a snapshot (the key is 16 hex digits; a
 // subDir may contain ':'; the server here is an IPv4 address). It returns
 // the fields after the prefix.

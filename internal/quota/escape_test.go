@@ -11,8 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hostpath-csi/hostpath-csi/internal/btrfs"
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
-	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
 )
 
 // From linux/btrfs.h.

@@ -12,8 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
-	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+	"github.com/hostpath-csi/hostpath-csi/internal/beneath"
+	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 )
 
 // The subdirectories of an export belong to tenants (a volume's pods write

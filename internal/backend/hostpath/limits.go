@@ -11,8 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
-	"github.com/hostpath-csi/hostpath-csi/pkg/quota"
+	"github.com/hostpath-csi/hostpath-csi/internal/btrfs"
+	"github.com/hostpath-csi/hostpath-csi/internal/quota"
 )
 
 // What holds a volume to its size.

@@ -27,8 +27,8 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
-	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+	"github.com/hostpath-csi/hostpath-csi/internal/beneath"
+	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 )
 
 // DefaultTimeout bounds every operation on an export unless configured.

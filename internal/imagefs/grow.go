@@ -15,7 +15,7 @@ import (
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/loop"
+	"github.com/hostpath-csi/hostpath-csi/internal/loop"
 )
 
 // ErrGrowAtNextMount is returned by Expand when the image and its device

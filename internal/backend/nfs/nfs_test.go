@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 )
 
 // A mount(8) that hangs (mount.nfs waiting for a dead server) is killed

@@ -19,7 +19,7 @@ import (
 // random bytes and 10 000 files of 4 KiB) on each filesystem with the
 // mechanism the engine picks there. Run by make bench (needs root):
 //
-//	go test -run '^$' -bench Tree -benchtime 3x ./pkg/copytree/
+//	go test -run '^$' -bench Tree -benchtime 3x ./internal/copytree/
 func BenchmarkTree(b *testing.B) {
 	for _, fs := range []struct {
 		name string

@@ -9,8 +9,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hostpath-csi/hostpath-csi/internal/btrfs"
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
-	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
 )
 
 // TestIoctlLayouts pins the structs to the kernel's sizes (from the C

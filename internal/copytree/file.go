@@ -7,8 +7,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
-	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
+	"github.com/hostpath-csi/hostpath-csi/internal/beneath"
+	"github.com/hostpath-csi/hostpath-csi/internal/btrfs"
 )
 
 // copyFile copies one regular file: data by reflink or in-kernel copy, then

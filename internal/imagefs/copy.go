@@ -9,7 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
+	"github.com/hostpath-csi/hostpath-csi/internal/btrfs"
 )
 
 // Method names how an image was copied.

@@ -1,5 +1,5 @@
 // Package imagefs keeps a volume as a filesystem image: a sparse file,
-// attached to a loop device (pkg/loop), formatted ext4 or xfs through
+// attached to a loop device (internal/loop), formatted ext4 or xfs through
 // k8s.io/mount-utils and mounted where the node service wants it. The image
 // is a hard size limit on any backing filesystem (a full image is ENOSPC for
 // its volume and nobody else), its usage is one statfs, it grows online where
@@ -31,9 +31,9 @@ import (
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
-	"github.com/hostpath-csi/hostpath-csi/pkg/keylock"
-	"github.com/hostpath-csi/hostpath-csi/pkg/loop"
+	"github.com/hostpath-csi/hostpath-csi/internal/btrfs"
+	"github.com/hostpath-csi/hostpath-csi/internal/keylock"
+	"github.com/hostpath-csi/hostpath-csi/internal/loop"
 )
 
 // Filesystem types an image can hold.
@@ -128,7 +128,7 @@ func Create(path string, size int64, fsType string) error {
 // otherwise writes every overwrite to new blocks, and a preallocated file
 // rewritten on a full filesystem fails. A file that already holds data keeps
 // what it is (btrfs sets the flag only on an empty file): a copy of a NOCOW
-// file is made NOCOW by pkg/copytree.
+// file is made NOCOW by internal/copytree.
 func Allocate(f *os.File, size int64) error {
 	if fi, err := f.Stat(); err == nil && fi.Size() == 0 {
 		if err := btrfs.SetNoCOW(int(f.Fd())); err != nil {

@@ -10,8 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
-	"github.com/hostpath-csi/hostpath-csi/pkg/copytree"
+	"github.com/hostpath-csi/hostpath-csi/internal/beneath"
+	"github.com/hostpath-csi/hostpath-csi/internal/copytree"
 )
 
 // copyOpts: copies yield the CPU to calls on other volumes.

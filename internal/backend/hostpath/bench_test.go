@@ -15,7 +15,7 @@ import (
 // file sparse (a truncate, as before) or preallocated (fallocate, as now),
 // on an ext4 and an xfs data filesystem, and what the file takes on disk
 // (MiB/op, st_blocks). Run with `go test -run '^$' -bench CreateVolumeFile
-// -benchtime 20x ./pkg/backend/hostpath/` as root.
+// -benchtime 20x ./internal/backend/hostpath/` as root.
 func BenchmarkCreateVolumeFile(b *testing.B) {
 	const size = 1 << 30
 	for _, fs := range []string{"ext4", "xfs"} {

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hostpath-csi/hostpath-csi/internal/btrfs"
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
-	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
 	"golang.org/x/sys/unix"
 )
 

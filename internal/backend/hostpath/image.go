@@ -10,9 +10,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
-	"github.com/hostpath-csi/hostpath-csi/pkg/loop"
-	"github.com/hostpath-csi/hostpath-csi/pkg/quota"
+	"github.com/hostpath-csi/hostpath-csi/internal/imagefs"
+	"github.com/hostpath-csi/hostpath-csi/internal/loop"
+	"github.com/hostpath-csi/hostpath-csi/internal/quota"
 )
 
 // An image volume and a block volume keep their data in one preallocated

@@ -11,8 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
-	"github.com/hostpath-csi/hostpath-csi/pkg/ids"
+	"github.com/hostpath-csi/hostpath-csi/internal/beneath"
+	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 )
 
 // ErrCannotLook: a directory of the tree cannot be read by the driver

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
+	"github.com/hostpath-csi/hostpath-csi/internal/beneath"
 )
 
 // BenchmarkCheckNoShareInside is what a delete, an archive or a takeover of

@@ -7,7 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
+	"github.com/hostpath-csi/hostpath-csi/internal/beneath"
 )
 
 // Order matters in both functions below: chown clears setuid/setgid and

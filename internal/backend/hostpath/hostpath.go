@@ -31,11 +31,11 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 
-	"github.com/hostpath-csi/hostpath-csi/pkg/beneath"
-	"github.com/hostpath-csi/hostpath-csi/pkg/btrfs"
-	"github.com/hostpath-csi/hostpath-csi/pkg/copytree"
-	"github.com/hostpath-csi/hostpath-csi/pkg/imagefs"
-	"github.com/hostpath-csi/hostpath-csi/pkg/quota"
+	"github.com/hostpath-csi/hostpath-csi/internal/beneath"
+	"github.com/hostpath-csi/hostpath-csi/internal/btrfs"
+	"github.com/hostpath-csi/hostpath-csi/internal/copytree"
+	"github.com/hostpath-csi/hostpath-csi/internal/imagefs"
+	"github.com/hostpath-csi/hostpath-csi/internal/quota"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
