@@ -76,5 +76,5 @@ func createTruncated(be *Backend, id string, size int64) error {
 	if err := f.Sync(); err != nil {
 		return err
 	}
-	return syncDirs(be.Path(id), be.volumes)
+	return be.syncDirs(be.Path(id), be.volumes)
 }

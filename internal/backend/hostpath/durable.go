@@ -6,20 +6,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// syncSeen, when set (tests only), is told of every sync before it is made:
-// the durability of data before its record is otherwise invisible to a
-// test that does not cut the power.
-var syncSeen func(kind, path string)
-
 // syncDirs makes the named directories durable: their own metadata and the
 // entries created, renamed or removed in them. A record that depends on such
 // an entry (a volume recorded as ready, a delete recorded as done) is written
 // only after this returns, so a power cut can never leave a record pointing
 // at data the disk lost.
-func syncDirs(dirs ...string) error {
+func (b *Backend) syncDirs(dirs ...string) error {
 	for _, d := range dirs {
-		if syncSeen != nil {
-			syncSeen("dir", d)
+		if b.syncSeen != nil {
+			b.syncSeen("dir", d)
 		}
 		fd, err := unix.Open(d, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 		if err != nil {
@@ -38,9 +33,9 @@ func syncDirs(dirs ...string) error {
 // the data and metadata of every file of a copy, in one call instead of one
 // fsync per file (a copy of 10 000 small files would otherwise pay 10 000
 // journal commits). btrfs snapshots are committed by the same call.
-func syncFS(path string) error {
-	if syncSeen != nil {
-		syncSeen("fs", path)
+func (b *Backend) syncFS(path string) error {
+	if b.syncSeen != nil {
+		b.syncSeen("fs", path)
 	}
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 	if err != nil {

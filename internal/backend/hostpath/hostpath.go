@@ -79,6 +79,8 @@ type Backend struct {
 	reflink bool
 	// freezeMarkers: see Options.FreezeMarkers.
 	freezeMarkers string
+	// syncSeen: see Options.SyncSeen.
+	syncSeen func(kind, path string)
 
 	trashSeq atomic.Uint64
 	cleaning sync.WaitGroup
@@ -104,6 +106,7 @@ func New(root string, opts Options) (*Backend, error) {
 		quarantine: filepath.Join(resolved, "quarantine"),
 
 		freezeMarkers: opts.FreezeMarkers,
+		syncSeen:      opts.SyncSeen,
 	}
 	if b.btrfs, err = btrfs.IsBtrfs(resolved); err != nil {
 		return nil, err
@@ -149,7 +152,7 @@ func (b *Backend) Create(id string, mode fs.FileMode) error {
 			return fmt.Errorf("set volume directory mode: %w", err)
 		}
 		// A new subvolume is on disk only once its transaction commits.
-		return syncFS(p)
+		return b.syncFS(p)
 	}
 	err = os.Mkdir(p, mode)
 	switch {
@@ -162,7 +165,7 @@ func (b *Backend) Create(id string, mode fs.FileMode) error {
 		return fmt.Errorf("create volume directory: %w", err)
 	case mode&(umask|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) == 0:
 		// mkdir gave exactly this mode
-		return syncDirs(p, b.volumes)
+		return b.syncDirs(p, b.volumes)
 	}
 	// Mkdir applies the umask and drops special bits; the volume's mode is
 	// what the class asked for.
@@ -171,7 +174,7 @@ func (b *Backend) Create(id string, mode fs.FileMode) error {
 	}
 	// The caller records the volume as ready next: the directory and its
 	// entry in volumes/ must survive a power cut before that.
-	return syncDirs(p, b.volumes)
+	return b.syncDirs(p, b.volumes)
 }
 
 // Exists reports whether the volume directory is present. A symlink or a file
@@ -207,7 +210,7 @@ func (b *Backend) discard(p string) error {
 	if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
 		// Gone already (a retry); a rename to the trash that an earlier
 		// attempt made may not be on disk yet.
-		return syncDirs(filepath.Dir(p))
+		return b.syncDirs(filepath.Dir(p))
 	}
 	mounted, err := MountsUnder(p)
 	if err != nil {
@@ -244,7 +247,7 @@ func (b *Backend) discard(p string) error {
 	// cut, the data would come back without an owner (and be quarantined).
 	// What must last is the entry gone from its directory; where the data
 	// lands does not matter (it is being removed).
-	if err := syncDirs(filepath.Dir(p)); err != nil {
+	if err := b.syncDirs(filepath.Dir(p)); err != nil {
 		return err
 	}
 	b.cleaning.Add(1)
@@ -313,13 +316,13 @@ func (b *Backend) copyInto(ctx context.Context, src, dst, id string, freeze []st
 		// Every file, directory and btrfs snapshot of the copy on disk
 		// before it is moved into place and the caller records it ready:
 		// after a power cut a ready snapshot must not hold empty files.
-		err = syncFS(tmp)
+		err = b.syncFS(tmp)
 	}
 	if err == nil {
 		err = os.Rename(tmp, dst)
 	}
 	if err == nil {
-		err = syncDirs(filepath.Dir(dst), b.partial)
+		err = b.syncDirs(filepath.Dir(dst), b.partial)
 	}
 	if err != nil {
 		if rmErr := b.remove(tmp); rmErr != nil {
@@ -439,7 +442,7 @@ func (b *Backend) adopt(l Leftover, dir string) error {
 	if err := unix.Renameat2(unix.AT_FDCWD, l.Path, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE); err != nil {
 		return fmt.Errorf("move %s into place at %s: %w", l.Path, dst, err)
 	}
-	return syncDirs(dir, filepath.Dir(l.Path))
+	return b.syncDirs(dir, filepath.Dir(l.Path))
 }
 
 // RemoveLeftover removes a leftover and everything in it.

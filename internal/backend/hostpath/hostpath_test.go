@@ -17,7 +17,12 @@ const idA = "hpv1-0000000000000000000000000000000a"
 
 func newBackend(t *testing.T) *Backend {
 	t.Helper()
-	b, err := New(filepath.Join(t.TempDir(), "data"), Options{})
+	return newBackendWith(t, Options{})
+}
+
+func newBackendWith(t *testing.T, opts Options) *Backend {
+	t.Helper()
+	b, err := New(filepath.Join(t.TempDir(), "data"), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,9 +371,9 @@ func TestRemoveDeepTree(t *testing.T) {
 // the data. (make powercut proves it with real power cuts; this test fails
 // at once if a sync goes missing.)
 func TestDurableBeforeReturn(t *testing.T) {
-	b := newBackend(t)
+	t.Parallel()
 	var seen []string
-	syncSeen = func(kind, path string) {
+	b := newBackendWith(t, Options{SyncSeen: func(kind, path string) {
 		state := ""
 		if kind == "fs" {
 			if _, err := os.Stat(path); err == nil {
@@ -376,8 +381,7 @@ func TestDurableBeforeReturn(t *testing.T) {
 			}
 		}
 		seen = append(seen, kind+" "+path+state)
-	}
-	defer func() { syncSeen = nil }()
+	}})
 	expect := func(what string, want ...string) {
 		t.Helper()
 		if strings.Join(seen, "\n") != strings.Join(want, "\n") {

@@ -64,7 +64,7 @@ func (b *Backend) CreateImage(id string, capacity int64, fsType string) error {
 		if err := growFile(img, max(capacity, fi.Size())); err != nil {
 			return err
 		}
-		return syncDirs(dir, b.volumes)
+		return b.syncDirs(dir, b.volumes)
 	}
 	var err error
 	if fsType == "" {
@@ -75,7 +75,7 @@ func (b *Backend) CreateImage(id string, capacity int64, fsType string) error {
 	if err != nil {
 		return err
 	}
-	return syncDirs(dir, b.volumes)
+	return b.syncDirs(dir, b.volumes)
 }
 
 func createSparse(path string, size int64) error {

@@ -43,6 +43,10 @@ type Options struct {
 	// because a file's owner may change its project ID from the host's
 	// user namespace (see ProjectNotHeld).
 	ProjectQuotas bool
+	// SyncSeen, when set (tests only), is told of every sync before it is
+	// made: the durability of data before its record is otherwise
+	// invisible to a test that does not cut the power.
+	SyncSeen func(kind, path string)
 }
 
 // ProjectNotHeld says why a project quota does not hold a directory volume
