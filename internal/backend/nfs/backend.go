@@ -50,6 +50,10 @@ type Options struct {
 	// would on a dead server, or fail at an exact step (its error is the
 	// operation's).
 	BeforeFileOp func(export, op string) error
+	// LinkRecord is the link(2) a new record is put in place with
+	// (unix.Linkat when nil); tests stand in a server that refuses hard
+	// links with it.
+	LinkRecord func(olddirfd int, oldpath string, newdirfd int, newpath string, flags int) error
 }
 
 // Backend is the NFS storage of one driver process.
@@ -79,6 +83,9 @@ func New(opts Options) (*Backend, error) {
 	}
 	if opts.Mounter == nil {
 		opts.Mounter = ExecMounter{}
+	}
+	if opts.LinkRecord == nil {
+		opts.LinkRecord = unix.Linkat
 	}
 	if err := os.MkdirAll(opts.MountDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create NFS mount directory: %w", err)

@@ -32,6 +32,9 @@ type guard struct {
 	down map[string]downUntil
 	// detaches holds the forced unmounts in flight, by target.
 	detaches map[string]*detaching
+	// forceUnmount is the system call detach makes: forceUnmountSyscall,
+	// or what a test puts in its place on its own guard.
+	forceUnmount func(target string) error
 }
 
 type downUntil struct {
@@ -64,7 +67,8 @@ type stuckOp struct {
 }
 
 func newGuard(timeout time.Duration) *guard {
-	return &guard{timeout: timeout, stuck: map[string]*stuckOp{}, down: map[string]downUntil{}, detaches: map[string]*detaching{}}
+	return &guard{timeout: timeout, stuck: map[string]*stuckOp{}, down: map[string]downUntil{}, detaches: map[string]*detaching{},
+		forceUnmount: forceUnmountSyscall}
 }
 
 // do runs fn for export under the timeout. When ctx ends first the caller

@@ -18,12 +18,20 @@ import (
 // released and unmounted when the test ends.
 func useStandInExport(t testing.TB) (*Export, string, *testutil.NFSStandIn) {
 	t.Helper()
+	return useStandInExportWith(t, Options{})
+}
+
+// useStandInExportWith is useStandInExport of a backend with opts, whose
+// MountDir, Mounter and Timeout it sets.
+func useStandInExportWith(t testing.TB, opts Options) (*Export, string, *testutil.NFSStandIn) {
+	t.Helper()
 	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	testutil.CleanupMounts(t, dir)
 	standin := testutil.NewNFSStandIn()
 	export := standin.AddExport(t, "s", "/e", filepath.Join(dir, "export"))
-	b, err := New(Options{MountDir: filepath.Join(dir, "mnt"), Mounter: standin, Timeout: 5 * time.Second})
+	opts.MountDir, opts.Mounter, opts.Timeout = filepath.Join(dir, "mnt"), standin, 5*time.Second
+	b, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -144,8 +144,10 @@ func detach(ctx context.Context, g *guard, export, target string) error {
 	}
 }
 
-// forceUnmount is the system call detach makes (a seam for tests).
-var forceUnmount = func(target string) error { return unix.Unmount(target, unix.MNT_FORCE|unix.MNT_DETACH) }
+// forceUnmountSyscall is the system call detach makes.
+func forceUnmountSyscall(target string) error {
+	return unix.Unmount(target, unix.MNT_FORCE|unix.MNT_DETACH)
+}
 
 // detaching is a forced unmount in flight.
 type detaching struct {
@@ -162,7 +164,7 @@ func (g *guard) detachOnce(target string) <-chan error {
 		d = &detaching{done: make(chan struct{})}
 		g.detaches[target] = d
 		go func() {
-			d.err = forceUnmount(target)
+			d.err = g.forceUnmount(target)
 			g.mu.Lock()
 			delete(g.detaches, target)
 			g.mu.Unlock()

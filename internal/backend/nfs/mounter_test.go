@@ -54,12 +54,11 @@ func TestUnmountAfterACallerGaveUpOnAHealthyExportIsNotForced(t *testing.T) {
 // target in flight, however often kubelet retries; once it returns, the
 // next forced unmount starts a new one.
 func TestForcedUnmountsOfOneTargetRunOneAtATime(t *testing.T) {
+	t.Parallel()
 	var calls atomic.Int32
 	release := make(chan struct{})
-	saved := forceUnmount
-	forceUnmount = func(string) error { calls.Add(1); <-release; return nil }
-	defer func() { forceUnmount = saved }()
 	g := newGuard(time.Minute)
+	g.forceUnmount = func(string) error { calls.Add(1); <-release; return nil }
 	target := filepath.Join(t.TempDir(), "never-mounted") // out of the mount table at once
 
 	for i := 0; i < 3; i++ {
@@ -81,7 +80,7 @@ func TestForcedUnmountsOfOneTargetRunOneAtATime(t *testing.T) {
 	if n := calls.Load(); n != 2 {
 		t.Errorf("a forced unmount after the first returned: %d umount2 calls in all, want 2", n)
 	}
-	for g.detaching(target) { // before forceUnmount is restored
+	for g.detaching(target) { // nothing of the test outlives it
 		time.Sleep(time.Millisecond)
 	}
 }

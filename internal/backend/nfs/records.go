@@ -275,10 +275,6 @@ func (x *Export) createOwnRecord(dir, name string, v any) error {
 	return x.putRecord(dir, name, v, false, true)
 }
 
-// linkRecord is the link(2) a new record is put in place with (a seam for
-// tests).
-var linkRecord = unix.Linkat
-
 func (x *Export) putRecord(dir, name string, v any, replace, ownName bool) error {
 	data, err := json.Marshal(v)
 	if err != nil {
@@ -310,7 +306,7 @@ func (x *Export) putRecord(dir, name string, v any, replace, ownName bool) error
 	if err == nil && replace {
 		err = unix.Renameat(tmp.Fd(), tmpName, to.Fd(), name)
 	} else if err == nil {
-		err = linkRecord(tmp.Fd(), tmpName, to.Fd(), name, 0)
+		err = x.b.opts.LinkRecord(tmp.Fd(), tmpName, to.Fd(), name, 0)
 		if ownName && (errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP)) {
 			err = checkThenRename(tmp, tmpName, to, name)
 		}

@@ -13,10 +13,8 @@ import (
 // over an existing record; a subdirectory claim (a name a tenant's subDir
 // decides) is not, and says why.
 func TestNewRecordsOnAServerWithoutHardLinks(t *testing.T) {
-	x, _, _ := useStandInExport(t)
-	saved := linkRecord
-	linkRecord = func(int, string, int, string, int) error { return unix.EPERM }
-	defer func() { linkRecord = saved }()
+	t.Parallel()
+	x, _, _ := useStandInExportWith(t, Options{LinkRecord: func(int, string, int, string, int) error { return unix.EPERM }})
 
 	ctx := context.Background()
 	r := &VolumeRecord{ID: "v1", Name: "pv-1", SubDir: "a", Phase: PhaseCreating}
