@@ -68,8 +68,20 @@ type Dir struct {
 	// holds one name per level, not one path.
 	up   *Dir
 	name string
-	mnt  uint64 // mount ID (statx), 0 where the kernel does not say
+	mnt  uint64  // mount ID (statx), 0 where the kernel does not say
+	opts Options // its root's, for every directory opened below it
 	refs atomic.Int32
+}
+
+// Options say how the tree below a root behaves; the zero value is
+// OpenRoot's: as the kernel says.
+type Options struct {
+	// RefuseRenameFlags makes every RenameNoReplace of the tree behave as
+	// on a filesystem whose rename refuses every renameat2 flag, as the
+	// kernel's NFS client does. It is the seam for tests whose NFS exports
+	// are stood in by local directories (this kernel has no NFS client):
+	// with it they take the path every rename takes on real NFS.
+	RefuseRenameFlags bool
 }
 
 // resolve is how every entry below a root is reached.
@@ -77,14 +89,17 @@ const resolve = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_N
 
 // OpenRoot opens the top directory of a tree from a path the caller trusts
 // (built from validated IDs); a symlink in its last component is refused.
-func OpenRoot(path string) (*Dir, error) {
+func OpenRoot(path string) (*Dir, error) { return OpenRootWith(path, Options{}) }
+
+// OpenRootWith is OpenRoot of a tree that behaves as opts say.
+func OpenRootWith(path string, opts Options) (*Dir, error) {
 	fd, err := ignoringEINTR(func() (int, error) {
 		return unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	})
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	d := newDir(fd, path, 0)
+	d := newDir(fd, path, 0, opts)
 	var st unix.Statx_t
 	if unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &st) == nil && st.Mask&unix.STATX_MNT_ID != 0 {
 		d.mnt = st.Mnt_id
@@ -92,8 +107,8 @@ func OpenRoot(path string) (*Dir, error) {
 	return d, nil
 }
 
-func newDir(fd int, path string, mnt uint64) *Dir {
-	d := &Dir{fd: fd, path: path, mnt: mnt}
+func newDir(fd int, path string, mnt uint64, opts Options) *Dir {
+	d := &Dir{fd: fd, path: path, mnt: mnt, opts: opts}
 	d.refs.Store(1)
 	return d
 }
@@ -162,7 +177,7 @@ func (d *Dir) OpenDir(rel string) (*Dir, error) {
 	if err != nil {
 		return nil, pathErr("open", shown+"/"+rel, err)
 	}
-	return newDir(fd, shown+"/"+rel, d.mnt), nil
+	return newDir(fd, shown+"/"+rel, d.mnt, d.opts), nil
 }
 
 // OpenChild opens the subdirectory name of d, as OpenDir does, and keeps
@@ -175,7 +190,7 @@ func (d *Dir) OpenChild(name string) (*Dir, error) {
 	if err != nil {
 		return nil, d.errAt("open", name, err)
 	}
-	c := newDir(fd, "", d.mnt)
+	c := newDir(fd, "", d.mnt, d.opts)
 	c.up, c.name = d, name
 	return c, nil
 }

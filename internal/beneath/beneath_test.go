@@ -445,24 +445,41 @@ func TestRetainClose(t *testing.T) {
 }
 
 func TestRenameNoReplace(t *testing.T) {
-	t.Run("renameat2", func(t *testing.T) { testRenameNoReplace(t) })
+	t.Parallel()
+	t.Run("renameat2", func(t *testing.T) { t.Parallel(); testRenameNoReplace(t, Options{}) })
 	t.Run("flags refused as on NFS", func(t *testing.T) {
-		defer RefuseRenameFlags()()
-		testRenameNoReplace(t)
+		t.Parallel()
+		testRenameNoReplace(t, Options{RefuseRenameFlags: true})
 	})
 }
 
-func testRenameNoReplace(t *testing.T) {
+func testRenameNoReplace(t *testing.T, opts Options) {
 	dir := t.TempDir()
 	for _, n := range []string{"a", "b"} {
 		if err := os.Mkdir(filepath.Join(dir, n), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := RenameNoReplace(unix.AT_FDCWD, filepath.Join(dir, "a"), unix.AT_FDCWD, filepath.Join(dir, "b")); !errors.Is(err, unix.EEXIST) {
+	root, err := OpenRootWith(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	// Every directory opened below the root renames as the root does.
+	for _, open := range []func(string) (*Dir, error){root.OpenChild, root.OpenDir} {
+		sub, err := open("b")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sub.opts != opts {
+			t.Errorf("a directory opened below a root with %+v has %+v", opts, sub.opts)
+		}
+		sub.Close()
+	}
+	if err := root.RenameNoReplace("a", root, "b"); !errors.Is(err, unix.EEXIST) {
 		t.Errorf("rename onto an existing directory: %v, want EEXIST", err)
 	}
-	if err := RenameNoReplace(unix.AT_FDCWD, filepath.Join(dir, "a"), unix.AT_FDCWD, filepath.Join(dir, "c")); err != nil {
+	if err := root.RenameNoReplace("a", root, "c"); err != nil {
 		t.Errorf("rename to a free name: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "c")); err != nil {

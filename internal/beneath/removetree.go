@@ -59,7 +59,7 @@ func RemoveTreeAtSteps(parent *Dir, name string, step func(op func() error) erro
 	queue := []string{name}
 	spill := func(dir *Dir, child string) error {
 		moved := ".deep-" + strconv.FormatUint(spillSeq.Add(1), 10) + "-" + name
-		if err := step(func() error { return RenameNoReplace(dir.Fd(), child, parent.Fd(), moved) }); err != nil {
+		if err := step(func() error { return dir.RenameNoReplace(child, parent, moved) }); err != nil {
 			return fmt.Errorf("move a deep directory of %s up to remove it: %w", parent.Path()+"/"+name, err)
 		}
 		queue = append(queue, moved)

@@ -2,22 +2,26 @@ package beneath
 
 import (
 	"errors"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
 
-// RenameNoReplace renames oldname (in olddirfd) to newname (in newdirfd)
-// unless newname exists, which is EEXIST: renameat2 with RENAME_NOREPLACE.
-// NFS clients refuse that flag (EINVAL, whatever the server), so where the
-// kernel refuses it this checks that newname is absent and renames with
-// plain renameat. The check and the rename are then two steps: callers
-// rename only to names nobody else can create (in a directory of the
-// driver's own, or a name no volume may have) or hold the lock for, so
-// nothing else creates newname in between.
-func RenameNoReplace(olddirfd int, oldname string, newdirfd int, newname string) error {
+// RenameNoReplace renames the entry name of d to newName in to unless
+// newName exists, which is EEXIST: renameat2 with RENAME_NOREPLACE. NFS
+// clients refuse that flag (EINVAL, whatever the server), so where the
+// kernel refuses it (or d's root was opened with RefuseRenameFlags) this
+// checks that newName is absent and renames with plain renameat. The check
+// and the rename are then two steps: callers rename only to names nobody
+// else can create (in a directory of the driver's own, or a name no volume
+// may have) or hold the lock for, so nothing else creates newName in
+// between.
+func (d *Dir) RenameNoReplace(name string, to *Dir, newName string) error {
+	return renameNoReplace(d.fd, name, to.fd, newName, d.opts.RefuseRenameFlags)
+}
+
+func renameNoReplace(olddirfd int, oldname string, newdirfd int, newname string, refuseFlags bool) error {
 	var err error
-	if refuseFlags.Load() > 0 {
+	if refuseFlags {
 		err = unix.EINVAL
 	} else {
 		err = unix.Renameat2(olddirfd, oldname, newdirfd, newname, unix.RENAME_NOREPLACE)
@@ -33,23 +37,4 @@ func RenameNoReplace(olddirfd int, oldname string, newdirfd int, newname string)
 		return serr
 	}
 	return unix.Renameat(olddirfd, oldname, newdirfd, newname)
-}
-
-// refuseFlags > 0: RenameNoReplace takes the path of a filesystem that
-// refuses renameat2 flags.
-var refuseFlags atomic.Int32
-
-// RefuseRenameFlags makes RenameNoReplace behave, until undo is called, as
-// on a filesystem whose rename refuses every renameat2 flag, as the
-// kernel's NFS client does. It is the seam for tests whose NFS exports are
-// stood in by local directories (this kernel has no NFS client): with it
-// they take the path every rename takes on real NFS.
-func RefuseRenameFlags() (undo func()) {
-	refuseFlags.Add(1)
-	var once atomic.Bool
-	return func() {
-		if once.CompareAndSwap(false, true) {
-			refuseFlags.Add(-1)
-		}
-	}
 }

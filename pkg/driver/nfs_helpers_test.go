@@ -9,7 +9,6 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/nfs"
-	"github.com/hostpath-csi/hostpath-csi/internal/beneath"
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
@@ -30,16 +29,15 @@ type nfsEnv struct {
 func newNFSEnv(t *testing.T, timeout time.Duration) *nfsEnv {
 	t.Helper()
 	testutil.RequireRoot(t)
-	// The kernel's NFS client refuses renameat2 flags: every delete,
-	// archive, snapshot, restore and clone here takes the path it takes
-	// on real NFS.
-	t.Cleanup(beneath.RefuseRenameFlags())
 	dir := t.TempDir()
 	testutil.CleanupMounts(t, dir)
 	e := &nfsEnv{testEnv: &testEnv{dir: dir, stateDir: filepath.Join(dir, "state"), dataDir: filepath.Join(dir, "data")},
 		standin: testutil.NewNFSStandIn()}
 	e.export = e.standin.AddExport(t, testServer, testShare, filepath.Join(dir, "exports", "one"))
-	e.opts = nfs.Options{Mounter: e.standin, Timeout: timeout, MountDir: filepath.Join(dir, "nfs-mounts")}
+	// The kernel's NFS client refuses renameat2 flags: every delete,
+	// archive, snapshot, restore and clone here takes the path it takes
+	// on real NFS.
+	e.opts = nfs.Options{Mounter: e.standin, Timeout: timeout, MountDir: filepath.Join(dir, "nfs-mounts"), RefuseRenameFlags: true}
 	e.startNFS(t)
 	t.Cleanup(func() { e.d.Close() })
 	return e

@@ -54,6 +54,11 @@ type Options struct {
 	// (unix.Linkat when nil); tests stand in a server that refuses hard
 	// links with it.
 	LinkRecord func(olddirfd int, oldpath string, newdirfd int, newpath string, flags int) error
+	// RefuseRenameFlags, when set (tests only), makes every rename on an
+	// export take the path it takes on the kernel's NFS client, which
+	// refuses renameat2 flags (see beneath.Options): for exports stood in
+	// by local directories.
+	RefuseRenameFlags bool
 }
 
 // Backend is the NFS storage of one driver process.

@@ -238,7 +238,7 @@ func (b *Backend) Do(ctx context.Context, export, what string, fn func() error) 
 // entry, and makes both directories' entries durable: a copy is in place
 // only once the server has the rename.
 func moveDurably(from *beneath.Dir, name string, to *beneath.Dir, newName string) error {
-	if err := beneath.RenameNoReplace(from.Fd(), name, to.Fd(), newName); err != nil {
+	if err := from.RenameNoReplace(name, to, newName); err != nil {
 		return err
 	}
 	if err := unix.Fsync(from.Fd()); err != nil {

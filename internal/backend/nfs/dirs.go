@@ -23,11 +23,16 @@ import (
 // symlink cannot steer the driver out of the share.
 
 func (x *Export) openRoot() (*beneath.Dir, error) {
-	root, err := beneath.OpenRoot(x.Root)
+	root, err := beneath.OpenRootWith(x.Root, x.b.treeOptions())
 	if err != nil {
 		return nil, fmt.Errorf("open export %s: %w", x.Name(), err)
 	}
 	return root, nil
+}
+
+// treeOptions are how the trees of the backend's exports behave.
+func (b *Backend) treeOptions() beneath.Options {
+	return beneath.Options{RefuseRenameFlags: b.opts.RefuseRenameFlags}
 }
 
 // ErrNotOurs: a volume's subdirectory is already there, and the driver did
@@ -287,7 +292,7 @@ func (x *Export) RemoveDir(ctx context.Context, subDir, trashName string) error 
 			return err
 		}
 		defer trash.Close()
-		err = beneath.RenameNoReplace(parent.Fd(), name, trash.Fd(), trashName)
+		err = parent.RenameNoReplace(name, trash, trashName)
 		if errors.Is(err, unix.ENOENT) {
 			return nil
 		}
@@ -327,7 +332,7 @@ func (x *Export) ArchiveDir(ctx context.Context, subDir string, now time.Time) (
 		defer root.Close()
 		for n := 0; n < 100; n++ {
 			to := archiveName(subDir, now, n)
-			err = beneath.RenameNoReplace(parent.Fd(), name, root.Fd(), to)
+			err = parent.RenameNoReplace(name, root, to)
 			if errors.Is(err, unix.EEXIST) {
 				continue
 			}

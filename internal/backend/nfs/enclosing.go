@@ -150,7 +150,7 @@ func mountRefused(err error) bool {
 // claimAbove reads, on the export root mounted at mnt, the claim of a live
 // volume (or of retained data) on rel or a directory above it, or nil.
 func (b *Backend) claimAbove(mnt, akey, anc, rel string) (*SubDirClaim, error) {
-	root, err := beneath.OpenRoot(mnt)
+	root, err := beneath.OpenRootWith(mnt, b.treeOptions())
 	if err != nil {
 		return nil, err
 	}
