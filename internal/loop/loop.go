@@ -77,6 +77,9 @@ type Options struct {
 	// device, when not 0, is the one device Attach may take, loop<device-1>
 	// (tests: a device they added themselves, with the kernel's defaults).
 	device int
+	// busyRetries, when set (tests), counts the attempts that lost the
+	// race for a free device: tests log it to show the race was exercised.
+	busyRetries *atomic.Int64
 }
 
 // Device is a loop device bound to a backing file, as the kernel reports it.
@@ -138,10 +141,6 @@ const (
 	maxAttempts = 1000
 )
 
-// busyRetries counts attaches that lost the race for a free device; tests
-// log it to show the race was exercised.
-var busyRetries atomic.Int64
-
 // Attach binds file to a free loop device and returns it. When another
 // process (or goroutine) configures the same free device first, Attach asks
 // for another one; it never shares a device.
@@ -194,7 +193,9 @@ func attach(devDir, file string, opts Options) (*Device, error) {
 		}
 		dev, err := configure(devDir, n, flags, &cfg, opts.AutoClear)
 		if errors.Is(err, unix.EBUSY) {
-			busyRetries.Add(1)
+			if opts.busyRetries != nil {
+				opts.busyRetries.Add(1)
+			}
 			continue // someone else took loop<n> first
 		}
 		if err != nil && opts.DirectIO && errors.Is(err, unix.EINVAL) {

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -419,19 +420,19 @@ func TestConcurrentAttach(t *testing.T) {
 	devs := make([]*Device, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
+	var busyRetries atomic.Int64
 	start := make(chan struct{})
 	for i := range files {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			<-start
-			devs[i], errs[i] = Attach(files[i], Options{DirectIO: i%2 == 0})
+			devs[i], errs[i] = Attach(files[i], Options{DirectIO: i%2 == 0, busyRetries: &busyRetries})
 		}()
 	}
-	before := busyRetries.Load()
 	close(start)
 	wg.Wait()
-	t.Logf("%d attaches lost a race for a free device and retried", busyRetries.Load()-before)
+	t.Logf("%d attaches lost a race for a free device and retried", busyRetries.Load())
 	t.Cleanup(func() {
 		for _, d := range devs {
 			if d != nil {
