@@ -279,7 +279,8 @@ func fsID(fd int, path string) (string, error) {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16]), nil
 }
 
-var sysfsBtrfs = "/sys/fs/btrfs"
+// sysfsBtrfs is where the kernel shows each btrfs filesystem's qgroups.
+const sysfsBtrfs = "/sys/fs/btrfs"
 
 func qgroupFromSysfs(fsid string, id uint64) (*Qgroup, error) {
 	dir := filepath.Join(sysfsBtrfs, fsid, "qgroups", "0_"+strconv.FormatUint(id, 10))

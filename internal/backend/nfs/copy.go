@@ -14,8 +14,8 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/copytree"
 )
 
-// copyOpts: copies yield the CPU to calls on other volumes.
-var copyOpts = copytree.Options{Nice: 10}
+// copyNice: copies yield the CPU to calls on other volumes.
+const copyNice = 10
 
 // A copy runs detached from its call (the driver's jobs) and may take far
 // longer than the timeout, so it is not bounded by it as a whole: its
@@ -126,7 +126,7 @@ func (x *Export) copyIn(ctx context.Context, src *beneath.Dir, name string, plac
 	defer partial.Close()
 	// The copy's destination is named through partial/'s descriptor: the
 	// kernel resolves /proc/self/fd/N to that directory, not by its path.
-	st, err := copytree.TreeFrom(ctx, src, "/proc/self/fd/"+strconv.Itoa(partial.Fd())+"/"+name, copyOpts)
+	st, err := copytree.TreeFrom(ctx, src, "/proc/self/fd/"+strconv.Itoa(partial.Fd())+"/"+name, copytree.Options{Nice: copyNice})
 	if err == nil {
 		err = x.do(ctx, "sync the copy", func() error { return syncFS(x.Root) })
 	}
