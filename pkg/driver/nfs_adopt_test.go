@@ -46,6 +46,7 @@ func (e *nfsEnv) makeShareB(t *testing.T) {
 // share root (its .hostpath-csi records, every B volume's data), nor move
 // it all to the trash when it is deleted.
 func TestNFSClaimDoesNotReceiveAnotherSharesRoot(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	e.makeShareB(t)
 	bVol := e.createNFS(t, "pv-b1", classB())
@@ -88,6 +89,7 @@ func TestNFSClaimDoesNotReceiveAnotherSharesRoot(t *testing.T) {
 // same export) is refused, and left as it is; so is a subDir whose way
 // goes through another share's root.
 func TestNFSClaimDoesNotReceiveADirectoryItDidNotMake(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	writeFile(t, filepath.Join(e.export, "found", "file"), "someone's")
 	_, err := e.d.CreateVolume(ctx, nfsReq("pv-found", classA("ns", "found")))
@@ -119,6 +121,7 @@ func TestNFSClaimDoesNotReceiveADirectoryItDidNotMake(t *testing.T) {
 // the same name in another namespace must not receive the retained data;
 // the claim it was retained for (same namespace and name, made again) does.
 func TestNFSRetainedDataGoesOnlyToItsClaim(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	vol := e.createNFS(t, "pv-a1", classA("team-a", "db", ParamOnDelete, OnDeleteRetain))
 	secret := filepath.Join(e.export, "db", "secret")
@@ -169,6 +172,7 @@ func TestNFSRetainedDataGoesOnlyToItsClaim(t *testing.T) {
 // is handed to no claim (the safe side), and the message says what to do;
 // once an administrator moves it away, the subDir is free.
 func TestNFSRetainedDataOfAnOlderDriverIsHandedToNoClaim(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	vol := e.createNFS(t, "pv-old", classA("team-a", "db", ParamOnDelete, OnDeleteRetain))
 	writeFile(t, filepath.Join(e.export, "db", "secret"), "team-a secrets")
@@ -198,6 +202,7 @@ func TestNFSRetainedDataOfAnOlderDriverIsHandedToNoClaim(t *testing.T) {
 // directory came to be) is finished only over an empty directory (what a
 // kill after its mkdir leaves); over one that holds data it is refused.
 func TestNFSCreateOfAnOlderDriverTakesOnlyAnEmptyDirectory(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		files bool
@@ -261,6 +266,7 @@ func TestNFSCreateOfAnOlderDriverTakesOnlyAnEmptyDirectory(t *testing.T) {
 // check on the server's name can tie to this export) is neither deleted
 // nor archived: that share's volumes would go with it.
 func TestNFSDeleteLeavesAVolumeThatHoldsAnotherShare(t *testing.T) {
+	t.Parallel()
 	for _, onDelete := range []string{OnDeleteDelete, OnDeleteArchive} {
 		t.Run(onDelete, func(t *testing.T) {
 			e := newNFSEnv(t, 10*time.Second)
@@ -304,6 +310,7 @@ func TestNFSDeleteLeavesAVolumeThatHoldsAnotherShare(t *testing.T) {
 // /export/team while team is a class-A volume, live or retained) is
 // refused, before anything of the driver is written into that volume.
 func TestNFSShareInsideAnotherSharesVolumeIsRefused(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	aVol := e.createNFS(t, "pv-a", classA("ns-a", "team", ParamOnDelete, OnDeleteRetain))
 	writeFile(t, filepath.Join(e.export, "team", "a-data"), "team A's data")
@@ -363,6 +370,7 @@ func mountsUnderProbes(t *testing.T, e *nfsEnv) []string {
 // A look at an export above a share that a kill cut short leaves a mount
 // under the controller's mount directory; the next start removes it.
 func TestNFSLookAboveAShareLeftByAKillIsUnmountedAtStart(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	left := filepath.Join(e.opts.MountDir, "probe-0123456789abcdef01234567")
 	if err := os.MkdirAll(left, 0o700); err != nil {
@@ -385,6 +393,7 @@ func TestNFSLookAboveAShareLeftByAKillIsUnmountedAtStart(t *testing.T) {
 // caller gives up (ABORTED), is not started over by the retries, and the
 // first retry after it ends gets the delete done.
 func TestNFSDeleteOfALargeTreeIsNotStartedOverAtEachRetry(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	var looks atomic.Int32
 	e.opts.BeforeFileOp = func(export, op string) error {

@@ -18,6 +18,7 @@ import (
 )
 
 func TestNFSCreateDeleteOnDelete(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	for _, onDelete := range []string{"", OnDeleteDelete, OnDeleteRetain, OnDeleteArchive} {
 		t.Run("onDelete="+onDelete, func(t *testing.T) {
@@ -137,6 +138,7 @@ func TestNFSCreateDeleteOnDelete(t *testing.T) {
 }
 
 func TestNFSParameters(t *testing.T) {
+	t.Parallel()
 	meta := map[string]string{ParamPVCNamespace: "ns", ParamPVCName: "claim", ParamPVName: "pv-1"}
 	for _, tc := range []struct {
 		tmpl, want string
@@ -217,6 +219,7 @@ func TestNFSParameters(t *testing.T) {
 }
 
 func TestNFSControllerQueries(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	vol := e.createNFS(t, "pv-q", nfsParamsFor())
 	id := vol.GetVolumeId()
@@ -267,6 +270,7 @@ func TestNFSControllerQueries(t *testing.T) {
 // The controller mounts the export root with the class's mountOptions (a
 // server that speaks NFSv3 only needs nfsvers=3 there too), never ro.
 func TestNFSControllerMountOptions(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	req := nfsReq("pv-opts", nfsParamsFor())
 	req.VolumeCapabilities = []*csi.VolumeCapability{mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER, "nfsvers=3", "ro")}
@@ -284,6 +288,7 @@ func TestNFSControllerMountOptions(t *testing.T) {
 // keys were only in CreateVolume. A volume made with them must still be
 // confirmed for the class's own parameters.
 func TestNFSValidateIgnoresProvisionerMetadata(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	vol := e.createNFS(t, "pv-v", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
 		ParamPVCNamespace, "ns", ParamPVCName, "claim", ParamPVName, "pv-v"))
@@ -312,6 +317,7 @@ func TestNFSValidateIgnoresProvisionerMetadata(t *testing.T) {
 // like a namespace gets the directory that holds every volume of that
 // namespace. Its tenant reads them, and its delete removes them.
 func TestNFSNestedSubDirsAreRefused(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	nested := e.createNFS(t, "pv-victim", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
 		ParamPVCNamespace, "team-a", ParamPVCName, "db"))
@@ -352,6 +358,7 @@ func nfsAttackerID(t *testing.T, e *nfsEnv) string {
 // The reverse order: a volume is made inside another volume's directory,
 // which its tenant controls.
 func TestNFSSubDirInsideAnotherVolumeIsRefused(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	e.createNFS(t, "pv-outer", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCNamespace, "mallory", ParamPVCName, "team-b"))
 	_, err := e.d.CreateVolume(ctx, nfsReq("pv-inner", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
@@ -383,6 +390,7 @@ func TestNFSNestedSubDirsOfOlderVolumesAreRefused(t *testing.T) {
 // The names onDelete: archive gives, and a share inside the driver's own
 // directory of another export, are refused before anything is made.
 func TestNFSReservedSubDirAndShare(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	_, err := e.d.CreateVolume(ctx, nfsReq("pv-archived", nfsParamsFor(ParamSubDir, "archived-${pvc.metadata.name}", ParamPVCName, "x")))
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), ParamSubDir) {
@@ -409,6 +417,7 @@ func TestNFSReservedSubDirAndShare(t *testing.T) {
 // One damaged record file does not hide the export's other volumes from
 // ListVolumes; the volume it belongs to reports why in its health.
 func TestNFSCorruptRecordIsLeftOutOfListings(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	good := e.createNFS(t, "pv-good", nfsParamsFor(ParamSubDir, "good"))
 	bad := e.createNFS(t, "pv-bad", nfsParamsFor(ParamSubDir, "bad"))
@@ -443,6 +452,7 @@ func TestNFSCorruptRecordIsLeftOutOfListings(t *testing.T) {
 // An ID over the CSI spec's 128 bytes is made (and logged), not refused: the
 // default subDir template cannot keep every ID within it (see warnLongID).
 func TestNFSLongVolumeID(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	long := strings.Repeat("n", 63) + "/" + strings.Repeat("c", 63)
 	vol := e.createNFS(t, "pv-long", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
@@ -470,6 +480,7 @@ func TestNFSLongVolumeID(t *testing.T) {
 // volume's ID has the server's one spelling, and a subDir taken through
 // one spelling is taken through the other.
 func TestNFSServerSpellingsAreOneExport(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	upper := nfsParamsFor(ParamSubDir, "${pvc.metadata.name}", ParamPVCName, "db")
 	upper[ParamServer] = strings.ToUpper(testServer)
@@ -487,6 +498,7 @@ func TestNFSServerSpellingsAreOneExport(t *testing.T) {
 // A volume and one inside it, created at the same time, never both get
 // their directory: the creates lock the subDir and share-lock its parents.
 func TestNFSNestedCreatesRace(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	for i := 0; i < 20; i++ {
 		ns := fmt.Sprintf("ns%d", i)

@@ -25,6 +25,7 @@ func indexEntryName(s string) string {
 // (logged), as a listing leaves a corrupt record out; the export, and
 // unrelated calls on it, go on working.
 func TestCorruptSubDirEntryDoesNotTakeTheExportDown(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	good := e.createNFS(t, "pv-good", nfsParamsFor(ParamSubDir, "good"))
 	e.createNFS(t, "pv-damaged", nfsParamsFor(ParamSubDir, "damaged"))
@@ -49,6 +50,7 @@ func TestCorruptSubDirEntryDoesNotTakeTheExportDown(t *testing.T) {
 // names no volume: it is treated as absent (logged) and does not refuse
 // every create of the directory above it, forever.
 func TestCorruptNestedEntryDoesNotBlockTheParent(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	e.createNFS(t, "pv-inner", nfsParamsFor(ParamSubDir, "team-d/db"))
 	entry := filepath.Join(e.export, ids.HiddenDir, "nested", indexEntryName("team-d"), indexEntryName("team-d/db"))

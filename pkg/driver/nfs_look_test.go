@@ -97,6 +97,7 @@ func TestNFSOneTenantsLooksInsideVolumesHoldUpNoOtherTenant(t *testing.T) {
 // again: the provisioner retries for ever, and each walk reads the whole
 // tree. Before, every second retry started a fresh walk.
 func TestNFSRefusedDeleteIsNotWalkedAgainAtEachRetry(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	var walks atomic.Int32
 	e.opts.BeforeFileOp = func(export, op string) error {
@@ -139,6 +140,7 @@ func TestNFSRefusedDeleteIsNotWalkedAgainAtEachRetry(t *testing.T) {
 // past such a delete to the others. Before, it was INTERNAL for ever, and
 // the sweep stopped there.
 func TestNFSDeleteOfATreeTheDriverMayNotReadSaysWhatToDo(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	e.opts.BeforeFileOp = func(_, op string) error {
 		if strings.HasPrefix(op, "look inside") {

@@ -14,6 +14,7 @@ import (
 // says the driver was making it (it was not there before), applies the
 // mode instead of taking the directory over as retained data.
 func TestMountPermissionsAfterACreateKilledBetweenMkdirAndChmod(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	var armed atomic.Bool
 	armed.Store(true)

@@ -20,6 +20,7 @@ import (
 // when asked); unpublish and unstage remove both; a restart reconciles the
 // records, which are not mistaken for hostpath volumes.
 func TestNFSNodeStagePublish(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	vol := e.createNFS(t, "pv-node", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
 		ParamPVCNamespace, "ns", ParamPVCName, "claim"))
@@ -159,6 +160,7 @@ func asErrno(err error, target *unix.Errno) bool {
 // A stage interrupted by a kill (record says mounting) is undone at start-up;
 // a mount on record that is gone (a reboot) has its record dropped.
 func TestNFSNodeReconcile(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	id := e.createNFS(t, "pv-rec", nfsParamsFor()).GetVolumeId()
 	staging := filepath.Join(e.dir, "staging")

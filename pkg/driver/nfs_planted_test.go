@@ -38,6 +38,7 @@ func plantRecord(t *testing.T, dir, file string, rec nfs.VolumeRecord) {
 // tenant's records, and another controller's sweep removed B's namespace
 // directory with every B volume in it.
 func TestNFSShareOverRetainedDataIsRefusedWhateverTheDataHolds(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	aVol := e.createNFS(t, "pv-a", classA("ns-a", "team", ParamOnDelete, OnDeleteRetain))
 	plantRecord(t, filepath.Join(e.export, "team", ids.HiddenDir), "0123456789abcdef.json", nfs.VolumeRecord{Version: 1,
@@ -67,6 +68,7 @@ func TestNFSShareOverRetainedDataIsRefusedWhateverTheDataHolds(t *testing.T) {
 // sweep leaves those volumes' data. Before, it moved the parent directory,
 // and every volume in it, to the trash.
 func TestNFSSweepLeavesLiveVolumesBelowARecordsSubDir(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	b := e.createNFS(t, "pv-db", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}", ParamPVCNamespace, "ns-b", ParamPVCName, "db"))
 	data := filepath.Join(e.export, "ns-b", "db", "b-data")
@@ -104,6 +106,7 @@ func TestNFSSweepLeavesLiveVolumesBelowARecordsSubDir(t *testing.T) {
 // refuses it. Before, the look was skipped and the share passed for the
 // life of the process, its records made inside a tenant's volume.
 func TestNFSShareIsNotPassedWhileTheExportAboveIsBusy(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	var slow atomic.Bool
 	e.opts.BeforeFileOp = func(export, op string) error {
@@ -143,6 +146,7 @@ func TestNFSShareIsNotPassedWhileTheExportAboveIsBusy(t *testing.T) {
 // taken, even empty: the create is FAILED_PRECONDITION and the directory
 // left to whoever made it. Before, an empty one was taken.
 func TestNFSCreateDoesNotTakeADirectoryMadeMeanwhile(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	e.opts.BeforeFileOp = func(_, op string) error {
 		if op == "create race" {

@@ -22,6 +22,7 @@ import (
 // state directory finds every volume and snapshot by ID and by name on the
 // export.
 func TestNFSStateLivesOnTheExport(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	params := nfsParamsFor(ParamOnDelete, OnDeleteArchive)
 	vol := e.createNFS(t, "pv-moved", params)
@@ -68,6 +69,7 @@ func TestNFSStateLivesOnTheExport(t *testing.T) {
 // failed, as a kill there would leave it) is finished by the next create
 // of the name, on this controller or another.
 func TestNFSInterruptedCreateRollsForward(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	e.d.Close()
 	var fail atomic.Bool // read by the first driver's background sweep too
@@ -103,6 +105,7 @@ func TestNFSInterruptedCreateRollsForward(t *testing.T) {
 // the next create of the name on another controller; the first
 // controller's late rollback then removes nothing of the new ones.
 func TestNFSInterruptedCopiesRollBack(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	src := e.createNFS(t, "pv-src", nfsParamsFor()).GetVolumeId()
 	testutil.WriteSampleTree(t, e.subDirOf(t, src), 20)
@@ -164,6 +167,7 @@ func TestNFSInterruptedCopiesRollBack(t *testing.T) {
 // the export once they are old enough: an empty create rolled back (its
 // empty directory removed), a snapshot rolled back, a delete finished.
 func TestNFSSweepOfAbandonedOperations(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	keep := e.createNFS(t, "pv-keep", nfsParamsFor())
 	doomed := e.createNFS(t, "pv-doomed", nfsParamsFor())
@@ -224,6 +228,7 @@ func TestNFSSweepOfAbandonedOperations(t *testing.T) {
 // data leaves it in trash/: the next process to use the export removes it,
 // without waiting for another delete there (which may never come).
 func TestNFSTrashLeftByACrashIsRemovedAtNextUse(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	e.createNFS(t, "pv-1", nfsParamsFor())
 	left := filepath.Join(e.export, ids.HiddenDir, "trash", "v-0123456789abcdef0123456789abcdef")
@@ -246,6 +251,7 @@ func TestNFSTrashLeftByACrashIsRemovedAtNextUse(t *testing.T) {
 // took it. Both volumes then share one directory, and deleting the first
 // removes the second's data.
 func TestNFSRetriedCreateDoesNotTakeAnotherVolumesSubDir(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	var claimed atomic.Bool // the first claim on a subdirectory fails
 	e.opts.BeforeFileOp = func(export, op string) error {
@@ -286,6 +292,7 @@ func TestNFSRetriedCreateDoesNotTakeAnotherVolumesSubDir(t *testing.T) {
 // planted for .hostpath-csi/tmp, or for .hostpath-csi itself, is never
 // followed.
 func TestNFSHiddenDirSymlinkNotFollowed(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	vol := e.createNFS(t, "pv-1", nfsParamsFor())
 	e.d.nfs.WaitIdle()
@@ -313,6 +320,7 @@ func TestNFSHiddenDirSymlinkNotFollowed(t *testing.T) {
 }
 
 func TestNFSHiddenDirItselfSymlinkRefused(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	victim := filepath.Join(e.dir, "outside-the-export")
 	if err := os.Mkdir(victim, 0o755); err != nil {

@@ -18,6 +18,7 @@ import (
 // inside retained data, and a claim of the same subDir takes the retained
 // data over, as the README documents.
 func TestRetainedNestedDataIsNotAdoptedByAnotherSubDir(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	inner := e.createNFS(t, "pv-inner", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
 		ParamPVCNamespace, "team-e", ParamPVCName, "db", ParamOnDelete, OnDeleteRetain))

@@ -31,6 +31,7 @@ func (e *nfsEnv) subDirOf(t *testing.T, id string) string {
 // detached: a caller whose deadline ends first gets ABORTED, the copy goes
 // on, and the retry gets the snapshot.
 func TestNFSSnapshotRestoreClone(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	src := e.createNFS(t, "pv-src", nfsParamsFor()).GetVolumeId()
 	srcDir := e.subDirOf(t, src)

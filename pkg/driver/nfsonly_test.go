@@ -15,6 +15,7 @@ import (
 // emptyDir) refuses a class without a server instead of making a directory
 // in its own pod that no node could mount, and still serves NFS classes.
 func TestNFSOnlyRefusesHostpathClasses(t *testing.T) {
+	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	e.d.Close()
 	cfg := e.config()
