@@ -19,15 +19,6 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
-// nodeBoundsOnly bounds inline volumes on the node alone, not per
-// namespace, for tests of the node's bounds.
-func nodeBoundsOnly(c *EphemeralConfig) {
-	if c.MaxCount == 0 {
-		c.MaxCount = DefaultEphemeralMaxCount
-	}
-	c.MaxSharePerNamespacePercent, c.MaxCountPerNamespace = 100, c.MaxCount
-}
-
 // inlineBoundsEnv is a driver on a 512 MiB ext4 filesystem of its own whose
 // inline volumes tweak bounds.
 func inlineBoundsEnv(t *testing.T, tweak func(*EphemeralConfig)) *testEnv {
@@ -70,13 +61,6 @@ func (e *testEnv) capacity(t *testing.T) int64 {
 		t.Fatal(err)
 	}
 	return r.GetAvailableCapacity()
-}
-
-func wantRefused(t *testing.T, err error, code codes.Code, flag string) {
-	t.Helper()
-	if status.Code(err) != code || !strings.Contains(err.Error(), flag) {
-		t.Fatalf("got %v; want %s naming %s", err, code, flag)
-	}
 }
 
 // One pod cannot take the node's room with inline volumes: a size past

@@ -16,15 +16,6 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
-func inlineReq(handle, target string, attrs map[string]string) *csi.NodePublishVolumeRequest {
-	ctx := map[string]string{ephemeralContextKey: "true", "csi.storage.k8s.io/pod.name": "web", "csi.storage.k8s.io/pod.namespace": "default",
-		"csi.storage.k8s.io/pod.uid": "1234", "csi.storage.k8s.io/serviceAccount.name": "default"}
-	for k, v := range attrs {
-		ctx[k] = v
-	}
-	return &csi.NodePublishVolumeRequest{VolumeId: handle, TargetPath: target, VolumeCapability: rwo, VolumeContext: ctx}
-}
-
 // An inline volume: made at the pod's publish with the size and mode its
 // attributes ask for, published again idempotently, measured by the
 // kubelet's handle, never listed by the controller, and gone (data and

@@ -11,15 +11,6 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
-// newEnvOn runs the driver with its state and data on the filesystem at dir.
-func newEnvOn(t *testing.T, dir string) *testEnv {
-	t.Helper()
-	e := &testEnv{dir: dir, stateDir: filepath.Join(dir, "state"), dataDir: filepath.Join(dir, "data")}
-	e.start(t)
-	t.Cleanup(func() { e.d.Close() })
-	return e
-}
-
 // A full filesystem under both the data and the state: every call that needs
 // space fails with ResourceExhausted and leaves nothing half made, the driver
 // restarts, what existed is intact, and all works again once space is freed.

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,67 +19,6 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
-
-// gate holds every copy job at its start until opened, and counts how many
-// are held at once.
-type gate struct {
-	open    chan struct{}
-	entered chan string
-	mu      sync.Mutex
-	inside  int
-	most    int
-	fail    error // returned instead of waiting, when set
-}
-
-func newGate(e *testEnv) *gate {
-	g := &gate{open: make(chan struct{}), entered: make(chan string, 100)}
-	e.d.beforeCopy = g.hook
-	return g
-}
-
-func (g *gate) hook(ctx context.Context, id string) error {
-	g.mu.Lock()
-	g.inside++
-	g.most = max(g.most, g.inside)
-	fail := g.fail
-	g.mu.Unlock()
-	defer func() { g.mu.Lock(); g.inside--; g.mu.Unlock() }()
-	g.entered <- id
-	if fail != nil {
-		return fail
-	}
-	select {
-	case <-g.open:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// peak is the most copies held at once so far.
-func (g *gate) peak() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.most
-}
-
-func (g *gate) wait(t *testing.T) string {
-	t.Helper()
-	select {
-	case id := <-g.entered:
-		return id
-	case <-time.After(30 * time.Second):
-		t.Fatal("no copy started")
-		return ""
-	}
-}
-
-// deadline is a call's context with a timeout, released when the test ends.
-func deadline(t *testing.T, d time.Duration) context.Context {
-	c, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return c
-}
 
 // retry calls f as csi-provisioner and csi-snapshotter do: each attempt
 // gets a short deadline, and ABORTED or DEADLINE_EXCEEDED means "again".

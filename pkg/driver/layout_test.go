@@ -23,41 +23,6 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
-// cleanupUnder fails the test if a loop device or a mount of the driver's is
-// left on the data filesystem at mnt (and removes them anyway).
-func cleanupUnder(t *testing.T, mnt string) {
-	testutil.CleanupLoopDevices(t, filepath.Join(mnt, "data"))
-	testutil.CleanupMounts(t, filepath.Join(mnt, "kubelet"))
-}
-
-// kubeletPaths are where a kubelet stages and publishes a volume.
-func kubeletPaths(e *testEnv, id string) (staging, target string) {
-	return filepath.Join(e.dir, "kubelet", "staging", id), filepath.Join(e.dir, "kubelet", "pods", id, "mount")
-}
-
-func (e *testEnv) stageAndPublish(t *testing.T, id string, c *csi.VolumeCapability) (staging, target string) {
-	t.Helper()
-	staging, target = kubeletPaths(e, id)
-	if _, err := e.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: c}); err != nil {
-		t.Fatalf("NodeStageVolume: %v", err)
-	}
-	if _, err := e.d.NodePublishVolume(ctx, publishReq(id, staging, target, false, c)); err != nil {
-		t.Fatalf("NodePublishVolume: %v", err)
-	}
-	return staging, target
-}
-
-func (e *testEnv) unpublishAndUnstage(t *testing.T, id string) {
-	t.Helper()
-	staging, target := kubeletPaths(e, id)
-	if _, err := e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
-		t.Fatalf("NodeUnpublishVolume: %v", err)
-	}
-	if _, err := e.d.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
-		t.Fatalf("NodeUnstageVolume: %v", err)
-	}
-}
-
 // fill asks for n bytes in the volume published at target: allocated in a
 // file for a filesystem, written at offset n-4096 of a block device. It
 // returns the kernel's answer.

@@ -1,8 +1,6 @@
 package driver
 
 import (
-	"io"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -12,18 +10,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
-
-// scrape returns what /metrics serves.
-func scrape(t *testing.T, d *Driver) string {
-	t.Helper()
-	rec := httptest.NewRecorder()
-	d.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	body, _ := io.ReadAll(rec.Result().Body)
-	if rec.Code != 200 {
-		t.Fatalf("/metrics: %d %s", rec.Code, body)
-	}
-	return string(body)
-}
 
 func wantMetric(t *testing.T, body, pattern string) {
 	t.Helper()

@@ -22,16 +22,6 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
-// classA is a class on the whole export with one subdirectory per claim
-// name; classB a class whose share is /export/team on the same server.
-func classA(ns, claim string, extra ...string) map[string]string {
-	return nfsParamsFor(append([]string{ParamSubDir, "${pvc.metadata.name}", ParamPVCNamespace, ns, ParamPVCName, claim}, extra...)...)
-}
-
-func classB() map[string]string {
-	return map[string]string{ParamServer: testServer, ParamShare: "/export/team"}
-}
-
 // makeShareB makes the directory an administrator exports as class B's
 // share.
 func (e *nfsEnv) makeShareB(t *testing.T) {

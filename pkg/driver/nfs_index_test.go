@@ -1,8 +1,6 @@
 package driver
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"os"
 	"path/filepath"
 	"testing"
@@ -12,12 +10,6 @@ import (
 
 	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 )
-
-// indexEntryName is the name of a subDir's entry in the export's indexes.
-func indexEntryName(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:])
-}
 
 // An export an older driver used (no nested index yet) with one damaged
 // entry in subdirs/ (a truncated file, a disk error): the first use by a

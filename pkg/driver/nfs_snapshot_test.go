@@ -13,19 +13,6 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
-func nfsSnapReq(name, src string) *csi.CreateSnapshotRequest {
-	return &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: src}
-}
-
-func (e *nfsEnv) subDirOf(t *testing.T, id string) string {
-	t.Helper()
-	v, err := ids.ParseNFSVolumeID(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return filepath.Join(e.export, v.SubDir)
-}
-
 // A snapshot holds the volume as it was; a restore and a clone hold exactly
 // their source (every file's sha256, modes, links). The snapshot's copy runs
 // detached: a caller whose deadline ends first gets ABORTED, the copy goes

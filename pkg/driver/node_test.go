@@ -15,17 +15,6 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
-func (e *testEnv) stage(t *testing.T, id, path string) {
-	t.Helper()
-	if _, err := e.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: path, VolumeCapability: rwo}); err != nil {
-		t.Fatalf("NodeStageVolume: %v", err)
-	}
-}
-
-func publishReq(id, staging, target string, ro bool, c *csi.VolumeCapability) *csi.NodePublishVolumeRequest {
-	return &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, Readonly: ro, VolumeCapability: c}
-}
-
 func TestNodeStagePublishFlow(t *testing.T) {
 	testutil.RequireRoot(t)
 	e := newEnv(t)

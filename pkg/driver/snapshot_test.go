@@ -18,24 +18,6 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
-func snapReq(name, src string) *csi.CreateSnapshotRequest {
-	return &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: src}
-}
-
-func fromSnapshot(name string, size int64, snapID string) *csi.CreateVolumeRequest {
-	r := createReq(name, size)
-	r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
-		Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snapID}}}
-	return r
-}
-
-func fromVolume(name string, size int64, volID string) *csi.CreateVolumeRequest {
-	r := createReq(name, size)
-	r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
-		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: volID}}}
-	return r
-}
-
 // Snapshot, break the data, restore, clone: on ext4 (copy), xfs and btrfs
 // (reflink), the restored and cloned volumes hold exactly what their source
 // held, metadata included.
