@@ -15,42 +15,16 @@ import (
 
 // From linux/btrfs.h and linux/btrfs_tree.h.
 const (
-	iocTreeSearch = 0xd0009411 // _IOWR(0x94, 17, struct btrfs_ioctl_search_args)
-	iocInoLookup  = 0xd0009412 // _IOWR(0x94, 18, struct btrfs_ioctl_ino_lookup_args)
+	iocInoLookup = 0xd0009412 // _IOWR(0x94, 18, struct btrfs_ioctl_ino_lookup_args)
 
 	rootTreeObjID = 1   // BTRFS_ROOT_TREE_OBJECTID
 	rootRefKey    = 156 // BTRFS_ROOT_REF_KEY: parent subvolume -> child
 	inoLookupPath = 4080
-	searchBufSize = 4096 - int(unsafe.Sizeof(searchKey{}))
-	searchHdrSize = int(unsafe.Sizeof(searchHeader{}))
 )
 
 type inoLookupArgs struct {
 	treeID, objectID uint64
 	name             [inoLookupPath]byte
-}
-
-// searchKey is struct btrfs_ioctl_search_key.
-type searchKey struct {
-	treeID                   uint64
-	minObjectID, maxObjectID uint64
-	minOffset, maxOffset     uint64
-	minTransID, maxTransID   uint64
-	minType, maxType         uint32
-	nrItems                  uint32
-	_                        uint32
-	_                        [4]uint64
-}
-
-type searchArgs struct {
-	key searchKey
-	buf [searchBufSize]byte
-}
-
-// searchHeader is struct btrfs_ioctl_search_header.
-type searchHeader struct {
-	transID, objectID, offset uint64
-	typ, len                  uint32
 }
 
 func ioctl(fd int, req uintptr, arg unsafe.Pointer) error {
@@ -241,45 +215,24 @@ type childRef struct {
 // name_len, then the name).
 func childRefs(fd int, id uint64) ([]childRef, error) {
 	var out []childRef
-	var args searchArgs
-	next := uint64(0)
-	for {
-		args.key = searchKey{
-			treeID: rootTreeObjID, minObjectID: id, maxObjectID: id,
-			minOffset: next, maxOffset: ^uint64(0), maxTransID: ^uint64(0),
-			minType: rootRefKey, maxType: rootRefKey, nrItems: 4096,
+	k := SearchKey{TreeID: rootTreeObjID, MinObjectID: id, MaxObjectID: id,
+		MinType: rootRefKey, MaxType: rootRefKey, MaxOffset: ^uint64(0)}
+	err := SearchTree(fd, k, 4096, func(it Item) bool {
+		item := it.Data
+		if it.ObjectID != id || it.Type != rootRefKey || len(item) < 18 {
+			return true
 		}
-		if err := ioctl(fd, iocTreeSearch, unsafe.Pointer(&args)); err != nil {
-			return nil, fmt.Errorf("search the subvolumes inside subvolume %d: %w", id, err)
+		nameLen := int(binary.LittleEndian.Uint16(item[16:]))
+		if 18+nameLen > len(item) {
+			return true
 		}
-		if args.key.nrItems == 0 {
-			return out, nil
-		}
-		pos := 0
-		for i := uint32(0); i < args.key.nrItems; i++ {
-			if pos+searchHdrSize > len(args.buf) {
-				break
-			}
-			objectID := binary.NativeEndian.Uint64(args.buf[pos+8:])
-			offset := binary.NativeEndian.Uint64(args.buf[pos+16:])
-			typ := binary.NativeEndian.Uint32(args.buf[pos+24:])
-			n := int(binary.NativeEndian.Uint32(args.buf[pos+28:]))
-			item := args.buf[pos+searchHdrSize : min(len(args.buf), pos+searchHdrSize+n)]
-			pos += searchHdrSize + n
-			next = offset + 1
-			if objectID != id || typ != rootRefKey || len(item) < 18 {
-				continue
-			}
-			nameLen := int(binary.LittleEndian.Uint16(item[16:]))
-			if 18+nameLen > len(item) {
-				continue
-			}
-			out = append(out, childRef{id: offset, dirID: binary.LittleEndian.Uint64(item), name: string(item[18 : 18+nameLen])})
-		}
-		if next == 0 { // wrapped: the last possible ID was seen
-			return out, nil
-		}
+		out = append(out, childRef{id: it.Offset, dirID: binary.LittleEndian.Uint64(item), name: string(item[18 : 18+nameLen])})
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("search the subvolumes inside subvolume %d: %w", id, err)
 	}
+	return out, nil
 }
 
 // dirOf opens directory dirID of subvolume id, whose root is fd (fd itself

@@ -11,6 +11,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/btrfs"
 )
 
 // From linux/btrfs.h and linux/btrfs_tree.h (numbers checked against the
@@ -19,7 +21,6 @@ const (
 	btrfsSuperMagic = 0x9123683e
 	firstFreeObj    = 256 // inode number of every subvolume's root directory
 
-	iocTreeSearch  = 0xd0009411 // _IOWR(0x94, 17, struct btrfs_ioctl_search_args)
 	iocInoLookup   = 0xd0009412 // _IOWR(0x94, 18, struct btrfs_ioctl_ino_lookup_args)
 	iocFsInfo      = 0x8400941f // _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args)
 	iocQuotaCtl    = 0xc0109428 // _IOWR(0x94, 40, struct btrfs_ioctl_quota_ctl_args)
@@ -31,7 +32,6 @@ const (
 	qgroupInfoKey   = 242
 	qgroupLimitKey  = 244
 	limitMaxRfer    = 1 << 0
-	searchBufSize   = 4096 - int(unsafe.Sizeof(searchKey{}))
 	inoLookupPath   = 4080
 	fsInfoArgsBytes = 1024
 )
@@ -53,29 +53,6 @@ type qgroupLimitArgs struct {
 type inoLookupArgs struct {
 	treeID, objectID uint64
 	name             [inoLookupPath]byte
-}
-
-// searchKey is struct btrfs_ioctl_search_key.
-type searchKey struct {
-	treeID                   uint64
-	minObjectID, maxObjectID uint64
-	minOffset, maxOffset     uint64
-	minTransID, maxTransID   uint64
-	minType, maxType         uint32
-	nrItems                  uint32
-	_                        uint32
-	_                        [4]uint64
-}
-
-type searchArgs struct {
-	key searchKey
-	buf [searchBufSize]byte
-}
-
-// searchHeader is struct btrfs_ioctl_search_header.
-type searchHeader struct {
-	transID, objectID, offset uint64
-	typ, len                  uint32
 }
 
 // ErrNotBtrfs is returned when a qgroup call is made on another filesystem.
@@ -166,10 +143,8 @@ func QgroupsEnabled(path string) (bool, error) {
 	}
 	// The quota tree exists exactly while quotas are on; a search of a
 	// missing tree is ENOENT.
-	var args searchArgs
-	args.key = searchKey{treeID: quotaTreeObjID, maxObjectID: ^uint64(0), maxOffset: ^uint64(0),
-		maxTransID: ^uint64(0), maxType: ^uint32(0), nrItems: 1}
-	err = ioctl(fd, iocTreeSearch, unsafe.Pointer(&args))
+	err = btrfs.SearchTree(fd, btrfs.SearchKey{TreeID: quotaTreeObjID, MaxObjectID: ^uint64(0), MaxType: ^uint32(0), MaxOffset: ^uint64(0)},
+		1, func(btrfs.Item) bool { return false })
 	if errors.Is(err, unix.ENOENT) {
 		return false, nil
 	}
@@ -348,25 +323,16 @@ func qgroupFromTree(fd int, path string, id uint64) (*Qgroup, error) {
 // searchItem returns the data of the item with exactly this key in tree, or
 // nil when there is none.
 func searchItem(fd int, tree, objectID uint64, typ uint32, offset uint64) ([]byte, error) {
-	var args searchArgs
-	args.key = searchKey{
-		treeID: tree, minObjectID: objectID, maxObjectID: objectID,
-		minOffset: offset, maxOffset: offset, maxTransID: ^uint64(0),
-		minType: typ, maxType: typ, nrItems: 1,
-	}
-	if err := ioctl(fd, iocTreeSearch, unsafe.Pointer(&args)); err != nil {
-		return nil, err
-	}
-	if args.key.nrItems == 0 {
-		return nil, nil
-	}
-	var h searchHeader
-	hs := int(unsafe.Sizeof(h))
-	h = *(*searchHeader)(unsafe.Pointer(&args.buf[0]))
-	if h.objectID != objectID || h.typ != typ || h.offset != offset || hs+int(h.len) > len(args.buf) {
-		return nil, nil
-	}
-	return append([]byte(nil), args.buf[hs:hs+int(h.len)]...), nil
+	var data []byte
+	k := btrfs.SearchKey{TreeID: tree, MinObjectID: objectID, MaxObjectID: objectID,
+		MinType: typ, MaxType: typ, MinOffset: offset, MaxOffset: offset}
+	err := btrfs.SearchTree(fd, k, 1, func(it btrfs.Item) bool {
+		if it.ObjectID == objectID && it.Type == typ && it.Offset == offset {
+			data = append([]byte(nil), it.Data...)
+		}
+		return false
+	})
+	return data, err
 }
 
 // rootRefKey is BTRFS_ROOT_REF_KEY: an item in the root tree for each
@@ -390,14 +356,11 @@ func HasNestedSubvolumes(path string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	var args searchArgs
-	args.key = searchKey{
-		treeID: rootTreeObjID, minObjectID: id, maxObjectID: id,
-		maxOffset: ^uint64(0), maxTransID: ^uint64(0),
-		minType: rootRefKey, maxType: rootRefKey, nrItems: 1,
-	}
-	if err := ioctl(fd, iocTreeSearch, unsafe.Pointer(&args)); err != nil {
+	found := false
+	k := btrfs.SearchKey{TreeID: rootTreeObjID, MinObjectID: id, MaxObjectID: id,
+		MinType: rootRefKey, MaxType: rootRefKey, MaxOffset: ^uint64(0)}
+	if err := btrfs.SearchTree(fd, k, 1, func(btrfs.Item) bool { found = true; return false }); err != nil {
 		return false, fmt.Errorf("search for subvolumes inside %s: %w", path, err)
 	}
-	return args.key.nrItems > 0, nil
+	return found, nil
 }

@@ -20,9 +20,6 @@ func TestIoctlLayouts(t *testing.T) {
 		name      string
 		got, want uintptr
 	}{
-		{"btrfs_ioctl_search_key", unsafe.Sizeof(searchKey{}), 104},
-		{"btrfs_ioctl_search_args", unsafe.Sizeof(searchArgs{}), 4096},
-		{"btrfs_ioctl_search_header", unsafe.Sizeof(searchHeader{}), 32},
 		{"btrfs_ioctl_ino_lookup_args", unsafe.Sizeof(inoLookupArgs{}), 4096},
 		{"btrfs_ioctl_qgroup_limit_args", unsafe.Sizeof(qgroupLimitArgs{}), 48},
 		{"btrfs_ioctl_quota_ctl_args", unsafe.Sizeof(quotaCtlArgs{}), 16},
