@@ -219,7 +219,23 @@ func unixMode(m os.FileMode) uint32 {
 // of its own: it is the root of another share.
 func (x *Export) HoldsShareRecords(ctx context.Context, subDir string) (bool, error) {
 	var holds bool
-	err := x.do(ctx, "look up "+subDir, func() error {
+	err := x.lookUp(ctx, subDir, func(d *beneath.Dir) {
+		holds = errors.Is(refuseShareRoot(d, subDir), ErrHoldsShare)
+	})
+	return holds, err
+}
+
+// DirExists reports whether subDir is a directory on the export.
+func (x *Export) DirExists(ctx context.Context, subDir string) (bool, error) {
+	var ok bool
+	err := x.lookUp(ctx, subDir, func(*beneath.Dir) { ok = true })
+	return ok, err
+}
+
+// lookUp calls fn with subDir's directory, opened as a file operation on
+// the export; a subDir that is not there is no error, and fn is not called.
+func (x *Export) lookUp(ctx context.Context, subDir string, fn func(d *beneath.Dir)) error {
+	return x.do(ctx, "look up "+subDir, func() error {
 		d, err := x.openSubDir(subDir)
 		if errors.Is(err, os.ErrNotExist) {
 			return nil
@@ -228,28 +244,9 @@ func (x *Export) HoldsShareRecords(ctx context.Context, subDir string) (bool, er
 			return err
 		}
 		defer d.Close()
-		holds = errors.Is(refuseShareRoot(d, subDir), ErrHoldsShare)
+		fn(d)
 		return nil
 	})
-	return holds, err
-}
-
-// DirExists reports whether subDir is a directory on the export.
-func (x *Export) DirExists(ctx context.Context, subDir string) (bool, error) {
-	var ok bool
-	err := x.do(ctx, "look up "+subDir, func() error {
-		d, err := x.openSubDir(subDir)
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		d.Close()
-		ok = true
-		return nil
-	})
-	return ok, err
 }
 
 // RemoveDirIfEmpty removes subDir if it is an empty directory; one that
