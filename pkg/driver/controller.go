@@ -523,8 +523,8 @@ func (d *Driver) csiVolume(v *state.Volume) *csi.Volume {
 	return vol
 }
 
-func (d *Driver) topology() *csi.Topology {
-	return &csi.Topology{Segments: map[string]string{TopologyKeyNode: d.cfg.NodeID}}
+func (c *core) topology() *csi.Topology {
+	return &csi.Topology{Segments: map[string]string{TopologyKeyNode: c.cfg.NodeID}}
 }
 
 // checkRequisiteTopology refuses a request that may only be placed on other
@@ -788,9 +788,9 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 }
 
 // copyStep runs one copy of a job, after the test seam if one is set.
-func (d *Driver) copyStep(ctx context.Context, id string, copy func() (hostpath.CopyResult, error)) (hostpath.CopyResult, error) {
-	if d.beforeCopy != nil {
-		if err := d.beforeCopy(ctx, id); err != nil {
+func (c *core) copyStep(ctx context.Context, id string, copy func() (hostpath.CopyResult, error)) (hostpath.CopyResult, error) {
+	if c.beforeCopy != nil {
+		if err := c.beforeCopy(ctx, id); err != nil {
 			return hostpath.CopyResult{}, err
 		}
 	}

@@ -137,24 +137,11 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// Driver implements the CSI services over one state store and one backend.
-type Driver struct {
-	csi.UnimplementedIdentityServer
-	csi.UnimplementedControllerServer
-	csi.UnimplementedNodeServer
-	csi.UnimplementedGroupControllerServer
-
-	// healthMu runs one health check at a time: /healthz answers anyone on
-	// the pod network, and each check writes a file in the data directory.
-	healthMu sync.Mutex
-
+// core is what both families of volumes share: the configuration, the state
+// database of this node, the per-key locks and the detached jobs.
+type core struct {
 	cfg   Config
 	store *state.Store
-	vols  *hostpath.Backend
-	// nfs serves the volumes of NFS classes (IDs nfs1:, nfss1:).
-	nfs *nfs.Backend
-	// nfsSweep reconciles each export's unfinished operations once.
-	nfsSweep nfsSweeps
 	// locks holds one readers-writer lock per key; different volumes never
 	// share a key:
 	//   vol/<id>       shared by whatever needs the volume to stay (mounts,
@@ -167,10 +154,34 @@ type Driver struct {
 	//                  is set up
 	locks keylock.Locks
 	// jobs are the copies that run detached from their calls.
-	jobs *jobs
+	jobs    *jobs
+	metrics *metrics
+	// beforeCopy, when set (tests only), runs at the start of every copy
+	// job with the ID of what it makes: a seam to hold a copy at an exact
+	// step or fail it there.
+	beforeCopy func(ctx context.Context, id string) error
+}
+
+// Driver implements the CSI services over one state store and one backend.
+type Driver struct {
+	csi.UnimplementedIdentityServer
+	csi.UnimplementedControllerServer
+	csi.UnimplementedNodeServer
+	csi.UnimplementedGroupControllerServer
+
+	*core
+
+	// healthMu runs one health check at a time: /healthz answers anyone on
+	// the pod network, and each check writes a file in the data directory.
+	healthMu sync.Mutex
+
+	vols *hostpath.Backend
+	// nfs serves the volumes of NFS classes (IDs nfs1:, nfss1:).
+	nfs *nfs.Backend
+	// nfsSweep reconciles each export's unfinished operations once.
+	nfsSweep nfsSweeps
 	// pending is what start-up could not reconcile, retried meanwhile.
 	pending *pending
-	metrics *metrics
 	usage   usageCache
 	// reserved is what enforced volumes may still fill, cached; roomMu
 	// makes a check for room and the reservation that follows one step.
@@ -189,10 +200,6 @@ type Driver struct {
 	// markers is the directory of freeze markers, held for the process's
 	// life (see thawLeftFrozen).
 	markers *os.File
-	// beforeCopy, when set (tests only), runs at the start of every copy
-	// job with the ID of what it makes: a seam to hold a copy at an exact
-	// step or fail it there.
-	beforeCopy func(ctx context.Context, id string) error
 }
 
 // New opens the backend and the state, and reconciles what a crash may have
@@ -244,7 +251,8 @@ func New(cfg Config) (*Driver, error) {
 		markers.Close()
 		return nil, err
 	}
-	d := &Driver{cfg: cfg, store: store, vols: vols, nfs: nfsVols, jobs: newJobs(cfg.MaxConcurrentCopies), metrics: newMetrics(cfg.DriverName), markers: markers}
+	c := &core{cfg: cfg, store: store, jobs: newJobs(cfg.MaxConcurrentCopies), metrics: newMetrics(cfg.DriverName)}
+	d := &Driver{core: c, vols: vols, nfs: nfsVols, markers: markers}
 	d.metrics.registry.MustRegister(stateCollector{d})
 	for range thawed {
 		d.metrics.reconcileAction("thawed_image")

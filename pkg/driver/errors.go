@@ -42,8 +42,8 @@ func stateError(err error) error {
 // lock takes a per-key exclusive lock. If ctx ends first, the call is
 // Aborted: another call on the same volume is still running and the CO
 // should retry.
-func (d *Driver) lock(ctx context.Context, kind, key string) (func(), error) {
-	unlock, err := d.locks.Lock(ctx, kind+"/"+key)
+func (c *core) lock(ctx context.Context, kind, key string) (func(), error) {
+	unlock, err := c.locks.Lock(ctx, kind+"/"+key)
 	if err != nil {
 		return nil, status.Errorf(codes.Aborted, "another operation on %s %q is in progress: %v", kind, key, err)
 	}
@@ -52,8 +52,8 @@ func (d *Driver) lock(ctx context.Context, kind, key string) (func(), error) {
 
 // rlock takes a per-key shared lock: readers of a volume or snapshot (a
 // copy, a mount) run side by side; only a delete excludes them.
-func (d *Driver) rlock(ctx context.Context, kind, key string) (func(), error) {
-	unlock, err := d.locks.RLock(ctx, kind+"/"+key)
+func (c *core) rlock(ctx context.Context, kind, key string) (func(), error) {
+	unlock, err := c.locks.RLock(ctx, kind+"/"+key)
 	if err != nil {
 		return nil, status.Errorf(codes.Aborted, "%s %q is being deleted or changed: %v", kind, key, err)
 	}
@@ -69,15 +69,15 @@ func notFound(format string, args ...any) error {
 // wants it gone: that copy is stopped first (it removes what it made). One
 // that is the source of a running copy is ABORTED at once instead of
 // queueing behind it.
-func (d *Driver) lockForDelete(ctx context.Context, kind, id string) (func(), error) {
-	if j := d.jobs.making(id); j != nil {
-		if err := d.jobs.cancelAndWait(ctx, j); err != nil {
+func (c *core) lockForDelete(ctx context.Context, kind, id string) (func(), error) {
+	if j := c.jobs.making(id); j != nil {
+		if err := c.jobs.cancelAndWait(ctx, j); err != nil {
 			return nil, err
 		}
 	}
-	if j := d.jobs.reading(kind + "/" + id); j != nil {
+	if j := c.jobs.reading(kind + "/" + id); j != nil {
 		what := map[string]string{"vol": "volume", "snap": "snapshot"}[kind]
 		return nil, status.Errorf(codes.Aborted, "%s %s is the source of a %s; retry once it ends", what, id, j.what)
 	}
-	return d.lock(ctx, kind, id)
+	return c.lock(ctx, kind, id)
 }

@@ -383,9 +383,9 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 
 // checkSingleWriter enforces SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod):
 // such a volume is published at one target at a time.
-func (d *Driver) checkSingleWriter(id string, pub *state.Publication) error {
+func (c *core) checkSingleWriter(id string, pub *state.Publication) error {
 	single := csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER.String()
-	pubs, err := d.store.PublicationsOf(id)
+	pubs, err := c.store.PublicationsOf(id)
 	if err != nil {
 		return stateError(err)
 	}
