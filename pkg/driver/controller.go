@@ -46,7 +46,7 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 
 func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	if isNFSClass(req.GetParameters()) {
-		return d.nfsCreateVolume(ctx, req)
+		return d.nfs.CreateVolume(ctx, req)
 	}
 	if cs := req.GetVolumeContentSource(); ids.IsNFSSnapshotID(cs.GetSnapshot().GetSnapshotId()) || ids.IsNFSVolumeID(cs.GetVolume().GetVolumeId()) {
 		return nil, status.Error(codes.InvalidArgument, "the content source is an NFS snapshot or volume; a hostpath volume is made from a hostpath source only")
@@ -556,7 +556,7 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
 	}
 	if ids.IsNFSVolumeID(id) {
-		return d.nfsDeleteVolume(ctx, id)
+		return d.nfs.DeleteVolume(ctx, req)
 	}
 	if err := ids.ValidateVolumeID(id); err != nil {
 		// No volume can have this ID, so it is already gone.
@@ -649,7 +649,7 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 		return nil, status.Error(codes.InvalidArgument, "volume capabilities are required")
 	}
 	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfsValidateVolumeCapabilities(ctx, req)
+		return d.nfs.ValidateVolumeCapabilities(ctx, req)
 	}
 	v, err := d.readyVolume(req.GetVolumeId())
 	if err != nil {
@@ -691,12 +691,7 @@ func controllerListed(v *state.Volume) bool { return v.Phase == state.PhaseReady
 
 func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
 	if token := req.GetStartingToken(); ids.IsNFSVolumeID(token) && req.GetMaxEntries() >= 0 {
-		if _, err := ids.ParseNFSVolumeID(token); err != nil {
-			return nil, status.Errorf(codes.Aborted, "starting_token %.64q was not issued by this driver; restart the listing without it", token)
-		}
-		resp := &csi.ListVolumesResponse{}
-		d.appendNFSVolumes(ctx, resp, token, int(req.GetMaxEntries()))
-		return resp, nil
+		return d.nfs.ListVolumes(ctx, req)
 	}
 	if err := pageToken(req.GetMaxEntries(), req.GetStartingToken()); err != nil {
 		return nil, err
@@ -717,7 +712,7 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 		})
 	}
 	if next == "" {
-		d.nfsVolumesAfter(ctx, resp, int(req.GetMaxEntries()))
+		d.nfs.nfsVolumesAfter(ctx, resp, int(req.GetMaxEntries()))
 	}
 	return resp, nil
 }
@@ -741,7 +736,7 @@ func (d *Driver) publishedNodes(id string) ([]string, error) {
 
 func (d *Driver) ControllerGetVolume(ctx context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {
 	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfsControllerGetVolume(ctx, req.GetVolumeId())
+		return d.nfs.ControllerGetVolume(ctx, req)
 	}
 	v, err := d.readyVolume(req.GetVolumeId())
 	if err != nil {
@@ -762,7 +757,7 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	// the keys it keeps for itself (csi.storage.k8s.io/fstype, secrets'
 	// names), which it takes out before CreateVolume.
 	if isNFSClass(req.GetParameters()) {
-		return d.nfsGetCapacity(ctx, req)
+		return d.nfs.GetCapacity(ctx, req)
 	}
 	params := maps.Clone(req.GetParameters())
 	maps.DeleteFunc(params, func(k, _ string) bool { return strings.HasPrefix(k, "csi.storage.k8s.io/") })

@@ -177,9 +177,7 @@ type Driver struct {
 
 	vols *hostpath.Backend
 	// nfs serves the volumes of NFS classes (IDs nfs1:, nfss1:).
-	nfs *nfs.Backend
-	// nfsSweep reconciles each export's unfinished operations once.
-	nfsSweep nfsSweeps
+	nfs *nfsDriver
 	// pending is what start-up could not reconcile, retried meanwhile.
 	pending *pending
 	usage   usageCache
@@ -252,7 +250,7 @@ func New(cfg Config) (*Driver, error) {
 		return nil, err
 	}
 	c := &core{cfg: cfg, store: store, jobs: newJobs(cfg.MaxConcurrentCopies), metrics: newMetrics(cfg.DriverName)}
-	d := &Driver{core: c, vols: vols, nfs: nfsVols, markers: markers}
+	d := &Driver{core: c, vols: vols, nfs: &nfsDriver{core: c, exports: nfsVols}, markers: markers}
 	d.metrics.registry.MustRegister(stateCollector{d})
 	for range thawed {
 		d.metrics.reconcileAction("thawed_image")
@@ -291,10 +289,10 @@ func (d *Driver) Close() error {
 	d.stopEphemeralSweep()
 	d.pending.close()
 	d.jobs.close()
-	d.waitSweeps()
+	d.nfs.waitSweeps()
 	d.vols.WaitIdle()
-	d.nfs.WaitIdle()
-	d.nfs.Close()
+	d.nfs.exports.WaitIdle()
+	d.nfs.exports.Close()
 	err := d.store.Close()
 	d.markers.Close()
 	return err

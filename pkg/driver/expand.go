@@ -34,7 +34,7 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 		return nil, status.Error(codes.InvalidArgument, "volume path is required")
 	}
 	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfsNodeExpandVolume(ctx, req)
+		return d.nfs.NodeExpandVolume(ctx, req)
 	}
 	if err := volumeIDOrNotFound(req.GetVolumeId()); err != nil {
 		return nil, err

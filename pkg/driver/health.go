@@ -53,7 +53,7 @@ func (d *Driver) dataHealth(v *state.Volume) []*csi.VolumeHealth_VolumeHealthEnt
 
 func (d *Driver) ControllerGetVolumeHealth(ctx context.Context, req *csi.ControllerGetVolumeHealthRequest) (*csi.ControllerGetVolumeHealthResponse, error) {
 	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfsControllerGetVolumeHealth(ctx, req.GetVolumeId())
+		return d.nfs.ControllerGetVolumeHealth(ctx, req)
 	}
 	v, err := d.readyVolume(req.GetVolumeId())
 	if err != nil {
@@ -84,7 +84,7 @@ func (d *Driver) ControllerListVolumeHealth(ctx context.Context, req *csi.Contro
 // mounted at that is not a mount point any more.
 func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
 	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfsNodeGetVolumeHealth(ctx, req)
+		return d.nfs.NodeGetVolumeHealth(ctx, req)
 	}
 	v, err := d.readyVolume(req.GetVolumeId())
 	if err != nil {

@@ -50,7 +50,7 @@ func TestNFSClaimDoesNotReceiveAnotherSharesRoot(t *testing.T) {
 		if _, derr := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); derr != nil {
 			t.Logf("delete of the class-A volume: %v", derr)
 		}
-		e.d.nfs.WaitIdle()
+		e.d.nfs.exports.WaitIdle()
 		_, serr := os.Stat(bData)
 		t.Fatalf("a class-A claim named team was given class B's share root (volume %s); after its delete, B's data: %v", id, serr)
 	}
@@ -153,7 +153,7 @@ func TestNFSRetainedDataGoesOnlyToItsClaim(t *testing.T) {
 	if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: other.GetVolumeId()}); err != nil {
 		t.Fatal(err)
 	}
-	e.d.nfs.WaitIdle()
+	e.d.nfs.exports.WaitIdle()
 	_, err = e.d.CreateVolume(ctx, nfsReq("pv-bad", classA("team-a", "db", ParamRetainedDataTo, "anyone")))
 	wantCode(t, err, codes.InvalidArgument)
 }
@@ -268,7 +268,7 @@ func TestNFSDeleteLeavesAVolumeThatHoldsAnotherShare(t *testing.T) {
 			writeFile(t, bData, "team B's data")
 
 			_, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: aVol.GetVolumeId()})
-			e.d.nfs.WaitIdle()
+			e.d.nfs.exports.WaitIdle()
 			if b, rerr := os.ReadFile(bData); rerr != nil || string(b) != "team B's data" {
 				t.Fatalf("after DeleteVolume (%v) of a volume holding another share: B's data %q, %v", err, b, rerr)
 			}
@@ -283,7 +283,7 @@ func TestNFSDeleteLeavesAVolumeThatHoldsAnotherShare(t *testing.T) {
 			if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: bVol.GetVolumeId()}); err != nil {
 				t.Fatal(err)
 			}
-			e.d.nfs.WaitIdle()
+			e.d.nfs.exports.WaitIdle()
 			if err := os.RemoveAll(filepath.Join(e.export, "team", ids.HiddenDir)); err != nil {
 				t.Fatal(err)
 			}

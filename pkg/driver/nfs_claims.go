@@ -80,7 +80,7 @@ func (w claimant) mayTake(c nfs.SubDirClaim) string {
 // each directory above it: creates of one subdirectory, or of one inside
 // another, run one at a time; creates in sibling directories do not wait
 // for each other.
-func (d *Driver) lockSubDir(ctx context.Context, x *nfs.Export, subDir string) (func(), error) {
+func (d *nfsDriver) lockSubDir(ctx context.Context, x *nfs.Export, subDir string) (func(), error) {
 	var unlocks []func()
 	unlockAll := func() {
 		for i := len(unlocks) - 1; i >= 0; i-- {
@@ -112,7 +112,7 @@ func (d *Driver) lockSubDir(ctx context.Context, x *nfs.Export, subDir string) (
 // name's earlier attempt. Retained data of subDir itself is refused unless
 // it was retained for who (mayTake); when it is, its claim is returned:
 // the create takes that data over.
-func (d *Driver) nfsCheckSubDirFree(ctx context.Context, x *nfs.Export, subDir string, who claimant, self string) (*nfs.SubDirClaim, error) {
+func (d *nfsDriver) nfsCheckSubDirFree(ctx context.Context, x *nfs.Export, subDir string, who claimant, self string) (*nfs.SubDirClaim, error) {
 	claims, err := x.SubDirClaims(ctx, subDir)
 	if err != nil {
 		return nil, nfsError("read subdirectory index", err)
@@ -176,7 +176,7 @@ func (d *Driver) nfsCheckSubDirFree(ctx context.Context, x *nfs.Export, subDir s
 // its pods that data, and its delete would remove it); data of subDir
 // itself is refused unless it was retained for who, and then here is true.
 // Data removed by hand leaves a stale claim, which the create replaces.
-func (d *Driver) nfsCheckRetained(ctx context.Context, x *nfs.Export, subDir string, c nfs.SubDirClaim, who claimant) (here bool, err error) {
+func (d *nfsDriver) nfsCheckRetained(ctx context.Context, x *nfs.Export, subDir string, c nfs.SubDirClaim, who claimant) (here bool, err error) {
 	exists, err := x.DirExists(ctx, c.SubDir)
 	if err != nil {
 		return false, nfsError("look up retained data", err)
@@ -213,7 +213,7 @@ func (d *Driver) nfsCheckRetained(ctx context.Context, x *nfs.Export, subDir str
 // A claim of retained data handed to who is replaced only after rec
 // records it takes that data over (TakesOver): a retry after a kill then
 // knows the directory is its own, and a rollback gives the claim back.
-func (d *Driver) nfsClaimSubDir(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, who claimant) error {
+func (d *nfsDriver) nfsClaimSubDir(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, who claimant) error {
 	taken, err := x.ClaimSubDir(ctx, rec.SubDir, rec.ID)
 	if errors.Is(err, nfs.ErrExists) && taken != nil {
 		// subDir's entry is another volume's: refused if that volume
@@ -258,7 +258,7 @@ func (d *Driver) nfsClaimSubDir(ctx context.Context, x *nfs.Export, rec *nfs.Vol
 // provisioner retries a delete for ever, and each retry must not walk the
 // whole tree again; what it takes to lift the refusal (an administrator
 // moving a share away, a tenant's chmod) is seen within that time.
-func (d *Driver) nfsCheckNoShareInside(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, what string) error {
+func (d *nfsDriver) nfsCheckNoShareInside(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, what string) error {
 	j, err := d.nfsStartLook(x, rec, what)
 	if j == nil {
 		return err
@@ -273,7 +273,7 @@ func (d *Driver) nfsCheckNoShareInside(ctx context.Context, x *nfs.Export, rec *
 // nfsStartLook starts the look inside rec's tree, or finds it running, and
 // returns it; or, with no job, the answer of one that ended: a refusal
 // still within its backoff, or a result nobody collected yet.
-func (d *Driver) nfsStartLook(x *nfs.Export, rec *nfs.VolumeRecord, what string) (*job, error) {
+func (d *nfsDriver) nfsStartLook(x *nfs.Export, rec *nfs.VolumeRecord, what string) (*job, error) {
 	key := "nfs-inside/" + rec.ID
 	if j := d.jobs.get(key); j != nil {
 		if !j.finished() {

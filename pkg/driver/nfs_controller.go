@@ -24,7 +24,7 @@ import (
 // controller started on another node, with an empty state directory, finds
 // every volume and snapshot by name and by ID there.
 
-func (d *Driver) nfsCreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+func (d *nfsDriver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	name := req.GetName()
 	if err := requireName(name); err != nil {
 		return nil, err
@@ -77,7 +77,7 @@ func (d *Driver) nfsCreateVolume(ctx context.Context, req *csi.CreateVolumeReque
 // and makes a second volume; csi-provisioner's names (pvc-<claim UID>)
 // never meet that case. Checking every export would make each create
 // depend on every server answering.
-func (d *Driver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p nfsParams, subDir string, size int64) (*job, *csi.CreateVolumeResponse, error) {
+func (d *nfsDriver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p nfsParams, subDir string, size int64) (*job, *csi.CreateVolumeResponse, error) {
 	name := req.GetName()
 	unlock, err := d.lock(ctx, "name", name)
 	if err != nil {
@@ -175,7 +175,7 @@ func classMountOptions(caps []*csi.VolumeCapability) []string {
 
 // nfsVolumeByName returns the record the export's name index points at, or
 // nil.
-func (d *Driver) nfsVolumeByName(ctx context.Context, x *nfs.Export, name string) (*nfs.VolumeRecord, error) {
+func (d *nfsDriver) nfsVolumeByName(ctx context.Context, x *nfs.Export, name string) (*nfs.VolumeRecord, error) {
 	id, err := x.LookupName(ctx, nfs.KindVolume, name)
 	if errors.Is(err, nfs.ErrNotFound) {
 		return nil, nil
@@ -206,7 +206,7 @@ func (d *Driver) nfsVolumeByName(ctx context.Context, x *nfs.Export, name string
 // volume if the request matches (finishing an interrupted empty create),
 // ALREADY_EXISTS if not. done=false means the record was an interrupted
 // copy, now undone: the caller makes the volume anew.
-func (d *Driver) nfsExistingVolume(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, req *csi.CreateVolumeRequest, p nfsParams) (bool, *csi.CreateVolumeResponse, error) {
+func (d *nfsDriver) nfsExistingVolume(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, req *csi.CreateVolumeRequest, p nfsParams) (bool, *csi.CreateVolumeResponse, error) {
 	v, _ := ids.ParseNFSVolumeID(rec.ID)
 	if rec.Phase == nfs.PhaseDeleting {
 		return true, nil, status.Errorf(codes.Aborted, "volume %s with name %q is being deleted; retry", rec.ID, rec.Name)
@@ -265,7 +265,7 @@ func (d *Driver) nfsExistingVolume(ctx context.Context, x *nfs.Export, rec *nfs.
 // nfsRecordNew records the intent to make a volume on the export: its name,
 // its record in phase creating, its claim on the subdirectory. A kill after
 // this is finished or rolled back by the next create of the name.
-func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.CreateVolumeRequest, p nfsParams, subDir string, size int64, src *nfsSource) (*nfs.VolumeRecord, string, error) {
+func (d *nfsDriver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.CreateVolumeRequest, p nfsParams, subDir string, size int64, src *nfsSource) (*nfs.VolumeRecord, string, error) {
 	id, recKey, err := drawUnusedKey(ctx, "volume", func() (string, string, error) {
 		id, v, err := ids.NewNFSVolumeID(p.server, p.share, subDir)
 		if err != nil {
@@ -309,7 +309,7 @@ func (d *Driver) nfsRecordNew(ctx context.Context, x *nfs.Export, req *csi.Creat
 // nfsMakeEmpty creates the subdirectory (or takes over the data retained
 // there for this claim) and records the volume as ready. A directory there
 // that is neither is refused (FAILED_PRECONDITION): it is someone else's.
-func (d *Driver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, recKey string, p nfsParams) error {
+func (d *nfsDriver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, recKey string, p nfsParams) error {
 	// Again when finishing a create a kill cut short before its claim on
 	// the subdirectory was written.
 	if err := d.nfsClaimSubDir(ctx, x, rec, claimantOf(rec.Name, rec.Parameters, p)); err != nil {
@@ -384,7 +384,7 @@ func (d *Driver) nfsMakeEmpty(ctx context.Context, x *nfs.Export, rec *nfs.Volum
 
 // nfsUndoCreate removes a volume that was never made ready: its partial
 // copy, its subdirectory if the copy reached it, its record.
-func (d *Driver) nfsUndoCreate(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, recKey string) error {
+func (d *nfsDriver) nfsUndoCreate(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, recKey string) error {
 	if err := x.RemovePartial(ctx, recKey); err != nil {
 		return nfsError("remove a partial copy", err)
 	}
@@ -406,7 +406,7 @@ func (d *Driver) nfsUndoCreate(ctx context.Context, x *nfs.Export, rec *nfs.Volu
 }
 
 // nfsCopyIntoVolume is the job behind an NFS restore or clone.
-func (d *Driver) nfsCopyIntoVolume(ctx context.Context, p nfsParams, rec *nfs.VolumeRecord, recKey string, src *nfsSource) error {
+func (d *nfsDriver) nfsCopyIntoVolume(ctx context.Context, p nfsParams, rec *nfs.VolumeRecord, recKey string, src *nfsSource) error {
 	x, err := d.useExport(ctx, p.server, p.share)
 	if err != nil {
 		return err
@@ -442,13 +442,13 @@ func (d *Driver) nfsCopyIntoVolume(ctx context.Context, p nfsParams, rec *nfs.Vo
 }
 
 // nfsAbandonVolume removes a restore or clone nobody came back for.
-func (d *Driver) nfsAbandonVolume(j *job) {
+func (d *nfsDriver) nfsAbandonVolume(j *job) {
 	v, err := ids.ParseNFSVolumeID(j.id)
 	if err != nil {
 		return
 	}
 	ctx := context.Background()
-	x, err := d.nfs.Use(ctx, v.Server, v.Share)
+	x, err := d.exports.Use(ctx, v.Server, v.Share)
 	if err != nil {
 		return
 	}

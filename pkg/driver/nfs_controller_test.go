@@ -85,7 +85,7 @@ func TestNFSCreateDeleteOnDelete(t *testing.T) {
 			if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId()}); err != nil {
 				t.Fatalf("second delete: %v", err)
 			}
-			e.d.nfs.WaitIdle()
+			e.d.nfs.exports.WaitIdle()
 			_, statErr := os.Stat(dir)
 			archived, _ := filepath.Glob(filepath.Join(e.export, "archived-ns-claim-"+onDelete+"-*"))
 			switch onDelete {
@@ -337,7 +337,7 @@ func TestNFSNestedSubDirsAreRefused(t *testing.T) {
 			if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v}); err != nil {
 				t.Fatal(err)
 			}
-			e.d.nfs.WaitIdle()
+			e.d.nfs.exports.WaitIdle()
 			if _, serr := os.Stat(filepath.Join(e.export, "team-a", "db", "secret")); errors.Is(serr, os.ErrNotExist) {
 				t.Errorf("deleting the claim on %q removed the data of volume %s (subDir team-a/db), which is still on record", "team-a", nested.GetVolumeId())
 			}
@@ -374,7 +374,7 @@ func TestNFSNestedSubDirsOfOlderVolumesAreRefused(t *testing.T) {
 	e := newNFSEnv(t, 10*time.Second)
 	e.createNFS(t, "pv-old", nfsParamsFor(ParamSubDir, "${pvc.metadata.namespace}/${pvc.metadata.name}",
 		ParamPVCNamespace, "team-c", ParamPVCName, "db"))
-	e.d.nfsSweep.wg.Wait() // its first use of the export is over
+	e.d.nfs.sweeps.wg.Wait() // its first use of the export is over
 	// What an older driver left: no nested index.
 	if err := os.RemoveAll(filepath.Join(e.export, ids.HiddenDir, "nested")); err != nil {
 		t.Fatal(err)
@@ -470,7 +470,7 @@ func TestNFSLongVolumeID(t *testing.T) {
 	if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
 		t.Fatal(err)
 	}
-	e.d.nfs.WaitIdle()
+	e.d.nfs.exports.WaitIdle()
 	if _, err := os.Stat(filepath.Join(e.export, long)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("after delete: %v", err)
 	}

@@ -16,7 +16,8 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 )
 
-func (d *Driver) nfsDeleteVolume(ctx context.Context, id string) (*csi.DeleteVolumeResponse, error) {
+func (d *nfsDriver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	id := req.GetVolumeId()
 	v, err := ids.ParseNFSVolumeID(id)
 	if err != nil {
 		klog.V(2).InfoS("DeleteVolume of an NFS ID this driver never made; nothing to do", "volumeID", id, "err", err)
@@ -53,7 +54,7 @@ func (d *Driver) nfsDeleteVolume(ctx context.Context, id string) (*csi.DeleteVol
 // finished by the CO's retry. A tree that holds another share's records
 // (.hostpath-csi) is neither archived nor deleted: FAILED_PRECONDITION,
 // and the volume is left as it was.
-func (d *Driver) nfsRemoveVolume(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, key, onDelete string) error {
+func (d *nfsDriver) nfsRemoveVolume(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord, key, onDelete string) error {
 	owner, err := x.SubDirOwner(ctx, rec.SubDir)
 	if err != nil && !errors.Is(err, nfs.ErrNotFound) {
 		return nfsError("read subdirectory index", err)
@@ -110,7 +111,7 @@ func (d *Driver) nfsRemoveVolume(ctx context.Context, x *nfs.Export, rec *nfs.Vo
 // record never holds one (creates refuse nested subDirs both ways), unless
 // it was not written by the driver (a tenant's, planted in its own data
 // and found by a sweep).
-func (d *Driver) nfsCheckNoClaimBelow(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord) error {
+func (d *nfsDriver) nfsCheckNoClaimBelow(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord) error {
 	claims, err := x.SubDirClaims(ctx, rec.SubDir)
 	if err != nil {
 		return nfsError("read subdirectory index", err)
@@ -153,7 +154,7 @@ func nfsDeleteWhat(rec *nfs.VolumeRecord) string { return "delete volume " + rec
 
 // nfsReadyVolume returns the record of a ready NFS volume, or NotFound; the
 // caller releases the export.
-func (d *Driver) nfsReadyVolume(ctx context.Context, id string) (*nfs.VolumeRecord, *nfs.Export, error) {
+func (d *nfsDriver) nfsReadyVolume(ctx context.Context, id string) (*nfs.VolumeRecord, *nfs.Export, error) {
 	v, err := nfsVolumeID(id)
 	if err != nil {
 		return nil, nil, err
@@ -196,7 +197,7 @@ func nfsCSIVolume(rec *nfs.VolumeRecord) *csi.Volume {
 	return vol
 }
 
-func (d *Driver) nfsValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
+func (d *nfsDriver) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	rec, x, err := d.nfsReadyVolume(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, err
@@ -217,8 +218,8 @@ func (d *Driver) nfsValidateVolumeCapabilities(ctx context.Context, req *csi.Val
 	}}, nil
 }
 
-func (d *Driver) nfsControllerGetVolume(ctx context.Context, id string) (*csi.ControllerGetVolumeResponse, error) {
-	rec, x, err := d.nfsReadyVolume(ctx, id)
+func (d *nfsDriver) ControllerGetVolume(ctx context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {
+	rec, x, err := d.nfsReadyVolume(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -227,7 +228,8 @@ func (d *Driver) nfsControllerGetVolume(ctx context.Context, id string) (*csi.Co
 	return &csi.ControllerGetVolumeResponse{Volume: nfsCSIVolume(rec), Status: &csi.ControllerGetVolumeResponse_VolumeStatus{}}, nil
 }
 
-func (d *Driver) nfsControllerGetVolumeHealth(ctx context.Context, id string) (*csi.ControllerGetVolumeHealthResponse, error) {
+func (d *nfsDriver) ControllerGetVolumeHealth(ctx context.Context, req *csi.ControllerGetVolumeHealthRequest) (*csi.ControllerGetVolumeHealthResponse, error) {
+	id := req.GetVolumeId()
 	rec, x, err := d.nfsReadyVolume(ctx, id)
 	if status.Code(err) == codes.DataLoss {
 		// A corrupt record: left out of listings; here its condition
@@ -244,7 +246,7 @@ func (d *Driver) nfsControllerGetVolumeHealth(ctx context.Context, id string) (*
 }
 
 // nfsHealth says whether a volume's subdirectory is there.
-func (d *Driver) nfsHealth(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord) []*csi.VolumeHealth_VolumeHealthEntry {
+func (d *nfsDriver) nfsHealth(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord) []*csi.VolumeHealth_VolumeHealthEntry {
 	ok, err := x.DirExists(ctx, rec.SubDir)
 	switch {
 	case err != nil:
@@ -264,9 +266,9 @@ const ReasonNFSUnreachable = "NFSServerUnreachable"
 // cannot be read.
 const ReasonNFSRecordCorrupt = "NFSRecordCorrupt"
 
-// nfsGetCapacity reports the export's free space: what volumes of the class
+// GetCapacity reports the export's free space: what volumes of the class
 // can still hold (NFS volumes share the export; nothing is reserved).
-func (d *Driver) nfsGetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
+func (d *nfsDriver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
 	p, err := parseNFSParameters(req.GetParameters())
 	if err != nil {
 		return nil, err

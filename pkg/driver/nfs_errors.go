@@ -40,8 +40,8 @@ func nfsError(what string, err error) error {
 // useExport mounts (or shares the mount of) the export of an NFS volume or
 // snapshot, with the class's mount options when the call has them; the
 // caller releases it.
-func (d *Driver) useExport(ctx context.Context, server, share string, options ...string) (*nfs.Export, error) {
-	x, err := d.nfs.Use(ctx, server, share, options...)
+func (d *nfsDriver) useExport(ctx context.Context, server, share string, options ...string) (*nfs.Export, error) {
+	x, err := d.exports.Use(ctx, server, share, options...)
 	if err != nil {
 		return nil, nfsError("mount NFS export "+server+":"+share, err)
 	}

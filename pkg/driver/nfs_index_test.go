@@ -21,7 +21,7 @@ func TestCorruptSubDirEntryDoesNotTakeTheExportDown(t *testing.T) {
 	e := newNFSEnv(t, 10*time.Second)
 	good := e.createNFS(t, "pv-good", nfsParamsFor(ParamSubDir, "good"))
 	e.createNFS(t, "pv-damaged", nfsParamsFor(ParamSubDir, "damaged"))
-	e.d.nfsSweep.wg.Wait()
+	e.d.nfs.sweeps.wg.Wait()
 	// What an older driver left: no nested index; one index entry damaged.
 	if err := os.RemoveAll(filepath.Join(e.export, ids.HiddenDir, "nested")); err != nil {
 		t.Fatal(err)

@@ -23,8 +23,8 @@ import (
 
 // knownExports are the exports this process has used, and those of the NFS
 // mounts this node has on record.
-func (d *Driver) knownExports() []ids.NFSSnapshot {
-	known := d.nfs.Known()
+func (d *nfsDriver) knownExports() []ids.NFSSnapshot {
+	known := d.exports.Known()
 	pubs, err := d.store.AllPublications()
 	if err != nil {
 		klog.ErrorS(err, "Cannot read the mount records for the NFS exports to list")
@@ -43,10 +43,10 @@ func (d *Driver) knownExports() []ids.NFSSnapshot {
 }
 
 // nfsVolumeRecords lists the ready NFS volumes with IDs >= from.
-func (d *Driver) nfsVolumeRecords(ctx context.Context, from string) []*nfs.VolumeRecord {
+func (d *nfsDriver) nfsVolumeRecords(ctx context.Context, from string) []*nfs.VolumeRecord {
 	var out []*nfs.VolumeRecord
 	for _, e := range d.knownExports() {
-		x, err := d.nfs.Use(ctx, e.Server, e.Share)
+		x, err := d.exports.Use(ctx, e.Server, e.Share)
 		if err != nil {
 			klog.ErrorS(err, "Leaving an NFS export out of the volume listing", "export", e.Export())
 			continue
@@ -68,10 +68,10 @@ func (d *Driver) nfsVolumeRecords(ctx context.Context, from string) []*nfs.Volum
 
 // nfsSnapshotRecords lists the ready NFS snapshots with IDs >= from that
 // keep accepts.
-func (d *Driver) nfsSnapshotRecords(ctx context.Context, from string, keep func(*nfs.SnapshotRecord) bool) []*nfs.SnapshotRecord {
+func (d *nfsDriver) nfsSnapshotRecords(ctx context.Context, from string, keep func(*nfs.SnapshotRecord) bool) []*nfs.SnapshotRecord {
 	var out []*nfs.SnapshotRecord
 	for _, e := range d.knownExports() {
-		x, err := d.nfs.Use(ctx, e.Server, e.Share)
+		x, err := d.exports.Use(ctx, e.Server, e.Share)
 		if err != nil {
 			klog.ErrorS(err, "Leaving an NFS export out of the snapshot listing", "export", e.Export())
 			continue
@@ -93,7 +93,7 @@ func (d *Driver) nfsSnapshotRecords(ctx context.Context, from string, keep func(
 
 // appendNFSVolumes fills a ListVolumes page after its hostpath part: room is
 // what max_entries leaves (0: no limit).
-func (d *Driver) appendNFSVolumes(ctx context.Context, resp *csi.ListVolumesResponse, from string, room int) {
+func (d *nfsDriver) appendNFSVolumes(ctx context.Context, resp *csi.ListVolumesResponse, from string, room int) {
 	recs := d.nfsVolumeRecords(ctx, from)
 	for i, r := range recs {
 		if room > 0 && i == room {
@@ -105,7 +105,7 @@ func (d *Driver) appendNFSVolumes(ctx context.Context, resp *csi.ListVolumesResp
 }
 
 // appendNFSSnapshots is appendNFSVolumes for ListSnapshots.
-func (d *Driver) appendNFSSnapshots(ctx context.Context, resp *csi.ListSnapshotsResponse, from string, room int, keep func(*nfs.SnapshotRecord) bool) {
+func (d *nfsDriver) appendNFSSnapshots(ctx context.Context, resp *csi.ListSnapshotsResponse, from string, room int, keep func(*nfs.SnapshotRecord) bool) {
 	recs := d.nfsSnapshotRecords(ctx, from, keep)
 	for i, r := range recs {
 		if room > 0 && i == room {
@@ -118,7 +118,7 @@ func (d *Driver) appendNFSSnapshots(ctx context.Context, resp *csi.ListSnapshots
 
 // nfsVolumesAfter ends a ListVolumes page whose hostpath part is complete:
 // NFS volumes fill the room left, or the first of them is the next token.
-func (d *Driver) nfsVolumesAfter(ctx context.Context, resp *csi.ListVolumesResponse, maxEntries int) {
+func (d *nfsDriver) nfsVolumesAfter(ctx context.Context, resp *csi.ListVolumesResponse, maxEntries int) {
 	if maxEntries > 0 && len(resp.Entries) >= maxEntries {
 		if recs := d.nfsVolumeRecords(ctx, ""); len(recs) > 0 {
 			resp.NextToken = recs[0].ID
@@ -133,7 +133,7 @@ func (d *Driver) nfsVolumesAfter(ctx context.Context, resp *csi.ListVolumesRespo
 }
 
 // nfsSnapshotsAfter is nfsVolumesAfter for ListSnapshots.
-func (d *Driver) nfsSnapshotsAfter(ctx context.Context, resp *csi.ListSnapshotsResponse, maxEntries int) {
+func (d *nfsDriver) nfsSnapshotsAfter(ctx context.Context, resp *csi.ListSnapshotsResponse, maxEntries int) {
 	all := func(*nfs.SnapshotRecord) bool { return true }
 	if maxEntries > 0 && len(resp.Entries) >= maxEntries {
 		if recs := d.nfsSnapshotRecords(ctx, "", all); len(recs) > 0 {
@@ -148,43 +148,54 @@ func (d *Driver) nfsSnapshotsAfter(ctx context.Context, resp *csi.ListSnapshotsR
 	d.appendNFSSnapshots(ctx, resp, "", room, all)
 }
 
-// nfsListSnapshots answers a ListSnapshots that is about NFS objects alone
-// (ok): a snapshot ID, a source volume ID or a page token of NFS.
-func (d *Driver) nfsListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, bool, error) {
-	id, src, token := req.GetSnapshotId(), req.GetSourceVolumeId(), req.GetStartingToken()
-	if req.GetMaxEntries() < 0 {
-		return nil, false, nil // the common path refuses it
+// ListVolumes is the NFS part of a listing from an NFS page token (the
+// router's merged listing sends here the pages that start among the NFS
+// volumes; it has refused a negative max_entries).
+func (d *nfsDriver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+	token := req.GetStartingToken()
+	if token != "" {
+		if _, err := ids.ParseNFSVolumeID(token); err != nil {
+			return nil, status.Errorf(codes.Aborted, "starting_token %.64q was not issued by this driver; restart the listing without it", token)
+		}
 	}
-	switch {
-	case ids.IsNFSSnapshotID(id):
+	resp := &csi.ListVolumesResponse{}
+	d.appendNFSVolumes(ctx, resp, token, int(req.GetMaxEntries()))
+	return resp, nil
+}
+
+// ListSnapshots answers a ListSnapshots that is about NFS objects alone (the
+// router sends here a snapshot ID, a source volume ID or a page token of
+// NFS, and has refused a negative max_entries): the snapshot of that ID, or
+// a page of the NFS snapshots (of the source volume, when it names one).
+func (d *nfsDriver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
+	id, src, token := req.GetSnapshotId(), req.GetSourceVolumeId(), req.GetStartingToken()
+	if id != "" {
 		rec, x, err := d.nfsReadySnapshot(ctx, id)
 		if err != nil || (src != "" && rec.SourceVolumeID != src) {
 			if x != nil {
 				x.Release()
 			}
-			return &csi.ListSnapshotsResponse{}, true, nil
+			return &csi.ListSnapshotsResponse{}, nil
 		}
 		x.Release()
-		return &csi.ListSnapshotsResponse{Entries: []*csi.ListSnapshotsResponse_Entry{{Snapshot: nfsCSISnapshot(rec)}}}, true, nil
-	case id == "" && (ids.IsNFSVolumeID(src) || ids.IsNFSSnapshotID(token)):
-		if token != "" {
-			if _, err := ids.ParseNFSSnapshotID(token); err != nil {
-				return nil, true, status.Errorf(codes.Aborted, "starting_token %.64q was not issued by this driver; restart the listing without it", token)
-			}
-		}
-		if src != "" {
-			if v, err := ids.ParseNFSVolumeID(src); err == nil {
-				// The source's export, even if this process has not used it yet.
-				if x, err := d.nfs.Use(ctx, v.Server, v.Share); err == nil {
-					x.Release()
-				}
-			}
-		}
-		resp := &csi.ListSnapshotsResponse{}
-		d.appendNFSSnapshots(ctx, resp, token, int(req.GetMaxEntries()), func(r *nfs.SnapshotRecord) bool {
-			return src == "" || r.SourceVolumeID == src
-		})
-		return resp, true, nil
+		return &csi.ListSnapshotsResponse{Entries: []*csi.ListSnapshotsResponse_Entry{{Snapshot: nfsCSISnapshot(rec)}}}, nil
 	}
-	return nil, false, nil
+	if token != "" {
+		if _, err := ids.ParseNFSSnapshotID(token); err != nil {
+			return nil, status.Errorf(codes.Aborted, "starting_token %.64q was not issued by this driver; restart the listing without it", token)
+		}
+	}
+	if src != "" {
+		if v, err := ids.ParseNFSVolumeID(src); err == nil {
+			// The source's export, even if this process has not used it yet.
+			if x, err := d.exports.Use(ctx, v.Server, v.Share); err == nil {
+				x.Release()
+			}
+		}
+	}
+	resp := &csi.ListSnapshotsResponse{}
+	d.appendNFSSnapshots(ctx, resp, token, int(req.GetMaxEntries()), func(r *nfs.SnapshotRecord) bool {
+		return src == "" || r.SourceVolumeID == src
+	})
+	return resp, nil
 }

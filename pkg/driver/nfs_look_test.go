@@ -172,11 +172,11 @@ func TestNFSDeleteOfATreeTheDriverMayNotReadSaysWhatToDo(t *testing.T) {
 		markDeleting(t, e, id)
 	}
 	d2 := e.another(t)
-	d2.nfsSweep.age = time.Millisecond
+	d2.nfs.sweeps.age = time.Millisecond
 	if _, err := d2.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: other.GetVolumeId()}); status.Code(err) != codes.Aborted && err != nil {
 		t.Fatal(err)
 	}
-	d2.nfsSweep.wg.Wait()
+	d2.nfs.sweeps.wg.Wait()
 	if _, err := os.Stat(filepath.Join(e.export, "zz-other")); !os.IsNotExist(err) {
 		t.Fatalf("the sweep did not finish the delete after one it may not do: %v", err)
 	}
@@ -241,12 +241,12 @@ func TestNFSSweepLooksInsideTreesSideBySide(t *testing.T) {
 		markDeleting(t, e, id)
 	}
 	d2 := e.another(t)
-	d2.nfsSweep.age = time.Millisecond
+	d2.nfs.sweeps.age = time.Millisecond
 	start := time.Now()
 	if _, err := d2.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: vols[0]}); err != nil && status.Code(err) != codes.Aborted {
 		t.Fatal(err)
 	}
-	d2.nfsSweep.wg.Wait()
+	d2.nfs.sweeps.wg.Wait()
 	took := time.Since(start)
 	for i := 1; i <= 2; i++ {
 		if _, err := os.Stat(filepath.Join(e.export, fmt.Sprintf("slow%d", i))); !os.IsNotExist(err) {

@@ -49,7 +49,7 @@ func nfsNodeCapability(c *csi.VolumeCapability) error {
 // a stat of a dead server's mount would hang.
 func nfsMounted(path string) (bool, error) { return nfs.IsMounted(path) }
 
-func (d *Driver) nfsNodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+func (d *nfsDriver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	path := req.GetStagingTargetPath()
 	if err := requirePath(path, "staging_target_path"); err != nil {
 		return nil, err
@@ -84,7 +84,7 @@ func (d *Driver) nfsNodeStageVolume(ctx context.Context, req *csi.NodeStageVolum
 		// nosuid,nodev on the stage too: whoever can write the export
 		// (another client, a tenant with no_root_squash) must not plant
 		// a setuid binary or a device node that takes effect on this node.
-		return d.nfs.MountVolume(ctx, v.Export(), v.Source(), path, nfsFSType(c), withTenantFlags(c.GetMount().GetMountFlags()))
+		return d.exports.MountVolume(ctx, v.Export(), v.Source(), path, nfsFSType(c), withTenantFlags(c.GetMount().GetMountFlags()))
 	})
 	if err != nil {
 		return nil, err
@@ -95,7 +95,7 @@ func (d *Driver) nfsNodeStageVolume(ctx context.Context, req *csi.NodeStageVolum
 
 // nfsPrepareMountPoint is prepareMountPoint for NFS: done when the same
 // mount is in place; a half-made one is cleared; a foreign one refused.
-func (d *Driver) nfsPrepareMountPoint(ctx context.Context, v ids.NFSVolume, pub *state.Publication, same func(*state.Publication) bool) (bool, error) {
+func (d *nfsDriver) nfsPrepareMountPoint(ctx context.Context, v ids.NFSVolume, pub *state.Publication, same func(*state.Publication) bool) (bool, error) {
 	rec, err := d.store.GetPublication(pub.VolumeID, pub.Kind, pub.Path)
 	if err != nil && !errors.Is(err, state.ErrNotFound) {
 		return false, stateError(err)
@@ -113,7 +113,7 @@ func (d *Driver) nfsPrepareMountPoint(ctx context.Context, v ids.NFSVolume, pub 
 	if rec.Phase == state.PhaseMounted && mounted && pub.Kind == state.KindStage {
 		// A server that restarted may have left the mount with a stale
 		// handle: pods would get ESTALE until it is mounted again.
-		if _, err := d.nfs.NodeStats(ctx, v.Export(), pub.Path); errors.Is(err, unix.ESTALE) {
+		if _, err := d.exports.NodeStats(ctx, v.Export(), pub.Path); errors.Is(err, unix.ESTALE) {
 			klog.InfoS("NFS mount has a stale file handle; mounting it again", "volumeID", pub.VolumeID, "path", pub.Path)
 			mounted = false
 		}
@@ -125,7 +125,7 @@ func (d *Driver) nfsPrepareMountPoint(ctx context.Context, v ids.NFSVolume, pub 
 		}
 		return true, nil
 	}
-	if err := d.nfs.Unmount(ctx, v.Export(), pub.Path); err != nil {
+	if err := d.exports.Unmount(ctx, v.Export(), pub.Path); err != nil {
 		return false, nfsError(fmt.Sprintf("clear previous %s at %s", pub.Kind, pub.Path), err)
 	}
 	if err := d.store.DeletePublication(pub.VolumeID, pub.Kind, pub.Path); err != nil {
@@ -136,7 +136,7 @@ func (d *Driver) nfsPrepareMountPoint(ctx context.Context, v ids.NFSVolume, pub 
 
 // nfsMountRecorded records the intent, mounts, records the result; a failed
 // mount leaves neither mount nor record.
-func (d *Driver) nfsMountRecorded(pub *state.Publication, mount func() error) error {
+func (d *nfsDriver) nfsMountRecorded(pub *state.Publication, mount func() error) error {
 	pub.Phase = state.PhaseMounting
 	if err := d.store.PutPublication(pub); err != nil {
 		return stateError(err)
@@ -157,12 +157,12 @@ func (d *Driver) nfsMountRecorded(pub *state.Publication, mount func() error) er
 // nfsUnmountRecorded marks the publication as going, unmounts (forced and
 // lazy for a dead server or a stale handle), removes a publish target and
 // drops the record.
-func (d *Driver) nfsUnmountRecorded(ctx context.Context, v ids.NFSVolume, pub *state.Publication) error {
+func (d *nfsDriver) nfsUnmountRecorded(ctx context.Context, v ids.NFSVolume, pub *state.Publication) error {
 	pub.Phase = state.PhaseUnmounting
 	if err := d.store.PutPublication(pub); err != nil {
 		return stateError(err)
 	}
-	if err := d.nfs.Unmount(ctx, v.Export(), pub.Path); err != nil {
+	if err := d.exports.Unmount(ctx, v.Export(), pub.Path); err != nil {
 		return nfsError(fmt.Sprintf("unmount NFS volume %s at %s", pub.VolumeID, pub.Path), err)
 	}
 	if pub.Kind == state.KindPublish {
@@ -176,7 +176,8 @@ func (d *Driver) nfsUnmountRecorded(ctx context.Context, v ids.NFSVolume, pub *s
 	return nil
 }
 
-func (d *Driver) nfsNodeUnstageVolume(ctx context.Context, id, path string) (*csi.NodeUnstageVolumeResponse, error) {
+func (d *nfsDriver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	id, path := req.GetVolumeId(), req.GetStagingTargetPath()
 	v, err := nfsVolumeID(id)
 	if err != nil {
 		return nil, err
@@ -209,7 +210,7 @@ func (d *Driver) nfsNodeUnstageVolume(ctx context.Context, id, path string) (*cs
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }
 
-func (d *Driver) nfsRefuseForeign(path, id string) error {
+func (d *nfsDriver) nfsRefuseForeign(path, id string) error {
 	mounted, err := nfsMounted(path)
 	if err != nil {
 		return status.Errorf(codes.Internal, "check mount point %s: %v", path, err)
@@ -220,7 +221,7 @@ func (d *Driver) nfsRefuseForeign(path, id string) error {
 	return nil
 }
 
-func (d *Driver) nfsNodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+func (d *nfsDriver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	target, staging := req.GetTargetPath(), req.GetStagingTargetPath()
 	if err := nfsNodeCapability(req.GetVolumeCapability()); err != nil {
 		return nil, err
@@ -271,7 +272,7 @@ func (d *Driver) nfsNodePublishVolume(ctx context.Context, req *csi.NodePublishV
 		// no_root_squash) must not plant a setuid binary or a device node
 		// that a pod then runs or opens. Under the timeout: it stats the
 		// mount.
-		return d.nfs.Do(ctx, v.Export(), "bind "+target, func() error {
+		return d.exports.Do(ctx, v.Export(), "bind "+target, func() error {
 			return mountutil.Bind(staging, target, pub.ReadOnly, tenantFlags)
 		})
 	})
@@ -282,7 +283,8 @@ func (d *Driver) nfsNodePublishVolume(ctx context.Context, req *csi.NodePublishV
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
-func (d *Driver) nfsNodeUnpublishVolume(ctx context.Context, id, target string) (*csi.NodeUnpublishVolumeResponse, error) {
+func (d *nfsDriver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	id, target := req.GetVolumeId(), req.GetTargetPath()
 	v, err := nfsVolumeID(id)
 	if err != nil {
 		return nil, err
@@ -313,7 +315,7 @@ func (d *Driver) nfsNodeUnpublishVolume(ctx context.Context, id, target string) 
 }
 
 // nfsMountedAt checks that the volume is staged or published at path.
-func (d *Driver) nfsMountedAt(id, path string) (ids.NFSVolume, error) {
+func (d *nfsDriver) nfsMountedAt(id, path string) (ids.NFSVolume, error) {
 	v, err := nfsVolumeID(id)
 	if err != nil {
 		return v, err

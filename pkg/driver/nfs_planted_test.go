@@ -82,12 +82,12 @@ func TestNFSSweepLeavesLiveVolumesBelowARecordsSubDir(t *testing.T) {
 	plantRecord(t, hid, "0000000000000000.json", forged)
 
 	d2 := e.another(t)
-	d2.nfsSweep.age = time.Millisecond
+	d2.nfs.sweeps.age = time.Millisecond
 	if _, err := d2.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: b.GetVolumeId()}); err != nil {
 		t.Fatal(err)
 	}
-	d2.nfsSweep.wg.Wait()
-	d2.nfs.WaitIdle()
+	d2.nfs.sweeps.wg.Wait()
+	d2.nfs.exports.WaitIdle()
 	if got, err := os.ReadFile(data); err != nil || string(got) != "B's data" {
 		t.Fatalf("a live volume's data after a sweep acted on a record of its parent directory: %q, %v", got, err)
 	}

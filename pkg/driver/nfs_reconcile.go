@@ -15,7 +15,7 @@ import (
 // reconcileNFSPublication is reconcilePublication for an NFS mount: kept
 // when in place, its record dropped when gone (a reboot), undone when a
 // crash interrupted it.
-func (d *Driver) reconcileNFSPublication(p *state.Publication) error {
+func (d *nfsDriver) reconcileNFSPublication(p *state.Publication) error {
 	v, err := ids.ParseNFSVolumeID(p.VolumeID)
 	if err != nil {
 		return d.store.DeletePublication(p.VolumeID, p.Kind, p.Path)
@@ -31,9 +31,9 @@ func (d *Driver) reconcileNFSPublication(p *state.Publication) error {
 		d.metrics.reconcileAction("dropped_mount_record")
 		klog.InfoS("NFS mount on record is gone (node restarted?); dropping the record; the CO will publish again", "volumeID", p.VolumeID, "kind", p.Kind, "path", p.Path)
 	default:
-		ctx, cancel := context.WithTimeout(context.Background(), d.nfs.Timeout())
+		ctx, cancel := context.WithTimeout(context.Background(), d.exports.Timeout())
 		defer cancel()
-		if err := d.nfs.Unmount(ctx, v.Export(), p.Path); err != nil {
+		if err := d.exports.Unmount(ctx, v.Export(), p.Path); err != nil {
 			return fmt.Errorf("undo interrupted %s: %w", p.Kind, err)
 		}
 		if p.Kind == state.KindPublish {
@@ -46,7 +46,7 @@ func (d *Driver) reconcileNFSPublication(p *state.Publication) error {
 }
 
 // retryNFSPublication is retryPublication for NFS mounts.
-func (d *Driver) retryNFSPublication(p *state.Publication) error {
+func (d *nfsDriver) retryNFSPublication(p *state.Publication) error {
 	unlock, err := d.lock(context.Background(), "node", p.VolumeID)
 	if err != nil {
 		return err

@@ -198,12 +198,12 @@ func TestNFSSweepOfAbandonedOperations(t *testing.T) {
 
 	d2 := e.another(t)
 	e.d = d2
-	d2.nfsSweep.age = time.Nanosecond // everything left is old enough
+	d2.nfs.sweeps.age = time.Nanosecond // everything left is old enough
 	if _, err := d2.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: nfsParamsFor()}); err != nil {
 		t.Fatal(err)
 	}
-	d2.nfsSweep.wg.Wait()
-	d2.nfs.WaitIdle()
+	d2.nfs.sweeps.wg.Wait()
+	d2.nfs.exports.WaitIdle()
 
 	recs, _ := filepath.Glob(filepath.Join(e.export, ".hostpath-csi", "volumes", "*.json"))
 	if len(recs) != 1 {
@@ -238,8 +238,8 @@ func TestNFSTrashLeftByACrashIsRemovedAtNextUse(t *testing.T) {
 	if _, err := d2.CreateVolume(ctx, nfsReq("pv-2", nfsParamsFor())); err != nil {
 		t.Fatal(err)
 	}
-	d2.nfs.WaitIdle()
-	d2.nfsSweep.wg.Wait()
+	d2.nfs.exports.WaitIdle()
+	d2.nfs.sweeps.wg.Wait()
 	if _, err := os.Stat(left); err == nil {
 		t.Errorf("%s, left by a killed delete, is still there after the export was used again", left)
 	}
@@ -277,7 +277,7 @@ func TestNFSRetriedCreateDoesNotTakeAnotherVolumesSubDir(t *testing.T) {
 		if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: a.GetVolume().GetVolumeId()}); err != nil {
 			t.Fatal(err)
 		}
-		e.d.nfs.WaitIdle()
+		e.d.nfs.exports.WaitIdle()
 		if _, err := os.Stat(filepath.Join(e.export, "shared", "b-data")); err != nil {
 			t.Errorf("deleting pv-a removed volume pv-b's data: %v", err)
 		}
@@ -295,7 +295,7 @@ func TestNFSHiddenDirSymlinkNotFollowed(t *testing.T) {
 	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)
 	vol := e.createNFS(t, "pv-1", nfsParamsFor())
-	e.d.nfs.WaitIdle()
+	e.d.nfs.exports.WaitIdle()
 
 	victim := filepath.Join(e.dir, "outside-the-export")
 	writeFile(t, filepath.Join(victim, "precious"), "not the driver's")

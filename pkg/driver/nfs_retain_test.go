@@ -45,7 +45,7 @@ func TestRetainedNestedDataIsNotAdoptedByAnotherSubDir(t *testing.T) {
 	if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: back.GetVolumeId()}); err != nil {
 		t.Fatal(err)
 	}
-	e.d.nfs.WaitIdle()
+	e.d.nfs.exports.WaitIdle()
 	if _, err := e.d.CreateVolume(ctx, nfsReq("pv-mallory", nfsParamsFor(ParamSubDir, "${pvc.metadata.name}",
 		ParamPVCNamespace, "mallory", ParamPVCName, "team-e"))); err != nil {
 		t.Errorf("subDir team-e once the volume inside it is deleted: %v", err)

@@ -27,7 +27,7 @@ func nfsCSISnapshot(r *nfs.SnapshotRecord) *csi.Snapshot {
 		CreationTime: timestamppb.New(r.CreatedAt), ReadyToUse: r.Phase == nfs.PhaseReady}
 }
 
-func (d *Driver) nfsCreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+func (d *nfsDriver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
 	src, err := nfsVolumeID(req.GetSourceVolumeId())
 	if err != nil {
 		return nil, err
@@ -52,7 +52,7 @@ func (d *Driver) nfsCreateSnapshot(ctx context.Context, req *csi.CreateSnapshotR
 	return &csi.CreateSnapshotResponse{Snapshot: nfsCSISnapshot(rec)}, nil
 }
 
-func (d *Driver) nfsSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest, src ids.NFSVolume) (*job, *csi.CreateSnapshotResponse, error) {
+func (d *nfsDriver) nfsSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest, src ids.NFSVolume) (*job, *csi.CreateSnapshotResponse, error) {
 	name, srcID := req.GetName(), req.GetSourceVolumeId()
 	unlock, err := d.lock(ctx, "snapname", name)
 	if err != nil {
@@ -150,7 +150,7 @@ func (d *Driver) nfsSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest
 
 // nfsTakeSnapshot is the job: copy, then the record says ready (the copy is
 // on the server by then: see nfs.Export.Snapshot).
-func (d *Driver) nfsTakeSnapshot(ctx context.Context, src ids.NFSVolume, subDir string, rec *nfs.SnapshotRecord, snapKey string) error {
+func (d *nfsDriver) nfsTakeSnapshot(ctx context.Context, src ids.NFSVolume, subDir string, rec *nfs.SnapshotRecord, snapKey string) error {
 	x, err := d.useExport(ctx, src.Server, src.Share)
 	if err != nil {
 		return err
@@ -177,7 +177,7 @@ func (d *Driver) nfsTakeSnapshot(ctx context.Context, src ids.NFSVolume, subDir 
 	return nil
 }
 
-func (d *Driver) nfsUndoSnapshot(ctx context.Context, x *nfs.Export, rec *nfs.SnapshotRecord, snapKey string) error {
+func (d *nfsDriver) nfsUndoSnapshot(ctx context.Context, x *nfs.Export, rec *nfs.SnapshotRecord, snapKey string) error {
 	if err := x.RemoveSnapshotData(ctx, snapKey); err != nil {
 		return nfsError(fmt.Sprintf("remove the data of snapshot %s", rec.ID), err)
 	}
@@ -187,13 +187,13 @@ func (d *Driver) nfsUndoSnapshot(ctx context.Context, x *nfs.Export, rec *nfs.Sn
 	return nil
 }
 
-func (d *Driver) nfsAbandonSnapshot(j *job) {
+func (d *nfsDriver) nfsAbandonSnapshot(j *job) {
 	s, err := ids.ParseNFSSnapshotID(j.id)
 	if err != nil {
 		return
 	}
 	ctx := context.Background()
-	x, err := d.nfs.Use(ctx, s.Server, s.Share)
+	x, err := d.exports.Use(ctx, s.Server, s.Share)
 	if err != nil {
 		return
 	}
@@ -215,7 +215,8 @@ func (d *Driver) nfsAbandonSnapshot(j *job) {
 	}
 }
 
-func (d *Driver) nfsDeleteSnapshot(ctx context.Context, id string) (*csi.DeleteSnapshotResponse, error) {
+func (d *nfsDriver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+	id := req.GetSnapshotId()
 	s, err := ids.ParseNFSSnapshotID(id)
 	if err != nil {
 		return &csi.DeleteSnapshotResponse{}, nil // no snapshot can have this ID
@@ -250,7 +251,7 @@ func (d *Driver) nfsDeleteSnapshot(ctx context.Context, id string) (*csi.DeleteS
 
 // nfsReadySnapshot returns the record of a ready NFS snapshot, or NotFound;
 // the caller releases the export.
-func (d *Driver) nfsReadySnapshot(ctx context.Context, id string) (*nfs.SnapshotRecord, *nfs.Export, error) {
+func (d *nfsDriver) nfsReadySnapshot(ctx context.Context, id string) (*nfs.SnapshotRecord, *nfs.Export, error) {
 	s, err := nfsSnapshotID(id)
 	if err != nil {
 		return nil, nil, err
@@ -275,8 +276,8 @@ func (d *Driver) nfsReadySnapshot(ctx context.Context, id string) (*nfs.Snapshot
 	return rec, x, nil
 }
 
-func (d *Driver) nfsGetSnapshot(ctx context.Context, id string) (*csi.GetSnapshotResponse, error) {
-	rec, x, err := d.nfsReadySnapshot(ctx, id)
+func (d *nfsDriver) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
+	rec, x, err := d.nfsReadySnapshot(ctx, req.GetSnapshotId())
 	if err != nil {
 		return nil, err
 	}
@@ -302,7 +303,7 @@ func (s *nfsSource) describe(newID string) string {
 
 // nfsLockSource checks a content source of a new volume on export x: an
 // NFS snapshot or volume on the same export, ready; it is held shared.
-func (d *Driver) nfsLockSource(ctx context.Context, x *nfs.Export, cs *csi.VolumeContentSource) (*nfsSource, error) {
+func (d *nfsDriver) nfsLockSource(ctx context.Context, x *nfs.Export, cs *csi.VolumeContentSource) (*nfsSource, error) {
 	sameExport := func(server, share string) error {
 		if ids.CanonicalNFSServer(server) != x.Server() || share != x.Share() {
 			return status.Errorf(codes.InvalidArgument, "the source is on NFS export %s:%s; a volume on %s is made from a source on the same export", server, share, x.Name())

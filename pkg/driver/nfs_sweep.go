@@ -36,19 +36,19 @@ type nfsSweeps struct {
 
 // sweepOnce starts the sweep of x's export if this process has not swept
 // it yet.
-func (d *Driver) sweepOnce(x *nfs.Export) {
-	if _, seen := d.nfsSweep.done.LoadOrStore(x.Name(), struct{}{}); seen || d.jobs.shuttingDown() {
+func (d *nfsDriver) sweepOnce(x *nfs.Export) {
+	if _, seen := d.sweeps.done.LoadOrStore(x.Name(), struct{}{}); seen || d.jobs.shuttingDown() {
 		return
 	}
 	server, share := x.Server(), x.Share()
-	d.nfsSweep.wg.Add(1)
-	d.nfsSweep.running.Store(x.Name(), struct{}{})
+	d.sweeps.wg.Add(1)
+	d.sweeps.running.Store(x.Name(), struct{}{})
 	go func() {
-		defer d.nfsSweep.wg.Done()
-		defer d.nfsSweep.running.Delete(server + ":" + share)
+		defer d.sweeps.wg.Done()
+		defer d.sweeps.running.Delete(server + ":" + share)
 		if err := d.sweepExport(server, share); err != nil {
 			klog.ErrorS(err, "Cannot reconcile the unfinished NFS operations of an export; the next process to use it retries", "export", server+":"+share)
-			d.nfsSweep.done.Delete(server + ":" + share)
+			d.sweeps.done.Delete(server + ":" + share)
 		}
 	}()
 }
@@ -58,27 +58,27 @@ func (d *Driver) sweepOnce(x *nfs.Export) {
 // on a slow export must not hold up a shutdown past the kubelet's grace
 // period. What is abandoned is finished by the next process's first use of
 // the export.
-func (d *Driver) waitSweeps() {
+func (d *nfsDriver) waitSweeps() {
 	done := make(chan struct{})
-	go func() { d.nfsSweep.wg.Wait(); close(done) }()
+	go func() { d.sweeps.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(d.nfs.Timeout()):
+	case <-time.After(d.exports.Timeout()):
 		var running []string
-		d.nfsSweep.running.Range(func(k, _ any) bool { running = append(running, k.(string)); return true })
+		d.sweeps.running.Range(func(k, _ any) bool { running = append(running, k.(string)); return true })
 		klog.InfoS("NFS export sweeps still run at shutdown; not waiting for them any longer (the next process to use the export sweeps it again)",
-			"waited", d.nfs.Timeout(), "exports", running)
+			"waited", d.exports.Timeout(), "exports", running)
 	}
 }
 
-func (d *Driver) sweepExport(server, share string) error {
+func (d *nfsDriver) sweepExport(server, share string) error {
 	ctx := d.jobs.base
-	x, err := d.nfs.Use(ctx, server, share)
+	x, err := d.exports.Use(ctx, server, share)
 	if err != nil {
 		return err
 	}
 	defer x.Release()
-	age := d.nfsSweep.age
+	age := d.sweeps.age
 	if age == 0 {
 		age = nfsSweepAge
 	}
@@ -146,7 +146,7 @@ func (d *Driver) sweepExport(server, share string) error {
 
 // sweepVolume finishes an interrupted delete, or rolls back an interrupted
 // create: its copy, or the empty directory it made.
-func (d *Driver) sweepVolume(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord) error {
+func (d *nfsDriver) sweepVolume(ctx context.Context, x *nfs.Export, rec *nfs.VolumeRecord) error {
 	v, err := ids.ParseNFSVolumeID(rec.ID)
 	if err != nil {
 		return nil

@@ -31,8 +31,8 @@ func TestTrashPurgeOnAServerThatStopsAnsweringDoesNotHoldClose(t *testing.T) {
 	if _, err := d1.CreateVolume(ctx, nfsReq("pv-1", params)); err != nil {
 		t.Fatal(err)
 	}
-	d1.nfsSweep.wg.Wait()
-	d1.nfs.WaitIdle()
+	d1.nfs.sweeps.wg.Wait()
+	d1.nfs.exports.WaitIdle()
 	// What a delete killed mid-purge left.
 	left := filepath.Join(exp, ids.HiddenDir, "trash", "v-0123456789abcdef0123456789abcdef")
 	if err := os.MkdirAll(left, 0o755); err != nil {

@@ -9,14 +9,15 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// nfsNodeGetVolumeStats reports the export's usage (statfs of the mount):
+// NodeGetVolumeStats reports the export's usage (statfs of the mount):
 // an NFS volume shares its export's space.
-func (d *Driver) nfsNodeGetVolumeStats(ctx context.Context, id, path string) (*csi.NodeGetVolumeStatsResponse, error) {
+func (d *nfsDriver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	id, path := req.GetVolumeId(), req.GetVolumePath()
 	v, err := d.nfsMountedAt(id, path)
 	if err != nil {
 		return nil, err
 	}
-	st, err := d.nfs.NodeStats(ctx, v.Export(), path)
+	st, err := d.exports.NodeStats(ctx, v.Export(), path)
 	if err != nil {
 		return nil, nfsError("statfs of NFS volume "+id+" at "+path, err)
 	}
@@ -27,10 +28,10 @@ func (d *Driver) nfsNodeGetVolumeStats(ctx context.Context, id, path string) (*c
 	}}, nil
 }
 
-// nfsNodeGetVolumeHealth: not mounted where it should be, or the server not
+// NodeGetVolumeHealth: not mounted where it should be, or the server not
 // answering a statfs in time, are reported; the subdirectory itself is the
 // controller's to check.
-func (d *Driver) nfsNodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
+func (d *nfsDriver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
 	id := req.GetVolumeId()
 	v, err := nfsVolumeID(id)
 	if err != nil {
@@ -53,7 +54,7 @@ func (d *Driver) nfsNodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVol
 				Message: fmt.Sprintf("not mounted at %s", p)})
 			continue
 		}
-		if _, err := d.nfs.NodeStats(ctx, v.Export(), p); err != nil {
+		if _, err := d.exports.NodeStats(ctx, v.Export(), p); err != nil {
 			entries = append(entries, &csi.VolumeHealth_VolumeHealthEntry{Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: ReasonNFSUnreachable,
 				Message: fmt.Sprintf("statfs of %s: %v", p, err)})
 		}
@@ -61,11 +62,11 @@ func (d *Driver) nfsNodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVol
 	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: &csi.VolumeHealth{VolumeId: id, HealthStatuses: entries}}, nil
 }
 
-// nfsNodeExpandVolume: an NFS volume has no size of its own to grow: nothing
+// NodeExpandVolume: an NFS volume has no size of its own to grow: nothing
 // holds it to its capacity, it can fill its export. Expanding it is honest
 // when the export can hold the size asked: the call succeeds with nothing to
 // do; a size larger than the whole export is OUT_OF_RANGE.
-func (d *Driver) nfsNodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+func (d *nfsDriver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
 	id, path := req.GetVolumeId(), req.GetVolumePath()
 	if c := req.GetVolumeCapability(); c != nil {
 		if err := nfsCapability(c); err != nil {
@@ -80,7 +81,7 @@ func (d *Driver) nfsNodeExpandVolume(ctx context.Context, req *csi.NodeExpandVol
 	if lim := req.GetCapacityRange().GetLimitBytes(); lim > 0 && lim < want {
 		return nil, status.Errorf(codes.InvalidArgument, "capacity range: required bytes %d exceed limit bytes %d", want, lim)
 	}
-	st, err := d.nfs.NodeStats(ctx, v.Export(), path)
+	st, err := d.exports.NodeStats(ctx, v.Export(), path)
 	if err != nil {
 		return nil, nfsError("statfs of NFS volume "+id, err)
 	}

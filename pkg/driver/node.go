@@ -90,7 +90,7 @@ func (d *Driver) lockForNode(ctx context.Context, id string) (func(), error) {
 // every pod on the node.
 func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfsNodeStageVolume(ctx, req)
+		return d.nfs.NodeStageVolume(ctx, req)
 	}
 	path := req.GetStagingTargetPath()
 	if err := requirePath(path, "staging_target_path"); err != nil {
@@ -225,7 +225,7 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 		return nil, err
 	}
 	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfsNodeUnstageVolume(ctx, req.GetVolumeId(), path)
+		return d.nfs.NodeUnstageVolume(ctx, req)
 	}
 	pub, unlock, err := d.publicationToRemove(ctx, req.GetVolumeId(), state.KindStage, path)
 	if err != nil || pub == nil {
@@ -317,7 +317,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, err
 	}
 	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfsNodePublishVolume(ctx, req)
+		return d.nfs.NodePublishVolume(ctx, req)
 	}
 	if err := nodeCapability(req.GetVolumeCapability()); err != nil {
 		return nil, err
@@ -403,7 +403,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		return nil, err
 	}
 	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfsNodeUnpublishVolume(ctx, req.GetVolumeId(), target)
+		return d.nfs.NodeUnpublishVolume(ctx, req)
 	}
 	if id := req.GetVolumeId(); id != "" && ids.ValidateVolumeID(id) != nil {
 		// Not one of our IDs: the kubelet's handle of an inline volume.
@@ -453,7 +453,7 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	}
 	id := req.GetVolumeId()
 	if ids.IsNFSVolumeID(id) {
-		return d.nfsNodeGetVolumeStats(ctx, id, req.GetVolumePath())
+		return d.nfs.NodeGetVolumeStats(ctx, req)
 	}
 	if ids.ValidateVolumeID(id) != nil {
 		if v, err := d.ephemeralVolume(id); err != nil {

@@ -70,8 +70,8 @@ func (d *Driver) reconcile() []*problem {
 		for _, p := range pubs {
 			if p.Kind == kind && p.Backend == backendNFS {
 				// An NFS volume's mount: no volume record on this node.
-				add(fmt.Sprintf("NFS %s of volume %s at %s", p.Kind, p.VolumeID, p.Path), d.reconcileNFSPublication(p),
-					func() error { return d.retryNFSPublication(p) })
+				add(fmt.Sprintf("NFS %s of volume %s at %s", p.Kind, p.VolumeID, p.Path), d.nfs.reconcileNFSPublication(p),
+					func() error { return d.nfs.retryNFSPublication(p) })
 				continue
 			}
 			if p.Kind == kind {

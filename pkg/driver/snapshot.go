@@ -103,7 +103,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		return nil, err
 	}
 	if ids.IsNFSVolumeID(req.GetSourceVolumeId()) {
-		return d.nfsCreateSnapshot(ctx, req)
+		return d.nfs.CreateSnapshot(ctx, req)
 	}
 	j, resp, err := d.createSnapshot(ctx, req)
 	if j == nil {
@@ -471,7 +471,7 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 		return nil, status.Error(codes.InvalidArgument, "snapshot ID is required")
 	}
 	if ids.IsNFSSnapshotID(id) {
-		return d.nfsDeleteSnapshot(ctx, id)
+		return d.nfs.DeleteSnapshot(ctx, req)
 	}
 	if ids.ValidateSnapshotID(id) != nil {
 		return &csi.DeleteSnapshotResponse{}, nil // no snapshot can have this ID
@@ -522,8 +522,9 @@ func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 	if req.GetMaxEntries() < 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "max_entries is negative (%d)", req.GetMaxEntries())
 	}
-	if resp, ok, err := d.nfsListSnapshots(ctx, req); ok {
-		return resp, err
+	if id, src, token := req.GetSnapshotId(), req.GetSourceVolumeId(), req.GetStartingToken(); ids.IsNFSSnapshotID(id) ||
+		id == "" && (ids.IsNFSVolumeID(src) || ids.IsNFSSnapshotID(token)) {
+		return d.nfs.ListSnapshots(ctx, req)
 	}
 	token := req.GetStartingToken()
 	if token != "" && ids.ValidateSnapshotID(token) != nil {
@@ -548,14 +549,14 @@ func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(s)})
 	}
 	if next == "" && req.GetSourceVolumeId() == "" {
-		d.nfsSnapshotsAfter(ctx, resp, int(req.GetMaxEntries()))
+		d.nfs.nfsSnapshotsAfter(ctx, resp, int(req.GetMaxEntries()))
 	}
 	return resp, nil
 }
 
 func (d *Driver) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
 	if ids.IsNFSSnapshotID(req.GetSnapshotId()) {
-		return d.nfsGetSnapshot(ctx, req.GetSnapshotId())
+		return d.nfs.GetSnapshot(ctx, req)
 	}
 	snap, err := d.readySnapshot(req.GetSnapshotId())
 	if err != nil {
