@@ -29,7 +29,7 @@ import (
 type loopDevice = loop.Device
 
 // inPlace reports whether what pub records is really there.
-func (d *Driver) inPlace(v *state.Volume, pub *state.Publication) (bool, error) {
+func (d *hostpathDriver) inPlace(v *state.Volume, pub *state.Publication) (bool, error) {
 	if kindOf(v).block() && pub.Kind == state.KindStage {
 		devs, err := d.vols.BlockDevices(v.ID)
 		if err != nil {
@@ -46,7 +46,7 @@ func (d *Driver) inPlace(v *state.Volume, pub *state.Publication) (bool, error) 
 
 // detach undoes what pub records (whatever part of it is there) and removes
 // a publish target, which the driver made.
-func (d *Driver) detach(v *state.Volume, pub *state.Publication) error {
+func (d *hostpathDriver) detach(v *state.Volume, pub *state.Publication) error {
 	switch {
 	case pub.Kind == state.KindPublish && v.Ephemeral && kindOf(v).layout == LayoutImage:
 		// An inline image volume is mounted at its target itself.
@@ -67,7 +67,7 @@ func (d *Driver) detach(v *state.Volume, pub *state.Publication) error {
 // stage makes pub (a stage record of v, already recorded as mounting)
 // real: it binds a directory, mounts an image (formatting it the first time,
 // with the class's mountPermissions on its root) or attaches a block file.
-func (d *Driver) stage(v *state.Volume, pub *state.Publication) error {
+func (d *hostpathDriver) stage(v *state.Volume, pub *state.Publication) error {
 	k := kindOf(v)
 	if !k.block() {
 		if err := os.MkdirAll(pub.Path, 0o750); err != nil {
@@ -93,7 +93,7 @@ func (d *Driver) stage(v *state.Volume, pub *state.Publication) error {
 // asked read-only (an inline volume with readOnly: true) cannot be formatted
 // through a read-only device nor have its root's mode set on a read-only
 // mount: it is formatted read-write first, then mounted read-only.
-func (d *Driver) mountImage(v *state.Volume, path string, flags []string, readOnly bool) error {
+func (d *hostpathDriver) mountImage(v *state.Volume, path string, flags []string, readOnly bool) error {
 	if readOnly && !v.Formatted {
 		if err := d.mountImage(v, path, flags, false); err != nil {
 			return err
@@ -124,7 +124,7 @@ func (d *Driver) mountImage(v *state.Volume, path string, flags []string, readOn
 // publish makes pub (a publish record, recorded as mounting) real: a bind
 // mount of the staging path, or of a block volume's device onto a file at
 // the target.
-func (d *Driver) publish(v *state.Volume, pub *state.Publication, stage *state.Publication) error {
+func (d *hostpathDriver) publish(v *state.Volume, pub *state.Publication, stage *state.Publication) error {
 	if !kindOf(v).block() {
 		if err := os.MkdirAll(pub.Path, 0o750); err != nil {
 			return fmt.Errorf("create target path: %w", err)
@@ -154,7 +154,7 @@ func (d *Driver) publish(v *state.Volume, pub *state.Publication, stage *state.P
 // reattachBlock gives a block volume's stage record, whose device is gone
 // (the node rebooted, or someone detached it), a device again: a volume
 // state knows as staged is attached.
-func (d *Driver) reattachBlock(v *state.Volume, pub *state.Publication) error {
+func (d *hostpathDriver) reattachBlock(v *state.Volume, pub *state.Publication) error {
 	dev, err := d.vols.AttachBlock(v.ID, false)
 	if err != nil {
 		return err

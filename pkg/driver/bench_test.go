@@ -87,12 +87,12 @@ func BenchmarkInlineAdmit(b *testing.B) {
 					}
 				}
 				for i := 0; i < 16; i++ {
-					iv, err := d.ephemeralAttributes(map[string]string{AttrSize: "8Mi"}, "")
+					iv, err := d.hostpath.ephemeralAttributes(map[string]string{AttrSize: "8Mi"}, "")
 					if err != nil {
 						b.Fatal(err)
 					}
 					iv.namespace = fmt.Sprint("ns-", i%4)
-					if _, err := d.makeEphemeral(ephemeralName(fmt.Sprint("csi-", i)), iv); err != nil {
+					if _, err := d.hostpath.makeEphemeral(ephemeralName(fmt.Sprint("csi-", i)), iv); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -100,7 +100,7 @@ func BenchmarkInlineAdmit(b *testing.B) {
 				for i := 0; i < b.N; i++ {
 					v := &state.Volume{Name: ephemeralName(fmt.Sprint("csi-new-", i)), PodNamespace: "ns-new", Ephemeral: true,
 						Layout: LayoutImage, FSType: d.cfg.ImageFSType, Limit: hostpath.EnforceImage}
-					v, err := d.admitEphemeral(v, 8<<20)
+					v, err := d.hostpath.admitEphemeral(v, 8<<20)
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -109,9 +109,9 @@ func BenchmarkInlineAdmit(b *testing.B) {
 						b.Fatal(err)
 					}
 					if cold {
-						d.reserved.invalidate()
+						d.hostpath.reserved.invalidate()
 					} else {
-						d.reserved.add(-v.CapacityBytes)
+						d.hostpath.reserved.add(-v.CapacityBytes)
 					}
 					b.StartTimer()
 				}

@@ -153,7 +153,7 @@ func TestBtrfsVolumeSaidHeldHoldsAgainstNestedSubvolumes(t *testing.T) {
 				t.Fatalf("volume context size-limit %q, want %q", limit, tc.limit)
 			}
 			unpublish()
-			e.d.vols.WaitIdle()
+			e.d.hostpath.vols.WaitIdle()
 			if left := subvolumesUnder(t, mnt); len(left) != 0 {
 				t.Fatalf("subvolumes left after the volume was removed: %v", left)
 			}
@@ -204,7 +204,7 @@ func TestDeleteRemovesSubvolumesAPodMadeInside(t *testing.T) {
 	if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
 		t.Fatalf("DeleteVolume of a volume holding subvolumes a pod made: %v", err)
 	}
-	e.d.vols.WaitIdle()
+	e.d.hostpath.vols.WaitIdle()
 	if left := subvolumesUnder(t, mnt); len(left) != 0 {
 		t.Fatalf("subvolumes left after DeleteVolume: %v", left)
 	}
@@ -234,11 +234,11 @@ func TestQgroupVolumesOfAnEarlierVersionKeepWorking(t *testing.T) {
 	id := r.GetVolume().GetVolumeId()
 	// What an earlier version left: quotas on, a qgroup limit of the
 	// volume's size, and the record naming it.
-	if err := quota.EnableQgroups(e.d.vols.Root()); err != nil {
+	if err := quota.EnableQgroups(e.d.hostpath.vols.Root()); err != nil {
 		testutil.Missing(t, fmt.Sprintf("btrfs quotas cannot be turned on here: %v", err),
 			"a kernel with btrfs qgroups (Debian 12's has them)")
 	}
-	if err := quota.SetQgroupLimit(e.d.vols.Path(id), size); err != nil {
+	if err := quota.SetQgroupLimit(e.d.hostpath.vols.Path(id), size); err != nil {
 		t.Fatal(err)
 	}
 	v, err := e.d.store.GetVolume(id)
@@ -315,7 +315,7 @@ func TestQgroupVolumesOfAnEarlierVersionKeepWorking(t *testing.T) {
 	if _, err := e.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: s.GetSnapshot().GetSnapshotId()}); err != nil {
 		t.Fatal(err)
 	}
-	e.d.vols.WaitIdle()
+	e.d.hostpath.vols.WaitIdle()
 	if left := subvolumesUnder(t, mnt); len(left) != 0 {
 		t.Fatalf("subvolumes left after every volume and snapshot was deleted: %v", left)
 	}
@@ -409,7 +409,7 @@ func deleteLeavesNothing(t *testing.T, e *testEnv, mnt, id string) {
 	if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
 		t.Fatalf("DeleteVolume: %v", err)
 	}
-	e.d.vols.WaitIdle()
+	e.d.hostpath.vols.WaitIdle()
 	if left := subvolumesUnder(t, mnt); len(left) != 0 {
 		t.Fatalf("%d subvolumes left after DeleteVolume, first %q", len(left), left[0])
 	}

@@ -21,41 +21,7 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
-var controllerCaps = []csi.ControllerServiceCapability_RPC_Type{
-	csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
-	csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
-	csi.ControllerServiceCapability_RPC_GET_CAPACITY,
-	csi.ControllerServiceCapability_RPC_GET_VOLUME,
-	csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
-	csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
-	csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
-	csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
-	csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
-	csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
-	csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
-}
-
-func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
-	caps := make([]*csi.ControllerServiceCapability, 0, len(controllerCaps))
-	for _, c := range controllerCaps {
-		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
-			Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})
-	}
-	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
-}
-
-func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
-	if isNFSClass(req.GetParameters()) {
-		return d.nfs.CreateVolume(ctx, req)
-	}
-	if cs := req.GetVolumeContentSource(); ids.IsNFSSnapshotID(cs.GetSnapshot().GetSnapshotId()) || ids.IsNFSVolumeID(cs.GetVolume().GetVolumeId()) {
-		return nil, status.Error(codes.InvalidArgument, "the content source is an NFS snapshot or volume; a hostpath volume is made from a hostpath source only")
-	}
-	if d.cfg.NFSOnly {
-		// A class without a server pointed at an NFS-only controller would
-		// otherwise get a directory in the controller pod, which no node has.
-		return nil, status.Errorf(codes.InvalidArgument, "driver %s serves NFS classes only (--nfs-only): the class needs the parameter %s (and %s)", d.cfg.DriverName, ParamServer, ParamShare)
-	}
+func (d *hostpathDriver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	name := req.GetName()
 	if err := requireName(name); err != nil {
 		return nil, err
@@ -103,7 +69,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 // empty volume is made at once; for a restore or a clone it records the
 // intent and starts the copy as a job, which it returns for the caller to
 // wait on without the lock.
-func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest, params volumeParams, kind volumeKind, size int64) (*job, *csi.CreateVolumeResponse, error) {
+func (d *hostpathDriver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest, params volumeParams, kind volumeKind, size int64) (*job, *csi.CreateVolumeResponse, error) {
 	name := req.GetName()
 	unlock, err := d.lock(ctx, "name", name)
 	if err != nil {
@@ -189,7 +155,7 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest,
 
 // newVolume checks there is room and records the intent to make a volume
 // (phase creating: a crash after this point is rolled back at start-up).
-func (d *Driver) newVolume(req *csi.CreateVolumeRequest, kind volumeKind, size int64, src *contentSource) (*state.Volume, error) {
+func (d *hostpathDriver) newVolume(req *csi.CreateVolumeRequest, kind volumeKind, size int64, src *contentSource) (*state.Volume, error) {
 	v := &state.Volume{Name: req.GetName(), Parameters: req.GetParameters(), AccessType: "mount", Layout: kind.layout, FSType: kind.fsType}
 	if r := req.GetCapacityRange().GetRequiredBytes(); r > 0 && r < size {
 		v.RequestedBytes = r // made larger than asked: a filesystem's minimum, a larger source
@@ -207,7 +173,7 @@ func (d *Driver) newVolume(req *csi.CreateVolumeRequest, kind volumeKind, size i
 
 // makeEmpty makes the data of a new, empty volume: a directory held to its
 // size where the data filesystem can, or an image or block file.
-func (d *Driver) makeEmpty(v *state.Volume, mode os.FileMode) error {
+func (d *hostpathDriver) makeEmpty(v *state.Volume, mode os.FileMode) error {
 	switch k := kindOf(v); k.layout {
 	case LayoutImage, layoutBlock:
 		if err := d.vols.CreateImage(v.ID, v.CapacityBytes, k.fsType); err != nil {
@@ -229,7 +195,7 @@ func (d *Driver) makeEmpty(v *state.Volume, mode os.FileMode) error {
 }
 
 // recordNewVolume fills in and records v as a new volume in phase creating.
-func (d *Driver) recordNewVolume(v *state.Volume, size int64, src *contentSource) (*state.Volume, error) {
+func (d *hostpathDriver) recordNewVolume(v *state.Volume, size int64, src *contentSource) (*state.Volume, error) {
 	// What sets room aside: a volume held to its size, and any copy (a
 	// restore or a clone writes up to its size, held or not) until it is
 	// made.
@@ -276,7 +242,7 @@ func (d *Driver) recordNewVolume(v *state.Volume, size int64, src *contentSource
 // nextProjectID is one past the highest project ID on record (IDs of deleted
 // volumes are not reused while a higher one lives, which keeps allocation a
 // scan instead of a free list). d.projectMu is held.
-func (d *Driver) nextProjectID() (uint32, error) {
+func (d *hostpathDriver) nextProjectID() (uint32, error) {
 	vols, _, err := d.store.ListVolumes("", 0, nil)
 	if err != nil {
 		return 0, stateError(err)
@@ -291,7 +257,7 @@ func (d *Driver) nextProjectID() (uint32, error) {
 }
 
 // markVolumeReady records the result: the data is complete and durable.
-func (d *Driver) markVolumeReady(v *state.Volume) error {
+func (d *hostpathDriver) markVolumeReady(v *state.Volume) error {
 	v.Phase = state.PhaseReady
 	if err := d.store.PutVolume(v); err != nil {
 		d.rollbackCreate(v)
@@ -309,7 +275,7 @@ func (d *Driver) markVolumeReady(v *state.Volume) error {
 //
 // limit is the request's limit_bytes (0: none), which a clone of a source
 // that grew since the call must still keep.
-func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *contentSource, limit int64) error {
+func (d *hostpathDriver) copyIntoVolume(ctx context.Context, v *state.Volume, src *contentSource, limit int64) error {
 	start := time.Now()
 	st, err := d.copyStep(ctx, v.ID, func() (hostpath.CopyResult, error) {
 		if src.snapshotID != "" {
@@ -358,7 +324,7 @@ func (d *Driver) copyIntoVolume(ctx context.Context, v *state.Volume, src *conte
 // (OUT_OF_RANGE otherwise, the answer the same request gets from now on)
 // and the largest volume, and within the node's room, checked and set aside
 // in one step as a create's is.
-func (d *Driver) growForSource(v *state.Volume, srcCap, limit int64) error {
+func (d *hostpathDriver) growForSource(v *state.Volume, srcCap, limit int64) error {
 	extra := srcCap - v.CapacityBytes
 	if extra <= 0 {
 		return nil
@@ -395,7 +361,7 @@ func (d *Driver) growForSource(v *state.Volume, srcCap, limit int64) error {
 
 // abandonVolume removes a restore or clone that finished while no caller
 // waited, and that no retry came for: nobody knows its ID (see jobs.start).
-func (d *Driver) abandonVolume(j *job) {
+func (d *hostpathDriver) abandonVolume(j *job) {
 	v, err := d.store.GetVolume(j.id)
 	if err != nil {
 		return
@@ -426,7 +392,7 @@ func (d *Driver) abandonVolume(j *job) {
 // fitToCapacity makes a restored or cloned volume hold its capacity, which
 // may be larger than its source's: a directory's limit, an image's file
 // (its filesystem grows at its first stage) or a block volume's file.
-func (d *Driver) fitToCapacity(v *state.Volume) error {
+func (d *hostpathDriver) fitToCapacity(v *state.Volume) error {
 	switch kindOf(v).layout {
 	case LayoutImage:
 		if _, err := d.vols.ExpandImage(v.ID, v.CapacityBytes); err != nil && !errors.Is(err, imagefs.ErrGrowAtNextMount) {
@@ -441,7 +407,7 @@ func (d *Driver) fitToCapacity(v *state.Volume) error {
 
 // existingVolume answers a CreateVolume for a name already on record: the
 // same volume if the request is compatible with it, AlreadyExists if not.
-func (d *Driver) existingVolume(v *state.Volume, req *csi.CreateVolumeRequest, params volumeParams, kind volumeKind) (*csi.CreateVolumeResponse, error) {
+func (d *hostpathDriver) existingVolume(v *state.Volume, req *csi.CreateVolumeRequest, params volumeParams, kind volumeKind) (*csi.CreateVolumeResponse, error) {
 	if v.Phase == state.PhaseDeleting {
 		return nil, status.Errorf(codes.Aborted, "volume %s with name %q is being deleted; retry", v.ID, v.Name)
 	}
@@ -478,14 +444,14 @@ func (d *Driver) existingVolume(v *state.Volume, req *csi.CreateVolumeRequest, p
 
 // rollbackCreate undoes a create that failed; what it cannot undo stays in
 // phase creating, which a retry of the name or the next start-up undoes.
-func (d *Driver) rollbackCreate(v *state.Volume) {
+func (d *hostpathDriver) rollbackCreate(v *state.Volume) {
 	if err := d.undoCreate(v); err != nil {
 		klog.ErrorS(err, "Rolling back a failed create; a retry of the name or the next start-up will finish it", "volumeID", v.ID)
 	}
 }
 
 // undoCreate removes a volume that was never made ready: data, then record.
-func (d *Driver) undoCreate(v *state.Volume) error {
+func (d *hostpathDriver) undoCreate(v *state.Volume) error {
 	if err := d.removeVolumeData(v); err != nil {
 		return diskError(fmt.Sprintf("remove the data of unfinished volume %s", v.ID), err)
 	}
@@ -496,7 +462,7 @@ func (d *Driver) undoCreate(v *state.Volume) error {
 	return nil
 }
 
-func (d *Driver) csiVolume(v *state.Volume) *csi.Volume {
+func (d *hostpathDriver) csiVolume(v *state.Volume) *csi.Volume {
 	limit := v.Limit
 	if limit == "" || limit == hostpath.EnforceQgroup {
 		// A qgroup limit (on a volume an earlier version made) stops
@@ -529,7 +495,7 @@ func (c *core) topology() *csi.Topology {
 
 // checkRequisiteTopology refuses a request that may only be placed on other
 // nodes: the data would live here, where the pod cannot reach it.
-func (d *Driver) checkRequisiteTopology(tr *csi.TopologyRequirement) error {
+func (d *hostpathDriver) checkRequisiteTopology(tr *csi.TopologyRequirement) error {
 	if len(tr.GetRequisite()) == 0 {
 		return nil
 	}
@@ -541,7 +507,7 @@ func (d *Driver) checkRequisiteTopology(tr *csi.TopologyRequirement) error {
 	return status.Errorf(codes.ResourceExhausted, "requisite topology does not include this node (%s=%s)", TopologyKeyNode, d.cfg.NodeID)
 }
 
-func (d *Driver) topologyMatches(t *csi.Topology) bool {
+func (d *hostpathDriver) topologyMatches(t *csi.Topology) bool {
 	for k, v := range t.GetSegments() {
 		if k != TopologyKeyNode || v != d.cfg.NodeID {
 			return false
@@ -550,14 +516,8 @@ func (d *Driver) topologyMatches(t *csi.Topology) bool {
 	return true
 }
 
-func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+func (d *hostpathDriver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
 	id := req.GetVolumeId()
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
-	}
-	if ids.IsNFSVolumeID(id) {
-		return d.nfs.DeleteVolume(ctx, req)
-	}
 	if err := ids.ValidateVolumeID(id); err != nil {
 		// No volume can have this ID, so it is already gone.
 		klog.V(2).InfoS("DeleteVolume of an ID this driver never made; nothing to do", "volumeID", id)
@@ -610,7 +570,7 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 // taking the sum again, not by subtracting what the volume set aside: a
 // sum taken since its phase became deleting no longer counts it, and a
 // subtraction then took it out twice.
-func (d *Driver) removeVolumeData(v *state.Volume) error {
+func (d *hostpathDriver) removeVolumeData(v *state.Volume) error {
 	if kindOf(v).layout != LayoutDirectory {
 		if err := d.vols.DetachBlock(v.ID); err != nil {
 			return err
@@ -624,7 +584,7 @@ func (d *Driver) removeVolumeData(v *state.Volume) error {
 }
 
 // readyVolume returns a volume that exists and is ready, or NotFound.
-func (d *Driver) readyVolume(id string) (*state.Volume, error) {
+func (d *hostpathDriver) readyVolume(id string) (*state.Volume, error) {
 	if err := volumeIDOrNotFound(id); err != nil {
 		return nil, err
 	}
@@ -641,16 +601,7 @@ func (d *Driver) readyVolume(id string) (*state.Volume, error) {
 	return v, nil
 }
 
-func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
-	}
-	if len(req.GetVolumeCapabilities()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "volume capabilities are required")
-	}
-	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfs.ValidateVolumeCapabilities(ctx, req)
-	}
+func (d *hostpathDriver) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	v, err := d.readyVolume(req.GetVolumeId())
 	if err != nil {
 		return nil, err
@@ -689,10 +640,9 @@ func pageToken(maxEntries int32, token string) error {
 // CreateVolume (an inline ephemeral volume belongs to its pod alone).
 func controllerListed(v *state.Volume) bool { return v.Phase == state.PhaseReady && !v.Ephemeral }
 
-func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
-	if token := req.GetStartingToken(); ids.IsNFSVolumeID(token) && req.GetMaxEntries() >= 0 {
-		return d.nfs.ListVolumes(ctx, req)
-	}
+// ListVolumes is the hostpath part of a listing: the router's merged listing
+// ends it with the NFS volumes.
+func (d *hostpathDriver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
 	if err := pageToken(req.GetMaxEntries(), req.GetStartingToken()); err != nil {
 		return nil, err
 	}
@@ -711,14 +661,11 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 			Status: &csi.ListVolumesResponse_VolumeStatus{PublishedNodeIds: nodes},
 		})
 	}
-	if next == "" {
-		d.nfs.nfsVolumesAfter(ctx, resp, int(req.GetMaxEntries()))
-	}
 	return resp, nil
 }
 
 // publishedNodes lists the nodes where a volume is published to a pod.
-func (d *Driver) publishedNodes(id string) ([]string, error) {
+func (d *hostpathDriver) publishedNodes(id string) ([]string, error) {
 	pubs, err := d.store.PublicationsOf(id)
 	if err != nil {
 		return nil, err
@@ -734,10 +681,7 @@ func (d *Driver) publishedNodes(id string) ([]string, error) {
 	return nodes, nil
 }
 
-func (d *Driver) ControllerGetVolume(ctx context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {
-	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfs.ControllerGetVolume(ctx, req)
-	}
+func (d *hostpathDriver) ControllerGetVolume(ctx context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {
 	v, err := d.readyVolume(req.GetVolumeId())
 	if err != nil {
 		return nil, err
@@ -752,13 +696,10 @@ func (d *Driver) ControllerGetVolume(ctx context.Context, req *csi.ControllerGet
 	}, nil
 }
 
-func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
+func (d *hostpathDriver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
 	// csi-provisioner passes a class's parameters here as written, with
 	// the keys it keeps for itself (csi.storage.k8s.io/fstype, secrets'
 	// names), which it takes out before CreateVolume.
-	if isNFSClass(req.GetParameters()) {
-		return d.nfs.GetCapacity(ctx, req)
-	}
 	params := maps.Clone(req.GetParameters())
 	maps.DeleteFunc(params, func(k, _ string) bool { return strings.HasPrefix(k, "csi.storage.k8s.io/") })
 	if _, err := parseParameters(params); err != nil {

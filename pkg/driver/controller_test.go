@@ -86,7 +86,7 @@ func TestCreateVolumeRejects(t *testing.T) {
 			}
 		})
 	}
-	if vols, _ := e.d.vols.List(); len(vols) != 0 {
+	if vols, _ := e.d.hostpath.vols.List(); len(vols) != 0 {
 		t.Fatalf("rejected requests left volume directories: %v", vols)
 	}
 }
@@ -126,7 +126,7 @@ func TestCreateVolumeSizesAndMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fi, err := os.Stat(e.d.vols.Path(resp.GetVolume().GetVolumeId()))
+	fi, err := os.Stat(e.d.hostpath.vols.Path(resp.GetVolume().GetVolumeId()))
 	if err != nil || fi.Mode().Perm() != 0o750 {
 		t.Fatalf("volume directory mode %v (%v), want 0750", fi.Mode(), err)
 	}
@@ -178,7 +178,7 @@ func TestCreateVolumeRace(t *testing.T) {
 			t.Fatalf("racing creates returned different volumes: %s and %s", got[0], id)
 		}
 	}
-	dirs, _ := e.d.vols.List()
+	dirs, _ := e.d.hostpath.vols.List()
 	if len(dirs) != n+1 {
 		t.Fatalf("%d volume directories, want %d", len(dirs), n+1)
 	}
@@ -192,7 +192,7 @@ func TestDeleteVolume(t *testing.T) {
 			t.Fatalf("delete #%d: %v", i, err)
 		}
 	}
-	if _, err := os.Stat(e.d.vols.Path(id)); !os.IsNotExist(err) {
+	if _, err := os.Stat(e.d.hostpath.vols.Path(id)); !os.IsNotExist(err) {
 		t.Fatalf("data still there: %v", err)
 	}
 	_, err := e.d.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id})

@@ -162,7 +162,12 @@ type core struct {
 	beforeCopy func(ctx context.Context, id string) error
 }
 
-// Driver implements the CSI services over one state store and one backend.
+// Driver serves the CSI services over two families of volumes, hostpath and
+// NFS, each an implementation of the spec's controller and node services of
+// its own. The Driver is their router (router.go): it answers Identity, the
+// capabilities, group snapshots (of hostpath volumes) and the listings that
+// span both families, and hands every other call to one family, chosen once
+// per call by the class's parameters or the ID's prefix.
 type Driver struct {
 	csi.UnimplementedIdentityServer
 	csi.UnimplementedControllerServer
@@ -175,26 +180,12 @@ type Driver struct {
 	// the pod network, and each check writes a file in the data directory.
 	healthMu sync.Mutex
 
-	vols *hostpath.Backend
+	// hostpath serves the volumes of the data directory (IDs hpv1-).
+	hostpath *hostpathDriver
 	// nfs serves the volumes of NFS classes (IDs nfs1:, nfss1:).
 	nfs *nfsDriver
 	// pending is what start-up could not reconcile, retried meanwhile.
 	pending *pending
-	usage   usageCache
-	// reserved is what enforced volumes may still fill, cached; roomMu
-	// makes a check for room and the reservation that follows one step.
-	reserved reservation
-	roomMu   sync.Mutex
-	// projectMu serializes the allocation of project IDs.
-	projectMu sync.Mutex
-	// ephemeralMu makes the check of the inline volumes' bounds and the
-	// record of a new one one step (see admitEphemeral).
-	ephemeralMu sync.Mutex
-	// sweep removes inline volumes left without a mount (ephemeral_sweep.go).
-	sweep ephemeralSweep
-	// wholeCopies are the image and block volumes a full copy reads now,
-	// without their node locks (see withCopyLocks).
-	wholeCopies wholeCopies
 	// markers is the directory of freeze markers, held for the process's
 	// life (see thawLeftFrozen).
 	markers *os.File
@@ -250,7 +241,7 @@ func New(cfg Config) (*Driver, error) {
 		return nil, err
 	}
 	c := &core{cfg: cfg, store: store, jobs: newJobs(cfg.MaxConcurrentCopies), metrics: newMetrics(cfg.DriverName)}
-	d := &Driver{core: c, vols: vols, nfs: &nfsDriver{core: c, exports: nfsVols}, markers: markers}
+	d := &Driver{core: c, hostpath: &hostpathDriver{core: c, vols: vols}, nfs: &nfsDriver{core: c, exports: nfsVols}, markers: markers}
 	d.metrics.registry.MustRegister(stateCollector{d})
 	for range thawed {
 		d.metrics.reconcileAction("thawed_image")
@@ -262,14 +253,14 @@ func New(cfg Config) (*Driver, error) {
 	}
 	d.pending = startPending(problems, every)
 	if cfg.Node {
-		d.startEphemeralSweep(cfg.Ephemeral.SweepAfter)
+		d.hostpath.startEphemeralSweep(cfg.Ephemeral.SweepAfter)
 	}
 	if limit, why := vols.DirectoryLimit(); limit == hostpath.EnforceNone {
 		klog.InfoS("Directory volumes are NOT held to their size on this data directory: a pod can fill it past its volume's capacity; use StorageClass parameter layout: image for sizes that hold", "why", why)
 	} else {
 		klog.InfoS("Directory volumes are held to their size", "by", limit)
 	}
-	d.warnQgroupVolumes()
+	d.hostpath.warnQgroupVolumes()
 	if e := cfg.Ephemeral; e.Disabled {
 		klog.InfoS("Inline (CSI ephemeral) volumes are turned off (--ephemeral=false); those pods have are served until they go")
 	} else {
@@ -286,11 +277,11 @@ func New(cfg Config) (*Driver, error) {
 // the CO's retry starts it again), finishes background removals and closes
 // the state database.
 func (d *Driver) Close() error {
-	d.stopEphemeralSweep()
+	d.hostpath.stopEphemeralSweep()
 	d.pending.close()
 	d.jobs.close()
 	d.nfs.waitSweeps()
-	d.vols.WaitIdle()
+	d.hostpath.vols.WaitIdle()
 	d.nfs.exports.WaitIdle()
 	d.nfs.exports.Close()
 	err := d.store.Close()
@@ -349,25 +340,5 @@ func (d *Driver) Register(r grpc.ServiceRegistrar) {
 	}
 	if d.cfg.Node {
 		csi.RegisterNodeServer(r, d)
-	}
-}
-
-// warnQgroupVolumes says at start-up how many volumes an earlier version
-// made with a btrfs qgroup limit: they keep it (and it grows with them),
-// but a pod escapes it with a subvolume of its own, so they are reported
-// as not held.
-func (d *Driver) warnQgroupVolumes() {
-	vols, _, err := d.store.ListVolumes("", 0, nil)
-	if err != nil {
-		return // reconcile has said why already
-	}
-	n := 0
-	for _, v := range vols {
-		if v.Limit == hostpath.EnforceQgroup {
-			n++
-		}
-	}
-	if n > 0 {
-		klog.InfoS("Volumes made by an earlier version keep their btrfs qgroup limit, which stops ordinary writes past their size but not a pod that makes a subvolume inside its volume: they are reported with size-limit none; recreate them with StorageClass parameter layout: image where a size must hold", "volumes", n)
 	}
 }

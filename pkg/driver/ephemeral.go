@@ -70,7 +70,7 @@ type inlineVolume struct {
 // administrator's flags; a pod that asks for what it would get anyway, or
 // for less than it gets (a mode the node's grants, layout: directory of pod
 // templates from before inline volumes were always images), is not refused.
-func (d *Driver) ephemeralAttributes(attrs map[string]string, fsType string) (*inlineVolume, error) {
+func (d *hostpathDriver) ephemeralAttributes(attrs map[string]string, fsType string) (*inlineVolume, error) {
 	pol := &d.cfg.Ephemeral
 	params := map[string]string{ParamMountPermissions: pol.MountPermissions}
 	capacity := pol.DefaultSize
@@ -181,7 +181,7 @@ const podNamespaceKey = "csi.storage.k8s.io/pod.namespace"
 
 // podNamespace is the namespace a new inline volume is counted in. Without
 // one, bounds per namespace could not hold: the publish is refused.
-func (d *Driver) podNamespace(attrs map[string]string) (string, error) {
+func (d *hostpathDriver) podNamespace(attrs map[string]string) (string, error) {
 	ns := attrs[podNamespaceKey]
 	if len(ns) > 63 {
 		return "", status.Errorf(codes.InvalidArgument, "volume attribute %s=%.64q... is longer than a namespace name (63 characters)", podNamespaceKey, ns)
@@ -195,7 +195,7 @@ func (d *Driver) podNamespace(attrs map[string]string) (string, error) {
 // publishEphemeral makes (or finds, on a retry) the pod's inline volume and
 // binds it at the target. Each step is recorded before it is made, so a
 // crash at any point is undone at start-up or finished by the retry.
-func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+func (d *hostpathDriver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	handle, target := req.GetVolumeId(), req.GetTargetPath()
 	if err := requireName(handle); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "volume ID: %v", status.Convert(err).Message())
@@ -250,7 +250,7 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 
 // publishEphemeralAt mounts the inline volume v at the request's target,
 // under the volume's node lock.
-func (d *Driver) publishEphemeralAt(ctx context.Context, v *state.Volume, req *csi.NodePublishVolumeRequest) error {
+func (d *hostpathDriver) publishEphemeralAt(ctx context.Context, v *state.Volume, req *csi.NodePublishVolumeRequest) error {
 	handle, target := req.GetVolumeId(), req.GetTargetPath()
 	unlockNode, err := d.lockForNode(ctx, v.ID)
 	if err != nil {
@@ -299,7 +299,7 @@ func finalForKubelet(err error) bool {
 // its share and its image would otherwise stay until a restart. The
 // caller holds the name lock. What cannot be removed now the sweep of
 // unpublished inline volumes removes later.
-func (d *Driver) undoFailedEphemeral(ctx context.Context, v *state.Volume, err error) {
+func (d *hostpathDriver) undoFailedEphemeral(ctx context.Context, v *state.Volume, err error) {
 	if !finalForKubelet(err) {
 		return
 	}
@@ -317,7 +317,7 @@ func (d *Driver) undoFailedEphemeral(ctx context.Context, v *state.Volume, err e
 
 // mountEphemeral makes an inline volume's publication: there is no
 // staging, so a directory is bound and an image mounted at the target.
-func (d *Driver) mountEphemeral(v *state.Volume, pub *state.Publication) error {
+func (d *hostpathDriver) mountEphemeral(v *state.Volume, pub *state.Publication) error {
 	if kindOf(v).layout != LayoutImage {
 		// An inline directory of a release that made them.
 		return mountutil.Bind(d.vols.Path(v.ID), pub.Path, pub.ReadOnly, withTenantFlags(pub.MountFlags))
@@ -326,7 +326,7 @@ func (d *Driver) mountEphemeral(v *state.Volume, pub *state.Publication) error {
 }
 
 // makeEphemeral makes a new, empty inline volume: intent, data, result.
-func (d *Driver) makeEphemeral(name string, iv *inlineVolume) (*state.Volume, error) {
+func (d *hostpathDriver) makeEphemeral(name string, iv *inlineVolume) (*state.Volume, error) {
 	if iv.params.layout != LayoutImage {
 		// What holds a directory (a qgroup, a project quota) is escaped
 		// by its own tenant: never served to a pod inline.
@@ -349,7 +349,7 @@ func (d *Driver) makeEphemeral(name string, iv *inlineVolume) (*state.Volume, er
 }
 
 // ephemeralVolume finds the inline volume of a kubelet handle, or nil.
-func (d *Driver) ephemeralVolume(handle string) (*state.Volume, error) {
+func (d *hostpathDriver) ephemeralVolume(handle string) (*state.Volume, error) {
 	if requireName(handle) != nil {
 		return nil, nil
 	}
@@ -366,7 +366,7 @@ func (d *Driver) ephemeralVolume(handle string) (*state.Volume, error) {
 // unpublishEphemeral unmounts the pod's inline volume and removes it. The
 // volume goes even when its mount was already gone (a crash, a reboot): the
 // kubelet calls unpublish only when the pod is done with it.
-func (d *Driver) unpublishEphemeral(ctx context.Context, handle, target string) error {
+func (d *hostpathDriver) unpublishEphemeral(ctx context.Context, handle, target string) error {
 	unlock, err := d.lock(ctx, "name", ephemeralName(handle))
 	if err != nil {
 		return err
@@ -385,7 +385,7 @@ func (d *Driver) unpublishEphemeral(ctx context.Context, handle, target string) 
 
 // removeEphemeral undoes the publications of an inline volume at target (all
 // of them when target is empty) and removes the volume.
-func (d *Driver) removeEphemeral(ctx context.Context, v *state.Volume, target string) error {
+func (d *hostpathDriver) removeEphemeral(ctx context.Context, v *state.Volume, target string) error {
 	unlockNode, err := d.lockForNode(ctx, v.ID)
 	if err != nil {
 		return err

@@ -181,7 +181,7 @@ type ephemeralUse struct {
 // and the new record is written under one lock, so concurrent publishes
 // cannot together pass a bound, and a restart counts exactly what is on
 // record.
-func (d *Driver) admitEphemeral(v *state.Volume, capacity int64) (*state.Volume, error) {
+func (d *hostpathDriver) admitEphemeral(v *state.Volume, capacity int64) (*state.Volume, error) {
 	d.ephemeralMu.Lock()
 	defer d.ephemeralMu.Unlock()
 	use, err := d.ephemeralInUse(v.PodNamespace)
@@ -220,7 +220,7 @@ func (d *Driver) admitEphemeral(v *state.Volume, capacity int64) (*state.Volume,
 // removed, and what they hold: all of them, and those of namespace ns (an
 // inline volume of an earlier release has none, and counts on the node
 // alone). It reads their records alone, by name.
-func (d *Driver) ephemeralInUse(ns string) (use ephemeralUse, err error) {
+func (d *hostpathDriver) ephemeralInUse(ns string) (use ephemeralUse, err error) {
 	vols, err := d.store.VolumesNamed(ephemeralNamePrefix)
 	if err != nil {
 		return use, stateError(err)

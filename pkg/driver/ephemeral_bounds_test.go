@@ -241,8 +241,8 @@ func TestInlineVolumeAttributesAPodMayNotSetAreRefused(t *testing.T) {
 	e.restart(t)
 	wantRefused(t, e.publishInline(t, "csi-off", nil), codes.FailedPrecondition, "--ephemeral=false")
 	e.unpublishInline(t, "csi-default")
-	e.d.vols.WaitIdle()
-	if vols, _ := e.d.vols.List(); len(vols) != 0 {
+	e.d.hostpath.vols.WaitIdle()
+	if vols, _ := e.d.hostpath.vols.List(); len(vols) != 0 {
 		t.Fatalf("inline volume data left after its unpublish: %v", vols)
 	}
 }
@@ -348,11 +348,11 @@ func TestFailedInlinePublishWithNoUnpublishFreesTheSlot(t *testing.T) {
 	if err == nil || !isFinalForKubelet(status.Code(err)) {
 		t.Fatalf("publish at a target under a regular file: %v; want a final error", err)
 	}
-	e.d.vols.WaitIdle()
-	if vols, _ := e.d.vols.List(); len(vols) != 0 {
+	e.d.hostpath.vols.WaitIdle()
+	if vols, _ := e.d.hostpath.vols.List(); len(vols) != 0 {
 		t.Fatalf("a failed inline publish left volume data: %v", vols)
 	}
-	if use, _ := e.d.ephemeralInUse(""); use.count != 0 || use.held != 0 {
+	if use, _ := e.d.hostpath.ephemeralInUse(""); use.count != 0 || use.held != 0 {
 		t.Fatalf("a failed inline publish holds %d volumes, %d bytes", use.count, use.held)
 	}
 	if err := e.publishInline(t, "csi-b", nil); err != nil {
@@ -381,11 +381,11 @@ func TestUnpublishedInlineVolumeIsSweptAndAMountedOneKept(t *testing.T) {
 	})
 	testutil.CleanupMounts(t, e.dir)
 	// What such a publish leaves: made, never mounted.
-	iv, err := e.d.ephemeralAttributes(nil, "")
+	iv, err := e.d.hostpath.ephemeralAttributes(nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.d.makeEphemeral(ephemeralName("csi-left"), iv); err != nil {
+	if _, err := e.d.hostpath.makeEphemeral(ephemeralName("csi-left"), iv); err != nil {
 		t.Fatal(err)
 	}
 	wantRefused(t, e.publishInline(t, "csi-b", nil), codes.ResourceExhausted, "--ephemeral-max-count")
@@ -400,7 +400,7 @@ func TestUnpublishedInlineVolumeIsSweptAndAMountedOneKept(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(e.inlineTarget("csi-b"), "f"), []byte("x"), 0o644); err != nil {
 		t.Fatalf("a mounted inline volume after sweeps: %v", err)
 	}
-	if use, _ := e.d.ephemeralInUse(""); use.count != 1 {
+	if use, _ := e.d.hostpath.ephemeralInUse(""); use.count != 1 {
 		t.Fatalf("%d inline volumes after sweeps; want the mounted one", use.count)
 	}
 }

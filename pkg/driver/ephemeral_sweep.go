@@ -38,7 +38,7 @@ type ephemeralSweep struct {
 
 // ephemeralSeen notes that a publish of the inline volume name is under
 // way (the caller holds its name lock).
-func (d *Driver) ephemeralSeen(name string) {
+func (d *hostpathDriver) ephemeralSeen(name string) {
 	d.sweep.mu.Lock()
 	defer d.sweep.mu.Unlock()
 	if d.sweep.tried == nil {
@@ -47,20 +47,20 @@ func (d *Driver) ephemeralSeen(name string) {
 	d.sweep.tried[name] = time.Now()
 }
 
-func (d *Driver) ephemeralForget(name string) {
+func (d *hostpathDriver) ephemeralForget(name string) {
 	d.sweep.mu.Lock()
 	defer d.sweep.mu.Unlock()
 	delete(d.sweep.tried, name)
 }
 
-func (d *Driver) ephemeralLastTried(name string) time.Time {
+func (d *hostpathDriver) ephemeralLastTried(name string) time.Time {
 	d.sweep.mu.Lock()
 	defer d.sweep.mu.Unlock()
 	return d.sweep.tried[name]
 }
 
 // startEphemeralSweep runs the sweep every fifth of after, until Close.
-func (d *Driver) startEphemeralSweep(after time.Duration) {
+func (d *hostpathDriver) startEphemeralSweep(after time.Duration) {
 	ctx, cancel := context.WithCancel(context.Background())
 	d.sweep.stop, d.sweep.done = cancel, make(chan struct{})
 	go func() {
@@ -78,7 +78,7 @@ func (d *Driver) startEphemeralSweep(after time.Duration) {
 	}()
 }
 
-func (d *Driver) stopEphemeralSweep() {
+func (d *hostpathDriver) stopEphemeralSweep() {
 	if d.sweep.stop != nil {
 		d.sweep.stop()
 		<-d.sweep.done
@@ -87,7 +87,7 @@ func (d *Driver) stopEphemeralSweep() {
 
 // sweepEphemeral removes the inline volumes no mount holds and no publish
 // tried for after. It reports how many it removed.
-func (d *Driver) sweepEphemeral(ctx context.Context, after time.Duration) int {
+func (d *hostpathDriver) sweepEphemeral(ctx context.Context, after time.Duration) int {
 	d.sweep.mu.Lock()
 	for name, at := range d.sweep.tried { // publishes that made nothing, or long ago
 		if time.Since(at) >= after {
@@ -121,7 +121,7 @@ func (d *Driver) sweepEphemeral(ctx context.Context, after time.Duration) int {
 
 // sweepOneEphemeral removes the inline volume of record name name if, under
 // its name lock, no mount holds it and no publish tried it for after.
-func (d *Driver) sweepOneEphemeral(ctx context.Context, name string, after time.Duration) (bool, error) {
+func (d *hostpathDriver) sweepOneEphemeral(ctx context.Context, name string, after time.Duration) (bool, error) {
 	// A publish holding the name is busy with it: the next sweep looks.
 	lctx, cancel := context.WithTimeout(ctx, time.Second)
 	unlock, err := d.lock(lctx, "name", name)

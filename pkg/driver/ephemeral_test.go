@@ -51,12 +51,12 @@ func TestInlineEphemeralVolume(t *testing.T) {
 	if total > 64<<20 || total < 64<<20*8/10 {
 		t.Fatalf("stats by the kubelet's handle: %v, want a total of at most 64 MiB and at least 80%% of it", st)
 	}
-	vols, _ := e.d.vols.List()
+	vols, _ := e.d.hostpath.vols.List()
 	if len(vols) != 1 {
 		t.Fatalf("%d volume directories, want 1", len(vols))
 	}
 	// Always an image: nothing else holds against the pod inside it.
-	if v, _ := e.d.ephemeralVolume(handle); v == nil || v.Layout != LayoutImage || v.Limit != hostpath.EnforceImage {
+	if v, _ := e.d.hostpath.ephemeralVolume(handle); v == nil || v.Layout != LayoutImage || v.Limit != hostpath.EnforceImage {
 		t.Fatalf("inline volume: %+v, want an image", v)
 	}
 	if l, _ := e.d.ListVolumes(ctx, &csi.ListVolumesRequest{}); len(l.GetEntries()) != 0 {
@@ -80,14 +80,14 @@ func TestInlineEphemeralVolume(t *testing.T) {
 			t.Fatalf("unpublish #%d: %v", i, err)
 		}
 	}
-	e.d.vols.WaitIdle()
-	if vols, _ := e.d.vols.List(); len(vols) != 0 {
+	e.d.hostpath.vols.WaitIdle()
+	if vols, _ := e.d.hostpath.vols.List(); len(vols) != 0 {
 		t.Fatalf("inline volume data left after unpublish: %v", vols)
 	}
 	if _, err := os.Stat(target); !os.IsNotExist(err) {
 		t.Fatalf("target left: %v", err)
 	}
-	if v, _ := e.d.ephemeralVolume(handle); v != nil {
+	if v, _ := e.d.hostpath.ephemeralVolume(handle); v != nil {
 		t.Fatalf("record left: %+v", v)
 	}
 }
@@ -99,11 +99,11 @@ func TestInlineEphemeralAcrossRestart(t *testing.T) {
 	testutil.RequireRoot(t)
 	e := newEnv(t)
 	testutil.CleanupMounts(t, e.dir)
-	iv, err := e.d.ephemeralAttributes(map[string]string{AttrSize: "1Mi"}, "")
+	iv, err := e.d.hostpath.ephemeralAttributes(map[string]string{AttrSize: "1Mi"}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	orphan, err := e.d.makeEphemeral(ephemeralName("csi-crashed"), iv) // made, never published
+	orphan, err := e.d.hostpath.makeEphemeral(ephemeralName("csi-crashed"), iv) // made, never published
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,8 +125,8 @@ func TestInlineEphemeralAcrossRestart(t *testing.T) {
 	if _, err := e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-live", TargetPath: target}); err != nil {
 		t.Fatal(err)
 	}
-	e.d.vols.WaitIdle()
-	if vols, _ := e.d.vols.List(); len(vols) != 0 {
+	e.d.hostpath.vols.WaitIdle()
+	if vols, _ := e.d.hostpath.vols.List(); len(vols) != 0 {
 		t.Fatalf("volume directories left: %v", vols)
 	}
 }
@@ -246,7 +246,7 @@ func TestInlinePodTemplatesOfEarlierReleasesStillStart(t *testing.T) {
 	defer func() { // on the driver running then
 		e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-old", TargetPath: target})
 	}()
-	if v, _ := e.d.ephemeralVolume("csi-old"); v == nil || v.Layout != LayoutImage {
+	if v, _ := e.d.hostpath.ephemeralVolume("csi-old"); v == nil || v.Layout != LayoutImage {
 		t.Fatalf("layout: directory made %+v; want an image", v)
 	}
 	if total := inlineTotal(t, e, "csi-old", target); total > 32<<20 {

@@ -27,7 +27,7 @@ func TestCopiesStayInsideUnderSwapAttack(t *testing.T) {
 			e := newEnvOn(t, mnt)
 			victim := e.create(t, "victim")
 			// Outside the data and state directories, on the same filesystem.
-			attack := testutil.NewSwapAttack(t, e.d.vols.Path(victim), filepath.Join(mnt, "outside"))
+			attack := testutil.NewSwapAttack(t, e.d.hostpath.vols.Path(victim), filepath.Join(mnt, "outside"))
 			before := attack.OutsideState(t)
 			checkCopy := func(what, dir string, err error) (files, links int) {
 				t.Helper()
@@ -60,11 +60,11 @@ func TestCopiesStayInsideUnderSwapAttack(t *testing.T) {
 			for i := 0; i < rounds; i++ {
 				r, err := e.d.CreateSnapshot(ctx, snapReq(fmt.Sprint("snap-", i), victim))
 				id := r.GetSnapshot().GetSnapshotId()
-				f, _ := checkCopy(fmt.Sprintf("snapshot %d", i), e.d.vols.SnapshotPath(id), err)
+				f, _ := checkCopy(fmt.Sprintf("snapshot %d", i), e.d.hostpath.vols.SnapshotPath(id), err)
 				snaps = append(snaps, id)
 
 				c, err := e.d.CreateVolume(ctx, fromVolume(fmt.Sprint("clone-", i), 0, victim))
-				g, _ := checkCopy(fmt.Sprintf("clone %d", i), e.d.vols.Path(c.GetVolume().GetVolumeId()), err)
+				g, _ := checkCopy(fmt.Sprintf("clone %d", i), e.d.hostpath.vols.Path(c.GetVolume().GetVolumeId()), err)
 				copied += f + g
 			}
 			swaps := attack.Swaps()
@@ -73,9 +73,9 @@ func TestCopiesStayInsideUnderSwapAttack(t *testing.T) {
 			// no longer, but its symlinks are still the pod's.
 			restoredLinks := 0
 			for i, id := range snaps {
-				want := testutil.TreeManifest(t, e.d.vols.SnapshotPath(id))
+				want := testutil.TreeManifest(t, e.d.hostpath.vols.SnapshotPath(id))
 				v, err := e.d.CreateVolume(ctx, fromSnapshot(fmt.Sprint("restore-", i), 0, id))
-				dir := e.d.vols.Path(v.GetVolume().GetVolumeId())
+				dir := e.d.hostpath.vols.Path(v.GetVolume().GetVolumeId())
 				_, l := checkCopy(fmt.Sprintf("restore of snapshot %d", i), dir, err)
 				if got := testutil.TreeManifest(t, dir); testutil.DiffManifests(want, got) != "" {
 					t.Fatalf("restore %d differs from its snapshot:\n%s", i, testutil.DiffManifests(want, got))

@@ -12,7 +12,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
-	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 	"github.com/hostpath-csi/hostpath-csi/internal/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -26,16 +25,7 @@ import (
 // NodeExpandVolume grows a staged or published volume: a directory's quota
 // limit, an image and its filesystem (online where the kernel allows), or a
 // block volume's file and device. The new size is recorded once it holds.
-func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
-	}
-	if req.GetVolumePath() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume path is required")
-	}
-	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfs.NodeExpandVolume(ctx, req)
-	}
+func (d *hostpathDriver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
 	if err := volumeIDOrNotFound(req.GetVolumeId()); err != nil {
 		return nil, err
 	}
@@ -138,7 +128,7 @@ func enforced(v *state.Volume) bool { return v.Limit != "" && v.Limit != hostpat
 // room its filesystem already has.
 //
 // charged says whether this call set room aside (see growthFailed).
-func (d *Driver) setAsideGrowth(v *state.Volume, want int64) (charged bool, err error) {
+func (d *hostpathDriver) setAsideGrowth(v *state.Volume, want int64) (charged bool, err error) {
 	if !enforced(v) {
 		return false, nil
 	}
@@ -168,7 +158,7 @@ func (d *Driver) setAsideGrowth(v *state.Volume, want int64) (charged bool, err 
 // growthFailed gives back the room a failed grow set aside: its intent goes
 // and the cached sum is taken again from the records and the disk, which
 // still count whatever part of the grow did happen (a grown image file).
-func (d *Driver) growthFailed(v *state.Volume) {
+func (d *hostpathDriver) growthFailed(v *state.Volume) {
 	d.roomMu.Lock()
 	defer d.roomMu.Unlock()
 	if err := d.store.SetVolumeGrowingTo(v.ID, 0); err != nil {
@@ -184,7 +174,7 @@ func (d *Driver) growthFailed(v *state.Volume) {
 // short (its intent on record; an image or block file grown before the
 // capacity was recorded). A snapshot, restore or clone sizes itself by it,
 // never by the record alone: a copy of a grown image file cannot shrink.
-func (d *Driver) heldSize(v *state.Volume) int64 {
+func (d *hostpathDriver) heldSize(v *state.Volume) int64 {
 	size := max(v.CapacityBytes, v.GrowingTo)
 	if v.Limit == hostpath.EnforceImage {
 		if n, err := d.vols.ImageSize(v.ID); err == nil {
@@ -201,7 +191,7 @@ const blockSector = 4096
 // expansion cut short finds the volume already grown and records it then),
 // and what was required when that is less (a block volume's whole sectors):
 // a snapshot of it restores at the claim's new size.
-func (d *Driver) recordCapacity(v *state.Volume, size, required int64) error {
+func (d *hostpathDriver) recordCapacity(v *state.Volume, size, required int64) error {
 	if size == v.CapacityBytes && v.GrowingTo == 0 {
 		return nil
 	}
@@ -233,7 +223,7 @@ func (d *Driver) recordCapacity(v *state.Volume, size, required int64) error {
 // cached sum, outside roomMu. Read in this order, such a move in between
 // counts its bytes twice (too little available, safe); the other order
 // counted them nowhere, and the node over-promised.
-func (d *Driver) available() (int64, error) {
+func (d *hostpathDriver) available() (int64, error) {
 	reserved, err := d.reserved.get(d.sumReserved)
 	if err != nil {
 		return 0, err
@@ -249,7 +239,7 @@ func (d *Driver) available() (int64, error) {
 const reserveTTL = 2 * time.Second
 
 // sumReserved walks every enforced volume for what it may still fill.
-func (d *Driver) sumReserved() (int64, error) {
+func (d *hostpathDriver) sumReserved() (int64, error) {
 	vols, _, err := d.store.ListVolumes("", 0, nil)
 	if err != nil {
 		return 0, stateError(err)
@@ -275,7 +265,7 @@ func (d *Driver) sumReserved() (int64, error) {
 // reservedBy is what volume v may still fill: nothing unless something
 // holds it to its size, or while a restore or clone copies into it (up to
 // its capacity).
-func (d *Driver) reservedBy(v *state.Volume) int64 {
+func (d *hostpathDriver) reservedBy(v *state.Volume) int64 {
 	if !enforced(v) {
 		if v.Phase == state.PhaseCreating && v.HasSource() {
 			return v.CapacityBytes

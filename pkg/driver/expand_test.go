@@ -34,7 +34,7 @@ func TestExpansionKilledBeforeItsRecordKeepsItsRoom(t *testing.T) {
 	_, target := e.stageAndPublish(t, id, c)
 	defer e.unpublishAndUnstage(t, id)
 	// What NodeExpandVolume does before it records the size; then the kill.
-	if _, err := e.d.vols.ExpandImage(id, 2*size); err != nil {
+	if _, err := e.d.hostpath.vols.ExpandImage(id, 2*size); err != nil {
 		t.Fatal(err)
 	}
 	e.restart(t)
@@ -80,10 +80,10 @@ func TestFailedExpansionGivesBackItsRoom(t *testing.T) {
 	id := r.GetVolume().GetVolumeId()
 	_, target := e.stageAndPublish(t, id, rwo)
 	defer e.unpublishAndUnstage(t, id)
-	if err := os.RemoveAll(e.d.vols.Path(id)); err != nil {
+	if err := os.RemoveAll(e.d.hostpath.vols.Path(id)); err != nil {
 		t.Fatal(err)
 	}
-	e.d.reserved.invalidate() // what is set aside, as the records and the disk say now
+	e.d.hostpath.reserved.invalidate() // what is set aside, as the records and the disk say now
 	before, err := e.d.GetCapacity(ctx, &csi.GetCapacityRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -130,9 +130,9 @@ func TestCopiesOfAVolumeGrownByACutShortExpansion(t *testing.T) {
 			src := r.GetVolume().GetVolumeId()
 			// What NodeExpandVolume does before it records the size; then the kill.
 			if tc.params == nil {
-				err = e.d.vols.ExpandBlock(src, grown)
+				err = e.d.hostpath.vols.ExpandBlock(src, grown)
 			} else {
-				_, err = e.d.vols.ExpandImage(src, grown)
+				_, err = e.d.hostpath.vols.ExpandImage(src, grown)
 			}
 			if err != nil {
 				t.Fatal(err)

@@ -27,12 +27,12 @@ func TestFullDisk(t *testing.T) {
 			mnt := testutil.LoopFS(t, "ext4", 32, "-N", "512", "-m", "0")
 			e := newEnvOn(t, mnt)
 			before := e.create(t, "before")
-			data := filepath.Join(e.d.vols.Path(before), "kept")
+			data := filepath.Join(e.d.hostpath.vols.Path(before), "kept")
 			if err := os.WriteFile(data, []byte("precious"), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			// 2 MiB of data, so a copy of this volume cannot fit once full.
-			if err := os.WriteFile(filepath.Join(e.d.vols.Path(before), "bulk"), make([]byte, 2<<20), 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(e.d.hostpath.vols.Path(before), "bulk"), make([]byte, 2<<20), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			sr, err := e.d.CreateSnapshot(ctx, snapReq("before", before))
@@ -55,7 +55,7 @@ func TestFullDisk(t *testing.T) {
 			if left, _ := os.ReadDir(filepath.Join(mnt, "data", "partial")); len(left) != 0 {
 				t.Fatalf("failed copies left in partial/: %v", left)
 			}
-			if snaps, _ := e.d.vols.ListSnapshots(); len(snaps) != 1 {
+			if snaps, _ := e.d.hostpath.vols.ListSnapshots(); len(snaps) != 1 {
 				t.Fatalf("snapshot directories after failed snapshots: %v", snaps)
 			}
 			if _, err := e.d.Probe(ctx, nil); err != nil {
@@ -66,7 +66,7 @@ func TestFullDisk(t *testing.T) {
 				t.Fatalf("storage health on a full disk: %v", sh)
 			}
 			// Nothing half made.
-			if names, _ := e.d.vols.List(); len(names) != 1 {
+			if names, _ := e.d.hostpath.vols.List(); len(names) != 1 {
 				t.Fatalf("volume directories after failed creates: %v", names)
 			}
 			if _, err := e.d.store.GetVolumeByName("during"); err == nil {

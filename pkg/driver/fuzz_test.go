@@ -164,7 +164,7 @@ func TestHugeParameters(t *testing.T) {
 			}
 		})
 	}
-	if dirs, _ := e.d.vols.List(); len(dirs) != 0 {
+	if dirs, _ := e.d.hostpath.vols.List(); len(dirs) != 0 {
 		t.Fatalf("refused requests left volumes: %v", dirs)
 	}
 }

@@ -20,12 +20,6 @@ import (
 
 const maxGroupMembers = 64
 
-func (d *Driver) GroupControllerGetCapabilities(context.Context, *csi.GroupControllerGetCapabilitiesRequest) (*csi.GroupControllerGetCapabilitiesResponse, error) {
-	return &csi.GroupControllerGetCapabilitiesResponse{Capabilities: []*csi.GroupControllerServiceCapability{{
-		Type: &csi.GroupControllerServiceCapability_Rpc{Rpc: &csi.GroupControllerServiceCapability_RPC{
-			Type: csi.GroupControllerServiceCapability_RPC_CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT}}}}}, nil
-}
-
 // CreateVolumeGroupSnapshot snapshots several volumes together. The spec
 // says a group snapshot MUST be write-order consistent or fail: members
 // copied one after the other while pods write to them are neither, so a
@@ -51,12 +45,10 @@ func (d *Driver) CreateVolumeGroupSnapshot(ctx context.Context, req *csi.CreateV
 	if err := groupSnapshotParameters.check(req.GetParameters()); err != nil {
 		return nil, err
 	}
-	for _, id := range sorted {
-		if ids.IsNFSVolumeID(id) {
-			return nil, status.Errorf(codes.InvalidArgument, "volume %.64s is an NFS volume; group snapshots are of hostpath volumes only (take one VolumeSnapshot per NFS volume)", id)
-		}
+	if err := hostpathMembers(sorted); err != nil {
+		return nil, err
 	}
-	j, resp, err := d.createGroup(ctx, req, sorted)
+	j, resp, err := d.hostpath.createGroup(ctx, req, sorted)
 	if j == nil {
 		return resp, err
 	}
@@ -67,12 +59,12 @@ func (d *Driver) CreateVolumeGroupSnapshot(ctx context.Context, req *csi.CreateV
 	if err != nil {
 		return nil, stateError(err)
 	}
-	return d.groupResponse(g)
+	return d.hostpath.groupResponse(g)
 }
 
 // createGroup is the part of CreateVolumeGroupSnapshot under the name's
 // lock: it answers from the record, or starts the copies as a job.
-func (d *Driver) createGroup(ctx context.Context, req *csi.CreateVolumeGroupSnapshotRequest, sorted []string) (*job, *csi.CreateVolumeGroupSnapshotResponse, error) {
+func (d *hostpathDriver) createGroup(ctx context.Context, req *csi.CreateVolumeGroupSnapshotRequest, sorted []string) (*job, *csi.CreateVolumeGroupSnapshotResponse, error) {
 	name, sources := req.GetName(), req.GetSourceVolumeIds()
 	unlock, err := d.lock(ctx, "groupname", name)
 	if err != nil {
@@ -175,7 +167,7 @@ func (d *Driver) createGroup(ctx context.Context, req *csi.CreateVolumeGroupSnap
 
 // abandonGroup removes a group snapshot that finished while no caller
 // waited, and that no retry came for (see jobs.start).
-func (d *Driver) abandonGroup(j *job) {
+func (d *hostpathDriver) abandonGroup(j *job) {
 	g, err := d.store.GetGroup(j.id)
 	if err != nil {
 		return
@@ -202,7 +194,7 @@ func (d *Driver) abandonGroup(j *job) {
 
 // takeGroup is the job behind a group snapshot: every member, then the
 // group's result; on failure nothing of it is left.
-func (d *Driver) takeGroup(ctx context.Context, g *state.GroupSnapshot, vols map[string]*state.Volume, freeze []string) error {
+func (d *hostpathDriver) takeGroup(ctx context.Context, g *state.GroupSnapshot, vols map[string]*state.Volume, freeze []string) error {
 	start := time.Now()
 	snaps := make([]*state.Snapshot, len(g.SourceVolumeIDs))
 	for i, src := range g.SourceVolumeIDs {
@@ -237,7 +229,7 @@ func (d *Driver) takeGroup(ctx context.Context, g *state.GroupSnapshot, vols map
 // writablePublication returns a publication of the volume that pods can
 // write through, if any. A block volume's every publication counts: a
 // read-only bind of a device node does not stop writes through it.
-func (d *Driver) writablePublication(v *state.Volume) (*state.Publication, error) {
+func (d *hostpathDriver) writablePublication(v *state.Volume) (*state.Publication, error) {
 	pubs, err := d.store.PublicationsOf(v.ID)
 	if err != nil {
 		return nil, stateError(err)
@@ -250,7 +242,7 @@ func (d *Driver) writablePublication(v *state.Volume) (*state.Publication, error
 	return nil, nil
 }
 
-func (d *Driver) groupResponse(g *state.GroupSnapshot) (*csi.CreateVolumeGroupSnapshotResponse, error) {
+func (d *hostpathDriver) groupResponse(g *state.GroupSnapshot) (*csi.CreateVolumeGroupSnapshotResponse, error) {
 	gs, err := d.csiGroup(g)
 	if err != nil {
 		return nil, err
@@ -258,7 +250,7 @@ func (d *Driver) groupResponse(g *state.GroupSnapshot) (*csi.CreateVolumeGroupSn
 	return &csi.CreateVolumeGroupSnapshotResponse{GroupSnapshot: gs}, nil
 }
 
-func (d *Driver) csiGroup(g *state.GroupSnapshot) (*csi.VolumeGroupSnapshot, error) {
+func (d *hostpathDriver) csiGroup(g *state.GroupSnapshot) (*csi.VolumeGroupSnapshot, error) {
 	gs := &csi.VolumeGroupSnapshot{GroupSnapshotId: g.ID, CreationTime: timestamppb.New(g.CreatedAt), ReadyToUse: g.Phase == state.PhaseReady}
 	for _, id := range g.SnapshotIDs {
 		snap, err := d.store.GetSnapshot(id)
@@ -278,21 +270,21 @@ func (d *Driver) csiGroup(g *state.GroupSnapshot) (*csi.VolumeGroupSnapshot, err
 // rollbackGroup removes whatever members were made and the group record;
 // what it cannot remove stays "creating", which a retry of the name or the
 // next start-up removes.
-func (d *Driver) rollbackGroup(g *state.GroupSnapshot) {
+func (d *hostpathDriver) rollbackGroup(g *state.GroupSnapshot) {
 	if err := d.undoGroup(g); err != nil {
 		klog.ErrorS(err, "Rolling back a failed group snapshot; a retry of the name or the next start-up will finish it", "groupSnapshotID", g.ID)
 	}
 }
 
 // undoGroup removes a group and its members: members first, then the record.
-func (d *Driver) undoGroup(g *state.GroupSnapshot) error {
+func (d *hostpathDriver) undoGroup(g *state.GroupSnapshot) error {
 	if err := d.removeGroupMembers(g); err != nil {
 		return err
 	}
 	return d.store.DeleteGroup(g.ID)
 }
 
-func (d *Driver) removeGroupMembers(g *state.GroupSnapshot) error {
+func (d *hostpathDriver) removeGroupMembers(g *state.GroupSnapshot) error {
 	for _, id := range g.SnapshotIDs {
 		snap, err := d.store.GetSnapshot(id)
 		if errors.Is(err, state.ErrNotFound) {
@@ -353,7 +345,7 @@ func (d *Driver) DeleteVolumeGroupSnapshot(ctx context.Context, req *csi.DeleteV
 	if err := d.store.PutGroup(g); err != nil {
 		return nil, stateError(err)
 	}
-	if err := d.removeGroupMembers(g); err != nil {
+	if err := d.hostpath.removeGroupMembers(g); err != nil {
 		return nil, diskError("delete group snapshot members", err)
 	}
 	if err := d.store.DeleteGroup(id); err != nil {
@@ -392,7 +384,7 @@ func (d *Driver) GetVolumeGroupSnapshot(ctx context.Context, req *csi.GetVolumeG
 	if err := checkMembers(g, req.GetSnapshotIds()); err != nil {
 		return nil, err
 	}
-	gs, err := d.csiGroup(g)
+	gs, err := d.hostpath.csiGroup(g)
 	if err != nil {
 		return nil, err
 	}

@@ -19,10 +19,10 @@ func TestGroupSnapshot(t *testing.T) {
 	var vols []string
 	for _, n := range []string{"db-0", "db-1", "db-2"} {
 		id := e.create(t, n)
-		testutil.WriteSampleTree(t, e.d.vols.Path(id), 20)
+		testutil.WriteSampleTree(t, e.d.hostpath.vols.Path(id), 20)
 		vols = append(vols, id)
 	}
-	wantFirst := testutil.TreeManifest(t, e.d.vols.Path(vols[0]))
+	wantFirst := testutil.TreeManifest(t, e.d.hostpath.vols.Path(vols[0]))
 	req := &csi.CreateVolumeGroupSnapshotRequest{Name: "nightly", SourceVolumeIds: vols}
 	r, err := e.d.CreateVolumeGroupSnapshot(ctx, req)
 	if err != nil {
@@ -47,7 +47,7 @@ func TestGroupSnapshot(t *testing.T) {
 	wantCode(t, err, codes.InvalidArgument)
 	_, err = e.d.CreateVolumeGroupSnapshot(ctx, &csi.CreateVolumeGroupSnapshotRequest{Name: "gone", SourceVolumeIds: []string{vols[0], "hpv1-00000000000000000000000000000000"}})
 	wantCode(t, err, codes.NotFound)
-	if snaps, _ := e.d.vols.ListSnapshots(); len(snaps) != 3 {
+	if snaps, _ := e.d.hostpath.vols.ListSnapshots(); len(snaps) != 3 {
 		t.Fatalf("refused group snapshots left data: %d snapshot directories", len(snaps))
 	}
 
@@ -58,7 +58,7 @@ func TestGroupSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := testutil.TreeManifest(t, e.d.vols.Path(restored.GetVolume().GetVolumeId())); testutil.DiffManifests(wantFirst, got) != "" {
+	if got := testutil.TreeManifest(t, e.d.hostpath.vols.Path(restored.GetVolume().GetVolumeId())); testutil.DiffManifests(wantFirst, got) != "" {
 		t.Fatalf("restore from a member differs:\n%s", testutil.DiffManifests(wantFirst, got))
 	}
 	_, err = e.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: member})
@@ -78,8 +78,8 @@ func TestGroupSnapshot(t *testing.T) {
 	}
 	_, err = e.d.GetVolumeGroupSnapshot(ctx, &csi.GetVolumeGroupSnapshotRequest{GroupSnapshotId: g.GetGroupSnapshotId()})
 	wantCode(t, err, codes.NotFound)
-	e.d.vols.WaitIdle()
-	if snaps, _ := e.d.vols.ListSnapshots(); len(snaps) != 0 {
+	e.d.hostpath.vols.WaitIdle()
+	if snaps, _ := e.d.hostpath.vols.ListSnapshots(); len(snaps) != 0 {
 		t.Fatalf("members left after deleting the group: %v", snaps)
 	}
 }
@@ -88,7 +88,7 @@ func TestGroupSnapshot(t *testing.T) {
 func TestReconcileGroupAfterCrash(t *testing.T) {
 	e := newEnv(t)
 	a, b := e.create(t, "a"), e.create(t, "b")
-	os.WriteFile(filepath.Join(e.d.vols.Path(a), "f"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(e.d.hostpath.vols.Path(a), "f"), []byte("x"), 0o644)
 	r, err := e.d.CreateVolumeGroupSnapshot(ctx, &csi.CreateVolumeGroupSnapshotRequest{Name: "g", SourceVolumeIds: []string{a, b}})
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +97,7 @@ func TestReconcileGroupAfterCrash(t *testing.T) {
 	g.Phase = state.PhaseCreating
 	e.d.store.PutGroup(g)
 	e.restart(t)
-	e.d.vols.WaitIdle()
+	e.d.hostpath.vols.WaitIdle()
 	if _, err := e.d.store.GetGroup(g.ID); err == nil {
 		t.Fatal("interrupted group still on record")
 	}
@@ -106,7 +106,7 @@ func TestReconcileGroupAfterCrash(t *testing.T) {
 			t.Fatalf("member %s of an interrupted group still on record", id)
 		}
 	}
-	if snaps, _ := e.d.vols.ListSnapshots(); len(snaps) != 0 {
+	if snaps, _ := e.d.hostpath.vols.ListSnapshots(); len(snaps) != 0 {
 		t.Fatalf("member data left: %v", snaps)
 	}
 }
@@ -134,7 +134,7 @@ func TestGroupSnapshotRefusesWriters(t *testing.T) {
 	if !strings.Contains(status.Convert(err).Message(), target) {
 		t.Errorf("the refusal does not say where the volume is written: %v", err)
 	}
-	if snaps, _ := e.d.vols.ListSnapshots(); len(snaps) != 0 {
+	if snaps, _ := e.d.hostpath.vols.ListSnapshots(); len(snaps) != 0 {
 		t.Fatalf("a refused group left %d snapshots", len(snaps))
 	}
 	if _, err := e.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: a, TargetPath: target}); err != nil {

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 	"github.com/hostpath-csi/hostpath-csi/internal/mountutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -26,7 +25,7 @@ const (
 // dataHealth says what is wrong with a volume's data on disk, if anything. A
 // record whose data vanished is never dropped: it is reported here, so the
 // CO (and an operator) sees DATA_LOSS instead of a silently missing volume.
-func (d *Driver) dataHealth(v *state.Volume) []*csi.VolumeHealth_VolumeHealthEntry {
+func (d *hostpathDriver) dataHealth(v *state.Volume) []*csi.VolumeHealth_VolumeHealthEntry {
 	ok, err := d.vols.Exists(v.ID)
 	switch {
 	case err != nil:
@@ -51,10 +50,7 @@ func (d *Driver) dataHealth(v *state.Volume) []*csi.VolumeHealth_VolumeHealthEnt
 	return nil
 }
 
-func (d *Driver) ControllerGetVolumeHealth(ctx context.Context, req *csi.ControllerGetVolumeHealthRequest) (*csi.ControllerGetVolumeHealthResponse, error) {
-	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfs.ControllerGetVolumeHealth(ctx, req)
-	}
+func (d *hostpathDriver) ControllerGetVolumeHealth(ctx context.Context, req *csi.ControllerGetVolumeHealthRequest) (*csi.ControllerGetVolumeHealthResponse, error) {
 	v, err := d.readyVolume(req.GetVolumeId())
 	if err != nil {
 		return nil, err
@@ -64,7 +60,7 @@ func (d *Driver) ControllerGetVolumeHealth(ctx context.Context, req *csi.Control
 }
 
 // ControllerListVolumeHealth lists the volumes that have a health problem.
-func (d *Driver) ControllerListVolumeHealth(ctx context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
+func (d *hostpathDriver) ControllerListVolumeHealth(ctx context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
 	if err := pageToken(req.GetMaxEntries(), req.GetStartingToken()); err != nil {
 		return nil, err
 	}
@@ -82,10 +78,7 @@ func (d *Driver) ControllerListVolumeHealth(ctx context.Context, req *csi.Contro
 
 // NodeGetVolumeHealth adds what the node sees: a path the volume should be
 // mounted at that is not a mount point any more.
-func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
-	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfs.NodeGetVolumeHealth(ctx, req)
-	}
+func (d *hostpathDriver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
 	v, err := d.readyVolume(req.GetVolumeId())
 	if err != nil {
 		return nil, err
@@ -119,7 +112,7 @@ func (d *Driver) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolume
 // inPlaceAt says whether the volume is in place at path: as its record of
 // that path says (a block volume's stage is a device, not a mount), or, with
 // no record, whether something is mounted there.
-func (d *Driver) inPlaceAt(v *state.Volume, path string) (bool, error) {
+func (d *hostpathDriver) inPlaceAt(v *state.Volume, path string) (bool, error) {
 	pubs, err := d.store.PublicationsOf(v.ID)
 	if err != nil {
 		return false, err
@@ -140,22 +133,22 @@ const lowSpacePercent = 5
 // no writes, degraded when it is nearly full.
 func (d *Driver) NodeGetStorageHealth(ctx context.Context, req *csi.NodeGetStorageHealthRequest) (*csi.NodeGetStorageHealthResponse, error) {
 	var entries []*csi.NodeGetStorageHealthResponse_StorageBackendHealth
-	if err := d.vols.CheckWritable(); err != nil {
+	if err := d.hostpath.vols.CheckWritable(); err != nil {
 		entries = append(entries, &csi.NodeGetStorageHealthResponse_StorageBackendHealth{
 			Status: csi.StorageHealthErrorType_STORAGE_UNREACHABLE, Reason: "DataDirectoryNotWritable", Message: err.Error()})
-	} else if st, err := d.vols.Stats(); err != nil {
+	} else if st, err := d.hostpath.vols.Stats(); err != nil {
 		entries = append(entries, &csi.NodeGetStorageHealthResponse_StorageBackendHealth{
 			Status: csi.StorageHealthErrorType_STORAGE_UNREACHABLE, Reason: "DataDirectoryUnreadable", Message: err.Error()})
 	} else {
 		if st.TotalBytes > 0 && st.AvailableBytes*100 < st.TotalBytes*lowSpacePercent {
 			entries = append(entries, &csi.NodeGetStorageHealthResponse_StorageBackendHealth{
 				Status: csi.StorageHealthErrorType_STORAGE_DEGRADED, Reason: "LowSpace",
-				Message: fmt.Sprintf("data directory %s has %d of %d bytes available (under %d%%)", d.vols.Root(), st.AvailableBytes, st.TotalBytes, lowSpacePercent)})
+				Message: fmt.Sprintf("data directory %s has %d of %d bytes available (under %d%%)", d.hostpath.vols.Root(), st.AvailableBytes, st.TotalBytes, lowSpacePercent)})
 		}
 		if st.TotalInodes > 0 && st.FreeInodes*100 < st.TotalInodes*lowSpacePercent {
 			entries = append(entries, &csi.NodeGetStorageHealthResponse_StorageBackendHealth{
 				Status: csi.StorageHealthErrorType_STORAGE_DEGRADED, Reason: "LowInodes",
-				Message: fmt.Sprintf("data directory %s has %d of %d inodes free (under %d%%)", d.vols.Root(), st.FreeInodes, st.TotalInodes, lowSpacePercent)})
+				Message: fmt.Sprintf("data directory %s has %d of %d inodes free (under %d%%)", d.hostpath.vols.Root(), st.FreeInodes, st.TotalInodes, lowSpacePercent)})
 		}
 	}
 	if left := d.pending.list(); len(left) > 0 {

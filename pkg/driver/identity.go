@@ -59,7 +59,7 @@ func (d *Driver) unhealthy() (string, error) {
 	if _, err := d.store.VolumeExists(""); err != nil {
 		return "the state database does not answer", err
 	}
-	if err := d.vols.CheckWritable(); err != nil {
+	if err := d.hostpath.vols.CheckWritable(); err != nil {
 		return "the data directory does not take writes", err
 	}
 	return "", nil

@@ -63,8 +63,8 @@ func writeRandom(t *testing.T, path string, size int64) {
 func TestCopyOutlivesItsCaller(t *testing.T) {
 	e := newEnvOn(t, testutil.LoopFS(t, "ext4", 3072))
 	src := e.create(t, "src")
-	writeRandom(t, filepath.Join(e.d.vols.Path(src), "data"), 256<<20)
-	want := testutil.TreeManifest(t, e.d.vols.Path(src))
+	writeRandom(t, filepath.Join(e.d.hostpath.vols.Path(src), "data"), 256<<20)
+	want := testutil.TreeManifest(t, e.d.hostpath.vols.Path(src))
 	const perCall = 20 * time.Millisecond
 
 	var snapID string
@@ -94,15 +94,15 @@ func TestCopyOutlivesItsCaller(t *testing.T) {
 		if n < 2 {
 			t.Fatalf("the %s fit in one %v call: the test proves nothing", tc.name, perCall)
 		}
-		if got := testutil.TreeManifest(t, e.d.vols.Path(id)); testutil.DiffManifests(want, got) != "" {
+		if got := testutil.TreeManifest(t, e.d.hostpath.vols.Path(id)); testutil.DiffManifests(want, got) != "" {
 			t.Fatalf("%s differs from the source:\n%s", tc.name, testutil.DiffManifests(want, got))
 		}
 	}
-	if got := testutil.TreeManifest(t, e.d.vols.SnapshotPath(snapID)); testutil.DiffManifests(want, got) != "" {
+	if got := testutil.TreeManifest(t, e.d.hostpath.vols.SnapshotPath(snapID)); testutil.DiffManifests(want, got) != "" {
 		t.Fatalf("snapshot differs from the source:\n%s", testutil.DiffManifests(want, got))
 	}
-	vols, _ := e.d.vols.List()
-	snaps, _ := e.d.vols.ListSnapshots()
+	vols, _ := e.d.hostpath.vols.List()
+	snaps, _ := e.d.hostpath.vols.ListSnapshots()
 	if len(vols) != 3 || len(snaps) != 1 {
 		t.Fatalf("%d volume and %d snapshot directories, want 3 and 1 (one copy each, never a second)", len(vols), len(snaps))
 	}
@@ -172,7 +172,7 @@ func TestSnapshotDoesNotBlockOthers(t *testing.T) {
 	if got != first {
 		t.Fatalf("the retry got snapshot %q, the copy made %q", got, first)
 	}
-	if snaps, _ := e.d.vols.ListSnapshots(); len(snaps) != 2 {
+	if snaps, _ := e.d.hostpath.vols.ListSnapshots(); len(snaps) != 2 {
 		t.Fatalf("%d snapshot directories, want 2", len(snaps))
 	}
 	for _, p := range []string{target} {
@@ -242,7 +242,7 @@ func TestFailedCopyIsReportedOnce(t *testing.T) {
 		_, err = e.d.CreateVolume(ctx, fromVolume("clone", 0, src))
 		wantCode(t, err, codes.ResourceExhausted)
 	}
-	if vols, _ := e.d.vols.List(); len(vols) != 1 {
+	if vols, _ := e.d.hostpath.vols.List(); len(vols) != 1 {
 		t.Fatalf("a failed clone left %d volume directories", len(vols)-1)
 	}
 	g.fail = nil
@@ -278,9 +278,9 @@ func TestDeleteStopsACopy(t *testing.T) {
 	if _, err := e.d.DeleteVolumeGroupSnapshot(ctx, &csi.DeleteVolumeGroupSnapshotRequest{GroupSnapshotId: groups[0].ID}); err != nil {
 		t.Fatal(err)
 	}
-	e.d.vols.WaitIdle()
-	vols, _ := e.d.vols.List()
-	snaps, _ := e.d.vols.ListSnapshots()
+	e.d.hostpath.vols.WaitIdle()
+	vols, _ := e.d.hostpath.vols.List()
+	snaps, _ := e.d.hostpath.vols.ListSnapshots()
 	recs, _, _ := e.d.store.ListSnapshots("", 0, nil)
 	groups, _ = e.d.store.Groups()
 	if len(vols) != 1 || len(snaps) != 0 || len(recs) != 0 || len(groups) != 0 {
@@ -302,8 +302,8 @@ func TestShutdownRollsBackCopies(t *testing.T) {
 	go e.d.CreateSnapshot(ctx, snapReq("snap", src))
 	g.wait(t)
 	e.restart(t)
-	vols, _ := e.d.vols.List()
-	snaps, _ := e.d.vols.ListSnapshots()
+	vols, _ := e.d.hostpath.vols.List()
+	snaps, _ := e.d.hostpath.vols.ListSnapshots()
 	recs, _, _ := e.d.store.ListSnapshots("", 0, nil)
 	if len(vols) != 1 || len(snaps) != 0 || len(recs) != 0 {
 		t.Fatalf("after a shutdown mid-copy: %d volumes (want 1), %d snapshot dirs, %d snapshot records", len(vols), len(snaps), len(recs))

@@ -153,7 +153,7 @@ func TestSizesHold(t *testing.T) {
 			if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
 				t.Fatal(err)
 			}
-			e.d.vols.WaitIdle()
+			e.d.hostpath.vols.WaitIdle()
 			if left := testutil.LoopDevicesUnder(t, mnt); len(left) != 0 {
 				t.Fatalf("loop devices left after delete: %v", left)
 			}
@@ -216,14 +216,14 @@ func TestBlockVolumeAcrossRestartAndReboot(t *testing.T) {
 	if err := mountutil.Unmount(target, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.d.vols.DetachBlock(id); err != nil {
+	if err := e.d.hostpath.vols.DetachBlock(id); err != nil {
 		t.Fatal(err)
 	}
 	if left := testutil.LoopDevicesUnder(t, mnt); len(left) != 0 {
 		t.Fatalf("devices still attached in the simulated reboot: %v", left)
 	}
 	e.start(t)
-	if devs, _ := e.d.vols.BlockDevices(id); len(devs) != 1 {
+	if devs, _ := e.d.hostpath.vols.BlockDevices(id); len(devs) != 1 {
 		t.Fatalf("start-up attached the staged block volume %d times, want once", len(devs))
 	}
 	if _, err := e.d.NodePublishVolume(ctx, publishReq(id, staging, target, false, blockCap)); err != nil {
@@ -505,7 +505,7 @@ func TestCloneSetsAsideItsRoom(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := r.GetVolume().GetVolumeId()
-	f, err := os.OpenFile(e.d.vols.ImagePath(src), os.O_WRONLY, 0)
+	f, err := os.OpenFile(e.d.hostpath.vols.ImagePath(src), os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -573,12 +573,12 @@ func TestLeakedLoopDevicesDetachedAtStart(t *testing.T) {
 			t.Fatal(err)
 		}
 		volIDs = append(volIDs, r.GetVolume().GetVolumeId())
-		if _, err := e.d.vols.AttachBlock(volIDs[len(volIDs)-1], false); err != nil {
+		if _, err := e.d.hostpath.vols.AttachBlock(volIDs[len(volIDs)-1], false); err != nil {
 			t.Fatal(err)
 		}
 	}
 	e.d.Close()
-	if err := os.Remove(e.d.vols.ImagePath(volIDs[1])); err != nil {
+	if err := os.Remove(e.d.hostpath.vols.ImagePath(volIDs[1])); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(testutil.LoopDevicesUnder(t, filepath.Join(mnt, "data"))); n != 2 {
@@ -605,7 +605,7 @@ func TestUnstageOfAnImageWhoseDataIsGone(t *testing.T) {
 	}
 	id := r.GetVolume().GetVolumeId()
 	e.stageAndPublish(t, id, rwo)
-	if err := os.RemoveAll(e.d.vols.Path(id)); err != nil {
+	if err := os.RemoveAll(e.d.hostpath.vols.Path(id)); err != nil {
 		t.Fatal(err)
 	}
 	e.unpublishAndUnstage(t, id)
@@ -690,7 +690,7 @@ func TestImageRaisedToItsMinimumRestoresAtTheClaimsSize(t *testing.T) {
 			if n := got.GetVolume().GetCapacityBytes(); n != want {
 				t.Fatalf("capacity %d, want %d", n, want)
 			}
-			if n, _ := e.d.vols.ImageSize(got.GetVolume().GetVolumeId()); n != want {
+			if n, _ := e.d.hostpath.vols.ImageSize(got.GetVolume().GetVolumeId()); n != want {
 				t.Fatalf("image file of %d bytes, want %d", n, want)
 			}
 			// A retry of the same call is the same volume.

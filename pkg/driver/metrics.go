@@ -133,8 +133,8 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descSnapshots, prometheus.GaugeValue, float64(snaps[phase]), string(phase))
 	}
 	ch <- prometheus.MustNewConstMetric(descProvisioned, prometheus.GaugeValue, float64(provisioned))
-	ch <- prometheus.MustNewConstMetric(descUsed, prometheus.GaugeValue, float64(d.usage.total()))
-	if st, err := d.vols.Stats(); err == nil {
+	ch <- prometheus.MustNewConstMetric(descUsed, prometheus.GaugeValue, float64(d.hostpath.usage.total()))
+	if st, err := d.hostpath.vols.Stats(); err == nil {
 		ch <- prometheus.MustNewConstMetric(descFS, prometheus.GaugeValue, float64(st.TotalBytes), "total")
 		ch <- prometheus.MustNewConstMetric(descFS, prometheus.GaugeValue, float64(st.AvailableBytes), "available")
 	}

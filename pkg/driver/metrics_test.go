@@ -46,7 +46,7 @@ func TestMetrics(t *testing.T) {
 		}
 		id = r.GetVolume().GetVolumeId()
 	}
-	os.WriteFile(filepath.Join(e.d.vols.Path(id), "f"), make([]byte, 4096), 0o644)
+	os.WriteFile(filepath.Join(e.d.hostpath.vols.Path(id), "f"), make([]byte, 4096), 0o644)
 	if _, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "bad"}); err == nil {
 		t.Fatal("a create without capabilities succeeded")
 	}

@@ -19,35 +19,9 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
-var nodeCaps = []csi.NodeServiceCapability_RPC_Type{
-	csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
-	csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
-	csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
-	csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
-	csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
-	csi.NodeServiceCapability_RPC_GET_STORAGE_HEALTH,
-}
-
-func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
-	caps := make([]*csi.NodeServiceCapability, 0, len(nodeCaps))
-	for _, c := range nodeCaps {
-		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{
-			Rpc: &csi.NodeServiceCapability_RPC{Type: c}}})
-	}
-	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
-}
-
-func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
-	return &csi.NodeGetInfoResponse{
-		NodeId:             d.cfg.NodeID,
-		MaxVolumesPerNode:  d.cfg.MaxVolumesPerNode,
-		AccessibleTopology: d.topology(),
-	}, nil
-}
-
 // nodeVolume checks the common fields of a node call and returns the locked,
 // ready volume. The caller must call the returned unlock.
-func (d *Driver) nodeVolume(ctx context.Context, id string) (*state.Volume, func(), error) {
+func (d *hostpathDriver) nodeVolume(ctx context.Context, id string) (*state.Volume, func(), error) {
 	if err := volumeIDOrNotFound(id); err != nil {
 		return nil, nil, err
 	}
@@ -72,7 +46,7 @@ func (d *Driver) nodeVolume(ctx context.Context, id string) (*state.Volume, func
 // stay Terminating until the copy ends), yet a delete cannot run meanwhile;
 // and the volume's node lock, so its own stage and publish calls run one at
 // a time.
-func (d *Driver) lockForNode(ctx context.Context, id string) (func(), error) {
+func (d *hostpathDriver) lockForNode(ctx context.Context, id string) (func(), error) {
 	unlockVol, err := d.rlock(ctx, "vol", id)
 	if err != nil {
 		return nil, err
@@ -88,10 +62,7 @@ func (d *Driver) lockForNode(ctx context.Context, id string) (func(), error) {
 // NodeStageVolume binds the volume's directory at the staging path. Pods get
 // bind mounts of the staging path (NodePublishVolume), so one staging serves
 // every pod on the node.
-func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
-	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfs.NodeStageVolume(ctx, req)
-	}
+func (d *hostpathDriver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	path := req.GetStagingTargetPath()
 	if err := requirePath(path, "staging_target_path"); err != nil {
 		return nil, err
@@ -148,7 +119,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 // It reports done=true when the same mount is already in place (an
 // idempotent retry), clears a half-made mount a crash left, and refuses a
 // path that is mounted but not by us, or mounted by us differently.
-func (d *Driver) prepareMountPoint(v *state.Volume, kind state.PublicationKind, path string, sameAs func(*state.Publication) bool) (done bool, err error) {
+func (d *hostpathDriver) prepareMountPoint(v *state.Volume, kind state.PublicationKind, path string, sameAs func(*state.Publication) bool) (done bool, err error) {
 	id := v.ID
 	rec, err := d.store.GetPublication(id, kind, path)
 	if err != nil && !errors.Is(err, state.ErrNotFound) {
@@ -180,7 +151,7 @@ func (d *Driver) prepareMountPoint(v *state.Volume, kind state.PublicationKind, 
 
 // mountRecorded records the intent to mount, mounts, and records the result;
 // a failed mount leaves neither a mount nor a record.
-func (d *Driver) mountRecorded(pub *state.Publication, mount func() error) error {
+func (d *hostpathDriver) mountRecorded(pub *state.Publication, mount func() error) error {
 	pub.Phase = state.PhaseMounting
 	if err := d.store.PutPublication(pub); err != nil {
 		return stateError(err)
@@ -201,7 +172,7 @@ func (d *Driver) mountRecorded(pub *state.Publication, mount func() error) error
 // unmountRecorded marks a publication as being removed, unmounts, and drops
 // the record. A publish target's directory is removed too (the driver made
 // it); a staging path belongs to the CO and stays.
-func (d *Driver) unmountRecorded(pub *state.Publication) error {
+func (d *hostpathDriver) unmountRecorded(pub *state.Publication) error {
 	v, err := d.store.GetVolume(pub.VolumeID)
 	if err != nil {
 		return stateError(err)
@@ -219,14 +190,8 @@ func (d *Driver) unmountRecorded(pub *state.Publication) error {
 	return nil
 }
 
-func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+func (d *hostpathDriver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	path := req.GetStagingTargetPath()
-	if err := requirePath(path, "staging_target_path"); err != nil {
-		return nil, err
-	}
-	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfs.NodeUnstageVolume(ctx, req)
-	}
 	pub, unlock, err := d.publicationToRemove(ctx, req.GetVolumeId(), state.KindStage, path)
 	if err != nil || pub == nil {
 		return &csi.NodeUnstageVolumeResponse{}, err
@@ -257,7 +222,7 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 // publication (and no lock) when there is nothing to do: the path is not
 // mounted and not on record, so the call already succeeded. A mount at the
 // path that this driver did not make is refused rather than removed.
-func (d *Driver) publicationToRemove(ctx context.Context, id string, kind state.PublicationKind, path string) (*state.Publication, func(), error) {
+func (d *hostpathDriver) publicationToRemove(ctx context.Context, id string, kind state.PublicationKind, path string) (*state.Publication, func(), error) {
 	if err := volumeIDOrNotFound(id); err != nil {
 		return nil, nil, err
 	}
@@ -311,14 +276,8 @@ func removeTarget(path, id string) error {
 	return nil
 }
 
-func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+func (d *hostpathDriver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	target, staging := req.GetTargetPath(), req.GetStagingTargetPath()
-	if err := requirePath(target, "target_path"); err != nil {
-		return nil, err
-	}
-	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfs.NodePublishVolume(ctx, req)
-	}
 	if err := nodeCapability(req.GetVolumeCapability()); err != nil {
 		return nil, err
 	}
@@ -397,14 +356,8 @@ func (c *core) checkSingleWriter(id string, pub *state.Publication) error {
 	return nil
 }
 
-func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+func (d *hostpathDriver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	target := req.GetTargetPath()
-	if err := requirePath(target, "target_path"); err != nil {
-		return nil, err
-	}
-	if ids.IsNFSVolumeID(req.GetVolumeId()) {
-		return d.nfs.NodeUnpublishVolume(ctx, req)
-	}
 	if id := req.GetVolumeId(); id != "" && ids.ValidateVolumeID(id) != nil {
 		// Not one of our IDs: the kubelet's handle of an inline volume.
 		// Once that is gone (a retry), there is nothing left to do.
@@ -427,7 +380,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 
 // mountedAt returns the volume if it is mounted (staged or published) at
 // path according to the records, or NotFound.
-func (d *Driver) mountedAt(id, path string) (*state.Volume, error) {
+func (d *hostpathDriver) mountedAt(id, path string) (*state.Volume, error) {
 	v, err := d.readyVolume(id)
 	if err != nil {
 		return nil, err
@@ -444,17 +397,8 @@ func (d *Driver) mountedAt(id, path string) (*state.Volume, error) {
 	return nil, notFound("volume %s is not staged or published at %q on this node", id, path)
 }
 
-func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
-	}
-	if req.GetVolumePath() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume path is required")
-	}
+func (d *hostpathDriver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
 	id := req.GetVolumeId()
-	if ids.IsNFSVolumeID(id) {
-		return d.nfs.NodeGetVolumeStats(ctx, req)
-	}
 	if ids.ValidateVolumeID(id) != nil {
 		if v, err := d.ephemeralVolume(id); err != nil {
 			return nil, err
@@ -473,7 +417,7 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 // an image's filesystem (one statfs), a qgroup or project quota's own
 // accounting. Only a directory that nothing holds is walked, at most once
 // per --usage-interval.
-func (d *Driver) volumeStats(v *state.Volume, path string) (*csi.NodeGetVolumeStatsResponse, error) {
+func (d *hostpathDriver) volumeStats(v *state.Volume, path string) (*csi.NodeGetVolumeStatsResponse, error) {
 	switch kindOf(v).layout {
 	case layoutBlock:
 		// A device: its size, nothing a filesystem could tell.

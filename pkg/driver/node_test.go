@@ -35,7 +35,7 @@ func TestNodeStagePublishFlow(t *testing.T) {
 	if err := os.WriteFile(target+"/hello", []byte("data"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if data, err := os.ReadFile(filepath.Join(e.d.vols.Path(id), "hello")); err != nil || string(data) != "data" {
+	if data, err := os.ReadFile(filepath.Join(e.d.hostpath.vols.Path(id), "hello")); err != nil || string(data) != "data" {
 		t.Fatalf("write through the target did not land in the volume: %q %v", data, err)
 	}
 	// Same target, other options: AlreadyExists.
@@ -143,7 +143,7 @@ func TestStageRefusesSymlinkedData(t *testing.T) {
 	e := newEnv(t)
 	testutil.CleanupMounts(t, e.dir)
 	id := e.create(t, "link")
-	p := e.d.vols.Path(id)
+	p := e.d.hostpath.vols.Path(id)
 	if err := os.Remove(p); err != nil {
 		t.Fatal(err)
 	}

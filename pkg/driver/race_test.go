@@ -77,7 +77,7 @@ func TestRaceCreateDeleteOneName(t *testing.T) {
 		}
 		wg.Wait()
 	})
-	e.d.vols.WaitIdle()
+	e.d.hostpath.vols.WaitIdle()
 	vols, _, err := e.d.store.ListVolumes("", 0, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +85,7 @@ func TestRaceCreateDeleteOneName(t *testing.T) {
 	if len(vols) > 1 {
 		t.Fatalf("%d volumes on record for one name", len(vols))
 	}
-	dirs, _ := e.d.vols.List()
+	dirs, _ := e.d.hostpath.vols.List()
 	if len(dirs) != len(vols) || (len(vols) == 1 && (dirs[0] != vols[0].ID || vols[0].Phase != "ready")) {
 		t.Fatalf("records %v and directories %v disagree", vols, dirs)
 	}
@@ -147,11 +147,11 @@ func TestRaceDeleteWhilePublishing(t *testing.T) {
 	// After the delete, the volume is gone for every caller.
 	_, err := e.d.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: e.dir + "/late", VolumeCapability: rwo})
 	wantCode(t, err, codes.NotFound)
-	e.d.vols.WaitIdle()
+	e.d.hostpath.vols.WaitIdle()
 	if left := testutil.MountsUnder(t, e.dir); len(left) != 0 {
 		t.Fatalf("mounts left: %v", left)
 	}
-	if dirs, _ := e.d.vols.List(); len(dirs) != 0 {
+	if dirs, _ := e.d.hostpath.vols.List(); len(dirs) != 0 {
 		t.Fatalf("directories left: %v", dirs)
 	}
 	t.Logf("%d publishes before the delete went through", published.Load())
@@ -163,7 +163,7 @@ func TestRaceDeleteWhilePublishing(t *testing.T) {
 func TestRaceSnapshotWhileDeletingSource(t *testing.T) {
 	e := newEnv(t)
 	src := e.create(t, "source")
-	testutil.WriteSampleTree(t, e.d.vols.Path(src), 300)
+	testutil.WriteSampleTree(t, e.d.hostpath.vols.Path(src), 300)
 	var made []string
 	var mu sync.Mutex
 	within(t, 60*time.Second, func() {
@@ -201,13 +201,13 @@ func TestRaceSnapshotWhileDeletingSource(t *testing.T) {
 		}
 		wg.Wait()
 	})
-	e.d.vols.WaitIdle()
+	e.d.hostpath.vols.WaitIdle()
 	for _, id := range made {
 		if _, err := e.d.CreateVolume(ctx, fromSnapshot("from-"+id, 0, id)); err != nil {
 			t.Fatalf("restore from snapshot %s taken before the delete: %v", id, err)
 		}
 	}
-	snaps, _ := e.d.vols.ListSnapshots()
+	snaps, _ := e.d.hostpath.vols.ListSnapshots()
 	if len(snaps) != len(made) {
 		t.Fatalf("%d snapshot directories for %d snapshots", len(snaps), len(made))
 	}

@@ -60,7 +60,7 @@ func (d *Driver) reconcile() []*problem {
 		add("list snapshot records", err, nil)
 		return problems
 	}
-	add("leftovers in partial/ and trash/", d.reconcileLeftovers(vols, snaps, add), nil)
+	add("leftovers in partial/ and trash/", d.hostpath.reconcileLeftovers(vols, snaps, add), nil)
 
 	pubs, err := d.store.AllPublications()
 	add("list mount records", err, nil)
@@ -75,37 +75,37 @@ func (d *Driver) reconcile() []*problem {
 				continue
 			}
 			if p.Kind == kind {
-				add(fmt.Sprintf("%s of volume %s at %s", p.Kind, p.VolumeID, p.Path), d.reconcilePublication(p),
-					func() error { return d.retryPublication(p) })
+				add(fmt.Sprintf("%s of volume %s at %s", p.Kind, p.VolumeID, p.Path), d.hostpath.reconcilePublication(p),
+					func() error { return d.hostpath.retryPublication(p) })
 			}
 		}
 	}
 
-	add("loop devices left attached", d.detachLeakedDevices(), nil)
-	add("held volume files", d.holdVolumeFiles(vols), func() error { return d.holdVolumeFiles(nil) })
+	add("loop devices left attached", d.hostpath.detachLeakedDevices(), nil)
+	add("held volume files", d.hostpath.holdVolumeFiles(vols), func() error { return d.hostpath.holdVolumeFiles(nil) })
 
 	known := make(map[string]bool, len(vols))
 	for _, v := range vols {
 		known[v.ID] = true
-		add(fmt.Sprintf("volume %s (%s)", v.ID, v.Phase), d.reconcileVolume(v), func() error { return d.retryVolume(v.ID) })
+		add(fmt.Sprintf("volume %s (%s)", v.ID, v.Phase), d.hostpath.reconcileVolume(v), func() error { return d.hostpath.retryVolume(v.ID) })
 	}
 	// An inline volume that no mount holds after the mounts were checked
 	// belongs to no running pod (a crash between its create and its
 	// publish, or a reboot): it goes. A kubelet's retry makes it afresh.
 	for _, v := range vols {
 		if v.Ephemeral && v.Phase == state.PhaseReady {
-			add(fmt.Sprintf("inline volume %s", v.ID), d.reconcileEphemeral(v), func() error { return d.reconcileEphemeral(v) })
+			add(fmt.Sprintf("inline volume %s", v.ID), d.hostpath.reconcileEphemeral(v), func() error { return d.hostpath.reconcileEphemeral(v) })
 		}
 	}
-	names, err := d.vols.List()
+	names, err := d.hostpath.vols.List()
 	add("list volume directories", err, nil)
-	d.quarantineUnknown(names, known, d.vols.Quarantine, "volume", add)
+	d.hostpath.quarantineUnknown(names, known, d.hostpath.vols.Quarantine, "volume", add)
 
 	groups, err := d.store.Groups()
 	add("list group snapshot records", err, nil)
 	for _, g := range groups {
 		if g.Phase != state.PhaseReady {
-			add(fmt.Sprintf("group snapshot %s (%s)", g.ID, g.Phase), d.reconcileGroup(g), func() error { return d.retryGroup(g.ID) })
+			add(fmt.Sprintf("group snapshot %s (%s)", g.ID, g.Phase), d.hostpath.reconcileGroup(g), func() error { return d.hostpath.retryGroup(g.ID) })
 		}
 	}
 	// Groups may have removed member snapshots: read them again.
@@ -116,11 +116,11 @@ func (d *Driver) reconcile() []*problem {
 	knownSnaps := make(map[string]bool, len(snaps))
 	for _, s := range snaps {
 		knownSnaps[s.ID] = true
-		add(fmt.Sprintf("snapshot %s (%s)", s.ID, s.Phase), d.reconcileSnapshot(s), func() error { return d.retrySnapshot(s.ID) })
+		add(fmt.Sprintf("snapshot %s (%s)", s.ID, s.Phase), d.hostpath.reconcileSnapshot(s), func() error { return d.hostpath.retrySnapshot(s.ID) })
 	}
-	names, err = d.vols.ListSnapshots()
+	names, err = d.hostpath.vols.ListSnapshots()
 	add("list snapshot directories", err, nil)
-	d.quarantineUnknown(names, knownSnaps, d.vols.QuarantineSnapshot, "snapshot", add)
+	d.hostpath.quarantineUnknown(names, knownSnaps, d.hostpath.vols.QuarantineSnapshot, "snapshot", add)
 	return problems
 }
 
@@ -131,7 +131,7 @@ func (d *Driver) reconcile() []*problem {
 // the loop devices that hold them (one attached before the upgrade stays
 // attached, with discard on, until its next stage). vols nil: read the
 // records again (a retry).
-func (d *Driver) holdVolumeFiles(vols []*state.Volume) error {
+func (d *hostpathDriver) holdVolumeFiles(vols []*state.Volume) error {
 	if vols == nil {
 		var err error
 		if vols, _, err = d.store.ListVolumes("", 0, nil); err != nil {
@@ -160,7 +160,7 @@ func (d *Driver) holdVolumeFiles(vols []*state.Volume) error {
 // record, or a deleted volume's device. A stage holds a volume's device,
 // and so does a publish: an inline image volume has no stage, its image is
 // mounted at the pod's target itself.
-func (d *Driver) detachLeakedDevices() error {
+func (d *hostpathDriver) detachLeakedDevices() error {
 	pubs, err := d.store.AllPublications()
 	if err != nil {
 		return err
@@ -189,7 +189,7 @@ func (d *Driver) detachLeakedDevices() error {
 // ready record whose data is missing adopts a leftover of its ID; a copy
 // renamed into place is durable before its record says ready, so this
 // happens only when a disk broke that promise, and then the data is kept.
-func (d *Driver) reconcileLeftovers(vols []*state.Volume, snaps []*state.Snapshot, add func(string, error, func() error)) error {
+func (d *hostpathDriver) reconcileLeftovers(vols []*state.Volume, snaps []*state.Snapshot, add func(string, error, func() error)) error {
 	left, err := d.vols.Leftovers()
 	if err != nil {
 		return err
@@ -226,18 +226,18 @@ func (d *Driver) reconcileLeftovers(vols []*state.Volume, snaps []*state.Snapsho
 	return nil
 }
 
-func (d *Driver) missingVolume(id string) bool {
+func (d *hostpathDriver) missingVolume(id string) bool {
 	ok, err := d.vols.Exists(id)
 	return !ok && err == nil
 }
 
-func (d *Driver) missingSnapshot(id string) bool {
+func (d *hostpathDriver) missingSnapshot(id string) bool {
 	ok, err := d.vols.SnapshotExists(id)
 	return !ok && err == nil
 }
 
 // quarantineUnknown moves every entry without a record out of the way.
-func (d *Driver) quarantineUnknown(names []string, known map[string]bool, quarantine func(string) (string, error), kind string, add func(string, error, func() error)) {
+func (d *hostpathDriver) quarantineUnknown(names []string, known map[string]bool, quarantine func(string) (string, error), kind string, add func(string, error, func() error)) {
 	for _, name := range names {
 		if known[name] {
 			continue
@@ -255,7 +255,7 @@ func (d *Driver) quarantineUnknown(names []string, known map[string]bool, quaran
 	}
 }
 
-func (d *Driver) reconcileVolume(v *state.Volume) error {
+func (d *hostpathDriver) reconcileVolume(v *state.Volume) error {
 	switch v.Phase {
 	case state.PhaseCreating, state.PhaseDeleting:
 		if err := d.removeVolumeData(v); err != nil {
@@ -281,7 +281,7 @@ func (d *Driver) reconcileVolume(v *state.Volume) error {
 	return nil
 }
 
-func (d *Driver) reconcileEphemeral(v *state.Volume) error {
+func (d *hostpathDriver) reconcileEphemeral(v *state.Volume) error {
 	unlock, err := d.lock(context.Background(), "name", v.Name)
 	if err != nil {
 		return err
@@ -302,7 +302,7 @@ func (d *Driver) reconcileEphemeral(v *state.Volume) error {
 	return nil
 }
 
-func (d *Driver) reconcileSnapshot(s *state.Snapshot) error {
+func (d *hostpathDriver) reconcileSnapshot(s *state.Snapshot) error {
 	switch s.Phase {
 	case state.PhaseCreating, state.PhaseDeleting:
 		if err := d.vols.DeleteSnapshot(s.ID); err != nil {
@@ -323,7 +323,7 @@ func (d *Driver) reconcileSnapshot(s *state.Snapshot) error {
 
 // reconcileGroup removes a group snapshot that a crash interrupted, with its
 // members.
-func (d *Driver) reconcileGroup(g *state.GroupSnapshot) error {
+func (d *hostpathDriver) reconcileGroup(g *state.GroupSnapshot) error {
 	if err := d.undoGroup(g); err != nil {
 		return err
 	}
@@ -332,7 +332,7 @@ func (d *Driver) reconcileGroup(g *state.GroupSnapshot) error {
 	return nil
 }
 
-func (d *Driver) reconcilePublication(p *state.Publication) error {
+func (d *hostpathDriver) reconcilePublication(p *state.Publication) error {
 	v, err := d.store.GetVolume(p.VolumeID)
 	if err != nil {
 		return err
@@ -374,7 +374,7 @@ func (d *Driver) reconcilePublication(p *state.Publication) error {
 // settled the matter in the meantime (a kubelet retrying its mount, a CO
 // retrying its delete).
 
-func (d *Driver) retryPublication(p *state.Publication) error {
+func (d *hostpathDriver) retryPublication(p *state.Publication) error {
 	unlock, err := d.lockForNode(context.Background(), p.VolumeID)
 	if err != nil {
 		return err
@@ -390,7 +390,7 @@ func (d *Driver) retryPublication(p *state.Publication) error {
 	return d.reconcilePublication(cur)
 }
 
-func (d *Driver) retryVolume(id string) error {
+func (d *hostpathDriver) retryVolume(id string) error {
 	if d.jobs.making(id) != nil {
 		return nil
 	}
@@ -423,7 +423,7 @@ func (d *Driver) retryVolume(id string) error {
 	return d.reconcileVolume(v)
 }
 
-func (d *Driver) retrySnapshot(id string) error {
+func (d *hostpathDriver) retrySnapshot(id string) error {
 	if d.jobs.making(id) != nil {
 		return nil
 	}
@@ -454,7 +454,7 @@ func (d *Driver) retrySnapshot(id string) error {
 	return d.reconcileSnapshot(s)
 }
 
-func (d *Driver) retryGroup(id string) error {
+func (d *hostpathDriver) retryGroup(id string) error {
 	if d.jobs.making(id) != nil {
 		return nil
 	}

@@ -32,20 +32,20 @@ func TestReconcileAfterCrash(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	os.WriteFile(filepath.Join(e.d.vols.Path(ready), "keep"), []byte("x"), 0o644)
-	os.RemoveAll(e.d.vols.Path(lost))
-	os.RemoveAll(e.d.vols.Path(deletingGone))
+	os.WriteFile(filepath.Join(e.d.hostpath.vols.Path(ready), "keep"), []byte("x"), 0o644)
+	os.RemoveAll(e.d.hostpath.vols.Path(lost))
+	os.RemoveAll(e.d.hostpath.vols.Path(deletingGone))
 	orphan := ids.NewVolumeID()
-	os.MkdirAll(filepath.Join(e.d.vols.Path(orphan), "sub"), 0o755)
+	os.MkdirAll(filepath.Join(e.d.hostpath.vols.Path(orphan), "sub"), 0o755)
 	os.MkdirAll(filepath.Join(e.dataDir, "trash", "old.7", "deep"), 0o755)
 
 	e.restart(t)
 
-	names, _ := e.d.vols.List()
+	names, _ := e.d.hostpath.vols.List()
 	if len(names) != 1 || names[0] != ready {
 		t.Fatalf("volume directories after reconcile: %v, want only %s", names, ready)
 	}
-	if _, err := os.Stat(filepath.Join(e.d.vols.Path(ready), "keep")); err != nil {
+	if _, err := os.Stat(filepath.Join(e.d.hostpath.vols.Path(ready), "keep")); err != nil {
 		t.Fatalf("ready volume lost its data: %v", err)
 	}
 	for _, id := range []string{creating, deleting, deletingGone} {
@@ -66,7 +66,7 @@ func TestReconcileAfterCrash(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.dataDir, "quarantine", q[0].Name(), "sub")); err != nil {
 		t.Fatalf("orphan's data not kept: %v", err)
 	}
-	e.d.vols.WaitIdle()
+	e.d.hostpath.vols.WaitIdle()
 	if tr, _ := os.ReadDir(filepath.Join(e.dataDir, "trash")); len(tr) != 0 {
 		t.Fatalf("trash not emptied: %v", tr)
 	}
@@ -119,7 +119,7 @@ func TestReconcileMounts(t *testing.T) {
 func TestReconcileSnapshotsAfterCrash(t *testing.T) {
 	e := newEnv(t)
 	src := e.create(t, "src")
-	os.WriteFile(filepath.Join(e.d.vols.Path(src), "f"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(e.d.hostpath.vols.Path(src), "f"), []byte("x"), 0o644)
 	ready, err := e.d.CreateSnapshot(ctx, snapReq("ready", src))
 	if err != nil {
 		t.Fatal(err)
@@ -139,7 +139,7 @@ func TestReconcileSnapshotsAfterCrash(t *testing.T) {
 	os.MkdirAll(filepath.Join(e.dataDir, "snapshots", stray), 0o755)
 
 	e.restart(t)
-	e.d.vols.WaitIdle()
+	e.d.hostpath.vols.WaitIdle()
 
 	if _, err := e.d.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: ready.GetSnapshot().GetSnapshotId()}); err != nil {
 		t.Fatalf("ready snapshot after restart: %v", err)
@@ -147,7 +147,7 @@ func TestReconcileSnapshotsAfterCrash(t *testing.T) {
 	if _, err := e.d.store.GetSnapshot(cutID); err == nil {
 		t.Fatal("interrupted snapshot still on record")
 	}
-	if names, _ := e.d.vols.ListSnapshots(); len(names) != 1 || names[0] != ready.GetSnapshot().GetSnapshotId() {
+	if names, _ := e.d.hostpath.vols.ListSnapshots(); len(names) != 1 || names[0] != ready.GetSnapshot().GetSnapshotId() {
 		t.Fatalf("snapshot directories after reconcile: %v", names)
 	}
 	if ok, _ := e.d.store.VolumeExists(restoring); ok {
@@ -169,7 +169,7 @@ func TestReconcileSnapshotsAfterCrash(t *testing.T) {
 func TestReconcileAdoptsReadyCopies(t *testing.T) {
 	e := newEnv(t)
 	src := e.create(t, "src")
-	os.WriteFile(filepath.Join(e.d.vols.Path(src), "data"), []byte("precious"), 0o644)
+	os.WriteFile(filepath.Join(e.d.hostpath.vols.Path(src), "data"), []byte("precious"), 0o644)
 	r, err := e.d.CreateSnapshot(ctx, snapReq("snap", src))
 	if err != nil {
 		t.Fatal(err)
@@ -182,7 +182,7 @@ func TestReconcileAdoptsReadyCopies(t *testing.T) {
 	cloneID := clone.GetVolume().GetVolumeId()
 	e.d.Close()
 	// What a lost rename leaves: the data back in partial/.
-	for _, p := range [][2]string{{e.d.vols.SnapshotPath(snap), snap}, {e.d.vols.Path(cloneID), cloneID}} {
+	for _, p := range [][2]string{{e.d.hostpath.vols.SnapshotPath(snap), snap}, {e.d.hostpath.vols.Path(cloneID), cloneID}} {
 		if err := os.Rename(p[0], filepath.Join(e.dataDir, "partial", p[1])); err != nil {
 			t.Fatal(err)
 		}
@@ -190,7 +190,7 @@ func TestReconcileAdoptsReadyCopies(t *testing.T) {
 	// And an unfinished copy nobody owns, which goes.
 	os.MkdirAll(filepath.Join(e.dataDir, "partial", ids.NewVolumeID(), "x"), 0o755)
 	e.start(t)
-	for _, p := range []string{filepath.Join(e.d.vols.SnapshotPath(snap), "data"), filepath.Join(e.d.vols.Path(cloneID), "data")} {
+	for _, p := range []string{filepath.Join(e.d.hostpath.vols.SnapshotPath(snap), "data"), filepath.Join(e.d.hostpath.vols.Path(cloneID), "data")} {
 		if got, err := os.ReadFile(p); err != nil || string(got) != "precious" {
 			t.Fatalf("%s after start-up: %q %v", p, got, err)
 		}
@@ -212,7 +212,7 @@ func TestStartupServesDespiteReconcileFailure(t *testing.T) {
 	if err := e.d.store.SetVolumePhase(stuck, state.PhaseCreating); err != nil {
 		t.Fatal(err)
 	}
-	inside := filepath.Join(e.d.vols.Path(stuck), "m")
+	inside := filepath.Join(e.d.hostpath.vols.Path(stuck), "m")
 	os.Mkdir(inside, 0o755)
 	if err := unix.Mount(t.TempDir(), inside, "", unix.MS_BIND, ""); err != nil {
 		t.Fatal(err)
@@ -272,7 +272,7 @@ func TestStartThawsWhatAKilledSnapshotLeftFrozenFirst(t *testing.T) {
 	id := r.GetVolume().GetVolumeId()
 	staging, target := e.stageAndPublish(t, id, rwo)
 	defer e.unpublishAndUnstage(t, id)
-	markers := e.d.vols.FreezeMarkers()
+	markers := e.d.hostpath.vols.FreezeMarkers()
 	killed, err := imagefs.Freeze(markers, staging)
 	if err != nil {
 		t.Fatal(err)

@@ -84,7 +84,7 @@ func TestHeldVolumesWriteTheirWholeSizeOnAFullDisk(t *testing.T) {
 			}
 			for _, id := range []string{block, image} {
 				var st unix.Stat_t
-				if err := unix.Stat(e.d.vols.ImagePath(id), &st); err != nil {
+				if err := unix.Stat(e.d.hostpath.vols.ImagePath(id), &st); err != nil {
 					t.Fatal(err)
 				}
 				if st.Blocks*512 < st.Size {
@@ -274,7 +274,7 @@ func TestSnapshotSetsAsideItsRoomWhileItCopies(t *testing.T) {
 	if _, err := e.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.ID}); err != nil {
 		t.Fatal(err)
 	}
-	e.d.vols.WaitIdle()
+	e.d.hostpath.vols.WaitIdle()
 	if again, _ := e.d.GetCapacity(ctx, &csi.GetCapacityRequest{}); again.GetAvailableCapacity() < before.GetAvailableCapacity()-4<<20 {
 		t.Errorf("GetCapacity %d after the snapshot's delete, %d before it", again.GetAvailableCapacity(), before.GetAvailableCapacity())
 	}
@@ -478,12 +478,12 @@ func TestVolumesOfAnEarlierVersionAreHeldAfterRestart(t *testing.T) {
 	// What the earlier version left: sparse files, and a device of the
 	// block volume's file with discard on.
 	for _, id := range []string{block, image} {
-		if out, err := exec.Command("fallocate", "--punch-hole", "--offset", "0", "--length", "48MiB", e.d.vols.ImagePath(id)).CombinedOutput(); err != nil {
+		if out, err := exec.Command("fallocate", "--punch-hole", "--offset", "0", "--length", "48MiB", e.d.hostpath.vols.ImagePath(id)).CombinedOutput(); err != nil {
 			t.Fatalf("punch holes in %s: %v %s", id, err, out)
 		}
 	}
 	dev := freshLoopDevice(t)
-	if out, err := exec.Command("losetup", dev, e.d.vols.ImagePath(block)).CombinedOutput(); err != nil {
+	if out, err := exec.Command("losetup", dev, e.d.hostpath.vols.ImagePath(block)).CombinedOutput(); err != nil {
 		t.Fatalf("losetup: %v %s", err, out)
 	}
 	discardOn := func() bool {
@@ -506,7 +506,7 @@ func TestVolumesOfAnEarlierVersionAreHeldAfterRestart(t *testing.T) {
 	e.restart(t)
 	for _, id := range []string{block, image} {
 		var st unix.Stat_t
-		if err := unix.Stat(e.d.vols.ImagePath(id), &st); err != nil {
+		if err := unix.Stat(e.d.hostpath.vols.ImagePath(id), &st); err != nil {
 			t.Fatal(err)
 		}
 		if st.Blocks*512 < st.Size {

@@ -92,19 +92,7 @@ func csiSnapshot(s *state.Snapshot) *csi.Snapshot {
 // while it runs is ABORTED at once, and the first retry after it ended gets
 // the snapshot. The source is held shared, so it cannot be deleted mid-copy
 // while its pods' mounts and other copies of it go on.
-func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
-	if err := requireName(req.GetName()); err != nil {
-		return nil, err
-	}
-	if req.GetSourceVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "source volume ID is required")
-	}
-	if err := snapshotParameters.check(req.GetParameters()); err != nil {
-		return nil, err
-	}
-	if ids.IsNFSVolumeID(req.GetSourceVolumeId()) {
-		return d.nfs.CreateSnapshot(ctx, req)
-	}
+func (d *hostpathDriver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
 	j, resp, err := d.createSnapshot(ctx, req)
 	if j == nil {
 		return resp, err
@@ -121,7 +109,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 
 // createSnapshot is the part of CreateSnapshot under the name's lock: it
 // answers from the record, or starts the copy as a job.
-func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*job, *csi.CreateSnapshotResponse, error) {
+func (d *hostpathDriver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*job, *csi.CreateSnapshotResponse, error) {
 	name, srcID := req.GetName(), req.GetSourceVolumeId()
 	unlock, err := d.lock(ctx, "snapname", name)
 	if err != nil {
@@ -198,7 +186,7 @@ func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 // volume's allocated file whole, a directory's files. A copy-on-write copy
 // (reflink, btrfs snapshot) writes nearly nothing, but the blocks it shares
 // take new room when the source rewrites them, up to the source's size.
-func (d *Driver) setAsideSnapshots(snaps []*state.Snapshot, srcs map[string]*state.Volume) error {
+func (d *hostpathDriver) setAsideSnapshots(snaps []*state.Snapshot, srcs map[string]*state.Volume) error {
 	d.roomMu.Lock()
 	defer d.roomMu.Unlock()
 	var room int64
@@ -245,7 +233,7 @@ func roomAfterCopy(src *state.Volume, mechanism string, bytes int64) int64 {
 // takeSnapshot copies snap's source (its intent on record with its room,
 // see setAsideSnapshots) and records the result; on failure nothing of it
 // is left. The caller holds the source volume shared.
-func (d *Driver) takeSnapshot(ctx context.Context, snap *state.Snapshot, src *state.Volume, freeze []string) error {
+func (d *hostpathDriver) takeSnapshot(ctx context.Context, snap *state.Snapshot, src *state.Volume, freeze []string) error {
 	start := time.Now()
 	st, err := d.copyStep(ctx, snap.ID, func() (hostpath.CopyResult, error) {
 		return d.vols.Snapshot(ctx, snap.SourceVolumeID, snap.ID, freeze)
@@ -271,7 +259,7 @@ func (d *Driver) takeSnapshot(ctx context.Context, snap *state.Snapshot, src *st
 
 // abandonSnapshot removes a snapshot that finished while no caller waited,
 // and that no retry came for (see jobs.start).
-func (d *Driver) abandonSnapshot(j *job) {
+func (d *hostpathDriver) abandonSnapshot(j *job) {
 	snap, err := d.store.GetSnapshot(j.id)
 	if err != nil {
 		return
@@ -294,7 +282,7 @@ func (d *Driver) abandonSnapshot(j *job) {
 // newSnapshotOf is the record of a new snapshot of src, in phase creating.
 // Its size is what a copy of src holds now (see heldSize), which a restore
 // must have room for.
-func (d *Driver) newSnapshotOf(src *state.Volume, id, name string) *state.Snapshot {
+func (d *hostpathDriver) newSnapshotOf(src *state.Volume, id, name string) *state.Snapshot {
 	snap := &state.Snapshot{ID: id, Name: name, SourceVolumeID: src.ID,
 		SourceAccessType: src.AccessType, SourceLayout: src.Layout, SourceFSType: src.FSType, SourceFormatted: src.Formatted,
 		Phase: state.PhaseCreating, CreatedAt: time.Now().UTC()}
@@ -304,7 +292,7 @@ func (d *Driver) newSnapshotOf(src *state.Volume, id, name string) *state.Snapsh
 
 // sizeSnapshot records what a copy of src holds now (see heldSize) as snap's
 // size, and the request a claim like src's makes (see requestOf).
-func (d *Driver) sizeSnapshot(snap *state.Snapshot, src *state.Volume) {
+func (d *hostpathDriver) sizeSnapshot(snap *state.Snapshot, src *state.Volume) {
 	snap.SourceCapacity = d.heldSize(src)
 	snap.SourceRequested = requestOf(src, snap.SourceCapacity)
 }
@@ -327,7 +315,7 @@ func requestOf(v *state.Volume, held int64) int64 {
 // writes through it, so every publication counts). Only a mount that really
 // is the image's filesystem is frozen: a staging path whose mount is gone
 // is a plain directory of the node's own filesystem, which must never be.
-func (d *Driver) copyPlan(v *state.Volume) ([]string, error) {
+func (d *hostpathDriver) copyPlan(v *state.Volume) ([]string, error) {
 	pubs, err := d.store.PublicationsOf(v.ID)
 	if err != nil {
 		return nil, stateError(err)
@@ -364,7 +352,7 @@ func (d *Driver) copyPlan(v *state.Volume) ([]string, error) {
 // only while it plans and registers itself in d.wholeCopies: meanwhile the
 // node calls that would change the volume or write it answer ABORTED at
 // once (see copyInProgress), and the others go on.
-func (d *Driver) withCopyLocks(ctx context.Context, ids []string, copy func(map[string]*state.Volume, []string) error) error {
+func (d *hostpathDriver) withCopyLocks(ctx context.Context, ids []string, copy func(map[string]*state.Volume, []string) error) error {
 	vols := make(map[string]*state.Volume, len(ids))
 	var freeze []string
 	for _, id := range slices.Sorted(slices.Values(ids)) {
@@ -397,7 +385,7 @@ func (d *Driver) withCopyLocks(ctx context.Context, ids []string, copy func(map[
 }
 
 // planCopy reads volume id and its copy plan again, under its node lock.
-func (d *Driver) planCopy(id string) (*state.Volume, []string, error) {
+func (d *hostpathDriver) planCopy(id string) (*state.Volume, []string, error) {
 	v, err := d.store.GetVolume(id)
 	if err != nil {
 		return nil, nil, stateError(err)
@@ -408,14 +396,14 @@ func (d *Driver) planCopy(id string) (*state.Volume, []string, error) {
 
 // fullCopy says whether a copy of a volume of kind k copies every byte: an
 // image or block file on a data filesystem that cannot reflink.
-func (d *Driver) fullCopy(k volumeKind) bool {
+func (d *hostpathDriver) fullCopy(k volumeKind) bool {
 	return k.layout != LayoutDirectory && !d.vols.CanReflink()
 }
 
 // copyInProgress refuses, at once, a node call that would change an image
 // or block volume that a full copy is reading (or, with writes, a block
 // volume's publish: a read-only bind of a device does not stop them).
-func (d *Driver) copyInProgress(v *state.Volume, what string) error {
+func (d *hostpathDriver) copyInProgress(v *state.Volume, what string) error {
 	if kindOf(v).layout == LayoutDirectory || !d.wholeCopies.has(v.ID) {
 		return nil
 	}
@@ -447,14 +435,14 @@ func (w *wholeCopies) has(id string) bool {
 
 // rollbackSnapshot undoes a snapshot that failed; what it cannot undo stays
 // in phase creating, which a retry of the name or the next start-up undoes.
-func (d *Driver) rollbackSnapshot(s *state.Snapshot) {
+func (d *hostpathDriver) rollbackSnapshot(s *state.Snapshot) {
 	if err := d.undoSnapshot(s); err != nil {
 		klog.ErrorS(err, "Rolling back a failed snapshot; a retry of the name or the next start-up will finish it", "snapshotID", s.ID)
 	}
 }
 
 // undoSnapshot removes a snapshot that was never made ready: data, then record.
-func (d *Driver) undoSnapshot(s *state.Snapshot) error {
+func (d *hostpathDriver) undoSnapshot(s *state.Snapshot) error {
 	if err := d.vols.DeleteSnapshot(s.ID); err != nil {
 		return diskError(fmt.Sprintf("remove the data of unfinished snapshot %s", s.ID), err)
 	}
@@ -465,14 +453,8 @@ func (d *Driver) undoSnapshot(s *state.Snapshot) error {
 	return nil
 }
 
-func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+func (d *hostpathDriver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
 	id := req.GetSnapshotId()
-	if id == "" {
-		return nil, status.Error(codes.InvalidArgument, "snapshot ID is required")
-	}
-	if ids.IsNFSSnapshotID(id) {
-		return d.nfs.DeleteSnapshot(ctx, req)
-	}
 	if ids.ValidateSnapshotID(id) != nil {
 		return &csi.DeleteSnapshotResponse{}, nil // no snapshot can have this ID
 	}
@@ -499,7 +481,7 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 }
 
 // removeSnapshot deletes a snapshot's data and record, intent first.
-func (d *Driver) removeSnapshot(snap *state.Snapshot) error {
+func (d *hostpathDriver) removeSnapshot(snap *state.Snapshot) error {
 	id := snap.ID
 	snap.Phase = state.PhaseDeleting
 	if err := d.store.PutSnapshot(snap); err != nil {
@@ -518,14 +500,10 @@ func (d *Driver) removeSnapshot(snap *state.Snapshot) error {
 	return nil
 }
 
-func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
-	if req.GetMaxEntries() < 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "max_entries is negative (%d)", req.GetMaxEntries())
-	}
-	if id, src, token := req.GetSnapshotId(), req.GetSourceVolumeId(), req.GetStartingToken(); ids.IsNFSSnapshotID(id) ||
-		id == "" && (ids.IsNFSVolumeID(src) || ids.IsNFSSnapshotID(token)) {
-		return d.nfs.ListSnapshots(ctx, req)
-	}
+// ListSnapshots is the hostpath part of a listing (the router's merged
+// listing ends a complete one with the NFS snapshots), or the hostpath
+// snapshot of an ID.
+func (d *hostpathDriver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
 	token := req.GetStartingToken()
 	if token != "" && ids.ValidateSnapshotID(token) != nil {
 		return nil, status.Errorf(codes.Aborted, "starting_token %.64q was not issued by this driver; restart the listing without it", token)
@@ -548,16 +526,10 @@ func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 	for _, s := range snaps {
 		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(s)})
 	}
-	if next == "" && req.GetSourceVolumeId() == "" {
-		d.nfs.nfsSnapshotsAfter(ctx, resp, int(req.GetMaxEntries()))
-	}
 	return resp, nil
 }
 
-func (d *Driver) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
-	if ids.IsNFSSnapshotID(req.GetSnapshotId()) {
-		return d.nfs.GetSnapshot(ctx, req)
-	}
+func (d *hostpathDriver) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
 	snap, err := d.readySnapshot(req.GetSnapshotId())
 	if err != nil {
 		return nil, err
@@ -565,7 +537,7 @@ func (d *Driver) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (
 	return &csi.GetSnapshotResponse{Snapshot: csiSnapshot(snap)}, nil
 }
 
-func (d *Driver) readySnapshot(id string) (*state.Snapshot, error) {
+func (d *hostpathDriver) readySnapshot(id string) (*state.Snapshot, error) {
 	if err := snapshotIDOrNotFound(id); err != nil {
 		return nil, err
 	}
@@ -606,7 +578,7 @@ func (cs *contentSource) describe(newID string) string {
 // lockContentSource checks a CreateVolume content source and holds it
 // shared (snapshot or volume), so it cannot be deleted while it is copied;
 // other copies and mounts of it go on meanwhile.
-func (d *Driver) lockContentSource(ctx context.Context, cs *csi.VolumeContentSource) (*contentSource, error) {
+func (d *hostpathDriver) lockContentSource(ctx context.Context, cs *csi.VolumeContentSource) (*contentSource, error) {
 	switch {
 	case cs.GetSnapshot() != nil:
 		id := cs.GetSnapshot().GetSnapshotId()

@@ -35,7 +35,7 @@ func TestSnapshotRestoreCloneOnEachFilesystem(t *testing.T) {
 		t.Run(tc.fs, func(t *testing.T) {
 			e := newEnvOn(t, testutil.LoopFS(t, tc.fs, 512, tc.mkfs...))
 			src := e.create(t, "src")
-			srcDir := e.d.vols.Path(src)
+			srcDir := e.d.hostpath.vols.Path(src)
 			testutil.WriteSampleTree(t, srcDir, 100)
 			atSnapshot := testutil.TreeManifest(t, srcDir)
 
@@ -70,7 +70,7 @@ func TestSnapshotRestoreCloneOnEachFilesystem(t *testing.T) {
 			if rv.GetCapacityBytes() != 1<<20 || rv.GetContentSource().GetSnapshot().GetSnapshotId() != snap.GetSnapshotId() {
 				t.Fatalf("restored volume %+v: want the source's capacity and the content source", rv)
 			}
-			if got := testutil.TreeManifest(t, e.d.vols.Path(rv.GetVolumeId())); testutil.DiffManifests(atSnapshot, got) != "" {
+			if got := testutil.TreeManifest(t, e.d.hostpath.vols.Path(rv.GetVolumeId())); testutil.DiffManifests(atSnapshot, got) != "" {
 				t.Fatalf("restore differs from the volume at snapshot time:\n%s", testutil.DiffManifests(atSnapshot, got))
 			}
 			bigger, err := e.d.CreateVolume(ctx, fromSnapshot("bigger", 4<<20, snap.GetSnapshotId()))
@@ -82,7 +82,7 @@ func TestSnapshotRestoreCloneOnEachFilesystem(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := testutil.TreeManifest(t, e.d.vols.Path(clone.GetVolume().GetVolumeId())); testutil.DiffManifests(afterBreak, got) != "" {
+			if got := testutil.TreeManifest(t, e.d.hostpath.vols.Path(clone.GetVolume().GetVolumeId())); testutil.DiffManifests(afterBreak, got) != "" {
 				t.Fatalf("clone differs from its source:\n%s", testutil.DiffManifests(afterBreak, got))
 			}
 			_, err = e.d.CreateVolume(ctx, fromVolume("clone", 0, rv.GetVolumeId()))
@@ -102,8 +102,8 @@ func TestSnapshotRestoreCloneOnEachFilesystem(t *testing.T) {
 			}
 			_, err = e.d.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: snap.GetSnapshotId()})
 			wantCode(t, err, codes.NotFound)
-			e.d.vols.WaitIdle()
-			if left, _ := e.d.vols.ListSnapshots(); len(left) != 0 {
+			e.d.hostpath.vols.WaitIdle()
+			if left, _ := e.d.hostpath.vols.ListSnapshots(); len(left) != 0 {
 				t.Fatalf("snapshot data left: %v", left)
 			}
 			// Deleted volumes and snapshots (btrfs: subvolumes) are gone.
@@ -170,7 +170,7 @@ func TestListSnapshotsFilters(t *testing.T) {
 func TestSnapshotOfVolumeBeingWritten(t *testing.T) {
 	e := newEnv(t)
 	src := e.create(t, "busy")
-	dir := e.d.vols.Path(src)
+	dir := e.d.hostpath.vols.Path(src)
 	content := func(i int) []byte { return []byte(fmt.Sprintf("file %d %s", i, strings.Repeat("x", i%4096))) }
 	stop := make(chan struct{})
 	written := make(chan int, 1)
@@ -214,7 +214,7 @@ func TestSnapshotOfVolumeBeingWritten(t *testing.T) {
 	}
 	captured := 0
 	for _, id := range snaps {
-		entries, err := os.ReadDir(e.d.vols.SnapshotPath(id))
+		entries, err := os.ReadDir(e.d.hostpath.vols.SnapshotPath(id))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -223,7 +223,7 @@ func TestSnapshotOfVolumeBeingWritten(t *testing.T) {
 			if err != nil {
 				continue // a temporary file caught mid-write: the writer's own business
 			}
-			got, err := os.ReadFile(filepath.Join(e.d.vols.SnapshotPath(id), en.Name()))
+			got, err := os.ReadFile(filepath.Join(e.d.hostpath.vols.SnapshotPath(id), en.Name()))
 			if err != nil || string(got) != string(content(i)) {
 				t.Fatalf("snapshot %s holds a broken copy of file %d: %v", id, i, err)
 			}
@@ -240,7 +240,7 @@ func TestSnapshotOfVolumeBeingWritten(t *testing.T) {
 func TestNestedSubvolumeIsNotSilentlyLeftOut(t *testing.T) {
 	e := newEnvOn(t, testutil.LoopFS(t, "btrfs", 512))
 	src := e.create(t, "src")
-	inner := filepath.Join(e.d.vols.Path(src), "inner")
+	inner := filepath.Join(e.d.hostpath.vols.Path(src), "inner")
 	if err := btrfs.CreateSubvolume(inner); err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +350,7 @@ func TestNodeCallsDuringAFullCopyAnswerAtOnce(t *testing.T) {
 	mnt := testutil.LoopFS(t, "ext4", 512)
 	cleanupUnder(t, mnt)
 	e := newEnvOn(t, mnt)
-	if e.d.vols.CanReflink() {
+	if e.d.hostpath.vols.CanReflink() {
 		// Not a failure in CI: ext4 has no reflinks there; this guards
 		// against a kernel whose ext4 gains them.
 		t.Skip("the data filesystem reflinks: copies are instant and hold the node lock")
