@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -24,9 +25,57 @@ import (
 //	image          the image's filesystem, mounted      bind mount of the staging path
 //	block          a loop device holding the file      bind mount of the device onto a file
 //
-// inPlace, attach and detach below are the only places that know this.
+// inPlace, attach and detach below are the only places that know this, and
+// hostpathMounts tells the mount journal (journal.go) with them.
 
 type loopDevice = loop.Device
+
+// hostpathMounts are the mounts of hostpath volume v, for the journal.
+type hostpathMounts struct {
+	d *hostpathDriver
+	v *state.Volume
+}
+
+func (d *hostpathDriver) mounts(v *state.Volume) hostpathMounts { return hostpathMounts{d: d, v: v} }
+
+func (hostpathMounts) mountPoint(path string) (bool, error) { return hostpathMountPoint(path) }
+
+func (m hostpathMounts) present(_ context.Context, rec *state.Publication) (bool, error) {
+	present, err := m.d.inPlace(m.v, rec)
+	if err != nil {
+		return false, status.Errorf(codes.Internal, "check %s of volume %s at %s: %v", rec.Kind, m.v.ID, rec.Path, err)
+	}
+	return present, nil
+}
+
+func (m hostpathMounts) clear(_ context.Context, rec *state.Publication) error {
+	if err := m.d.detach(m.v, rec); err != nil {
+		return status.Errorf(codes.Internal, "clear previous %s: %v", rec.Kind, err)
+	}
+	return nil
+}
+
+func (m hostpathMounts) unmount(_ context.Context, pub *state.Publication) error {
+	if err := m.d.detach(m.v, pub); err != nil {
+		return status.Errorf(codes.Internal, "unmount volume %s at %s: %v", pub.VolumeID, pub.Path, err)
+	}
+	return nil
+}
+
+func (hostpathMounts) mountFailed(pub *state.Publication, err error) error {
+	return status.Errorf(codes.Internal, "mount volume %s at %s: %v", pub.VolumeID, pub.Path, err)
+}
+
+// hostpathMountPoint reports whether path is a mount point; it sees bind
+// mounts of a directory of the same filesystem. A path that does not exist
+// is not one.
+func hostpathMountPoint(path string) (bool, error) {
+	mounted, err := mountutil.IsMountPoint(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return mounted, err
+}
 
 // inPlace reports whether what pub records is really there.
 func (d *hostpathDriver) inPlace(v *state.Volume, pub *state.Publication) (bool, error) {

@@ -267,7 +267,7 @@ func (d *hostpathDriver) publishEphemeralAt(ctx context.Context, v *state.Volume
 	same := func(r *state.Publication) bool {
 		return r.ReadOnly == pub.ReadOnly && slices.Equal(r.MountFlags, pub.MountFlags)
 	}
-	done, err := d.prepareMountPoint(v, state.KindPublish, target, same)
+	done, err := d.prepareMountPoint(ctx, d.mounts(v), pub, same)
 	if err != nil || done {
 		return err
 	}
@@ -279,7 +279,7 @@ func (d *hostpathDriver) publishEphemeralAt(ctx context.Context, v *state.Volume
 	if err := os.MkdirAll(target, 0o750); err != nil {
 		return status.Errorf(codes.Internal, "create target path: %v", err)
 	}
-	return d.mountRecorded(pub, func() error { return d.mountEphemeral(v, pub) })
+	return d.mountRecorded(d.mounts(v), pub, func() error { return d.mountEphemeral(v, pub) })
 }
 
 // finalForKubelet reports whether the kubelet takes a NodePublishVolume
@@ -397,7 +397,7 @@ func (d *hostpathDriver) removeEphemeral(ctx context.Context, v *state.Volume, t
 				unlockNode()
 				return status.Errorf(codes.FailedPrecondition, "inline volume %s is published at %s, not at %s", v.Name, p.Path, target)
 			}
-			if err = d.unmountRecorded(p); err != nil {
+			if err = d.unmountVolume(ctx, p); err != nil {
 				break
 			}
 		}
@@ -407,7 +407,7 @@ func (d *hostpathDriver) removeEphemeral(ctx context.Context, v *state.Volume, t
 		return err
 	}
 	if target != "" {
-		if err := removeTarget(target, v.ID); err != nil { // a target a crash left
+		if err := removeTarget(target, v.ID, hostpathMountPoint); err != nil { // a target a crash left
 			return err
 		}
 	}

@@ -49,6 +49,65 @@ func nfsNodeCapability(c *csi.VolumeCapability) error {
 // a stat of a dead server's mount would hang.
 func nfsMounted(path string) (bool, error) { return nfs.IsMounted(path) }
 
+// nfsMounts are the mounts of NFS volume v on this node, for the journal
+// (journal.go). Every mount, unmount and stat runs under the NFS timeout.
+type nfsMounts struct {
+	d *nfsDriver
+	v ids.NFSVolume
+}
+
+func (d *nfsDriver) mounts(v ids.NFSVolume) nfsMounts { return nfsMounts{d: d, v: v} }
+
+func (nfsMounts) mountPoint(path string) (bool, error) { return nfsMounted(path) }
+
+// present is whether rec's path is mounted, from the mount table; a staged
+// mount whose server restarted may have a stale file handle, which pods
+// would get ESTALE from until it is mounted again: it is not in place.
+func (m nfsMounts) present(ctx context.Context, rec *state.Publication) (bool, error) {
+	mounted, err := nfsMounted(rec.Path)
+	if err != nil {
+		return false, status.Errorf(codes.Internal, "check mount point %s: %v", rec.Path, err)
+	}
+	if rec.Phase == state.PhaseMounted && mounted && rec.Kind == state.KindStage {
+		if _, err := m.d.exports.NodeStats(ctx, m.v.Export(), rec.Path); errors.Is(err, unix.ESTALE) {
+			klog.InfoS("NFS mount has a stale file handle; mounting it again", "volumeID", rec.VolumeID, "path", rec.Path)
+			mounted = false
+		}
+	}
+	return mounted, nil
+}
+
+func (m nfsMounts) clear(ctx context.Context, rec *state.Publication) error {
+	if err := m.d.exports.Unmount(ctx, m.v.Export(), rec.Path); err != nil {
+		return nfsError(fmt.Sprintf("clear previous %s at %s", rec.Kind, rec.Path), err)
+	}
+	return nil
+}
+
+// unmount unmounts (forced and lazy for a dead server or a stale handle) and
+// removes a publish target.
+func (m nfsMounts) unmount(ctx context.Context, pub *state.Publication) error {
+	if err := m.d.exports.Unmount(ctx, m.v.Export(), pub.Path); err != nil {
+		return nfsError(fmt.Sprintf("unmount NFS volume %s at %s", pub.VolumeID, pub.Path), err)
+	}
+	if pub.Kind == state.KindPublish {
+		if err := os.Remove(pub.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return status.Errorf(codes.Internal, "remove target path %s: %v", pub.Path, err)
+		}
+	}
+	return nil
+}
+
+func (nfsMounts) mountFailed(pub *state.Publication, err error) error {
+	return nfsError(fmt.Sprintf("mount NFS volume %s at %s", pub.VolumeID, pub.Path), err)
+}
+
+// lockNode is the lock of an NFS volume's node calls (there is no volume
+// record on the node to hold).
+func (d *nfsDriver) lockNode(ctx context.Context, id string) (func(), error) {
+	return d.lock(ctx, "node", id)
+}
+
 func (d *nfsDriver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	path := req.GetStagingTargetPath()
 	if err := requirePath(path, "staging_target_path"); err != nil {
@@ -62,7 +121,7 @@ func (d *nfsDriver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolum
 		return nil, err
 	}
 	id := req.GetVolumeId()
-	unlock, err := d.lock(ctx, "node", id)
+	unlock, err := d.lockNode(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -73,14 +132,14 @@ func (d *nfsDriver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolum
 	same := func(r *state.Publication) bool {
 		return r.AccessMode == pub.AccessMode && slices.Equal(r.MountFlags, pub.MountFlags)
 	}
-	done, err := d.nfsPrepareMountPoint(ctx, v, pub, same)
+	done, err := d.prepareMountPoint(ctx, d.mounts(v), pub, same)
 	if err != nil || done {
 		return &csi.NodeStageVolumeResponse{}, err
 	}
 	if err := os.MkdirAll(path, 0o750); err != nil {
 		return nil, status.Errorf(codes.Internal, "create staging path: %v", err)
 	}
-	err = d.nfsMountRecorded(pub, func() error {
+	err = d.mountRecorded(d.mounts(v), pub, func() error {
 		// nosuid,nodev on the stage too: whoever can write the export
 		// (another client, a tenant with no_root_squash) must not plant
 		// a setuid binary or a device node that takes effect on this node.
@@ -93,103 +152,20 @@ func (d *nfsDriver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolum
 	return &csi.NodeStageVolumeResponse{}, nil
 }
 
-// nfsPrepareMountPoint is prepareMountPoint for NFS: done when the same
-// mount is in place; a half-made one is cleared; a foreign one refused.
-func (d *nfsDriver) nfsPrepareMountPoint(ctx context.Context, v ids.NFSVolume, pub *state.Publication, same func(*state.Publication) bool) (bool, error) {
-	rec, err := d.store.GetPublication(pub.VolumeID, pub.Kind, pub.Path)
-	if err != nil && !errors.Is(err, state.ErrNotFound) {
-		return false, stateError(err)
-	}
-	mounted, merr := nfsMounted(pub.Path)
-	if merr != nil {
-		return false, status.Errorf(codes.Internal, "check mount point %s: %v", pub.Path, merr)
-	}
-	if rec == nil {
-		if mounted {
-			return false, status.Errorf(codes.FailedPrecondition, "%s is mounted, but not by this driver for volume %s; not touching it", pub.Path, pub.VolumeID)
-		}
-		return false, nil
-	}
-	if rec.Phase == state.PhaseMounted && mounted && pub.Kind == state.KindStage {
-		// A server that restarted may have left the mount with a stale
-		// handle: pods would get ESTALE until it is mounted again.
-		if _, err := d.exports.NodeStats(ctx, v.Export(), pub.Path); errors.Is(err, unix.ESTALE) {
-			klog.InfoS("NFS mount has a stale file handle; mounting it again", "volumeID", pub.VolumeID, "path", pub.Path)
-			mounted = false
-		}
-	}
-	if rec.Phase == state.PhaseMounted && mounted {
-		if !same(rec) {
-			return false, status.Errorf(codes.AlreadyExists, "volume %s is already %sd at %s with another capability (access mode %s, read-only %v, flags %v)",
-				pub.VolumeID, pub.Kind, pub.Path, rec.AccessMode, rec.ReadOnly, rec.MountFlags)
-		}
-		return true, nil
-	}
-	if err := d.exports.Unmount(ctx, v.Export(), pub.Path); err != nil {
-		return false, nfsError(fmt.Sprintf("clear previous %s at %s", pub.Kind, pub.Path), err)
-	}
-	if err := d.store.DeletePublication(pub.VolumeID, pub.Kind, pub.Path); err != nil {
-		return false, stateError(err)
-	}
-	return false, nil
-}
-
-// nfsMountRecorded records the intent, mounts, records the result; a failed
-// mount leaves neither mount nor record.
-func (d *nfsDriver) nfsMountRecorded(pub *state.Publication, mount func() error) error {
-	pub.Phase = state.PhaseMounting
-	if err := d.store.PutPublication(pub); err != nil {
-		return stateError(err)
-	}
-	if err := mount(); err != nil {
-		if derr := d.store.DeletePublication(pub.VolumeID, pub.Kind, pub.Path); derr != nil {
-			klog.ErrorS(derr, "Cannot remove the record of a failed mount; start-up will", "path", pub.Path)
-		}
-		return nfsError(fmt.Sprintf("mount NFS volume %s at %s", pub.VolumeID, pub.Path), err)
-	}
-	pub.Phase = state.PhaseMounted
-	if err := d.store.PutPublication(pub); err != nil {
-		return stateError(err)
-	}
-	return nil
-}
-
-// nfsUnmountRecorded marks the publication as going, unmounts (forced and
-// lazy for a dead server or a stale handle), removes a publish target and
-// drops the record.
-func (d *nfsDriver) nfsUnmountRecorded(ctx context.Context, v ids.NFSVolume, pub *state.Publication) error {
-	pub.Phase = state.PhaseUnmounting
-	if err := d.store.PutPublication(pub); err != nil {
-		return stateError(err)
-	}
-	if err := d.exports.Unmount(ctx, v.Export(), pub.Path); err != nil {
-		return nfsError(fmt.Sprintf("unmount NFS volume %s at %s", pub.VolumeID, pub.Path), err)
-	}
-	if pub.Kind == state.KindPublish {
-		if err := os.Remove(pub.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return status.Errorf(codes.Internal, "remove target path %s: %v", pub.Path, err)
-		}
-	}
-	if err := d.store.DeletePublication(pub.VolumeID, pub.Kind, pub.Path); err != nil {
-		return stateError(err)
-	}
-	return nil
-}
-
 func (d *nfsDriver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	id, path := req.GetVolumeId(), req.GetStagingTargetPath()
 	v, err := nfsVolumeID(id)
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := d.lock(ctx, "node", id)
+	unlock, err := d.lockNode(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 	pub, err := d.store.GetPublication(id, state.KindStage, path)
 	if errors.Is(err, state.ErrNotFound) {
-		return &csi.NodeUnstageVolumeResponse{}, d.nfsRefuseForeign(path, id)
+		return &csi.NodeUnstageVolumeResponse{}, refuseForeignMount(path, id, nfsMounted)
 	}
 	if err != nil {
 		return nil, stateError(err)
@@ -203,22 +179,11 @@ func (d *nfsDriver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageV
 			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still published at %s from this staging path; unpublish it first", id, p.Path)
 		}
 	}
-	if err := d.nfsUnmountRecorded(ctx, v, pub); err != nil {
+	if err := d.unmountRecorded(ctx, d.mounts(v), pub); err != nil {
 		return nil, err
 	}
 	klog.V(2).InfoS("NFS volume unstaged", "volumeID", id, "stagingPath", path)
 	return &csi.NodeUnstageVolumeResponse{}, nil
-}
-
-func (d *nfsDriver) nfsRefuseForeign(path, id string) error {
-	mounted, err := nfsMounted(path)
-	if err != nil {
-		return status.Errorf(codes.Internal, "check mount point %s: %v", path, err)
-	}
-	if mounted {
-		return status.Errorf(codes.FailedPrecondition, "%s is mounted, but not by this driver for volume %s; not touching it", path, id)
-	}
-	return nil
 }
 
 func (d *nfsDriver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
@@ -237,7 +202,7 @@ func (d *nfsDriver) NodePublishVolume(ctx context.Context, req *csi.NodePublishV
 		return nil, err
 	}
 	id := req.GetVolumeId()
-	unlock, err := d.lock(ctx, "node", id)
+	unlock, err := d.lockNode(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -255,14 +220,14 @@ func (d *nfsDriver) NodePublishVolume(ctx context.Context, req *csi.NodePublishV
 			mode == csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY,
 		AccessMode: mode.String()}
 	same := func(r *state.Publication) bool { return r.ReadOnly == pub.ReadOnly && r.StagingPath == pub.StagingPath }
-	done, err := d.nfsPrepareMountPoint(ctx, v, pub, same)
+	done, err := d.prepareMountPoint(ctx, d.mounts(v), pub, same)
 	if err != nil || done {
 		return &csi.NodePublishVolumeResponse{}, err
 	}
 	if err := d.checkSingleWriter(id, pub); err != nil {
 		return nil, err
 	}
-	err = d.nfsMountRecorded(pub, func() error {
+	err = d.mountRecorded(d.mounts(v), pub, func() error {
 		if err := os.MkdirAll(target, 0o750); err != nil {
 			return fmt.Errorf("create target path: %w", err)
 		}
@@ -289,25 +254,22 @@ func (d *nfsDriver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpubl
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := d.lock(ctx, "node", id)
+	unlock, err := d.lockNode(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 	pub, err := d.store.GetPublication(id, state.KindPublish, target)
 	if errors.Is(err, state.ErrNotFound) {
-		if err := d.nfsRefuseForeign(target, id); err != nil {
+		if err := removeTarget(target, id, nfsMounted); err != nil {
 			return nil, err
-		}
-		if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, status.Errorf(codes.Internal, "remove target path %s: %v", target, err)
 		}
 		return &csi.NodeUnpublishVolumeResponse{}, nil
 	}
 	if err != nil {
 		return nil, stateError(err)
 	}
-	if err := d.nfsUnmountRecorded(ctx, v, pub); err != nil {
+	if err := d.unmountRecorded(ctx, d.mounts(v), pub); err != nil {
 		return nil, err
 	}
 	klog.V(2).InfoS("NFS volume unpublished", "volumeID", id, "targetPath", target)

@@ -2,7 +2,6 @@ package driver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 
@@ -43,21 +42,4 @@ func (d *nfsDriver) reconcileNFSPublication(p *state.Publication) error {
 		klog.InfoS("Undid an NFS mount change that a crash interrupted", "volumeID", p.VolumeID, "kind", p.Kind, "path", p.Path, "phase", p.Phase)
 	}
 	return d.store.DeletePublication(p.VolumeID, p.Kind, p.Path)
-}
-
-// retryNFSPublication is retryPublication for NFS mounts.
-func (d *nfsDriver) retryNFSPublication(p *state.Publication) error {
-	unlock, err := d.lock(context.Background(), "node", p.VolumeID)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	cur, err := d.store.GetPublication(p.VolumeID, p.Kind, p.Path)
-	if errors.Is(err, state.ErrNotFound) {
-		return nil
-	}
-	if err != nil || cur.Phase == state.PhaseMounted && p.Phase != state.PhaseMounted {
-		return err
-	}
-	return d.reconcileNFSPublication(cur)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io/fs"
-	"os"
 	"slices"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -15,7 +14,6 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
 	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 	"github.com/hostpath-csi/hostpath-csi/internal/imagefs"
-	"github.com/hostpath-csi/hostpath-csi/internal/mountutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -88,7 +86,7 @@ func (d *hostpathDriver) NodeStageVolume(ctx context.Context, req *csi.NodeStage
 	same := func(r *state.Publication) bool {
 		return r.AccessMode == "" || (r.AccessMode == pub.AccessMode && slices.Equal(r.MountFlags, pub.MountFlags))
 	}
-	done, err := d.prepareMountPoint(v, state.KindStage, path, same)
+	done, err := d.prepareMountPoint(ctx, d.mounts(v), pub, same)
 	if err != nil || done {
 		return &csi.NodeStageVolumeResponse{}, err
 	}
@@ -108,86 +106,21 @@ func (d *hostpathDriver) NodeStageVolume(ctx context.Context, req *csi.NodeStage
 			}
 		}
 	}
-	if err := d.mountRecorded(pub, func() error { return d.stage(v, pub) }); err != nil {
+	if err := d.mountRecorded(d.mounts(v), pub, func() error { return d.stage(v, pub) }); err != nil {
 		return nil, err
 	}
 	klog.V(2).InfoS("Volume staged", "volumeID", v.ID, "stagingPath", path)
 	return &csi.NodeStageVolumeResponse{}, nil
 }
 
-// prepareMountPoint handles what is already at a path before mounting there.
-// It reports done=true when the same mount is already in place (an
-// idempotent retry), clears a half-made mount a crash left, and refuses a
-// path that is mounted but not by us, or mounted by us differently.
-func (d *hostpathDriver) prepareMountPoint(v *state.Volume, kind state.PublicationKind, path string, sameAs func(*state.Publication) bool) (done bool, err error) {
-	id := v.ID
-	rec, err := d.store.GetPublication(id, kind, path)
-	if err != nil && !errors.Is(err, state.ErrNotFound) {
-		return false, stateError(err)
-	}
-	if rec == nil {
-		return false, refuseForeignMount(path, id)
-	}
-	present, err := d.inPlace(v, rec)
-	if err != nil {
-		return false, status.Errorf(codes.Internal, "check %s of volume %s at %s: %v", kind, id, path, err)
-	}
-	if rec.Phase == state.PhaseMounted && present {
-		if !sameAs(rec) {
-			return false, status.Errorf(codes.AlreadyExists, "volume %s is already %sd at %s with another capability (access mode %s, read-only %v, flags %v)",
-				id, kind, path, rec.AccessMode, rec.ReadOnly, rec.MountFlags)
-		}
-		return true, nil
-	}
-	// A record whose mount is missing or half made: start over.
-	if err := d.detach(v, rec); err != nil {
-		return false, status.Errorf(codes.Internal, "clear previous %s: %v", kind, err)
-	}
-	if err := d.store.DeletePublication(id, kind, path); err != nil {
-		return false, stateError(err)
-	}
-	return false, nil
-}
-
-// mountRecorded records the intent to mount, mounts, and records the result;
-// a failed mount leaves neither a mount nor a record.
-func (d *hostpathDriver) mountRecorded(pub *state.Publication, mount func() error) error {
-	pub.Phase = state.PhaseMounting
-	if err := d.store.PutPublication(pub); err != nil {
-		return stateError(err)
-	}
-	if err := mount(); err != nil {
-		if derr := d.store.DeletePublication(pub.VolumeID, pub.Kind, pub.Path); derr != nil {
-			klog.ErrorS(derr, "Cannot remove the record of a failed mount; start-up will", "path", pub.Path)
-		}
-		return status.Errorf(codes.Internal, "mount volume %s at %s: %v", pub.VolumeID, pub.Path, err)
-	}
-	pub.Phase = state.PhaseMounted
-	if err := d.store.PutPublication(pub); err != nil {
-		return stateError(err)
-	}
-	return nil
-}
-
-// unmountRecorded marks a publication as being removed, unmounts, and drops
-// the record. A publish target's directory is removed too (the driver made
-// it); a staging path belongs to the CO and stays.
-func (d *hostpathDriver) unmountRecorded(pub *state.Publication) error {
+// unmountVolume removes pub, a mount of a hostpath volume, through the
+// journal.
+func (d *hostpathDriver) unmountVolume(ctx context.Context, pub *state.Publication) error {
 	v, err := d.store.GetVolume(pub.VolumeID)
 	if err != nil {
 		return stateError(err)
 	}
-	pub.Phase = state.PhaseUnmounting
-	if err := d.store.PutPublication(pub); err != nil {
-		return stateError(err)
-	}
-	if err := d.detach(v, pub); err != nil {
-		return status.Errorf(codes.Internal, "unmount volume %s at %s: %v", pub.VolumeID, pub.Path, err)
-	}
-	if err := d.store.DeletePublication(pub.VolumeID, pub.Kind, pub.Path); err != nil {
-		return stateError(err)
-	}
-	return nil
+	return d.unmountRecorded(ctx, d.mounts(v), pub)
 }
 
 func (d *hostpathDriver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
@@ -211,7 +144,7 @@ func (d *hostpathDriver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUns
 	} else if err := d.copyInProgress(v, "unstage it"); err != nil {
 		return nil, err
 	}
-	if err := d.unmountRecorded(pub); err != nil {
+	if err := d.unmountVolume(ctx, pub); err != nil {
 		return nil, err
 	}
 	klog.V(2).InfoS("Volume unstaged", "volumeID", pub.VolumeID, "stagingPath", path)
@@ -246,34 +179,9 @@ func (d *hostpathDriver) publicationToRemove(ctx context.Context, id string, kin
 		return nil, nil, stateError(err)
 	}
 	if kind == state.KindPublish {
-		return nil, nil, removeTarget(path, id)
+		return nil, nil, removeTarget(path, id, hostpathMountPoint)
 	}
-	return nil, nil, refuseForeignMount(path, id)
-}
-
-// refuseForeignMount fails when path is a mount point that no record of ours
-// explains: it is someone else's, and never ours to remove.
-func refuseForeignMount(path, id string) error {
-	mounted, err := mountutil.IsMountPoint(path)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return status.Errorf(codes.Internal, "check mount point %s: %v", path, err)
-	}
-	if mounted {
-		return status.Errorf(codes.FailedPrecondition, "%s is mounted, but not by this driver for volume %s; not touching it", path, id)
-	}
-	return nil
-}
-
-// removeTarget removes a publish target that no record of ours mounts (the
-// driver made the directory), unless something else is mounted there.
-func removeTarget(path, id string) error {
-	if err := refuseForeignMount(path, id); err != nil {
-		return err
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return status.Errorf(codes.Internal, "remove target path %s: %v", path, err)
-	}
-	return nil
+	return nil, nil, refuseForeignMount(path, id, hostpathMountPoint)
 }
 
 func (d *hostpathDriver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
@@ -318,7 +226,7 @@ func (d *hostpathDriver) NodePublishVolume(ctx context.Context, req *csi.NodePub
 	same := func(r *state.Publication) bool {
 		return r.ReadOnly == pub.ReadOnly && slices.Equal(r.MountFlags, pub.MountFlags) && r.StagingPath == pub.StagingPath
 	}
-	done, err := d.prepareMountPoint(v, state.KindPublish, target, same)
+	done, err := d.prepareMountPoint(ctx, d.mounts(v), pub, same)
 	if err != nil || done {
 		return &csi.NodePublishVolumeResponse{}, err
 	}
@@ -333,27 +241,11 @@ func (d *hostpathDriver) NodePublishVolume(ctx context.Context, req *csi.NodePub
 	if j := d.jobs.reading("nowrite/" + v.ID); j != nil && (!pub.ReadOnly || kindOf(v).block()) {
 		return nil, status.Errorf(codes.Aborted, "volume %s is in a %s, which needs it unwritten; retry once it ends", v.ID, j.what)
 	}
-	if err := d.mountRecorded(pub, func() error { return d.publish(v, pub, stage) }); err != nil {
+	if err := d.mountRecorded(d.mounts(v), pub, func() error { return d.publish(v, pub, stage) }); err != nil {
 		return nil, err
 	}
 	klog.V(2).InfoS("Volume published", "volumeID", v.ID, "targetPath", target, "readOnly", pub.ReadOnly)
 	return &csi.NodePublishVolumeResponse{}, nil
-}
-
-// checkSingleWriter enforces SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod):
-// such a volume is published at one target at a time.
-func (c *core) checkSingleWriter(id string, pub *state.Publication) error {
-	single := csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER.String()
-	pubs, err := c.store.PublicationsOf(id)
-	if err != nil {
-		return stateError(err)
-	}
-	for _, p := range pubs {
-		if p.Kind == state.KindPublish && p.Path != pub.Path && (p.AccessMode == single || pub.AccessMode == single) {
-			return status.Errorf(codes.FailedPrecondition, "volume %s is single-writer (ReadWriteOncePod) and already published at %s", id, p.Path)
-		}
-	}
-	return nil
 }
 
 func (d *hostpathDriver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
@@ -364,14 +256,14 @@ func (d *hostpathDriver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeU
 		if err := d.unpublishEphemeral(ctx, id, target); err != nil {
 			return nil, err
 		}
-		return &csi.NodeUnpublishVolumeResponse{}, removeTarget(target, id)
+		return &csi.NodeUnpublishVolumeResponse{}, removeTarget(target, id, hostpathMountPoint)
 	}
 	pub, unlock, err := d.publicationToRemove(ctx, req.GetVolumeId(), state.KindPublish, target)
 	if err != nil || pub == nil {
 		return &csi.NodeUnpublishVolumeResponse{}, err
 	}
 	defer unlock()
-	if err := d.unmountRecorded(pub); err != nil {
+	if err := d.unmountVolume(ctx, pub); err != nil {
 		return nil, err
 	}
 	klog.V(2).InfoS("Volume unpublished", "volumeID", pub.VolumeID, "targetPath", target)

@@ -71,12 +71,12 @@ func (d *Driver) reconcile() []*problem {
 			if p.Kind == kind && p.Backend == backendNFS {
 				// An NFS volume's mount: no volume record on this node.
 				add(fmt.Sprintf("NFS %s of volume %s at %s", p.Kind, p.VolumeID, p.Path), d.nfs.reconcileNFSPublication(p),
-					func() error { return d.nfs.retryNFSPublication(p) })
+					func() error { return d.retryPublication(p, d.nfs.lockNode, d.nfs.reconcileNFSPublication) })
 				continue
 			}
 			if p.Kind == kind {
 				add(fmt.Sprintf("%s of volume %s at %s", p.Kind, p.VolumeID, p.Path), d.hostpath.reconcilePublication(p),
-					func() error { return d.hostpath.retryPublication(p) })
+					func() error { return d.retryPublication(p, d.hostpath.lockForNode, d.hostpath.reconcilePublication) })
 			}
 		}
 	}
@@ -373,22 +373,6 @@ func (d *hostpathDriver) reconcilePublication(p *state.Publication) error {
 // call would, and first reads the record again, since a call may have
 // settled the matter in the meantime (a kubelet retrying its mount, a CO
 // retrying its delete).
-
-func (d *hostpathDriver) retryPublication(p *state.Publication) error {
-	unlock, err := d.lockForNode(context.Background(), p.VolumeID)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	cur, err := d.store.GetPublication(p.VolumeID, p.Kind, p.Path)
-	if errors.Is(err, state.ErrNotFound) {
-		return nil
-	}
-	if err != nil || cur.Phase == state.PhaseMounted && p.Phase != state.PhaseMounted {
-		return err // remounted by the kubelet meanwhile: nothing to undo
-	}
-	return d.reconcilePublication(cur)
-}
 
 func (d *hostpathDriver) retryVolume(id string) error {
 	if d.jobs.making(id) != nil {
