@@ -48,39 +48,25 @@ func (d *hostpathDriver) CreateVolume(ctx context.Context, req *csi.CreateVolume
 		return nil, err
 	}
 
-	j, resp, err := d.createVolume(ctx, req, params, kind, size)
-	if j == nil {
-		return resp, err
-	}
-	// A volume made from a content source: its copy runs detached. Wait for
-	// it as long as the caller does; if the caller gives up, the copy goes
-	// on and a retry gets the result.
-	if err := d.jobs.await(ctx, j); err != nil {
-		return nil, err
-	}
-	v, err := d.store.GetVolume(j.id)
-	if err != nil {
-		return nil, stateError(err)
-	}
-	return &csi.CreateVolumeResponse{Volume: d.csiVolume(v)}, nil
+	// A volume made from a content source: its copy runs detached, and the
+	// call waits for it as long as the caller does.
+	return createByName(ctx, d.core, "name", "volume", name, func(key string) (*job, *csi.CreateVolumeResponse, error) {
+		return d.createVolume(ctx, req, params, kind, size, key)
+	}, func(j *job) (*csi.CreateVolumeResponse, error) {
+		v, err := d.store.GetVolume(j.id)
+		if err != nil {
+			return nil, stateError(err)
+		}
+		return &csi.CreateVolumeResponse{Volume: d.csiVolume(v)}, nil
+	})
 }
 
-// createVolume does the part of CreateVolume that holds the name's lock. An
-// empty volume is made at once; for a restore or a clone it records the
-// intent and starts the copy as a job, which it returns for the caller to
-// wait on without the lock.
-func (d *hostpathDriver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest, params volumeParams, kind volumeKind, size int64) (*job, *csi.CreateVolumeResponse, error) {
+// createVolume does the part of CreateVolume that holds the name's lock (see
+// createByName). An empty volume is made at once; for a restore or a clone
+// it records the intent and starts the copy as a job under key, which it
+// returns for the caller to wait on without the lock.
+func (d *hostpathDriver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest, params volumeParams, kind volumeKind, size int64, key string) (*job, *csi.CreateVolumeResponse, error) {
 	name := req.GetName()
-	unlock, err := d.lock(ctx, "name", name)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer unlock()
-
-	key := "volume/" + name
-	if err := d.jobs.collect(key); err != nil {
-		return nil, nil, err // a copy for this name still runs, or it failed
-	}
 	existing, err := d.store.GetVolumeByName(name)
 	switch {
 	case errors.Is(err, state.ErrNotFound):

@@ -48,33 +48,22 @@ func (d *Driver) CreateVolumeGroupSnapshot(ctx context.Context, req *csi.CreateV
 	if err := hostpathMembers(sorted); err != nil {
 		return nil, err
 	}
-	j, resp, err := d.hostpath.createGroup(ctx, req, sorted)
-	if j == nil {
-		return resp, err
-	}
-	if err := d.jobs.await(ctx, j); err != nil {
-		return nil, err
-	}
-	g, err := d.store.GetGroup(j.id)
-	if err != nil {
-		return nil, stateError(err)
-	}
-	return d.hostpath.groupResponse(g)
+	return createByName(ctx, d.core, "groupname", "group", name, func(key string) (*job, *csi.CreateVolumeGroupSnapshotResponse, error) {
+		return d.hostpath.createGroup(ctx, req, sorted, key)
+	}, func(j *job) (*csi.CreateVolumeGroupSnapshotResponse, error) {
+		g, err := d.store.GetGroup(j.id)
+		if err != nil {
+			return nil, stateError(err)
+		}
+		return d.hostpath.groupResponse(g)
+	})
 }
 
 // createGroup is the part of CreateVolumeGroupSnapshot under the name's
-// lock: it answers from the record, or starts the copies as a job.
-func (d *hostpathDriver) createGroup(ctx context.Context, req *csi.CreateVolumeGroupSnapshotRequest, sorted []string) (*job, *csi.CreateVolumeGroupSnapshotResponse, error) {
+// lock (see createByName): it answers from the record, or starts the copies
+// as a job under key.
+func (d *hostpathDriver) createGroup(ctx context.Context, req *csi.CreateVolumeGroupSnapshotRequest, sorted []string, key string) (*job, *csi.CreateVolumeGroupSnapshotResponse, error) {
 	name, sources := req.GetName(), req.GetSourceVolumeIds()
-	unlock, err := d.lock(ctx, "groupname", name)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer unlock()
-	key := "group/" + name
-	if err := d.jobs.collect(key); err != nil {
-		return nil, nil, err
-	}
 	existing, err := d.store.GetGroupByName(name)
 	switch {
 	case errors.Is(err, state.ErrNotFound):

@@ -243,6 +243,39 @@ func (js *jobs) collect(key string) error {
 	return j.err
 }
 
+// createByName is every create by name (of a volume, a snapshot or a group
+// snapshot, of either family) over the job machinery: a layer that takes
+// the name's lock in front of one that takes none. Under the lock (kind
+// "name", "snapname" or "groupname"), the result of the name's job that
+// ended is collected (one still running is ABORTED), and start answers from
+// the records or starts the copy as a job under key ("<jobKind>/<name>")
+// and returns it. Then, without the lock, the call waits for that job as
+// long as its caller does (if the caller gives up, the job goes on and a
+// retry gets the result), and result reads what the job made.
+func createByName[R any](ctx context.Context, c *core, lockKind, jobKind, name string,
+	start func(key string) (*job, R, error), result func(*job) (R, error)) (R, error) {
+	var none R
+	j, resp, err := func() (*job, R, error) {
+		unlock, err := c.lock(ctx, lockKind, name)
+		if err != nil {
+			return nil, none, err
+		}
+		defer unlock()
+		key := jobKind + "/" + name
+		if err := c.jobs.collect(key); err != nil {
+			return nil, none, err // a job for this name still runs, or it failed
+		}
+		return start(key)
+	}()
+	if j == nil {
+		return resp, err
+	}
+	if err := c.jobs.await(ctx, j); err != nil {
+		return none, err
+	}
+	return result(j)
+}
+
 // cancelAndWait stops a running job (its work is rolled back) and waits for
 // it, or for ctx.
 func (js *jobs) cancelAndWait(ctx context.Context, j *job) error {

@@ -49,45 +49,34 @@ func (d *nfsDriver) CreateVolume(ctx context.Context, req *csi.CreateVolumeReque
 	if err != nil {
 		return nil, err
 	}
-	j, resp, err := d.nfsCreate(ctx, req, p, subDir, size)
-	if j == nil {
-		return resp, err
-	}
-	if err := d.jobs.await(ctx, j); err != nil {
-		return nil, err
-	}
-	x, err := d.useExport(ctx, p.server, p.share)
-	if err != nil {
-		return nil, err
-	}
-	defer x.Release()
-	v, _ := ids.ParseNFSVolumeID(j.id)
-	rec, err := x.GetVolume(ctx, v.Key)
-	if err != nil {
-		return nil, nfsError("read the new volume's record", err)
-	}
-	return &csi.CreateVolumeResponse{Volume: nfsCSIVolume(rec)}, nil
+	return createByName(ctx, d.core, "name", "volume", name, func(key string) (*job, *csi.CreateVolumeResponse, error) {
+		return d.nfsCreate(ctx, req, p, subDir, size, key)
+	}, func(j *job) (*csi.CreateVolumeResponse, error) {
+		x, err := d.useExport(ctx, p.server, p.share)
+		if err != nil {
+			return nil, err
+		}
+		defer x.Release()
+		v, _ := ids.ParseNFSVolumeID(j.id)
+		rec, err := x.GetVolume(ctx, v.Key)
+		if err != nil {
+			return nil, nfsError("read the new volume's record", err)
+		}
+		return &csi.CreateVolumeResponse{Volume: nfsCSIVolume(rec)}, nil
+	})
 }
 
-// nfsCreate is the part of CreateVolume under the name's lock (the lock
-// hostpath creates take too, so two creates of one name in this process
-// never run side by side). A name is one volume per export: the name index
+// nfsCreate is the part of CreateVolume under the name's lock (see
+// createByName: the lock hostpath creates take too, so two creates of one
+// name in this process never run side by side); a copy starts as a job
+// under key. A name is one volume per export: the name index
 // lives on the export, and a controller that moved has nothing else. The
 // same name on another export, or of a hostpath volume, is not seen here
 // and makes a second volume; csi-provisioner's names (pvc-<claim UID>)
 // never meet that case. Checking every export would make each create
 // depend on every server answering.
-func (d *nfsDriver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p nfsParams, subDir string, size int64) (*job, *csi.CreateVolumeResponse, error) {
+func (d *nfsDriver) nfsCreate(ctx context.Context, req *csi.CreateVolumeRequest, p nfsParams, subDir string, size int64, key string) (*job, *csi.CreateVolumeResponse, error) {
 	name := req.GetName()
-	unlock, err := d.lock(ctx, "name", name)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer unlock()
-	key := "volume/" + name
-	if err := d.jobs.collect(key); err != nil {
-		return nil, nil, err
-	}
 	x, err := d.useExport(ctx, p.server, p.share, classMountOptions(req.GetVolumeCapabilities())...)
 	if err != nil {
 		return nil, nil, err

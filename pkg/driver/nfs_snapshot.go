@@ -32,37 +32,28 @@ func (d *nfsDriver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotR
 	if err != nil {
 		return nil, err
 	}
-	j, resp, err := d.nfsSnapshot(ctx, req, src)
-	if j == nil {
-		return resp, err
-	}
-	if err := d.jobs.await(ctx, j); err != nil {
-		return nil, err
-	}
-	x, err := d.useExport(ctx, src.Server, src.Share)
-	if err != nil {
-		return nil, err
-	}
-	defer x.Release()
-	s, _ := ids.ParseNFSSnapshotID(j.id)
-	rec, err := x.GetSnapshot(ctx, s.Key)
-	if err != nil {
-		return nil, nfsError("read the snapshot's record", err)
-	}
-	return &csi.CreateSnapshotResponse{Snapshot: nfsCSISnapshot(rec)}, nil
+	return createByName(ctx, d.core, "snapname", "snapshot", req.GetName(), func(key string) (*job, *csi.CreateSnapshotResponse, error) {
+		return d.nfsSnapshot(ctx, req, src, key)
+	}, func(j *job) (*csi.CreateSnapshotResponse, error) {
+		x, err := d.useExport(ctx, src.Server, src.Share)
+		if err != nil {
+			return nil, err
+		}
+		defer x.Release()
+		s, _ := ids.ParseNFSSnapshotID(j.id)
+		rec, err := x.GetSnapshot(ctx, s.Key)
+		if err != nil {
+			return nil, nfsError("read the snapshot's record", err)
+		}
+		return &csi.CreateSnapshotResponse{Snapshot: nfsCSISnapshot(rec)}, nil
+	})
 }
 
-func (d *nfsDriver) nfsSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest, src ids.NFSVolume) (*job, *csi.CreateSnapshotResponse, error) {
+// nfsSnapshot is the part of CreateSnapshot under the name's lock (see
+// createByName): it answers from the export's records, or starts the copy
+// as a job under key.
+func (d *nfsDriver) nfsSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest, src ids.NFSVolume, key string) (*job, *csi.CreateSnapshotResponse, error) {
 	name, srcID := req.GetName(), req.GetSourceVolumeId()
-	unlock, err := d.lock(ctx, "snapname", name)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer unlock()
-	key := "snapshot/" + name
-	if err := d.jobs.collect(key); err != nil {
-		return nil, nil, err
-	}
 	x, err := d.useExport(ctx, src.Server, src.Share)
 	if err != nil {
 		return nil, nil, err

@@ -93,34 +93,22 @@ func csiSnapshot(s *state.Snapshot) *csi.Snapshot {
 // the snapshot. The source is held shared, so it cannot be deleted mid-copy
 // while its pods' mounts and other copies of it go on.
 func (d *hostpathDriver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
-	j, resp, err := d.createSnapshot(ctx, req)
-	if j == nil {
-		return resp, err
-	}
-	if err := d.jobs.await(ctx, j); err != nil {
-		return nil, err
-	}
-	snap, err := d.store.GetSnapshot(j.id)
-	if err != nil {
-		return nil, stateError(err)
-	}
-	return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(snap)}, nil
+	return createByName(ctx, d.core, "snapname", "snapshot", req.GetName(), func(key string) (*job, *csi.CreateSnapshotResponse, error) {
+		return d.createSnapshot(ctx, req, key)
+	}, func(j *job) (*csi.CreateSnapshotResponse, error) {
+		snap, err := d.store.GetSnapshot(j.id)
+		if err != nil {
+			return nil, stateError(err)
+		}
+		return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(snap)}, nil
+	})
 }
 
-// createSnapshot is the part of CreateSnapshot under the name's lock: it
-// answers from the record, or starts the copy as a job.
-func (d *hostpathDriver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*job, *csi.CreateSnapshotResponse, error) {
+// createSnapshot is the part of CreateSnapshot under the name's lock (see
+// createByName): it answers from the record, or starts the copy as a job
+// under key.
+func (d *hostpathDriver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest, key string) (*job, *csi.CreateSnapshotResponse, error) {
 	name, srcID := req.GetName(), req.GetSourceVolumeId()
-	unlock, err := d.lock(ctx, "snapname", name)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer unlock()
-
-	key := "snapshot/" + name
-	if err := d.jobs.collect(key); err != nil {
-		return nil, nil, err
-	}
 	existing, err := d.store.GetSnapshotByName(name)
 	switch {
 	case errors.Is(err, state.ErrNotFound):
