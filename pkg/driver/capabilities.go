@@ -62,3 +62,7 @@ func (d *Driver) GroupControllerGetCapabilities(context.Context, *csi.GroupContr
 		Type: &csi.GroupControllerServiceCapability_Rpc{Rpc: &csi.GroupControllerServiceCapability_RPC{
 			Type: csi.GroupControllerServiceCapability_RPC_CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT}}}}}, nil
 }
+
+func (c *core) topology() *csi.Topology {
+	return &csi.Topology{Segments: map[string]string{TopologyKeyNode: c.cfg.NodeID}}
+}

@@ -1,6 +1,8 @@
 package driver
 
 import (
+	"context"
+
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/nfs"
@@ -31,3 +33,15 @@ var (
 	_ csi.ControllerServer = (*nfsDriver)(nil)
 	_ csi.NodeServer       = (*nfsDriver)(nil)
 )
+
+// useExport mounts (or shares the mount of) the export of an NFS volume or
+// snapshot, with the class's mount options when the call has them; the
+// caller releases it.
+func (d *nfsDriver) useExport(ctx context.Context, server, share string, options ...string) (*nfs.Export, error) {
+	x, err := d.exports.Use(ctx, server, share, options...)
+	if err != nil {
+		return nil, nfsError("mount NFS export "+server+":"+share, err)
+	}
+	d.sweepOnce(x)
+	return x, nil
+}

@@ -8,7 +8,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/nfs"
-	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 )
 
 // nfsError maps a failure on an NFS export to its code: a server that does
@@ -35,34 +34,4 @@ func nfsError(what string, err error) error {
 		return status.Errorf(codes.Aborted, "%s: %v; retry", what, err)
 	}
 	return diskError(what, err)
-}
-
-// useExport mounts (or shares the mount of) the export of an NFS volume or
-// snapshot, with the class's mount options when the call has them; the
-// caller releases it.
-func (d *nfsDriver) useExport(ctx context.Context, server, share string, options ...string) (*nfs.Export, error) {
-	x, err := d.exports.Use(ctx, server, share, options...)
-	if err != nil {
-		return nil, nfsError("mount NFS export "+server+":"+share, err)
-	}
-	d.sweepOnce(x)
-	return x, nil
-}
-
-// nfsVolumeID parses an NFS volume ID; a malformed one names no volume.
-func nfsVolumeID(id string) (ids.NFSVolume, error) {
-	v, err := ids.ParseNFSVolumeID(id)
-	if err != nil {
-		return v, status.Errorf(codes.NotFound, "volume not found: %v", err)
-	}
-	return v, nil
-}
-
-// nfsSnapshotID parses an NFS snapshot ID; a malformed one names no snapshot.
-func nfsSnapshotID(id string) (ids.NFSSnapshot, error) {
-	s, err := ids.ParseNFSSnapshotID(id)
-	if err != nil {
-		return s, status.Errorf(codes.NotFound, "snapshot not found: %v", err)
-	}
-	return s, nil
 }

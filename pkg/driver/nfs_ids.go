@@ -57,3 +57,21 @@ func warnLongID(kind, id string) {
 	klog.InfoS("NFS "+kind+" ID is longer than the 128 bytes the CSI spec allows; Kubernetes accepts it, other container orchestrators may not. A shorter subDir template (such as ${pvc.metadata.name}), share or server name keeps it within",
 		kind+"ID", id, "bytes", len(id))
 }
+
+// nfsVolumeID parses an NFS volume ID; a malformed one names no volume.
+func nfsVolumeID(id string) (ids.NFSVolume, error) {
+	v, err := ids.ParseNFSVolumeID(id)
+	if err != nil {
+		return v, status.Errorf(codes.NotFound, "volume not found: %v", err)
+	}
+	return v, nil
+}
+
+// nfsSnapshotID parses an NFS snapshot ID; a malformed one names no snapshot.
+func nfsSnapshotID(id string) (ids.NFSSnapshot, error) {
+	s, err := ids.ParseNFSSnapshotID(id)
+	if err != nil {
+		return s, status.Errorf(codes.NotFound, "snapshot not found: %v", err)
+	}
+	return s, nil
+}

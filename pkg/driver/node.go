@@ -39,24 +39,6 @@ func (d *hostpathDriver) nodeVolume(ctx context.Context, id string) (*state.Volu
 	return v, unlock, nil
 }
 
-// lockForNode holds a volume for a node call: shared, so that a snapshot or
-// a clone copying it never holds up its pods' mounts (a pod would otherwise
-// stay Terminating until the copy ends), yet a delete cannot run meanwhile;
-// and the volume's node lock, so its own stage and publish calls run one at
-// a time.
-func (d *hostpathDriver) lockForNode(ctx context.Context, id string) (func(), error) {
-	unlockVol, err := d.rlock(ctx, "vol", id)
-	if err != nil {
-		return nil, err
-	}
-	unlockNode, err := d.lock(ctx, "node", id)
-	if err != nil {
-		unlockVol()
-		return nil, err
-	}
-	return func() { unlockNode(); unlockVol() }, nil
-}
-
 // NodeStageVolume binds the volume's directory at the staging path. Pods get
 // bind mounts of the staging path (NodePublishVolume), so one staging serves
 // every pod on the node.

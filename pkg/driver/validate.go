@@ -254,3 +254,15 @@ func requirePath(p, field string) error {
 	}
 	return nil
 }
+
+// snapshotIDOrNotFound checks an ID that must name an existing snapshot; a
+// malformed one cannot, so it is NotFound, never a path.
+func snapshotIDOrNotFound(id string) error {
+	if id == "" {
+		return status.Error(codes.InvalidArgument, "snapshot ID is required")
+	}
+	if err := ids.ValidateSnapshotID(id); err != nil {
+		return status.Errorf(codes.NotFound, "snapshot not found: %v", err)
+	}
+	return nil
+}

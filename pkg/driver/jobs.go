@@ -7,6 +7,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
 )
 
 // A job is a long operation (the copy behind a snapshot, a restore, a clone
@@ -287,4 +289,14 @@ func (js *jobs) cancelAndWait(ctx context.Context, j *job) error {
 	case <-ctx.Done():
 		return status.Errorf(codes.Aborted, "cancelling %s: %v; retry", j.what, ctx.Err())
 	}
+}
+
+// copyStep runs one copy of a job, after the test seam if one is set.
+func (c *core) copyStep(ctx context.Context, id string, copy func() (hostpath.CopyResult, error)) (hostpath.CopyResult, error) {
+	if c.beforeCopy != nil {
+		if err := c.beforeCopy(ctx, id); err != nil {
+			return hostpath.CopyResult{}, err
+		}
+	}
+	return copy()
 }
