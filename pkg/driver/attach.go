@@ -7,13 +7,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
-	"github.com/hostpath-csi/hostpath-csi/internal/loop"
 	"github.com/hostpath-csi/hostpath-csi/internal/mountutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -27,8 +25,6 @@ import (
 //
 // inPlace, attach and detach below are the only places that know this, and
 // hostpathMounts tells the mount journal (journal.go) with them.
-
-type loopDevice = loop.Device
 
 // hostpathMounts are the mounts of hostpath volume v, for the journal.
 type hostpathMounts struct {
@@ -84,13 +80,14 @@ func (d *hostpathDriver) inPlace(v *state.Volume, pub *state.Publication) (bool,
 		if err != nil {
 			return false, err
 		}
-		return slices.ContainsFunc(devs, func(dev loopDevice) bool { return dev.Path == pub.Device }), nil
-	}
-	mounted, err := mountutil.IsMountPoint(pub.Path)
-	if errors.Is(err, fs.ErrNotExist) {
+		for _, dev := range devs {
+			if dev.Path == pub.Device {
+				return true, nil
+			}
+		}
 		return false, nil
 	}
-	return mounted, err
+	return hostpathMountPoint(pub.Path)
 }
 
 // detach undoes what pub records (whatever part of it is there) and removes

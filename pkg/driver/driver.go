@@ -21,7 +21,6 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/nfs"
 	"github.com/hostpath-csi/hostpath-csi/internal/hostguard"
-	"github.com/hostpath-csi/hostpath-csi/internal/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/internal/keylock"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -114,7 +113,7 @@ func (c *Config) validate() error {
 	if c.ImageFSType == "" {
 		c.ImageFSType = DefaultImageFSType
 	}
-	if c.ImageFSType != imagefs.Ext4 && c.ImageFSType != imagefs.XFS {
+	if c.ImageFSType != hostpath.ImageExt4 && c.ImageFSType != hostpath.ImageXFS {
 		problems = append(problems, "image filesystem type must be ext4 or xfs")
 	}
 	if c.NFS.MountDir == "" && c.StateDir != "" {
@@ -290,7 +289,7 @@ func (d *Driver) Close() error {
 }
 
 // frozenDir holds the markers of the image filesystems this driver has
-// frozen (see imagefs.ThawMarked), under the state directory.
+// frozen (see hostpath.ThawMarked), under the state directory.
 const frozenDir = "frozen"
 
 // thawLeftFrozen thaws the filesystems a killed snapshot left frozen, from
@@ -319,7 +318,7 @@ func thawLeftFrozen(stateDir string) (*os.File, []string, error) {
 		f.Close()
 		return nil, nil, fmt.Errorf("lock %s: another process holds it (is a second driver running on the same --state-dir?): %w", dir, err)
 	}
-	thawed, err := imagefs.ThawMarked(dir)
+	thawed, err := hostpath.ThawMarked(dir)
 	for _, p := range thawed {
 		klog.InfoS("Thawed an image filesystem a kill left frozen during a snapshot", "path", p)
 	}

@@ -15,7 +15,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
-	"github.com/hostpath-csi/hostpath-csi/internal/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/internal/mountutil"
 	"github.com/hostpath-csi/hostpath-csi/internal/size"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
@@ -138,10 +137,10 @@ func (d *hostpathDriver) ephemeralAttributes(attrs map[string]string, fsType str
 	switch fsType {
 	case "":
 		fsType = d.cfg.ImageFSType
-	case imagefs.Ext4, imagefs.XFS:
+	case hostpath.ImageExt4, hostpath.ImageXFS:
 	default:
 		return nil, status.Errorf(codes.InvalidArgument, "inline volume fsType %.64q: an inline volume is an image of %s or %s; set the csi volume's fsType to one of them, or omit it for the node's %s (--image-fstype)",
-			fsType, imagefs.Ext4, imagefs.XFS, d.cfg.ImageFSType)
+			fsType, hostpath.ImageExt4, hostpath.ImageXFS, d.cfg.ImageFSType)
 	}
 	p, err := parseParameters(params)
 	if err != nil {

@@ -9,7 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/hostpath-csi/hostpath-csi/internal/imagefs"
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -123,7 +123,7 @@ func (c *EphemeralConfig) check(maxVolume int64, fsType string) []string {
 	case c.MaxSize > maxVolume:
 		problems = append(problems, fmt.Sprintf("--ephemeral-max-size (%d bytes) is larger than --max-volume-size (%d bytes)", c.MaxSize, maxVolume))
 	}
-	if least, err := imagefs.MinSize(fsType); err == nil && c.MaxSize < least {
+	if least, err := hostpath.ImageMinSize(fsType); err == nil && c.MaxSize < least {
 		problems = append(problems, fmt.Sprintf("--ephemeral-max-size (%d bytes) is below the least %s image (%d bytes, --image-fstype): every inline volume would be larger", c.MaxSize, fsType, least))
 	}
 	if c.DefaultSize < 0 || c.DefaultSize > c.MaxSize {

@@ -9,7 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
-	"github.com/hostpath-csi/hostpath-csi/internal/imagefs"
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -77,7 +77,7 @@ func (d *hostpathDriver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpa
 		// Every call, even at the recorded size: a grow the filesystem
 		// could not take at once is finished here or at the next stage.
 		_, err = d.vols.ExpandImage(v.ID, want)
-		if errors.Is(err, imagefs.ErrGrowAtNextMount) {
+		if errors.Is(err, hostpath.ErrGrowAtNextMount) {
 			if rerr := d.recordCapacity(v, want, required); rerr != nil {
 				return nil, rerr
 			}
@@ -98,7 +98,7 @@ func (d *hostpathDriver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpa
 		if charged {
 			d.growthFailed(v)
 		}
-		if errors.Is(err, imagefs.ErrShrink) {
+		if errors.Is(err, hostpath.ErrShrink) {
 			return nil, status.Errorf(codes.OutOfRange, "volume %s: %v", v.ID, err)
 		}
 		return nil, diskError("grow volume", err)

@@ -14,7 +14,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/ids"
-	"github.com/hostpath-csi/hostpath-csi/internal/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -193,7 +192,7 @@ func (d *hostpathDriver) takeGroup(ctx context.Context, g *state.GroupSnapshot, 
 	// The whole group's room at once, before anything is frozen.
 	err := d.setAsideSnapshots(snaps, vols)
 	if err == nil {
-		err = imagefs.WithFrozen(d.vols.FreezeMarkers(), freeze, func() error {
+		err = d.vols.WithFrozen(freeze, func() error {
 			for _, snap := range snaps {
 				if err := d.takeSnapshot(ctx, snap, vols[snap.SourceVolumeID], nil); err != nil {
 					return err

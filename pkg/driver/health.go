@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/hostpath-csi/hostpath-csi/internal/mountutil"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -122,7 +121,7 @@ func (d *hostpathDriver) inPlaceAt(v *state.Volume, path string) (bool, error) {
 			return d.inPlace(v, p)
 		}
 	}
-	return mountutil.IsMountPoint(path)
+	return hostpathMountPoint(path)
 }
 
 // lowSpacePercent is the free-space share under which the node reports its

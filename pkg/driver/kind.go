@@ -8,7 +8,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
-	"github.com/hostpath-csi/hostpath-csi/internal/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -37,7 +36,7 @@ const (
 
 // DefaultImageFSType is an image volume's filesystem when the class names
 // none (csi.storage.k8s.io/fstype) and --image-fstype does not either.
-const DefaultImageFSType = imagefs.Ext4
+const DefaultImageFSType = hostpath.ImageExt4
 
 // volumeKind is what a volume is: a directory, a filesystem image or a block
 // device file.
@@ -104,7 +103,7 @@ func kindFor(caps []*csi.VolumeCapability, layout, defaultFSType string) (volume
 		if fsType == "" {
 			fsType = defaultFSType
 		}
-		if fsType != imagefs.Ext4 && fsType != imagefs.XFS {
+		if fsType != hostpath.ImageExt4 && fsType != hostpath.ImageXFS {
 			return volumeKind{}, status.Errorf(codes.InvalidArgument, "fs_type %q: an image volume holds ext4 or xfs", fsType)
 		}
 		return volumeKind{layout: LayoutImage, fsType: fsType}, nil

@@ -13,7 +13,6 @@ import (
 
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
 	"github.com/hostpath-csi/hostpath-csi/internal/ids"
-	"github.com/hostpath-csi/hostpath-csi/internal/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -297,7 +296,7 @@ func (d *hostpathDriver) volumeStats(v *state.Volume, path string) (*csi.NodeGet
 		// A device: its size, nothing a filesystem could tell.
 		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: v.CapacityBytes}}}, nil
 	case LayoutImage:
-		u, err := imagefs.Stats(path)
+		u, err := d.vols.MountedImageStats(path)
 		if err != nil {
 			return nil, diskError("read the image filesystem's usage", err)
 		}

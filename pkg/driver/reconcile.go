@@ -12,7 +12,6 @@ import (
 
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
 	"github.com/hostpath-csi/hostpath-csi/internal/ids"
-	"github.com/hostpath-csi/hostpath-csi/internal/loop"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -175,7 +174,7 @@ func (d *hostpathDriver) detachLeakedDevices() error {
 	}
 	var errs []error
 	for i := range leaked {
-		if _, err := loop.Detach(&leaked[i]); err != nil {
+		if err := d.vols.DetachDevice(&leaked[i]); err != nil {
 			errs = append(errs, err)
 			continue
 		}

@@ -12,7 +12,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
-	"github.com/hostpath-csi/hostpath-csi/internal/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -209,7 +208,7 @@ func (d *hostpathDriver) growForSource(v *state.Volume, srcCap, limit int64) err
 func (d *hostpathDriver) fitToCapacity(v *state.Volume) error {
 	switch kindOf(v).layout {
 	case LayoutImage:
-		if _, err := d.vols.ExpandImage(v.ID, v.CapacityBytes); err != nil && !errors.Is(err, imagefs.ErrGrowAtNextMount) {
+		if _, err := d.vols.ExpandImage(v.ID, v.CapacityBytes); err != nil && !errors.Is(err, hostpath.ErrGrowAtNextMount) {
 			return err
 		}
 		return nil

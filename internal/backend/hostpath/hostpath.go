@@ -127,6 +127,18 @@ func New(root string, opts Options) (*Backend, error) {
 // marker (see Options.FreezeMarkers).
 func (b *Backend) FreezeMarkers() string { return b.freezeMarkers }
 
+// WithFrozen runs fn with the image filesystems mounted at mountPaths frozen,
+// each with its marker in FreezeMarkers while it is (see imagefs.WithFrozen).
+func (b *Backend) WithFrozen(mountPaths []string, fn func() error) error {
+	return imagefs.WithFrozen(b.freezeMarkers, mountPaths, fn)
+}
+
+// ThawMarked thaws the filesystems whose markers a killed process left in
+// markerDir (the Options.FreezeMarkers of the backend it ran), and returns
+// their mount paths (see imagefs.ThawMarked). It needs no Backend: a pod
+// writing to a filesystem left frozen hangs, so it runs first of all.
+func ThawMarked(markerDir string) ([]string, error) { return imagefs.ThawMarked(markerDir) }
+
 // Root is the resolved data directory.
 func (b *Backend) Root() string { return b.root }
 

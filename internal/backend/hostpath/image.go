@@ -30,6 +30,20 @@ const imageName = "disk.img"
 // longer fit it.
 const blockSectorSize = 4096
 
+// Filesystems an image volume holds.
+const (
+	ImageExt4 = imagefs.Ext4
+	ImageXFS  = imagefs.XFS
+)
+
+// What ExpandImage says besides success: ErrGrowAtNextMount, the file and
+// device grew but the filesystem grows at its next mount; ErrShrink, the
+// size asked is below the image's.
+var (
+	ErrGrowAtNextMount = imagefs.ErrGrowAtNextMount
+	ErrShrink          = imagefs.ErrShrink
+)
+
 // ImagePath is the file holding an image or block volume's data.
 func (b *Backend) ImagePath(id string) string { return filepath.Join(b.Path(id), imageName) }
 
@@ -144,6 +158,12 @@ func (b *Backend) AttachBlock(id string, readOnly bool) (*loop.Device, error) {
 	return d, nil
 }
 
+// MountedImageStats is the usage of an image's filesystem mounted at
+// mountPath: one statfs (see imagefs.Stats).
+func (b *Backend) MountedImageStats(mountPath string) (imagefs.Usage, error) {
+	return imagefs.Stats(mountPath)
+}
+
 // BlockDevices returns the loop devices that hold block volume id's file.
 func (b *Backend) BlockDevices(id string) ([]loop.Device, error) {
 	devs, err := loop.Find(b.ImagePath(id))
@@ -200,6 +220,12 @@ func (b *Backend) LeakedBlockDevices(attached map[string]bool) ([]loop.Device, e
 		}
 	}
 	return leaked, nil
+}
+
+// DetachDevice detaches loop device d, one of LeakedBlockDevices.
+func (b *Backend) DetachDevice(d *loop.Device) error {
+	_, err := loop.Detach(d)
+	return err
 }
 
 // ExpandImage grows image volume id to size bytes, and its filesystem online
