@@ -195,19 +195,7 @@ func (d *hostpathDriver) ValidateVolumeCapabilities(ctx context.Context, req *cs
 	if err != nil {
 		return nil, err
 	}
-	for _, c := range req.GetVolumeCapabilities() {
-		if err := servesKind(kindOf(v), c); err != nil {
-			return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
-		}
-	}
-	if p := req.GetParameters(); len(p) > 0 && !sameClassParameters(p, v.Parameters) {
-		return &csi.ValidateVolumeCapabilitiesResponse{Message: "the volume was created with other parameters"}, nil
-	}
-	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
-		VolumeContext:      req.GetVolumeContext(),
-		VolumeCapabilities: req.GetVolumeCapabilities(),
-		Parameters:         req.GetParameters(),
-	}}, nil
+	return validated(req, v.Parameters, func(c *csi.VolumeCapability) error { return servesKind(kindOf(v), c) }), nil
 }
 
 // pageToken checks a starting token: "" or a volume ID (the first ID of the

@@ -67,19 +67,7 @@ func (d *nfsDriver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Val
 		return nil, err
 	}
 	x.Release()
-	for _, c := range req.GetVolumeCapabilities() {
-		if err := nfsCapability(c); err != nil {
-			return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
-		}
-	}
-	if p := req.GetParameters(); len(p) > 0 && !sameClassParameters(p, rec.Parameters) {
-		return &csi.ValidateVolumeCapabilitiesResponse{Message: "the volume was created with other parameters"}, nil
-	}
-	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
-		VolumeContext:      req.GetVolumeContext(),
-		VolumeCapabilities: req.GetVolumeCapabilities(),
-		Parameters:         req.GetParameters(),
-	}}, nil
+	return validated(req, rec.Parameters, nfsCapability), nil
 }
 
 func (d *nfsDriver) ControllerGetVolume(ctx context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {

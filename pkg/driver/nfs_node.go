@@ -33,18 +33,6 @@ import (
 
 const backendNFS = "nfs"
 
-// nfsNodeCapability checks a node call's capability: INVALID_ARGUMENT when
-// missing, FAILED_PRECONDITION when an NFS volume cannot serve it.
-func nfsNodeCapability(c *csi.VolumeCapability) error {
-	if c == nil || c.GetAccessMode() == nil || c.GetAccessType() == nil {
-		return status.Error(codes.InvalidArgument, "volume capability with an access mode and an access type is required")
-	}
-	if err := nfsCapability(c); err != nil {
-		return status.Error(codes.FailedPrecondition, err.Error())
-	}
-	return nil
-}
-
 // nfsMounted reports whether path is a mount point, from the mount table:
 // a stat of a dead server's mount would hang.
 func nfsMounted(path string) (bool, error) { return nfs.IsMounted(path) }
@@ -113,7 +101,7 @@ func (d *nfsDriver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolum
 	if err := requirePath(path, "staging_target_path"); err != nil {
 		return nil, err
 	}
-	if err := nfsNodeCapability(req.GetVolumeCapability()); err != nil {
+	if err := nodeCapability(req.GetVolumeCapability(), nfsCapability); err != nil {
 		return nil, err
 	}
 	v, err := nfsVolumeID(req.GetVolumeId())
@@ -188,7 +176,7 @@ func (d *nfsDriver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageV
 
 func (d *nfsDriver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	target, staging := req.GetTargetPath(), req.GetStagingTargetPath()
-	if err := nfsNodeCapability(req.GetVolumeCapability()); err != nil {
+	if err := nodeCapability(req.GetVolumeCapability(), nfsCapability); err != nil {
 		return nil, err
 	}
 	if staging == "" {

@@ -46,7 +46,7 @@ func (d *hostpathDriver) NodeStageVolume(ctx context.Context, req *csi.NodeStage
 	if err := requirePath(path, "staging_target_path"); err != nil {
 		return nil, err
 	}
-	if err := nodeCapability(req.GetVolumeCapability()); err != nil {
+	if err := nodeCapability(req.GetVolumeCapability(), checkCapability); err != nil {
 		return nil, err
 	}
 	v, unlock, err := d.nodeVolume(ctx, req.GetVolumeId())
@@ -167,7 +167,7 @@ func (d *hostpathDriver) publicationToRemove(ctx context.Context, id string, kin
 
 func (d *hostpathDriver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	target, staging := req.GetTargetPath(), req.GetStagingTargetPath()
-	if err := nodeCapability(req.GetVolumeCapability()); err != nil {
+	if err := nodeCapability(req.GetVolumeCapability(), checkCapability); err != nil {
 		return nil, err
 	}
 	if isEphemeral(req.GetVolumeContext()) {

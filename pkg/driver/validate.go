@@ -161,18 +161,39 @@ func checkCapability(c *csi.VolumeCapability) error {
 	return nil
 }
 
-// nodeCapability checks the capability of a node call. The spec's codes
-// differ from the controller's: a missing or malformed capability is
+// nodeCapability checks the capability of a node call, serves saying why
+// the family cannot serve it (checkCapability, nfsCapability). The spec's
+// codes differ from the controller's: a missing or malformed capability is
 // INVALID_ARGUMENT, one the volume cannot serve is FAILED_PRECONDITION
 // ("exceeds capabilities").
-func nodeCapability(c *csi.VolumeCapability) error {
+func nodeCapability(c *csi.VolumeCapability, serves func(*csi.VolumeCapability) error) error {
 	if c == nil || c.GetAccessMode() == nil || c.GetAccessType() == nil {
 		return status.Error(codes.InvalidArgument, "volume capability with an access mode and an access type is required")
 	}
-	if err := checkCapability(c); err != nil {
+	if err := serves(c); err != nil {
 		return status.Error(codes.FailedPrecondition, err.Error())
 	}
 	return nil
+}
+
+// validated answers a ValidateVolumeCapabilities of a volume created with
+// the parameters recorded: not confirmed, with the reason, when serves says
+// why the volume cannot serve one of the capabilities, or when the request
+// names other class parameters.
+func validated(req *csi.ValidateVolumeCapabilitiesRequest, recorded map[string]string, serves func(*csi.VolumeCapability) error) *csi.ValidateVolumeCapabilitiesResponse {
+	for _, c := range req.GetVolumeCapabilities() {
+		if err := serves(c); err != nil {
+			return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}
+		}
+	}
+	if p := req.GetParameters(); len(p) > 0 && !sameClassParameters(p, recorded) {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: "the volume was created with other parameters"}
+	}
+	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
+		VolumeContext:      req.GetVolumeContext(),
+		VolumeCapabilities: req.GetVolumeCapabilities(),
+		Parameters:         req.GetParameters(),
+	}}
 }
 
 // validateCapabilities returns InvalidArgument for a missing or unsupported
