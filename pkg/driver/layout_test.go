@@ -797,7 +797,7 @@ func TestBlockGrownToAnUnalignedClaimRestoresAtTheClaimsSize(t *testing.T) {
 		if n := got.GetVolume().GetCapacityBytes(); n != want {
 			t.Fatalf("%s: capacity %d, want %d in whole sectors", req.GetName(), n, want)
 		}
-		if n, _ := e.d.vols.ImageSize(got.GetVolume().GetVolumeId()); n != want {
+		if n, _ := e.d.hostpath.vols.ImageSize(got.GetVolume().GetVolumeId()); n != want {
 			t.Fatalf("%s: file of %d bytes, want %d", req.GetName(), n, want)
 		}
 	}
