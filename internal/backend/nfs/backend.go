@@ -76,6 +76,15 @@ type Backend struct {
 
 	// wg counts the background removals of trash/.
 	wg sync.WaitGroup
+
+	// life ends at Close: every mount of an export root or of a look at
+	// an export above runs under it, so that Close ends the mounts in
+	// flight instead of waiting out their timeout. closed is set first,
+	// before life ends: a mount that returns after it undoes what it
+	// mounted, and Use mounts nothing any more.
+	life   context.Context
+	stop   context.CancelFunc
+	closed atomic.Bool
 }
 
 // New returns a backend; nothing is mounted until a call needs an export.
@@ -96,6 +105,7 @@ func New(opts Options) (*Backend, error) {
 		return nil, fmt.Errorf("create NFS mount directory: %w", err)
 	}
 	b := &Backend{opts: opts, guard: newGuard(opts.Timeout), exports: map[string]*export{}, known: map[string]ids.NFSSnapshot{}, enclosingOK: map[string]bool{}}
+	b.life, b.stop = context.WithCancel(context.Background())
 	b.clearProbes()
 	return b, nil
 }
@@ -161,6 +171,9 @@ func (b *Backend) Use(ctx context.Context, server, share string, options ...stri
 	// one key.
 	server = ids.CanonicalNFSServer(server)
 	key := exportKey(server, share)
+	if err := b.errClosed(key); err != nil {
+		return nil, err
+	}
 	b.mu.Lock()
 	e := b.exports[key]
 	if e == nil {
@@ -186,6 +199,11 @@ func (b *Backend) Use(ctx context.Context, server, share string, options ...stri
 			<-e.sem
 		}
 	}()
+	// Close may have begun while this call waited: it unmounts each
+	// export once it holds e.sem, and nothing must be mounted after.
+	if err := b.errClosed(key); err != nil {
+		return nil, err
+	}
 	if len(options) > 0 {
 		e.options = slices.DeleteFunc(slices.Clone(options), func(o string) bool { return o == "ro" })
 	}
@@ -269,11 +287,15 @@ func (b *Backend) mountRoot(ctx context.Context, e *export, keepSem *bool) error
 	if err := b.guard.busy(e.key); err != nil {
 		return err
 	}
-	mctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
+	mctx, cancel := context.WithTimeout(b.life, b.opts.Timeout)
 	result := make(chan error, 1)
 	go func() {
 		defer cancel()
-		result <- b.opts.Mounter.Mount(mctx, e.key, e.mnt, DefaultFSType, e.options)
+		err := b.opts.Mounter.Mount(mctx, e.key, e.mnt, DefaultFSType, e.options)
+		if b.closed.Load() {
+			err = b.undoMountAtClose(e, err)
+		}
+		result <- err
 	}()
 	finish := func(err error) error {
 		if err != nil {
@@ -299,7 +321,7 @@ func (b *Backend) mountRoot(ctx context.Context, e *export, keepSem *bool) error
 	*keepSem = true
 	go func() {
 		err := finish(<-result)
-		if err != nil {
+		if err != nil && !b.closed.Load() {
 			klog.ErrorS(err, "NFS mount whose caller gave up failed", "export", e.key)
 		}
 		done <- err
@@ -344,27 +366,88 @@ func (b *Backend) Known() []ids.NFSSnapshot {
 }
 
 // Close unmounts every export root still mounted (none should be: each use
-// releases its export).
+// releases its export), and what is left of looks at the exports above
+// them. No mount of this process outlives it: the mounts in flight (a
+// mount whose caller gave up goes on in the background) are ended, and
+// Close waits for each export's mount lock, within one timeout in all,
+// before it unmounts the export; a mount that returns later, past that
+// wait, undoes itself (see mountRoot), and Use mounts nothing after Close.
 func (b *Backend) Close() {
+	b.closed.Store(true)
+	b.stop()
 	b.mu.Lock()
-	defer b.mu.Unlock()
+	exports := make([]*export, 0, len(b.exports))
 	for _, e := range b.exports {
-		// The driver directory's descriptor would keep the mount busy.
-		if e.hidden != nil {
+		exports = append(exports, e)
+	}
+	b.mu.Unlock()
+	wait := time.NewTimer(b.opts.Timeout)
+	defer wait.Stop()
+	waited := false
+	for _, e := range exports {
+		held := false
+		if waited {
+			select {
+			case e.sem <- struct{}{}:
+				held = true
+			default:
+			}
+		} else {
+			select {
+			case e.sem <- struct{}{}:
+				held = true
+			case <-wait.C:
+				waited = true
+				klog.InfoS("An NFS mount or operation still runs at shutdown; not waiting for it any longer (a mount that lands later undoes itself)",
+					"export", e.key, "waited", b.opts.Timeout)
+			}
+		}
+		// The driver directory's descriptor would keep the mount busy. It
+		// is the lock holder's: without the lock, it is left alone (the
+		// detach below takes the mount out of the tree all the same).
+		if held && e.hidden != nil {
 			e.hidden.Close()
 			e.hidden = nil
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
-		if err := unmount(ctx, b.guard, e.key, e.mnt); err != nil {
-			// Still busy (a file operation a timeout abandoned): detach it,
-			// so no mount of this process outlives it.
-			klog.ErrorS(err, "Cannot unmount NFS export at shutdown; detaching it", "export", e.key)
-			if derr := unix.Unmount(e.mnt, unix.MNT_DETACH); derr != nil && !errors.Is(derr, unix.EINVAL) {
-				klog.ErrorS(derr, "Cannot detach NFS export at shutdown", "export", e.key)
-			}
+		b.unmountAtClose(e.key, e.mnt)
+		b.unmountAtClose(e.key, b.probeMountPoint(e))
+		if held {
+			<-e.sem
 		}
-		cancel()
 	}
+}
+
+// unmountAtClose unmounts target, or detaches it when it stays busy.
+func (b *Backend) unmountAtClose(key, target string) {
+	ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
+	defer cancel()
+	if err := unmount(ctx, b.guard, key, target); err != nil {
+		// Still busy (a file operation a timeout abandoned): detach it,
+		// so no mount of this process outlives it.
+		klog.ErrorS(err, "Cannot unmount NFS export at shutdown; detaching it", "export", key)
+		if derr := unix.Unmount(target, unix.MNT_DETACH); derr != nil && !errors.Is(derr, unix.EINVAL) {
+			klog.ErrorS(derr, "Cannot detach NFS export at shutdown", "export", key)
+		}
+	}
+}
+
+// errClosed is the error of a call that would mount key after Close.
+func (b *Backend) errClosed(key string) error {
+	if b.closed.Load() {
+		return fmt.Errorf("%w: the driver is shutting down; not mounting %s", ErrBusy, key)
+	}
+	return nil
+}
+
+// undoMountAtClose unmounts what a mount of e's root that returned (with
+// err) after Close began may have mounted, whatever it reported: a mount
+// killed by Close may have landed all the same. The caller gets an error.
+func (b *Backend) undoMountAtClose(e *export, err error) error {
+	b.unmountAtClose(e.key, e.mnt)
+	if err == nil {
+		err = b.errClosed(e.key)
+	}
+	return err
 }
 
 // closeHidden drops the export's reference to its driver directory (at

@@ -91,8 +91,10 @@ func (b *Backend) probeAncestor(ctx context.Context, e *export, anc, rel string)
 		return fmt.Errorf("cannot look at %s, above share %s, for a volume the share would lie in; retry: %w", akey, e.key, err)
 	}
 	mctx, cancel := context.WithTimeout(ctx, b.opts.Timeout)
+	stop := context.AfterFunc(b.life, cancel) // Close ends it too
 	err := b.opts.Mounter.Mount(mctx, akey, mnt, DefaultFSType, e.options)
 	timedOut := mctx.Err() != nil
+	stop()
 	cancel()
 	if err != nil {
 		if timedOut || !mountRefused(err) {
