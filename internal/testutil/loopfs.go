@@ -56,8 +56,10 @@ func LoopFS(t testing.TB, fstype string, sizeMiB int, mkfsArgs ...string) string
 			t.Errorf("detach %s: %v %s", dev, err, out)
 		}
 		// A detach can complete a moment after the unmount releases the
-		// device (autoclear); wait for it, bounded.
-		for i := 0; ; i++ {
+		// device (autoclear; a btrfs lets its device go after the unmount
+		// returns), longer on a loaded machine; wait for it, bounded.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
 			out, err := exec.Command("losetup", "--associated", img, "--noheadings", "--output", "NAME").Output()
 			if err != nil {
 				t.Errorf("losetup --associated: %v", err)
@@ -66,7 +68,7 @@ func LoopFS(t testing.TB, fstype string, sizeMiB int, mkfsArgs ...string) string
 			if strings.TrimSpace(string(out)) == "" {
 				break
 			}
-			if i == 100 {
+			if time.Now().After(deadline) {
 				t.Errorf("image %s still attached to %s", img, strings.TrimSpace(string(out)))
 				break
 			}
