@@ -383,7 +383,8 @@ func TestNFSLookAboveAShareLeftByAKillIsUnmountedAtStart(t *testing.T) {
 // caller gives up (ABORTED), is not started over by the retries, and the
 // first retry after it ends gets the delete done.
 func TestNFSDeleteOfALargeTreeIsNotStartedOverAtEachRetry(t *testing.T) {
-	t.Parallel()
+	// Not parallel: a short deadline of its own must not run out on a
+	// machine busy with other tests.
 	e := newNFSEnv(t, 10*time.Second)
 	var looks atomic.Int32
 	e.opts.BeforeFileOp = func(export, op string) error {

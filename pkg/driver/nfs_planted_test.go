@@ -106,7 +106,8 @@ func TestNFSSweepLeavesLiveVolumesBelowARecordsSubDir(t *testing.T) {
 // refuses it. Before, the look was skipped and the share passed for the
 // life of the process, its records made inside a tenant's volume.
 func TestNFSShareIsNotPassedWhileTheExportAboveIsBusy(t *testing.T) {
-	t.Parallel()
+	// Not parallel: a short deadline of its own must not run out on a
+	// machine busy with other tests.
 	e := newNFSEnv(t, 10*time.Second)
 	var slow atomic.Bool
 	e.opts.BeforeFileOp = func(export, op string) error {

@@ -105,7 +105,8 @@ func TestNFSInterruptedCreateRollsForward(t *testing.T) {
 // the next create of the name on another controller; the first
 // controller's late rollback then removes nothing of the new ones.
 func TestNFSInterruptedCopiesRollBack(t *testing.T) {
-	t.Parallel()
+	// Not parallel: a short deadline of its own must not run out on a
+	// machine busy with other tests.
 	e := newNFSEnv(t, 10*time.Second)
 	src := e.createNFS(t, "pv-src", nfsParamsFor()).GetVolumeId()
 	testutil.WriteSampleTree(t, e.subDirOf(t, src), 20)

@@ -18,7 +18,8 @@ import (
 // detached: a caller whose deadline ends first gets ABORTED, the copy goes
 // on, and the retry gets the snapshot.
 func TestNFSSnapshotRestoreClone(t *testing.T) {
-	t.Parallel()
+	// Not parallel: a short deadline of its own must not run out on a
+	// machine busy with other tests.
 	e := newNFSEnv(t, 10*time.Second)
 	src := e.createNFS(t, "pv-src", nfsParamsFor()).GetVolumeId()
 	srcDir := e.subDirOf(t, src)
