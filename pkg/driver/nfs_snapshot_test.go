@@ -181,3 +181,24 @@ func TestNFSCopiesStayInsideUnderSwapAttack(t *testing.T) {
 		}
 	}
 }
+
+// A content source with an empty ID is a malformed request in an NFS class
+// as in a hostpath one: INVALID_ARGUMENT, not a missing snapshot or volume.
+func TestNFSContentSourceWithoutAnID(t *testing.T) {
+	e := newNFSEnv(t, 10*time.Second)
+	for _, tc := range []struct {
+		name string
+		cs   *csi.VolumeContentSource
+	}{
+		{"snapshot", &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{}}}},
+		{"volume", &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{}}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, req := range []*csi.CreateVolumeRequest{nfsReq("pv-"+tc.name, nfsParamsFor()), createReq("hp-"+tc.name, 1<<20)} {
+				req.VolumeContentSource = tc.cs
+				_, err := e.d.CreateVolume(ctx, req)
+				wantCode(t, err, codes.InvalidArgument)
+			}
+		})
+	}
+}

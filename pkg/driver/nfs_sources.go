@@ -46,6 +46,9 @@ func (d *nfsDriver) nfsLockSource(ctx context.Context, x *nfs.Export, cs *csi.Vo
 	switch {
 	case cs.GetSnapshot() != nil:
 		id := cs.GetSnapshot().GetSnapshotId()
+		if id == "" { // as in a hostpath class: a malformed request, not a missing snapshot
+			return nil, status.Error(codes.InvalidArgument, "snapshot ID is required")
+		}
 		if ids.ValidateSnapshotID(id) == nil {
 			return nil, status.Errorf(codes.InvalidArgument, "snapshot %.64q is not an NFS snapshot; an NFS volume is restored from a snapshot of an NFS volume", id)
 		}
@@ -69,6 +72,9 @@ func (d *nfsDriver) nfsLockSource(ctx context.Context, x *nfs.Export, cs *csi.Vo
 		return &nfsSource{snapshotID: id, snapKey: s.Key, capacity: rec.SourceCapacity, lockKey: "snap/" + id, unlock: unlock}, nil
 	case cs.GetVolume() != nil:
 		id := cs.GetVolume().GetVolumeId()
+		if id == "" {
+			return nil, status.Error(codes.InvalidArgument, "volume ID is required")
+		}
 		if ids.ValidateVolumeID(id) == nil {
 			return nil, status.Errorf(codes.InvalidArgument, "volume %.64q is not an NFS volume; an NFS volume is cloned from an NFS volume", id)
 		}
