@@ -40,9 +40,18 @@ type options struct {
 }
 
 func parseFlags() *options {
-	hostname, _ := os.Hostname()
-	o := &options{}
 	fs := flag.CommandLine
+	o, ephemeral, allowed := registerFlags(fs)
+	klog.InitFlags(fs)
+	flag.Parse()
+	return finishFlags(fs, o, ephemeral, allowed)
+}
+
+// registerFlags defines every flag of the driver (klog's aside) on fs; the
+// docs' flags table is checked against it (TestFlagsTableListsEveryFlag).
+func registerFlags(fs *flag.FlagSet) (o *options, ephemeral *bool, allowed *string) {
+	hostname, _ := os.Hostname()
+	o = &options{}
 	fs.StringVar(&o.endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint: unix:///path/to/socket")
 	fs.StringVar(&o.cfg.DriverName, "drivername", driver.DefaultDriverName, "name of the driver, as in the CSIDriver object and StorageClass provisioner")
 	fs.StringVar(&o.cfg.NodeID, "nodeid", hostname, "ID of this node; must be stable across restarts (defaults to the hostname)")
@@ -61,7 +70,7 @@ func parseFlags() *options {
 	fs.StringVar(&o.cfg.NFS.MountDir, "nfs-mount-dir", "", "directory of the controller's private mounts of NFS export roots (default <state-dir>/nfs)")
 	fs.BoolVar(&o.cfg.ProjectQuotas, "project-quotas", false, "hold directory volumes with ext4/xfs project quotas where the kernel has them; only where every pod runs in a user namespace of its own (hostUsers: false): from the host's, a file's owner can change its project ID and leave the quota")
 	fs.StringVar(&o.cfg.UdevRulesDir, "udev-rules-dir", "", "the host's udev rules directory (e.g. /etc/udev/rules.d mounted into the pod): the driver writes a rule there that keeps udev, LVM and md from probing, linking or activating what tenants write into the loop devices of volumes; empty leaves the host's udev alone")
-	ephemeral := fs.Bool("ephemeral", true, "serve CSI inline (ephemeral) volumes, bounded by the --ephemeral-* flags; false refuses new ones (FailedPrecondition) and serves those pods have until they go (also drop Ephemeral from the CSIDriver's volumeLifecycleModes)")
+	ephemeral = fs.Bool("ephemeral", true, "serve CSI inline (ephemeral) volumes, bounded by the --ephemeral-* flags; false refuses new ones (FailedPrecondition) and serves those pods have until they go (also drop Ephemeral from the CSIDriver's volumeLifecycleModes)")
 	// Sizes left at 0 take the driver's defaults: 1Gi (256Mi for the
 	// default size), or the max where that is smaller.
 	fs.Var(sizeValue{&o.cfg.Ephemeral.MaxSize}, "ephemeral-max-size", "largest inline volume a pod may ask for (1Gi, 500Mi, or bytes); larger is InvalidArgument (default 1Gi, or --max-volume-size if smaller)")
@@ -70,13 +79,16 @@ func parseFlags() *options {
 	fs.IntVar(&o.cfg.Ephemeral.MaxCount, "ephemeral-max-count", driver.DefaultEphemeralMaxCount, "inline volumes a node has at most; past it a new one is ResourceExhausted")
 	fs.IntVar(&o.cfg.Ephemeral.MaxSharePerNamespacePercent, "ephemeral-max-share-per-namespace", driver.DefaultEphemeralMaxSharePerNamespace, "percentage (1-100) of what inline volumes may hold together (--ephemeral-max-share) the inline volumes of one namespace may hold on the node; past it a new one is ResourceExhausted (100 and --ephemeral-max-count-per-namespace equal to --ephemeral-max-count: no bounds per namespace)")
 	fs.IntVar(&o.cfg.Ephemeral.MaxCountPerNamespace, "ephemeral-max-count-per-namespace", 0, "inline volumes one namespace has on the node at most (at most --ephemeral-max-count); past it a new one is ResourceExhausted (default a quarter of --ephemeral-max-count, at least 1)")
-	allowed := fs.String("ephemeral-allowed-attributes", strings.Join(driver.DefaultEphemeralAllowedAttributes, ","), "comma-separated volume attributes a pod may set on an inline volume, of size and mountPermissions (empty: none); others are InvalidArgument unless they ask what the node gives anyway (layout: image, the only layout of an inline volume, is always accepted)")
+	allowed = fs.String("ephemeral-allowed-attributes", strings.Join(driver.DefaultEphemeralAllowedAttributes, ","), "comma-separated volume attributes a pod may set on an inline volume, of size and mountPermissions (empty: none); others are InvalidArgument unless they ask what the node gives anyway (layout: image, the only layout of an inline volume, is always accepted)")
 	fs.StringVar(&o.cfg.Ephemeral.MountPermissions, "ephemeral-mount-permissions", fmt.Sprintf("%04o", uint32(driver.DefaultMountPermissions)), "octal mode of an inline volume's root, unless the pod may set mountPermissions and does")
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "address (host:port, or :port for every address) of the HTTP server for /healthz and /metrics; empty disables it")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight calls may take to finish")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
-	klog.InitFlags(fs)
-	flag.Parse()
+	return o, ephemeral, allowed
+}
+
+// finishFlags turns the parsed flags into options.
+func finishFlags(fs *flag.FlagSet, o *options, ephemeral *bool, allowed *string) *options {
 	fs.Visit(func(f *flag.Flag) {
 		if f.Name == "btrfs-quotas" {
 			klog.InfoS("Flag --btrfs-quotas is deprecated and has no effect: qgroup limits do not hold a btrfs directory volume; use StorageClass parameter layout: image for sizes that hold")
