@@ -58,8 +58,11 @@ lint:
 # Tests that mount (node service, sanity, crash) need root; elsewhere they
 # skip and say so, or fail with HOSTPATH_TEST_REQUIRE_ALL=1 (CI sets it),
 # as do tests whose tools are missing: test-deps says first what to install.
+# testsum prints go test's package lines, each failed test's whole output,
+# and every skipped test with its reason (the whole stream: _output/test.json).
 test: test-deps lint
-	$(GO) test -race -count=1 -timeout 20m ./...
+	@mkdir -p $(OUT) && $(GO) build -o $(OUT)/testsum ./hack/testsum
+	bash -o pipefail -c '$(GO) test -race -count=1 -timeout 20m -json ./... | $(OUT)/testsum -log $(OUT)/test.json'
 	cd test/e2e && $(GO) test -race -count=1 ./standins/... ./tools/...
 	$(MAKE) --no-print-directory fuzz-short
 
