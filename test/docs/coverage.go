@@ -152,7 +152,9 @@ func Coverage(r *Repo, files []DocFile) []Uncovered {
 	return out
 }
 
-func oneLine(s string) string { return strings.Join(strings.Fields(strings.ReplaceAll(s, "\\\n", " ")), " ") }
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\\\n", " ")), " ")
+}
 
 // canonCommand is a command without its comment, continuations and runs of
 // spaces, for comparing commands.
