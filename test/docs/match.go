@@ -148,33 +148,70 @@ func matchLine(expected, actual string, b *Bindings) (map[string]string, bool) {
 func matchLineIDs(expected, actual string, b *Bindings, literalIDs bool) (map[string]string, bool) {
 	e, eIDs := normalize(expected)
 	a, _ := normalize(actual)
-	var re strings.Builder
-	re.WriteString("^")
-	var captures []string // doc ID of each capture group
-	literal := func(s string) {
+	// Tokens: literal text, ... and IDs.
+	type token struct {
+		lit  string
+		wild bool
+		id   *idSpan
+	}
+	var toks []token
+	lits := func(s string) {
 		for i, part := range strings.Split(s, "...") {
 			if i > 0 {
-				re.WriteString(".*?")
+				toks = append(toks, token{wild: true})
 			}
-			re.WriteString(regexp.QuoteMeta(part))
+			if part != "" {
+				toks = append(toks, token{lit: part})
+			}
 		}
 	}
 	last := 0
-	for _, sp := range eIDs {
-		literal(e[last:sp.start])
-		doc := e[sp.start:sp.end]
-		if act, ok := b.docToActual[doc]; ok || literalIDs {
-			if literalIDs {
-				act = doc
-			}
-			re.WriteString(regexp.QuoteMeta(act))
-		} else {
-			re.WriteString("(" + idKinds[sp.kind].re + ")")
-			captures = append(captures, doc)
-		}
-		last = sp.end
+	for i := range eIDs {
+		lits(e[last:eIDs[i].start])
+		toks = append(toks, token{id: &eIDs[i]})
+		last = eIDs[i].end
 	}
-	literal(e[last:])
+	lits(e[last:])
+	var re strings.Builder
+	re.WriteString("^")
+	var captures []string // doc ID of each capture group
+	for i, tk := range toks {
+		switch {
+		case tk.id != nil:
+			doc := e[tk.id.start:tk.id.end]
+			if act, ok := b.docToActual[doc]; ok || literalIDs {
+				if literalIDs {
+					act = doc
+				}
+				re.WriteString(regexp.QuoteMeta(act))
+			} else {
+				re.WriteString("(" + idKinds[tk.id.kind].re + ")")
+				captures = append(captures, doc)
+			}
+		case tk.wild:
+			// Spaces count as one: "a ... b" matches "a b", "version: ..."
+			// matches "version:", "... passed" matches "passed". The
+			// space a wildcard may take with it is dropped from the
+			// neighbouring literal (there is at most one: collapsed).
+			leftSpace := i == 0 || toks[i-1].id == nil && !toks[i-1].wild && strings.HasSuffix(toks[i-1].lit, " ")
+			rightSpace := i+1 < len(toks) && toks[i+1].id == nil && !toks[i+1].wild && strings.HasPrefix(toks[i+1].lit, " ")
+			switch {
+			case i+1 == len(toks) && i > 0 && leftSpace:
+				re.WriteString("(?: .*)?")
+			case leftSpace && rightSpace:
+				toks[i+1].lit = toks[i+1].lit[1:]
+				re.WriteString("(?:.*? )?")
+			default:
+				re.WriteString(".*?")
+			}
+		default:
+			lit := tk.lit
+			if i+2 == len(toks) && toks[i+1].wild && strings.HasSuffix(lit, " ") {
+				lit = lit[:len(lit)-1] // the space goes with the wildcard
+			}
+			re.WriteString(regexp.QuoteMeta(lit))
+		}
+	}
 	re.WriteString("$")
 	m := regexp.MustCompile(re.String()).FindStringSubmatch(a)
 	if m == nil {
@@ -324,12 +361,12 @@ func Diff(a, b []string) string {
 		case i < n && j < m && eq(a[i], b[j]):
 			out.WriteString("  " + b[j] + "\n")
 			i, j = i+1, j+1
-		case j < m && (i == n || l[i][j+1] >= l[i+1][j]):
-			out.WriteString("+ " + b[j] + "\n")
-			j++
-		default:
+		case i < n && (j == m || l[i+1][j] >= l[i][j+1]):
 			out.WriteString("- " + a[i] + "\n")
 			i++
+		default:
+			out.WriteString("+ " + b[j] + "\n")
+			j++
 		}
 	}
 	return out.String()

@@ -124,7 +124,11 @@ wait:
 			if s.Socket == "" || time.Now().After(deadline) {
 				members := groupMembers(pgid)
 				_ = killGroup(pgid, s.Dir)
-				return Result{}, fmt.Errorf("left processes %v running that do not serve the driver's socket %s", members, s.toDoc(s.Socket))
+				what := "no driver runs here"
+				if s.Socket != "" {
+					what = "they do not serve the driver's socket " + s.toDoc(s.Socket) + " after " + s.Timeout.String()
+				}
+				return Result{}, fmt.Errorf("left processes %v running in the background, and %s", members, what)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
