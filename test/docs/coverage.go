@@ -149,6 +149,16 @@ func Coverage(r *Repo, files []DocFile) []Uncovered {
 			out = append(out, Uncovered{File: p.file, Line: p.line.N, Command: oneLine(p.line.Text), Why: err.Error()})
 		}
 	}
+	order := map[string]int{}
+	for i, f := range files {
+		order[f.Name] = i
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].File != out[j].File {
+			return order[out[i].File] < order[out[j].File]
+		}
+		return out[i].Line < out[j].Line
+	})
 	return out
 }
 

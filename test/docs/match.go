@@ -156,11 +156,10 @@ func matchLineIDs(expected, actual string, b *Bindings, literalIDs bool) (map[st
 	}
 	var toks []token
 	lits := func(s string) {
-		for i, part := range strings.Split(s, "...") {
-			if i > 0 {
+		for _, part := range splitEllipsis(s) {
+			if part == "..." {
 				toks = append(toks, token{wild: true})
-			}
-			if part != "" {
+			} else {
 				toks = append(toks, token{lit: part})
 			}
 		}
@@ -234,6 +233,36 @@ func matchLineIDs(expected, actual string, b *Bindings, literalIDs bool) (map[st
 		added[doc] = act
 	}
 	return added, true
+}
+
+// splitEllipsis cuts s into literal parts and "..." wildcards. In a run of
+// more than three dots the last three are the wildcard: "stray-dir...."
+// is "stray-dir." and any text.
+func splitEllipsis(s string) []string {
+	var out []string
+	lit := 0 // start of the current literal
+	for i := 0; i < len(s); {
+		if s[i] != '.' {
+			i++
+			continue
+		}
+		j := i
+		for j < len(s) && s[j] == '.' {
+			j++
+		}
+		if j-i >= 3 {
+			if lit < j-3 {
+				out = append(out, s[lit:j-3])
+			}
+			out = append(out, "...")
+			lit = j
+		}
+		i = j
+	}
+	if lit < len(s) {
+		out = append(out, s[lit:])
+	}
+	return out
 }
 
 // isEllipsisLine says whether an expected line is `...` alone: any number
@@ -318,9 +347,9 @@ func Check(c Command, r Result, b *Bindings) error {
 		exp = append(exp, fmt.Sprintf("[%d]", c.Status))
 	}
 	switch {
-	case r.Running:
+	case r.Running && c.Status != 0:
 		shown = append(shown, "(still running)")
-	case r.Status != 0:
+	case !r.Running && r.Status != 0:
 		shown = append(shown, fmt.Sprintf("[%d]", r.Status))
 	}
 	what := "output differs"
@@ -332,9 +361,13 @@ func Check(c Command, r Result, b *Bindings) error {
 
 // Diff is a line diff of expected lines a and actual lines b: common lines
 // indented, a's only with "-", b's only with "+". Lines compare equal when
-// the actual one matches the expected one, IDs compared as they are.
+// the actual one matches the expected one, IDs compared as they are; a
+// line of ... alone equals none.
 func Diff(a, b []string) string {
 	eq := func(x, y string) bool {
+		if isEllipsisLine(x) {
+			return false // shown as expected: its lines show as actual ones
+		}
 		_, ok := matchLineIDs(x, y, NewBindings(), true)
 		return ok
 	}

@@ -103,6 +103,8 @@ func TestMatchLine(t *testing.T) {
 		{"... at the start, a word", "... passed", "demo passed", nil, map[string]string{}},
 		{"... after a space is after a space", "version: ...", "version:x", nil, nil},
 		{"... inside a word", "hps1-093a...", "hps1-093a9a26", nil, map[string]string{}},
+		{"a dot before ...", `quarantine/stray-dir...."`, `quarantine/stray-dir.17953"`, nil, map[string]string{}},
+		{"a dot before ... is a dot", `quarantine/stray-dir...."`, `quarantine/stray-dir-17953"`, nil, nil},
 		{"... keeps the rest exact", "code = ... desc", "code = NotFound", nil, nil},
 		{"unbound ID binds", volA + "  2147483648 bytes", volC + " 2147483648 bytes", nil, map[string]string{volA: volC}},
 		{"bound ID must match", volA + " x", volC + " x", map[string]string{volA: volB}, nil},
@@ -234,6 +236,23 @@ func TestCheckDiffShowsDocIDs(t *testing.T) {
 	want := "- " + volA + " healthy\n+ " + volC + " healthy\n  done 7ms\n"
 	if !strings.Contains(err.Error(), want) {
 		t.Errorf("diff:\n%v\nwant it to contain:\n%s", err, want)
+	}
+}
+
+func TestSplitEllipsis(t *testing.T) {
+	for in, want := range map[string]string{
+		"a ... b":        "a |...| b",
+		"...":            "...",
+		"a..":            "a..",
+		"stray-dir....":  "stray-dir.|...",
+		"x......y":       "x...|...|y",
+		"......":         "...|...",
+		"end...":         "end|...",
+		"no dots at all": "no dots at all",
+	} {
+		if got := strings.Join(splitEllipsis(in), "|"); got != want {
+			t.Errorf("splitEllipsis(%q) = %q, want %q", in, got, want)
+		}
 	}
 }
 
