@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
 // A transcript against a real driver: IDs bound across commands, a crash
@@ -18,6 +20,7 @@ import (
 // _output/hostpath-plugin (another driver on this machine) is left alone.
 func TestDriverTranscript(t *testing.T) {
 	tree := builtTree(t)
+	testutil.RequireCommand(t, "curl") // the fixture asks the driver's /healthz
 	decoy := exec.Command("bash", "-c", `exec -a _output/hostpath-plugin sleep 600`)
 	decoy.Dir = t.TempDir()
 	decoy.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
