@@ -1,34 +1,53 @@
 package docs
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
 // realDocs are the docs the rules apply to: docs/*.md, whose transcripts
 // run; and, once docs/ exists (README.md's content moves there), README.md
 // for the coverage rule only.
-func realDocs(t *testing.T) []DocFile {
+func realDocs(t *testing.T, root string) []DocFile {
 	t.Helper()
-	names, err := filepath.Glob(filepath.Join(repoRoot, "docs", "*.md"))
+	names, err := filepath.Glob(filepath.Join(root, "docs", "*.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var files []DocFile
 	for _, n := range names {
-		rel, _ := filepath.Rel(repoRoot, n)
-		files = append(files, readDocFile(t, repoRoot, rel, true))
+		rel, _ := filepath.Rel(root, n)
+		files = append(files, readDocFile(t, root, rel, true))
 	}
 	if len(files) > 0 {
-		files = append(files, readDocFile(t, repoRoot, "README.md", false))
+		files = append(files, readDocFile(t, root, "README.md", false))
 	}
 	return files
 }
 
+func TestRealDocsAreDocsAndThenREADME(t *testing.T) {
+	var got []string
+	for _, f := range realDocs(t, fixtureRepo) {
+		got = append(got, fmt.Sprintf("%s run=%v", f.Name, f.Run))
+	}
+	if want := "docs/bad.md run=true, docs/good.md run=true, README.md run=false"; strings.Join(got, ", ") != want {
+		t.Errorf("files %q, want %s", got, want)
+	}
+	empty := t.TempDir()
+	if err := os.WriteFile(filepath.Join(empty, "README.md"), []byte("```sh\nkubectl get pv\n```\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if files := realDocs(t, empty); len(files) != 0 {
+		t.Errorf("without docs/: %d files, want none", len(files))
+	}
+}
+
 // Every command the docs show is run by a test: see the package comment.
 func TestEveryCommandIsRun(t *testing.T) {
-	files := realDocs(t)
+	files := realDocs(t, repoRoot)
 	if len(files) == 0 {
 		t.Log("no docs/*.md yet: nothing to check")
 		return
@@ -46,7 +65,7 @@ func TestEveryCommandIsRun(t *testing.T) {
 // fresh driver.
 func TestTranscripts(t *testing.T) {
 	var todo []DocFile
-	for _, f := range realDocs(t) {
+	for _, f := range realDocs(t, repoRoot) {
 		if f.Run {
 			todo = append(todo, f)
 		}
