@@ -83,7 +83,7 @@ func (s *Shell) Run(command string) (Result, error) {
 	go func() { done <- cmd.Wait() }()
 	var r Result
 	deadline := time.Now().Add(s.Timeout)
-	tick := time.NewTicker(20 * time.Millisecond)
+	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 wait:
 	for {
