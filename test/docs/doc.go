@@ -16,7 +16,7 @@
 //	```
 //
 // A line starting with "$ " is a command; one ending in a backslash goes on
-// onto the next line. The lines after it, up to the next command or the
+// to the next line. The lines after it, up to the next command or the
 // end of the block, are its output: stdout and stderr together. A last
 // output line [N] is its exit status, N > 0; without one the command must
 // exit 0. No output lines: the command prints nothing. A block starts with
@@ -36,10 +36,11 @@
 // pgrep sees only the processes of the scratch directory, so that
 // kill -9 $(pgrep -f _output/hostpath-plugin) stops that driver only.
 //
-// A command that leaves a driver running (make run, make run &) is done
-// once that driver serves _output/csi.sock: its output is what it printed
-// until then (a driver's start-up log), and a make run still in the
-// foreground has no exit status. The runner stops such drivers itself
+// A command has 2 minutes. One that leaves a driver running (make run,
+// make run &) is done once that driver serves _output/csi.sock: its output
+// is what it printed until then (make's recipe line and the driver's
+// start-up log: show them, or ...), and a make run still in the foreground
+// has no exit status. Other background processes are an error. The runner stops such drivers itself
 // (SIGKILL to the process groups it started), and at the end of a file it
 // unmounts and detaches whatever the doc left under the scratch directory.
 // Transcripts need root (the driver mounts): without it TestTranscripts
@@ -49,8 +50,9 @@
 //
 // Expected and actual output lines must be equal, where:
 //
-//   - ... in a line matches any text, possibly none; a line that is only
-//     ... matches any number of lines, possibly none;
+//   - ... in a line matches any text, possibly none (of a longer run of
+//     dots the last three: stray-dir.... is "stray-dir." and any text); a
+//     line that is only ... matches any number of lines, possibly none;
 //   - runs of spaces count as one, and leading and trailing spaces do not
 //     count (columns are padded to the width of paths and durations, which
 //     differ between the docs and a run);
