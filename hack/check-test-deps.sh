@@ -35,6 +35,9 @@ deps=(
 	xz-utils:xz
 	dpkg:dpkg-deb
 	apt:apt-get apt:apt-cache
+	# test/docs: the docs' transcripts run in bash, start the driver with
+	# make, find it with pgrep and ask its HTTP endpoint with curl.
+	bash:bash make:make procps:pgrep curl:curl
 )
 
 if [ "${1:-}" = --packages ]; then

@@ -55,6 +55,10 @@ var debianPackage = map[string]string{
 	"cpio":               "cpio",
 	"depmod":             "kmod",
 	"qemu-system-x86_64": "qemu-system-x86",
+	"bash":               "bash",
+	"make":               "make",
+	"pgrep":              "procps",
+	"curl":               "curl",
 }
 
 // RequireCommand returns the path of the command name, or stops the test

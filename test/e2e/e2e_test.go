@@ -38,6 +38,7 @@ var singleNode = []scenario{
 	{"inline-ephemeral-volume", testInlineVolume},
 	{"metrics", testMetrics},
 	{"driver-killed", testDriverKilled},
+	{"docs-commands", testDocsCommands},
 	{"nothing-mounted", testNothingMounted},
 }
 

@@ -1,0 +1,121 @@
+// Package docs checks that every command the docs show is run by a test, so
+// that the docs cannot drift from what the code does. It reads docs/*.md
+// (and, once docs/ exists, README.md for the coverage rule only).
+//
+// # Transcripts: ```console blocks
+//
+// A fenced block whose info string is console is a transcript, and
+// TestTranscripts runs it:
+//
+//	```console
+//	$ ./_output/csictl create pg-data -size 2Gi
+//	hpv1-6c741192973b9ff1f0a9991527cc05ef  2147483648 bytes  topology.hostpath-csi.github.io/node=...
+//	$ ./_output/csictl create pg-data -size 5Gi
+//	csictl: rpc error: code = AlreadyExists desc = volume "pg-data" already exists ...
+//	[1]
+//	```
+//
+// A line starting with "$ " is a command; one ending in a backslash goes on
+// to the next line. The lines after it, up to the next command or the
+// end of the block, are its output: stdout and stderr together. A last
+// output line [N] is its exit status, N > 0; without one the command must
+// exit 0. No output lines: the command prints nothing. A block starts with
+// a command.
+//
+// Each file gets a fresh scratch directory that stands for the checkout
+// after make build and make run: _output/csictl and _output/hostpath-plugin
+// built from the tree (once per test run, with make build's version
+// ldflags), a Makefile whose run and demo targets have the real recipes
+// and RUN_FLAGS (not the build prerequisite: make prints no go build line),
+// and a driver started there with make run. The blocks of a file run in
+// order against that driver, each command with bash (set -o pipefail) in
+// that directory, with LC_ALL=C.UTF-8. Write paths as _output/... or
+// /work/main/...: /work/main in a command is the scratch directory, and in
+// the output the scratch directory reads /work/main. The driver's HTTP
+// address of RUN_FLAGS (127.0.0.1:9808) is likewise a free port here.
+// pgrep sees only the processes of the scratch directory, so that
+// kill -9 $(pgrep -f _output/hostpath-plugin) stops that driver only.
+//
+// A command has 2 minutes. One that leaves a driver running (make run,
+// make run &) is done once that driver serves _output/csi.sock: its output
+// is what it printed until then (make's recipe line and the driver's
+// start-up log: show them, or ...), and a make run still in the foreground
+// has no exit status. Other background processes are an error. The runner stops such drivers itself
+// (SIGKILL to the process groups it started), and at the end of a file it
+// unmounts and detaches whatever the doc left under the scratch directory.
+// Transcripts need root (the driver mounts): without it TestTranscripts
+// skips, and fails with HOSTPATH_TEST_REQUIRE_ALL=1.
+//
+// # Matching
+//
+// Expected and actual output lines must be equal, where:
+//
+//   - ... in a line matches any text, possibly none (of a longer run of
+//     dots the last three: stray-dir.... is "stray-dir." and any text); a
+//     line that is only ... matches any number of lines, possibly none;
+//   - runs of spaces count as one, and leading and trailing spaces do not
+//     count (columns are padded to the width of paths and durations, which
+//     differ between the docs and a run);
+//   - each of Normalizations matches any other value of its kind: a klog
+//     header (E1122 20:40:58.298903    4723 file.go:120] ) any header of the
+//     same severity, an RFC 3339 timestamp any timestamp, duration="..."
+//     any quoted duration, a Go duration (160µs, 6.38ms, 2.5s, 1m30s) any
+//     duration;
+//   - IDs the driver makes at random (hpv1-, hps1- and hpg1- and 32 hex
+//     digits; nfs1:server:share:subdir:key and nfss1:server:share:key with a
+//     key of 16 hex digits) bind: the first time a doc's ID is expected
+//     where the output has an ID of its kind, it stands for that ID in the
+//     rest of the file: later commands run with the actual ID in its place,
+//     and later output must show the same one. One doc ID binds one actual
+//     ID and the other way round; a difference is a mismatch.
+//
+// A mismatch fails TestTranscripts naming the file, the command's line, the
+// command and a diff (- expected, + actual, IDs shown as the doc's), and
+// stops that file.
+//
+// # Directives
+//
+// An HTML comment on the line right before a console block changes how it
+// runs (a directive anywhere else, or an unknown one, is an error):
+//
+//	<!-- doctest: restart -->            SIGKILL the driver(s), start it again with the same flags
+//	<!-- doctest: restart --flag=v ... -->  the same, with RUN_FLAGS plus these flags, for the rest of the file
+//	<!-- doctest: skip REASON -->        do not run the block; its commands must be accounted for another way
+//
+// and before an sh or bash block:
+//
+//	<!-- doctest: e2e -->                make e2e runs each line (test/e2e, scenario docs-commands)
+//
+// Flags of restart are words without spaces; /work/main in them is the
+// scratch directory; make run in later commands gets them too.
+//
+// # Coverage: TestEveryCommandIsRun
+//
+// Every command shown must be run by a test, or the test fails naming the
+// file, the line and the command:
+//
+//   - a command of a console block of docs/*.md that is not skipped is run
+//     by TestTranscripts;
+//   - a line of an sh or bash block marked e2e (docs/*.md only) is run by
+//     make e2e against a real cluster, from the repository's root, with
+//     KUBECONFIG set and kubectl on PATH, in a namespace of its own
+//     (e2e-docs) as the current context's default, in file order, after the
+//     other single-node scenarios; each line must exit 0 and should leave
+//     the cluster as it found it;
+//   - any other command (a line of another sh or bash block, comments and
+//     continuations taken as the shell does; a `$ ` line outside fenced
+//     blocks; a command of a skipped console block, or of README.md's) must
+//     be the same command as one TestTranscripts runs, or one of these,
+//     with VAR=value assignments before it if need be:
+//     make TARGET... [VAR=value...], with targets of the Makefile;
+//     go test [flags] -run REGEX PKG... (or -bench, -fuzz), where REGEX
+//     names a Test, Example or Fuzz function (-bench: a Benchmark, -fuzz: a
+//     Fuzz) in each package's _test.go files, packages written ./dir/ or
+//     ./dir/... from the repository's root, in the main module;
+//     apt-get install PKG..., with packages .ci/run installs (its need lines);
+//   - in docs/*.md a `$ ` line in a block without an info string or with
+//     text is an error: it would be a command nothing runs.
+//
+// Blocks of yaml, json, text (docs/*.md: without `$ ` lines) or no info
+// string hold no commands, and inline code is not checked.
+package docs

@@ -1,0 +1,1 @@
+../../docs/markdown/markdown.go
