@@ -113,10 +113,25 @@ func Coverage(r *Repo, files []DocFile) []Uncovered {
 					}
 				}
 			case "sh", "bash":
-				if markdown.IsE2E(b) {
+				if phase, ok := markdown.E2EPhase(b); ok {
 					if !f.Run {
 						out = append(out, Uncovered{File: f.Name, Line: b.Line - 1,
 							Why: "make e2e runs the e2e blocks of docs/*.md only"})
+						continue
+					}
+					for _, l := range markdown.ShellLines(b.Lines, b.Line+1) {
+						if phase == markdown.E2EDryRun {
+							// Checked by the API server, not run: the line
+							// must be one a server-side dry run can take, and
+							// it covers no other block's command.
+							if err := markdown.DryRunnable(l.Text); err != nil {
+								out = append(out, Uncovered{File: f.Name, Line: l.N, Why: err.Error()})
+							}
+							continue
+						}
+						// make e2e runs it as written: the same command
+						// elsewhere (README's quick deploy) is covered.
+						run[canonCommand(l.Text)] = true
 					}
 					continue
 				}

@@ -107,7 +107,7 @@ func runDocs(t *testing.T, files []DocFile) {
 			}
 			if err := RunTranscripts(f.name, f.trs, d, NewBindings()); err != nil {
 				t.Error(err)
-				if b, err := os.ReadFile(filepath.Join(d.Private, "out-001")); err == nil {
+				if b, err := os.ReadFile(filepath.Join(d.Dir, DriverLog)); err == nil {
 					t.Logf("the log of the driver the runner started (until a doc stopped it):\n%s", d.toDoc(string(b)))
 				}
 			}

@@ -55,11 +55,11 @@ func ParseDirective(b markdown.Block) (Directive, error) {
 			return Directive{}, fmt.Errorf("line %d: skip needs a reason: <!-- doctest: skip REASON -->", b.Line-1)
 		}
 		return Directive{Skip: strings.Join(f[1:], " ")}, nil
-	case (b.Info == "sh" || b.Info == "bash") && b.Directive == markdown.E2EDirective:
+	case markdown.IsE2E(b):
 		return Directive{}, nil
 	}
-	return Directive{}, fmt.Errorf("line %d: unknown doctest directive %q before a %q block (console blocks take restart [--flag...] and skip REASON, sh blocks e2e)",
-		b.Line-1, b.Directive, b.Info)
+	return Directive{}, fmt.Errorf("line %d: unknown doctest directive %q before a %q block (console blocks take restart [--flag...] and skip REASON, sh blocks e2e [%s])",
+		b.Line-1, b.Directive, b.Info, strings.Join(markdown.E2EPhases, "|"))
 }
 
 // ParseTranscript reads a console block: `$ ` lines are commands (a line

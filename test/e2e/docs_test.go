@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,9 +19,10 @@ type docCommand struct {
 	markdown.Line
 }
 
-// docsE2ECommands are the e2e lines of root's docs/*.md, file by file, in
-// order (test/docs accounts for these lines as run here).
-func docsE2ECommands(root string) ([]docCommand, error) {
+// docsE2ECommands are the e2e lines of root's docs/*.md of one phase
+// (markdown.E2EPhases), file by file, in order (test/docs accounts for
+// these lines as run here).
+func docsE2ECommands(root, phase string) ([]docCommand, error) {
 	files, err := filepath.Glob(filepath.Join(root, "docs", "*.md"))
 	if err != nil {
 		return nil, err
@@ -36,7 +38,7 @@ func docsE2ECommands(root string) ([]docCommand, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", rel, err)
 		}
-		for _, l := range markdown.E2ELines(d) {
+		for _, l := range markdown.E2ELines(d, phase) {
 			out = append(out, docCommand{file: rel, Line: l})
 		}
 	}
@@ -45,17 +47,51 @@ func docsE2ECommands(root string) ([]docCommand, error) {
 
 // The commands the docs show for a cluster work on one: each line of the
 // docs' e2e blocks runs with bash from the repository's root, kubectl on
-// PATH, in a namespace of its own as the default, and must exit 0.
+// PATH, in a namespace of its own as the default, and must exit 0. The
+// dry-run blocks' lines (an NFS overlay, which needs a server this cluster
+// lacks) are checked by the API server with --dry-run=server.
 func testDocsCommands(t *testing.T, c *cluster) {
-	cmds, err := docsE2ECommands(c.root)
+	runDocsPhase(t, c, markdown.E2ESingleNode)
+	runDocsPhase(t, c, markdown.E2EDryRun)
+}
+
+// After the switch to overlays/distributed: the many-node install.
+func testDocsDistributed(t *testing.T, c *cluster) {
+	runDocsPhase(t, c, markdown.E2EDistributed)
+}
+
+// Last of all: the documented uninstall, then nothing of the driver is
+// left in the cluster (the nodes' side is cluster-down's check).
+func testDocsUninstall(t *testing.T, c *cluster) {
+	if runDocsPhase(t, c, markdown.E2EUninstall) == 0 {
+		t.Fatal("docs/install.md has no <!-- doctest: e2e uninstall --> block")
+	}
+	for _, q := range []struct{ what, args, bad string }{
+		{"CSIDriver", "get csidrivers -o name", "hostpath-csi.github.io"},
+		{"PersistentVolume", "get pv -o jsonpath={.items[*].spec.csi.driver}", "hostpath-csi.github.io"},
+		{"namespace", "get namespaces -o name", "namespace/hostpath-csi\n"},
+		{"StorageClass", "get storageclasses -o jsonpath={.items[*].provisioner}", "hostpath-csi.github.io"},
+		{"VolumeSnapshot CRD", "get crd -o name", "volumesnapshots.snapshot.storage.k8s.io"},
+	} {
+		out := c.k(t, strings.Fields(q.args)...)
+		if strings.Contains(out+"\n", q.bad) {
+			t.Errorf("after the documented uninstall a %s of the driver is left: %s", q.what, out)
+		}
+	}
+}
+
+// runDocsPhase runs the docs' e2e lines of one phase and says how many.
+func runDocsPhase(t *testing.T, c *cluster, phase string) int {
+	t.Helper()
+	cmds, err := docsE2ECommands(c.root, phase)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(cmds) == 0 {
-		t.Log("no <!-- doctest: e2e --> blocks in docs/*.md")
-		return
+		t.Logf("no <!-- doctest: e2e %s --> blocks in docs/*.md", phase)
+		return 0
 	}
-	ns := c.namespace(t, "docs")
+	ns := c.namespace(t, "docs-"+phase)
 	dir := t.TempDir()
 	kc, err := os.ReadFile(c.kubeconfig)
 	if err != nil {
@@ -77,16 +113,24 @@ func testDocsCommands(t *testing.T, c *cluster) {
 	}
 	env := append(os.Environ(), "KUBECONFIG="+kubeconfig, "PATH="+bin+":"+os.Getenv("PATH"))
 	for _, cmd := range cmds {
+		text := cmd.Text
+		if phase == markdown.E2EDryRun {
+			if err := markdown.DryRunnable(text); err != nil {
+				t.Fatalf("%s:%d: %v", cmd.file, cmd.N, err)
+			}
+			text = markdown.DryRunCommand(text)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		x := exec.CommandContext(ctx, "bash", "-c", "set -o pipefail\n"+cmd.Text)
+		x := exec.CommandContext(ctx, "bash", "-c", "set -o pipefail\n"+text)
 		x.Dir, x.Env = c.root, env
 		out, err := x.CombinedOutput()
 		cancel()
 		if err != nil {
-			t.Fatalf("%s:%d: %s: %v\n%s", cmd.file, cmd.N, cmd.Text, err, out)
+			t.Fatalf("%s:%d: %s: %v\n%s", cmd.file, cmd.N, text, err, out)
 		}
-		t.Logf("%s:%d: %s\n%s", cmd.file, cmd.N, cmd.Text, out)
+		t.Logf("%s:%d: %s\n%s", cmd.file, cmd.N, text, out)
 	}
+	return len(cmds)
 }
 
 // The scenario runs the lines test/docs reads from the same blocks
@@ -105,7 +149,7 @@ func TestDocsE2ECommands(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got, err := docsE2ECommands(root)
+	got, err := docsE2ECommands(root, markdown.E2ESingleNode)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +171,7 @@ func TestDocsE2ECommands(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "docs", "c.md"), []byte("```sh\nunclosed\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := docsE2ECommands(root); err == nil {
+	if _, err := docsE2ECommands(root, markdown.E2ESingleNode); err == nil {
 		t.Error("an unclosed block in docs/c.md parsed")
 	}
 }

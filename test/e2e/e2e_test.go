@@ -48,7 +48,9 @@ var distributed = []scenario{
 	{"switch-to-distributed", testSwitchToDistributed},
 	{"placed-on-selected-node", testPlacedOnSelectedNode},
 	{"pod-on-node1", testClaimBoundAndUsed},
+	{"docs-distributed", testDocsDistributed},
 	{"nothing-mounted", testNothingMounted},
+	{"docs-uninstall", testDocsUninstall},
 }
 
 func TestE2E(t *testing.T) {

@@ -160,22 +160,104 @@ func ShellLines(lines []string, first int) []Line {
 }
 
 // E2EDirective marks an sh or bash block whose lines `make e2e` runs
-// (test/e2e, scenario docs-commands).
+// (test/e2e): <!-- doctest: e2e --> in the single-node phase, and
+// <!-- doctest: e2e PHASE --> in another of E2EPhases.
 const E2EDirective = "e2e"
+
+// The phases of make e2e in which an e2e block runs, in the order they run.
+const (
+	// E2ESingleNode: after the other single-node scenarios (scenario
+	// docs-commands), in a namespace of the block's own.
+	E2ESingleNode = "single-node"
+	// E2EDistributed: after the switch to overlays/distributed (scenario
+	// docs-distributed).
+	E2EDistributed = "distributed"
+	// E2EDryRun: each line, a kubectl apply, create or delete, runs with
+	// --dry-run=server: checked by the API server, nothing made. For
+	// commands that need what the cluster of make e2e has not (an NFS
+	// server).
+	E2EDryRun = "dry-run"
+	// E2EUninstall: last of all, after the distributed scenarios (scenario
+	// docs-uninstall), which then checks that the driver left nothing.
+	E2EUninstall = "uninstall"
+)
+
+// E2EPhases are the phases an e2e directive may name.
+var E2EPhases = []string{E2ESingleNode, E2EDistributed, E2EDryRun, E2EUninstall}
+
+// E2EPhase is the phase of an e2e block, and whether b is one: an sh or
+// bash block with <!-- doctest: e2e [PHASE] -->. A directive naming a
+// phase that does not exist is no e2e block (test/docs reports it).
+func E2EPhase(b Block) (string, bool) {
+	if b.Info != "sh" && b.Info != "bash" {
+		return "", false
+	}
+	f := strings.Fields(b.Directive)
+	if len(f) == 0 || f[0] != E2EDirective || len(f) > 2 {
+		return "", false
+	}
+	if len(f) == 1 {
+		return E2ESingleNode, true
+	}
+	for _, p := range E2EPhases {
+		if f[1] == p {
+			return p, true
+		}
+	}
+	return "", false
+}
 
 // IsE2E says whether b is a block `make e2e` runs.
 func IsE2E(b Block) bool {
-	return b.Directive == E2EDirective && (b.Info == "sh" || b.Info == "bash")
+	_, ok := E2EPhase(b)
+	return ok
 }
 
-// E2ELines are the commands of d's e2e blocks, in order, with their line
-// numbers.
-func E2ELines(d Doc) []Line {
+// E2ELines are the commands of d's e2e blocks of the given phase, in
+// order, with their line numbers.
+func E2ELines(d Doc, phase string) []Line {
 	var out []Line
 	for _, b := range d.Blocks {
-		if IsE2E(b) {
+		if p, ok := E2EPhase(b); ok && p == phase {
 			out = append(out, ShellLines(b.Lines, b.Line+1)...)
 		}
 	}
 	return out
+}
+
+// DryRunnable says why a line of a dry-run block could not be checked by a
+// server-side dry run: it must be one kubectl apply, create or delete.
+func DryRunnable(line string) error {
+	f := strings.Fields(stripComment(line))
+	if len(f) < 2 || f[0] != "kubectl" || (f[1] != "apply" && f[1] != "create" && f[1] != "delete") {
+		return fmt.Errorf("%s: a dry-run block holds only kubectl apply, create or delete (make e2e runs each with --dry-run=server)", line)
+	}
+	if strings.ContainsAny(stripComment(line), ";&|<>`$") {
+		return fmt.Errorf("%s: one command per line in a dry-run block", line)
+	}
+	return nil
+}
+
+// DryRunCommand is line with --dry-run=server added, for bash.
+func DryRunCommand(line string) string {
+	return strings.TrimSpace(stripComment(line)) + " --dry-run=server"
+}
+
+// stripComment drops a shell comment: a # at the line's start or after a
+// space, outside quotes.
+func stripComment(line string) string {
+	var q rune
+	for i, r := range line {
+		switch {
+		case q != 0:
+			if r == q {
+				q = 0
+			}
+		case r == '\'' || r == '"':
+			q = r
+		case r == '#' && (i == 0 || line[i-1] == ' ' || line[i-1] == '\t'):
+			return line[:i]
+		}
+	}
+	return line
 }

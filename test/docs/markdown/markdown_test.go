@@ -94,7 +94,7 @@ func TestE2ELines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := E2ELines(d)
+	got := E2ELines(d, E2ESingleNode)
 	want := []Line{
 		{5, "kubectl apply -k deploy/kubernetes/overlays/single-node   # the driver"},
 		{8, "kubectl -n hostpath-csi rollout status \\\n  daemonset/hostpath-csi"},
