@@ -27,7 +27,9 @@
 // built from the tree (once per test run, with make build's version
 // ldflags), a Makefile whose run and demo targets have the real recipes
 // and RUN_FLAGS (not the build prerequisite: make prints no go build line),
-// and a driver started there with make run. The blocks of a file run in
+// and a driver started there with make run >_output/run.log 2>&1 & (so a
+// transcript greps its log as a reader would), with the node ID vm
+// whatever the machine's name (RUN_FLAGS' --nodeid=$(shell hostname)). The blocks of a file run in
 // order against that driver, each command with bash (set -o pipefail) in
 // that directory, with LC_ALL=C.UTF-8. Write paths as _output/... or
 // /work/main/...: /work/main in a command is the scratch directory, and in
@@ -85,6 +87,10 @@
 // and before an sh or bash block:
 //
 //	<!-- doctest: e2e -->                make e2e runs each line (test/e2e, scenario docs-commands)
+//	<!-- doctest: e2e distributed -->    the same, after the switch to overlays/distributed (docs-distributed)
+//	<!-- doctest: e2e uninstall -->      the same, last of all; then nothing of the driver may be left (docs-uninstall)
+//	<!-- doctest: e2e dry-run -->        each line, a kubectl apply, create or delete, with --dry-run=server
+//	                                     (in docs-commands): for what the e2e cluster lacks, such as an NFS server
 //
 // Flags of restart are words without spaces; /work/main in them is the
 // scratch directory; make run in later commands gets them too.
@@ -99,9 +105,10 @@
 //   - a line of an sh or bash block marked e2e (docs/*.md only) is run by
 //     make e2e against a real cluster, from the repository's root, with
 //     KUBECONFIG set and kubectl on PATH, in a namespace of its own
-//     (e2e-docs) as the current context's default, in file order, after the
-//     other single-node scenarios; each line must exit 0 and should leave
-//     the cluster as it found it;
+//     (e2e-docs-PHASE) as the current context's default, in file order, in
+//     its phase; each line must exit 0 and, but for uninstall, should leave
+//     the cluster as it found it; a README.md line that such a block runs
+//     as written is covered too (a dry-run line covers nothing else);
 //   - any other command (a line of another sh or bash block, comments and
 //     continuations taken as the shell does; a `$ ` line outside fenced
 //     blocks; a command of a skipped console block, or of README.md's) must
