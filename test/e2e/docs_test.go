@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
+
 	"github.com/hostpath-csi/hostpath-csi/test/e2e/markdown"
 )
 
@@ -60,23 +62,82 @@ func testDocsDistributed(t *testing.T, c *cluster) {
 	runDocsPhase(t, c, markdown.E2EDistributed)
 }
 
-// Last of all: the documented uninstall, then nothing of the driver is
-// left in the cluster (the nodes' side is cluster-down's check).
+// Last of all: the documented uninstall, on a namespace holding what a
+// user has (a claim used by a pod, a snapshot of it), then nothing of the
+// driver is left in the cluster, and the volume's data is gone from the
+// node (the nodes' other leftovers are cluster-down's check).
 func testDocsUninstall(t *testing.T, c *cluster) {
+	// The docs' uninstall names this namespace.
+	const ns = "my-app"
+	c.k(t, "create", "namespace", ns)
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.dump(t, ns)
+		}
+		if _, err := c.run("", "delete", "namespace", ns, "--ignore-not-found", "--wait=true", "--timeout=180s"); err != nil {
+			t.Errorf("delete namespace %s: %v", ns, err)
+		}
+	})
+	eventually(t, time.Minute, "default service account in "+ns, func() (bool, error) {
+		_, err := c.run("", "-n", ns, "get", "serviceaccount", "default")
+		return err == nil, err
+	})
+	c.k(t, "apply", "-n", ns, "-f", filepath.Join(c.root, "examples/pvc-and-pod.yaml"))
+	c.waitPodPhase(t, ns, "writer", v1.PodRunning, 3*time.Minute)
+	pv := c.boundPV(t, ns, "data")
+	dir := volumeDir(c.dataDir1, pv.Spec.CSI.VolumeHandle)
+	if !exists(dir) {
+		t.Fatalf("the claim's volume is not in %s", dir)
+	}
+	c.apply(t, ns, `apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshot
+metadata:
+  name: data-snap
+spec:
+  volumeSnapshotClassName: hostpath-csi
+  source:
+    persistentVolumeClaimName: data
+`)
+	var content string
+	eventually(t, 2*time.Minute, "VolumeSnapshot data-snap ready", func() (bool, error) {
+		out, err := c.run("", "-n", ns, "get", "volumesnapshot", "data-snap", "-o",
+			"jsonpath={.status.readyToUse} {.status.boundVolumeSnapshotContentName}")
+		f := strings.Fields(out)
+		if err != nil || len(f) != 2 || f[0] != "true" {
+			return false, err
+		}
+		content = f[1]
+		return true, nil
+	})
+
+	handle := strings.TrimSpace(c.k(t, "get", "volumesnapshotcontent", content, "-o", "jsonpath={.status.snapshotHandle}"))
+	snapDir := snapshotDir(c.dataDir1, handle)
+	if !exists(snapDir) {
+		t.Fatalf("the snapshot %s is not in %s", handle, snapDir)
+	}
+
 	if runDocsPhase(t, c, markdown.E2EUninstall) == 0 {
 		t.Fatal("docs/install.md has no <!-- doctest: e2e uninstall --> block")
 	}
+
 	for _, q := range []struct{ what, args, bad string }{
 		{"CSIDriver", "get csidrivers -o name", "hostpath-csi.github.io"},
 		{"PersistentVolume", "get pv -o jsonpath={.items[*].spec.csi.driver}", "hostpath-csi.github.io"},
 		{"namespace", "get namespaces -o name", "namespace/hostpath-csi\n"},
 		{"StorageClass", "get storageclasses -o jsonpath={.items[*].provisioner}", "hostpath-csi.github.io"},
 		{"VolumeSnapshot CRD", "get crd -o name", "volumesnapshots.snapshot.storage.k8s.io"},
+		{"pod in " + ns, "get pods -n " + ns + " -o name", "pod/"},
 	} {
 		out := c.k(t, strings.Fields(q.args)...)
 		if strings.Contains(out+"\n", q.bad) {
-			t.Errorf("after the documented uninstall a %s of the driver is left: %s", q.what, out)
+			t.Errorf("after the documented uninstall a %s is left: %s", q.what, out)
 		}
+	}
+	if exists(dir) {
+		t.Errorf("after the documented uninstall the claim's data %s is still on the node", dir)
+	}
+	if exists(snapDir) {
+		t.Errorf("after the documented uninstall the snapshot's data %s is still on the node", snapDir)
 	}
 }
 
