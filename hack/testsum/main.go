@@ -42,8 +42,11 @@ func main() {
 
 func summarize(in io.Reader, out io.Writer) int {
 	output := map[string]*strings.Builder{} // package/test -> its output
+	pkgOutput := map[string]*strings.Builder{}
 	var skipped, failed []string
-	failedPkgs := 0
+	var failedPkgs []string
+	started := map[string][]string{} // package -> tests started
+	ended := map[string]bool{}       // package/test that passed, failed or skipped
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for sc.Scan() {
@@ -60,6 +63,12 @@ func summarize(in io.Reader, out io.Writer) int {
 			fmt.Fprint(out, e.Output)
 		case "output":
 			if e.Test == "" {
+				b := pkgOutput[e.Package]
+				if b == nil {
+					b = &strings.Builder{}
+					pkgOutput[e.Package] = b
+				}
+				b.WriteString(e.Output)
 				// Package lines: ok, FAIL, "?" and build errors.
 				if strings.HasPrefix(e.Output, "ok ") || strings.HasPrefix(e.Output, "FAIL") ||
 					strings.HasPrefix(e.Output, "?") || strings.HasPrefix(e.Output, "panic") ||
@@ -74,19 +83,24 @@ func summarize(in io.Reader, out io.Writer) int {
 				output[key] = b
 			}
 			b.WriteString(e.Output)
+		case "run":
+			started[e.Package] = append(started[e.Package], e.Test)
 		case "skip":
 			if e.Test != "" {
 				skipped = append(skipped, key)
+				ended[key] = true
 			}
 		case "fail":
 			if e.Test != "" {
 				failed = append(failed, key)
+				ended[key] = true
 			} else {
-				failedPkgs++
+				failedPkgs = append(failedPkgs, e.Package)
 			}
 		case "pass":
 			if e.Test != "" {
 				delete(output, key)
+				ended[key] = true
 			}
 		}
 	}
@@ -97,12 +111,25 @@ func summarize(in io.Reader, out io.Writer) int {
 	for _, k := range failed {
 		fmt.Fprintf(out, "\n=== FAILED %s\n%s", k, text(output[k]))
 	}
+	// A test binary that died (a panic in another goroutine, a timeout,
+	// os.Exit) ends the tests it was running without a fail event: their
+	// output and the package's own (the panic, the goroutines) say why.
+	for _, p := range failedPkgs {
+		for _, name := range started[p] {
+			if k := p + " " + name; !ended[k] {
+				fmt.Fprintf(out, "\n=== UNFINISHED %s (the test binary ended while it ran)\n%s", k, text(output[k]))
+			}
+		}
+		if o := beyondResult(text(pkgOutput[p])); o != "" && !strings.Contains(o, "[build failed]") {
+			fmt.Fprintf(out, "\n=== OUTPUT OF %s outside its tests\n%s", p, o)
+		}
+	}
 	sort.Strings(skipped)
 	fmt.Fprintf(out, "\n%d tests skipped\n", len(skipped))
 	for _, k := range skipped {
 		fmt.Fprintf(out, "  %s: %s\n", k, reason(text(output[k])))
 	}
-	if len(failed) > 0 || failedPkgs > 0 {
+	if len(failed) > 0 || len(failedPkgs) > 0 {
 		return 1
 	}
 	return 0
@@ -127,4 +154,18 @@ func reason(s string) string {
 		keep = append(keep, t)
 	}
 	return strings.Join(keep, " / ")
+}
+
+// beyondResult is a package's own output without its ok or FAIL lines, or
+// "" when that is all it printed.
+func beyondResult(s string) string {
+	var keep []string
+	for _, l := range strings.SplitAfter(s, "\n") {
+		t := strings.TrimSpace(l)
+		if t == "" || t == "FAIL" || strings.HasPrefix(t, "FAIL\t") || strings.HasPrefix(t, "ok ") {
+			continue
+		}
+		keep = append(keep, l)
+	}
+	return strings.Join(keep, "")
 }

@@ -17,6 +17,10 @@ func TestSummarize(t *testing.T) {
 			[]string{"FAIL\ttsx/b [build failed]", "syntax error", "ok  \ttsx/c", "=== FAILED tsx/a TestBad", "it broke",
 				"1 tests skipped", "tsx/a TestSkip: a_test.go:4: no widget here"},
 			[]string{"fine", "TestOK"}},
+		{"testdata/died.json", 1,
+			[]string{"FAIL\ttsx/d", "=== UNFINISHED tsx/d TestDies", "panic: boom in a goroutine",
+				"=== UNFINISHED tsx/e TestExit", "about to exit"},
+			nil},
 		{"testdata/pass.json", 0, []string{"ok  \ttsx/c", "0 tests skipped"}, []string{"FAILED"}},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
