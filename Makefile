@@ -105,7 +105,7 @@ e2e-nfs:
 # The Kubernetes "External Storage" e2e suite (e2e.test and ginkgo built
 # from the module proxy, cached with the cluster's binaries) against the
 # same cluster, once per definition file in test/e2e/conformance; reports
-# in _output/conformance. Needs root. See the README (Conformance).
+# in _output/conformance. Needs root. See docs/testing.md (the conformance suite).
 conformance:
 	./test/e2e/scripts/conformance.sh
 

@@ -16,7 +16,7 @@ import (
 // subdirectory claim stays, marked retained. A claim of another tenant
 // whose subDir is team-e (around the retained data) is refused, so is one
 // inside retained data, and a claim of the same subDir takes the retained
-// data over, as the README documents.
+// data over, as docs/nfs.md documents.
 func TestRetainedNestedDataIsNotAdoptedByAnotherSubDir(t *testing.T) {
 	t.Parallel()
 	e := newNFSEnv(t, 10*time.Second)

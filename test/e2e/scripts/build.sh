@@ -81,7 +81,7 @@ sidecar provisioner.tar "$E2E_BIN/csi-provisioner" registry.k8s.io/sig-storage/c
 sidecar snapshotter.tar "$E2E_BIN/csi-snapshotter" registry.k8s.io/sig-storage/csi-snapshotter
 sidecar snapshot-controller.tar "$E2E_BIN/snapshot-controller" registry.k8s.io/sig-storage/snapshot-controller
 # Stand-ins for the sidecars the module proxy does not serve, under the real
-# images' names (see the README).
+# images' names (see docs/testing.md).
 sidecar resizer.tar "$local_bin/csi-resizer" registry.k8s.io/sig-storage/csi-resizer
 sidecar registrar.tar "$local_bin/csi-node-driver-registrar" registry.k8s.io/sig-storage/csi-node-driver-registrar
 sidecar livenessprobe.tar "$local_bin/livenessprobe" registry.k8s.io/sig-storage/livenessprobe

@@ -19,7 +19,7 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/test/nfs/report"
 )
 
-// decodeID reads an NFS volume or snapshot ID as the README documents it,
+// decodeID reads an NFS volume or snapshot ID as docs/nfs.md documents it,
 // independently of internal/ids: "nfs1:server:share:subDir:key" for a volume,
 // "nfss1:server:share:key" for a snapshot (the key is 16 hex digits; a
 // subDir may contain ':'; the server here is an IPv4 address). It returns
@@ -421,7 +421,7 @@ func (g *guest) rootSquash() {
 			return msg, err
 		}
 		if werr == nil {
-			return msg, fmt.Errorf("uid 1000 wrote to a volume without mountPermissions on a root_squash export (%s): the README's advice would be wrong", msg)
+			return msg, fmt.Errorf("uid 1000 wrote to a volume without mountPermissions on a root_squash export (%s): the advice of docs/nfs.md would be wrong", msg)
 		}
 		if !strings.Contains(werr.Error(), "Permission denied") {
 			return msg, fmt.Errorf("uid 1000's write failed with %v, want Permission denied", werr)
