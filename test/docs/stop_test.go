@@ -79,16 +79,17 @@ func readPID(t *testing.T, path string) int {
 func TestTimeoutKillsTheGroupWhereverItWorks(t *testing.T) {
 	s := newShellSession(t)
 	s.Timeout = 2 * time.Second
+	pidFile := filepath.Join(t.TempDir(), "pid")
 	start := time.Now()
-	_, err := s.Run("cd / && sleep 12")
+	_, err := s.Run("cd / && echo $BASHPID >" + shellQuote(pidFile) + " && exec sleep 12")
 	if err == nil || !strings.Contains(err.Error(), "still running after 2s") {
 		t.Errorf("error %v, want still running after 2s", err)
 	}
 	if d := time.Since(start); d > 6*time.Second {
 		t.Errorf("took %v: the command outlived its timeout", d)
 	}
+	waitDead(t, readPID(t, pidFile), "sleep 12 working in /")
 
-	pidFile := filepath.Join(t.TempDir(), "pid")
 	_, err = s.Run("(cd / && exec sleep 30) & echo $! >" + shellQuote(pidFile))
 	if err == nil || !strings.Contains(err.Error(), "running in the background, and no driver runs here") {
 		t.Errorf("error %v, want the background process refused", err)
