@@ -54,7 +54,8 @@
 //
 //   - ... in a line matches any text, possibly none (of a longer run of
 //     dots the last three: stray-dir.... is "stray-dir." and any text); a
-//     line that is only ... matches any number of lines, possibly none;
+//     line that is only ... matches any number of lines, possibly none
+//     (an output of only such lines checks nothing, and is an error);
 //   - runs of spaces count as one, and leading and trailing spaces do not
 //     count (columns are padded to the width of paths and durations, which
 //     differ between the docs and a run);
