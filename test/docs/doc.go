@@ -1,6 +1,6 @@
 // Package docs checks that every command the docs show is run by a test, so
 // that the docs cannot drift from what the code does. It reads docs/*.md
-// (and, once docs/ exists, README.md for the coverage rule only).
+// (and, once docs/ exists, README.md for the coverage rules only).
 //
 // # Transcripts: ```console blocks
 //
@@ -118,12 +118,19 @@
 //     make TARGET... [VAR=value...], with targets of the Makefile;
 //     go test [flags] -run REGEX PKG... (or -bench, -fuzz), where REGEX
 //     names a Test, Example or Fuzz function (-bench: a Benchmark, -fuzz: a
-//     Fuzz) in each package's _test.go files, packages written ./dir/ or
-//     ./dir/... from the repository's root, in the main module;
+//     Fuzz) in each package's _test.go files, and each of its top-level
+//     alternatives (split at | outside brackets and parentheses, as go
+//     test does; none empty) names one in some package, packages written
+//     ./dir/ or ./dir/... from the repository's root, in the main module;
 //     apt-get install PKG..., with packages .ci/run installs (its need lines);
 //   - in docs/*.md a `$ ` line in a block without an info string or with
-//     text is an error: it would be a command nothing runs.
+//     text is an error: it would be a command nothing runs;
+//   - a console block of README.md must be the same lines as a console
+//     block of docs/*.md that TestTranscripts runs (not skipped): its
+//     output is then checked there.
 //
 // Blocks of yaml, json, text (docs/*.md: without `$ ` lines) or no info
-// string hold no commands, and inline code is not checked.
+// string hold no commands, and inline code is not checked. In docs/*.md
+// any other info string (shell, go, ...) is an error: nothing would check
+// the block.
 package docs
