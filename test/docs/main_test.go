@@ -63,7 +63,7 @@ func builtTree(t *testing.T) *Tree {
 			registerScratch(built.dir, false)
 			built.tree, built.err = BuildTree(ctx, repoRoot, built.dir)
 			if ctx.Err() != nil {
-				built.err = fmt.Errorf("%w: stopped %v before the test binary's deadline (go test -timeout): give go test a longer -timeout", built.err, stopMargin)
+				built.err = fmt.Errorf("the build stopped %v before the test binary's deadline (go test -timeout), to clean up before it: give go test a longer -timeout (%w)", stopMargin, ctx.Err())
 			}
 		}
 	})
