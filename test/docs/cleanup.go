@@ -2,22 +2,58 @@ package docs
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
-	"testing"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
-
-	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
+
+// mountsUnder lists the mount points at or below dir.
+func mountsUnder(dir string) ([]string, error) {
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		return nil, fmt.Errorf("read the mount table: %w", err)
+	}
+	var out []string
+	for _, m := range mounts {
+		out = append(out, m.Mountpoint)
+	}
+	return out, nil
+}
+
+// loopDevicesUnder lists the loop devices whose backing file is at or
+// below dir (deleted or not), from sysfs.
+func loopDevicesUnder(dir string) []string {
+	dir = filepath.Clean(dir)
+	paths, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var out []string
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // detached meanwhile
+		}
+		f := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), " (deleted)")
+		if f == dir || strings.HasPrefix(f, dir+"/") {
+			out = append(out, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(p))))
+		}
+	}
+	return out
+}
 
 // cleanupMountsAndLoops unmounts everything at or below dir (deepest
 // first) and detaches the loop devices of files there, logging what it
-// found; it fails only if something stays.
-func cleanupMountsAndLoops(t testing.TB, dir string) error {
+// found; it fails only if something stays. (It takes no testing.TB: it
+// also runs on a signal, outside any test.)
+func cleanupMountsAndLoops(logf func(format string, args ...any), dir string) error {
 	for i := 0; ; i++ {
-		points := testutil.MountsUnder(t, dir)
+		points, err := mountsUnder(dir)
+		if err != nil {
+			return err
+		}
 		if len(points) == 0 {
 			break
 		}
@@ -26,7 +62,7 @@ func cleanupMountsAndLoops(t testing.TB, dir string) error {
 		}
 		sort.Sort(sort.Reverse(sort.StringSlice(points)))
 		if i == 0 {
-			t.Logf("unmounting what the doc left mounted: %s", strings.Join(points, ", "))
+			logf("unmounting what the doc left mounted: %s", strings.Join(points, ", "))
 		}
 		for _, p := range points {
 			if err := unix.Unmount(p, 0); err != nil {
@@ -34,31 +70,59 @@ func cleanupMountsAndLoops(t testing.TB, dir string) error {
 			}
 		}
 	}
-	// Autoclear devices go at their last close, a moment after the unmount.
+	// Autoclear devices (the driver's) go at their last close, a moment
+	// after the unmount; others (a scratch filesystem's) are detached now.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		devs := testutil.LoopDevicesUnder(t, dir)
+		devs := loopDevicesUnder(dir)
 		if len(devs) == 0 {
 			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Logf("detaching loop devices the doc left attached: %v", devs)
-			for _, dev := range devs {
-				fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-				if err != nil {
-					return fmt.Errorf("open %s to detach it: %w", dev, err)
-				}
-				err = unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0)
-				unix.Close(fd)
-				if err != nil {
-					return fmt.Errorf("detach %s: %w", dev, err)
-				}
+		var detach []string
+		for _, dev := range devs {
+			if time.Now().After(deadline) || !autoclear(dev) {
+				detach = append(detach, dev)
 			}
-			if devs = testutil.LoopDevicesUnder(t, dir); len(devs) > 0 {
-				return fmt.Errorf("loop devices %v still attached to files under %s", devs, dir)
+		}
+		if len(detach) > 0 {
+			logf("detaching loop devices left attached: %v", detach)
+		}
+		for _, dev := range detach {
+			if err := detachLoop(dev); err != nil {
+				return err
+			}
+		}
+		if time.Now().After(deadline) {
+			// A device still open is detached at its last close.
+			for end := time.Now().Add(5 * time.Second); len(devs) > 0; devs = loopDevicesUnder(dir) {
+				if time.Now().After(end) {
+					return fmt.Errorf("loop devices %v still attached to files under %s", devs, dir)
+				}
+				time.Sleep(20 * time.Millisecond)
 			}
 			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// autoclear says whether loop device dev goes by itself at its last close.
+func autoclear(dev string) bool {
+	b, err := os.ReadFile("/sys/block/" + filepath.Base(dev) + "/loop/autoclear")
+	return err != nil || strings.TrimSpace(string(b)) == "1"
+}
+
+func detachLoop(dev string) error {
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return fmt.Errorf("open %s to detach it: %w", dev, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0); err != nil && err != unix.ENXIO {
+		return fmt.Errorf("detach %s: %w", dev, err)
+	}
+	return nil
 }

@@ -91,6 +91,8 @@ func Coverage(r *Repo, files []DocFile) []Uncovered {
 	}
 	var check []pending
 	run := map[string]bool{} // commands the transcripts run, as canonCommand has them
+	runBlocks := map[string]bool{}
+	var copies []pending // console blocks of files not run (README.md): each one of runBlocks
 	for _, f := range files {
 		for _, b := range f.Doc.Blocks {
 			d, err := ParseDirective(b)
@@ -104,6 +106,12 @@ func Coverage(r *Repo, files []DocFile) []Uncovered {
 				if err != nil {
 					out = append(out, Uncovered{File: f.Name, Line: b.Line, Why: err.Error()})
 					continue
+				}
+				switch {
+				case f.Run && d.Skip == "":
+					runBlocks[strings.Join(b.Lines, "\n")] = true
+				case !f.Run:
+					copies = append(copies, pending{f.Name, markdown.Line{N: b.Line, Text: strings.Join(b.Lines, "\n")}})
 				}
 				for _, c := range tr.Commands {
 					if f.Run && d.Skip == "" {
@@ -148,12 +156,24 @@ func Coverage(r *Repo, files []DocFile) []Uncovered {
 							Why: "a command in a block without the console info string, which nothing runs: label it ```console"})
 					}
 				}
+			case "yaml", "json":
+			default:
+				if f.Run {
+					out = append(out, Uncovered{File: f.Name, Line: b.Line,
+						Why: fmt.Sprintf("info string %q, which the docs tests do not know, so nothing checks the block: write console (a transcript), sh or bash (commands), yaml, json, text or none", b.Info)})
+				}
 			}
 		}
 		for _, l := range f.Doc.Prose {
 			if cmd, ok := strings.CutPrefix(strings.TrimSpace(l.Text), "$ "); ok {
 				check = append(check, pending{f.Name, markdown.Line{N: l.N, Text: cmd}})
 			}
+		}
+	}
+	for _, p := range copies {
+		if !runBlocks[p.line.Text] {
+			out = append(out, Uncovered{File: p.file, Line: p.line.N,
+				Why: "a console block that is not the same lines as any console block of docs/*.md that TestTranscripts runs, so nothing checks its output: copy it from there"})
 		}
 	}
 	for _, p := range check {
@@ -368,35 +388,51 @@ func (r *Repo) checkGoTest(args []string) error {
 		return errors.New("go test without a package: name it (./pkg/driver/)")
 	}
 	kinds := map[string][]string{"run": {"Test", "Example", "Fuzz"}, "bench": {"Benchmark"}, "fuzz": {"Fuzz"}}
+	names := map[string][]string{} // package -> its test functions
 	for _, p := range pkgs {
 		dirs, err := r.packageDirs(p)
 		if err != nil {
 			return err
 		}
-		var names []string
 		for _, d := range dirs {
 			n, err := testFuncs(d)
 			if err != nil {
 				return err
 			}
-			names = append(names, n...)
+			names[p] = append(names[p], n...)
 		}
-		for flag, re := range sel {
-			if flag == "run" && (sel["bench"] != "" || sel["fuzz"] != "") {
-				continue // -run '^$' -bench X: the benchmarks are the point
-			}
-			top, err := topLevelRegexp(re)
-			if err != nil {
-				return fmt.Errorf("go test -%s %q: %w", flag, re, err)
-			}
+	}
+	for _, flag := range []string{"run", "bench", "fuzz"} {
+		re, ok := sel[flag]
+		if !ok || flag == "run" && (sel["bench"] != "" || sel["fuzz"] != "") {
+			continue // -run '^$' -bench X: the benchmarks are the point
+		}
+		alts, err := topLevelAlternatives(re)
+		if err != nil {
+			return fmt.Errorf("go test -%s %q: %w", flag, re, err)
+		}
+		// Each package has a function it names, and each alternative
+		// names a function: an alternative that names none is a test the
+		// docs say runs, and none does.
+		used := make([]bool, len(alts))
+		for _, p := range pkgs {
 			found := false
-			for _, n := range names {
-				for _, k := range kinds[flag] {
-					found = found || strings.HasPrefix(n, k) && top.MatchString(n)
+			for i, a := range alts {
+				for _, n := range names[p] {
+					for _, k := range kinds[flag] {
+						if strings.HasPrefix(n, k) && a.re.MatchString(n) {
+							found, used[i] = true, true
+						}
+					}
 				}
 			}
 			if !found {
 				return fmt.Errorf("go test -%s %q names no %s in %s", flag, re, strings.Join(kinds[flag], "/"), p)
+			}
+		}
+		for i, a := range alts {
+			if !used[i] {
+				return fmt.Errorf("go test -%s %q: its alternative %q names no %s in %s", flag, re, a.src, strings.Join(kinds[flag], "/"), strings.Join(pkgs, " "))
 			}
 		}
 	}
@@ -495,24 +531,50 @@ func testFuncs(dir string) ([]string, error) {
 
 func isLower(c byte) bool { return c >= 'a' && c <= 'z' }
 
-// topLevelRegexp is the part of a -run/-bench regexp that go test matches
-// against top-level names: up to the first slash outside brackets and
-// parentheses.
-func topLevelRegexp(re string) (*regexp.Regexp, error) {
-	depth := 0
-	for i := 0; i < len(re); i++ {
-		switch re[i] {
+// An alternative is a top-level alternative of a -run/-bench regexp, and
+// the part of it go test matches against top-level names.
+type alternative struct {
+	src string
+	re  *regexp.Regexp
+}
+
+// topLevelAlternatives splits a -run/-bench regexp as go test does: at
+// each | outside brackets and parentheses into alternatives, and each at
+// its first such slash, before which is what top-level names must match.
+func topLevelAlternatives(re string) ([]alternative, error) {
+	var alts []alternative
+	for _, a := range splitTopLevel(re, '|') {
+		top := splitTopLevel(a, '/')[0]
+		if top == "" {
+			return nil, fmt.Errorf("the alternative %q matches every test", a)
+		}
+		c, err := regexp.Compile(top)
+		if err != nil {
+			return nil, err
+		}
+		alts = append(alts, alternative{a, c})
+	}
+	return alts, nil
+}
+
+// splitTopLevel splits s at each sep outside brackets and parentheses.
+func splitTopLevel(s string, sep byte) []string {
+	var out []string
+	depth, start := 0, 0
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
 		case '\\':
 			i++
 		case '[', '(':
 			depth++
 		case ']', ')':
 			depth--
-		case '/':
+		case sep:
 			if depth == 0 {
-				re = re[:i]
+				out = append(out, s[start:i])
+				start = i + 1
 			}
 		}
 	}
-	return regexp.Compile(re)
+	return append(out, s[start:])
 }

@@ -49,7 +49,8 @@ func sortedKeys(m map[string]bool) []string {
 
 // The coverage rules on fixture docs: every command of good.md is
 // accounted for (bad.md's ./_output/csictl info too: good.md runs it), and
-// each other one of bad.md and README.md fails, with its line.
+// each other one of bad.md and README.md fails, with its line; so does a
+// README console block that is not a copy of one that runs.
 func TestCoverage(t *testing.T) {
 	r, err := LoadRepo(fixtureRepo)
 	if err != nil {
@@ -89,7 +90,11 @@ func TestCoverage(t *testing.T) {
 		{"docs/bad.md", 38, "make demo: a command in a block without the console info string"},
 		{"docs/bad.md", 41, `make nosuchtarget: the Makefile has no target "nosuchtarget"`},
 		{"docs/bad.md", 43, `line 43: unknown doctest directive "restart" before a "sh" block`},
-		{"README.md", 13, "make e2e runs the e2e blocks of docs/*.md only"},
+		{"docs/bad.md", 49, `go test -run "TestAlpha|TestNoSuchThing": its alternative "TestNoSuchThing" names no Test/Example/Fuzz in ./pkg/a/`},
+		{"docs/bad.md", 50, `go test -run "TestAlpha|": the alternative "" matches every test`},
+		{"docs/bad.md", 53, `info string "shell", which the docs tests do not know`},
+		{"README.md", 3, "a console block that is not the same lines as any console block of docs/*.md that TestTranscripts runs"},
+		{"README.md", 20, "make e2e runs the e2e blocks of docs/*.md only"},
 	}
 	got := Coverage(r, files)
 	for i := 0; i < len(got) || i < len(want); i++ {
@@ -138,6 +143,32 @@ func TestShellWords(t *testing.T) {
 		w, err := shellWords(tc.in)
 		if (err != nil) != tc.wantErr || err == nil && strings.Join(w, "|") != tc.want {
 			t.Errorf("shellWords(%q) = %q, %v; want %q (error %v)", tc.in, w, err, tc.want, tc.wantErr)
+		}
+	}
+}
+
+func TestTopLevelAlternatives(t *testing.T) {
+	for _, tc := range []struct {
+		re, want string // want: the alternatives' top-level parts, joined by " ; "
+		wantErr  bool
+	}{
+		{re: "TestA", want: "TestA"},
+		{re: "TestA|TestB", want: "TestA ; TestB"},
+		{re: "TestA/sub|TestB", want: "TestA ; TestB"},
+		{re: "^(TestA|TestB)$", want: "^(TestA|TestB)$"},
+		{re: `TestA\|B|TestC`, want: `TestA\|B ; TestC`},
+		{re: "Test[|]A", want: "Test[|]A"},
+		{re: "TestA|", wantErr: true},
+		{re: "TestA|/sub", wantErr: true},
+		{re: "Test(", wantErr: true},
+	} {
+		alts, err := topLevelAlternatives(tc.re)
+		var got []string
+		for _, a := range alts {
+			got = append(got, a.re.String())
+		}
+		if (err != nil) != tc.wantErr || err == nil && strings.Join(got, " ; ") != tc.want {
+			t.Errorf("topLevelAlternatives(%q) = %q, %v; want %q (error %v)", tc.re, got, err, tc.want, tc.wantErr)
 		}
 	}
 }

@@ -1,6 +1,6 @@
 // Package docs checks that every command the docs show is run by a test, so
 // that the docs cannot drift from what the code does. It reads docs/*.md
-// (and, once docs/ exists, README.md for the coverage rule only).
+// (and, once docs/ exists, README.md for the coverage rules only).
 //
 // # Transcripts: ```console blocks
 //
@@ -26,12 +26,19 @@
 // after make build and make run: _output/csictl and _output/hostpath-plugin
 // built from the tree (once per test run, with make build's version
 // ldflags), a Makefile whose run and demo targets have the real recipes
-// and RUN_FLAGS (not the build prerequisite: make prints no go build line),
-// and a driver started there with make run >_output/run.log 2>&1 & (so a
-// transcript greps its log as a reader would), with the node ID vm
-// whatever the machine's name (RUN_FLAGS' --nodeid=$(shell hostname)). The blocks of a file run in
+// and RUN_FLAGS (not the build prerequisite: make prints no go build line;
+// RUN_FLAGS is an override, which neither the environment nor make's
+// command line changes), and a driver started there with
+// make run >_output/run.log 2>&1 & (so a transcript greps its log as a
+// reader would), with the node ID vm whatever the machine's name
+// (RUN_FLAGS' --nodeid=$(shell hostname)). The directory is on an ext4
+// filesystem of its own (a sparse 12 GiB image on a loop device, made
+// with mkfs.ext4's defaults), so that what a transcript shows of the data
+// filesystem (a copy's mechanism, block counts, a directory's usage) is the
+// same on any machine, whatever its /tmp is. The blocks of a file run in
 // order against that driver, each command with bash (set -o pipefail) in
-// that directory, with LC_ALL=C.UTF-8. Write paths as _output/... or
+// that directory, with LC_ALL=C.UTF-8 and the test's environment less
+// RUN_FLAGS, MAKEFLAGS, MAKELEVEL and MFLAGS. Write paths as _output/... or
 // /work/main/...: /work/main in a command is the scratch directory, and in
 // the output the scratch directory reads /work/main. The driver's HTTP
 // address of RUN_FLAGS (127.0.0.1:9808) is likewise a free port here.
@@ -42,11 +49,27 @@
 // make run &) is done once that driver serves _output/csi.sock: its output
 // is what it printed until then (make's recipe line and the driver's
 // start-up log: show them, or ...), and a make run still in the foreground
-// has no exit status. Other background processes are an error. The runner stops such drivers itself
-// (SIGKILL to the process groups it started), and at the end of a file it
-// unmounts and detaches whatever the doc left under the scratch directory.
-// Transcripts need root (the driver mounts): without it TestTranscripts
-// skips, and fails with HOSTPATH_TEST_REQUIRE_ALL=1.
+// has no exit status. Other background processes are an error. The runner
+// stops such drivers itself, and at the end of a file it unmounts and
+// detaches whatever the doc left under the scratch directory.
+//
+// Each command runs in a process group of its own, which the runner stops
+// by its ID (SIGKILL), wherever its processes work: the group's leader
+// is not reaped before the group is gone, so the ID cannot name another
+// group meanwhile; the runner kills nothing else but processes left
+// working in its scratch directory. A command also stops 20 s before the
+// test binary's deadline (go test -timeout), failing the test with a
+// message that says so, so that the cleanup runs before go test's panic;
+// a SIGINT or SIGTERM kills every group the runner started and removes
+// its scratch directories, mounts and loop devices included, before the
+// test binary exits; and bash dies with the test binary (Pdeathsig).
+//
+// Transcripts need root (the driver mounts) and the tools of
+// transcriptTools (main_test.go: bash, make, pgrep, curl, losetup,
+// mkfs.ext4, mkfs.xfs, mount), of which TestTranscriptToolsAreRequired
+// finds every one the transcripts run that is not essential: without one
+// TestTranscripts skips, saying what is missing, and fails with
+// HOSTPATH_TEST_REQUIRE_ALL=1.
 //
 // # Matching
 //
@@ -54,7 +77,8 @@
 //
 //   - ... in a line matches any text, possibly none (of a longer run of
 //     dots the last three: stray-dir.... is "stray-dir." and any text); a
-//     line that is only ... matches any number of lines, possibly none;
+//     line that is only ... matches any number of lines, possibly none
+//     (an output of only such lines checks nothing, and is an error);
 //   - runs of spaces count as one, and leading and trailing spaces do not
 //     count (columns are padded to the width of paths and durations, which
 //     differ between the docs and a run);
@@ -117,12 +141,19 @@
 //     make TARGET... [VAR=value...], with targets of the Makefile;
 //     go test [flags] -run REGEX PKG... (or -bench, -fuzz), where REGEX
 //     names a Test, Example or Fuzz function (-bench: a Benchmark, -fuzz: a
-//     Fuzz) in each package's _test.go files, packages written ./dir/ or
-//     ./dir/... from the repository's root, in the main module;
+//     Fuzz) in each package's _test.go files, and each of its top-level
+//     alternatives (split at | outside brackets and parentheses, as go
+//     test does; none empty) names one in some package, packages written
+//     ./dir/ or ./dir/... from the repository's root, in the main module;
 //     apt-get install PKG..., with packages .ci/run installs (its need lines);
 //   - in docs/*.md a `$ ` line in a block without an info string or with
-//     text is an error: it would be a command nothing runs.
+//     text is an error: it would be a command nothing runs;
+//   - a console block of README.md must be the same lines as a console
+//     block of docs/*.md that TestTranscripts runs (not skipped): its
+//     output is then checked there.
 //
 // Blocks of yaml, json, text (docs/*.md: without `$ ` lines) or no info
-// string hold no commands, and inline code is not checked.
+// string hold no commands, and inline code is not checked. In docs/*.md
+// any other info string (shell, go, ...) is an error: nothing would check
+// the block.
 package docs

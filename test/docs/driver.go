@@ -1,6 +1,7 @@
 package docs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
 // DocRoot is the checkout the docs' paths and outputs name.
@@ -33,8 +36,29 @@ type Tree struct {
 var scratchTargets = []string{"run", "demo"}
 
 // BuildTree builds the binaries of the checkout at root into bin, as make
-// build does (the same version ldflags), and reads the Makefile.
-func BuildTree(root, bin string) (*Tree, error) {
+// build does (the same version ldflags), and reads the Makefile; ctx
+// bounds the build.
+func BuildTree(ctx context.Context, root, bin string) (*Tree, error) {
+	t, err := ReadTree(root, bin)
+	if err != nil {
+		return nil, err
+	}
+	version := "v0.0.0-dev"
+	if out, err := exec.CommandContext(ctx, "git", "-C", root, "describe", "--tags", "--always", "--dirty").Output(); err == nil {
+		version = strings.TrimSpace(string(out))
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-ldflags", "-X github.com/hostpath-csi/hostpath-csi/pkg/driver.version="+version,
+		"-o", bin+"/", "./cmd/...")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("go build ./cmd/...: %w\n%s", err, out)
+	}
+	return t, nil
+}
+
+// ReadTree is the checkout at root with its binaries already in bin: what
+// its Makefile says make run and make demo do.
+func ReadTree(root, bin string) (*Tree, error) {
 	mk, err := os.ReadFile(filepath.Join(root, "Makefile"))
 	if err != nil {
 		return nil, fmt.Errorf("read the Makefile: %w", err)
@@ -47,16 +71,6 @@ func BuildTree(root, bin string) (*Tree, error) {
 		if t.Recipes[target], err = makeRecipe(string(mk), target); err != nil {
 			return nil, err
 		}
-	}
-	version := "v0.0.0-dev"
-	if out, err := exec.Command("git", "-C", root, "describe", "--tags", "--always", "--dirty").Output(); err == nil {
-		version = strings.TrimSpace(string(out))
-	}
-	cmd := exec.Command("go", "build", "-ldflags", "-X github.com/hostpath-csi/hostpath-csi/pkg/driver.version="+version,
-		"-o", bin+"/", "./cmd/...")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build ./cmd/...: %w\n%s", err, out)
 	}
 	return t, nil
 }
@@ -113,6 +127,8 @@ type Driver struct {
 	runFlags string // RUN_FLAGS with the free HTTP port
 	extra    []string
 	t        testing.TB
+	// unregister takes root off what a signal cleans up (see stopAll).
+	unregister func()
 }
 
 // StartDriver makes a scratch directory and starts a driver in it; t's
@@ -130,15 +146,18 @@ func StartDriver(t testing.TB, tree *Tree) (*Driver, error) {
 	return d, err
 }
 
+// scratchFSMiB is the size of each file's scratch filesystem: room for
+// what the docs write and preallocate (docs/sizes.md's images, 5.3 GiB;
+// docs/snapshots.md's 1 GiB file and its copies, 3.6 GiB) and for the room
+// a copy sets aside. The image is sparse: it takes what is written.
+const scratchFSMiB = 12 << 10
+
 func startDriver(t testing.TB, tree *Tree) (d *Driver, err error) {
-	root, err := os.MkdirTemp("", "doctest-")
+	root, unregister, err := scratchRoot(t)
 	if err != nil {
 		return nil, err
 	}
-	if root, err = absDir(root); err != nil {
-		return nil, err
-	}
-	d = &Driver{tree: tree, root: root, t: t}
+	d = &Driver{tree: tree, root: root, t: t, unregister: unregister}
 	dir, private := filepath.Join(root, "main"), filepath.Join(root, "runner")
 	for _, p := range []string{filepath.Join(dir, "_output"), filepath.Join(private, "bin")} {
 		if err := os.MkdirAll(p, 0o755); err != nil {
@@ -151,7 +170,7 @@ func startDriver(t testing.TB, tree *Tree) (d *Driver, err error) {
 		}
 	}
 	d.Shell = &Shell{Dir: dir, Private: private, Socket: filepath.Join(dir, "_output", "csi.sock"),
-		Subst: []Subst{{DocRoot, dir}}, Timeout: 2 * time.Minute}
+		Subst: []Subst{{DocRoot, dir}}, Timeout: 2 * time.Minute, Deadline: testDeadline(t)}
 	// The docs show the node as vm (the development machine's name); any
 	// machine's transcripts say the same.
 	d.runFlags = strings.ReplaceAll(tree.RunFlags, "$(shell hostname)", DocNodeID)
@@ -173,8 +192,59 @@ func startDriver(t testing.TB, tree *Tree) (d *Driver, err error) {
 	if err := writePgrep(filepath.Join(private, "bin", "pgrep"), dir); err != nil {
 		return d, err
 	}
-	d.Env = append(os.Environ(), "PATH="+filepath.Join(private, "bin")+":"+os.Getenv("PATH"), "LC_ALL=C.UTF-8")
+	d.Env = CommandEnv("PATH="+filepath.Join(private, "bin")+":"+os.Getenv("PATH"), "LC_ALL=C.UTF-8")
 	return d, d.start()
+}
+
+// scratchRoot makes the directory that holds a file's scratch directory,
+// on a filesystem of its own: a fresh ext4 image on a loop device (so that
+// what the docs show of the data filesystem, a copy's mechanism or a
+// directory's blocks, is the same whatever /tmp is), which t's cleanup
+// unmounts and detaches. Until then a signal removes it too (stopAll).
+func scratchRoot(t testing.TB) (root string, unregister func(), err error) {
+	runner.making.Lock()
+	defer runner.making.Unlock()
+	var unregisterFS func()
+	// Registered before LoopFS, so it runs after LoopFS's cleanup.
+	t.Cleanup(func() {
+		if unregisterFS != nil {
+			unregisterFS()
+		}
+	})
+	mnt := testutil.LoopFS(t, "ext4", scratchFSMiB)
+	unregisterFS = registerScratch(filepath.Dir(mnt), true)
+	// A short name: the driver's socket path (with its .PID.tmp while it
+	// binds) must fit a unix socket's 108 bytes.
+	root = filepath.Join(mnt, "s")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		return "", nil, err
+	}
+	if root, err = absDir(root); err != nil {
+		return "", nil, err
+	}
+	if sock := filepath.Join(root, "main", "_output", "csi.sock.4194304.tmp"); len(sock) >= 108 {
+		return "", nil, fmt.Errorf("the scratch directory %s is too deep for the driver's socket (%d bytes, a unix socket takes 107): set TMPDIR to a shorter directory", root, len(sock))
+	}
+	return root, registerScratch(root, false), nil
+}
+
+// commandEnvDrop are the variables of the test's environment the docs'
+// commands do not get: make's own (a go test run by make passes its
+// MAKEFLAGS, and with them its jobserver and command-line variables) and
+// RUN_FLAGS, which would otherwise reach the scratch Makefile.
+var commandEnvDrop = []string{"RUN_FLAGS", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "GNUMAKEFLAGS", "MAKEOVERRIDES"}
+
+// CommandEnv is the test's environment without commandEnvDrop, with set
+// (NAME=value) added.
+func CommandEnv(set ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(commandEnvDrop, name) {
+			env = append(env, kv)
+		}
+	}
+	return append(env, set...)
 }
 
 // DocNodeID is the node ID the docs' transcripts show: make run's
@@ -190,10 +260,11 @@ const DriverLog = "_output/run.log"
 func (d *Driver) start() error {
 	var mk strings.Builder
 	mk.WriteString("# Written by test/docs: the checkout's make run and make demo, without the build.\n")
-	mk.WriteString("OUT := _output\n")
-	fmt.Fprintf(&mk, "RUN_FLAGS ?= %s\n", d.runFlags)
+	mk.WriteString("override OUT := _output\n")
+	// override: neither the environment nor make's command line changes them.
+	fmt.Fprintf(&mk, "override RUN_FLAGS := %s\n", d.runFlags)
 	if len(d.extra) > 0 {
-		fmt.Fprintf(&mk, "RUN_FLAGS += %s\n", d.toActual(strings.Join(d.extra, " ")))
+		fmt.Fprintf(&mk, "override RUN_FLAGS += %s\n", d.toActual(strings.Join(d.extra, " ")))
 	}
 	fmt.Fprintf(&mk, ".PHONY: %s\n", strings.Join(scratchTargets, " "))
 	for _, t := range scratchTargets {
@@ -234,10 +305,13 @@ func (d *Driver) Close() error {
 	if d.Shell != nil {
 		errs = append(errs, d.KillAll())
 	}
-	if err := cleanupMountsAndLoops(d.t, d.root); err != nil {
+	if err := cleanupMountsAndLoops(d.t.Logf, d.root); err != nil {
 		return errors.Join(append(errs, err, fmt.Errorf("left %s in place", d.root))...)
 	}
 	errs = append(errs, os.RemoveAll(d.root))
+	if d.unregister != nil {
+		d.unregister()
+	}
 	return errors.Join(errs...)
 }
 

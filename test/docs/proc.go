@@ -4,11 +4,14 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -77,23 +80,111 @@ func cwdUnder(pid int, dir string) bool {
 	return err == nil && (cwd == dir || strings.HasPrefix(cwd, dir+"/"))
 }
 
-// killGroup sends SIGKILL to process group pgid if one of its processes is
-// still ours (works under dir: a group ID is reused once its processes are
-// gone), and waits until none is left.
-func killGroup(pgid int, dir string) error {
-	ours := false
-	for _, p := range groupMembers(pgid) {
-		ours = ours || cwdUnder(p, dir)
-	}
-	if !ours {
-		return nil
-	}
-	if err := syscall.Kill(-pgid, syscall.SIGKILL); err != nil && err != syscall.ESRCH {
-		return fmt.Errorf("kill process group %d: %w", pgid, err)
-	}
-	return waitGroupGone(pgid, 10*time.Second)
+// A proc is a bash the runner started, the leader of a process group of
+// its own (Setpgid: the group's ID is its PID). The runner does not reap
+// it until the group is empty: it waits for the leader's exit with
+// WNOWAIT, so an exited leader stays a zombie, and a zombie keeps its ID
+// from reuse. So while a proc is not reaped, its group ID names the group
+// the runner made and nothing else, and a SIGKILL to it reaches only the
+// processes the runner started there, wherever they work.
+type proc struct {
+	cmd    *exec.Cmd
+	pgid   int
+	exited chan struct{} // closed once the leader has exited (a zombie, not reaped)
+	status int           // the leader's exit status (128+N for signal N), once exited
+	reap   sync.Once
 }
 
+// startProc starts cmd as the leader of a new process group, killed
+// (SIGKILL) when the test binary dies, and registers it (see runner).
+func startProc(cmd *exec.Cmd) (*proc, error) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	runner.mu.Lock()
+	defer runner.mu.Unlock()
+	if runner.stopping {
+		runner.mu.Unlock()
+		waitIfStopping()
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &proc{cmd: cmd, pgid: cmd.Process.Pid, exited: make(chan struct{})}
+	runner.procs[p] = true
+	go p.waitExit()
+	return p, nil
+}
+
+// sigchld is the start of a siginfo_t of SIGCHLD, as waitid fills it:
+// si_signo, si_errno, si_code, padding, then si_pid, si_uid, si_status.
+type sigchld struct {
+	Signo, Errno, Code, _ int32
+	Pid, UID, Status      int32
+}
+
+// The si_code values of SIGCHLD.
+const (
+	cldExited = 1
+	cldKilled = 2
+	cldDumped = 3
+)
+
+// waitExit waits for the leader's exit without reaping it.
+func (p *proc) waitExit() {
+	defer close(p.exited)
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, p.pgid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			p.status = -1
+			return
+		}
+		break
+	}
+	si := (*sigchld)(unsafe.Pointer(&info))
+	switch si.Code {
+	case cldExited:
+		p.status = int(si.Status)
+	case cldKilled, cldDumped:
+		p.status = 128 + int(si.Status) // as bash shows a command killed by a signal
+	default:
+		p.status = -1
+	}
+}
+
+// reaped reaps the leader, once it has exited: after this its ID may be
+// reused, so only once the group is empty.
+func (p *proc) reaped() {
+	p.reap.Do(func() {
+		<-p.exited
+		_ = p.cmd.Wait()
+		runner.mu.Lock()
+		delete(runner.procs, p)
+		runner.mu.Unlock()
+	})
+}
+
+// kill sends SIGKILL to p's process group, waits until none of its
+// processes is left, and reaps the leader.
+func (p *proc) kill() error {
+	if err := syscall.Kill(-p.pgid, syscall.SIGKILL); err != nil && err != syscall.ESRCH {
+		return fmt.Errorf("kill process group %d: %w", p.pgid, err)
+	}
+	err := waitGroupGone(p.pgid, 10*time.Second)
+	if err == nil {
+		p.reaped()
+	}
+	return err
+}
+
+// waitGroupGone waits until process group pgid has no live process (its
+// zombies are its parents' to reap).
 func waitGroupGone(pgid int, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {

@@ -34,8 +34,8 @@ func newShellSession(t *testing.T) *shellSession {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sh := &Shell{Dir: dir, Private: t.TempDir(), Env: append(os.Environ(), "LC_ALL=C.UTF-8"),
-		Subst: []Subst{{DocRoot, dir}}, Timeout: 30 * time.Second}
+	sh := &Shell{Dir: dir, Private: t.TempDir(), Env: CommandEnv("LC_ALL=C.UTF-8"),
+		Subst: []Subst{{DocRoot, dir}}, Timeout: 30 * time.Second, Deadline: testDeadline(t)}
 	t.Cleanup(func() {
 		if err := sh.KillAll(); err != nil {
 			t.Error(err)

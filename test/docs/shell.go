@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -28,9 +27,12 @@ type Shell struct {
 	Socket  string   // the driver's socket; "" when no driver runs
 	Subst   []Subst
 	Timeout time.Duration // of one command, and of a driver's start
+	// Deadline, if not zero, is when every command is stopped, whatever
+	// Timeout says: stopMargin before the test binary's (see testDeadline).
+	Deadline time.Time
 
 	n      int
-	groups []int // process groups still running (drivers)
+	groups []*proc // process groups still running (drivers)
 }
 
 // toActual and toDoc apply s.Subst to a command and to its output.
@@ -59,6 +61,10 @@ func (s *Shell) served(pgid int) bool {
 
 // Run runs command (as the docs write it: substitutions are applied here).
 func (s *Shell) Run(command string) (Result, error) {
+	limit, why := s.limit()
+	if !time.Now().Before(limit) {
+		return Result{}, errors.New(why)
+	}
 	s.n++
 	script := filepath.Join(s.Private, fmt.Sprintf("cmd-%03d.sh", s.n))
 	outPath := filepath.Join(s.Private, fmt.Sprintf("out-%03d", s.n))
@@ -69,86 +75,89 @@ func (s *Shell) Run(command string) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	defer out.Close()
 	// The command is sourced from a file, not passed on bash's command
 	// line, so that pgrep -f and ps see what a terminal's shell shows.
 	cmd := exec.Command("bash", "-c", `set -o pipefail; . "$0"`, script)
 	cmd.Dir, cmd.Env, cmd.Stdout, cmd.Stderr = s.Dir, s.Env, out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	p, err := startProc(cmd)
+	out.Close() // bash has its own: ours would keep the scratch filesystem busy
+	if err != nil {
 		return Result{}, fmt.Errorf("start bash: %w", err)
 	}
-	pgid := cmd.Process.Pid
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	output := func() string {
+		b, _ := os.ReadFile(outPath)
+		return s.toDoc(string(b))
+	}
 	var r Result
-	deadline := time.Now().Add(s.Timeout)
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 wait:
 	for {
 		select {
-		case err := <-done:
-			var ee *exec.ExitError
-			switch {
-			case err == nil:
-			case errors.As(err, &ee):
-				r.Status = ee.ExitCode()
-				if r.Status < 0 { // bash itself killed by a signal
-					r.Status = 128 + int(ee.Sys().(syscall.WaitStatus).Signal())
-				}
-			default:
-				return Result{}, fmt.Errorf("wait for bash: %w", err)
+		case <-p.exited:
+			waitIfStopping() // killed by stopAll: not the command's doing
+			if p.status < 0 {
+				_ = p.kill()
+				return Result{}, errors.New("wait for bash: no exit status")
 			}
+			r.Status = p.status
 			break wait
 		case <-tick.C:
-			if s.served(pgid) {
+			if s.served(p.pgid) {
 				r.Running = true // a driver in the foreground, as in a terminal left open
 				break wait
 			}
-			if time.Now().After(deadline) {
-				_ = killGroup(pgid, s.Dir)
-				<-done
-				b, _ := os.ReadFile(outPath)
-				return Result{}, fmt.Errorf("still running after %v; its output:\n%s", s.Timeout, s.toDoc(string(b)))
+			if time.Now().After(limit) {
+				err := p.kill()
+				return Result{}, errors.Join(fmt.Errorf("%s; its output:\n%s", why, output()), err)
 			}
 		}
 	}
-	if !r.Running && len(groupMembers(pgid)) > 0 {
+	if !r.Running && len(groupMembers(p.pgid)) > 0 {
 		// Left running in the background (make run &): the reader waits
 		// for the driver to answer before typing the next command.
-		for !s.served(pgid) {
-			if len(groupMembers(pgid)) == 0 {
+		for !s.served(p.pgid) {
+			if len(groupMembers(p.pgid)) == 0 {
 				break
 			}
-			if s.Socket == "" || time.Now().After(deadline) {
-				members := groupMembers(pgid)
-				_ = killGroup(pgid, s.Dir)
+			if s.Socket == "" || time.Now().After(limit) {
+				members := groupMembers(p.pgid)
+				err := p.kill()
 				what := "no driver runs here"
 				if s.Socket != "" {
-					what = "they do not serve the driver's socket " + s.toDoc(s.Socket) + " after " + s.Timeout.String()
+					what = "they do not serve the driver's socket " + s.toDoc(s.Socket) + ": " + why
 				}
-				return Result{}, fmt.Errorf("left processes %v running in the background, and %s", members, what)
+				return Result{}, errors.Join(fmt.Errorf("left processes %v running in the background, and %s", members, what), err)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	if len(groupMembers(pgid)) > 0 {
-		s.groups = append(s.groups, pgid)
+	if len(groupMembers(p.pgid)) > 0 {
+		s.groups = append(s.groups, p)
+	} else {
+		p.reaped()
 	}
-	b, err := os.ReadFile(outPath)
-	if err != nil {
-		return Result{}, err
-	}
-	r.Output = s.toDoc(string(b))
+	r.Output = output()
 	return r, nil
 }
 
-// KillAll stops (SIGKILL) every process group the commands left running.
+// limit is when a command started now must be done, and what to say if it
+// is not: after Timeout, or at Deadline if that comes first.
+func (s *Shell) limit() (time.Time, string) {
+	limit := time.Now().Add(s.Timeout)
+	if !s.Deadline.IsZero() && s.Deadline.Before(limit) {
+		return s.Deadline, fmt.Sprintf("stopped %v before the test binary's deadline (go test -timeout), to clean up before it: give go test a longer -timeout", stopMargin)
+	}
+	return limit, fmt.Sprintf("still running after %v", s.Timeout)
+}
+
+// KillAll stops (SIGKILL) every process group the commands left running,
+// by its ID (see proc), and any process that left its group but still
+// works in Dir.
 func (s *Shell) KillAll() error {
 	var errs []error
-	for _, g := range s.groups {
-		errs = append(errs, killGroup(g, s.Dir))
+	for _, p := range s.groups {
+		errs = append(errs, p.kill())
 	}
 	s.groups = nil
 	errs = append(errs, killUnder(s.Dir))

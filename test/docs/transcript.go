@@ -110,6 +110,9 @@ func ParseTranscript(b markdown.Block) (Transcript, error) {
 				c.Expected = c.Expected[:k-1]
 			}
 		}
+		if onlyEllipsis(c.Expected) {
+			return Transcript{}, fmt.Errorf("line %d: the output of $ %s is only ... lines, which match anything: show a line of it that must be there", c.ExpLine, oneLine(c.Text))
+		}
 	}
 	return tr, nil
 }
@@ -131,4 +134,14 @@ func Transcripts(d markdown.Doc) ([]Transcript, error) {
 		out = append(out, tr)
 	}
 	return out, nil
+}
+
+// onlyEllipsis says whether output lines are all ... (and there is one).
+func onlyEllipsis(lines []string) bool {
+	for _, l := range lines {
+		if strings.TrimSpace(l) != "..." {
+			return false
+		}
+	}
+	return len(lines) > 0
 }

@@ -55,6 +55,13 @@ func TestParseTranscript(t *testing.T) {
 			want: []Command{{Line: 3, Text: "make torture"}},
 			dir:  Directive{Skip: "takes an hour"},
 		},
+		{name: "only ...", src: "```console\n$ a\nx\n$ make demo\n...\n  ...\n$ c\n```\n", wantErr: "line 5: the output of $ make demo is only ... lines"},
+		{name: "only ... and a status", src: "```console\n$ a\n...\n[1]\n```\n", wantErr: "line 3: the output of $ a is only ... lines"},
+		{
+			name: "... and a line",
+			src:  "```console\n$ a\n...\nx\n```\n",
+			want: []Command{{Line: 2, Text: "a", Expected: []string{"...", "x"}, ExpLine: 3}},
+		},
 		{name: "output first", src: "```console\nout\n$ a\n```\n", wantErr: "line 2: a console block starts with a command"},
 		{name: "no command", src: "```console\n```\n", wantErr: "without a command"},
 		{name: "empty command", src: "```console\n$ \n```\n", wantErr: "line 2: empty command"},
