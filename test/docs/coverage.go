@@ -203,29 +203,8 @@ func oneLine(s string) string {
 
 // canonCommand is a command without its comment, continuations and runs of
 // spaces, for comparing commands.
-func canonCommand(s string) string { return oneLine(stripComment(strings.ReplaceAll(s, "\\\n", " "))) }
-
-// stripComment cuts a shell comment: a # that starts a word outside quotes.
-func stripComment(s string) string {
-	var q byte
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case q != 0:
-			if c == q {
-				q = 0
-			} else if c == '\\' && q == '"' {
-				i++
-			}
-		case c == '\\':
-			i++
-		case c == '\'' || c == '"':
-			q = c
-		case c == '#' && (i == 0 || s[i-1] == ' ' || s[i-1] == '\t'):
-			return strings.TrimRight(s[:i], " \t")
-		}
-	}
-	return s
+func canonCommand(s string) string {
+	return oneLine(markdown.StripComment(strings.ReplaceAll(s, "\\\n", " ")))
 }
 
 var errCompound = errors.New("more than one command, or a redirection, on one line: the docs tests account for single commands (make, go test, apt-get install); show the line in a console transcript, or split it")
@@ -287,7 +266,7 @@ var assignment = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*=`)
 // packages; apt-get install PKG... of the packages .ci/run installs; each
 // with VAR=value assignments before it if need be.
 func (r *Repo) CheckCommand(cmd string) error {
-	words, err := shellWords(stripComment(strings.ReplaceAll(cmd, "\\\n", " ")))
+	words, err := shellWords(markdown.StripComment(strings.ReplaceAll(cmd, "\\\n", " ")))
 	if err != nil {
 		return err
 	}

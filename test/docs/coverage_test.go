@@ -120,8 +120,8 @@ func TestStripComment(t *testing.T) {
 		"make run\t# tab":                 "make run",
 		`echo "it's" # quote in a string`: `echo "it's"`,
 	} {
-		if got := stripComment(in); got != want {
-			t.Errorf("stripComment(%q) = %q, want %q", in, got, want)
+		if got := markdown.StripComment(in); got != want {
+			t.Errorf("markdown.StripComment(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/hostpath-csi/hostpath-csi/test/docs/markdown"
 )
 
 // essentialCommands are what a transcript may run without naming it in
@@ -36,7 +38,7 @@ var (
 // out. Paths (./_output/csictl) and words holding quotes or $ are left
 // out: they name no tool on PATH.
 func commandNames(line string) []string {
-	s := stripComment(strings.ReplaceAll(line, "\\\n", " "))
+	s := markdown.StripComment(strings.ReplaceAll(line, "\\\n", " "))
 	var segs []string
 	var cur strings.Builder
 	var q byte

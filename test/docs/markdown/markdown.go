@@ -228,11 +228,11 @@ func E2ELines(d Doc, phase string) []Line {
 // DryRunnable says why a line of a dry-run block could not be checked by a
 // server-side dry run: it must be one kubectl apply, create or delete.
 func DryRunnable(line string) error {
-	f := strings.Fields(stripComment(line))
+	f := strings.Fields(StripComment(line))
 	if len(f) < 2 || f[0] != "kubectl" || (f[1] != "apply" && f[1] != "create" && f[1] != "delete") {
 		return fmt.Errorf("%s: a dry-run block holds only kubectl apply, create or delete (make e2e runs each with --dry-run=server)", line)
 	}
-	if strings.ContainsAny(stripComment(line), ";&|<>`$") {
+	if strings.ContainsAny(StripComment(line), ";&|<>`$") {
 		return fmt.Errorf("%s: one command per line in a dry-run block", line)
 	}
 	return nil
@@ -240,24 +240,29 @@ func DryRunnable(line string) error {
 
 // DryRunCommand is line with --dry-run=server added, for bash.
 func DryRunCommand(line string) string {
-	return strings.TrimSpace(stripComment(line)) + " --dry-run=server"
+	return strings.TrimSpace(StripComment(line)) + " --dry-run=server"
 }
 
-// stripComment drops a shell comment: a # at the line's start or after a
-// space, outside quotes.
-func stripComment(line string) string {
-	var q rune
-	for i, r := range line {
+// StripComment cuts a shell comment: a # that starts a word outside
+// quotes (test/docs and the e2e read commands the same way).
+func StripComment(s string) string {
+	var q byte
+	for i := 0; i < len(s); i++ {
+		c := s[i]
 		switch {
 		case q != 0:
-			if r == q {
+			if c == q {
 				q = 0
+			} else if c == '\\' && q == '"' {
+				i++
 			}
-		case r == '\'' || r == '"':
-			q = r
-		case r == '#' && (i == 0 || line[i-1] == ' ' || line[i-1] == '\t'):
-			return line[:i]
+		case c == '\\':
+			i++
+		case c == '\'' || c == '"':
+			q = c
+		case c == '#' && (i == 0 || s[i-1] == ' ' || s[i-1] == '\t'):
+			return strings.TrimRight(s[:i], " \t")
 		}
 	}
-	return line
+	return s
 }
