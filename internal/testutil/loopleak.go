@@ -16,10 +16,21 @@ import (
 // packages running at the same time.
 func LoopDevicesUnder(t testing.TB, dir string) []string {
 	t.Helper()
+	out, err := LoopDevicesBackedUnder(dir)
+	if err != nil {
+		t.Fatalf("list loop devices: %v", err)
+	}
+	return out
+}
+
+// LoopDevicesBackedUnder lists the loop devices whose backing file is at
+// or below dir (deleted or not), from sysfs; for code that has no test to
+// fail (a cleanup on a signal).
+func LoopDevicesBackedUnder(dir string) ([]string, error) {
 	dir = filepath.Clean(dir)
 	paths, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
 	if err != nil {
-		t.Fatalf("list loop devices: %v", err)
+		return nil, err
 	}
 	var out []string
 	for _, p := range paths {
@@ -32,7 +43,7 @@ func LoopDevicesUnder(t testing.TB, dir string) []string {
 			out = append(out, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(p))))
 		}
 	}
-	return out
+	return out, nil
 }
 
 // CleanupLoopDevices registers a cleanup that fails the test if a loop device

@@ -10,6 +10,8 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
 
 // mountsUnder lists the mount points at or below dir.
@@ -26,21 +28,9 @@ func mountsUnder(dir string) ([]string, error) {
 }
 
 // loopDevicesUnder lists the loop devices whose backing file is at or
-// below dir (deleted or not), from sysfs.
+// below dir (deleted or not).
 func loopDevicesUnder(dir string) []string {
-	dir = filepath.Clean(dir)
-	paths, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	var out []string
-	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue // detached meanwhile
-		}
-		f := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), " (deleted)")
-		if f == dir || strings.HasPrefix(f, dir+"/") {
-			out = append(out, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(p))))
-		}
-	}
+	out, _ := testutil.LoopDevicesBackedUnder(dir)
 	return out
 }
 
