@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,15 +64,36 @@ func CleanupLoopDevices(t testing.TB, dir string) {
 		}
 		t.Errorf("loop devices left attached to files under %s: %v", dir, left)
 		for _, dev := range left {
-			fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				t.Errorf("open %s to detach it: %v", dev, err)
-				continue
+			if err := DetachIfBackedUnder(dev, dir); err != nil {
+				t.Error(err)
 			}
-			if err := unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0); err != nil {
-				t.Errorf("detach %s: %v", dev, err)
-			}
-			unix.Close(fd)
 		}
 	})
+}
+
+// DetachIfBackedUnder detaches loop device dev if, once open, its backing
+// file is still at or below dir. The open keeps an autoclear device from
+// going meanwhile, and the second look keeps a device number freed since
+// it was listed, and attached again by someone else, from being detached.
+func DetachIfBackedUnder(dev, dir string) error {
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return fmt.Errorf("open %s to detach it: %w", dev, err)
+	}
+	defer unix.Close(fd)
+	b, err := os.ReadFile("/sys/block/" + filepath.Base(dev) + "/loop/backing_file")
+	if err != nil {
+		return nil // detached meanwhile
+	}
+	f := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), " (deleted)")
+	if dir = filepath.Clean(dir); f != dir && !strings.HasPrefix(f, dir+"/") {
+		return nil // someone else's now
+	}
+	if err := unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0); err != nil && err != unix.ENXIO {
+		return fmt.Errorf("detach %s: %w", dev, err)
+	}
+	return nil
 }

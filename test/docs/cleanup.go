@@ -78,7 +78,7 @@ func cleanupMountsAndLoops(logf func(format string, args ...any), dir string) er
 			logf("detaching loop devices left attached: %v", detach)
 		}
 		for _, dev := range detach {
-			if err := detachLoop(dev); err != nil {
+			if err := testutil.DetachIfBackedUnder(dev, dir); err != nil {
 				return err
 			}
 		}
@@ -100,19 +100,4 @@ func cleanupMountsAndLoops(logf func(format string, args ...any), dir string) er
 func autoclear(dev string) bool {
 	b, err := os.ReadFile("/sys/block/" + filepath.Base(dev) + "/loop/autoclear")
 	return err != nil || strings.TrimSpace(string(b)) == "1"
-}
-
-func detachLoop(dev string) error {
-	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		if os.IsNotExist(err) {
-			return nil
-		}
-		return fmt.Errorf("open %s to detach it: %w", dev, err)
-	}
-	defer unix.Close(fd)
-	if err := unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0); err != nil && err != unix.ENXIO {
-		return fmt.Errorf("detach %s: %w", dev, err)
-	}
-	return nil
 }
