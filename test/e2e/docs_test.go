@@ -116,8 +116,30 @@ spec:
 		t.Fatalf("the snapshot %s is not in %s", handle, snapDir)
 	}
 
-	if runDocsPhase(t, c, markdown.E2EUninstall) == 0 {
+	// Before the driver goes, the documented wait has seen its volume and
+	// snapshot removed: with the driver gone first they would stay.
+	driverDeleted := false
+	before := func(cmd docCommand) {
+		if driverDeleted || !strings.Contains(cmd.Text, "kubectl delete -k") {
+			return
+		}
+		driverDeleted = true
+		var p v1.PersistentVolume
+		if ok, err := c.tryGet(&p, "pv", pv.Name); ok || err != nil {
+			t.Errorf("the driver is about to be deleted while PV %s is still there (%v)", pv.Name, err)
+		}
+		if out, err := c.run("", "get", "volumesnapshotcontent", content, "-o", "name", "--ignore-not-found"); err != nil || strings.TrimSpace(out) != "" {
+			t.Errorf("the driver is about to be deleted while VolumeSnapshotContent %s is still there: %q %v", content, out, err)
+		}
+		if exists(dir) || exists(snapDir) {
+			t.Errorf("the driver is about to be deleted while the claim's or the snapshot's data is on the node: %s %v, %s %v", dir, exists(dir), snapDir, exists(snapDir))
+		}
+	}
+	if runDocsPhaseWith(t, c, markdown.E2EUninstall, before) == 0 {
 		t.Fatal("docs/install.md has no <!-- doctest: e2e uninstall --> block")
+	}
+	if !driverDeleted {
+		t.Fatal("the documented uninstall has no kubectl delete -k of the driver")
 	}
 
 	for _, q := range []struct{ what, args, bad string }{
@@ -143,6 +165,13 @@ spec:
 
 // runDocsPhase runs the docs' e2e lines of one phase and says how many.
 func runDocsPhase(t *testing.T, c *cluster, phase string) int {
+	t.Helper()
+	return runDocsPhaseWith(t, c, phase, nil)
+}
+
+// runDocsPhaseWith is runDocsPhase, calling before (if not nil) ahead of
+// each line.
+func runDocsPhaseWith(t *testing.T, c *cluster, phase string, before func(docCommand)) int {
 	t.Helper()
 	cmds, err := docsE2ECommands(c.root, phase)
 	if err != nil {
@@ -174,6 +203,9 @@ func runDocsPhase(t *testing.T, c *cluster, phase string) int {
 	}
 	env := append(os.Environ(), "KUBECONFIG="+kubeconfig, "PATH="+bin+":"+os.Getenv("PATH"))
 	for _, cmd := range cmds {
+		if before != nil {
+			before(cmd)
+		}
 		text := cmd.Text
 		if phase == markdown.E2EDryRun {
 			if err := markdown.DryRunnable(text); err != nil {
