@@ -143,7 +143,12 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() (b
 // what the namespace held and the driver's recent logs.
 func (c *cluster) namespace(t *testing.T, name string) string {
 	t.Helper()
-	ns := "e2e-" + name
+	return c.namespaceNamed(t, "e2e-"+name)
+}
+
+// namespaceNamed is namespace with the name as given (one the docs name).
+func (c *cluster) namespaceNamed(t *testing.T, ns string) string {
+	t.Helper()
 	c.k(t, "create", "namespace", ns)
 	// A pod may start before the default ServiceAccount exists.
 	eventually(t, time.Minute, "default service account in "+ns, func() (bool, error) {

@@ -68,20 +68,7 @@ func testDocsDistributed(t *testing.T, c *cluster) {
 // node (the nodes' other leftovers are cluster-down's check).
 func testDocsUninstall(t *testing.T, c *cluster) {
 	// The docs' uninstall names this namespace.
-	const ns = "my-app"
-	c.k(t, "create", "namespace", ns)
-	t.Cleanup(func() {
-		if t.Failed() {
-			c.dump(t, ns)
-		}
-		if _, err := c.run("", "delete", "namespace", ns, "--ignore-not-found", "--wait=true", "--timeout=180s"); err != nil {
-			t.Errorf("delete namespace %s: %v", ns, err)
-		}
-	})
-	eventually(t, time.Minute, "default service account in "+ns, func() (bool, error) {
-		_, err := c.run("", "-n", ns, "get", "serviceaccount", "default")
-		return err == nil, err
-	})
+	ns := c.namespaceNamed(t, "my-app")
 	c.k(t, "apply", "-n", ns, "-f", filepath.Join(c.root, "examples/pvc-and-pod.yaml"))
 	c.waitPodPhase(t, ns, "writer", v1.PodRunning, 3*time.Minute)
 	pv := c.boundPV(t, ns, "data")
