@@ -28,6 +28,7 @@ commands:
                              create a volume (empty, restored or cloned), print its ID
   list                       list volumes
   delete ID                  delete a volume
+  modify ID KEY=VALUE...     change a volume's mutable parameters (a VolumeAttributesClass's)
   snapshot NAME -volume ID   snapshot a volume
   snapshots [-volume ID]     list snapshots
   delete-snapshot ID         delete a snapshot
@@ -61,7 +62,7 @@ func main() {
 	defer c.conn.Close()
 	cmd, args := flag.Arg(0), flag.Args()[1:]
 	commands := map[string]func(*client, []string) error{
-		"info": cmdInfo, "create": cmdCreate, "list": cmdList, "delete": cmdDelete,
+		"info": cmdInfo, "create": cmdCreate, "list": cmdList, "delete": cmdDelete, "modify": cmdModify,
 		"health": cmdHealth, "demo": cmdDemo, "bench": cmdBench,
 		"snapshot": cmdSnapshot, "snapshots": cmdSnapshots, "delete-snapshot": cmdDeleteSnapshot,
 	}
@@ -154,6 +155,8 @@ func cmdCreate(c *client, args []string) error {
 	fsType := fs.String("fstype", "", "filesystem of an image volume (with -param layout=image): ext4 or xfs")
 	var params paramFlag
 	fs.Var(&params, "param", "a parameter key=value (repeatable)")
+	var mutable paramFlag
+	fs.Var(&mutable, "mutable", "a mutable parameter key=value, as a VolumeAttributesClass gives (repeatable)")
 	name, err := oneArg(fs, args, "NAME")
 	if err != nil {
 		return err
@@ -163,7 +166,7 @@ func cmdCreate(c *client, args []string) error {
 	if *block {
 		capability.AccessType = &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}
 	}
-	req := &csi.CreateVolumeRequest{Name: name, Parameters: params, VolumeCapabilities: []*csi.VolumeCapability{capability}}
+	req := &csi.CreateVolumeRequest{Name: name, Parameters: params, MutableParameters: mutable, VolumeCapabilities: []*csi.VolumeCapability{capability}}
 	if *sizeFlag != "" {
 		bytes, err := size.Parse(*sizeFlag)
 		if err != nil {
@@ -229,6 +232,25 @@ func cmdDelete(c *client, args []string) error {
 		return err
 	}
 	fmt.Println("deleted", id)
+	return nil
+}
+
+func cmdModify(c *client, args []string) error {
+	if len(args) < 2 {
+		return fmt.Errorf("modify: want ID and at least one KEY=VALUE")
+	}
+	id, mutable := args[0], paramFlag{}
+	for _, kv := range args[1:] {
+		if err := mutable.Set(kv); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := c.ctx()
+	defer cancel()
+	if _, err := c.ctrl.ControllerModifyVolume(ctx, &csi.ControllerModifyVolumeRequest{VolumeId: id, MutableParameters: mutable}); err != nil {
+		return err
+	}
+	fmt.Println("modified", id)
 	return nil
 }
 

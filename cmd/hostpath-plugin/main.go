@@ -41,15 +41,15 @@ type options struct {
 
 func parseFlags() *options {
 	fs := flag.CommandLine
-	o, ephemeral, allowed := registerFlags(fs)
+	o, ephemeral, modify, allowed := registerFlags(fs)
 	klog.InitFlags(fs)
 	flag.Parse()
-	return finishFlags(fs, o, ephemeral, allowed)
+	return finishFlags(fs, o, ephemeral, modify, allowed)
 }
 
 // registerFlags defines every flag of the driver (klog's aside) on fs; the
 // docs' flags table is checked against it (TestFlagsTableListsEveryFlag).
-func registerFlags(fs *flag.FlagSet) (o *options, ephemeral *bool, allowed *string) {
+func registerFlags(fs *flag.FlagSet) (o *options, ephemeral, modify *bool, allowed *string) {
 	hostname, _ := os.Hostname()
 	o = &options{}
 	fs.StringVar(&o.endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint: unix:///path/to/socket")
@@ -70,6 +70,7 @@ func registerFlags(fs *flag.FlagSet) (o *options, ephemeral *bool, allowed *stri
 	fs.StringVar(&o.cfg.NFS.MountDir, "nfs-mount-dir", "", "directory of the controller's private mounts of NFS export roots (default <state-dir>/nfs)")
 	fs.BoolVar(&o.cfg.ProjectQuotas, "project-quotas", false, "hold directory volumes with ext4/xfs project quotas where the kernel has them; only where every pod runs in a user namespace of its own (hostUsers: false): from the host's, a file's owner can change its project ID and leave the quota")
 	fs.StringVar(&o.cfg.UdevRulesDir, "udev-rules-dir", "", "the host's udev rules directory (e.g. /etc/udev/rules.d mounted into the pod): the driver writes a rule there that keeps udev, LVM and md from probing, linking or activating what tenants write into the loop devices of volumes; empty leaves the host's udev alone")
+	modify = fs.Bool("modify-volume", true, "serve ControllerModifyVolume (VolumeAttributesClass): false drops it and the MODIFY_VOLUME capability, as overlays/distributed does, where csi-resizer calls the driver of whichever node holds its lease and a volume's data is on one node only")
 	ephemeral = fs.Bool("ephemeral", true, "serve CSI inline (ephemeral) volumes, bounded by the --ephemeral-* flags; false refuses new ones (FailedPrecondition) and serves those pods have until they go (also drop Ephemeral from the CSIDriver's volumeLifecycleModes)")
 	// Sizes left at 0 take the driver's defaults: 1Gi (256Mi for the
 	// default size), or the max where that is smaller.
@@ -84,17 +85,18 @@ func registerFlags(fs *flag.FlagSet) (o *options, ephemeral *bool, allowed *stri
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "address (host:port, or :port for every address) of the HTTP server for /healthz and /metrics; empty disables it")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight calls may take to finish")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
-	return o, ephemeral, allowed
+	return o, ephemeral, modify, allowed
 }
 
 // finishFlags turns the parsed flags into options.
-func finishFlags(fs *flag.FlagSet, o *options, ephemeral *bool, allowed *string) *options {
+func finishFlags(fs *flag.FlagSet, o *options, ephemeral, modify *bool, allowed *string) *options {
 	fs.Visit(func(f *flag.Flag) {
 		if f.Name == "btrfs-quotas" {
 			klog.InfoS("Flag --btrfs-quotas is deprecated and has no effect: qgroup limits do not hold a btrfs directory volume; use StorageClass parameter layout: image for sizes that hold")
 		}
 	})
 	o.cfg.Ephemeral.Disabled = !*ephemeral
+	o.cfg.NoModifyVolume = !*modify
 	o.cfg.Ephemeral.AllowedAttributes = []string{} // not nil: none unless listed
 	for _, a := range strings.Split(*allowed, ",") {
 		if a = strings.TrimSpace(a); a != "" {

@@ -127,6 +127,10 @@ func (d *hostpathDriver) stage(v *state.Volume, pub *state.Publication) error {
 			return err
 		}
 		pub.Device = dev.Path
+		if _, err := d.applyMutable(v); err != nil {
+			_ = d.vols.DetachBlock(v.ID)
+			return err
+		}
 		return nil
 	case LayoutImage:
 		return d.mountImage(v, pub.Path, pub.MountFlags, false)
@@ -150,6 +154,10 @@ func (d *hostpathDriver) mountImage(v *state.Volume, path string, flags []string
 	}
 	m, err := d.vols.MountImage(v.ID, path, kindOf(v).fsType, flags, readOnly, v.Formatted)
 	if err != nil {
+		return err
+	}
+	if _, err := d.applyMutable(v); err != nil {
+		_ = d.vols.UnmountImage(v.ID, path)
 		return err
 	}
 	if m.Formatted || !v.Formatted {
@@ -203,6 +211,9 @@ func (d *hostpathDriver) publish(v *state.Volume, pub *state.Publication, stage 
 func (d *hostpathDriver) reattachBlock(v *state.Volume, pub *state.Publication) error {
 	dev, err := d.vols.AttachBlock(v.ID, false)
 	if err != nil {
+		return err
+	}
+	if _, err := d.applyMutable(v); err != nil {
 		return err
 	}
 	if dev.Path != pub.Device {

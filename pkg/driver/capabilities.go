@@ -23,8 +23,12 @@ var controllerCaps = []csi.ControllerServiceCapability_RPC_Type{
 }
 
 func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
-	caps := make([]*csi.ControllerServiceCapability, 0, len(controllerCaps))
-	for _, c := range controllerCaps {
+	all := controllerCaps
+	if !d.cfg.NoModifyVolume {
+		all = append(all[:len(all):len(all)], csi.ControllerServiceCapability_RPC_MODIFY_VOLUME)
+	}
+	caps := make([]*csi.ControllerServiceCapability, 0, len(all))
+	for _, c := range all {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
 			Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})
 	}

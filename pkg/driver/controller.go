@@ -34,6 +34,9 @@ func (d *hostpathDriver) CreateVolume(ctx context.Context, req *csi.CreateVolume
 	if err != nil {
 		return nil, err
 	}
+	if _, err := parseHostpathMutable(req.GetMutableParameters(), kind); err != nil {
+		return nil, err
+	}
 	size, err := capacityFor(req.GetCapacityRange(), d.cfg.MaxVolumeSize)
 	if err != nil {
 		return nil, err

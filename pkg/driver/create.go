@@ -107,6 +107,10 @@ func (d *hostpathDriver) createVolume(ctx context.Context, req *csi.CreateVolume
 // (phase creating: a crash after this point is rolled back at start-up).
 func (d *hostpathDriver) newVolume(req *csi.CreateVolumeRequest, kind volumeKind, size int64, src *contentSource) (*state.Volume, error) {
 	v := &state.Volume{Name: req.GetName(), Parameters: req.GetParameters(), AccessType: "mount", Layout: kind.layout, FSType: kind.fsType}
+	// Checked by CreateVolume; applied at each attach of the volume's device.
+	if m, err := parseHostpathMutable(req.GetMutableParameters(), kind); err == nil && len(m) > 0 {
+		v.Mutable = m
+	}
 	if r := req.GetCapacityRange().GetRequiredBytes(); r > 0 && r < size {
 		v.RequestedBytes = r // made larger than asked: a filesystem's minimum, a larger source
 	}

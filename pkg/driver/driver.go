@@ -66,6 +66,11 @@ type Config struct {
 	// NFSOnly refuses CreateVolume for hostpath classes: a controller that
 	// runs away from the nodes (overlays/nfs) serves NFS classes only.
 	NFSOnly bool
+	// NoModifyVolume drops ControllerModifyVolume (and the MODIFY_VOLUME
+	// capability): in overlays/distributed, where csi-resizer calls the
+	// controller of whichever node holds its lease, which may not be the
+	// node whose disk holds the volume.
+	NoModifyVolume bool
 	// ReconcileRetry is how often what start-up could not reconcile is
 	// retried while the driver serves (default 30 s).
 	ReconcileRetry time.Duration

@@ -42,6 +42,14 @@ func (d *nfsDriver) CreateVolume(ctx context.Context, req *csi.CreateVolumeReque
 	if err != nil {
 		return nil, err
 	}
+	mutable, err := parseNFSMutable(req.GetMutableParameters())
+	if err != nil {
+		return nil, err
+	}
+	if od, ok := mutable[ParamOnDelete]; ok {
+		// The claim's VolumeAttributesClass over its StorageClass.
+		p.onDelete = od
+	}
 	subDir, err := expandSubDir(p.subDirTemplate, req.GetParameters(), name)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "parameter %s: %v", ParamSubDir, err)

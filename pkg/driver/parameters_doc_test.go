@@ -52,6 +52,8 @@ func TestParametersTableNamesEveryKey(t *testing.T) {
 		{"VolumeSnapshotClass", append(keys(snapshotParameters.known), ignored...), nil},
 		{"VolumeGroupSnapshotClass", append(keys(groupSnapshotParameters.known), ignored...), nil},
 		{"inline volume", ephemeralAttributeNames, []string{"fsType"}},
+		{"VolumeAttributesClass (hostpath", hostpathMutableParameters, nil},
+		{"VolumeAttributesClass (NFS", nfsMutableParameters, nil},
 	}
 	for _, k := range kinds {
 		var rows []string

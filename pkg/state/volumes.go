@@ -1,6 +1,7 @@
 package state
 
 import (
+	"maps"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -68,6 +69,12 @@ type Volume struct {
 	// was asked, and after an expansion. A snapshot of the volume restores
 	// at a request of this size (see Snapshot.SourceRequested).
 	RequestedBytes int64 `json:"requestedBytes,omitempty"`
+	// Mutable is what a VolumeAttributesClass set on the volume (the
+	// mutable_parameters of its CreateVolume, then of each
+	// ControllerModifyVolume, merged key by key): recorded before the
+	// driver applies it, and applied again whenever the volume's device is
+	// attached.
+	Mutable map[string]string `json:"mutable,omitempty"`
 }
 
 // HasSource reports whether the volume is made from a snapshot or a volume.
@@ -113,6 +120,12 @@ func (s *Store) SetVolumeCapacity(id string, bytes, requested int64) error {
 // volume (0: none in progress).
 func (s *Store) SetVolumeGrowingTo(id string, bytes int64) error {
 	return s.modifyVolume(id, func(v *Volume) { v.GrowingTo = bytes })
+}
+
+// SetVolumeMutable records the mutable parameters of an existing volume
+// (replacing those on record).
+func (s *Store) SetVolumeMutable(id string, mutable map[string]string) error {
+	return s.modifyVolume(id, func(v *Volume) { v.Mutable = maps.Clone(mutable) })
 }
 
 func (s *Store) modifyVolume(id string, change func(*Volume)) error {

@@ -26,16 +26,22 @@ import (
 // is a local directory behind the bind-mounting stand-in for the kernel's
 // NFS client (this machine has none), injected in-process through the
 // driver's Mounter seam.
+//
+// mutable is what the suite's ModifyVolume specs set (a
+// VolumeAttributesClass's parameters): a directory volume has none to
+// change, so its specs modify with none.
 var kinds = map[string]struct {
 	accessType, imageFSType string
 	size                    int64
-	params                  map[string]string
+	params, mutable         map[string]string
 }{
 	"nfs": {"mount", "", 64 << 20, map[string]string{driver.ParamServer: "127.0.0.1", driver.ParamShare: "/export",
-		driver.ParamMountPermissions: "0777", driver.ParamOnDelete: driver.OnDeleteDelete}},
-	"directory": {"mount", "", 64 << 20, map[string]string{driver.ParamMountPermissions: "0750"}},
-	"image":     {"mount", "xfs", 320 << 20, map[string]string{driver.ParamMountPermissions: "0750", driver.ParamLayout: driver.LayoutImage}},
-	"block":     {"block", "", 64 << 20, nil},
+		driver.ParamMountPermissions: "0777", driver.ParamOnDelete: driver.OnDeleteDelete},
+		map[string]string{driver.ParamOnDelete: driver.OnDeleteArchive}},
+	"directory": {"mount", "", 64 << 20, map[string]string{driver.ParamMountPermissions: "0750"}, nil},
+	"image": {"mount", "xfs", 320 << 20, map[string]string{driver.ParamMountPermissions: "0750", driver.ParamLayout: driver.LayoutImage},
+		map[string]string{driver.ParamReadAheadKiB: "512"}},
+	"block": {"block", "", 64 << 20, nil, map[string]string{driver.ParamReadAheadKiB: "64"}},
 }
 
 // TestSanity runs the suite once per kind of volume. Ginkgo runs a suite
@@ -69,10 +75,10 @@ func TestSanityOfKind(t *testing.T) {
 		t.Skip("run by TestSanity, once per kind of volume")
 	}
 	testutil.RequireRoot(t)
-	runSanity(t, kind.accessType, kind.imageFSType, kind.size, kind.params)
+	runSanity(t, kind.accessType, kind.imageFSType, kind.size, kind.params, kind.mutable)
 }
 
-func runSanity(t *testing.T, accessType, imageFSType string, size int64, params map[string]string) {
+func runSanity(t *testing.T, accessType, imageFSType string, size int64, params, mutable map[string]string) {
 	dir := t.TempDir()
 	testutil.CleanupLoopDevices(t, dir) // runs after the mounts are gone
 	testutil.CleanupMounts(t, dir)
@@ -118,6 +124,7 @@ func runSanity(t *testing.T, accessType, imageFSType string, size int64, params 
 	cfg.TestVolumeSize = size
 	cfg.TestVolumeExpandSize = 2 * size
 	cfg.TestVolumeParameters = params
+	cfg.TestVolumeMutableParameters = mutable
 	cfg.TestVolumeAccessType = accessType
 	cfg.IdempotentCount = 3
 	cfg.TestNodeVolumeAttachLimit = true
