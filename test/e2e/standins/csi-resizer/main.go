@@ -18,6 +18,10 @@
 //     condition when the node must act, or else finished (status capacity
 //     raised, resize status and conditions cleared).
 //
+// For a driver with the controller MODIFY_VOLUME capability it also runs
+// the real sidecar's modify controller (modify.go): a claim's
+// VolumeAttributesClass becomes a ControllerModifyVolume call.
+//
 // Under --leader-election only the holder of the Lease
 // external-resizer-<driver name> acts, as with the real sidecar.
 package main
@@ -80,7 +84,11 @@ func main() {
 	if err != nil {
 		fatal(err, "Could not learn what the driver supports")
 	}
-	klog.InfoS("Driver found", "driver", name, "expansion", mode)
+	modify, err := supportsModify(ctx, conn)
+	if err != nil {
+		fatal(err, "Could not learn whether the driver modifies volumes")
+	}
+	klog.InfoS("Driver found", "driver", name, "expansion", mode, "modify", modify)
 
 	run := func(ctx context.Context) {
 		factory := informers.NewSharedInformerFactory(kube, *resyncPeriod)
@@ -88,7 +96,16 @@ func main() {
 		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
 		c := newController(name, mode, csi.NewControllerClient(conn), kube, factory,
 			broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "external-resizer " + name}))
+		var m *modifier
+		if modify {
+			// A driver without MODIFY_VOLUME gets no modify controller,
+			// as csi_modifier.go's ModifyNotSupportErr does.
+			m = newModifier(c, csi.NewControllerClient(conn), factory)
+		}
 		factory.Start(ctx.Done())
+		if m != nil {
+			go m.run(ctx, *workers)
+		}
 		c.run(ctx, *workers)
 	}
 	if !*leaderElection {
@@ -209,6 +226,23 @@ func probeDriver(ctx context.Context, conn *grpc.ClientConn) (string, expansionM
 		}
 	}
 	return "", "", fmt.Errorf("CSI driver %s does not support resize nor modify", name)
+}
+
+// supportsModify reports whether the driver has the controller
+// MODIFY_VOLUME capability.
+func supportsModify(ctx context.Context, conn *grpc.ClientConn) (bool, error) {
+	cctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	ctrl, err := csi.NewControllerClient(conn).ControllerGetCapabilities(cctx, &csi.ControllerGetCapabilitiesRequest{})
+	if err != nil {
+		return false, fmt.Errorf("ControllerGetCapabilities: %w", err)
+	}
+	for _, c := range ctrl.GetCapabilities() {
+		if c.GetRpc().GetType() == csi.ControllerServiceCapability_RPC_MODIFY_VOLUME {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 type controller struct {
