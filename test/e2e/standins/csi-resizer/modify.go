@@ -41,13 +41,13 @@ import (
 // A claim whose class is taken away (spec empty) while nothing is in
 // progress is left as it is, its ModifyingVolume condition cleared.
 type modifier struct {
-	driver   string
-	csi      csi.ControllerClient
-	c        *controller
-	vacs     cache.Indexer
-	synced   []cache.InformerSynced
-	queue    workqueue.TypedRateLimitingInterface[string]
-	mu       sync.Mutex
+	driver string
+	csi    csi.ControllerClient
+	c      *controller
+	vacs   cache.Indexer
+	synced []cache.InformerSynced
+	queue  workqueue.TypedRateLimitingInterface[string]
+	mu     sync.Mutex
 	// uncertain: claims whose last call ended in a non-final error; their
 	// retry keeps the target they had, as the real sidecar's
 	// uncertainPVCs.
@@ -267,6 +267,7 @@ func (m *modifier) call(ctx context.Context, key string, pvc *v1.PersistentVolum
 		delete(m.uncertain, key)
 		if status.Code(err) == codes.InvalidArgument {
 			next = v1.PersistentVolumeClaimModifyVolumeInfeasible
+			m.infeasible[key] = time.Now() // markForSlowRetry
 		}
 	}
 	m.mu.Unlock()
