@@ -111,6 +111,7 @@
 // and before an sh or bash block:
 //
 //	<!-- doctest: e2e -->                make e2e runs each line (test/e2e, scenario docs-commands)
+//	<!-- doctest: e2e default-class -->  the same, with a default class standard made first, as kind has (docs-default-class)
 //	<!-- doctest: e2e distributed -->    the same, after the switch to overlays/distributed (docs-distributed)
 //	<!-- doctest: e2e uninstall -->      the same, last of all; then nothing of the driver may be left (docs-uninstall)
 //	<!-- doctest: e2e dry-run -->        each line, a kubectl apply, create or delete, with --dry-run=server

@@ -255,3 +255,67 @@ func TestDocsE2ECommands(t *testing.T) {
 		t.Error("an unclosed block in docs/c.md parsed")
 	}
 }
+
+// The docs' default-class lines on a cluster that, as kind and minikube do,
+// has a default class of its own (standard): take leaves hostpath-csi the
+// only default, a StatefulSet whose claims name no class gets this driver's
+// volumes, and give-back makes standard the default again. hostpath-csi is
+// marked default again at the end, as deployed.
+func testDocsDefaultClass(t *testing.T, c *cluster) {
+	t.Cleanup(func() {
+		c.run("", "delete", "storageclass", "standard", "--ignore-not-found")
+		c.run("", "annotate", "storageclass", "hostpath-csi", "storageclass.kubernetes.io/is-default-class=true", "--overwrite")
+	})
+	c.apply(t, "", `apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations:
+    storageclass.kubernetes.io/is-default-class: "true"
+provisioner: rancher.io/local-path
+volumeBindingMode: WaitForFirstConsumer
+`)
+	isDefault := func(class string) (string, string) {
+		var sc struct {
+			Metadata struct {
+				Annotations map[string]string `json:"annotations"`
+				Labels      map[string]string `json:"labels"`
+			} `json:"metadata"`
+		}
+		c.get(t, &sc, "storageclass", class)
+		return sc.Metadata.Annotations["storageclass.kubernetes.io/is-default-class"], sc.Metadata.Labels["hostpath-csi.github.io/was-default"]
+	}
+	ns := "e2e-docs-" + markdown.E2EDefaultClass // runDocsPhase's
+	checked := map[string]bool{}
+	before := func(cmd docCommand) {
+		switch {
+		case !checked["take"] && strings.Contains(cmd.Text, "statefulset.yaml"):
+			checked["take"] = true
+			if ours, _ := isDefault("hostpath-csi"); ours != "true" {
+				t.Errorf("after take, hostpath-csi is-default-class=%q, want true", ours)
+			}
+			if theirs, label := isDefault("standard"); theirs != "false" || label != "true" {
+				t.Errorf("after take, standard is-default-class=%q and was-default label %q, want false and true", theirs, label)
+			}
+		case !checked["claims"] && strings.Contains(cmd.Text, "kubectl delete statefulset"):
+			checked["claims"] = true
+			for _, claim := range []string{"data-web-0", "data-web-1"} {
+				if class := strings.TrimSpace(c.k(t, "-n", ns, "get", "pvc", claim, "-o", "jsonpath={.spec.storageClassName}")); class != "hostpath-csi" {
+					t.Errorf("claim %s of the StatefulSet with no class in its template is of class %q, want hostpath-csi", claim, class)
+				}
+			}
+		}
+	}
+	if runDocsPhaseWith(t, c, markdown.E2EDefaultClass, before) == 0 {
+		t.Fatal("no <!-- doctest: e2e default-class --> block in docs/")
+	}
+	if !checked["take"] || !checked["claims"] {
+		t.Fatalf("the docs' default-class lines lack the StatefulSet or its delete (checked %v)", checked)
+	}
+	if theirs, label := isDefault("standard"); theirs != "true" || label != "" {
+		t.Errorf("after give-back, standard is-default-class=%q and was-default label %q, want true and none", theirs, label)
+	}
+	if ours, _ := isDefault("hostpath-csi"); ours != "false" {
+		t.Errorf("after give-back, hostpath-csi is-default-class=%q, want false", ours)
+	}
+}

@@ -41,6 +41,7 @@ var singleNode = []scenario{
 	{"metrics", testMetrics},
 	{"driver-killed", testDriverKilled},
 	{"docs-commands", testDocsCommands},
+	{"docs-default-class", testDocsDefaultClass},
 	{"nothing-mounted", testNothingMounted},
 }
 

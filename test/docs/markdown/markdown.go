@@ -180,10 +180,15 @@ const (
 	// E2EUninstall: last of all, after the distributed scenarios (scenario
 	// docs-uninstall), which then checks that the driver left nothing.
 	E2EUninstall = "uninstall"
+	// E2EDefaultClass: in the single-node flavour (scenario
+	// docs-default-class), after a StorageClass standard was made the
+	// cluster's default, as kind and minikube have it; the scenario then
+	// checks the lines left it the default again.
+	E2EDefaultClass = "default-class"
 )
 
 // E2EPhases are the phases an e2e directive may name.
-var E2EPhases = []string{E2ESingleNode, E2EDistributed, E2EDryRun, E2EUninstall}
+var E2EPhases = []string{E2ESingleNode, E2EDefaultClass, E2EDistributed, E2EDryRun, E2EUninstall}
 
 // E2EPhase is the phase of an e2e block, and whether b is one: an sh or
 // bash block with <!-- doctest: e2e [PHASE] -->. A directive naming a
