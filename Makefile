@@ -25,9 +25,13 @@ POWERCUT_CUTS ?= 30
 # The driver image's name and tag: the ones deploy/kubernetes uses.
 IMAGE     ?= hostpath-csi/hostpath-plugin
 IMAGE_TAG ?= $(shell awk '$$1=="-" && $$3=="$(IMAGE)" {getline; print $$2}' deploy/kubernetes/components/images/kustomization.yaml)
-ENGINE    ?= $(shell command -v docker || command -v podman)
+# A container engine that answers (a docker client without a daemon does
+# not count); empty: make image writes an archive instead. ENGINE=none
+# forces the archive.
+ENGINE    ?= $(shell for e in docker podman; do command -v $$e >/dev/null && $$e info >/dev/null 2>&1 && { echo $$e; break; }; done)
+IMAGE_ARCHIVE := $(OUT)/hostpath-plugin-$(IMAGE_TAG).oci.tar
 
-.PHONY: help build test test-deps bench lint run demo clean fuzz fuzz-short torture powercut image e2e e2e-nfs e2e-cluster e2e-down conformance
+.PHONY: help build test test-deps bench lint run demo clean fuzz fuzz-short torture powercut image image-archive e2e e2e-nfs e2e-cluster e2e-down conformance
 
 help:
 	@echo "make build   build hostpath-plugin and csictl into $(OUT)/ (version $(VERSION))"
@@ -40,7 +44,9 @@ help:
 	@echo "make fuzz    each fuzz target for $(FUZZTIME) (make test runs them for $(FUZZTIME_SHORT))"
 	@echo "make torture the kill storm with $(TORTURE_KILLS) SIGKILLs (make test runs 50)"
 	@echo "make powercut $(POWERCUT_CUTS) power cuts of a VM running the driver on ext4, then on xfs (make test runs 2 each)"
-	@echo "make image   build the driver image $(IMAGE):$(IMAGE_TAG) with docker or podman"
+	@echo "make image   build the driver image $(IMAGE):$(IMAGE_TAG) with docker or podman; without a working one, make image-archive"
+	@echo "make image-archive  no engine: the same image as $(IMAGE_ARCHIVE), for kind load image-archive,"
+	@echo "             minikube image load, k3s ctr images import (needs root: debootstrap makes its Debian 12 root filesystem)"
 	@echo "make e2e     a real one-node Kubernetes here (root), the driver deployed, every scenario, torn down"
 	@echo "make e2e-nfs a VM (qemu) with a kernel NFS server: the driver provisions, publishes, snapshots, restores, deletes on it"
 	@echo "make conformance  the Kubernetes External Storage e2e suite on that cluster, per class (CONFORMANCE_SUBSET=patterns: CI's quick pass)"
@@ -83,9 +89,20 @@ torture:
 # Each cut costs one boot of a VM under software emulation (about 20-50 s here).
 powercut:
 	HOSTPATH_POWERCUT_CUTS=$(POWERCUT_CUTS) $(GO) test -count=1 -v -timeout 180m -run TestPowerCut ./test/powercut/
+# make image: with docker or podman, the Dockerfile; without, the same image
+# as an archive (hack/image-archive.sh: hack/rootfs.sh and hack/mkimage, as
+# the e2e makes its driver image).
 image:
-	@[ -n "$(ENGINE)" ] || { echo "make image needs docker or podman (the e2e builds the same image without one)"; exit 1; }
-	$(ENGINE) build --build-arg VERSION=$(VERSION) -t $(IMAGE):$(IMAGE_TAG) .
+	@e='$(ENGINE)'; if [ -n "$$e" ] && [ "$$e" != none ]; then \
+		echo "$$e build --build-arg VERSION=$(VERSION) -t $(IMAGE):$(IMAGE_TAG) ."; \
+		$$e build --build-arg VERSION=$(VERSION) -t $(IMAGE):$(IMAGE_TAG) .; \
+	else \
+		echo "no working docker or podman: writing the image as $(IMAGE_ARCHIVE)"; \
+		$(MAKE) --no-print-directory image-archive; \
+	fi
+
+image-archive:
+	./hack/image-archive.sh $(OUT) $(IMAGE) $(IMAGE_TAG) $(VERSION)
 
 # The end-to-end test against real Kubernetes (test/e2e, a module of its own
 # so the main module does not depend on client-go). Needs root; builds and

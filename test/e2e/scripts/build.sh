@@ -45,9 +45,11 @@ mkdir -p "$local_bin"
 drv=$(need_tag hostpath-csi/hostpath-plugin)
 (cd "$E2E_ROOT" && go build -trimpath -ldflags "-X github.com/hostpath-csi/hostpath-csi/pkg/driver.version=$drv-e2e" \
 	-o "$local_bin/" ./cmd/hostpath-plugin)
+# mkimage and rootfs.sh live in hack/: make image uses them too.
+(cd "$E2E_ROOT" && go build -trimpath -o "$local_bin/" ./hack/mkimage)
 (cd "$E2E_ROOT/test/e2e" && go build -trimpath -o "$local_bin/" ./standins/... ./tools/...)
 
-rootfs=$("$E2E_ROOT/test/e2e/scripts/rootfs.sh" "$E2E_CACHE")
+rootfs=$("$E2E_ROOT/hack/rootfs.sh" "$E2E_CACHE")
 
 log "images"
 img=$E2E_CACHE/images

@@ -1,12 +1,28 @@
-// Command mkimage writes a single-layer OCI image archive (oci-layout,
-// index.json, blobs) that `ctr images import` accepts, under the name given
-// in the io.containerd.image.name annotation. The end-to-end test has no
-// container engine and no registry: it makes every image it runs this way,
-// from a root filesystem directory and/or single files.
+// Command mkimage writes a single-layer image archive without a container
+// engine, from a root filesystem directory and/or single files. The archive
+// is an OCI image layout (oci-layout, index.json, blobs) whose index names
+// the image in the io.containerd.image.name annotation (the full name, which
+// `ctr images import` and podman load use) and org.opencontainers.image.ref.name
+// (the tag), and also a Docker archive: a manifest.json naming the same
+// config and layer blobs under RepoTags, which `docker load` needs (as
+// `docker save` writes since Docker 25). So kind load image-archive, k3s ctr
+// images import and minikube image load (docker load, ctr images import or
+// podman load, by the cluster's runtime) all take it.
+//
+// make image uses it where there is no docker or podman; the end-to-end
+// test, which has no container engine and no registry, makes every image
+// it runs this way.
 //
 //	mkimage -name docker.io/library/busybox:1.35 -o busybox.tar \
 //	    -rootfs DIR -file /usr/bin/x:/x:0755 -symlink /bin/busybox:/bin/sh \
 //	    -entrypoint /x -env PATH=/usr/bin:/bin
+//
+// With -check it reads an archive instead and verifies it (check.go): every
+// blob's digest and size, the index, manifest and config, manifest.json, and
+// that the entrypoint is an executable file in the layer; -name and
+// -entrypoint, if given, must match.
+//
+//	mkimage -check busybox.tar -name docker.io/library/busybox:1.35 -entrypoint /x
 package main
 
 import (
@@ -20,6 +36,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,7 +59,17 @@ func main() {
 	flag.Var(&entrypoint, "entrypoint", "an entrypoint word (repeatable, in order)")
 	flag.Var(&cmd, "cmd", "a command word (repeatable, in order)")
 	flag.Var(&env, "env", "KEY=VALUE (repeatable)")
+	checkPath := flag.String("check", "", "verify this archive instead of writing one")
 	flag.Parse()
+	if *checkPath != "" {
+		sum, err := check(*checkPath, *name, entrypoint)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "mkimage:", err)
+			os.Exit(1)
+		}
+		fmt.Print(sum)
+		return
+	}
 	if *name == "" || *out == "" {
 		fmt.Fprintln(os.Stderr, "mkimage: -name and -o are required")
 		os.Exit(2)
@@ -114,7 +141,7 @@ func run(name, out, rootfs string, files, links, entrypoint, cmd, env []string) 
 	}
 
 	imgConfig := map[string]any{
-		"architecture": "amd64",
+		"architecture": runtime.GOARCH, // the host's: so are the binaries and the root filesystem
 		"os":           "linux",
 		"created":      epoch.UTC().Format(time.RFC3339),
 		"config":       map[string]any{"Entrypoint": nilIfEmpty(entrypoint), "Cmd": nilIfEmpty(cmd), "Env": nilIfEmpty(env)},
@@ -132,6 +159,10 @@ func run(name, out, rootfs string, files, links, entrypoint, cmd, env []string) 
 	md := descriptor("application/vnd.oci.image.manifest.v1+json", digestOf(manifestJSON), int64(len(manifestJSON)))
 	md["annotations"] = map[string]string{"io.containerd.image.name": name, "org.opencontainers.image.ref.name": tag}
 	index, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []any{md}})
+	// The Docker archive's view of the same blobs, for docker load.
+	dockerManifest, _ := json.Marshal([]dockerManifestEntry{{
+		Config: blob(digestOf(configJSON)), RepoTags: []string{name}, Layers: []string{blob(layerDigest)},
+	}})
 
 	tmp := out + ".tmp"
 	f, err := os.Create(tmp)
@@ -158,6 +189,9 @@ func run(name, out, rootfs string, files, links, entrypoint, cmd, env []string) 
 	if err := put("index.json", index); err != nil {
 		return err
 	}
+	if err := put("manifest.json", dockerManifest); err != nil {
+		return err
+	}
 	if err := put(blob(digestOf(configJSON)), configJSON); err != nil {
 		return err
 	}
@@ -180,6 +214,13 @@ func run(name, out, rootfs string, files, links, entrypoint, cmd, env []string) 
 		return err
 	}
 	return os.Rename(tmp, out)
+}
+
+// dockerManifestEntry is an image of a Docker archive's manifest.json.
+type dockerManifestEntry struct {
+	Config   string
+	RepoTags []string
+	Layers   []string
 }
 
 func nilIfEmpty(s []string) []string {
