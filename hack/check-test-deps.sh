@@ -38,6 +38,9 @@ deps=(
 	# test/docs: the docs' transcripts run in bash, start the driver with
 	# make, find it with pgrep and ask its HTTP endpoint with curl.
 	bash:bash make:make procps:pgrep curl:curl
+	# hack/mkimage: the image archive make image writes is imported into a
+	# throw-away containerd with ctr, as kind, minikube and k3s import it.
+	containerd:containerd containerd:ctr
 )
 
 if [ "${1:-}" = --packages ]; then

@@ -59,6 +59,8 @@ var debianPackage = map[string]string{
 	"make":               "make",
 	"pgrep":              "procps",
 	"curl":               "curl",
+	"ctr":                "containerd",
+	"containerd":         "containerd",
 }
 
 // RequireCommand returns the path of the command name, or stops the test
