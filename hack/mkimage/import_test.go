@@ -246,6 +246,9 @@ func TestContainerdImportsMakeImageArchive(t *testing.T) {
 	if p == "" || name == "" {
 		t.Skip("skipping: set HOSTPATH_IMAGE_ARCHIVE and HOSTPATH_IMAGE_NAME to check an archive make image wrote")
 	}
+	if !filepath.IsAbs(p) { // relative to the repository's root, where make writes it
+		p = filepath.Join("..", "..", p)
+	}
 	if _, err := check(p, name, testEntrypoint); err != nil {
 		t.Fatalf("check: %v", err)
 	}
