@@ -84,6 +84,9 @@ func main() {
 var epoch = time.Unix(0, 0)
 
 func run(name, out, rootfs string, files, links, entrypoint, cmd, env []string) error {
+	if i := strings.LastIndex(name, ":"); i < 0 || strings.Contains(name[i:], "/") {
+		return fmt.Errorf("image name %q has no tag", name)
+	}
 	layer, err := os.CreateTemp(filepath.Dir(out), ".layer-*")
 	if err != nil {
 		return err
