@@ -29,7 +29,7 @@ IMAGE_TAG ?= $(shell awk '$$1=="-" && $$3=="$(IMAGE)" {getline; print $$2}' depl
 # not count); empty: make image writes an archive instead. ENGINE=none
 # forces the archive.
 ENGINE    ?= $(shell for e in docker podman; do command -v $$e >/dev/null && $$e info >/dev/null 2>&1 && { echo $$e; break; }; done)
-IMAGE_ARCHIVE := $(OUT)/hostpath-plugin-$(IMAGE_TAG).oci.tar
+IMAGE_ARCHIVE  = $(OUT)/hostpath-plugin-$(IMAGE_TAG).oci.tar
 
 .PHONY: help build test test-deps bench lint run demo clean fuzz fuzz-short torture powercut image image-archive e2e e2e-nfs e2e-cluster e2e-down conformance
 
