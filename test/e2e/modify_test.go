@@ -17,6 +17,8 @@ import (
 // the new class. A class the volume cannot take leaves the claim
 // Infeasible with the driver's reason, and the volume as it was.
 func testModifyVolume(t *testing.T, c *cluster) {
+	start := time.Now()
+	step := func(what string) { t.Logf("%s after %s", what, time.Since(start).Round(time.Second)) }
 	ns := c.namespace(t, "modify")
 	t.Cleanup(func() {
 		c.run("", "delete", "volumeattributesclass", "hostpath-csi-random-reads", "hostpath-csi-sequential-reads", "e2e-modify-unknown", "--ignore-not-found")
@@ -44,12 +46,14 @@ func testModifyVolume(t *testing.T, c *cluster) {
 		}
 	}
 	eventually(t, time.Minute, "the claim on hostpath-csi-random-reads", claimOn("hostpath-csi-random-reads"))
+	step("pod running on the first class")
 
 	c.k(t, "-n", ns, "patch", "pvc", "tuned", "--type=merge", "-p", `{"spec":{"volumeAttributesClassName":"hostpath-csi-sequential-reads"}}`)
 	eventually(t, 2*time.Minute, "the claim on hostpath-csi-sequential-reads", claimOn("hostpath-csi-sequential-reads"))
 	if got := readAhead(); got != "8192" {
 		t.Fatalf("read-ahead in the running pod after the claim moved to readAheadKiB 4096: %s sectors, want 8192", got)
 	}
+	step("moved to the second class")
 	pv := c.boundPV(t, ns, "tuned")
 	if pv.Spec.VolumeAttributesClassName == nil || *pv.Spec.VolumeAttributesClassName != "hostpath-csi-sequential-reads" {
 		t.Fatalf("PV %s names class %v, want hostpath-csi-sequential-reads", pv.Name, pv.Spec.VolumeAttributesClassName)
@@ -79,6 +83,7 @@ parameters:
 		return s != nil && s.Status == v1.PersistentVolumeClaimModifyVolumeInfeasible && said,
 			fmt.Errorf("modify status %+v, conditions %+v", s, pvc.Status.Conditions)
 	})
+	step("infeasible")
 	if got := readAhead(); got != "8192" {
 		t.Fatalf("read-ahead after a refused class: %s sectors, want 8192 still", got)
 	}
