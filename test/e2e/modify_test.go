@@ -19,10 +19,12 @@ import (
 func testModifyVolume(t *testing.T, c *cluster) {
 	start := time.Now()
 	step := func(what string) { t.Logf("%s after %s", what, time.Since(start).Round(time.Second)) }
-	ns := c.namespace(t, "modify")
+	// After the namespace (cleanups run last first): a class in use by a
+	// claim or PV is kept (vac-protection) until they are gone.
 	t.Cleanup(func() {
 		c.run("", "delete", "volumeattributesclass", "hostpath-csi-random-reads", "hostpath-csi-sequential-reads", "e2e-modify-unknown", "--ignore-not-found")
 	})
+	ns := c.namespace(t, "modify")
 	c.apply(t, ns, c.example(t, "volume-attributes.yaml"))
 	c.waitPodPhase(t, ns, "tuned", v1.PodRunning, 3*time.Minute)
 	readAhead := func() string {
