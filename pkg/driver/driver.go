@@ -177,6 +177,7 @@ type Driver struct {
 	csi.UnimplementedControllerServer
 	csi.UnimplementedNodeServer
 	csi.UnimplementedGroupControllerServer
+	csi.UnimplementedSnapshotMetadataServer
 
 	*core
 
@@ -341,6 +342,9 @@ func (d *Driver) Register(r grpc.ServiceRegistrar) {
 	if d.cfg.Controller {
 		csi.RegisterControllerServer(r, d)
 		csi.RegisterGroupControllerServer(r, d)
+	}
+	if d.servesSnapshotMetadata() {
+		csi.RegisterSnapshotMetadataServer(r, d)
 	}
 	if d.cfg.Node {
 		csi.RegisterNodeServer(r, d)

@@ -30,6 +30,9 @@ func (d *Driver) GetPluginCapabilities(context.Context, *csi.GetPluginCapabiliti
 		caps = append(caps, service(csi.PluginCapability_Service_CONTROLLER_SERVICE),
 			service(csi.PluginCapability_Service_GROUP_CONTROLLER_SERVICE))
 	}
+	if d.servesSnapshotMetadata() {
+		caps = append(caps, service(csi.PluginCapability_Service_SNAPSHOT_METADATA_SERVICE))
+	}
 	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
 }
 

@@ -26,6 +26,7 @@ import (
 func (d *Driver) NewGRPCServer() *grpc.Server {
 	srv := grpc.NewServer(
 		grpc.UnaryInterceptor(d.logAndRecover),
+		grpc.StreamInterceptor(d.logAndRecoverStream),
 		// A fixed pool of handler goroutines instead of one new goroutine
 		// (and stack growth) per call: CSI calls are small and many.
 		grpc.NumStreamWorkers(uint32(4*runtime.NumCPU())),
@@ -61,6 +62,45 @@ func (d *Driver) logAndRecover(ctx context.Context, req any, info *grpc.UnarySer
 		}
 	}()
 	return handler(ctx, req)
+}
+
+// logAndRecoverStream is logAndRecover for the streaming calls (the
+// SnapshotMetadata service): each call logged with its request and counted
+// once, a panic turned into Internal.
+func (d *Driver) logAndRecoverStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	start := time.Now()
+	defer func() {
+		if r := recover(); r != nil {
+			klog.ErrorS(nil, "Panic in GRPC handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
+			err = status.Errorf(codes.Internal, "internal error in %s: %v", info.FullMethod, r)
+		}
+		d.metrics.calls.RecordMetrics(info.FullMethod, err, time.Since(start))
+		code := status.Code(err)
+		switch {
+		case code == codes.OK:
+			klog.V(4).InfoS("GRPC stream", "method", info.FullMethod, "duration", time.Since(start))
+		case code == codes.Internal || code == codes.Unknown:
+			klog.ErrorS(err, "GRPC stream failed", "method", info.FullMethod, "duration", time.Since(start))
+		default:
+			klog.V(2).InfoS("GRPC stream refused or ended early", "method", info.FullMethod, "code", code, "error", status.Convert(err).Message(), "duration", time.Since(start))
+		}
+	}()
+	return handler(srv, &loggedStream{ServerStream: ss, method: info.FullMethod})
+}
+
+// loggedStream logs the request a streaming call receives (it is read by
+// the handler, after the interceptor has run).
+type loggedStream struct {
+	grpc.ServerStream
+	method string
+}
+
+func (s *loggedStream) RecvMsg(m any) error {
+	err := s.ServerStream.RecvMsg(m)
+	if err == nil && klog.V(5).Enabled() {
+		klog.InfoS("GRPC request", "method", s.method, "request", protosanitizer.StripSecrets(m))
+	}
+	return err
 }
 
 // Listen opens the endpoint (unix:///path or a plain path). The socket gets
