@@ -32,6 +32,9 @@ commands:
   snapshot NAME -volume ID   snapshot a volume
   snapshots [-volume ID]     list snapshots
   delete-snapshot ID         delete a snapshot
+  blocks SNAPSHOT [-base ID] [-from BYTES] [-max N]
+                             a block or image volume's snapshot: its allocated ranges, or
+                             with -base those changed since that snapshot (SnapshotMetadata)
   health ID                  a volume's health as the controller sees it
   demo [-dir D]              create, stage, publish, write, read, unpublish, unstage, delete
   bench create|scale|publish|layouts|snapshot  load benchmarks (see: csictl bench -h)
@@ -65,6 +68,7 @@ func main() {
 		"info": cmdInfo, "create": cmdCreate, "list": cmdList, "delete": cmdDelete, "modify": cmdModify,
 		"health": cmdHealth, "demo": cmdDemo, "bench": cmdBench,
 		"snapshot": cmdSnapshot, "snapshots": cmdSnapshots, "delete-snapshot": cmdDeleteSnapshot,
+		"blocks": cmdBlocks,
 	}
 	run, ok := commands[cmd]
 	if !ok {
