@@ -6,7 +6,8 @@
 // nothing of gRPC.
 //
 // Ranges are reported in whole blocks of BlockSize bytes (the sector size of
-// a block volume's loop device), in increasing order, never overlapping, and
+// a block volume's loop device; the last one ends at the file's size where
+// that is not a whole block), in increasing order, never overlapping, and
 // adjacent blocks merged into one range: the same answer whichever offset a
 // walk starts from, so a caller that resumes at the end of what it received
 // gets the rest of one answer.
@@ -195,7 +196,7 @@ func (m *mapReader) at(pos int64) (extent, bool, error) {
 // handing them on, and drops what ends at or before from.
 type merger struct {
 	from    int64
-	limit   int64 // ranges are clipped to it (the capacity)
+	limit   int64 // ranges are clipped to it (the file's size)
 	pending Range
 	emit    func(Range) error
 }
@@ -238,7 +239,7 @@ func alignUp(n int64) int64   { return (n + BlockSize - 1) &^ (BlockSize - 1) }
 // walk is SEEK_DATA/SEEK_HOLE, which may count preallocated blocks as data
 // (btrfs does), a superset that is never wrong for a backup.
 func Allocated(ctx context.Context, fd int, size, from int64, emit func(Range) error) error {
-	g := &merger{from: from, limit: alignUp(size), emit: emit}
+	g := &merger{from: from, limit: size, emit: emit}
 	m := newMapReader(fd, size, alignDown(from))
 	for pos := alignDown(from); ; {
 		if err := ctx.Err(); err != nil {
@@ -314,7 +315,7 @@ type File struct {
 // differ are reported. Where a filesystem keeps no extent map, every block
 // is compared, the ranges that are holes in both skipped (SEEK_DATA).
 func Delta(ctx context.Context, base, target File, from int64, emit func(Range) error) (Stats, error) {
-	d := &delta{ctx: ctx, base: base, target: target, g: &merger{from: from, limit: alignUp(target.Size), emit: emit}}
+	d := &delta{ctx: ctx, base: base, target: target, g: &merger{from: from, limit: target.Size, emit: emit}}
 	start := alignDown(from)
 	err := d.byMaps(start)
 	if errors.Is(err, ErrNoExtentMap) {

@@ -304,3 +304,69 @@ func TestEmitErrorEndsTheWalk(t *testing.T) {
 		t.Fatalf("Delta after emit failed: %v after %d ranges", err, n)
 	}
 }
+
+// Where the filesystem keeps no extent map (tmpfs), Allocated walks
+// SEEK_DATA/SEEK_HOLE and Delta compares the ranges that are data in either
+// file: the same answers as a brute-force comparison.
+func TestWithoutAnExtentMap(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=64m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, 0); err != nil {
+			t.Error(err)
+		}
+	})
+	const size = 16 << 20
+	r := rand.New(rand.NewPCG(5, 5))
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	for _, p := range []string{a, b} {
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(p, size); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := randomWrites(r, size, 30)
+	apply(t, r, a, first)
+	// b: a's data, then more writes.
+	x, err := os.ReadFile(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb, err := os.OpenFile(b, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range first {
+		fb.WriteAt(x[w.off:w.off+w.n], w.off)
+	}
+	fb.Close()
+	second := randomWrites(r, size, 30)
+	apply(t, r, b, second)
+
+	base, target := open(t, a), open(t, b)
+	if err := newMapReader(target.Fd, target.Size, 0).fill(); !errors.Is(err, ErrNoExtentMap) {
+		t.Fatalf("tmpfs has an extent map here (%v): this test checks nothing", err)
+	}
+	var st Stats
+	got := collect(t, func(emit func(Range) error) (err error) {
+		st, err = Delta(context.Background(), base, target, 0, emit)
+		return err
+	})
+	if want := differing(t, a, b); !slices.Equal(blocks(got), want) {
+		t.Fatalf("Delta reports blocks %v\nbrute force finds %v", blocks(got), want)
+	}
+	if st.BytesRead >= 2*size {
+		t.Fatalf("Delta read %d bytes: the holes too", st.BytesRead)
+	}
+	alloc := collect(t, func(emit func(Range) error) error {
+		return Allocated(context.Background(), target.Fd, target.Size, 0, emit)
+	})
+	if got, want := blocks(alloc), touched(first, second); !slices.Equal(got, want) {
+		t.Fatalf("Allocated reports blocks %v\nthe writes reached %v", got, want)
+	}
+}
