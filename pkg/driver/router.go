@@ -218,6 +218,42 @@ func (d *Driver) ControllerListVolumeHealth(ctx context.Context, req *csi.Contro
 	return d.hostpath.ControllerListVolumeHealth(ctx, req)
 }
 
+// GetMetadataAllocated and GetMetadataDelta (the SnapshotMetadata service,
+// snapshotmetadata.go) are the hostpath family's: an NFS snapshot is a copy of
+// a directory, which has no blocks to report.
+func (d *Driver) GetMetadataAllocated(req *csi.GetMetadataAllocatedRequest, stream csi.SnapshotMetadata_GetMetadataAllocatedServer) error {
+	id := req.GetSnapshotId()
+	if id == "" {
+		return status.Error(codes.InvalidArgument, "snapshot_id is required")
+	}
+	if err := checkMetadataPaging(req.GetStartingOffset(), req.GetMaxResults()); err != nil {
+		return err
+	}
+	if ids.IsNFSSnapshotID(id) {
+		return notBlockSnapshot(id, "of an NFS volume, a directory")
+	}
+	return d.hostpath.getMetadataAllocated(stream.Context(), req, stream.Send)
+}
+
+func (d *Driver) GetMetadataDelta(req *csi.GetMetadataDeltaRequest, stream csi.SnapshotMetadata_GetMetadataDeltaServer) error {
+	base, target := req.GetBaseSnapshotId(), req.GetTargetSnapshotId()
+	if base == "" {
+		return status.Error(codes.InvalidArgument, "base_snapshot_id is required")
+	}
+	if target == "" {
+		return status.Error(codes.InvalidArgument, "target_snapshot_id is required")
+	}
+	if err := checkMetadataPaging(req.GetStartingOffset(), req.GetMaxResults()); err != nil {
+		return err
+	}
+	for _, id := range []string{base, target} {
+		if ids.IsNFSSnapshotID(id) {
+			return notBlockSnapshot(id, "of an NFS volume, a directory")
+		}
+	}
+	return d.hostpath.getMetadataDelta(stream.Context(), req, stream.Send)
+}
+
 // hostpathMembers refuses a group snapshot of NFS volumes: group snapshots
 // are the hostpath family's, which freezes and copies the members together.
 func hostpathMembers(sorted []string) error {

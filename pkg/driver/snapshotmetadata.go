@@ -11,7 +11,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
-	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -32,39 +31,6 @@ const metadataType = csi.BlockMetadataType_VARIABLE_LENGTH
 // servesSnapshotMetadata: the service answers where snapshots of hostpath
 // volumes are made, a controller that serves hostpath classes.
 func (d *Driver) servesSnapshotMetadata() bool { return d.cfg.Controller && !d.cfg.NFSOnly }
-
-func (d *Driver) GetMetadataAllocated(req *csi.GetMetadataAllocatedRequest, stream csi.SnapshotMetadata_GetMetadataAllocatedServer) error {
-	id := req.GetSnapshotId()
-	if id == "" {
-		return status.Error(codes.InvalidArgument, "snapshot_id is required")
-	}
-	if err := checkMetadataPaging(req.GetStartingOffset(), req.GetMaxResults()); err != nil {
-		return err
-	}
-	if ids.IsNFSSnapshotID(id) {
-		return notBlockSnapshot(id, "of an NFS volume, a directory")
-	}
-	return d.hostpath.getMetadataAllocated(stream.Context(), req, stream.Send)
-}
-
-func (d *Driver) GetMetadataDelta(req *csi.GetMetadataDeltaRequest, stream csi.SnapshotMetadata_GetMetadataDeltaServer) error {
-	base, target := req.GetBaseSnapshotId(), req.GetTargetSnapshotId()
-	if base == "" {
-		return status.Error(codes.InvalidArgument, "base_snapshot_id is required")
-	}
-	if target == "" {
-		return status.Error(codes.InvalidArgument, "target_snapshot_id is required")
-	}
-	if err := checkMetadataPaging(req.GetStartingOffset(), req.GetMaxResults()); err != nil {
-		return err
-	}
-	for _, id := range []string{base, target} {
-		if ids.IsNFSSnapshotID(id) {
-			return notBlockSnapshot(id, "of an NFS volume, a directory")
-		}
-	}
-	return d.hostpath.getMetadataDelta(stream.Context(), req, stream.Send)
-}
 
 // checkMetadataPaging checks what the spec's tables name: a negative
 // starting_offset is OUT_OF_RANGE (as is one past the capacity, which the
