@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -338,6 +339,13 @@ func TestSnapshotMetadataErrors(t *testing.T) {
 	vol, other := block("vol"), block("other")
 	s1, s2, o1 := snap("s1", vol), snap("s2", vol), snap("o1", other)
 	dir := snap("d1", e.create(t, "dir"))
+	imgReq := createReq("img", 1<<20)
+	imgReq.Parameters = map[string]string{ParamLayout: LayoutImage}
+	made, err := e.d.CreateVolume(ctx, imgReq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgSnap, imgSize := snap("i1", made.GetVolume().GetVolumeId()), made.GetVolume().GetCapacityBytes()
 	unknown := "hps1-00000000000000000000000000000000"
 
 	for _, tc := range []struct {
@@ -366,13 +374,19 @@ func TestSnapshotMetadataErrors(t *testing.T) {
 		{"delta: a directory volume's snapshot", func() answer { return delta(t, c, dir, dir, 0, 0) }, codes.InvalidArgument},
 		{"delta: an NFS snapshot", func() answer { return delta(t, c, s1, "nfss1:nfs.example:/export:0123456789abcdef", 0, 0) }, codes.InvalidArgument},
 		{"delta: two snapshots of one volume", func() answer { return delta(t, c, s1, s2, 0, 0) }, codes.OK},
+		{"allocated: snapshot of an image volume", func() answer { return allocated(t, c, imgSnap, 0, 0) }, codes.OK},
+		{"delta: an image volume's snapshot against itself", func() answer { return delta(t, c, imgSnap, imgSnap, 0, 0) }, codes.OK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := tc.call()
 			if got := status.Code(a.err); got != tc.code {
 				t.Fatalf("code %v (%v), want %v", got, a.err, tc.code)
 			}
-			if tc.code == codes.OK && (a.messages != 1 || a.capacity != 1<<20) {
+			want := int64(1 << 20)
+			if strings.Contains(tc.name, "image") {
+				want = imgSize
+			}
+			if tc.code == codes.OK && (a.messages != 1 || a.capacity != want) {
 				t.Fatalf("an empty answer is one message that says the capacity: %d messages, capacity %d", a.messages, a.capacity)
 			}
 		})
