@@ -1,0 +1,479 @@
+package helm
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"helm.sh/helm/v4/pkg/cli/values"
+	"sigs.k8s.io/yaml"
+)
+
+const repoRoot = "../.."
+
+var chartDir = filepath.Join(repoRoot, "charts", "hostpath-csi")
+
+// The overlays, as a case's kustomization (in /case) names them.
+const (
+	singleNode         = "../deploy/kubernetes/overlays/single-node"
+	distributed        = "../deploy/kubernetes/overlays/distributed"
+	nfs                = "../deploy/kubernetes/overlays/nfs"
+	snapshotController = "../deploy/kubernetes/overlays/snapshot-controller"
+	hostGuard          = "../deploy/kubernetes/components/host-guard"
+	noInline           = "../deploy/kubernetes/components/no-inline"
+)
+
+// A chartCase is a helm install of the chart and the kustomize build that
+// must make the same objects.
+type chartCase struct {
+	name string
+	// The install: --set, --set-string, a values file (-f), --skip-crds.
+	set, setString []string
+	valuesFile     string
+	skipCRDs       bool
+	// The kustomization (at /case, beside files) of what it must equal.
+	kustomization string
+	files         map[string]string
+}
+
+func kustomization(body string) string {
+	return "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n" + body
+}
+
+var chartCases = []chartCase{
+	{
+		name: "singleNode, the defaults",
+		kustomization: kustomization(`resources:
+  - ` + singleNode + `
+  - ` + snapshotController + "\n"),
+	},
+	{
+		name: "distributed",
+		set:  []string{"flavour=distributed"},
+		kustomization: kustomization(`resources:
+  - ` + distributed + `
+  - ` + snapshotController + "\n"),
+	},
+	{
+		name: "nfs",
+		set:  []string{"flavour=nfs"},
+		kustomization: kustomization(`resources:
+  - ` + nfs + `
+  - ` + snapshotController + "\n"),
+	},
+	{
+		name:     "singleNode without snapshot-controller and its CRDs",
+		set:      []string{"snapshotController.enabled=false"},
+		skipCRDs: true,
+		kustomization: kustomization(`resources:
+  - ` + singleNode + "\n"),
+	},
+	{
+		name: "singleNode with host-guard and no-inline",
+		set:  []string{"hostpath.hostGuard=true", "hostpath.inline.enabled=false"},
+		kustomization: kustomization(`resources:
+  - ` + singleNode + `
+  - ` + snapshotController + `
+components:
+  - ` + hostGuard + `
+  - ` + noInline + "\n"),
+	},
+	{
+		name: "distributed with host-guard",
+		set:  []string{"flavour=distributed", "hostpath.hostGuard=true"},
+		kustomization: kustomization(`resources:
+  - ` + distributed + `
+  - ` + snapshotController + `
+components:
+  - ` + hostGuard + "\n"),
+	},
+	{
+		// What docs/inline-volumes.md and docs/flags.md describe, each bound
+		// set: kustomize users add the flags with a patch like this one.
+		name: "singleNode with every inline bound",
+		set: []string{
+			"hostpath.inline.maxSize=2Gi", "hostpath.inline.defaultSize=128Mi",
+			"hostpath.inline.maxShare=20", "hostpath.inline.maxCount=32",
+			"hostpath.inline.maxSharePerNamespace=50", "hostpath.inline.maxCountPerNamespace=8",
+			"hostpath.inline.allowedAttributes={size,mountPermissions}",
+		},
+		setString: []string{"hostpath.inline.mountPermissions=0750"},
+		kustomization: kustomization(`resources:
+  - ` + singleNode + `
+  - ` + snapshotController + `
+patches:
+  - target:
+      kind: DaemonSet
+      name: hostpath-csi
+    patch: |-
+      - op: test
+        path: /spec/template/spec/containers/0/name
+        value: hostpath-plugin
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --ephemeral-max-size=2Gi}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --ephemeral-default-size=128Mi}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --ephemeral-max-share=20}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --ephemeral-max-count=32}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --ephemeral-max-share-per-namespace=50}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --ephemeral-max-count-per-namespace=8}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: "--ephemeral-allowed-attributes=size,mountPermissions"}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --ephemeral-mount-permissions=0750}
+`),
+	},
+	{
+		name: "singleNode with an empty list of inline attributes",
+		valuesFile: `hostpath:
+  inline:
+    allowedAttributes: []
+`,
+		kustomization: kustomization(`resources:
+  - ` + singleNode + `
+  - ` + snapshotController + `
+patches:
+  - target:
+      kind: DaemonSet
+      name: hostpath-csi
+    patch: |-
+      - {op: test, path: /spec/template/spec/containers/0/name, value: hostpath-plugin}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --ephemeral-allowed-attributes=}
+`),
+	},
+	{
+		// Images, the data directory, more classes, no default class: what
+		// a values file of a user changes, and the kustomize way of each.
+		name: "singleNode with my images, data directory and classes",
+		valuesFile: `images:
+  driver:
+    repository: registry.example.com/hostpath-plugin
+    tag: v0.2.0
+  provisioner:
+    tag: v6.2.0
+hostpath:
+  dataDir: /srv/hostpath-csi
+  defaultStorageClass: ""
+  storageClasses:
+    - name: hostpath-csi
+      volumeBindingMode: WaitForFirstConsumer
+      reclaimPolicy: Delete
+      allowVolumeExpansion: true
+      parameters:
+        mountPermissions: "0777"
+    - name: hostpath-csi-image
+      labels:
+        example.com/tier: fast
+      annotations:
+        example.com/owner: storage-team
+      volumeBindingMode: WaitForFirstConsumer
+      reclaimPolicy: Retain
+      allowVolumeExpansion: true
+      parameters:
+        layout: image
+        csi.storage.k8s.io/fstype: xfs
+  volumeSnapshotClasses:
+    - name: hostpath-csi
+      deletionPolicy: Delete
+    - name: hostpath-csi-retain
+      deletionPolicy: Retain
+`,
+		kustomization: kustomization(`resources:
+  - ` + singleNode + `
+  - ` + snapshotController + `
+  - classes.yaml
+images:
+  - name: hostpath-csi/hostpath-plugin
+    newName: registry.example.com/hostpath-plugin
+    newTag: v0.2.0
+  - name: registry.k8s.io/sig-storage/csi-provisioner
+    newTag: v6.2.0
+patches:
+  - target:
+      kind: StorageClass
+      name: hostpath-csi
+    patch: |-
+      - {op: remove, path: /metadata/annotations}
+  - target:
+      kind: DaemonSet
+      name: hostpath-csi
+    patch: |-
+      - {op: test, path: /spec/template/spec/containers/0/args/2, value: --state-dir=/var/lib/hostpath-csi/state}
+      - {op: replace, path: /spec/template/spec/containers/0/args/2, value: --state-dir=/srv/hostpath-csi/state}
+      - {op: test, path: /spec/template/spec/containers/0/args/3, value: --data-dir=/var/lib/hostpath-csi/data}
+      - {op: replace, path: /spec/template/spec/containers/0/args/3, value: --data-dir=/srv/hostpath-csi/data}
+      - {op: test, path: /spec/template/spec/containers/0/volumeMounts/2/name, value: storage}
+      - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/2/mountPath, value: /srv/hostpath-csi}
+      - {op: test, path: /spec/template/spec/volumes/4/name, value: storage}
+      - {op: replace, path: /spec/template/spec/volumes/4/hostPath/path, value: /srv/hostpath-csi}
+`),
+		files: map[string]string{"classes.yaml": `apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: hostpath-csi-image
+  labels:
+    example.com/tier: fast
+  annotations:
+    example.com/owner: storage-team
+provisioner: hostpath-csi.github.io
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Retain
+allowVolumeExpansion: true
+parameters:
+  layout: image
+  csi.storage.k8s.io/fstype: xfs
+---
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshotClass
+metadata:
+  name: hostpath-csi-retain
+driver: hostpath-csi.github.io
+deletionPolicy: Retain
+`},
+	},
+	{
+		// The second release, beside a hostpath one that made the namespace
+		// and runs snapshot-controller: what docs/install.md shows.
+		name:     "nfs beside a hostpath release, on my server",
+		set:      []string{"flavour=nfs", "namespace.create=false", "snapshotController.enabled=false"},
+		skipCRDs: true,
+		valuesFile: `nfs:
+  storageClasses:
+    - name: hostpath-csi-nfs
+      volumeBindingMode: Immediate
+      reclaimPolicy: Delete
+      allowVolumeExpansion: false
+      parameters:
+        server: 192.0.2.10
+        share: /srv/nfs
+        subDir: ${pvc.metadata.namespace}/${pvc.metadata.name}
+        onDelete: archive
+        mountPermissions: "0777"
+      mountOptions:
+        - nfsvers=4.1
+`,
+		kustomization: kustomization(`resources:
+  - ` + nfs + `
+patches:
+  - patch: |-
+      $patch: delete
+      apiVersion: v1
+      kind: Namespace
+      metadata:
+        name: hostpath-csi
+  - target:
+      kind: StorageClass
+      name: hostpath-csi-nfs
+    patch: |-
+      - {op: replace, path: /parameters/server, value: 192.0.2.10}
+      - {op: replace, path: /parameters/share, value: /srv/nfs}
+`),
+	},
+	{
+		name: "singleNode in another namespace, its controller too",
+		set:  []string{"namespace.name=storage", "snapshotController.namespace=snapshots"},
+		kustomization: kustomization(`resources:
+  - single-node
+  - snapshot-controller
+`),
+		files: map[string]string{
+			// The bindings' subjects keep the base's namespace: kustomize
+			// users patch them.
+			"single-node/kustomization.yaml": kustomization(`namespace: storage
+resources:
+  - ../` + singleNode + `
+patches:
+  - target:
+      kind: (Cluster)?RoleBinding
+      name: hostpath-csi-.*
+    patch: |-
+      - {op: test, path: /subjects/0/name, value: hostpath-csi}
+      - {op: replace, path: /subjects/0/namespace, value: storage}
+`),
+			"snapshot-controller/kustomization.yaml": kustomization(`namespace: snapshots
+resources:
+  - ../` + snapshotController + "\n"),
+		},
+	},
+}
+
+// An intendedDifference is a difference between helm's object and
+// kustomize's that the chart means to have: in the objects of a kind, at a
+// path, in the cases named (none: every case). Each must occur in each of
+// its cases, so none outlives its reason.
+type intendedDifference struct {
+	cases      []string
+	kind, path string
+	reason     string
+}
+
+func (d intendedDifference) caseNames() []string {
+	if len(d.cases) > 0 {
+		return d.cases
+	}
+	var all []string
+	for _, c := range chartCases {
+		all = append(all, c.name)
+	}
+	return all
+}
+
+func (d intendedDifference) in(name string) bool { return slices.Contains(d.caseNames(), name) }
+
+// The cases with components/host-guard.
+var withHostGuard = []string{"singleNode with host-guard and no-inline", "distributed with host-guard"}
+
+// intendedDifferences are the only differences but Helm's labels
+// (HelmLabels): everything else the chart renders is what kustomize builds.
+var intendedDifferences = []intendedDifference{
+	{
+		kind: "VolumeSnapshotClass", path: ".metadata.namespace",
+		reason: "kustomize's namespace transformer does not know that the kind (a CRD's) is cluster-scoped and " +
+			"gives it the kustomization's namespace, which the API server drops; the chart renders none",
+	},
+	{
+		cases: []string{"distributed", "distributed with host-guard"}, kind: "DaemonSet", path: ".spec.template.spec.containers (order)",
+		reason: "kustomize's strategic merge moves the containers overlays/distributed patches (csi-snapshotter, csi-resizer) " +
+			"ahead of the others; the chart keeps the base's order, the driver first. The order changes nothing here: " +
+			"kubectl's default container is the annotation's, and each sidecar waits for the driver's socket",
+	},
+	{
+		cases: withHostGuard, kind: "DaemonSet", path: ".spec.template.spec.containers[name=hostpath-plugin].env (order)",
+		reason: "kustomize's strategic merge puts the variable components/host-guard sets first; the chart keeps the base's " +
+			"order (no variable refers to another, so the order changes nothing)",
+	},
+	{
+		cases: withHostGuard, kind: "DaemonSet", path: ".spec.template.spec.containers[name=hostpath-plugin].volumeMounts (order)",
+		reason: "kustomize's strategic merge puts the mount components/host-guard adds first; the chart appends it " +
+			"(mounts at disjoint paths: the order changes nothing)",
+	},
+	{
+		cases: withHostGuard, kind: "DaemonSet", path: ".spec.template.spec.volumes (order)",
+		reason: "kustomize's strategic merge puts the volume components/host-guard adds first; the chart appends it",
+	},
+}
+
+func (c chartCase) values(t *testing.T) values.Options {
+	opts := values.Options{Values: c.set, StringValues: c.setString}
+	if c.valuesFile != "" {
+		f := filepath.Join(t.TempDir(), "values.yaml")
+		if err := os.WriteFile(f, []byte(c.valuesFile), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		opts.ValueFiles = []string{f}
+	}
+	return opts
+}
+
+func chartVersion(t *testing.T) (name, version string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(chartDir, "Chart.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct{ Name, Version string }
+	if err := yaml.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	return c.Name, c.Version
+}
+
+func TestChartRendersWhatKustomizeBuilds(t *testing.T) {
+	name, version := chartVersion(t)
+	labels := HelmLabels(name, version, ReleaseName)
+	seen := map[string]bool{} // case and index of intendedDifferences
+	for _, c := range chartCases {
+		t.Run(c.name, func(t *testing.T) {
+			manifest, err := Install(chartDir, c.values(t), c.skipCRDs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			helmObjs, err := ParseObjects(manifest)
+			if err != nil {
+				t.Fatalf("helm's manifest: %v", err)
+			}
+			built, err := Kustomize(repoRoot, c.kustomization, c.files)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kustoObjs, err := ParseObjects(built)
+			if err != nil {
+				t.Fatalf("kustomize's output: %v", err)
+			}
+			for _, k := range helmObjs.Keys() {
+				o := helmObjs[k]
+				missing := StripHelmLabels(o, labels)
+				if k.Kind != "CustomResourceDefinition" && len(missing) > 0 {
+					// crds/ is not templated; everything else is labelled.
+					t.Errorf("%s: no label %s", k, strings.Join(missing, ", "))
+				}
+				want, ok := kustoObjs[k]
+				if !ok {
+					t.Errorf("%s: helm renders it, kustomize does not", k)
+					continue
+				}
+			diffs:
+				for _, d := range Diff(o, want) {
+					for i, in := range intendedDifferences {
+						if in.kind == k.Kind && in.path == d.Path && in.in(c.name) {
+							seen[fmt.Sprint(c.name, i)] = true
+							continue diffs
+						}
+					}
+					t.Errorf("%s: %s", k, d)
+				}
+			}
+			for _, k := range kustoObjs.Keys() {
+				if _, ok := helmObjs[k]; !ok {
+					t.Errorf("%s: kustomize builds it, helm does not render it", k)
+				}
+			}
+		})
+	}
+	for i, in := range intendedDifferences {
+		for _, c := range in.caseNames() {
+			if !seen[fmt.Sprint(c, i)] {
+				t.Errorf("intended difference %s %s does not occur in %q: remove it there (%s)", in.kind, in.path, c, in.reason)
+			}
+		}
+	}
+}
+
+// helm lint --strict passes with every case's values.
+func TestChartLintsStrict(t *testing.T) {
+	for _, c := range chartCases {
+		t.Run(c.name, func(t *testing.T) {
+			msgs, err := Lint(chartDir, c.values(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range msgs {
+				t.Error(m)
+			}
+		})
+	}
+}
+
+// Values that make no sense are refused at install with a message saying
+// why. (helm lint cannot say it: its engine runs in lint mode, where fail
+// and required only log.)
+func TestChartRefusesWhatMakesNoSense(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		set     []string
+		wantErr string
+	}{
+		{"an unknown flavour", []string{"flavour=multiNode"}, `flavour "multiNode": it is singleNode, distributed or nfs`},
+		{"a default class that is not listed", []string{"hostpath.defaultStorageClass=fast"}, `defaultStorageClass "fast" is not one of the classes listed (hostpath-csi)`},
+		{"a default snapshot class that is not listed", []string{"flavour=nfs", "nfs.defaultVolumeSnapshotClass=hostpath-csi"}, `defaultVolumeSnapshotClass "hostpath-csi" is not one of the classes listed (hostpath-csi-nfs)`},
+		{"host-guard on nfs", []string{"flavour=nfs", "hostpath.hostGuard=true"}, "hostpath.hostGuard is for the hostpath flavours"},
+		{"a class without a name", []string{"hostpath.storageClasses[0].reclaimPolicy=Retain"}, "every storage class needs a name"},
+		{"an image without a tag", []string{"images.driver.tag=null"}, "image hostpath-csi/hostpath-plugin needs a tag"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Install(chartDir, values.Options{Values: tc.set}, false)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("install: %v, want an error with %q", err, tc.wantErr)
+			}
+		})
+	}
+}
