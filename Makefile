@@ -31,7 +31,7 @@ IMAGE_TAG ?= $(shell awk '$$1=="-" && $$3=="$(IMAGE)" {getline; print $$2}' depl
 ENGINE    ?= $(shell for e in docker podman; do command -v $$e >/dev/null && $$e info >/dev/null 2>&1 && { echo $$e; break; }; done)
 IMAGE_ARCHIVE  = $(OUT)/hostpath-plugin-$(IMAGE_TAG).oci.tar
 
-.PHONY: help build test test-deps bench lint run demo clean fuzz fuzz-short torture powercut image image-archive e2e e2e-nfs e2e-cluster e2e-down conformance
+.PHONY: help build test test-deps bench lint run demo clean fuzz fuzz-short torture powercut image image-archive e2e e2e-nfs e2e-cluster e2e-down conformance helm
 
 help:
 	@echo "make build   build hostpath-plugin and csictl into $(OUT)/ (version $(VERSION))"
@@ -47,6 +47,7 @@ help:
 	@echo "make image   build the driver image $(IMAGE):$(IMAGE_TAG) with docker or podman; without a working one, make image-archive"
 	@echo "make image-archive  no engine: the same image as $(IMAGE_ARCHIVE), for kind load image-archive,"
 	@echo "             minikube image load, k3s ctr images import (needs root: debootstrap makes its Debian 12 root filesystem)"
+	@echo "make helm    build the helm command (the version test/helm's go.mod names) into $(OUT)/bin/helm"
 	@echo "make e2e     a real one-node Kubernetes here (root), the driver deployed, every scenario, torn down"
 	@echo "make e2e-nfs a VM (qemu) with a kernel NFS server: the driver provisions, publishes, snapshots, restores, deletes on it"
 	@echo "make conformance  the Kubernetes External Storage e2e suite on that cluster, per class (CONFORMANCE_SUBSET=patterns: CI's quick pass)"
@@ -60,6 +61,7 @@ lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
 	cd test/e2e && $(GO) vet ./...
+	cd test/helm && $(GO) vet ./...
 
 # Tests that mount (node service, sanity, crash) need root; elsewhere they
 # skip and say so, or fail with HOSTPATH_TEST_REQUIRE_ALL=1 (CI sets it),
@@ -70,6 +72,7 @@ test: test-deps lint
 	@mkdir -p $(OUT) && $(GO) build -o $(OUT)/testsum ./hack/testsum
 	bash -o pipefail -c '$(GO) test -race -count=1 -timeout 20m -json ./... | $(OUT)/testsum -log $(OUT)/test.json'
 	cd test/e2e && $(GO) test -race -count=1 ./standins/... ./tools/...
+	cd test/helm && $(GO) test -count=1 ./...
 	$(MAKE) --no-print-directory fuzz-short
 
 test-deps:
@@ -103,6 +106,15 @@ image:
 
 image-archive:
 	./hack/image-archive.sh $(OUT) $(IMAGE) $(IMAGE_TAG) $(VERSION)
+
+# The helm command, for installing charts/hostpath-csi: built from the Go
+# module proxy at the version test/helm's go.mod names (a tool of that
+# module, whose test renders the chart with the same Helm), so the chart
+# test and the installs use one Helm.
+HELM_VERSION = $(shell cd test/helm && $(GO) list -m -f '{{.Version}}' helm.sh/helm/v4)
+helm:
+	cd test/helm && $(GO) build -ldflags "-X helm.sh/helm/v4/internal/version.version=$(HELM_VERSION)" \
+		-o $(CURDIR)/$(OUT)/bin/helm helm.sh/helm/v4/cmd/helm
 
 # The end-to-end test against real Kubernetes (test/e2e, a module of its own
 # so the main module does not depend on client-go). Needs root; builds and

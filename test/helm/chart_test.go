@@ -30,9 +30,11 @@ const (
 // must make the same objects.
 type chartCase struct {
 	name string
-	// The install: --set, --set-string, a values file (-f), --skip-crds.
+	// The install: --set, --set-string, a values file (-f) given by its
+	// text or its name, --skip-crds.
 	set, setString []string
 	valuesFile     string
+	valuesFileName string
 	skipCRDs       bool
 	// The kustomization (at /case, beside files) of what it must equal.
 	kustomization string
@@ -233,24 +235,9 @@ deletionPolicy: Retain
 	{
 		// The second release, beside a hostpath one that made the namespace
 		// and runs snapshot-controller: what docs/install.md shows.
-		name:     "nfs beside a hostpath release, on my server",
-		set:      []string{"flavour=nfs", "namespace.create=false", "snapshotController.enabled=false"},
-		skipCRDs: true,
-		valuesFile: `nfs:
-  storageClasses:
-    - name: hostpath-csi-nfs
-      volumeBindingMode: Immediate
-      reclaimPolicy: Delete
-      allowVolumeExpansion: false
-      parameters:
-        server: 192.0.2.10
-        share: /srv/nfs
-        subDir: ${pvc.metadata.namespace}/${pvc.metadata.name}
-        onDelete: archive
-        mountPermissions: "0777"
-      mountOptions:
-        - nfsvers=4.1
-`,
+		name:           "nfs beside a hostpath release, on my server",
+		skipCRDs:       true,
+		valuesFileName: filepath.Join(repoRoot, "examples/helm/nfs-values.yaml"),
 		kustomization: kustomization(`resources:
   - ` + nfs + `
 patches:
@@ -361,6 +348,9 @@ func (c chartCase) values(t *testing.T) values.Options {
 		}
 		opts.ValueFiles = []string{f}
 	}
+	if c.valuesFileName != "" {
+		opts.ValueFiles = append(opts.ValueFiles, c.valuesFileName)
+	}
 	return opts
 }
 
@@ -468,6 +458,7 @@ func TestChartRefusesWhatMakesNoSense(t *testing.T) {
 		{"host-guard on nfs", []string{"flavour=nfs", "hostpath.hostGuard=true"}, "hostpath.hostGuard is for the hostpath flavours"},
 		{"a class without a name", []string{"hostpath.storageClasses[0].reclaimPolicy=Retain"}, "every storage class needs a name"},
 		{"an image without a tag", []string{"images.driver.tag=null"}, "image hostpath-csi/hostpath-plugin needs a tag"},
+		{"the release in the namespace the chart makes", []string{"namespace.name=default"}, "the release's namespace is default, which the chart makes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Install(chartDir, values.Options{Values: tc.set}, false)
