@@ -125,6 +125,28 @@ patches:
 `),
 	},
 	{
+		// Numbers in a values file are float64 to Helm: printed as
+		// integers all the same.
+		name: "singleNode with inline bounds as numbers in a values file",
+		valuesFile: `hostpath:
+  inline:
+    maxSize: 1073741824
+    maxCount: 1000000
+`,
+		kustomization: kustomization(`resources:
+  - ` + singleNode + `
+  - ` + snapshotController + `
+patches:
+  - target:
+      kind: DaemonSet
+      name: hostpath-csi
+    patch: |-
+      - {op: test, path: /spec/template/spec/containers/0/name, value: hostpath-plugin}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --ephemeral-max-size=1073741824}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --ephemeral-max-count=1000000}
+`),
+	},
+	{
 		name: "singleNode with an empty list of inline attributes",
 		valuesFile: `hostpath:
   inline:
@@ -373,7 +395,7 @@ func TestChartRendersWhatKustomizeBuilds(t *testing.T) {
 	seen := map[string]bool{} // case and index of intendedDifferences
 	for _, c := range chartCases {
 		t.Run(c.name, func(t *testing.T) {
-			manifest, err := Install(chartDir, c.values(t), c.skipCRDs)
+			manifest, err := Install(chartDir, InstallOptions{Values: c.values(t), SkipCRDs: c.skipCRDs})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -444,24 +466,52 @@ func TestChartLintsStrict(t *testing.T) {
 }
 
 // Values that make no sense are refused at install with a message saying
-// why. (helm lint cannot say it: its engine runs in lint mode, where fail
-// and required only log.)
+// why: by values.schema.json, and by the templates themselves (with
+// --skip-schema-validation, and for what a schema cannot say). helm lint
+// reports what the schema refuses, but not the templates' refusals: its
+// engine runs in lint mode, where fail and required only log.
 func TestChartRefusesWhatMakesNoSense(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		set     []string
-		wantErr string
+		name       string
+		set        []string
+		setString  []string
+		skipSchema bool
+		wantErr    string
 	}{
-		{"an unknown flavour", []string{"flavour=multiNode"}, `flavour "multiNode": it is singleNode, distributed or nfs`},
-		{"a default class that is not listed", []string{"hostpath.defaultStorageClass=fast"}, `defaultStorageClass "fast" is not one of the classes listed (hostpath-csi)`},
-		{"a default snapshot class that is not listed", []string{"flavour=nfs", "nfs.defaultVolumeSnapshotClass=hostpath-csi"}, `defaultVolumeSnapshotClass "hostpath-csi" is not one of the classes listed (hostpath-csi-nfs)`},
-		{"host-guard on nfs", []string{"flavour=nfs", "hostpath.hostGuard=true"}, "hostpath.hostGuard is for the hostpath flavours"},
-		{"a class without a name", []string{"hostpath.storageClasses[0].reclaimPolicy=Retain"}, "every storage class needs a name"},
-		{"an image without a tag", []string{"images.driver.tag=null"}, "image hostpath-csi/hostpath-plugin needs a tag"},
-		{"the release in the namespace the chart makes", []string{"namespace.name=default"}, "the release's namespace is default, which the chart makes"},
+		{name: "an unknown flavour", set: []string{"flavour=multiNode"},
+			wantErr: "at '/flavour': value must be one of 'singleNode', 'distributed', 'nfs'"},
+		{name: "an unknown flavour, unchecked by the schema", set: []string{"flavour=multiNode"}, skipSchema: true,
+			wantErr: `flavour "multiNode": it is singleNode, distributed or nfs`},
+		{name: "a misspelt value", set: []string{"flavor=nfs"},
+			wantErr: "additional properties 'flavor' not allowed"},
+		{name: "a misspelt inline bound", set: []string{"hostpath.inline.maxsize=2Gi"},
+			wantErr: "additional properties 'maxsize' not allowed"},
+		{name: "a mode as a number", set: []string{"hostpath.inline.mountPermissions=750"},
+			wantErr: "at '/hostpath/inline/mountPermissions': got number, want null or string"},
+		{name: "a share past 100%", set: []string{"hostpath.inline.maxShare=150"},
+			wantErr: "at '/hostpath/inline/maxShare': maximum: got 150, want 100"},
+		{name: "an attribute pods cannot be allowed", set: []string{"hostpath.inline.allowedAttributes={size,layout}"},
+			wantErr: "at '/hostpath/inline/allowedAttributes/1': value must be one of 'size', 'mountPermissions'"},
+		{name: "a relative data directory", set: []string{"hostpath.dataDir=var/lib/x"},
+			wantErr: "at '/hostpath/dataDir'"},
+		{name: "a default class that is not listed", set: []string{"hostpath.defaultStorageClass=fast"},
+			wantErr: `defaultStorageClass "fast" is not one of the classes listed (hostpath-csi)`},
+		{name: "a default snapshot class that is not listed", set: []string{"flavour=nfs", "nfs.defaultVolumeSnapshotClass=hostpath-csi"},
+			wantErr: `defaultVolumeSnapshotClass "hostpath-csi" is not one of the classes listed (hostpath-csi-nfs)`},
+		{name: "host-guard on nfs", set: []string{"flavour=nfs", "hostpath.hostGuard=true"},
+			wantErr: "hostpath.hostGuard is for the hostpath flavours"},
+		{name: "a class without a name", set: []string{"hostpath.storageClasses[0].reclaimPolicy=Retain"},
+			wantErr: "every storage class needs a name"},
+		{name: "an image without a tag", set: []string{"images.driver.tag=null"},
+			wantErr: "image hostpath-csi/hostpath-plugin needs a tag"},
+		{name: "the release in the namespace the chart makes", set: []string{"namespace.name=default"},
+			wantErr: "the release's namespace is default, which the chart makes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Install(chartDir, values.Options{Values: tc.set}, false)
+			_, err := Install(chartDir, InstallOptions{
+				Values:               values.Options{Values: tc.set, StringValues: tc.setString},
+				SkipSchemaValidation: tc.skipSchema,
+			})
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Errorf("install: %v, want an error with %q", err, tc.wantErr)
 			}

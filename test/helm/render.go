@@ -122,23 +122,33 @@ const (
 	ReleaseNamespace = "default"
 )
 
+// InstallOptions are the flags of helm install that the tests use.
+type InstallOptions struct {
+	// Values as -f, --set and --set-string take them.
+	Values values.Options
+	// SkipCRDs leaves crds/ out, as --skip-crds does. (A client-only dry
+	// run never installs CRDs: IncludeCRDs, their being in the manifest,
+	// stands for the install's creating them.)
+	SkipCRDs bool
+	// SkipSchemaValidation: --skip-schema-validation, which leaves the
+	// templates' own checks.
+	SkipSchemaValidation bool
+}
+
 // Install renders the chart as `helm install --dry-run=client` (and `helm
-// template`) does: action.Install with the client-only dry-run strategy.
-// That is the code path of a real `helm install` up to the point where it
-// would talk to the cluster (values merged and checked against a schema,
-// dependencies, crds/ with IncludeCRDs, templates rendered, the manifest
-// split and sorted, and parsed into objects by Helm's kube client), where
-// calling the engine directly would skip most of it. opts are the values
-// as helm install's -f, --set and --set-string take them; skipCRDs leaves
-// crds/ out, as
-// `helm install --skip-crds` does (a client-only dry run never installs CRDs,
-// so IncludeCRDs stands for the install's creating them).
-func Install(chartDir string, opts values.Options, skipCRDs bool) (string, error) {
+// template`) does: action.Install's Run with the client-only dry-run
+// strategy. That is the code of a real `helm install` up to where it would
+// talk to the cluster: values merged and checked against values.schema.json,
+// the templates rendered with an install's release options and
+// capabilities, crds/ (with IncludeCRDs), the manifest split and sorted in
+// install order. Calling the engine directly would skip the schema, the
+// release options and crds/, and so test less of what an install does.
+func Install(chartDir string, o InstallOptions) (string, error) {
 	ch, err := loader.Load(chartDir)
 	if err != nil {
 		return "", fmt.Errorf("load the chart %s: %w", chartDir, err)
 	}
-	vals, err := opts.MergeValues(getter.Providers{})
+	vals, err := o.Values.MergeValues(getter.Providers{})
 	if err != nil {
 		return "", fmt.Errorf("values: %w", err)
 	}
@@ -147,7 +157,8 @@ func Install(chartDir string, opts values.Options, skipCRDs bool) (string, error
 	inst.DryRunStrategy = action.DryRunClient
 	inst.ReleaseName = ReleaseName
 	inst.Namespace = ReleaseNamespace
-	inst.IncludeCRDs = !skipCRDs
+	inst.IncludeCRDs = !o.SkipCRDs
+	inst.SkipSchemaValidation = o.SkipSchemaValidation
 	r, err := inst.Run(ch, vals)
 	if err != nil {
 		return "", fmt.Errorf("helm install --dry-run=client: %w", err)
