@@ -1,7 +1,6 @@
 package helm
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -392,7 +391,11 @@ func chartVersion(t *testing.T) (name, version string) {
 func TestChartRendersWhatKustomizeBuilds(t *testing.T) {
 	name, version := chartVersion(t)
 	labels := HelmLabels(name, version, ReleaseName)
-	seen := map[string]bool{} // case and index of intendedDifferences
+	type occurrence struct {
+		caseName string
+		index    int // in intendedDifferences
+	}
+	seen := map[occurrence]bool{}
 	for _, c := range chartCases {
 		t.Run(c.name, func(t *testing.T) {
 			manifest, err := Install(chartDir, InstallOptions{Values: c.values(t), SkipCRDs: c.skipCRDs})
@@ -427,7 +430,7 @@ func TestChartRendersWhatKustomizeBuilds(t *testing.T) {
 				for _, d := range Diff(o, want) {
 					for i, in := range intendedDifferences {
 						if in.kind == k.Kind && in.path == d.Path && in.in(c.name) {
-							seen[fmt.Sprint(c.name, i)] = true
+							seen[occurrence{c.name, i}] = true
 							continue diffs
 						}
 					}
@@ -443,7 +446,7 @@ func TestChartRendersWhatKustomizeBuilds(t *testing.T) {
 	}
 	for i, in := range intendedDifferences {
 		for _, c := range in.caseNames() {
-			if !seen[fmt.Sprint(c, i)] {
+			if !seen[occurrence{c, i}] {
 				t.Errorf("intended difference %s %s does not occur in %q: remove it there (%s)", in.kind, in.path, c, in.reason)
 			}
 		}
