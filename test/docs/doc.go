@@ -114,6 +114,9 @@
 //	<!-- doctest: e2e default-class -->  the same, with a default class standard made first, as kind has (docs-default-class)
 //	<!-- doctest: e2e distributed -->    the same, after the switch to overlays/distributed (docs-distributed)
 //	<!-- doctest: e2e uninstall -->      the same, last of all; then nothing of the driver may be left (docs-uninstall)
+//	<!-- doctest: e2e helm -->           after the uninstall, on a cluster without the driver, in the namespace default (helm-install)
+//	<!-- doctest: e2e helm-distributed --> after the helm scenarios on the single-node release (helm-distributed)
+//	<!-- doctest: e2e helm-uninstall --> last of all; then nothing of the release may be left (helm-uninstall)
 //	<!-- doctest: e2e dry-run -->        each line, a kubectl apply, create or delete, with --dry-run=server
 //	                                     (in docs-commands): for what the e2e cluster lacks, such as an NFS server
 //

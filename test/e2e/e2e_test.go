@@ -66,7 +66,7 @@ func TestE2E(t *testing.T) {
 	}
 	if os.Getenv("E2E_ONLY") != "" {
 		// E2E_ONLY=name runs one scenario against a cluster from make e2e-cluster.
-		for _, s := range append(append([]scenario{}, singleNode...), distributed...) {
+		for _, s := range append(append(append([]scenario{}, singleNode...), distributed...), helm...) {
 			if s.name == os.Getenv("E2E_ONLY") {
 				t.Run(s.name, func(t *testing.T) { s.run(t, c) })
 			}
@@ -79,6 +79,11 @@ func TestE2E(t *testing.T) {
 	for _, s := range distributed {
 		if !t.Run("distributed/"+s.name, func(t *testing.T) { s.run(t, c) }) && s.name == "switch-to-distributed" {
 			t.Fatal("the distributed flavour did not come up; its scenarios cannot run")
+		}
+	}
+	for _, s := range helm {
+		if !t.Run("helm/"+s.name, func(t *testing.T) { s.run(t, c) }) && s.name == "helm-install" {
+			t.Fatal("the Helm install did not come up; its scenarios cannot run")
 		}
 	}
 }

@@ -185,10 +185,21 @@ const (
 	// cluster's default, as kind and minikube have it; the scenario then
 	// checks the lines left it the default again.
 	E2EDefaultClass = "default-class"
+	// E2EHelm: after the uninstall, on a cluster without the driver
+	// (scenario helm-install): the Helm install whose release the helm
+	// scenarios then use. Helm's lines run in the namespace default, where
+	// the docs' helm install keeps its release record.
+	E2EHelm = "helm"
+	// E2EHelmDistributed: the helm scenarios' switch of that release to the
+	// distributed flavour (scenario helm-distributed).
+	E2EHelmDistributed = "helm-distributed"
+	// E2EHelmUninstall: last of the helm scenarios (scenario
+	// helm-uninstall), which then checks that the release left nothing.
+	E2EHelmUninstall = "helm-uninstall"
 )
 
 // E2EPhases are the phases an e2e directive may name.
-var E2EPhases = []string{E2ESingleNode, E2EDefaultClass, E2EDistributed, E2EDryRun, E2EUninstall}
+var E2EPhases = []string{E2ESingleNode, E2EDefaultClass, E2EDistributed, E2EDryRun, E2EUninstall, E2EHelm, E2EHelmDistributed, E2EHelmUninstall}
 
 // E2EPhase is the phase of an e2e block, and whether b is one: an sh or
 // bash block with <!-- doctest: e2e [PHASE] -->. A directive naming a

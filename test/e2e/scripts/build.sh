@@ -48,6 +48,9 @@ drv=$(need_tag hostpath-csi/hostpath-plugin)
 # mkimage and rootfs.sh live in hack/: make image uses them too.
 (cd "$E2E_ROOT" && go build -trimpath -o "$local_bin/" ./hack/mkimage)
 (cd "$E2E_ROOT/test/e2e" && go build -trimpath -o "$local_bin/" ./standins/... ./tools/...)
+# The helm command the docs' Helm lines run (_output/bin/helm, as make helm
+# makes it for a reader): the helm scenarios install the chart with it.
+(cd "$E2E_ROOT" && make --no-print-directory helm >/dev/null)
 
 rootfs=$("$E2E_ROOT/hack/rootfs.sh" "$E2E_CACHE")
 
