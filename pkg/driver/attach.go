@@ -103,8 +103,10 @@ func (d *hostpathDriver) detach(v *state.Volume, pub *state.Publication) error {
 	case pub.Kind == state.KindPublish:
 		return mountutil.Unmount(pub.Path, true)
 	case kindOf(v).block():
+		d.restoreReadAhead(v, pub)
 		return d.vols.DetachBlock(v.ID)
 	case kindOf(v).layout == LayoutImage:
+		d.restoreReadAhead(v, pub)
 		return d.vols.UnmountImage(v.ID, pub.Path)
 	}
 	return mountutil.Unmount(pub.Path, false)
@@ -127,13 +129,22 @@ func (d *hostpathDriver) stage(v *state.Volume, pub *state.Publication) error {
 			return err
 		}
 		pub.Device = dev.Path
-		if _, err := d.applyMutable(v); err != nil {
+		if _, _, err := d.applyMutable(v, pub); err != nil {
+			d.restoreReadAhead(v, pub)
 			_ = d.vols.DetachBlock(v.ID)
 			return err
 		}
 		return nil
 	case LayoutImage:
-		return d.mountImage(v, pub.Path, pub.MountFlags, false)
+		if err := d.mountImage(v, pub.Path, pub.MountFlags, false); err != nil {
+			return err
+		}
+		if _, _, err := d.applyMutable(v, pub); err != nil {
+			d.restoreReadAhead(v, pub)
+			_ = d.vols.UnmountImage(v.ID, pub.Path)
+			return err
+		}
+		return nil
 	}
 	return mountutil.Bind(d.vols.Path(v.ID), pub.Path, false, tenantFlags)
 }
@@ -154,10 +165,6 @@ func (d *hostpathDriver) mountImage(v *state.Volume, path string, flags []string
 	}
 	m, err := d.vols.MountImage(v.ID, path, kindOf(v).fsType, flags, readOnly, v.Formatted)
 	if err != nil {
-		return err
-	}
-	if _, err := d.applyMutable(v); err != nil {
-		_ = d.vols.UnmountImage(v.ID, path)
 		return err
 	}
 	if m.Formatted || !v.Formatted {
@@ -213,15 +220,18 @@ func (d *hostpathDriver) reattachBlock(v *state.Volume, pub *state.Publication) 
 	if err != nil {
 		return err
 	}
-	if _, err := d.applyMutable(v); err != nil {
-		return err
-	}
+	save := false
 	if dev.Path != pub.Device {
 		klog.InfoS("Attached a staged block volume again", "volumeID", v.ID, "device", dev.Path, "was", pub.Device)
-		pub.Device = dev.Path
-		if err := d.store.PutPublication(pub); err != nil {
-			return err
+		// Another device (after a reboot): what it read ahead before is
+		// its own.
+		pub.Device, pub.ReadAheadBefore, save = dev.Path, nil, true
+	}
+	_, changed, err := d.applyMutable(v, pub)
+	if save || changed {
+		if perr := d.store.PutPublication(pub); perr != nil {
+			return perr
 		}
 	}
-	return nil
+	return err
 }

@@ -245,6 +245,24 @@ func (d *hostpathDriver) existingVolume(v *state.Volume, req *csi.CreateVolumeRe
 		v.SourceVolumeID != req.GetVolumeContentSource().GetVolume().GetVolumeId():
 		return nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with other content (snapshot %q, volume %q)", v.Name, v.SourceSnapshotID, v.SourceVolumeID)
 	}
+	// A retry whose VolumeAttributesClass changed meanwhile: the keys it
+	// names are recorded, as ControllerModifyVolume would record them
+	// (checked by CreateVolume), rather than answered OK with the old
+	// values. The volume is not attached before its CreateVolume has been
+	// answered; should a stale retry come later, the next attach applies them.
+	if asked, err := parseHostpathMutable(req.GetMutableParameters(), kind); err == nil && len(asked) > 0 {
+		merged := maps.Clone(v.Mutable)
+		if merged == nil {
+			merged = map[string]string{}
+		}
+		maps.Copy(merged, asked)
+		if !maps.Equal(merged, v.Mutable) {
+			if err := d.store.SetVolumeMutable(v.ID, merged); err != nil {
+				return nil, stateError(err)
+			}
+			v.Mutable = merged
+		}
+	}
 	if v.Phase == state.PhaseCreating {
 		// An earlier attempt of this call failed half way in this process:
 		// finish it instead of making a second volume.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,7 +17,6 @@ import (
 
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/nfs"
 	"github.com/hostpath-csi/hostpath-csi/internal/ids"
-	"github.com/hostpath-csi/hostpath-csi/internal/loop"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -119,9 +119,9 @@ func parseReadAhead(v string) (uint32, error) {
 	if err != nil || n > MaxReadAheadKiB {
 		return 0, fmt.Errorf("want a whole number of KiB from 0 to %d", MaxReadAheadKiB)
 	}
-	if n%4 != 0 {
+	if page := uint64(os.Getpagesize() / 1024); n%page != 0 {
 		// The kernel keeps read-ahead in pages and would drop the rest.
-		return 0, fmt.Errorf("want a multiple of 4 (the kernel reads ahead in 4 KiB pages)")
+		return 0, fmt.Errorf("want a multiple of %d (the kernel reads ahead in %d KiB pages)", page, page)
 	}
 	return uint32(n), nil
 }
@@ -170,7 +170,25 @@ func (d *hostpathDriver) ControllerModifyVolume(ctx context.Context, req *csi.Co
 		}
 		v.Mutable = merged
 	}
-	n, err := d.applyMutable(v)
+	if h := d.dataHealth(v); len(h) > 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s: %s", id, h[0].GetMessage())
+	}
+	var stage *state.Publication
+	pubs, err := d.store.PublicationsOf(id)
+	if err != nil {
+		return nil, stateError(err)
+	}
+	for _, p := range pubs {
+		if p.Kind == state.KindStage && p.NodeID == d.cfg.NodeID && p.Phase == state.PhaseMounted {
+			stage = p
+		}
+	}
+	n, changed, err := d.applyMutable(v, stage)
+	if changed {
+		if perr := d.store.PutPublication(stage); perr != nil {
+			return nil, stateError(perr)
+		}
+	}
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "volume %s: %v", id, err)
 	}
@@ -180,26 +198,42 @@ func (d *hostpathDriver) ControllerModifyVolume(ctx context.Context, req *csi.Co
 
 // applyMutable makes what v has on record true of each device its data is
 // attached to now (none while no pod on this node uses it): the next attach
-// applies it then. It returns how many devices it changed.
-func (d *hostpathDriver) applyMutable(v *state.Volume) (int, error) {
+// applies it then. stage is the volume's stage record on this node, if any:
+// the device's read-ahead before the first change goes there (the caller
+// saves it when changed reports so), for the unstage to put back. It
+// returns how many devices it changed.
+func (d *hostpathDriver) applyMutable(v *state.Volume, stage *state.Publication) (n int, changed bool, err error) {
 	ra, ok := v.Mutable[ParamReadAheadKiB]
 	if !ok || kindOf(v).layout == LayoutDirectory {
-		return 0, nil
+		return 0, false, nil
 	}
 	kib, err := parseReadAhead(ra)
 	if err != nil {
-		return 0, fmt.Errorf("recorded %s=%q: %w", ParamReadAheadKiB, ra, err)
+		return 0, false, fmt.Errorf("recorded %s=%q: %w", ParamReadAheadKiB, ra, err)
 	}
-	devs, err := loop.Find(d.vols.ImagePath(v.ID))
-	if err != nil {
-		return 0, fmt.Errorf("find the devices of %s: %w", v.ID, err)
-	}
-	for _, dev := range devs {
-		if err := loop.SetReadAhead(dev.Path, kib); err != nil {
-			return 0, err
+	if stage != nil && stage.ReadAheadBefore == nil {
+		before, attached, err := d.vols.ReadAhead(v.ID)
+		if err != nil {
+			return 0, false, fmt.Errorf("read the read-ahead of %s: %w", v.ID, err)
+		}
+		if attached {
+			stage.ReadAheadBefore, changed = &before, true
 		}
 	}
-	return len(devs), nil
+	n, err = d.vols.SetReadAhead(v.ID, kib)
+	return n, changed, err
+}
+
+// restoreReadAhead puts back the read-ahead a stage found on the volume's
+// device, before the stage is undone. A failure is logged: it costs the
+// device's next user speed, never data.
+func (d *hostpathDriver) restoreReadAhead(v *state.Volume, stage *state.Publication) {
+	if stage.ReadAheadBefore == nil {
+		return
+	}
+	if _, err := d.vols.SetReadAhead(v.ID, *stage.ReadAheadBefore); err != nil {
+		klog.ErrorS(err, "Cannot put back the read-ahead of a volume's device; its next user reads ahead as this volume did", "volumeID", v.ID)
+	}
 }
 
 // parseNFSMutable checks the mutable parameters of an NFS volume.

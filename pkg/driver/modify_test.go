@@ -217,7 +217,7 @@ func TestModifyVolumeRefusals(t *testing.T) {
 		{"a class parameter, which cannot change", imgID, map[string]string{ParamLayout: LayoutDirectory}, codes.InvalidArgument, `"layout"`},
 		{"read-ahead on a directory volume", dirID, map[string]string{ParamReadAheadKiB: "64"}, codes.InvalidArgument, "image and block"},
 		{"read-ahead not a number", imgID, map[string]string{ParamReadAheadKiB: "lots"}, codes.InvalidArgument, ParamReadAheadKiB},
-		{"read-ahead not whole pages", imgID, map[string]string{ParamReadAheadKiB: "6"}, codes.InvalidArgument, "multiple of 4"},
+		{"read-ahead not whole pages", imgID, map[string]string{ParamReadAheadKiB: "6"}, codes.InvalidArgument, "multiple of"},
 		{"read-ahead past the bound", imgID, map[string]string{ParamReadAheadKiB: "32768"}, codes.InvalidArgument, "16384"},
 		{"read-ahead negative", imgID, map[string]string{ParamReadAheadKiB: "-4"}, codes.InvalidArgument, ParamReadAheadKiB},
 	}
@@ -300,6 +300,10 @@ func TestModifyVolumeOff(t *testing.T) {
 	}
 	_, err = e.d.ControllerModifyVolume(ctx, &csi.ControllerModifyVolumeRequest{VolumeId: "hpv1-00000000000000000000000000000000"})
 	wantCode(t, err, codes.Unimplemented)
+	req := createReq("with-class", 1<<20)
+	req.MutableParameters = map[string]string{ParamReadAheadKiB: "64"}
+	_, err = e.d.CreateVolume(ctx, req)
+	wantCode(t, err, codes.InvalidArgument)
 
 	on := newEnv(t)
 	caps, _ = on.d.ControllerGetCapabilities(ctx, &csi.ControllerGetCapabilitiesRequest{})
@@ -373,4 +377,117 @@ func TestModifyNFSOnDelete(t *testing.T) {
 	if !deleted(t, v) {
 		t.Fatal("a volume modified to onDelete: delete kept its data at delete")
 	}
+}
+
+// A tenant's readAheadKiB does not outlive its use of the loop device: the
+// unstage puts back what the device read ahead before the driver changed
+// it (some kernels keep a detached device's value for its next user). The
+// test holds the device open, so that it stays attached past the unstage
+// and its value can be read.
+func TestReadAheadPutBackAtUnstage(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, tc := range []struct {
+		name string
+		cap  *csi.VolumeCapability
+	}{
+		{"block", blockCap},
+		{"ext4 image", rwo},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mnt := testutil.LoopFS(t, "ext4", 512)
+			cleanupUnder(t, mnt)
+			e := newEnvOn(t, mnt)
+			block := tc.cap.GetBlock() != nil
+			req := createReq("v", 64<<20)
+			req.VolumeCapabilities = []*csi.VolumeCapability{tc.cap}
+			if !block {
+				req.Parameters = map[string]string{ParamLayout: LayoutImage}
+			}
+			r, err := e.d.CreateVolume(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := r.GetVolume().GetVolumeId()
+			_, target := e.stageAndPublish(t, id, tc.cap)
+			_, dev := deviceOf(t, target, block)
+			before, err := loop.ReadAhead(dev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tenant := "0"
+			if before == 0 {
+				tenant = "16384"
+			}
+			if _, err := e.d.ControllerModifyVolume(ctx, &csi.ControllerModifyVolumeRequest{VolumeId: id,
+				MutableParameters: map[string]string{ParamReadAheadKiB: tenant}}); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := loop.ReadAhead(dev); fmt.Sprint(got) != tenant {
+				t.Fatalf("read-ahead %d after the modify, want %s", got, tenant)
+			}
+			f, err := os.Open(dev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			e.unpublishAndUnstage(t, id)
+			if got, err := loop.ReadAhead(dev); err != nil || got != before {
+				t.Fatalf("%s after the unstage reads ahead %d KiB (%v), want the %d it had before the tenant's %s", dev, got, err, before, tenant)
+			}
+			f.Close()
+			if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+				t.Fatal(err)
+			}
+			e.d.hostpath.vols.WaitIdle()
+		})
+	}
+}
+
+// A CreateVolume retried with another VolumeAttributesClass (the claim's
+// class changed before it was bound) gets a volume of the new values, not
+// an OK for the old ones.
+func TestCreateRetryTakesNewMutableParameters(t *testing.T) {
+	testutil.RequireRoot(t)
+	t.Run("hostpath", func(t *testing.T) {
+		mnt := testutil.LoopFS(t, "ext4", 512)
+		cleanupUnder(t, mnt)
+		e := newEnvOn(t, mnt)
+		req := createReq("blk", 16<<20)
+		req.VolumeCapabilities = []*csi.VolumeCapability{blockCap}
+		req.MutableParameters = map[string]string{ParamReadAheadKiB: "16"}
+		first, err := e.d.CreateVolume(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.MutableParameters = map[string]string{ParamReadAheadKiB: "4096"}
+		again, err := e.d.CreateVolume(ctx, req)
+		if err != nil || again.GetVolume().GetVolumeId() != first.GetVolume().GetVolumeId() {
+			t.Fatalf("the retry: %v %v", again, err)
+		}
+		if v, _ := e.d.store.GetVolume(first.GetVolume().GetVolumeId()); v.Mutable[ParamReadAheadKiB] != "4096" {
+			t.Fatalf("after a retry with readAheadKiB 4096 the volume records %v", v.Mutable)
+		}
+	})
+	t.Run("nfs", func(t *testing.T) {
+		e := newNFSEnv(t, 10*time.Second)
+		req := nfsReq("pv-again", nfsParamsFor(ParamOnDelete, OnDeleteDelete))
+		req.MutableParameters = map[string]string{ParamOnDelete: OnDeleteRetain}
+		first, err := e.d.CreateVolume(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.MutableParameters = map[string]string{ParamOnDelete: OnDeleteDelete}
+		if _, err := e.d.CreateVolume(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+		dir := e.subDirOf(t, first.GetVolume().GetVolumeId())
+		writeFile(t, filepath.Join(dir, "data"), "x")
+		if _, err := e.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: first.GetVolume().GetVolumeId()}); err != nil {
+			t.Fatal(err)
+		}
+		e.d.nfs.exports.WaitIdle()
+		if _, err := os.Stat(filepath.Join(dir, "data")); err == nil {
+			t.Fatal("a volume whose create was retried with onDelete: delete kept its data at delete")
+		}
+	})
 }

@@ -232,6 +232,16 @@ func (d *nfsDriver) nfsExistingVolume(ctx context.Context, x *nfs.Export, rec *n
 		rec.SourceVolumeID != req.GetVolumeContentSource().GetVolume().GetVolumeId():
 		return true, nil, status.Errorf(codes.AlreadyExists, "volume %q already exists with other content (snapshot %q, volume %q)", rec.Name, rec.SourceSnapshotID, rec.SourceVolumeID)
 	}
+	if _, asked := req.GetMutableParameters()[ParamOnDelete]; asked && rec.OnDelete != p.onDelete {
+		// A retry whose VolumeAttributesClass changed meanwhile: what is
+		// mutable is made so, as ControllerModifyVolume would, rather than
+		// answering OK with the old value (or ALREADY_EXISTS, which would
+		// leave the claim pending for good).
+		rec.OnDelete = p.onDelete
+		if err := x.PutVolume(ctx, rec, v.Key); err != nil {
+			return true, nil, nfsError("write volume record", err)
+		}
+	}
 	if rec.Phase == nfs.PhaseCreating {
 		// An empty create cut short: finish it (roll forward), unless its
 		// claim on the subdirectory never got written and another volume

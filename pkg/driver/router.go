@@ -58,6 +58,10 @@ func (d *Driver) bySnapshot(id string) family {
 // CreateVolume goes by the class. A hostpath volume is made from a hostpath
 // source only, and not at all by a controller that serves NFS classes only.
 func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	if d.cfg.NoModifyVolume && len(req.GetMutableParameters()) > 0 {
+		// The spec: only a plugin with MODIFY_VOLUME takes them.
+		return nil, status.Errorf(codes.InvalidArgument, "mutable parameters (a VolumeAttributesClass) are off in this driver (--modify-volume=false): nothing could change them later")
+	}
 	f := d.byClass(req.GetParameters())
 	if f == family(d.hostpath) {
 		if cs := req.GetVolumeContentSource(); ids.IsNFSSnapshotID(cs.GetSnapshot().GetSnapshotId()) || ids.IsNFSVolumeID(cs.GetVolume().GetVolumeId()) {

@@ -36,7 +36,13 @@ type Publication struct {
 	AccessMode string `json:"accessMode,omitempty"`
 	// Device is the loop device a block volume's stage attached.
 	Device string `json:"device,omitempty"`
-	Phase  Phase  `json:"phase"`
+	// ReadAheadBefore is, on a stage of an image or block volume, the
+	// read-ahead (KiB) of its loop device before the driver first set the
+	// volume's readAheadKiB on it: put back when the stage is undone, since
+	// the device outlives the volume's use of it and some kernels keep the
+	// value for its next user. nil: never changed.
+	ReadAheadBefore *uint32 `json:"readAheadKiBBefore,omitempty"`
+	Phase           Phase   `json:"phase"`
 	// Backend is "" for a volume of this store, or the backend ("nfs") of
 	// a volume whose record lives elsewhere (on its export): such a
 	// publication is kept without a volume record on this node.

@@ -173,6 +173,33 @@ func (b *Backend) BlockDevices(id string) ([]loop.Device, error) {
 	return devs, err
 }
 
+// ReadAhead is the read-ahead (KiB) of the first loop device volume id's
+// file is attached to; attached is false when it is attached to none.
+func (b *Backend) ReadAhead(id string) (kib uint32, attached bool, err error) {
+	devs, err := b.BlockDevices(id)
+	if err != nil || len(devs) == 0 {
+		return 0, false, err
+	}
+	kib, err = loop.ReadAhead(devs[0].Path)
+	return kib, err == nil, err
+}
+
+// SetReadAhead sets the read-ahead of every loop device volume id's file is
+// attached to (none when it is attached to none, or its file is gone) and
+// says how many it changed.
+func (b *Backend) SetReadAhead(id string, kib uint32) (int, error) {
+	devs, err := b.BlockDevices(id)
+	if err != nil {
+		return 0, fmt.Errorf("find the devices of %s: %w", id, err)
+	}
+	for _, d := range devs {
+		if err := loop.SetReadAhead(d.Path, kib); err != nil {
+			return 0, err
+		}
+	}
+	return len(devs), nil
+}
+
 // DetachBlock frees every loop device of volume id's file. A device a pod
 // still has open goes when it closes it.
 func (b *Backend) DetachBlock(id string) error {
