@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 )
@@ -17,10 +18,13 @@ func cmdBlocks(c *client, args []string) error {
 	fs := flag.NewFlagSet("blocks", flag.ExitOnError)
 	base := fs.String("base", "", "an earlier snapshot of the same volume: print what changed since it (GetMetadataDelta)")
 	from := fs.Int64("from", 0, "starting_offset: the byte to start from (to resume after the last range received)")
-	maxResults := fs.Int("max", 0, "max_results: ranges per message (0: the driver chooses)")
+	maxResults := fs.Uint("max", 0, "max_results: ranges per message (0: the driver chooses)")
 	id, err := oneArg(fs, args, "SNAPSHOT")
 	if err != nil {
 		return err
+	}
+	if *maxResults > math.MaxInt32 {
+		return fmt.Errorf("blocks: -max %d is more than max_results holds (%d)", *maxResults, math.MaxInt32)
 	}
 	ctx, cancel := c.ctx()
 	defer cancel()

@@ -436,6 +436,12 @@ const compareChunk = 1 << 20
 // compare reads [off, end) of both files (whole blocks; a side known to read
 // as zeros is not read) and reports the blocks that differ.
 func (d *delta) compare(off, end int64, baseZero, targetZero bool) error {
+	if alignDown(off) != off || alignUp(end) != end {
+		// The whole blocks reach past [off, end), where what a side holds
+		// is not what its flag says (a file's end inside a block, before
+		// the file grew): read both.
+		baseZero, targetZero = false, false
+	}
 	off, end = alignDown(off), min(alignUp(end), alignUp(d.target.Size))
 	if d.bufA == nil {
 		d.bufA, d.bufB = make([]byte, compareChunk), make([]byte, compareChunk)

@@ -353,6 +353,10 @@ func (d *hostpathDriver) readySnapshot(id string) (*state.Snapshot, error) {
 	if err != nil {
 		return nil, stateError(err)
 	}
+	if snap.Phase == state.PhaseDeleting {
+		// Never ready again: its delete (or start-up) finishes it.
+		return nil, notFound("snapshot %s is being deleted", id)
+	}
 	if snap.Phase != state.PhaseReady {
 		return nil, status.Errorf(codes.Aborted, "snapshot %s is %s; retry", id, snap.Phase)
 	}

@@ -24,6 +24,10 @@ import (
 // leaves max_results 0.
 const defaultMaxResults = 256
 
+// maxPageResults bounds the ranges of one response, whatever max_results
+// asks: 4096 ranges are about 100 KiB on the wire.
+const maxPageResults = 4096
+
 // metadataType is the style of every answer: ranges of any length (runs of
 // whole 4 KiB blocks), the same for every volume and every message.
 const metadataType = csi.BlockMetadataType_VARIABLE_LENGTH
@@ -89,8 +93,10 @@ func (d *hostpathDriver) getMetadataDelta(ctx context.Context, req *csi.GetMetad
 	defer unlock()
 	base, target := snaps[0], snaps[1]
 	if base.SourceVolumeID != target.SourceVolumeID {
-		return status.Errorf(codes.InvalidArgument, "snapshots %s and %s are of different volumes (%s and %s): a delta is between two snapshots of one volume",
-			baseID, targetID, base.SourceVolumeID, target.SourceVolumeID)
+		// The volumes are not named: the sidecar checks the caller's
+		// access to the target only, and the base may be another tenant's.
+		return status.Errorf(codes.InvalidArgument, "snapshots %.64s and %.64s are not of the same volume: a delta is between two snapshots of one volume",
+			baseID, targetID)
 	}
 	if target.CreatedAt.Before(base.CreatedAt) {
 		return status.Errorf(codes.InvalidArgument, "target snapshot %s (%s) was taken before base snapshot %s (%s): the base is the earlier one; swap them",
@@ -212,6 +218,10 @@ func newPager(maxResults int32, send func([]*csi.BlockMetadata) error) *pager {
 	if n <= 0 {
 		n = defaultMaxResults
 	}
+	// The spec lets a plugin send fewer than asked: a caller's huge
+	// max_results would otherwise hold the whole answer in memory and send
+	// it in one message larger than any client takes.
+	n = min(n, maxPageResults)
 	return &pager{max: n, send: send}
 }
 

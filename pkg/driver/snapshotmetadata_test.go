@@ -3,7 +3,9 @@ package driver
 import (
 	"bytes"
 	"errors"
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -450,5 +452,28 @@ func TestSnapshotMetadataCapability(t *testing.T) {
 				t.Fatalf("GetMetadataAllocated: %v, want %v", a.err, want)
 			}
 		})
+	}
+}
+
+// A caller's max_results larger than the bound gets messages of at most
+// maxPageResults ranges: the answer is never held whole in memory.
+func TestPagerBoundsAHugeMaxResults(t *testing.T) {
+	const ranges = 3 * maxPageResults
+	var biggest, sends int
+	p := newPager(math.MaxInt32, func(b []*csi.BlockMetadata) error {
+		sends++
+		biggest = max(biggest, len(b))
+		return nil
+	})
+	for i := range int64(ranges) {
+		if err := p.add(hostpath.Range{Offset: 2 * i * 4096, Length: 4096}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.finish(); err != nil {
+		t.Fatal(err)
+	}
+	if biggest > maxPageResults || sends < 3 {
+		t.Fatalf("max_results %d: %d messages, the largest of %d ranges; want at most %d each", math.MaxInt32, sends, biggest, maxPageResults)
 	}
 }
