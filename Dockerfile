@@ -3,8 +3,8 @@
 # mount.nfs from nfs-common for NFS volumes).
 #   make image      # with a working docker or podman:
 #                   #   build -t hostpath-csi/hostpath-plugin:<tag> .
-# Without a container engine, `make image` makes the same image as an
-# archive instead (hack/image-archive.sh): hack/rootfs.sh installs
+# Without a container engine, `make image` makes this image as an archive
+# instead (the pinned packages the same; the rest what Debian 12 serves that day) (hack/image-archive.sh): hack/rootfs.sh installs
 # RUNTIME_PACKAGES, read from this file, at these versions with debootstrap,
 # and hack/mkimage writes that tree and the binary as one layer with this
 # file's entrypoint. The end-to-end test (test/e2e) makes its driver image

@@ -2,8 +2,8 @@
 # Make the driver's image without a container engine, as an archive that
 # kind load image-archive, minikube image load and k3s ctr images import
 # take (an OCI image layout that is a Docker archive too: hack/mkimage).
-# The same image as the Dockerfile's: Debian 12 minbase with
-# RUNTIME_PACKAGES at the Dockerfile's versions (hack/rootfs.sh, cached in
+# The Dockerfile's image: Debian 12 minbase with RUNTIME_PACKAGES at the
+# Dockerfile's versions (the other packages: what Debian 12 serves today) (hack/rootfs.sh, cached in
 # OUT/image), the binary built as the Dockerfile builds it, the same
 # entrypoint and PATH. Needs root (debootstrap, and reading the tree's
 # root-only files). make image runs it when there is no docker or podman.

@@ -13,7 +13,8 @@
 # http://snapshot.debian.org/archive/debian/20260824T000000Z, the one the
 # Dockerfile's base image was made from).
 set -euo pipefail
-cache=$1
+# Absolute: the cleanup below finds leftover mounts by their absolute paths.
+cache=$(realpath -m "$1")
 here=$(cd "$(dirname "$0")/.." && pwd)
 # RUNTIME_PACKAGES: NAME=VERSION words (apt-get's syntax). debootstrap
 # takes names only, so the versions are checked once it has installed them.
@@ -73,9 +74,16 @@ if [ -n "$stale" ]; then
 	rm -rf --one-file-system "$dir.tmp"
 	exit 1
 fi
-# What a runtime image does not need.
+# What a runtime image does not need, and what debootstrap brought from this
+# host or this day (the runtime mounts its own hostname and resolv.conf).
+# The packages' copyright files stay, as in Debian's slim images.
 rm -rf "$dir.tmp"/var/cache/apt/archives/*.deb "$dir.tmp"/var/lib/apt/lists/* \
-	"$dir.tmp"/usr/share/doc "$dir.tmp"/usr/share/man "$dir.tmp"/usr/share/locale "$dir.tmp"/dev/*
+	"$dir.tmp"/usr/share/man "$dir.tmp"/usr/share/locale "$dir.tmp"/dev/* \
+	"$dir.tmp"/var/log/* "$dir.tmp"/var/cache/ldconfig/aux-cache
+find "$dir.tmp"/usr/share/doc -mindepth 1 ! -type d ! -name copyright -delete
+find "$dir.tmp"/usr/share/doc -mindepth 1 -type d -empty -delete
+: >"$dir.tmp"/etc/hostname
+: >"$dir.tmp"/etc/resolv.conf
 mv "$dir.tmp" "$dir"
 touch "$dir/.complete"
 echo "$dir"

@@ -103,7 +103,7 @@ func run(name, out, rootfs string, files, links, entrypoint, cmd, env []string) 
 	}
 	for _, f := range files {
 		p := strings.Split(f, ":")
-		if len(p) < 2 {
+		if len(p) < 2 || len(p) > 3 {
 			return fmt.Errorf("bad -file %q", f)
 		}
 		mode := int64(0o755)
@@ -245,6 +245,10 @@ func digestOf(b []byte) string {
 func blob(digest string) string { return "blobs/sha256/" + strings.TrimPrefix(digest, "sha256:") }
 
 // addParents writes the directories above path that are not written yet.
+// dirs holds what the layer has: directories as "a/b/", and the root
+// filesystem's symlinks as "a/b". A parent that is a symlink there is
+// refused: a directory entry of the same name would replace the link on
+// unpack (bin -> usr/bin), and with it everything the link reached.
 func addParents(tw *tar.Writer, path string, dirs map[string]bool) error {
 	rel := strings.Trim(filepath.Dir(strings.TrimPrefix(path, "/")), "/")
 	if rel == "." || rel == "" {
@@ -253,6 +257,9 @@ func addParents(tw *tar.Writer, path string, dirs map[string]bool) error {
 	parts := strings.Split(rel, "/")
 	for i := range parts {
 		d := strings.Join(parts[:i+1], "/") + "/"
+		if dirs[strings.TrimSuffix(d, "/")] {
+			return fmt.Errorf("%s: /%s is a symlink in the root filesystem; name the path it points to", path, strings.TrimSuffix(d, "/"))
+		}
 		if dirs[d] {
 			continue
 		}
@@ -285,6 +292,19 @@ func addFile(tw *tar.Writer, src, dst string, mode int64) error {
 // as links to the first name), symlinks; owners and modes kept. Device nodes,
 // sockets and FIFOs are left out: the runtime provides /dev.
 func addTree(tw *tar.Writer, root string, dirs map[string]bool) error {
+	// A root given as a symlink would be walked as the link alone.
+	root, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		return err
+	}
+	rst, err := os.Stat(root)
+	if err != nil {
+		return err
+	}
+	if !rst.IsDir() {
+		return fmt.Errorf("root filesystem %s is not a directory", root)
+	}
+	rootDev := rst.Sys().(*syscall.Stat_t).Dev
 	var paths []string
 	if err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -298,7 +318,8 @@ func addTree(tw *tar.Writer, root string, dirs map[string]bool) error {
 		return err
 	}
 	sort.Strings(paths)
-	seen := map[uint64]string{}
+	// Hard links by device and inode; the tree is one filesystem.
+	seen := map[[2]uint64]string{}
 	for _, p := range paths {
 		rel, _ := filepath.Rel(root, p)
 		st, err := os.Lstat(p)
@@ -306,6 +327,13 @@ func addTree(tw *tar.Writer, root string, dirs map[string]bool) error {
 			return err
 		}
 		sys := st.Sys().(*syscall.Stat_t)
+		if uint64(sys.Dev) != uint64(rootDev) {
+			return fmt.Errorf("%s is on another filesystem than the root filesystem %s (a mount inside it?)", p, root)
+		}
+		if strings.HasPrefix(filepath.Base(p), ".wh.") {
+			// A runtime unpacking the layer would take it for a whiteout.
+			return fmt.Errorf("%s: a name starting with .wh. is a whiteout to a container runtime", p)
+		}
 		hdr := &tar.Header{Name: rel, Mode: int64(st.Mode().Perm()), Uid: int(sys.Uid), Gid: int(sys.Gid), ModTime: epoch}
 		if st.Mode()&os.ModeSetuid != 0 {
 			hdr.Mode |= 0o4000
@@ -329,18 +357,19 @@ func addTree(tw *tar.Writer, root string, dirs map[string]bool) error {
 				return err
 			}
 			hdr.Typeflag, hdr.Linkname = tar.TypeSymlink, target
+			dirs[rel] = true
 			if err := tw.WriteHeader(hdr); err != nil {
 				return err
 			}
 		case st.Mode().IsRegular():
-			if first, ok := seen[sys.Ino]; ok && sys.Nlink > 1 {
+			if first, ok := seen[[2]uint64{uint64(sys.Dev), sys.Ino}]; ok && sys.Nlink > 1 {
 				hdr.Typeflag, hdr.Linkname = tar.TypeLink, first
 				if err := tw.WriteHeader(hdr); err != nil {
 					return err
 				}
 				continue
 			}
-			seen[sys.Ino] = rel
+			seen[[2]uint64{uint64(sys.Dev), sys.Ino}] = rel
 			hdr.Typeflag, hdr.Size = tar.TypeReg, st.Size()
 			if err := tw.WriteHeader(hdr); err != nil {
 				return err

@@ -361,3 +361,42 @@ func TestCheckFindsFaults(t *testing.T) {
 		})
 	}
 }
+
+// What would make a broken image is refused: a file written under a
+// directory that is a symlink in the root filesystem (its directory entry
+// would replace the link on unpack), a name a runtime takes for a whiteout,
+// a -file with more fields than it has.
+func TestRefusesWhatWouldBreakTheImage(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "x")
+	if err := os.WriteFile(src, []byte("x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		tree  func(root string) error
+		files []string
+		says  string
+	}{
+		{"a file under a symlinked directory", func(root string) error {
+			if err := os.MkdirAll(filepath.Join(root, "usr/bin"), 0o755); err != nil {
+				return err
+			}
+			return os.Symlink("usr/bin", filepath.Join(root, "bin"))
+		}, []string{src + ":/bin/x:0755"}, "is a symlink in the root filesystem"},
+		{"a whiteout name", func(root string) error {
+			return os.WriteFile(filepath.Join(root, ".wh.etc"), nil, 0o644)
+		}, nil, "whiteout"},
+		{"a -file with a fourth field", func(string) error { return nil }, []string{src + ":/x:0755:extra"}, "bad -file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			if err := tc.tree(root); err != nil {
+				t.Fatal(err)
+			}
+			err := run("docker.io/x/y:1", filepath.Join(t.TempDir(), "img.tar"), root, tc.files, nil, []string{"/x"}, nil, nil)
+			if err == nil || !strings.Contains(err.Error(), tc.says) {
+				t.Fatalf("got %v, want an error saying %q", err, tc.says)
+			}
+		})
+	}
+}

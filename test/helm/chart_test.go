@@ -507,6 +507,16 @@ func TestChartRefusesWhatMakesNoSense(t *testing.T) {
 			wantErr: "every storage class needs a name"},
 		{name: "an image without a tag", set: []string{"images.driver.tag=null"},
 			wantErr: "image hostpath-csi/hostpath-plugin needs a tag"},
+		// A class parameter given as a number would be rendered in another
+		// base (0750 is read as octal: "488") or notation (1e+09).
+		{name: "a class parameter as a number", set: []string{"hostpath.storageClasses[0].name=hostpath-csi", "hostpath.storageClasses[0].parameters.mountPermissions=750"},
+			wantErr: "at '/hostpath/storageClasses/0/parameters/mountPermissions': got number, want string"},
+		// Names and images are written unquoted into the objects: a value
+		// that is no name would add YAML of its own.
+		{name: "a class name that adds YAML", setString: []string{"hostpath.storageClasses[0].name=evil\n  namespace: injected"},
+			wantErr: "at '/hostpath/storageClasses/0/name'"},
+		{name: "an image tag that adds YAML", setString: []string{"images.driver.tag=v1\n          injected: true"},
+			wantErr: "at '/images/driver/tag'"},
 		{name: "the release in the namespace the chart makes", set: []string{"namespace.name=default"},
 			wantErr: "the release's namespace is default, which the chart makes"},
 	} {

@@ -1,7 +1,8 @@
 {{/*
 The labels Helm's conventions add to every object's metadata (not to pod
 templates or selectors, which stay those of deploy/kubernetes: a selector is
-immutable, so a DaemonSet applied with kubectl can be taken over by a release).
+immutable, so a DaemonSet applied with kubectl can be taken over by a release
+with helm install --take-ownership).
 */}}
 {{- define "hostpath-csi.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
