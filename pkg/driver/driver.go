@@ -348,5 +348,19 @@ func (d *Driver) Register(r grpc.ServiceRegistrar) {
 	}
 	if d.cfg.Node {
 		csi.RegisterNodeServer(r, d)
+	} else {
+		// A controller alone (overlays/nfs) still answers
+		// NodeGetCapabilities, with none: csi-resizer asks it when the
+		// controller does not expand, and exits on any error, which would
+		// also take its ControllerModifyVolume calls away.
+		csi.RegisterNodeServer(r, noNode{})
 	}
+}
+
+// noNode is the node service of a driver that serves none: every call but
+// NodeGetCapabilities is UNIMPLEMENTED.
+type noNode struct{ csi.UnimplementedNodeServer }
+
+func (noNode) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	return &csi.NodeGetCapabilitiesResponse{}, nil
 }

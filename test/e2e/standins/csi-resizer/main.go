@@ -89,6 +89,9 @@ func main() {
 		fatal(err, "Could not learn whether the driver modifies volumes")
 	}
 	klog.InfoS("Driver found", "driver", name, "expansion", mode, "modify", modify)
+	if mode == noExpansion && !modify {
+		fatal(fmt.Errorf("CSI driver %s neither supports resize nor modify volume", name), "Nothing to do")
+	}
 
 	run := func(ctx context.Context) {
 		factory := informers.NewSharedInformerFactory(kube, *resyncPeriod)
@@ -103,6 +106,10 @@ func main() {
 			m = newModifier(c, csi.NewControllerClient(conn), factory)
 		}
 		factory.Start(ctx.Done())
+		if mode == noExpansion {
+			m.run(ctx, *workers)
+			return
+		}
 		if m != nil {
 			go m.run(ctx, *workers)
 		}
@@ -171,6 +178,7 @@ type expansionMode string
 const (
 	controllerExpansion expansionMode = "controller" // ControllerExpandVolume, then maybe the node
 	nodeOnlyExpansion   expansionMode = "node-only"  // no call here; the kubelet calls NodeExpandVolume
+	noExpansion         expansionMode = "none"       // no resize controller
 )
 
 // probeDriver learns the driver's name and how it expands volumes, waiting
@@ -225,7 +233,9 @@ func probeDriver(ctx context.Context, conn *grpc.ClientConn) (string, expansionM
 			return name, nodeOnlyExpansion, nil
 		}
 	}
-	return "", "", fmt.Errorf("CSI driver %s does not support resize nor modify", name)
+	// Neither: the caller runs the modify controller alone, if the driver
+	// modifies, as the real sidecar does on ResizeNotSupportErr.
+	return name, noExpansion, nil
 }
 
 // supportsModify reports whether the driver has the controller
