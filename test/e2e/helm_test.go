@@ -33,6 +33,10 @@ func testHelmInstall(t *testing.T, c *cluster) {
 		t.Fatal("no <!-- doctest: e2e helm --> block in docs/")
 	}
 	c.waitDriverRegistered(t)
+	// The NFS release's controller runs every sidecar (csi-resizer
+	// beside a controller alone included) without an NFS server: it needs
+	// one only for a claim.
+	c.k(t, "-n", "hostpath-csi", "rollout", "status", "deployment/hostpath-csi-nfs-controller", "--timeout=180s")
 	if out := c.k(t, "get", "secrets", "-n", "default", "-l", "owner=helm,name=hostpath-csi,status=deployed", "-o", "name"); strings.TrimSpace(out) == "" {
 		t.Fatal("no deployed Helm release hostpath-csi in the namespace default")
 	}
