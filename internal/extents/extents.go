@@ -109,7 +109,7 @@ type mapReader struct {
 	fd      int
 	size    int64
 	next    int64 // where the next kernel call starts
-	buf     fiemapBuf
+	batch   Batch
 	pending []extent
 	pos     int64 // the end of what was yielded
 	done    bool  // the kernel has no extent past next
@@ -120,32 +120,69 @@ func newMapReader(fd int, size, from int64) *mapReader {
 	return &mapReader{fd: fd, size: size, next: from, pos: from}
 }
 
+// Extent is one entry of a file's extent map, as FIEMAP gives it.
+type Extent struct {
+	Logical, Physical, Length uint64
+	Flags                     uint32
+}
+
+// Flags of an Extent (linux/fiemap.h).
+const (
+	FlagLast   = extentLast
+	FlagShared = 0x2000 // FIEMAP_EXTENT_SHARED: shared with another file
+)
+
+// Batch reads a file's extent map one kernel batch at a time, into a
+// buffer it keeps for the next call.
+type Batch struct{ buf fiemapBuf }
+
+// Read asks the kernel (FS_IOC_FIEMAP) for the extents of fd that overlap
+// [start, start+length), at most one batch of them, and says how many it
+// read (At gives each, until the next Read). sync writes back dirty pages first, so that delayed
+// allocations have addresses. A filesystem without an extent map is
+// ErrNoExtentMap.
+func (b *Batch) Read(fd int, start, length uint64, sync bool) (int, error) {
+	b.buf.h = fiemapHeader{start: start, length: length, extentCount: fiemapBatch}
+	if sync {
+		b.buf.h.flags = fiemapSync
+	}
+	for {
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fsIocFiemap, uintptr(unsafe.Pointer(&b.buf)))
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno == unix.EOPNOTSUPP || errno == unix.ENOTTY {
+			return 0, ErrNoExtentMap
+		}
+		if errno != 0 {
+			return 0, fmt.Errorf("FS_IOC_FIEMAP: %w", errno)
+		}
+		return int(b.buf.h.mapped), nil
+	}
+}
+
+// At is the i-th extent of the last Read.
+func (b *Batch) At(i int) Extent {
+	e := b.buf.extents[i]
+	return Extent{Logical: e.logical, Physical: e.physical, Length: e.length, Flags: e.flags}
+}
+
 // fill asks the kernel for the next batch of extents.
 func (m *mapReader) fill() error {
 	if m.done || m.next >= m.size {
 		m.done = true
 		return nil
 	}
-	m.buf.h = fiemapHeader{start: uint64(m.next), length: uint64(m.size - m.next), flags: fiemapSync, extentCount: fiemapBatch}
 	m.calls++
-	for {
-		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(m.fd), fsIocFiemap, uintptr(unsafe.Pointer(&m.buf)))
-		if errno == unix.EINTR {
-			continue
-		}
-		if errno == unix.EOPNOTSUPP || errno == unix.ENOTTY {
-			return ErrNoExtentMap
-		}
-		if errno != 0 {
-			return fmt.Errorf("FS_IOC_FIEMAP: %w", errno)
-		}
-		break
+	n, err := m.batch.Read(m.fd, uint64(m.next), uint64(m.size-m.next), true)
+	if err != nil {
+		return err
 	}
-	if m.buf.h.mapped == 0 {
+	if n == 0 {
 		m.done = true
 		return nil
 	}
-	for _, e := range m.buf.extents[:m.buf.h.mapped] {
+	for _, e := range m.batch.buf.extents[:n] {
 		x := extent{logical: int64(e.logical), length: int64(e.length), physical: int64(e.physical),
 			zero: e.flags&extentUnwritten != 0 && e.flags&unsure == 0, unsure: e.flags&unsure != 0}
 		if x.end() > m.next {

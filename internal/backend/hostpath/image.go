@@ -6,10 +6,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hostpath-csi/hostpath-csi/internal/extents"
 	"github.com/hostpath-csi/hostpath-csi/internal/imagefs"
 	"github.com/hostpath-csi/hostpath-csi/internal/loop"
 	"github.com/hostpath-csi/hostpath-csi/internal/quota"
@@ -324,31 +324,6 @@ func (b *Backend) IsImageMount(id, path string) (bool, error) {
 	return false, nil
 }
 
-// From linux/fiemap.h and linux/fs.h.
-const (
-	fsIocFiemap       = 0xc020660b // _IOWR('f', 11, struct fiemap)
-	fiemapExtentLast  = 0x1
-	fiemapExtentShare = 0x2000
-	fiemapBatch       = 256
-)
-
-type fiemapHeader struct {
-	start, length                        uint64
-	flags, mapped, extentCount, reserved uint32
-}
-
-type fiemapExtent struct {
-	logical, physical, length uint64
-	_                         [2]uint64
-	flags                     uint32
-	_                         [3]uint32
-}
-
-type fiemapBuf struct {
-	h       fiemapHeader
-	extents [fiemapBatch]fiemapExtent
-}
-
 // maxExclusiveExtents bounds the extent map ImageExclusive reads. The
 // driver sums it over every image under the lock that creates take, and a
 // badly fragmented image (a database rewriting a reflinked file on xfs) can
@@ -382,30 +357,31 @@ func imageExclusive(path string, maxExtents int) (int64, error) {
 		return st.Blocks * 512, nil
 	}
 	var total int64
-	var buf fiemapBuf
+	var batch extents.Batch
 	for start, seen := uint64(0), 0; ; {
 		if seen >= maxExtents {
 			return total, nil // a lower bound: see ImageExclusive
 		}
-		buf.h = fiemapHeader{start: start, length: ^uint64(0), extentCount: fiemapBatch}
-		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), fsIocFiemap, uintptr(unsafe.Pointer(&buf))); errno != 0 {
-			if errno == unix.EOPNOTSUPP || errno == unix.ENOTTY {
-				return allocated() // no extent map: count every block as its own
-			}
-			return 0, fmt.Errorf("FS_IOC_FIEMAP %s: %w", path, errno)
+		n, err := batch.Read(int(f.Fd()), start, ^uint64(0), false)
+		if errors.Is(err, extents.ErrNoExtentMap) {
+			return allocated() // no extent map: count every block as its own
 		}
-		if buf.h.mapped == 0 {
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", path, err)
+		}
+		if n == 0 {
 			return total, nil
 		}
-		seen += int(buf.h.mapped)
-		for _, e := range buf.extents[:buf.h.mapped] {
-			if e.flags&fiemapExtentShare == 0 {
-				total += int64(e.length)
+		seen += n
+		for i := range n {
+			e := batch.At(i)
+			if e.Flags&extents.FlagShared == 0 {
+				total += int64(e.Length)
 			}
-			if e.flags&fiemapExtentLast != 0 {
+			if e.Flags&extents.FlagLast != 0 {
 				return total, nil
 			}
-			start = e.logical + e.length
+			start = e.Logical + e.Length
 		}
 	}
 }
