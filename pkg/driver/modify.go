@@ -247,8 +247,8 @@ func parseNFSMutable(params map[string]string) (map[string]string, error) {
 		switch {
 		case strings.HasPrefix(k, "csi.storage.k8s.io/"):
 		case k == ParamOnDelete:
-			if v != OnDeleteDelete && v != OnDeleteRetain && v != OnDeleteArchive {
-				return nil, status.Errorf(codes.InvalidArgument, "mutable parameter %s=%.64q: want %s, %s or %s", k, v, OnDeleteDelete, OnDeleteRetain, OnDeleteArchive)
+			if err := checkOnDelete("mutable parameter", v); err != nil {
+				return nil, err
 			}
 			out[k] = v
 		default:

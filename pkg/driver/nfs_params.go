@@ -121,8 +121,8 @@ func parseNFSParameters(params map[string]string) (nfsParams, error) {
 			}
 			p.subDirTemplate = v
 		case ParamOnDelete:
-			if v != OnDeleteDelete && v != OnDeleteRetain && v != OnDeleteArchive {
-				return p, status.Errorf(codes.InvalidArgument, "parameter %s=%.64q: want %s, %s or %s", k, v, OnDeleteDelete, OnDeleteRetain, OnDeleteArchive)
+			if err := checkOnDelete("parameter", v); err != nil {
+				return p, err
 			}
 			p.onDelete = v
 		case ParamRetainedDataTo:
@@ -150,6 +150,15 @@ func parseNFSParameters(params map[string]string) (nfsParams, error) {
 		return p, status.Errorf(codes.InvalidArgument, "parameter %s is required for an NFS class (the exported path, such as /export)", ParamShare)
 	}
 	return p, nil
+}
+
+// checkOnDelete is the InvalidArgument for an onDelete that is none of its
+// values; what says where it came from (a parameter, a mutable parameter).
+func checkOnDelete(what, v string) error {
+	if v != OnDeleteDelete && v != OnDeleteRetain && v != OnDeleteArchive {
+		return status.Errorf(codes.InvalidArgument, "%s %s=%.64q: want %s, %s or %s", what, ParamOnDelete, v, OnDeleteDelete, OnDeleteRetain, OnDeleteArchive)
+	}
+	return nil
 }
 
 // expandSubDir fills a subDir template from the provisioner's extra create

@@ -43,22 +43,9 @@ func (d *Driver) logAndRecover(ctx context.Context, req any, info *grpc.UnarySer
 		klog.InfoS("GRPC request", "method", info.FullMethod, "request", protosanitizer.StripSecrets(req))
 	}
 	defer func() {
-		if r := recover(); r != nil {
-			klog.ErrorS(nil, "Panic in GRPC handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
-			err = status.Errorf(codes.Internal, "internal error in %s: %v", info.FullMethod, r)
-		}
-		d.metrics.calls.RecordMetrics(info.FullMethod, err, time.Since(start))
-		code := status.Code(err)
-		switch {
-		case code == codes.OK:
-			klog.V(4).InfoS("GRPC call", "method", info.FullMethod, "duration", time.Since(start))
-			if klog.V(5).Enabled() {
-				klog.InfoS("GRPC response", "method", info.FullMethod, "response", protosanitizer.StripSecrets(resp))
-			}
-		case code == codes.Internal || code == codes.Unknown:
-			klog.ErrorS(err, "GRPC call failed", "method", info.FullMethod, "duration", time.Since(start))
-		default:
-			klog.V(2).InfoS("GRPC call refused", "method", info.FullMethod, "code", code, "error", status.Convert(err).Message(), "duration", time.Since(start))
+		d.endCall(info.FullMethod, start, recover(), &err, "GRPC call", "GRPC call refused")
+		if err == nil && klog.V(5).Enabled() {
+			klog.InfoS("GRPC response", "method", info.FullMethod, "response", protosanitizer.StripSecrets(resp))
 		}
 	}()
 	return handler(ctx, req)
@@ -70,22 +57,29 @@ func (d *Driver) logAndRecover(ctx context.Context, req any, info *grpc.UnarySer
 func (d *Driver) logAndRecoverStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 	start := time.Now()
 	defer func() {
-		if r := recover(); r != nil {
-			klog.ErrorS(nil, "Panic in GRPC handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
-			err = status.Errorf(codes.Internal, "internal error in %s: %v", info.FullMethod, r)
-		}
-		d.metrics.calls.RecordMetrics(info.FullMethod, err, time.Since(start))
-		code := status.Code(err)
-		switch {
-		case code == codes.OK:
-			klog.V(4).InfoS("GRPC stream", "method", info.FullMethod, "duration", time.Since(start))
-		case code == codes.Internal || code == codes.Unknown:
-			klog.ErrorS(err, "GRPC stream failed", "method", info.FullMethod, "duration", time.Since(start))
-		default:
-			klog.V(2).InfoS("GRPC stream refused or ended early", "method", info.FullMethod, "code", code, "error", status.Convert(err).Message(), "duration", time.Since(start))
-		}
+		d.endCall(info.FullMethod, start, recover(), &err, "GRPC stream", "GRPC stream refused or ended early")
 	}()
 	return handler(srv, &loggedStream{ServerStream: ss, method: info.FullMethod})
+}
+
+// endCall is how both interceptors end a call: a panic (r, from the
+// caller's recover) becomes Internal in *err, the call is counted, and it
+// is logged by its code: what on success, what+" failed" for Internal and
+// Unknown, refused for any other code.
+func (d *Driver) endCall(method string, start time.Time, r any, err *error, what, refused string) {
+	if r != nil {
+		klog.ErrorS(nil, "Panic in GRPC handler", "method", method, "panic", r, "stack", string(debug.Stack()))
+		*err = status.Errorf(codes.Internal, "internal error in %s: %v", method, r)
+	}
+	d.metrics.calls.RecordMetrics(method, *err, time.Since(start))
+	switch code := status.Code(*err); {
+	case code == codes.OK:
+		klog.V(4).InfoS(what, "method", method, "duration", time.Since(start))
+	case code == codes.Internal || code == codes.Unknown:
+		klog.ErrorS(*err, what+" failed", "method", method, "duration", time.Since(start))
+	default:
+		klog.V(2).InfoS(refused, "method", method, "code", code, "error", status.Convert(*err).Message(), "duration", time.Since(start))
+	}
 }
 
 // loggedStream logs the request a streaming call receives (it is read by
