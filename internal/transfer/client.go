@@ -135,7 +135,7 @@ func (c *Client) Do(ctx context.Context, addr string, req Request) (_ json.RawMe
 		return nil, nil, fmt.Errorf("transfer: sending request to %s: %w", addr, err)
 	}
 	_ = tc.SetDeadline(time.Time{})
-	b.r = bufio.NewReaderSize(&idleReader{c: tc, idle: c.idle, addr: addr}, 64<<10)
+	b.r = bufio.NewReaderSize(&idleReader{c: tc, idle: c.idle}, 64<<10)
 
 	h, err := b.readHeader()
 	if err != nil {
@@ -186,7 +186,6 @@ func clientProof(tc *tls.Conn, k key, addr string) error {
 type idleReader struct {
 	c    net.Conn
 	idle time.Duration
-	addr string
 }
 
 func (r *idleReader) Read(p []byte) (int, error) {
@@ -195,7 +194,7 @@ func (r *idleReader) Read(p []byte) (int, error) {
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			err = fmt.Errorf("transfer from %s: no data for %s: %w", r.addr, r.idle, err)
+			err = fmt.Errorf("no data for %s: %w", r.idle, err) // the caller names the peer
 		}
 	}
 	return n, err
