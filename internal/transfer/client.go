@@ -123,7 +123,8 @@ func (c *Client) Do(ctx context.Context, addr string, req Request) (_ json.RawMe
 		}
 	}()
 
-	tc := tls.Client(raw, c.tlsConf)
+	ic := &idleConn{Conn: raw}
+	tc := tls.Client(ic, c.tlsConf)
 	_ = tc.SetDeadline(time.Now().Add(c.hsTime))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, nil, fmt.Errorf("transfer: TLS handshake with %s: %w", addr, err)
@@ -135,7 +136,8 @@ func (c *Client) Do(ctx context.Context, addr string, req Request) (_ json.RawMe
 		return nil, nil, fmt.Errorf("transfer: sending request to %s: %w", addr, err)
 	}
 	_ = tc.SetDeadline(time.Time{})
-	b.r = bufio.NewReaderSize(&idleReader{c: tc, idle: c.idle}, 64<<10)
+	ic.readIdle.Store(int64(c.idle))
+	b.r = bufio.NewReaderSize(tc, 64<<10)
 
 	h, err := b.readHeader()
 	if err != nil {
@@ -180,24 +182,6 @@ func clientProof(tc *tls.Conn, k key, addr string) error {
 		return fmt.Errorf("transfer: %s: %w: the peer's proof of key %q is wrong; not trusting it", addr, ErrAuthentication, k.id)
 	}
 	return nil
-}
-
-// idleReader fails a read that waits longer than idle for a byte.
-type idleReader struct {
-	c    net.Conn
-	idle time.Duration
-}
-
-func (r *idleReader) Read(p []byte) (int, error) {
-	_ = r.c.SetReadDeadline(time.Now().Add(r.idle))
-	n, err := r.c.Read(p)
-	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			err = fmt.Errorf("no data for %s: %w", r.idle, err) // the caller names the peer
-		}
-	}
-	return n, err
 }
 
 var errBodyClosed = errors.New("transfer: read on closed body")

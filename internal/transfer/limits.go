@@ -2,7 +2,11 @@ package transfer
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
+	"os"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -92,4 +96,38 @@ func setKeepAlive(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetKeepAliveConfig(keepAlive)
 	}
+}
+
+// idleConn puts a fresh deadline on each read or write of the raw
+// connection once enabled, so the idle timeout measures time without
+// progress (one TLS record at most), not the time a large frame or a rate
+// limited peer takes in all.
+type idleConn struct {
+	net.Conn
+	readIdle  atomic.Int64 // nanoseconds; 0 is off
+	writeIdle atomic.Int64
+}
+
+func (c *idleConn) Read(p []byte) (int, error) {
+	d := time.Duration(c.readIdle.Load())
+	if d > 0 {
+		_ = c.Conn.SetReadDeadline(time.Now().Add(d))
+	}
+	n, err := c.Conn.Read(p)
+	if err != nil && d > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("no data for %s: %w", d, err)
+	}
+	return n, err
+}
+
+func (c *idleConn) Write(p []byte) (int, error) {
+	d := time.Duration(c.writeIdle.Load())
+	if d > 0 {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(d))
+	}
+	n, err := c.Conn.Write(p)
+	if err != nil && d > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("peer took nothing for %s: %w", d, err)
+	}
+	return n, err
 }

@@ -70,7 +70,7 @@ type Server struct {
 	// MaxUnauthenticated bounds the connections not yet past their proof;
 	// more are closed at once. Default DefaultMaxUnauthenticated.
 	MaxUnauthenticated int
-	// IdleTimeout bounds a single write to a peer that does not read;
+	// IdleTimeout fails a transfer whose peer takes no byte for this long;
 	// default DefaultIdleTimeout.
 	IdleTimeout time.Duration
 	// QueueKeepalive is how often a request waiting for a slot is told it
@@ -94,6 +94,9 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{}
 	wg        sync.WaitGroup
+
+	floodLogged   time.Time
+	floodUnlogged int
 
 	// Test hooks, nil in use.
 	onRefuse func(remote, reason string)
@@ -167,8 +170,8 @@ func (s *Server) Serve(ln net.Listener) error {
 			if s.isClosed() {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			var te interface{ Temporary() bool }
+			if errors.As(err, &te) && te.Temporary() {
 				// Out of file descriptors and the like: wait, as net/http does.
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				klog.ErrorS(err, "Transfer server: accept failed; retrying", "in", backoff)
@@ -181,7 +184,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		select {
 		case s.preauth <- struct{}{}:
 		default:
-			s.refuse(c.RemoteAddr().String(), "too many unauthenticated connections")
+			s.refuseFlood(c.RemoteAddr().String())
 			c.Close()
 			continue
 		}
@@ -252,6 +255,27 @@ func (s *Server) refuse(remote, reason string) {
 	}
 }
 
+// refuseFlood refuses a connection over MaxUnauthenticated. A flood
+// would flood the log too: one line a second at most, with the count of
+// those not logged.
+func (s *Server) refuseFlood(remote string) {
+	const reason = "too many unauthenticated connections"
+	if s.onRefuse != nil {
+		s.onRefuse(remote, reason)
+	}
+	s.mu.Lock()
+	now := time.Now()
+	if now.Sub(s.floodLogged) < time.Second {
+		s.floodUnlogged++
+		s.mu.Unlock()
+		return
+	}
+	n := s.floodUnlogged
+	s.floodLogged, s.floodUnlogged = now, 0
+	s.mu.Unlock()
+	klog.InfoS("Transfer connection refused", "remote", remote, "reason", reason, "alsoRefusedSinceLastLog", n)
+}
+
 func (s *Server) serveConn(raw net.Conn) {
 	defer s.untrack(raw)
 	defer raw.Close()
@@ -264,7 +288,8 @@ func (s *Server) serveConn(raw net.Conn) {
 	remote := raw.RemoteAddr().String()
 	setKeepAlive(raw)
 
-	tc := tls.Server(raw, s.tlsConf)
+	ic := &idleConn{Conn: raw}
+	tc := tls.Server(ic, s.tlsConf)
 	_ = tc.SetDeadline(time.Now().Add(s.HandshakeTimeout))
 	if err := tc.HandshakeContext(s.ctx); err != nil {
 		s.refuse(remote, "TLS handshake: "+err.Error())
@@ -286,6 +311,7 @@ func (s *Server) serveConn(raw net.Conn) {
 		return
 	}
 	_ = tc.SetDeadline(time.Time{})
+	ic.writeIdle.Store(int64(s.IdleTimeout))
 	<-s.preauth
 	preauth = false
 
@@ -305,7 +331,7 @@ func (s *Server) serveConn(raw net.Conn) {
 		<-watched
 	}()
 
-	ans := &Answer{conn: tc, limiter: s.limiter, piece: s.piece, ctx: ctx, idle: s.IdleTimeout, remote: remote}
+	ans := &Answer{conn: tc, limiter: s.limiter, piece: s.piece, ctx: ctx, remote: remote}
 	if err := s.waitSlot(ctx, ans, req); err != nil {
 		klog.V(2).InfoS("Transfer not served: no slot", "remote", remote, "op", req.Op, "kind", req.Kind, "id", req.ID, "err", err)
 		return
@@ -405,7 +431,6 @@ type Answer struct {
 	limiter byteLimiter
 	piece   int
 	ctx     context.Context
-	idle    time.Duration
 	remote  string
 
 	mu         sync.Mutex
@@ -495,7 +520,6 @@ func (a *Answer) frameLocked(typ byte, payload []byte) error {
 	if a.done {
 		return errAnswerDone
 	}
-	_ = a.conn.SetWriteDeadline(time.Now().Add(a.idle))
 	var err error
 	a.buf, err = writeFrame(a.conn, a.buf, typ, payload)
 	if err != nil {

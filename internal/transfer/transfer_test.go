@@ -896,3 +896,89 @@ func TestCancelDuringBody(t *testing.T) {
 		t.Fatalf("ReadAll: %v, want context.Canceled", err)
 	}
 }
+
+// Under a low rate the sender sends small frames often, so a receiver's
+// idle timeout far below the transfer's duration does not fire.
+func TestRateLimitKeepsFlowing(t *testing.T) {
+	k := newKey(t, "k1")
+	const bps = 256 << 10
+	body := randomBytes(t, 320<<10)
+	addr := startServer(t, &Server{Keys: keyring(t, k), Handler: bytesHandler(body), RateBytesPerSec: bps})
+	const idle = 400 * time.Millisecond
+	start := time.Now()
+	_, rc, err := (&Client{Keys: keyring(t, k), IdleTimeout: idle, RateBytesPerSec: bps}).Do(ctxT(t), addr, Request{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("body: %d bytes, %v", len(got), err)
+	}
+	if d := time.Since(start); d < 2*idle {
+		t.Fatalf("took %v; the test needs a transfer longer than the idle timeout %v", d, idle)
+	}
+}
+
+// The idle timeout counts time without progress: a large write to a slow
+// reader succeeds while each of its TLS records moves in time.
+func TestIdleConnProgress(t *testing.T) {
+	cert, err := ephemeralCert()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	const idle = 250 * time.Millisecond
+	ic := &idleConn{Conn: a}
+	srv := tls.Server(ic, serverTLSConfig(cert))
+	cli := tls.Client(b, clientTLSConfig())
+	hs := make(chan error, 1)
+	go func() { hs <- cli.Handshake() }()
+	if err := srv.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-hs; err != nil {
+		t.Fatal(err)
+	}
+	ic.writeIdle.Store(int64(idle))
+	ic.readIdle.Store(int64(idle))
+
+	const size = 256 << 10 // 16 records or more
+	read := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 16<<10)
+		for got := 0; got < size; {
+			time.Sleep(40 * time.Millisecond)
+			n, err := cli.Read(buf)
+			if err != nil {
+				read <- err
+				return
+			}
+			got += n
+		}
+		read <- nil
+	}()
+	start := time.Now()
+	if _, err := srv.Write(make([]byte, size)); err != nil {
+		t.Fatalf("write to a slow but steady reader: %v", err)
+	}
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < idle {
+		t.Fatalf("write took %v; the test needs longer than the idle timeout %v", d, idle)
+	}
+
+	// A reader that stops: the next write fails within the idle timeout,
+	// and so does a read that gets nothing.
+	wrote := make(chan error, 1)
+	go func() { _, err := srv.Write(make([]byte, 64<<10)); wrote <- err }()
+	if err := <-wrote; err == nil || !strings.Contains(err.Error(), "peer took nothing for 250ms") {
+		t.Fatalf("write to a stalled reader: %v", err)
+	}
+	if _, err := srv.Read(make([]byte, 1)); err == nil || !strings.Contains(err.Error(), "no data for 250ms") {
+		t.Fatalf("read from a silent peer: %v", err)
+	}
+}
