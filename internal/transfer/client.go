@@ -12,6 +12,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -169,7 +170,10 @@ func clientProof(tc *tls.Conn, k key, addr string) error {
 	}
 	var v [1]byte
 	if _, err := io.ReadFull(tc, v[:]); err != nil {
-		return fmt.Errorf("transfer: %s: %w: the peer closed the connection instead of answering the proof of key %q: %w", addr, ErrAuthentication, k.id, err)
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+			return fmt.Errorf("transfer: %s: %w: the peer closed the connection instead of answering the proof of key %q: %w", addr, ErrAuthentication, k.id, err)
+		}
+		return fmt.Errorf("transfer: %s: waiting for the answer to the key proof: %w", addr, err)
 	}
 	if v[0] != verdictOK {
 		return fmt.Errorf("transfer: %s: %w: the peer refused key %q", addr, ErrAuthentication, k.id)
