@@ -48,7 +48,12 @@
 //
 //	echo "k$(date +%Y%m%d) $(head -c 32 /dev/urandom | base64)"
 //
-// Store the file in a Kubernetes Secret mounted into every node plugin.
+// Store the file in a Kubernetes Secret mounted into every node plugin
+// (readable by the plugin only), for example
+//
+//	kubectl -n kube-system create secret generic hostpath-csi-transfer-keys --from-file=keys=./keys
+//
+// and keep no other copy.
 // The first key of the file is the one a process proves itself with; every
 // key listed is accepted from peers. The file is checked (one stat) on each
 // connection and re-read when it changed, which is how Kubernetes updates a
@@ -77,6 +82,10 @@
 // wait for a slot) and the bytes per second over all of them
 // (RateBytesPerSec, a token bucket of golang.org/x/time/rate): the server
 // over what it sends, the client over what it receives. A peer that
-// vanished is noticed by TCP keep-alive and, on the receiving side, by an
-// IdleTimeout on each read, whose error names the peer.
+// vanished is noticed by TCP keep-alive and by IdleTimeout: a read (on
+// the client) or a write (on the server) that makes no progress for that
+// long fails, naming the peer. A rate-limited sender sends small frames
+// often (at most an eighth of a second's worth of bytes each), and a
+// request waiting for a server's slot gets keepalive frames, so neither is
+// taken for a dead peer; a Handler that sends nothing for IdleTimeout is.
 package transfer
