@@ -13,8 +13,11 @@
 // byte of an answer, and the handler must not even be called for it.
 // Possession of the shared key (below) is what makes a peer one of the
 // driver's node plugins; a holder of the key is trusted completely, as is
-// the node's root (who can read the key from the Secret volume anyway).
-// Denial of service by a peer that can reach the port is bounded, not
+// the node's root (who can read the key from the Secret volume anyway);
+// so one node's root can fetch any other node's volumes, the price of one
+// cluster-wide key. The bytes are encrypted on the wire, and a client sends
+// its request only after the server proved itself, so a fake server learns
+// not even what was asked for. Denial of service by a peer that can reach the port is bounded, not
 // prevented: connections that have not proven themselves get
 // HandshakeTimeout (10 s) in all, and at most MaxUnauthenticated (64) of
 // them are in flight; more are closed at once.
