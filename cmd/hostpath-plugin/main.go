@@ -33,6 +33,7 @@ func main() {
 
 type options struct {
 	cfg          driver.Config
+	transfer     transferFlags
 	endpoint     string
 	httpEndpoint string
 	showVersion  bool
@@ -82,6 +83,7 @@ func registerFlags(fs *flag.FlagSet) (o *options, ephemeral, modify *bool, allow
 	fs.IntVar(&o.cfg.Ephemeral.MaxCountPerNamespace, "ephemeral-max-count-per-namespace", 0, "inline volumes one namespace has on the node at most (at most --ephemeral-max-count); past it a new one is ResourceExhausted (default a quarter of --ephemeral-max-count, at least 1)")
 	allowed = fs.String("ephemeral-allowed-attributes", strings.Join(driver.DefaultEphemeralAllowedAttributes, ","), "comma-separated volume attributes a pod may set on an inline volume, of size and mountPermissions (empty: none); others are InvalidArgument unless they ask what the node gives anyway (layout: image, the only layout of an inline volume, is always accepted)")
 	fs.StringVar(&o.cfg.Ephemeral.MountPermissions, "ephemeral-mount-permissions", fmt.Sprintf("%04o", uint32(driver.DefaultMountPermissions)), "octal mode of an inline volume's root, unless the pod may set mountPermissions and does")
+	registerTransferFlags(fs, &o.transfer, &o.cfg.Transfer)
 	fs.StringVar(&o.httpEndpoint, "http-endpoint", "", "address (host:port, or :port for every address) of the HTTP server for /healthz and /metrics; empty disables it")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight calls may take to finish")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
@@ -133,6 +135,11 @@ func run() error {
 	if len(zero) > 0 {
 		return fmt.Errorf("%s must be positive (to turn inline volumes off: --ephemeral=false)", strings.Join(zero, ", "))
 	}
+	peers, err := o.transfer.finder(o.cfg.NodeID, o.cfg.Transfer.Listen)
+	if err != nil {
+		return err
+	}
+	o.cfg.Transfer.Peers = peers
 	d, err := driver.New(o.cfg)
 	if err != nil {
 		return err

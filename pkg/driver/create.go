@@ -79,7 +79,7 @@ func (d *hostpathDriver) createVolume(ctx context.Context, req *csi.CreateVolume
 		}
 		v.Formatted = src.formatted
 		started = true
-		j := d.jobs.start(key, v.ID, src.describe(v.ID), []string{src.lockKey}, func(jctx context.Context) error {
+		j := d.jobs.start(key, v.ID, src.describe(v.ID), src.reads(), func(jctx context.Context) error {
 			defer src.unlock()
 			return d.copyIntoVolume(jctx, v, src, req.GetCapacityRange().GetLimitBytes())
 		}, d.abandonVolume)
@@ -172,6 +172,9 @@ func (d *hostpathDriver) recordNewVolume(v *state.Volume, size int64, src *conte
 	v.Phase, v.CreatedAt = state.PhaseCreating, time.Now().UTC()
 	if src != nil {
 		v.SourceSnapshotID, v.SourceVolumeID = src.snapshotID, src.volumeID
+		if src.remote != nil {
+			v.SourceNode = src.remote.Node
+		}
 	}
 	if v.Limit == hostpath.EnforceProject {
 		// Allocated and recorded under one lock, so two volumes never

@@ -86,6 +86,9 @@ type Config struct {
 	// Ephemeral bounds the CSI inline volumes pods may ask for (see
 	// EphemeralConfig; zero values are the defaults).
 	Ephemeral EphemeralConfig
+	// Transfer turns on restores and clones from snapshots and volumes
+	// that other nodes hold (see TransferConfig; off when empty).
+	Transfer TransferConfig
 	// NFS configures the NFS backend: its mount directory (default
 	// <StateDir>/nfs), the timeout on every operation on an export
 	// (default 2 minutes) and the mounter (mount(8) by default).
@@ -260,6 +263,11 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.Node {
 		d.hostpath.startEphemeralSweep(cfg.Ephemeral.SweepAfter)
 	}
+	// After the reconcile: a peer is served only what is on record.
+	if err := d.hostpath.startTransfer(); err != nil {
+		d.Close()
+		return nil, err
+	}
 	if limit, why := vols.DirectoryLimit(); limit == hostpath.EnforceNone {
 		klog.InfoS("Directory volumes are NOT held to their size on this data directory: a pod can fill it past its volume's capacity; use StorageClass parameter layout: image for sizes that hold", "why", why)
 	} else {
@@ -282,6 +290,7 @@ func New(cfg Config) (*Driver, error) {
 // the CO's retry starts it again), finishes background removals and closes
 // the state database.
 func (d *Driver) Close() error {
+	d.hostpath.stopTransfer()
 	d.hostpath.stopEphemeralSweep()
 	d.pending.close()
 	d.jobs.close()

@@ -36,6 +36,8 @@ type hostpathDriver struct {
 	// wholeCopies are the image and block volumes a full copy reads now,
 	// without their node locks (see withCopyLocks).
 	wholeCopies wholeCopies
+	// xnode serves and fetches copies across nodes (nil: off).
+	xnode *xnode
 }
 
 var (

@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/internal/peers"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -27,16 +28,30 @@ type contentSource struct {
 	// new volume is still made at least capacity).
 	least     int64
 	kind      volumeKind
-	formatted bool // an image source holds a filesystem
-	lockKey   string
+	formatted bool   // an image source holds a filesystem
+	lockKey   string // "" for a remote source
 	unlock    func()
+	// remote is the peer that holds the source, when this node does not.
+	remote *peers.Peer
+}
+
+// reads is the lock key the copy job reads, for deletes to see.
+func (cs *contentSource) reads() []string {
+	if cs.lockKey == "" {
+		return nil
+	}
+	return []string{cs.lockKey}
 }
 
 func (cs *contentSource) describe(newID string) string {
-	if cs.snapshotID != "" {
-		return fmt.Sprintf("restore of volume %s from snapshot %s", newID, cs.snapshotID)
+	from := ""
+	if cs.remote != nil {
+		from = " on node " + cs.remote.Node
 	}
-	return fmt.Sprintf("clone of volume %s into volume %s", cs.volumeID, newID)
+	if cs.snapshotID != "" {
+		return fmt.Sprintf("restore of volume %s from snapshot %s%s", newID, cs.snapshotID, from)
+	}
+	return fmt.Sprintf("clone of volume %s%s into volume %s", cs.volumeID, from, newID)
 }
 
 // lockContentSource checks a CreateVolume content source and holds it
@@ -56,6 +71,9 @@ func (d *hostpathDriver) lockContentSource(ctx context.Context, cs *csi.VolumeCo
 		snap, err := d.readySnapshot(id)
 		if err != nil {
 			unlock()
+			if d.notHere(err) {
+				return d.remoteContentSource(ctx, xferSnapshot, id)
+			}
 			return nil, err
 		}
 		return &contentSource{snapshotID: id, capacity: snap.SourceCapacity, least: snap.RestoreRequest(), kind: kindOfSnapshot(snap), formatted: snap.SourceFormatted,
@@ -72,6 +90,9 @@ func (d *hostpathDriver) lockContentSource(ctx context.Context, cs *csi.VolumeCo
 		v, err := d.readyVolume(id)
 		if err != nil {
 			unlock()
+			if d.notHere(err) {
+				return d.remoteContentSource(ctx, xferVolume, id)
+			}
 			return nil, err
 		}
 		if _, err := d.copyPlan(v); err != nil { // refuse at once what cannot be copied
@@ -121,6 +142,10 @@ func sizeFor(cr *csi.CapacityRange, asked, capacity, least int64) (int64, error)
 func (d *hostpathDriver) copyIntoVolume(ctx context.Context, v *state.Volume, src *contentSource, limit int64) error {
 	start := time.Now()
 	st, err := d.copyStep(ctx, v.ID, func() (hostpath.CopyResult, error) {
+		if src.remote != nil {
+			n, err := d.fetchInto(ctx, src, v.ID)
+			return hostpath.CopyResult{Mechanism: "transfer", Bytes: n}, err
+		}
 		if src.snapshotID != "" {
 			return d.vols.Restore(ctx, src.snapshotID, v.ID)
 		}
@@ -156,7 +181,7 @@ func (d *hostpathDriver) copyIntoVolume(ctx context.Context, v *state.Volume, sr
 		op = "restore"
 	}
 	d.metrics.copied(op, st.Mechanism, st.Bytes, time.Since(start))
-	klog.InfoS("Volume made from a content source", "volumeID", v.ID, "snapshot", src.snapshotID, "volume", src.volumeID,
+	klog.InfoS("Volume made from a content source", "volumeID", v.ID, "snapshot", src.snapshotID, "volume", src.volumeID, "fromNode", v.SourceNode,
 		"mechanism", st.Mechanism, "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
 	return nil
 }
@@ -216,4 +241,10 @@ func (d *hostpathDriver) fitToCapacity(v *state.Volume) error {
 		return d.vols.ExpandBlock(v.ID, v.CapacityBytes)
 	}
 	return d.vols.SetDirectoryLimit(v.ID, v.Limit, v.CapacityBytes, v.ProjectID)
+}
+
+// notHere reports whether err says a source is not on this node (never
+// was, or is no longer): then another node may hold it.
+func (d *hostpathDriver) notHere(err error) bool {
+	return status.Code(err) == codes.NotFound && d.xnode != nil && d.xnode.client != nil
 }

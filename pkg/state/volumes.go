@@ -51,6 +51,9 @@ type Volume struct {
 	// The content the volume was made from, if any (schema 2).
 	SourceSnapshotID string `json:"sourceSnapshotID,omitempty"`
 	SourceVolumeID   string `json:"sourceVolumeID,omitempty"`
+	// SourceNode is the node that held the source, when another node
+	// than this one did (a restore or clone across nodes).
+	SourceNode string `json:"sourceNode,omitempty"`
 	// Ephemeral: a CSI inline volume, made by NodePublishVolume for one pod
 	// and removed by its NodeUnpublishVolume. Its name is
 	// "csi-ephemeral:" + the kubelet's volume handle.

@@ -50,6 +50,7 @@ var singleNode = []scenario{
 var distributed = []scenario{
 	{"switch-to-distributed", testSwitchToDistributed},
 	{"placed-on-selected-node", testPlacedOnSelectedNode},
+	{"restore-on-another-node", testRestoreOnAnotherNode},
 	{"pod-on-node1", testClaimBoundAndUsed},
 	{"docs-distributed", testDocsDistributed},
 	{"nothing-mounted", testNothingMounted},

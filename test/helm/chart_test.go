@@ -360,6 +360,24 @@ var intendedDifferences = []intendedDifference{
 	},
 }
 
+// A helmOnlyObject is an object only the chart renders, in the cases named.
+type helmOnlyObject struct {
+	cases  []string
+	key    Key
+	reason string
+}
+
+func (h helmOnlyObject) in(name string) bool { return slices.Contains(h.cases, name) }
+
+var helmOnly = []helmOnlyObject{
+	{
+		cases: []string{"distributed", "distributed with host-guard"},
+		key:   Key{Kind: "Secret", Namespace: "hostpath-csi", Name: "hostpath-csi-transfer"},
+		reason: "the transfer key: Helm makes a random one at install and keeps it (lookup) at upgrades; kustomize " +
+			"cannot make a secret value, so with kubectl apply -k deploy/kubernetes/transfer-keys.sh create makes it",
+	},
+}
+
 func (c chartCase) values(t *testing.T) values.Options {
 	opts := values.Options{Values: c.set, StringValues: c.setString}
 	if c.valuesFile != "" {
@@ -395,7 +413,7 @@ func TestChartRendersWhatKustomizeBuilds(t *testing.T) {
 		caseName string
 		index    int // in intendedDifferences
 	}
-	seen := map[occurrence]bool{}
+	seen, seenHelmOnly := map[occurrence]bool{}, map[occurrence]bool{}
 	for _, c := range chartCases {
 		t.Run(c.name, func(t *testing.T) {
 			manifest, err := Install(chartDir, InstallOptions{Values: c.values(t), SkipCRDs: c.skipCRDs})
@@ -423,7 +441,11 @@ func TestChartRendersWhatKustomizeBuilds(t *testing.T) {
 				}
 				want, ok := kustoObjs[k]
 				if !ok {
-					t.Errorf("%s: helm renders it, kustomize does not", k)
+					if i := slices.IndexFunc(helmOnly, func(h helmOnlyObject) bool { return h.key == k && h.in(c.name) }); i >= 0 {
+						seenHelmOnly[occurrence{c.name, i}] = true
+					} else {
+						t.Errorf("%s: helm renders it, kustomize does not", k)
+					}
 					continue
 				}
 			diffs:
@@ -443,6 +465,13 @@ func TestChartRendersWhatKustomizeBuilds(t *testing.T) {
 				}
 			}
 		})
+	}
+	for i, h := range helmOnly {
+		for _, c := range h.cases {
+			if !seenHelmOnly[occurrence{c, i}] {
+				t.Errorf("%s is not rendered in %q: remove it from helmOnly there (%s)", h.key, c, h.reason)
+			}
+		}
 	}
 	for i, in := range intendedDifferences {
 		for _, c := range in.caseNames() {

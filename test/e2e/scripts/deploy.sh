@@ -10,6 +10,10 @@ $KUBECTL apply -k "$E2E_ROOT/deploy/kubernetes/overlays/snapshot-controller" >/d
 $KUBECTL wait --for condition=Established --timeout 60s \
 	crd/volumesnapshots.snapshot.storage.k8s.io crd/volumesnapshotclasses.snapshot.storage.k8s.io \
 	crd/volumesnapshotcontents.snapshot.storage.k8s.io >/dev/null
+if [ "$flavour" = distributed ]; then
+	# The nodes' transfer key, as the install docs make it.
+	KUBECONFIG=$KUBECONFIG_E2E PATH=$E2E_BIN:$PATH "$E2E_ROOT/deploy/kubernetes/transfer-keys.sh" create >&2
+fi
 $KUBECTL apply -k "$E2E_ROOT/deploy/kubernetes/overlays/$flavour" >/dev/null
 $KUBECTL -n hostpath-csi rollout status daemonset/hostpath-csi --timeout 180s >&2
 $KUBECTL -n kube-system rollout status deployment/snapshot-controller --timeout 120s >&2

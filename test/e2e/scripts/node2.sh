@@ -33,8 +33,14 @@ spec:
       topologyKeys: [topology.hostpath-csi.github.io/node]
 EOF2
 sock=$n2/csi.sock
+# The transfer key from its Secret, as the kubelet would mount it; node 2
+# finds node 1's driver as node 1 would find it: its pod, by the API.
+$KUBECTL -n hostpath-csi get secret hostpath-csi-transfer -o jsonpath='{.data.keys}' | base64 -d >"$n2/transfer-keys"
+chmod 0400 "$n2/transfer-keys"
 start node2-driver "$E2E_CACHE/local/hostpath-plugin" --endpoint "unix://$sock" --nodeid "$NODE2" \
-	--state-dir "$n2/state" --data-dir "$n2/data" --v=2
+	--state-dir "$n2/state" --data-dir "$n2/data" --v=2 \
+	--transfer-keys "$n2/transfer-keys" --transfer-peers=kubernetes --kubeconfig "$KUBECONFIG_E2E" \
+	--transfer-namespace hostpath-csi
 wait_for 30 "node 2's driver socket" test -S "$sock"
 export NODE_NAME=$NODE2 NAMESPACE=hostpath-csi POD_NAME=$NODE2-processes
 # No pod owns node 2's CSIStorageCapacity objects (--capacity-ownerref-level=-1);
