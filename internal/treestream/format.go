@@ -16,7 +16,9 @@
 //
 // A stream starts with an 8-byte magic and a 2-byte version, then framed
 // records: a type byte, a 4-byte big-endian payload length, the payload.
-// Every entry is a header record (directory, file, symlink, special file,
+// Each record ends with a CRC-32C of its type, length and payload, so a
+// corrupted record is refused before anything is made of it. Every entry
+// is a header record (directory, file, symlink, special file,
 // hard link) followed, except for a hard link, by its data chunks (files:
 // offset and bytes, at most 1 MiB each, then the final size), its extended
 // attributes one per record, and an end record. A directory's entries
@@ -48,9 +50,11 @@
 package treestream
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 
 	"golang.org/x/sys/unix"
 )
@@ -82,6 +86,7 @@ const (
 
 	headerLen = len(magic) + 2
 	recHdrLen = 5 // type, uint32 length
+	crcLen    = 4 // CRC-32C after the payload
 
 	// ChunkSize is the largest data chunk of a stream.
 	ChunkSize = 1 << 20
@@ -242,4 +247,11 @@ func (d *dec) stats() Stats {
 		*p = int64(d.u64())
 	}
 	return s
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func sha256Sum(b []byte) []byte {
+	s := sha256.Sum256(b)
+	return s[:]
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"hash/crc32"
 	"io"
 	"os"
 	"strings"
@@ -104,7 +105,6 @@ type receiver struct {
 	pending   int64  // bytes held for the end
 	buf       []byte // a record's payload
 	data      []byte // a data chunk
-	dataLen   int    // of the data chunk whose header was read last
 	stats     Stats
 }
 
@@ -120,9 +120,8 @@ func (r *receiver) read(p []byte) error {
 	return nil
 }
 
-// record reads the next record's header and, unless it is a data chunk
-// (read by the caller into its own buffer), its payload, refusing a
-// payload longer than its type allows before reading it.
+// record reads the next record, refusing a payload longer than its type
+// allows before reading it and one whose CRC does not match after.
 func (r *receiver) record() (typ byte, payload []byte, err error) {
 	if err := r.ctx.Err(); err != nil {
 		return 0, nil, err
@@ -132,17 +131,16 @@ func (r *receiver) record() (typ byte, payload []byte, err error) {
 		return 0, nil, err
 	}
 	typ, n := hdr[0], int64(binary.BigEndian.Uint32(hdr[1:]))
-	r.dataLen = 0
 	var limit int64
+	buf := &r.buf
 	switch typ {
 	case recDir, recFile, recSymlink, recSpecial, recLink:
 		limit = maxEntryRec
 	case recData:
-		if n <= 8 || n > 8+ChunkSize {
+		if n <= 8 {
 			return 0, nil, corrupt("data chunk of %d bytes", n)
 		}
-		r.dataLen = int(n) - 8
-		return typ, nil, nil
+		limit, buf = 8+ChunkSize, &r.data
 	case recSize:
 		limit = 8
 	case recXattr:
@@ -159,12 +157,16 @@ func (r *receiver) record() (typ byte, payload []byte, err error) {
 	if n > limit {
 		return 0, nil, corrupt("record %q of %d bytes, more than %d", typ, n, limit)
 	}
-	if cap(r.buf) < int(n) {
-		r.buf = make([]byte, max(n, 4096))
+	if int64(cap(*buf)) < n+crcLen {
+		*buf = make([]byte, max(n+crcLen, 4096))
 	}
-	payload = r.buf[:n]
+	payload = (*buf)[:n+crcLen]
 	if err := r.read(payload); err != nil {
 		return 0, nil, err
+	}
+	payload, sum := payload[:n], binary.BigEndian.Uint32(payload[n:])
+	if crc32.Update(crc32.Checksum(hdr[:], castagnoli), castagnoli, payload) != sum {
+		return 0, nil, corrupt("record %q of %d bytes fails its CRC", typ, n)
 	}
 	return typ, payload, nil
 }
@@ -416,21 +418,11 @@ func (r *receiver) fill(fd int, shown string, m meta) error {
 		}
 		switch typ {
 		case recData:
-			n := r.dataLen
-			var off [8]byte
-			if err := r.read(off[:]); err != nil {
-				return err
-			}
-			o := int64(binary.BigEndian.Uint64(off[:]))
+			o := int64(binary.BigEndian.Uint64(p[:8]))
+			b := p[8:]
+			n := len(b)
 			if o < 0 || o > (1<<62)-ChunkSize {
 				return corrupt("data of %s at offset %d", shown, uint64(o))
-			}
-			if r.data == nil {
-				r.data = make([]byte, ChunkSize)
-			}
-			b := r.data[:n]
-			if err := r.read(b); err != nil {
-				return err
 			}
 			for len(b) > 0 {
 				w, err := unix.Pwrite(fd, b, o)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"hash/crc32"
 	"io"
 
 	"golang.org/x/sys/unix"
@@ -103,6 +104,7 @@ func (s *sender) start(typ byte) []byte {
 
 func (s *sender) finish(rec []byte) {
 	binary.BigEndian.PutUint32(rec[1:5], uint32(len(rec)-recHdrLen))
+	rec = binary.BigEndian.AppendUint32(rec, crc32.Checksum(rec, castagnoli))
 	s.write(rec)
 	s.rec = rec[:0]
 }
@@ -288,7 +290,7 @@ func (s *sender) file(e *beneath.Entry) error {
 func (s *sender) data(fd int, size int64) (int64, error) {
 	const hdr = recHdrLen + 8
 	if s.buf == nil {
-		s.buf = make([]byte, hdr+ChunkSize)
+		s.buf = make([]byte, hdr+ChunkSize+crcLen)
 	}
 	for off := int64(0); off < size; {
 		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
@@ -329,7 +331,7 @@ func (s *sender) data(fd int, size int64) (int64, error) {
 			b[0] = recData
 			binary.BigEndian.PutUint32(b[1:5], uint32(8+n))
 			binary.BigEndian.PutUint64(b[5:13], uint64(data))
-			s.write(b)
+			s.write(binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli)))
 			if s.werr != nil {
 				return 0, s.werr
 			}
