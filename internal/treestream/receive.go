@@ -295,7 +295,7 @@ func (r *receiver) dir(p []byte) error {
 	}
 	r.stack = append(r.stack, rlevel{dir: dir, node: node})
 	r.stats.Dirs++
-	return r.xattrsUntilEnd(dir.Path(), func(n string, v []byte) error { return unix.Fsetxattr(dir.Fd(), n, v, 0) })
+	return r.xattrsUntilEnd(dir.Path, func(n string, v []byte) error { return unix.Fsetxattr(dir.Fd(), n, v, 0) })
 }
 
 // leave ends the current directory: its default ACL now that its entries
@@ -303,7 +303,7 @@ func (r *receiver) dir(p []byte) error {
 func (r *receiver) leave(p []byte) error {
 	top := r.cur()
 	if len(p) > 0 {
-		if err := setXattr(top.dir.Path(), defaultACL, p, func(n string, v []byte) error {
+		if err := setXattr(top.dir.Path, defaultACL, p, func(n string, v []byte) error {
 			return unix.Fsetxattr(top.dir.Fd(), n, v, 0)
 		}); err != nil {
 			return err
@@ -317,7 +317,8 @@ func (r *receiver) leave(p []byte) error {
 }
 
 // xattrsUntilEnd sets each xattr record up to the entry's end record.
-func (r *receiver) xattrsUntilEnd(shown string, set func(name string, value []byte) error) error {
+// shown names the entry in messages; it is called only for one.
+func (r *receiver) xattrsUntilEnd(shown func() string, set func(name string, value []byte) error) error {
 	for {
 		typ, p, err := r.record()
 		if err != nil {
@@ -328,21 +329,21 @@ func (r *receiver) xattrsUntilEnd(shown string, set func(name string, value []by
 			return nil
 		case recXattr:
 			if len(p) < 1 || int(p[0]) == 0 || int(p[0]) > len(p)-1 {
-				return corrupt("xattr record of %s", shown)
+				return corrupt("xattr record of %s", shown())
 			}
 			name, val := string(p[1:1+int(p[0])]), p[1+int(p[0]):]
 			if err := setXattr(shown, name, val, set); err != nil {
 				return err
 			}
 		default:
-			return corrupt("record %q in the attributes of %s", typ, shown)
+			return corrupt("record %q in the attributes of %s", typ, shown())
 		}
 	}
 }
 
 var xattrNamespaces = []string{"user.", "trusted.", "security.", "system."}
 
-func setXattr(shown, name string, val []byte, set func(string, []byte) error) error {
+func setXattr(shown func() string, name string, val []byte, set func(string, []byte) error) error {
 	ok := strings.IndexByte(name, 0) < 0
 	if ok {
 		ok = false
@@ -356,10 +357,10 @@ func setXattr(shown, name string, val []byte, set func(string, []byte) error) er
 	err := set(name, val)
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ERANGE) {
 		// A value the kernel refuses is not one Send read from a kernel.
-		return fmt.Errorf("%w: xattr %s of %s refused (%w)", ErrCorrupt, name, shown, err)
+		return fmt.Errorf("%w: xattr %s of %s refused (%w)", ErrCorrupt, name, shown(), err)
 	}
 	if err != nil {
-		return fmt.Errorf("set xattr %s of %s: %w", name, shown, err)
+		return fmt.Errorf("set xattr %s of %s: %w", name, shown(), err)
 	}
 	return nil
 }
@@ -454,7 +455,7 @@ func (r *receiver) fill(fd int, shown string, m meta) error {
 			if err := unix.Fchmod(fd, m.mode&0o7777); err != nil {
 				return fmt.Errorf("chmod %s: %w", shown, err)
 			}
-			if err := r.xattrsUntilEnd(shown, func(n string, v []byte) error { return unix.Fsetxattr(fd, n, v, 0) }); err != nil {
+			if err := r.xattrsUntilEnd(func() string { return shown }, func(n string, v []byte) error { return unix.Fsetxattr(fd, n, v, 0) }); err != nil {
 				return err
 			}
 			if err := beneath.Futimens(fd, m.atime, m.mtime); err != nil {
@@ -535,7 +536,7 @@ func (r *receiver) atMeta(dir *beneath.Dir, name string, m meta, isLink bool) er
 	if err != nil {
 		return err
 	}
-	if err := r.xattrsUntilEnd(dir.Path()+"/"+name, func(n string, v []byte) error {
+	if err := r.xattrsUntilEnd(func() string { return dir.Path() + "/" + name }, func(n string, v []byte) error {
 		err := unix.Lsetxattr(path, n, v, 0)
 		if isLink && errors.Is(err, unix.EPERM) {
 			return nil // user.* xattrs cannot exist on symlinks anyway
@@ -662,15 +663,14 @@ func setDirMeta(d *beneath.Dir, n *dirNode) error {
 			return err
 		}
 	}
-	shown := d.Path()
 	if err := unix.Fchown(d.Fd(), int(n.meta.uid), int(n.meta.gid)); err != nil {
-		return fmt.Errorf("chown %s: %w", shown, err)
+		return fmt.Errorf("chown %s: %w", d.Path(), err)
 	}
 	if err := unix.Fchmod(d.Fd(), n.meta.mode&0o7777); err != nil {
-		return fmt.Errorf("chmod %s: %w", shown, err)
+		return fmt.Errorf("chmod %s: %w", d.Path(), err)
 	}
 	if err := beneath.Futimens(d.Fd(), n.meta.atime, n.meta.mtime); err != nil {
-		return fmt.Errorf("set times of %s: %w", shown, err)
+		return fmt.Errorf("set times of %s: %w", d.Path(), err)
 	}
 	return nil
 }

@@ -43,7 +43,7 @@ func Send(ctx context.Context, src *beneath.Dir, w io.Writer, opts SendOptions) 
 			err = fmt.Errorf("write tree stream: %w", err)
 		}
 	}
-	if err != nil && ctx.Err() != nil {
+	if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 		err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
 	}
 	return s.stats, err
