@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -87,7 +88,17 @@ type xnode struct {
 	cfg    TransferConfig
 	client *transfer.Client
 	server *transfer.Server
+	addr   string // where server listens
 	wg     sync.WaitGroup
+}
+
+// TransferAddr is the address this node's transfer server listens at (""
+// when it serves none).
+func (d *Driver) TransferAddr() string {
+	if x := d.hostpath.xnode; x != nil {
+		return x.addr
+	}
+	return ""
 }
 
 // startTransfer loads the keys, and starts the transfer server when one is
@@ -113,14 +124,15 @@ func (d *hostpathDriver) startTransfer() error {
 	}
 	if cfg.Listen != "" {
 		x.server = &transfer.Server{Keys: keys, Handler: transferHandler{d}, MaxTransfers: cfg.MaxTransfers, RateBytesPerSec: cfg.RateBytesPerSec}
-		ln, err := transfer.Listen(cfg.Listen)
+		ln, err := net.Listen("tcp", cfg.Listen)
 		if err != nil {
 			return fmt.Errorf("transfer server: %w", err)
 		}
+		x.addr = ln.Addr().String()
 		x.wg.Add(1)
 		go func() {
 			defer x.wg.Done()
-			if err := x.server.Serve(ln); err != nil {
+			if err := x.server.Serve(ln); err != nil && !errors.Is(err, transfer.ErrServerClosed) {
 				klog.ErrorS(err, "Transfer server stopped", "address", cfg.Listen)
 			}
 		}()

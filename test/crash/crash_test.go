@@ -111,6 +111,7 @@ type harness struct {
 	env []string
 	// args are added to the driver's command line.
 	args    []string
+	nodeID  string // default crash-node
 	dir     string
 	socket  string
 	cmd     *exec.Cmd
@@ -195,7 +196,11 @@ func (h *harness) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.cmd = exec.Command(h.bin, "--endpoint=unix://"+h.socket, "--nodeid=crash-node",
+	nodeID := h.nodeID
+	if nodeID == "" {
+		nodeID = "crash-node"
+	}
+	h.cmd = exec.Command(h.bin, "--endpoint=unix://"+h.socket, "--nodeid="+nodeID,
 		"--state-dir="+filepath.Join(h.dir, "state"), "--data-dir="+filepath.Join(h.dir, "data"), "-v=2")
 	h.cmd.Args = append(h.cmd.Args, h.args...)
 	h.cmd.Stdout, h.cmd.Stderr = h.logFile, h.logFile
