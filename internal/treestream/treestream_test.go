@@ -209,8 +209,11 @@ func TestRoundTrip(t *testing.T) {
 }
 
 // smallStream is the stream of a small tree of every kind of entry, with
-// a file of several data chunks.
-func smallStream(t testing.TB) []byte {
+// a file of two data chunks.
+func smallStream(t testing.TB) []byte { return streamOf(t, ChunkSize+1000) }
+
+// streamOf is smallStream with a big file of size bytes.
+func streamOf(t testing.TB, size int) []byte {
 	t.Helper()
 	src := t.TempDir()
 	must := func(err error) {
@@ -220,7 +223,7 @@ func smallStream(t testing.TB) []byte {
 		}
 	}
 	must(os.MkdirAll(filepath.Join(src, "d", "e"), 0o750))
-	data := make([]byte, ChunkSize+1000) // two chunks
+	data := make([]byte, size)
 	rand.Read(data)
 	f, err := os.Create(filepath.Join(src, "d", "big"))
 	must(err)
@@ -240,7 +243,12 @@ func smallStream(t testing.TB) []byte {
 // canary, and fails the test if anything changed outside dst.
 func receiveInto(t testing.TB, stream []byte) (string, error) {
 	t.Helper()
-	parent := t.TempDir()
+	return receiveIn(t, t.TempDir(), stream)
+}
+
+// receiveIn is receiveInto in parent, an empty directory.
+func receiveIn(t testing.TB, parent string, stream []byte) (string, error) {
+	t.Helper()
 	outside := filepath.Join(parent, "outside")
 	if err := os.Mkdir(outside, 0o755); err != nil {
 		t.Fatal(err)
@@ -711,14 +719,20 @@ func FuzzReceive(f *testing.F) {
 	if os.Geteuid() != 0 {
 		f.Skip("needs root: streams hold owners and device nodes")
 	}
-	f.Add(smallStream(f))
+	f.Add(streamOf(f, 3000)) // small inputs: the fuzzer mutates and minimizes them
+	f.Add(streamOf(f, 0))
 	f.Add(newBuilder().dir("").file("f", "hello").leave().trailer(Stats{Dirs: 1, Files: 1, Bytes: 5, DataBytes: 5}))
 	src := f.TempDir()
 	testutil.WriteSampleTree(f, src, 3)
 	sample, _ := send(f, src)
 	f.Add(sample)
 	f.Fuzz(func(t *testing.T, stream []byte) {
-		dst, err := receiveInto(t, stream)
+		parent, err := os.MkdirTemp("", "fuzz-receive-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(parent)
+		dst, err := receiveIn(t, parent, stream)
 		if err == nil {
 			// Only a stream with a valid trailer may be received.
 			if len(stream) < 32 || !bytes.Equal(sha256Sum(stream[:len(stream)-32]), stream[len(stream)-32:]) {
