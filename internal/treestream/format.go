@@ -40,7 +40,9 @@
 // anything. Receive checks every name (one path component, not . or ..,
 // at most 255 bytes), bounds every length before allocating for it (record
 // headers, names, symlink targets, xattrs, data chunks), bounds the depth,
-// makes hard links only to files received earlier in the same stream, and
+// makes hard links only to files received earlier in the same stream,
+// holds at most 256 MiB of what it must keep until the end (directories'
+// metadata, hard links' names), and
 // creates and writes everything through descriptors of directories it made
 // under dst, without following symlinks: nothing outside dst is ever
 // created or written. A stream that fails its checks is ErrCorrupt, one that

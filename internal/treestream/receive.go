@@ -110,13 +110,22 @@ type receiver struct {
 
 // read fills p from the stream and hashes it.
 func (r *receiver) read(p []byte) error {
-	if _, err := io.ReadFull(r.br, p); err != nil {
+	if err := readFull(r.br, p); err != nil {
+		return err
+	}
+	r.h.Write(p)
+	return nil
+}
+
+// readFull reads p; a stream that ends or fails first (a sender killed, a
+// connection reset) ended before its trailer.
+func readFull(rd io.Reader, p []byte) error {
+	if _, err := io.ReadFull(rd, p); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return ErrTruncated
 		}
-		return fmt.Errorf("read tree stream: %w", err)
+		return fmt.Errorf("%w: %w", ErrTruncated, err)
 	}
-	r.h.Write(p)
 	return nil
 }
 
@@ -277,7 +286,7 @@ func (r *receiver) dir(p []byte) error {
 	if r.top == nil {
 		r.top, dir = node, r.root
 	} else {
-		if len(r.stack) >= beneath.MaxDepth {
+		if len(r.stack) > beneath.MaxDepth { // the stack holds the root too
 			return corrupt("%w", beneath.ErrTooDeep)
 		}
 		if err := r.hold(len(name)); err != nil {
@@ -582,11 +591,8 @@ func (r *receiver) trailer(p []byte) error {
 	}
 	want := r.h.Sum(nil)
 	got := make([]byte, sha256.Size)
-	if _, err := io.ReadFull(r.br, got); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return ErrTruncated
-		}
-		return fmt.Errorf("read tree stream: %w", err)
+	if err := readFull(r.br, got); err != nil {
+		return err
 	}
 	if subtle.ConstantTimeCompare(got, want) != 1 {
 		return corrupt("SHA-256 of the stream is %x, its trailer says %x", want, got)

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -312,6 +313,15 @@ func TestTruncatedStream(t *testing.T) {
 		_, err := receiveInto(t, stream[:cut])
 		if !errors.Is(err, ErrTruncated) {
 			t.Fatalf("stream cut at %d of %d: %v, want ErrTruncated", cut, len(stream), err)
+		}
+	}
+	// A connection reset mid-stream is a truncation too.
+	reset := errors.New("connection reset by peer")
+	for _, cut := range []int{0, 100, len(stream) / 2, len(stream) - 1} {
+		_, err := Receive(context.Background(), io.MultiReader(bytes.NewReader(stream[:cut]), iotest.ErrReader(reset)),
+			filepath.Join(t.TempDir(), "dst"), ReceiveOptions{})
+		if !errors.Is(err, ErrTruncated) || !errors.Is(err, reset) {
+			t.Fatalf("stream failing at %d: %v, want ErrTruncated wrapping the read error", cut, err)
 		}
 	}
 	if _, err := receiveInto(t, stream); err != nil {
