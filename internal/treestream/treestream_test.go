@@ -38,6 +38,15 @@ func acl(uid uint32) []byte {
 	return b
 }
 
+// fileCap encodes a file capability (VFS_CAP_REVISION_2: cap_net_raw
+// permitted and effective), which chown and writes clear.
+func fileCap() []byte {
+	b := binary.LittleEndian.AppendUint32(nil, 0x02000000|1) // revision 2, effective
+	b = binary.LittleEndian.AppendUint32(b, 1<<13)           // permitted: CAP_NET_RAW
+	b = binary.LittleEndian.AppendUint32(b, 0)               // inheritable
+	return binary.LittleEndian.AppendUint64(b, 0)            // the high words
+}
+
 // writeFullTree adds to the sample tree every kind of entry copytree
 // keeps that the sample lacks: special modes, FIFOs, sockets, device
 // nodes, a hard-linked FIFO, ACLs and a default ACL, xattrs on a symlink
@@ -82,13 +91,15 @@ func writeFullTree(t *testing.T, root string) {
 
 	must(os.Lchown(p("a"), 1000, 1000))
 	must(os.Lchown(p("abs"), 1003, 1004))
-	must(os.Chmod(p("sticky"), 0o1777))
-	must(os.Chmod(p("setuid"), 0o4755))
-	must(os.Chmod(p("a"), 0o2750))
-	must(os.Chmod(p("readonly"), 0o555))
 	must(unix.Setxattr(p("acl"), "system.posix_acl_access", acl(1000), 0))
 	must(unix.Setxattr(p("a"), "system.posix_acl_access", acl(1001), 0))
 	must(unix.Setxattr(p("a"), "system.posix_acl_default", acl(1002), 0))
+	// unix.Chmod: os.Chmod takes an os.FileMode, which drops raw 0o7000 bits.
+	must(unix.Chmod(p("sticky"), 0o1777))
+	must(unix.Chmod(p("setuid"), 0o4755))
+	must(unix.Chmod(p("a"), 0o2750))
+	must(unix.Chmod(p("readonly"), 0o555))
+	must(unix.Setxattr(p("setuid"), "security.capability", fileCap(), 0))
 	must(unix.Setxattr(p("chunks"), "user.color", []byte("blue"), 0))
 	must(unix.Setxattr(p("chunks"), "trusted.big", bytes.Repeat([]byte{7}, 4000), 0))
 	must(unix.Lsetxattr(p("abs"), "trusted.link", []byte("of a symlink"), 0))
@@ -156,6 +167,15 @@ func TestRoundTrip(t *testing.T) {
 			name:  "every kind of entry",
 			build: writeFullTree,
 			check: func(t *testing.T, dst string, st Stats) {
+				for rel, want := range map[string]uint32{"setuid": 0o4755, "sticky": 0o1777, "a": 0o2750, "readonly": 0o555} {
+					var s unix.Stat_t
+					if err := unix.Lstat(filepath.Join(dst, rel), &s); err != nil || s.Mode&0o7777 != want {
+						t.Errorf("%s: mode %o, want %o (%v)", rel, s.Mode&0o7777, want, err)
+					}
+				}
+				if v, err := unix.Getxattr(filepath.Join(dst, "setuid"), "security.capability", make([]byte, 64)); err != nil || v != len(fileCap()) {
+					t.Errorf("file capability of setuid: %d bytes, %v", v, err)
+				}
 				// Holes stay holes: 3 MiB of data in a 40 MiB file, 4 KiB in 32 MiB.
 				if a := allocated(t, filepath.Join(dst, "chunks")); a > 4<<20 {
 					t.Errorf("chunks allocates %d bytes", a)
