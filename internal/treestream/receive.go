@@ -29,8 +29,10 @@ type ReceiveOptions struct {
 
 // Receive reads a stream written by Send and makes the tree at dst, which
 // must not exist (its parent must). It succeeds only once the stream's
-// trailer has verified; it reads nothing after the trailer. A stream that
-// fails a check is ErrCorrupt, one that ends early ErrTruncated. On error
+// trailer has verified. It reads r through a buffer, so bytes after the
+// trailer may be consumed: r should carry one stream. A stream that fails
+// a check is ErrCorrupt, one that ends early (or whose reads fail)
+// ErrTruncated, one of another format version ErrVersion. On error
 // dst may be left partial; the caller removes it. Cancelling ctx stops
 // Receive between records and, where r is an io.PipeReader (closed with
 // the cause) or has SetReadDeadline (a net.Conn), during a blocked read.
