@@ -45,6 +45,18 @@ func Receive(ctx context.Context, r io.Reader, dst string, opts ReceiveOptions) 
 		return Stats{}, fmt.Errorf("open receive destination: %w", err)
 	}
 	defer root.Close()
+	return ReceiveInto(ctx, r, root, opts)
+}
+
+// ReceiveInto is Receive into root, an empty directory the caller made
+// and opened (a btrfs subvolume, say) and still owns; the stream's root
+// metadata is applied to it.
+func ReceiveInto(ctx context.Context, r io.Reader, root *beneath.Dir, opts ReceiveOptions) (_ Stats, err error) {
+	if names, err := root.Names(); err != nil {
+		return Stats{}, fmt.Errorf("read receive destination: %w", err)
+	} else if len(names) > 0 {
+		return Stats{}, fmt.Errorf("receive destination %s is not empty", root.Path())
+	}
 	stop := unblockOnCancel(ctx, r, true)
 	defer stop()
 	rc := &receiver{ctx: ctx, root: root, h: sha256.New(), br: bufio.NewReaderSize(r, 256<<10)}

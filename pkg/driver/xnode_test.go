@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"testing"
 	"time"
 
@@ -130,7 +131,7 @@ func TestRestoreAndCloneFromAnotherNode(t *testing.T) {
 				t.Fatal(err)
 			}
 			snapDir := n.a.d.hostpath.vols.SnapshotPath(snap.GetSnapshot().GetSnapshotId())
-			want := testutil.TreeManifest(t, snapDir)
+			want := manifestOf(t, snapDir, tc.params != nil || tc.block)
 
 			for _, mk := range []struct {
 				what string
@@ -145,7 +146,7 @@ func TestRestoreAndCloneFromAnotherNode(t *testing.T) {
 					t.Fatalf("%s on node-b: %v", mk.what, err)
 				}
 				dst := n.b.d.hostpath.vols.Path(v.GetVolumeId())
-				if got := testutil.TreeManifest(t, dst); testutil.DiffManifests(want, got) != "" {
+				if got := manifestOf(t, dst, tc.params != nil || tc.block); testutil.DiffManifests(want, got) != "" {
 					t.Errorf("%s on node-b differs from node-a's source:\n%s", mk.what, testutil.DiffManifests(want, got))
 				}
 				if v.GetContentSource() == nil {
@@ -167,6 +168,21 @@ func TestRestoreAndCloneFromAnotherNode(t *testing.T) {
 		t.Errorf("node-a's partial/ holds %d entries after the transfers", len(left))
 	}
 }
+
+// manifestOf is the tree's manifest; for an image, without its file's
+// mtime, which the fit to the new volume's capacity sets (as in a restore
+// on the same node).
+func manifestOf(t *testing.T, dir string, image bool) []string {
+	m := testutil.TreeManifest(t, dir)
+	if image {
+		for i := range m {
+			m[i] = mtimeField.ReplaceAllString(m[i], "")
+		}
+	}
+	return m
+}
+
+var mtimeField = regexp.MustCompile(` mtime=[0-9.]+`)
 
 func imageFileOf(t *testing.T, dir string) string {
 	t.Helper()
@@ -231,7 +247,7 @@ func TestDeleteOfASnapshotBeingSent(t *testing.T) {
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	_, err = n.b.d.CreateVolume(short, fromSnapshot("restored", 64<<20, snapID))
 	cancel()
-	wantCode(t, err, codes.DeadlineExceeded) // the fetch goes on without its caller
+	wantPending(t, err) // the fetch goes on without its caller
 	var delErr error
 	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
 		if _, delErr = n.a.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snapID}); status.Code(delErr) == codes.Aborted {
@@ -276,7 +292,7 @@ func TestSenderGoneMidTransfer(t *testing.T) {
 	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	_, err = n.b.d.CreateVolume(short, req)
 	cancel()
-	wantCode(t, err, codes.DeadlineExceeded)
+	wantPending(t, err)
 	n.a.d.Close() // mid-send: 32 MiB at 4 MiB/s takes 8 s
 	var last error
 	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
@@ -305,5 +321,13 @@ func TestSenderGoneMidTransfer(t *testing.T) {
 	got, err := os.ReadFile(filepath.Join(n.b.d.hostpath.vols.Path(v.GetVolumeId()), "data"))
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("restored data: %d bytes, %v", len(got), err)
+	}
+}
+
+// wantPending checks a call answered while its copy goes on.
+func wantPending(t *testing.T, err error) {
+	t.Helper()
+	if c := status.Code(err); c != codes.DeadlineExceeded && c != codes.Aborted {
+		t.Fatalf("got %v, want DeadlineExceeded or Aborted (the copy running on)", err)
 	}
 }

@@ -121,10 +121,10 @@ func writeSampleTree(t *testing.T, dir string) {
 	must(os.Symlink("../where", filepath.Join(dir, "db/where-symlink")))
 	must(os.Lchown(filepath.Join(dir, "db/base/1/16384"), 999, 999))
 	must(os.Chown(filepath.Join(dir, "db"), 999, 998))
-	must(os.Chmod(filepath.Join(dir, "sparse"), 0o4755))
+	must(syscall.Chmod(filepath.Join(dir, "sparse"), 0o4755))
 	must(syscall.Setxattr(filepath.Join(dir, "db/base/1/16384"), "user.checksum", []byte("abc123"), 0))
 	must(os.Mkdir(filepath.Join(dir, "empty"), 0o1777))
-	must(os.Chmod(filepath.Join(dir, "empty"), 0o1777))
+	must(syscall.Chmod(filepath.Join(dir, "empty"), 0o1777))
 }
 
 // manifest describes a tree as its user sees it, one line per entry (atime
