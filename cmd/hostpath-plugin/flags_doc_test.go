@@ -72,6 +72,11 @@ var proseDefaults = map[string]string{
 	"udev-rules-dir":                    "off: the empty default writes no rules",
 	"nfs-mount-dir":                     "<state-dir>/nfs: under --state-dir, at start",
 	"version":                           "a command, not a setting: no default",
+	"transfer-listen":                   "off: the empty default serves no peer",
+	"transfer-peers":                    "off: the empty default fetches from no peer",
+	"transfer-namespace":                "the pod's own, read at start from its service account",
+	"kubeconfig":                        "the pod's service account: the empty default",
+	"transfer-rate":                     "off: the empty default bounds nothing",
 }
 
 var (

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/peers"
 	"github.com/hostpath-csi/hostpath-csi/pkg/driver"
@@ -32,7 +33,7 @@ func registerTransferFlags(fs *flag.FlagSet, f *transferFlags, cfg *driver.Trans
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig to reach the API server with --transfer-peers=kubernetes (default: the pod's service account)")
 	fs.IntVar(&cfg.MaxTransfers, "max-concurrent-transfers", 2, "transfers to and from other nodes that run at once, each way; more wait their turn")
 	fs.Var(sizeValue{&cfg.RateBytesPerSec}, "transfer-rate", "bytes per second all transfers together may send, and receive (100Mi, or bytes); default no bound")
-	fs.DurationVar(&cfg.IdleTimeout, "transfer-idle-timeout", 0, "a transfer whose peer sends nothing for this long fails (default 1m)")
+	fs.DurationVar(&cfg.IdleTimeout, "transfer-idle-timeout", time.Minute, "a transfer whose peer sends nothing for this long fails")
 }
 
 // finder makes the --transfer-peers finder.
