@@ -84,6 +84,14 @@ if [ "$(id -u)" = 0 ]; then
 	go test -run '^$' -bench Tree -benchtime 3x ./internal/copytree/ | grep -E '^(Benchmark|ok|FAIL)|mechanism' | sort -u
 fi
 
+# A restore across nodes: the tree over the authenticated transfer channel
+# (treestream both ways), against GNU tar through plain TLS 1.3 between the
+# same loopback endpoints; and the channel alone against plain TLS.
+echo
+echo "== Transfer between nodes (loopback): tree over the channel vs tar over plain TLS; bytes over the channel vs plain TLS =="
+go test -run '^$' -bench 'TreeTransfer|TreePlainTLSTar|Transfer$|PlainTLS$' -benchtime 3x ./internal/transfer/ | grep -E '^(Benchmark|ok|FAIL)'
+go test -run '^$' -bench SendReceive -benchtime 3x ./internal/treestream/ | grep -E '^(Benchmark|ok|FAIL)'
+
 # Snapshot, restore and clone of issue 3's reference volume (1 GiB random
 # file + 10000 x 4 KiB) with the driver's state and data on each filesystem.
 if [ "$(id -u)" = 0 ]; then
