@@ -61,6 +61,9 @@ type Server struct {
 	// MaxTransfers bounds the transfers served at once; more wait for a
 	// slot (and the client with them). 0 is unlimited.
 	MaxTransfers int
+	// Unbounded, when set, names the requests that need no slot: short
+	// answers (a lookup) that must not queue behind long transfers.
+	Unbounded func(Request) bool
 	// RateBytesPerSec bounds the bytes sent per second, over all transfers
 	// together. 0 is unlimited.
 	RateBytesPerSec int64
@@ -332,11 +335,13 @@ func (s *Server) serveConn(raw net.Conn) {
 	}()
 
 	ans := &Answer{conn: tc, limiter: s.limiter, piece: s.piece, ctx: ctx, remote: remote}
-	if err := s.waitSlot(ctx, ans, req); err != nil {
-		klog.V(2).InfoS("Transfer not served: no slot", "remote", remote, "op", req.Op, "kind", req.Kind, "id", req.ID, "err", err)
-		return
+	if s.Unbounded == nil || !s.Unbounded(req) {
+		if err := s.waitSlot(ctx, ans, req); err != nil {
+			klog.V(2).InfoS("Transfer not served: no slot", "remote", remote, "op", req.Op, "kind", req.Kind, "id", req.ID, "err", err)
+			return
+		}
+		defer s.slots.release()
 	}
-	defer s.slots.release()
 
 	start := time.Now()
 	herr := s.callHandler(ctx, req, ans)

@@ -982,3 +982,50 @@ func TestIdleConnProgress(t *testing.T) {
 		t.Fatalf("read from a silent peer: %v", err)
 	}
 }
+
+// A request the server's Unbounded names is served while every slot is
+// taken by a transfer that does not end until it has been.
+func TestUnboundedRequestsTakeNoSlot(t *testing.T) {
+	k := newKey(t, "k1")
+	release, started := make(chan struct{}), make(chan struct{})
+	h := HandlerFunc(func(ctx context.Context, req Request, ans *Answer) error {
+		if req.Op == "fetch" {
+			close(started)
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		_, err := ans.Write([]byte(req.Op))
+		return err
+	})
+	s := &Server{Keys: keyring(t, k), Handler: h, MaxTransfers: 1, Unbounded: func(r Request) bool { return r.Op == "stat" }}
+	addr := startServer(t, s)
+	c := &Client{Keys: keyring(t, k)}
+	fetched := make(chan error, 1)
+	go func() {
+		_, body, err := c.Do(ctxT(t), addr, Request{Op: "fetch"})
+		if err == nil {
+			_, err = io.ReadAll(body)
+			body.Close()
+		}
+		fetched <- err
+	}()
+	<-started // the fetch holds the only slot until the stats are answered
+	var got []byte
+	for i := 0; i < 2; i++ {
+		_, body, err := (&Client{Keys: keyring(t, k)}).Do(ctxT(t), addr, Request{Op: "stat"})
+		if err != nil {
+			t.Fatalf("stat while a fetch holds the only slot: %v", err)
+		}
+		if got, err = io.ReadAll(body); err != nil || string(got) != "stat" {
+			t.Fatalf("stat answer %q, %v", got, err)
+		}
+		body.Close()
+	}
+	close(release)
+	if err := <-fetched; err != nil {
+		t.Fatalf("fetch: %v", err)
+	}
+}

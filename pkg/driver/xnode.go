@@ -85,11 +85,12 @@ func (r remoteSource) kind() volumeKind { return volumeKind{layout: r.Layout, fs
 
 // xnode is this node's side of cross-node copies.
 type xnode struct {
-	cfg    TransferConfig
-	client *transfer.Client
-	server *transfer.Server
-	addr   string // where server listens
-	wg     sync.WaitGroup
+	cfg     TransferConfig
+	client  *transfer.Client // fetches, bounded
+	lookups *transfer.Client // stats, unbounded
+	server  *transfer.Server
+	addr    string // where server listens
+	wg      sync.WaitGroup
 }
 
 // TransferAddr is the address this node's transfer server listens at (""
@@ -121,9 +122,13 @@ func (d *hostpathDriver) startTransfer() error {
 	x := &xnode{cfg: cfg}
 	if cfg.Peers != nil {
 		x.client = &transfer.Client{Keys: keys, MaxTransfers: cfg.MaxTransfers, RateBytesPerSec: cfg.RateBytesPerSec, IdleTimeout: cfg.IdleTimeout}
+		// Lookups take no transfer slot: a restore's question to its
+		// peers must not wait behind other restores' data.
+		x.lookups = &transfer.Client{Keys: keys, IdleTimeout: cfg.IdleTimeout}
 	}
 	if cfg.Listen != "" {
-		x.server = &transfer.Server{Keys: keys, Handler: transferHandler{d}, MaxTransfers: cfg.MaxTransfers, RateBytesPerSec: cfg.RateBytesPerSec}
+		x.server = &transfer.Server{Keys: keys, Handler: transferHandler{d}, MaxTransfers: cfg.MaxTransfers, RateBytesPerSec: cfg.RateBytesPerSec,
+			Unbounded: func(r transfer.Request) bool { return r.Op == opStat }}
 		ln, err := net.Listen("tcp", cfg.Listen)
 		if err != nil {
 			return fmt.Errorf("transfer server: %w", err)
@@ -177,7 +182,7 @@ func (d *hostpathDriver) locateRemote(ctx context.Context, kind, id string) (pee
 	answers := make(chan answer, len(list))
 	for _, p := range list {
 		go func() {
-			meta, body, err := d.xnode.client.Do(ctx, p.Addr, transfer.Request{Op: opStat, Kind: kind, ID: id})
+			meta, body, err := d.xnode.lookups.Do(ctx, p.Addr, transfer.Request{Op: opStat, Kind: kind, ID: id})
 			var src remoteSource
 			if err == nil {
 				body.Close()
