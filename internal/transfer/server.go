@@ -344,7 +344,25 @@ func (s *Server) serveConn(raw net.Conn) {
 	}
 
 	start := time.Now()
+	// A handler may prepare for a while before its header (a copy at one
+	// point in time, a lock): the client hears it is alive meanwhile.
+	prepared := make(chan struct{})
+	go func() {
+		t := time.NewTicker(s.QueueKeepalive)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				if !ans.keepaliveBeforeHeader() {
+					return
+				}
+			case <-prepared:
+				return
+			}
+		}
+	}()
 	herr := s.callHandler(ctx, req, ans)
+	close(prepared)
 	werr := ans.finish(herr)
 	klog.V(4).InfoS("Transfer served", "remote", remote, "key", keyID, "op", req.Op, "kind", req.Kind, "id", req.ID,
 		"bytes", ans.bytes, "duration", time.Since(start), "handlerErr", herr, "writeErr", werr)
@@ -560,6 +578,17 @@ func (a *Answer) finish(herr error) error {
 	}
 	a.done = true
 	return err
+}
+
+// keepaliveBeforeHeader sends a keepalive frame if no header went out yet;
+// false once one did (or the connection broke).
+func (a *Answer) keepaliveBeforeHeader() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.headerSent || a.done {
+		return false
+	}
+	return a.frameLocked(frameKeepalive, nil) == nil
 }
 
 func (a *Answer) endLocked(e endStatus) error {

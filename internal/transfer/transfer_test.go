@@ -1029,3 +1029,32 @@ func TestUnboundedRequestsTakeNoSlot(t *testing.T) {
 		t.Fatalf("fetch: %v", err)
 	}
 }
+
+// A handler that prepares longer than the client's idle timeout before its
+// header (a point-in-time copy) keeps the client waiting, not failing.
+func TestKeepaliveWhileHandlerPrepares(t *testing.T) {
+	k := newKey(t, "k1")
+	h := HandlerFunc(func(ctx context.Context, req Request, ans *Answer) error {
+		select {
+		case <-time.After(1500 * time.Millisecond): // five idle timeouts
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if err := ans.Header(map[string]int{"n": 1}); err != nil {
+			return err
+		}
+		_, err := ans.Write([]byte("ready"))
+		return err
+	})
+	addr := startServer(t, &Server{Keys: keyring(t, k), Handler: h, QueueKeepalive: 50 * time.Millisecond})
+	c := &Client{Keys: keyring(t, k), IdleTimeout: 300 * time.Millisecond}
+	meta, body, err := c.Do(ctxT(t), addr, Request{Op: "fetch"})
+	if err != nil {
+		t.Fatalf("a handler preparing past the idle timeout: %v", err)
+	}
+	defer body.Close()
+	got, err := io.ReadAll(body)
+	if err != nil || string(got) != "ready" || string(meta) != `{"n":1}` {
+		t.Fatalf("answer %q %q, %v", meta, got, err)
+	}
+}
