@@ -28,7 +28,10 @@ import (
 // Peer is another node's driver.
 type Peer struct {
 	Node string // the node's name (its driver's --nodeid)
-	Addr string // host:port of its transfer server
+	// Addr is host:port of its transfer server; empty while the node's
+	// driver pod is not running (starting, or replaced in a rolling
+	// update): that node may hold what is asked for, and cannot say.
+	Addr string
 }
 
 // Finder lists the drivers of the other nodes.
@@ -107,8 +110,9 @@ func NewKubernetes(kubeconfig, namespace, selector string, port int, self string
 	return &Kubernetes{Pods: client, Namespace: namespace, Selector: sel, Port: port, Self: self}, nil
 }
 
-// Peers lists the driver pods that run on other nodes and have an address,
-// one per node (the newest where a rolling update runs two), in node order.
+// Peers lists the driver pods on other nodes, one per node (the newest
+// running one where a rolling update runs two), in node order; a node whose
+// only pods are not running, or going, is listed without an address.
 func (k *Kubernetes) Peers(ctx context.Context) ([]Peer, error) {
 	list, err := k.Pods.Pods(k.Namespace).List(ctx, metav1.ListOptions{LabelSelector: k.Selector.String()})
 	if err != nil {
@@ -119,19 +123,28 @@ func (k *Kubernetes) Peers(ctx context.Context) ([]Peer, error) {
 
 func fromPods(pods []corev1.Pod, port int, self string) []Peer {
 	newest := map[string]*corev1.Pod{}
+	nodes := map[string]bool{}
 	for i := range pods {
 		p := &pods[i]
 		node := p.Spec.NodeName
-		if node == "" || node == self || p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" {
+		if node == "" || node == self {
+			continue
+		}
+		nodes[node] = true
+		if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" {
 			continue
 		}
 		if o := newest[node]; o == nil || o.CreationTimestamp.Before(&p.CreationTimestamp) {
 			newest[node] = p
 		}
 	}
-	out := make([]Peer, 0, len(newest))
-	for node, p := range newest {
-		out = append(out, Peer{Node: node, Addr: net.JoinHostPort(p.Status.PodIP, strconv.Itoa(port))})
+	out := make([]Peer, 0, len(nodes))
+	for node := range nodes {
+		peer := Peer{Node: node}
+		if p := newest[node]; p != nil {
+			peer.Addr = net.JoinHostPort(p.Status.PodIP, strconv.Itoa(port))
+		}
+		out = append(out, peer)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
 	return out

@@ -25,7 +25,14 @@ type ReceiveOptions struct {
 	// Nice runs the writes at this nice value (1..19) on a thread of their
 	// own that is discarded afterwards.
 	Nice int
+	// MaxDataBytes, when positive, bounds the data written (holes aside):
+	// a stream that carries more fails with ErrTooLarge before the write
+	// that would pass it.
+	MaxDataBytes int64
 }
+
+// ErrTooLarge is a stream carrying more data than ReceiveOptions allow.
+var ErrTooLarge = errors.New("treestream: the stream carries more data than the destination may hold")
 
 // Receive reads a stream written by Send and makes the tree at dst, which
 // must not exist (its parent must). It succeeds only once the stream's
@@ -59,7 +66,7 @@ func ReceiveInto(ctx context.Context, r io.Reader, root *beneath.Dir, opts Recei
 	}
 	stop := unblockOnCancel(ctx, r, true)
 	defer stop()
-	rc := &receiver{ctx: ctx, root: root, h: sha256.New(), br: bufio.NewReaderSize(r, 256<<10)}
+	rc := &receiver{ctx: ctx, root: root, h: sha256.New(), br: bufio.NewReaderSize(r, 256<<10), maxData: opts.MaxDataBytes}
 	niced(opts.Nice, func() { err = rc.run() })
 	for _, l := range rc.stack { // left open by a failed receive
 		if l.dir != root {
@@ -111,6 +118,8 @@ type receiver struct {
 	root *beneath.Dir
 	br   *bufio.Reader
 	h    hash.Hash
+	// maxData bounds the data written (ReceiveOptions.MaxDataBytes).
+	maxData int64
 
 	top       *dirNode
 	stack     []rlevel
@@ -447,6 +456,9 @@ func (r *receiver) fill(fd int, shown string, m meta) error {
 			n := len(b)
 			if o < 0 || o > (1<<62)-ChunkSize {
 				return corrupt("data of %s at offset %d", shown, uint64(o))
+			}
+			if max := r.maxData; max > 0 && r.stats.DataBytes+int64(n) > max {
+				return fmt.Errorf("%w (more than %d bytes, at %s)", ErrTooLarge, max, shown)
 			}
 			for len(b) > 0 {
 				w, err := unix.Pwrite(fd, b, o)

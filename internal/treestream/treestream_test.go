@@ -771,3 +771,41 @@ func FuzzReceive(f *testing.F) {
 		}
 	})
 }
+
+// A stream with more data than MaxDataBytes allows fails before the write
+// that would pass it; one within it is received, holes not counted.
+func TestReceiveBoundsItsData(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("x"), 3<<20)
+	if err := os.WriteFile(filepath.Join(src, "a"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(src, "sparse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("y"), 1<<30) // 1 GiB apparent, one block of data
+	f.Close()
+	stream, st := send(t, src)
+	for _, tc := range []struct {
+		max  int64
+		fail bool
+	}{
+		{0, false},
+		{st.DataBytes, false},
+		{st.DataBytes - 1, true},
+		{1 << 20, true},
+	} {
+		dst := filepath.Join(t.TempDir(), "dst")
+		got, err := Receive(context.Background(), bytes.NewReader(stream), dst, ReceiveOptions{MaxDataBytes: tc.max})
+		if tc.fail != errors.Is(err, ErrTooLarge) || (!tc.fail && err != nil) {
+			t.Errorf("MaxDataBytes %d of a %d-byte stream: %v", tc.max, st.DataBytes, err)
+		}
+		if tc.fail && got.DataBytes > tc.max {
+			t.Errorf("MaxDataBytes %d: wrote %d bytes before failing", tc.max, got.DataBytes)
+		}
+	}
+}

@@ -143,7 +143,7 @@ func (d *hostpathDriver) copyIntoVolume(ctx context.Context, v *state.Volume, sr
 	start := time.Now()
 	st, err := d.copyStep(ctx, v.ID, func() (hostpath.CopyResult, error) {
 		if src.remote != nil {
-			n, err := d.fetchInto(ctx, src, v.ID)
+			n, err := d.fetchInto(ctx, src, v, limit)
 			return hostpath.CopyResult{Mechanism: "transfer", Bytes: n}, err
 		}
 		if src.snapshotID != "" {

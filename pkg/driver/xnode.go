@@ -182,6 +182,10 @@ func (d *hostpathDriver) locateRemote(ctx context.Context, kind, id string) (pee
 	answers := make(chan answer, len(list))
 	for _, p := range list {
 		go func() {
+			if p.Addr == "" {
+				answers <- answer{p, remoteSource{}, errors.New("its driver is not running")}
+				return
+			}
 			meta, body, err := d.xnode.lookups.Do(ctx, p.Addr, transfer.Request{Op: opStat, Kind: kind, ID: id})
 			var src remoteSource
 			if err == nil {
@@ -201,6 +205,9 @@ func (d *hostpathDriver) locateRemote(ctx context.Context, kind, id string) (pee
 			cancel() // the others need not answer
 			return a.peer, a.src, nil
 		case status.Code(a.err) == codes.NotFound:
+		case definite(a.err):
+			cancel()
+			return peers.Peer{}, remoteSource{}, peerError(a.err, fmt.Sprintf("%s is on node %s (%s), which refuses it", what, a.peer.Node, a.peer.Addr))
 		default:
 			unreachable = append(unreachable, fmt.Sprintf("%s (%s): %v", a.peer.Node, a.peer.Addr, a.err))
 		}
@@ -209,6 +216,17 @@ func (d *hostpathDriver) locateRemote(ctx context.Context, kind, id string) (pee
 		return peers.Peer{}, remoteSource{}, status.Errorf(codes.Unavailable, "%s is not on this node (%s) nor on any node that answered; not asked: %s", what, d.cfg.NodeID, strings.Join(unreachable, "; "))
 	}
 	return peers.Peer{}, remoteSource{}, notFound("%s is on no node of this driver (asked this node, %s, and %d others)", what, d.cfg.NodeID, len(list))
+}
+
+// definite reports whether a peer's answer is its final word on a source
+// it holds (FAILED_PRECONDITION for a block volume it cannot copy under
+// its pod, say), not a failure to ask it; NOT_FOUND is neither.
+func definite(err error) bool {
+	switch status.Code(err) {
+	case codes.OK, codes.NotFound, codes.Unknown, codes.Unavailable, codes.Canceled, codes.DeadlineExceeded, codes.Internal, codes.Aborted:
+		return false
+	}
+	return true
 }
 
 // remoteContentSource is lockContentSource for a source another node holds.
@@ -231,33 +249,66 @@ func (d *hostpathDriver) remoteContentSource(ctx context.Context, kind, id strin
 	return cs, nil
 }
 
-// fetchInto is the copy of a job that makes volume id from a source on
-// another node.
-func (d *hostpathDriver) fetchInto(ctx context.Context, src *contentSource, volumeID string) (int64, error) {
+// fetchInto is the copy of a job that makes volume v from a source on
+// another node. A source that grew since the call (a clone of a volume
+// expanded meanwhile) makes v grow with it, as a local clone does, within
+// limit (the request's limit_bytes). What is received is bounded by what
+// the source said it holds: a peer cannot fill this node's disk past the
+// room set aside for v, and past what is free for a directory volume (one
+// not held to its size may hold more than its capacity, and restores on
+// one node copy it whole too).
+func (d *hostpathDriver) fetchInto(ctx context.Context, src *contentSource, v *state.Volume, limit int64) (int64, error) {
 	kind, id := xferSnapshot, src.snapshotID
 	if id == "" {
 		kind, id = xferVolume, src.volumeID
 	}
-	_, body, err := d.xnode.client.Do(ctx, src.remote.Addr, transfer.Request{Op: opFetch, Kind: kind, ID: id})
+	from := fmt.Sprintf("node %s (%s)", src.remote.Node, src.remote.Addr)
+	meta, body, err := d.xnode.client.Do(ctx, src.remote.Addr, transfer.Request{Op: opFetch, Kind: kind, ID: id})
 	if err != nil {
-		if _, ok := status.FromError(err); ok {
-			return 0, err
-		}
-		return 0, status.Errorf(codes.Unavailable, "fetch %s %s from node %s (%s): %v", kind, id, src.remote.Node, src.remote.Addr, err)
+		return 0, peerError(err, fmt.Sprintf("fetch %s %s from %s", kind, id, from))
 	}
 	defer body.Close()
-	var st treestream.Stats
-	err = d.vols.ReceiveVolume(ctx, volumeID, func(dst *beneath.Dir) (err error) {
-		st, err = treestream.ReceiveInto(ctx, body, dst, treestream.ReceiveOptions{})
-		return err
-	})
-	if err != nil {
-		if ctx.Err() != nil {
+	var rs remoteSource
+	if err := json.Unmarshal(meta, &rs); err != nil || rs.Node != src.remote.Node || rs.kind() != src.kind {
+		return 0, status.Errorf(codes.Unavailable, "fetch %s %s from %s: its answer (%s, %v) is not what it said before (%s)", kind, id, from, meta, err, src.kind)
+	}
+	if err := d.growForSource(v, rs.Capacity, limit); err != nil {
+		return 0, err
+	}
+	bound := v.CapacityBytes
+	if src.kind.layout == LayoutDirectory {
+		avail, err := d.available()
+		if err != nil {
 			return 0, err
 		}
-		return 0, status.Errorf(codes.Unavailable, "receive %s %s from node %s (%s): %v", kind, id, src.remote.Node, src.remote.Addr, err)
+		bound += max(0, avail)
 	}
-	return st.Bytes, nil
+	var st treestream.Stats
+	err = d.vols.ReceiveVolume(ctx, v.ID, func(dst *beneath.Dir) (err error) {
+		st, err = treestream.ReceiveInto(ctx, body, dst, treestream.ReceiveOptions{Nice: 10, MaxDataBytes: bound})
+		return err
+	})
+	switch {
+	case err == nil:
+		return st.Bytes, nil
+	case ctx.Err() != nil:
+		return 0, err
+	case errors.Is(err, treestream.ErrTooLarge):
+		return 0, status.Errorf(codes.ResourceExhausted, "receive %s %s from %s: it holds more than the %d bytes the new volume may take here", kind, id, from, bound)
+	}
+	return 0, peerError(err, fmt.Sprintf("receive %s %s from %s", kind, id, from))
+}
+
+// peerError is the answer for a peer's refusal or a broken transfer: a
+// peer's own status where it is definite (NOT_FOUND, FAILED_PRECONDITION,
+// OUT_OF_RANGE...: what the call would get on that node), UNAVAILABLE for
+// what a retry may mend (a peer down, a broken connection, a peer busy).
+func peerError(err error, what string) error {
+	if definite(err) || status.Code(err) == codes.NotFound {
+		st, _ := status.FromError(err)
+		return status.Errorf(st.Code(), "%s: %s", what, st.Message())
+	}
+	return status.Errorf(codes.Unavailable, "%s: %v", what, err)
 }
 
 // transferHandler serves this node's snapshots and volumes to its peers.
@@ -344,12 +395,25 @@ func (d *hostpathDriver) describeLocal(kind, id string) (remoteSource, error) {
 // serveFetch streams a snapshot, or a point-in-time copy of a volume.
 func (d *hostpathDriver) serveFetch(ctx context.Context, req transfer.Request, rs remoteSource, ans *transfer.Answer) error {
 	dir := d.vols.SnapshotPath(req.ID)
-	if req.Kind == xferVolume {
+	switch {
+	case req.Kind != xferVolume:
+	case rs.kind().layout == LayoutDirectory && !d.vols.CanReflink():
+		// Sent as it is, as a clone on this node copies it: a directory
+		// has no point in time to freeze, and a copy of it here first
+		// would take its size again from the node's room.
+		dir = d.vols.Path(req.ID)
+	default:
 		var release func()
 		err := d.withCopyLocks(ctx, []string{req.ID}, func(vols map[string]*state.Volume, freeze []string) (err error) {
 			// What the peer makes is the volume as it is now.
 			held := d.heldSize(vols[req.ID])
 			rs.Capacity = max(rs.Capacity, held)
+			if !d.vols.CanReflink() {
+				// A whole copy of an image, here until it is sent.
+				if err := d.roomFor(held); err != nil {
+					return err
+				}
+			}
 			dir, release, err = d.vols.PointInTimeCopy(ctx, req.ID, freeze)
 			return err
 		})
@@ -375,5 +439,21 @@ func (d *hostpathDriver) serveFetch(ctx context.Context, req transfer.Request, r
 		return diskError("send "+req.Kind+" "+req.ID, err)
 	}
 	klog.InfoS("Sent to a peer", "kind", req.Kind, "id", req.ID, "files", st.Files, "bytes", st.Bytes, "dataBytes", st.DataBytes, "duration", time.Since(start))
+	return nil
+}
+
+// roomFor refuses a temporary copy of n bytes that the node's room for
+// volumes does not have (what is available once what volumes may still
+// fill is set aside).
+func (d *hostpathDriver) roomFor(n int64) error {
+	d.roomMu.Lock()
+	defer d.roomMu.Unlock()
+	avail, err := d.available()
+	if err != nil {
+		return err
+	}
+	if n > avail {
+		return status.Errorf(codes.ResourceExhausted, "a copy of the volume to send needs %d bytes, and node %s has %d bytes available for volumes", n, d.cfg.NodeID, avail)
+	}
 	return nil
 }
