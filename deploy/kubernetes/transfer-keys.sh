@@ -22,11 +22,12 @@ ns=${HOSTPATH_CSI_NAMESPACE:-hostpath-csi}
 secret=hostpath-csi-transfer
 wait=${ROTATE_WAIT:-90s}
 
-newkey() { printf 'k%s %s\n' "$(date -u +%Y%m%dT%H%M%S)" "$(head -c 32 /dev/urandom | base64 -w0)"; }
+newkey() { printf 'k%s %s\n' "$(date -u +%Y%m%dT%H%M%S)" "$(head -c 32 /dev/urandom | base64 | tr -d '\n')"; }
 current() { kubectl -n "$ns" get secret "$secret" -o jsonpath='{.data.keys}' | base64 -d; }
-put() { # the whole keys file, from stdin
+put() { # the whole keys file, from stdin; replace, not apply, which would
+	# copy the keys into the last-applied-configuration annotation
 	kubectl -n "$ns" create secret generic "$secret" --from-file=keys=/dev/stdin --dry-run=client -o yaml |
-		kubectl -n "$ns" apply -f - >/dev/null
+		kubectl -n "$ns" replace -f - >/dev/null
 }
 
 case "${1:-}" in
@@ -39,7 +40,11 @@ create)
 	newkey | kubectl -n "$ns" create secret generic "$secret" --from-file=keys=/dev/stdin
 	;;
 rotate)
-	old=$(current | grep -v '^#' | grep -v '^$')
+	old=$(current | grep -v -e '^#' -e '^$' || true)
+	if [ -z "$old" ]; then
+		echo "secret/$secret holds no key; run: $0 create" >&2
+		exit 1
+	fi
 	new=$(newkey)
 	printf '%s\n%s\n' "$old" "$new" | put
 	echo "added key ${new%% *}; waiting $wait for every driver to accept it"

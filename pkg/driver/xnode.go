@@ -129,6 +129,10 @@ func (d *hostpathDriver) startTransfer() error {
 	if cfg.Listen != "" {
 		x.server = &transfer.Server{Keys: keys, Handler: transferHandler{d}, MaxTransfers: cfg.MaxTransfers, RateBytesPerSec: cfg.RateBytesPerSec,
 			Unbounded: func(r transfer.Request) bool { return r.Op == opStat }}
+		if t := cfg.IdleTimeout; t > 0 && t < 4*transfer.DefaultQueueKeepalive {
+			// Peers run with the same flags: keep theirs from timing out.
+			x.server.QueueKeepalive = t / 4
+		}
 		ln, err := net.Listen("tcp", cfg.Listen)
 		if err != nil {
 			return fmt.Errorf("transfer server: %w", err)
