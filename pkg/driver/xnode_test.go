@@ -75,7 +75,7 @@ func newTwoNodes(t *testing.T, bKeys string, tweakA, tweakB func(*Config)) *twoN
 }
 
 // createOn retries CreateVolume as csi-provisioner does while a copy runs
-// (ABORTED), for up to a minute.
+// (ABORTED, or the call's deadline), for up to a minute.
 func createOn(t *testing.T, e *testEnv, req *csi.CreateVolumeRequest) (*csi.Volume, error) {
 	t.Helper()
 	end := time.Now().Add(time.Minute)
@@ -83,7 +83,7 @@ func createOn(t *testing.T, e *testEnv, req *csi.CreateVolumeRequest) (*csi.Volu
 		c, cancel := context.WithTimeout(ctx, 10*time.Second)
 		resp, err := e.d.CreateVolume(c, req)
 		cancel()
-		if status.Code(err) != codes.Aborted || time.Now().After(end) {
+		if c := status.Code(err); (c != codes.Aborted && c != codes.DeadlineExceeded) || time.Now().After(end) {
 			return resp.GetVolume(), err
 		}
 		time.Sleep(20 * time.Millisecond)
