@@ -145,6 +145,11 @@ func run() error {
 		return err
 	}
 	defer d.Close()
+	reapCtx, stopReaper := context.WithCancel(context.Background())
+	defer stopReaper()
+	if err := o.transfer.startReaper(reapCtx, o.cfg.DriverName, o.cfg.NodeID); err != nil {
+		return err
+	}
 
 	l, err := driver.Listen(o.endpoint)
 	if err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"net"
@@ -9,6 +10,11 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/client-go/dynamic"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/hostpath-csi/hostpath-csi/internal/gonenode"
 	"github.com/hostpath-csi/hostpath-csi/internal/peers"
 	"github.com/hostpath-csi/hostpath-csi/pkg/driver"
 )
@@ -16,6 +22,8 @@ import (
 // The flags of restores and clones across nodes.
 type transferFlags struct {
 	peers, selector, namespace, kubeconfig string
+	// goneNodeGrace > 0 runs the sweeper of what gone nodes left.
+	goneNodeGrace time.Duration
 }
 
 // DefaultTransferPort is the transfer server's port in the deploy.
@@ -33,6 +41,7 @@ func registerTransferFlags(fs *flag.FlagSet, f *transferFlags, cfg *driver.Trans
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig to reach the API server with --transfer-peers=kubernetes (default: the pod's service account)")
 	fs.IntVar(&cfg.MaxTransfers, "max-concurrent-transfers", 2, "transfers to and from other nodes that run at once, each way; more wait their turn")
 	fs.Var(sizeValue{&cfg.RateBytesPerSec}, "transfer-rate", "bytes per second all transfers together may send, and receive (100Mi, or bytes); default no bound")
+	fs.DurationVar(&f.goneNodeGrace, "gone-node-grace", 0, "with this set, finish what a node whose Node object is deleted left: once a node has been missing this long, a deleted claim's PV on it is deleted (its data went with it) and its snapshot contents being deleted, or kept off the node, are handed to this node's csi-snapshotter; needs the API (--kubeconfig or the pod's service account); 0 is off")
 	fs.DurationVar(&cfg.IdleTimeout, "transfer-idle-timeout", time.Minute, "a transfer whose peer sends nothing for this long fails")
 }
 
@@ -71,4 +80,29 @@ func (f *transferFlags) finder(self, listen string) (peers.Finder, error) {
 		return nil, fmt.Errorf("--transfer-peers: %w", err)
 	}
 	return s, nil
+}
+
+// startReaper runs the sweeper of what gone nodes left (--gone-node-grace),
+// until ctx ends.
+func (f *transferFlags) startReaper(ctx context.Context, driverName, self string) error {
+	if f.goneNodeGrace <= 0 {
+		return nil
+	}
+	cfg, err := peers.RestConfig(f.kubeconfig, "hostpath-csi-gone-nodes")
+	if err != nil {
+		return fmt.Errorf("--gone-node-grace: %w", err)
+	}
+	core, err := typedcorev1.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("--gone-node-grace: %w", err)
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("--gone-node-grace: %w", err)
+	}
+	r := &gonenode.Reaper{Core: core, Dynamic: dyn, Driver: driverName, TopologyKey: driver.TopologyKeyNode, Self: self, Grace: f.goneNodeGrace}
+	every := min(time.Minute, max(f.goneNodeGrace/2, time.Second))
+	go r.Run(ctx, every)
+	klog.InfoS("Finishing what gone nodes leave", "grace", f.goneNodeGrace, "every", every)
+	return nil
 }

@@ -93,7 +93,22 @@ func NewKubernetes(kubeconfig, namespace, selector string, port int, self string
 	if namespace == "" {
 		return nil, fmt.Errorf("the namespace of the driver's pods is not set")
 	}
+	cfg, err := RestConfig(kubeconfig, "hostpath-csi-transfer")
+	if err != nil {
+		return nil, err
+	}
+	client, err := typedcorev1.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return &Kubernetes{Pods: client, Namespace: namespace, Selector: sel, Port: port, Self: self}, nil
+}
+
+// RestConfig is how the driver reaches the API server: with kubeconfig
+// when it is set, as the pod's service account otherwise.
+func RestConfig(kubeconfig, userAgent string) (*rest.Config, error) {
 	var cfg *rest.Config
+	var err error
 	if kubeconfig != "" {
 		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
 	} else {
@@ -102,12 +117,8 @@ func NewKubernetes(kubeconfig, namespace, selector string, port int, self string
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
 	}
-	cfg.UserAgent = "hostpath-csi-transfer"
-	client, err := typedcorev1.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	return &Kubernetes{Pods: client, Namespace: namespace, Selector: sel, Port: port, Self: self}, nil
+	cfg.UserAgent = userAgent
+	return cfg, nil
 }
 
 // Peers lists the driver pods on other nodes, one per node (the newest
