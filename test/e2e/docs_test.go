@@ -203,7 +203,10 @@ func runDocsPhaseWith(t *testing.T, c *cluster, phase string, before func(docCom
 	if err := os.Symlink(c.kubectl, filepath.Join(bin, "kubectl")); err != nil {
 		t.Fatal(err)
 	}
-	env := append(os.Environ(), "KUBECONFIG="+kubeconfig, "PATH="+bin+":"+os.Getenv("PATH"))
+	// ROTATE_WAIT: deploy/kubernetes/transfer-keys.sh rotate waits this
+	// long between its steps, twice the kubelet's sync period here
+	// (cluster-up.sh) and node 2's copy of the Secret (node2.sh).
+	env := append(os.Environ(), "KUBECONFIG="+kubeconfig, "PATH="+bin+":"+os.Getenv("PATH"), "ROTATE_WAIT=45s")
 	for _, cmd := range cmds {
 		if before != nil {
 			before(cmd)

@@ -53,6 +53,8 @@ var distributed = []scenario{
 	{"restore-on-another-node", testRestoreOnAnotherNode},
 	{"pod-on-node1", testClaimBoundAndUsed},
 	{"docs-distributed", testDocsDistributed},
+	{"restore-after-key-rotation", testRestoreAfterKeyRotation},
+	{"node-gone-for-good", testNodeGoneForGood},
 	{"nothing-mounted", testNothingMounted},
 	{"docs-uninstall", testDocsUninstall},
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	v1 "k8s.io/api/core/v1"
 )
 
 // A restore of a node-1 snapshot, and a clone of a node-1 volume, made by
@@ -22,6 +25,7 @@ import (
 // bytes on node 2 are then those of node 1: contents, holes, owners, modes,
 // links and extended attributes.
 func testRestoreOnAnotherNode(t *testing.T, c *cluster) {
+	keyBeforeRotation = transferKeyIDs(t, c)
 	ns := c.namespace(t, "xnode")
 	c.apply(t, ns, selectedClaim("source", c.node1, ""))
 	src := c.boundPV(t, ns, "source")
@@ -73,6 +77,11 @@ func testRestoreOnAnotherNode(t *testing.T, c *cluster) {
 			t.Errorf("claim %s: the 64 MiB sparse file with 8 KiB of data takes %d bytes on node 2: its holes were filled", name, st.Blocks*512)
 		}
 	}
+
+	// What the README's many-node section shows.
+	t.Logf("kubectl get pv (README):\n%s", c.k(t, "get", "pv", "-o",
+		`custom-columns=CLAIM:.spec.claimRef.name,NODE:.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0],HANDLE:.spec.csi.volumeHandle`,
+		"--sort-by=.spec.claimRef.name"))
 
 	// Deleting removes each node's data; the source and its snapshot
 	// stay on node 1 until then.
@@ -183,4 +192,102 @@ func manifest(t *testing.T, root string) []string {
 		t.Fatal(err)
 	}
 	return lines
+}
+
+// keyBeforeRotation is the transfer key's ID before the docs rotate it.
+var keyBeforeRotation []string
+
+// transferKeyIDs are the key IDs in Secret hostpath-csi-transfer.
+func transferKeyIDs(t *testing.T, c *cluster) []string {
+	t.Helper()
+	out := c.k(t, "-n", "hostpath-csi", "get", "secret", "hostpath-csi-transfer", "-o", "jsonpath={.data.keys}")
+	raw, err := base64.StdEncoding.DecodeString(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keyIDs []string
+	for _, line := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && !strings.HasPrefix(line, "#") {
+			keyIDs = append(keyIDs, f[0])
+		}
+	}
+	return keyIDs
+}
+
+// After the docs' `transfer-keys.sh rotate`: one key, a new one, and a
+// restore across nodes still works: node 2 proves itself with the new key
+// only, which node 1's driver read from its remounted Secret without a
+// restart.
+func testRestoreAfterKeyRotation(t *testing.T, c *cluster) {
+	now := transferKeyIDs(t, c)
+	if len(now) != 1 || len(keyBeforeRotation) != 1 || now[0] == keyBeforeRotation[0] {
+		t.Fatalf("transfer keys %v after the rotation, %v before; want one new key", now, keyBeforeRotation)
+	}
+	eventually(t, time.Minute, "node 2's copy of the key file holds only the new key", func() (bool, error) {
+		b, err := os.ReadFile(filepath.Join(filepath.Dir(c.kubeconfig), "node2", "transfer-keys"))
+		return err == nil && strings.HasPrefix(string(b), now[0]+" ") && strings.Count(string(b), "\n") == 1, nil
+	})
+	ns := c.namespace(t, "xnode-rotated")
+	c.apply(t, ns, selectedClaim("source", c.node1, ""))
+	src := c.boundPV(t, ns, "source")
+	srcDir := volumeDir(c.dataDir1, src.Spec.CSI.VolumeHandle)
+	if err := os.WriteFile(filepath.Join(srcDir, "after-rotation"), []byte(now[0]+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.apply(t, ns, selectedClaim("cloned", c.node2, `  dataSource:
+    kind: PersistentVolumeClaim
+    name: source
+`))
+	pv := c.boundPV(t, ns, "cloned")
+	got, err := os.ReadFile(filepath.Join(volumeDir(c.dataDir2, pv.Spec.CSI.VolumeHandle), "after-rotation"))
+	if pvNode(pv) != c.node2 || err != nil || string(got) != now[0]+"\n" {
+		t.Fatalf("clone on node 2 after the rotation: PV on %q, file %q (%v)", pvNode(pv), got, err)
+	}
+	c.k(t, "-n", ns, "delete", "pvc", "--all")
+}
+
+// Node 2 dies and its Node object is deleted, as for a machine that will
+// not come back: a claim and a snapshot of it on node 2, deleted then, do
+// not stay for ever. Within --gone-node-grace (2m) and a sweep, node 1's
+// driver deletes the claim's PV (its data went with the node) and hands
+// the snapshot's content to node 1's csi-snapshotter, which finishes it.
+// Then node 2 comes back: its data directory still holds the volume and
+// the snapshot, which nothing deletes (docs/transfer.md says so).
+func testNodeGoneForGood(t *testing.T, c *cluster) {
+	ns := c.namespace(t, "gone")
+	c.apply(t, ns, selectedClaim("doomed", c.node2, ""))
+	pv := c.boundPV(t, ns, "doomed")
+	c.apply(t, ns, snapshotOf("doomed-snap", "doomed"))
+	var snap volumeSnapshot
+	eventually(t, 2*time.Minute, "snapshot of doomed ready", func() (bool, error) {
+		ok, err := c.tryGet(&snap, "-n", ns, "volumesnapshot", "doomed-snap")
+		return ok && snap.Status != nil && snap.Status.ReadyToUse != nil && *snap.Status.ReadyToUse, err
+	})
+	contentName := *snap.Status.BoundVolumeSnapshotContentName
+	var content volumeSnapshotContent
+	c.get(t, &content, "volumesnapshotcontent", contentName)
+	snapHandle := *content.Status.SnapshotHandle
+
+	c.script(t, "node2-stop.sh")
+	c.k(t, "delete", "node", c.node2)
+	c.k(t, "delete", "csinode", c.node2, "--ignore-not-found")
+	c.k(t, "-n", ns, "delete", "volumesnapshot", "doomed-snap", "--wait=false")
+	c.k(t, "-n", ns, "delete", "pvc", "doomed", "--wait=false")
+	eventually(t, 6*time.Minute, "the PV and the snapshot content of node 2 gone", func() (bool, error) {
+		var p v1.PersistentVolume
+		pvThere, err := c.tryGet(&p, "pv", pv.Name)
+		if err != nil {
+			return false, err
+		}
+		var vsc volumeSnapshotContent
+		vscThere, err := c.tryGet(&vsc, "volumesnapshotcontent", contentName)
+		return !pvThere && !vscThere, err
+	})
+
+	// Node 2 comes back, disk and all.
+	c.script(t, "node2.sh")
+	if !exists(volumeDir(c.dataDir2, pv.Spec.CSI.VolumeHandle)) || !exists(snapshotDir(c.dataDir2, snapHandle)) {
+		t.Errorf("node 2 came back without the data of its deleted claim and snapshot (volume %s, snapshot %s): "+
+			"nothing but its own driver may remove them", pv.Spec.CSI.VolumeHandle, snapHandle)
+	}
 }

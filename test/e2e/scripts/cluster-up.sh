@@ -210,6 +210,9 @@ evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.availa
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
+# Mounted Secrets are refreshed at each pod sync: 20s, so that the docs'
+# transfer key rotation (ROTATE_WAIT in docs_test.go) reaches the driver.
+syncFrequency: 20s
 EOF2
 innode kubelet "$E2E_BIN/kubelet" --config "$E2E_DIR/kubelet.yaml" --kubeconfig "$KUBECONFIG_E2E" \
 	--hostname-override "$NODE1" --node-ip "$NODE_IP" --cert-dir "$E2E_DIR/kubelet-pki" --v=1

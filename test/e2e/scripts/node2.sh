@@ -37,6 +37,13 @@ sock=$n2/csi.sock
 # finds node 1's driver as node 1 would find it: its pod, by the API.
 $KUBECTL -n hostpath-csi get secret hostpath-csi-transfer -o jsonpath='{.data.keys}' | base64 -d >"$n2/transfer-keys"
 chmod 0400 "$n2/transfer-keys"
+# And kept up to date as the kubelet keeps a mounted Secret (a rotation):
+# copied every 2 s, replaced by a rename so the driver never reads half.
+start node2-transfer-keys sh -c "while :; do
+	$KUBECTL -n hostpath-csi get secret hostpath-csi-transfer -o jsonpath='{.data.keys}' | base64 -d >'$n2/transfer-keys.new' &&
+		[ -s '$n2/transfer-keys.new' ] && chmod 0400 '$n2/transfer-keys.new' && mv -f '$n2/transfer-keys.new' '$n2/transfer-keys'
+	sleep 2
+done"
 start node2-driver "$E2E_CACHE/local/hostpath-plugin" --endpoint "unix://$sock" --nodeid "$NODE2" \
 	--state-dir "$n2/state" --data-dir "$n2/data" --v=2 \
 	--transfer-keys "$n2/transfer-keys" --transfer-peers=kubernetes --kubeconfig "$KUBECONFIG_E2E" \
