@@ -311,17 +311,55 @@ func (b *Backend) Clone(ctx context.Context, sourceID, volumeID string, freeze [
 	return b.copyInto(ctx, b.Path(sourceID), b.Path(volumeID), volumeID, freeze)
 }
 
+// RestoreFrom makes volume volumeID as a copy of src, a directory the
+// caller opened and trusts the place of (a snapshot of a hostpath volume
+// kept on an NFS export), as Restore does: the copy is partial/<volumeID>
+// until it is complete and on disk, then renamed into place; on error
+// nothing of it is left. The copy is file by file (nothing is shared with
+// a source on another filesystem): on btrfs the volume is a directory, not
+// a subvolume.
+func (b *Backend) RestoreFrom(ctx context.Context, src *beneath.Dir, volumeID string) (CopyResult, error) {
+	return b.copyWith(ctx, src.Path(), b.Path(volumeID), volumeID, nil, func(tmp string) (CopyResult, error) {
+		st, err := copytree.TreeFrom(ctx, src, tmp, copyOptions())
+		return CopyResult{Mechanism: string(st.Mechanism()), Files: st.Files, Bytes: st.Bytes}, err
+	})
+}
+
+// CopyOut runs copy with the directory of volume id open (through
+// descriptors: nothing a pod plants in it steers the copy out of it) and
+// the image filesystems mounted at freeze frozen, as Snapshot does: a copy
+// of the volume made elsewhere (a snapshot kept on an NFS export) is one
+// point in time as a local snapshot is. copy must not keep the directory.
+func (b *Backend) CopyOut(ctx context.Context, id string, freeze []string, copy func(src *beneath.Dir) error) error {
+	p := b.Path(id)
+	if err := requireDir(p); err != nil {
+		return fmt.Errorf("copy source: %w", err)
+	}
+	src, err := beneath.OpenRoot(p)
+	if err != nil {
+		return fmt.Errorf("open volume %s to copy it: %w", id, err)
+	}
+	defer src.Close()
+	return imagefs.WithFrozen(b.freezeMarkers, freeze, func() error { return copy(src) })
+}
+
 func (b *Backend) copyInto(ctx context.Context, src, dst, id string, freeze []string) (CopyResult, error) {
 	if err := requireDir(src); err != nil {
 		return CopyResult{}, fmt.Errorf("copy source: %w", err)
 	}
+	return b.copyWith(ctx, src, dst, id, freeze, func(tmp string) (CopyResult, error) { return b.copyTree(ctx, src, tmp) })
+}
+
+// copyWith makes dst by copy into partial/<id>, then a rename: see copyInto.
+// src names the source in messages.
+func (b *Backend) copyWith(ctx context.Context, src, dst, id string, freeze []string, copy func(tmp string) (CopyResult, error)) (CopyResult, error) {
 	tmp := filepath.Join(b.partial, id)
 	if err := b.remove(tmp); err != nil { // a previous attempt's leftovers
 		return CopyResult{}, err
 	}
 	var res CopyResult
 	err := imagefs.WithFrozen(b.freezeMarkers, freeze, func() (err error) {
-		res, err = b.copyTree(ctx, src, tmp)
+		res, err = copy(tmp)
 		return err
 	})
 	if err == nil {
@@ -376,11 +414,15 @@ func (b *Backend) copyTree(ctx context.Context, src, dst string) (CopyResult, er
 			return CopyResult{Mechanism: "btrfs-snapshot"}, nil
 		}
 	}
-	// Nice 10: a long copy must not slow calls on other volumes.
-	// At most 8 workers: a copy is bound by the disk, and each worker
-	// holds a thread of its own.
-	st, err := copytree.Tree(ctx, src, dst, copytree.Options{Nice: 10, Workers: min(8, max(2, runtime.NumCPU()))})
+	st, err := copytree.Tree(ctx, src, dst, copyOptions())
 	return CopyResult{Mechanism: string(st.Mechanism()), Files: st.Files, Bytes: st.Bytes}, err
+}
+
+// copyOptions are a file-by-file copy's: nice 10, so that a long copy does
+// not slow calls on other volumes; at most 8 workers, since a copy is bound
+// by the disk and each worker holds a thread of its own.
+func copyOptions() copytree.Options {
+	return copytree.Options{Nice: 10, Workers: min(8, max(2, runtime.NumCPU()))}
 }
 
 // remove deletes a tree this backend made: a btrfs subvolume at once, with

@@ -37,7 +37,28 @@ func (x *Export) Snapshot(ctx context.Context, subDir, snapKey string) (copytree
 		return copytree.Stats{}, fmt.Errorf("open %s on %s to snapshot it: %w", subDir, x.Name(), err)
 	}
 	defer src.Close()
-	st, err := x.copyIn(ctx, src, "s-"+snapKey, func(partial *beneath.Dir, name string) error {
+	st, err := x.snapshotFrom(ctx, src, snapKey)
+	if err != nil {
+		return st, fmt.Errorf("snapshot %s on %s: %w", subDir, x.Name(), err)
+	}
+	return st, nil
+}
+
+// SnapshotFrom copies src, a directory outside the export that the caller
+// opened and trusts (a hostpath volume of this node), into
+// snapshots/<snapKey>/ as Snapshot does: partial/s-<snapKey> first, in
+// place once on the server, nothing left on error. The caller keeps src
+// unchanging meanwhile (its locks, a freeze).
+func (x *Export) SnapshotFrom(ctx context.Context, src *beneath.Dir, snapKey string) (copytree.Stats, error) {
+	st, err := x.snapshotFrom(ctx, src, snapKey)
+	if err != nil {
+		return st, fmt.Errorf("snapshot %s into %s: %w", src.Path(), x.Name(), err)
+	}
+	return st, nil
+}
+
+func (x *Export) snapshotFrom(ctx context.Context, src *beneath.Dir, snapKey string) (copytree.Stats, error) {
+	return x.copyIn(ctx, src, "s-"+snapKey, func(partial *beneath.Dir, name string) error {
 		snaps, err := x.sub(dirSnapshots)
 		if err != nil {
 			return err
@@ -48,10 +69,21 @@ func (x *Export) Snapshot(ctx context.Context, subDir, snapKey string) (copytree
 		}
 		return nil
 	})
+}
+
+// OpenSnapshot opens the data of snapshot snapKey (snapshots/<snapKey>/),
+// under the timeout, for a copy out of the export (a restore into a
+// hostpath volume); the caller closes it.
+func (x *Export) OpenSnapshot(ctx context.Context, snapKey string) (*beneath.Dir, error) {
+	var d *beneath.Dir
+	err := x.do(ctx, "open snapshot "+snapKey, func() (err error) {
+		d, err = x.sub(path.Join(dirSnapshots, snapKey))
+		return err
+	})
 	if err != nil {
-		return st, fmt.Errorf("snapshot %s on %s: %w", subDir, x.Name(), err)
+		return nil, fmt.Errorf("open snapshot %s on %s: %w", snapKey, x.Name(), err)
 	}
-	return st, nil
+	return d, nil
 }
 
 // Restore copies snapshot snapKey into subDir, which must not exist (its

@@ -138,6 +138,44 @@ type SnapshotRecord struct {
 	SizeBytes      int64     `json:"sizeBytes"`
 	Phase          string    `json:"phase"`
 	CreatedAt      time.Time `json:"createdAt"`
+
+	// The fields below are set on a snapshot of a hostpath volume kept on
+	// the export (a VolumeSnapshotClass with server and share), and absent
+	// from a snapshot of an NFS volume: records of older drivers parse,
+	// and older drivers ignore them.
+
+	// SourceFamily is FamilyHostpath for a snapshot of a hostpath volume,
+	// "" for one of an NFS volume.
+	SourceFamily string `json:"sourceFamily,omitempty"`
+	// SourceNode is the node the hostpath volume was on (for messages:
+	// a restore works on any node).
+	SourceNode string `json:"sourceNode,omitempty"`
+	// SourceRequested is the source's request where the driver made it
+	// larger than asked (see state.Snapshot.SourceRequested).
+	SourceRequested int64 `json:"sourceRequested,omitempty"`
+	// What the source volume was: its access type ("mount", "block"),
+	// layout, an image's filesystem and whether it holds one yet.
+	SourceAccessType string `json:"sourceAccessType,omitempty"`
+	SourceLayout     string `json:"sourceLayout,omitempty"`
+	SourceFSType     string `json:"sourceFSType,omitempty"`
+	SourceFormatted  bool   `json:"sourceFormatted,omitempty"`
+}
+
+// FamilyHostpath is SnapshotRecord.SourceFamily for a snapshot of a
+// hostpath volume.
+const FamilyHostpath = "hostpath"
+
+// OfHostpath reports whether r is a snapshot of a hostpath volume.
+func (r *SnapshotRecord) OfHostpath() bool { return r.SourceFamily == FamilyHostpath }
+
+// RestoreRequest is the least size a restore of r is asked for: the
+// source's request where the driver made the source larger than asked,
+// its capacity otherwise (as state.Snapshot.RestoreRequest).
+func (r *SnapshotRecord) RestoreRequest() int64 {
+	if q := r.SourceRequested; q > 0 && q < r.SourceCapacity {
+		return q
+	}
+	return r.SourceCapacity
 }
 
 type nameEntry struct {
