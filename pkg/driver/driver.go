@@ -249,7 +249,8 @@ func New(cfg Config) (*Driver, error) {
 		return nil, err
 	}
 	c := &core{cfg: cfg, store: store, jobs: newJobs(cfg.MaxConcurrentCopies), metrics: newMetrics(cfg.DriverName)}
-	d := &Driver{core: c, hostpath: &hostpathDriver{core: c, vols: vols}, nfs: &nfsDriver{core: c, exports: nfsVols}, markers: markers}
+	nd := &nfsDriver{core: c, exports: nfsVols}
+	d := &Driver{core: c, hostpath: &hostpathDriver{core: c, vols: vols, nfs: nd}, nfs: nd, markers: markers}
 	d.metrics.registry.MustRegister(stateCollector{d})
 	for range thawed {
 		d.metrics.reconcileAction("thawed_image")

@@ -20,7 +20,10 @@ type hostpathDriver struct {
 	csi.UnimplementedNodeServer
 	*core
 
-	vols  *hostpath.Backend
+	vols *hostpath.Backend
+	// nfs is the NFS family, whose exports keep the snapshots of hostpath
+	// volumes that a VolumeSnapshotClass sends there (offnode.go).
+	nfs   *nfsDriver
 	usage usageCache
 	// reserved is what enforced volumes may still fill, cached; roomMu
 	// makes a check for room and the reservation that follows one step.

@@ -79,7 +79,12 @@ func (d *hostpathDriver) lockForNode(ctx context.Context, id string) (func(), er
 // writes through it, so every publication counts). Only a mount that really
 // is the image's filesystem is frozen: a staging path whose mount is gone
 // is a plain directory of the node's own filesystem, which must never be.
-func (d *hostpathDriver) copyPlan(v *state.Volume) ([]string, error) {
+func (d *hostpathDriver) copyPlan(v *state.Volume) ([]string, error) { return d.copyPlanOf(v, false) }
+
+// copyPlanOf is copyPlan of a copy kept on the data filesystem, or, with
+// offNode, of one to an NFS export (offnode.go), which copies every byte
+// whatever the data filesystem can share.
+func (d *hostpathDriver) copyPlanOf(v *state.Volume, offNode bool) ([]string, error) {
 	pubs, err := d.store.PublicationsOf(v.ID)
 	if err != nil {
 		return nil, stateError(err)
@@ -96,6 +101,11 @@ func (d *hostpathDriver) copyPlan(v *state.Volume) ([]string, error) {
 				}
 			}
 		case layoutBlock:
+			if p.Kind == state.KindPublish && offNode {
+				return nil, status.Errorf(codes.FailedPrecondition,
+					"block volume %s is published at %s, and a snapshot kept on an NFS export copies every byte: a copy of a device being written would be torn; stop the pod, or take the snapshot with a VolumeSnapshotClass without server and share",
+					v.ID, p.Path)
+			}
 			if p.Kind == state.KindPublish && !d.vols.CanReflink() {
 				return nil, status.Errorf(codes.FailedPrecondition,
 					"block volume %s is published at %s, and the data directory's filesystem cannot reflink: a copy of a device being written would be torn; stop the pod, or keep the data directory on xfs (reflink=1) or btrfs",
@@ -117,6 +127,13 @@ func (d *hostpathDriver) copyPlan(v *state.Volume) ([]string, error) {
 // node calls that would change the volume or write it answer ABORTED at
 // once (see copyInProgress), and the others go on.
 func (d *hostpathDriver) withCopyLocks(ctx context.Context, ids []string, copy func(map[string]*state.Volume, []string) error) error {
+	return d.withCopyLocksOf(ctx, ids, false, copy)
+}
+
+// withCopyLocksOf is withCopyLocks of a copy on the data filesystem, or,
+// with offNode, of one to an NFS export: a full copy, whatever the data
+// filesystem can share (see copyPlanOf).
+func (d *hostpathDriver) withCopyLocksOf(ctx context.Context, ids []string, offNode bool, copy func(map[string]*state.Volume, []string) error) error {
 	vols := make(map[string]*state.Volume, len(ids))
 	var freeze []string
 	for _, id := range slices.Sorted(slices.Values(ids)) {
@@ -130,11 +147,11 @@ func (d *hostpathDriver) withCopyLocks(ctx context.Context, ids []string, copy f
 				return err
 			}
 			var f []string
-			if v, f, err = d.planCopy(id); err != nil {
+			if v, f, err = d.planCopy(id, offNode); err != nil {
 				unlock()
 				return err
 			}
-			if d.fullCopy(kindOf(v)) {
+			if offNode || d.fullCopy(kindOf(v)) {
 				d.wholeCopies.add(id, 1)
 				defer d.wholeCopies.add(id, -1)
 				unlock()
@@ -148,13 +165,14 @@ func (d *hostpathDriver) withCopyLocks(ctx context.Context, ids []string, copy f
 	return copy(vols, freeze)
 }
 
-// planCopy reads volume id and its copy plan again, under its node lock.
-func (d *hostpathDriver) planCopy(id string) (*state.Volume, []string, error) {
+// planCopy reads volume id and its copy plan again, under its node lock
+// (offNode: see copyPlanOf).
+func (d *hostpathDriver) planCopy(id string, offNode bool) (*state.Volume, []string, error) {
 	v, err := d.store.GetVolume(id)
 	if err != nil {
 		return nil, nil, stateError(err)
 	}
-	freeze, err := d.copyPlan(v)
+	freeze, err := d.copyPlanOf(v, offNode)
 	return v, freeze, err
 }
 

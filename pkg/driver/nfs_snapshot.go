@@ -23,7 +23,9 @@ import (
 // retry after it ended gets the result.
 
 func nfsCSISnapshot(r *nfs.SnapshotRecord) *csi.Snapshot {
-	return &csi.Snapshot{SnapshotId: r.ID, SourceVolumeId: r.SourceVolumeID, SizeBytes: r.SourceCapacity,
+	// A hostpath volume's snapshot restores at its source's request, as a
+	// local one does (csiSnapshot); an NFS volume's records none.
+	return &csi.Snapshot{SnapshotId: r.ID, SourceVolumeId: r.SourceVolumeID, SizeBytes: r.RestoreRequest(),
 		CreationTime: timestamppb.New(r.CreatedAt), ReadyToUse: r.Phase == nfs.PhaseReady}
 }
 
@@ -60,34 +62,8 @@ func (d *nfsDriver) nfsSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	}
 	defer x.Release()
 
-	if id, err := x.LookupName(ctx, nfs.KindSnapshot, name); err == nil {
-		s, perr := ids.ParseNFSSnapshotID(id)
-		var existing *nfs.SnapshotRecord
-		if perr == nil {
-			existing, err = x.GetSnapshot(ctx, s.Key)
-		}
-		switch {
-		case perr != nil || errors.Is(err, nfs.ErrNotFound):
-		case err != nil:
-			return nil, nil, nfsError("read snapshot record", err)
-		case existing.ID != id:
-			// An entry whose create found its key taken: the record is
-			// another snapshot's. Take this one anew.
-		case existing.SourceVolumeID != srcID:
-			return nil, nil, status.Errorf(codes.AlreadyExists, "snapshot %q already exists for volume %s, not %s", name, existing.SourceVolumeID, srcID)
-		case existing.Phase == nfs.PhaseReady:
-			return nil, &csi.CreateSnapshotResponse{Snapshot: nfsCSISnapshot(existing)}, nil
-		case existing.Phase == nfs.PhaseCreating:
-			// No job makes it here: cut short by a kill. Undo, take anew.
-			if err := d.nfsUndoSnapshot(ctx, x, existing, s.Key); err != nil {
-				return nil, nil, err
-			}
-			klog.InfoS("Rolled back an NFS snapshot that was interrupted", "snapshotID", existing.ID, "name", name)
-		default:
-			return nil, nil, status.Errorf(codes.Aborted, "snapshot %q is %s; retry", name, existing.Phase)
-		}
-	} else if !errors.Is(err, nfs.ErrNotFound) {
-		return nil, nil, nfsError("look up snapshot name", err)
+	if resp, err := d.nfsExistingSnapshot(ctx, x, name, srcID); resp != nil || err != nil {
+		return nil, resp, err
 	}
 
 	unlockSrc, err := d.rlock(ctx, "vol", srcID)
@@ -107,8 +83,72 @@ func (d *nfsDriver) nfsSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		unlockSrc()
 		return nil, nil, err
 	}
+	id, snapKey, err := d.nfsNewSnapshotKey(ctx, x, src.Server, src.Share)
+	if err != nil {
+		unlockSrc()
+		return nil, nil, err
+	}
+	rec := &nfs.SnapshotRecord{ID: id, Name: name, SourceVolumeID: srcID, SourceCapacity: srcRec.CapacityBytes,
+		Phase: nfs.PhaseCreating, CreatedAt: time.Now().UTC()}
+	if err := d.nfsRecordNewSnapshot(ctx, x, rec, snapKey); err != nil {
+		unlockSrc()
+		return nil, nil, err
+	}
+	what := fmt.Sprintf("snapshot %s of NFS volume %s", id, srcID)
+	j := d.jobs.start(key, id, what, []string{"vol/" + srcID}, func(jctx context.Context) error {
+		defer unlockSrc()
+		return d.nfsTakeSnapshot(jctx, src, srcRec.SubDir, rec, snapKey)
+	}, d.nfsAbandonSnapshot)
+	return j, nil, nil
+}
+
+// nfsExistingSnapshot answers a CreateSnapshot from the records of export
+// x: the snapshot of that name when it is ready and of the same source,
+// ALREADY_EXISTS when it is of another, ABORTED while it is deleted; nil
+// and nil when there is none to answer from (no snapshot of that name, or
+// one a kill cut short, undone here to be taken anew). The caller holds
+// the name's lock.
+func (d *nfsDriver) nfsExistingSnapshot(ctx context.Context, x *nfs.Export, name, srcID string) (*csi.CreateSnapshotResponse, error) {
+	id, err := x.LookupName(ctx, nfs.KindSnapshot, name)
+	if errors.Is(err, nfs.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, nfsError("look up snapshot name", err)
+	}
+	s, perr := ids.ParseNFSSnapshotID(id)
+	var existing *nfs.SnapshotRecord
+	if perr == nil {
+		existing, err = x.GetSnapshot(ctx, s.Key)
+	}
+	switch {
+	case perr != nil || errors.Is(err, nfs.ErrNotFound):
+	case err != nil:
+		return nil, nfsError("read snapshot record", err)
+	case existing.ID != id:
+		// An entry whose create found its key taken: the record is
+		// another snapshot's. Take this one anew.
+	case existing.SourceVolumeID != srcID:
+		return nil, status.Errorf(codes.AlreadyExists, "snapshot %q already exists for volume %s, not %s", name, existing.SourceVolumeID, srcID)
+	case existing.Phase == nfs.PhaseReady:
+		return &csi.CreateSnapshotResponse{Snapshot: nfsCSISnapshot(existing)}, nil
+	case existing.Phase == nfs.PhaseCreating:
+		// No job makes it here: cut short by a kill. Undo, take anew.
+		if err := d.nfsUndoSnapshot(ctx, x, existing, s.Key); err != nil {
+			return nil, err
+		}
+		klog.InfoS("Rolled back an NFS snapshot that was interrupted", "snapshotID", existing.ID, "name", name)
+	default:
+		return nil, status.Errorf(codes.Aborted, "snapshot %q is %s; retry", name, existing.Phase)
+	}
+	return nil, nil
+}
+
+// nfsNewSnapshotKey draws the ID of a new snapshot on export x (server
+// and share as its ID spells them), and its key.
+func (d *nfsDriver) nfsNewSnapshotKey(ctx context.Context, x *nfs.Export, server, share string) (string, string, error) {
 	id, snapKey, err := drawUnusedKey(ctx, "snapshot", func() (string, string, error) {
-		id, s, err := ids.NewNFSSnapshotID(src.Server, src.Share)
+		id, s, err := ids.NewNFSSnapshotID(server, share)
 		if err != nil {
 			return "", "", status.Errorf(codes.Internal, "%v", err)
 		}
@@ -117,26 +157,25 @@ func (d *nfsDriver) nfsSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		_, err := x.GetSnapshot(ctx, key)
 		return err
 	})
-	if err != nil {
-		unlockSrc()
-		return nil, nil, err
+	if err == nil {
+		warnLongID("snapshot", id)
 	}
-	warnLongID("snapshot", id)
-	rec := &nfs.SnapshotRecord{ID: id, Name: name, SourceVolumeID: srcID, SourceCapacity: srcRec.CapacityBytes,
-		Phase: nfs.PhaseCreating, CreatedAt: time.Now().UTC()}
-	if err := x.PutName(ctx, nfs.KindSnapshot, name, id); err == nil {
+	return id, snapKey, err
+}
+
+// nfsRecordNewSnapshot records the intent of a new snapshot (rec, in phase
+// creating) and its name on export x, before any of its data is copied: a
+// kill from here on leaves a record that a retry of the name, or the
+// export's sweep, undoes (see nfsExistingSnapshot, sweepExport).
+func (d *nfsDriver) nfsRecordNewSnapshot(ctx context.Context, x *nfs.Export, rec *nfs.SnapshotRecord, snapKey string) error {
+	err := x.PutName(ctx, nfs.KindSnapshot, rec.Name, rec.ID)
+	if err == nil {
 		err = x.CreateSnapshot(ctx, rec, snapKey)
 	}
 	if err != nil {
-		unlockSrc()
-		return nil, nil, nfsError("record the new snapshot", err)
+		return nfsError("record the new snapshot", err)
 	}
-	what := fmt.Sprintf("snapshot %s of NFS volume %s", id, srcID)
-	j := d.jobs.start(key, id, what, []string{"vol/" + srcID}, func(jctx context.Context) error {
-		defer unlockSrc()
-		return d.nfsTakeSnapshot(jctx, src, srcRec.SubDir, rec, snapKey)
-	}, d.nfsAbandonSnapshot)
-	return j, nil, nil
+	return nil
 }
 
 // nfsTakeSnapshot is the job: copy, then the record says ready (the copy is

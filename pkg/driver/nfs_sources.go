@@ -69,6 +69,12 @@ func (d *nfsDriver) nfsLockSource(ctx context.Context, x *nfs.Export, cs *csi.Vo
 			return nil, err
 		}
 		sx.Release()
+		if rec.OfHostpath() {
+			// Its tree is a hostpath volume's (an image file, a block
+			// device file): see offnode.go.
+			unlock()
+			return nil, status.Errorf(codes.InvalidArgument, "snapshot %s is a snapshot of a hostpath volume (%s): restore it into a hostpath class", id, rec.SourceVolumeID)
+		}
 		return &nfsSource{snapshotID: id, snapKey: s.Key, capacity: rec.SourceCapacity, lockKey: "snap/" + id, unlock: unlock}, nil
 	case cs.GetVolume() != nil:
 		id := cs.GetVolume().GetVolumeId()

@@ -49,7 +49,7 @@ func TestParametersTableNamesEveryKey(t *testing.T) {
 		// csi-provisioner adds), the three it sets among them.
 		{"StorageClass (NFS", append(slices.Clone(nfsKnownParameters), ParamPVCName, ParamPVCNamespace, ParamPVName), nil},
 		{"StorageClass (hostpath, NFS", nil, nil},
-		{"VolumeSnapshotClass", append(keys(snapshotParameters.known), ignored...), nil},
+		{"VolumeSnapshotClass", append(append(keys(snapshotParameters.known), snapshotParameters.own...), ignored...), nil},
 		{"VolumeGroupSnapshotClass", append(keys(groupSnapshotParameters.known), ignored...), nil},
 		{"inline volume", ephemeralAttributeNames, []string{"fsType"}},
 		{"VolumeAttributesClass (hostpath", hostpathMutableParameters, nil},

@@ -64,8 +64,11 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	}
 	f := d.byClass(req.GetParameters())
 	if f == family(d.hostpath) {
-		if cs := req.GetVolumeContentSource(); ids.IsNFSSnapshotID(cs.GetSnapshot().GetSnapshotId()) || ids.IsNFSVolumeID(cs.GetVolume().GetVolumeId()) {
-			return nil, status.Error(codes.InvalidArgument, "the content source is an NFS snapshot or volume; a hostpath volume is made from a hostpath source only")
+		// An NFS snapshot may be of a hostpath volume, kept on the export
+		// (offnode.go): the hostpath family restores it, or refuses one of
+		// an NFS volume.
+		if cs := req.GetVolumeContentSource(); ids.IsNFSVolumeID(cs.GetVolume().GetVolumeId()) {
+			return nil, status.Error(codes.InvalidArgument, "the content source is an NFS volume; a hostpath volume is cloned from a hostpath volume only")
 		}
 		if d.cfg.NFSOnly {
 			// A class without a server pointed at an NFS-only controller would
@@ -112,8 +115,17 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	if req.GetSourceVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "source volume ID is required")
 	}
-	if err := snapshotParameters.check(req.GetParameters()); err != nil {
+	exp, err := snapshotParameters.parse(req.GetParameters())
+	if err != nil {
 		return nil, err
+	}
+	if exp != nil {
+		// A snapshot kept on an NFS export (offnode.go) is of a hostpath
+		// volume; an NFS volume's snapshots are on its own export.
+		if ids.IsNFSVolumeID(req.GetSourceVolumeId()) {
+			return nil, status.Errorf(codes.InvalidArgument, "volume %.64s is an NFS volume, whose snapshots are kept on its own export: the %s parameters %s and %s are for snapshots of hostpath volumes", req.GetSourceVolumeId(), snapshotParameters.class, ParamServer, ParamShare)
+		}
+		return d.hostpath.createOffNodeSnapshot(ctx, req, exp)
 	}
 	return d.byVolume(req.GetSourceVolumeId()).CreateSnapshot(ctx, req)
 }

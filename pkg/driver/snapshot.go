@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -20,12 +21,15 @@ import (
 )
 
 // snapshotParams says what the class of a snapshot or of a group snapshot
-// may carry. Snapshots take no parameters of their own: known holds the
-// metadata keys csi-snapshotter adds with --extra-create-metadata.
+// may carry: known holds the metadata keys csi-snapshotter adds with
+// --extra-create-metadata, own the parameters of the driver's own (a
+// VolumeSnapshotClass's server and share, which keep a hostpath volume's
+// snapshot on an NFS export: offnode.go).
 type snapshotParams struct {
 	what  string // "snapshot", "group snapshot"
 	class string // the Kubernetes kind that holds the parameters
 	known map[string]bool
+	own   []string
 }
 
 var (
@@ -33,7 +37,7 @@ var (
 		"csi.storage.k8s.io/volumesnapshot/name":        true,
 		"csi.storage.k8s.io/volumesnapshot/namespace":   true,
 		"csi.storage.k8s.io/volumesnapshotcontent/name": true,
-	}}
+	}, own: []string{ParamServer, ParamShare}}
 	groupSnapshotParameters = snapshotParams{what: "group snapshot", class: "VolumeGroupSnapshotClass", known: map[string]bool{
 		"csi.storage.k8s.io/volumegroupsnapshot/name":        true,
 		"csi.storage.k8s.io/volumegroupsnapshot/namespace":   true,
@@ -59,16 +63,48 @@ func (p snapshotParams) check(params map[string]string) error {
 	}
 	for _, k := range slices.Sorted(maps.Keys(params)) {
 		switch {
-		case p.known[k]:
+		case p.known[k], slices.Contains(p.own, k):
 		case ignoredSnapshotParameters[k]:
 			klog.V(2).InfoS("Ignoring a "+p.class+" parameter the driver does not use", "parameter", k, "value", params[k],
 				"why", "the class's own field of that name is what applies")
+		case len(p.own) > 0:
+			return status.Errorf(codes.InvalidArgument, "unknown %s parameter %.64q; a %s takes %s (to keep snapshots of hostpath volumes on an NFS export) and nothing else of its own: remove it from the %s (deletionPolicy belongs in the class's own field)",
+				p.what, k, p.class, strings.Join(p.own, " and "), p.class)
 		default:
 			return status.Errorf(codes.InvalidArgument, "unknown %s parameter %.64q; %ss take no parameters of their own: remove it from the %s (deletionPolicy belongs in the class's own field)",
 				p.what, k, p.what, p.class)
 		}
 	}
 	return nil
+}
+
+// snapshotExport is the NFS export a VolumeSnapshotClass keeps its
+// snapshots of hostpath volumes on.
+type snapshotExport struct{ server, share string }
+
+// parse checks a class's parameters (see check) and returns the export
+// its parameters server and share name, or nil when they name none. They
+// are checked as an NFS StorageClass's are (parseNFSParameters); one
+// without the other is INVALID_ARGUMENT naming the one missing.
+func (p snapshotParams) parse(params map[string]string) (*snapshotExport, error) {
+	if err := p.check(params); err != nil {
+		return nil, err
+	}
+	server, hasServer := params[ParamServer]
+	share, hasShare := params[ParamShare]
+	switch {
+	case !hasServer && !hasShare:
+		return nil, nil
+	case !hasServer:
+		return nil, status.Errorf(codes.InvalidArgument, "%s parameter %s needs the parameter %s too: they name the NFS export (server:share) where snapshots of hostpath volumes are kept", p.class, ParamShare, ParamServer)
+	case !hasShare:
+		return nil, status.Errorf(codes.InvalidArgument, "%s parameter %s needs the parameter %s too (the exported path, such as /export): they name the NFS export where snapshots of hostpath volumes are kept", p.class, ParamServer, ParamShare)
+	}
+	np, err := parseNFSParameters(map[string]string{ParamServer: server, ParamShare: share})
+	if err != nil {
+		return nil, err
+	}
+	return &snapshotExport{server: np.server, share: np.share}, nil
 }
 
 func csiSnapshot(s *state.Snapshot) *csi.Snapshot {

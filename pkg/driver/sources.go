@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
+	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 	"github.com/hostpath-csi/hostpath-csi/internal/peers"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
@@ -33,6 +34,9 @@ type contentSource struct {
 	unlock    func()
 	// remote is the peer that holds the source, when this node does not.
 	remote *peers.Peer
+	// export is where a snapshot kept off the node is (an NFS snapshot of
+	// a hostpath volume: offnode.go); nil for a source on this node.
+	export *ids.NFSSnapshot
 }
 
 // reads is the lock key the copy job reads, for deletes to see.
@@ -59,6 +63,8 @@ func (cs *contentSource) describe(newID string) string {
 // other copies and mounts of it go on meanwhile.
 func (d *hostpathDriver) lockContentSource(ctx context.Context, cs *csi.VolumeContentSource) (*contentSource, error) {
 	switch {
+	case cs.GetSnapshot() != nil && ids.IsNFSSnapshotID(cs.GetSnapshot().GetSnapshotId()):
+		return d.lockOffNodeSnapshot(ctx, cs.GetSnapshot().GetSnapshotId())
 	case cs.GetSnapshot() != nil:
 		id := cs.GetSnapshot().GetSnapshotId()
 		if err := snapshotIDOrNotFound(id); err != nil {
@@ -145,6 +151,9 @@ func (d *hostpathDriver) copyIntoVolume(ctx context.Context, v *state.Volume, sr
 		if src.remote != nil {
 			n, err := d.fetchInto(ctx, src, v, limit)
 			return hostpath.CopyResult{Mechanism: "transfer", Bytes: n}, err
+		}
+		if src.export != nil {
+			return d.restoreOffNode(ctx, v, src)
 		}
 		if src.snapshotID != "" {
 			return d.vols.Restore(ctx, src.snapshotID, v.ID)
