@@ -132,9 +132,11 @@ func (d *nfsDriver) nfsVolumesAfter(ctx context.Context, resp *csi.ListVolumesRe
 	d.appendNFSVolumes(ctx, resp, "", room)
 }
 
-// nfsSnapshotsAfter is nfsVolumesAfter for ListSnapshots.
-func (d *nfsDriver) nfsSnapshotsAfter(ctx context.Context, resp *csi.ListSnapshotsResponse, maxEntries int) {
-	all := func(*nfs.SnapshotRecord) bool { return true }
+// nfsSnapshotsAfter is nfsVolumesAfter for ListSnapshots: the NFS
+// snapshots of source volume src, or all of them when src is "" (a
+// hostpath volume's are those kept off its node: offnode.go).
+func (d *nfsDriver) nfsSnapshotsAfter(ctx context.Context, resp *csi.ListSnapshotsResponse, maxEntries int, src string) {
+	all := func(r *nfs.SnapshotRecord) bool { return src == "" || r.SourceVolumeID == src }
 	if maxEntries > 0 && len(resp.Entries) >= maxEntries {
 		if recs := d.nfsSnapshotRecords(ctx, "", all); len(recs) > 0 {
 			resp.NextToken = recs[0].ID

@@ -117,6 +117,10 @@ func TestOffNodeSnapshotSurvivesItsNode(t *testing.T) {
 				kindOf(&state.Volume{AccessType: rec.SourceAccessType, Layout: rec.SourceLayout, FSType: rec.SourceFSType}) != wantKind {
 				t.Fatalf("record %+v; want a %s hostpath volume's of %d bytes from node-1", rec, wantKind, tc.size)
 			}
+			bySource, err := e.d.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SourceVolumeId: src})
+			if err != nil || len(bySource.GetEntries()) != 1 || bySource.GetEntries()[0].GetSnapshot().GetSnapshotId() != snap.GetSnapshotId() {
+				t.Fatalf("ListSnapshots of the source volume: %v, %v; want the snapshot kept on the export", bySource, err)
+			}
 			if snaps, _, err := e.d.hostpath.store.ListSnapshots("", 0, nil); err != nil || len(snaps) != 0 {
 				t.Fatalf("the node's state has snapshots %v (%v); the snapshot lives on the export only", snaps, err)
 			}

@@ -209,7 +209,8 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 
 // ListSnapshots lists the hostpath snapshots, then the NFS ones, as
 // ListVolumes does; a snapshot ID, a source volume or a page token of NFS
-// makes it a listing of NFS snapshots alone.
+// makes it a listing of NFS snapshots alone. A hostpath source volume's
+// listing ends with its snapshots kept on NFS exports.
 func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
 	if req.GetMaxEntries() < 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "max_entries is negative (%d)", req.GetMaxEntries())
@@ -222,8 +223,12 @@ func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 	if err != nil {
 		return nil, err
 	}
-	if id == "" && src == "" && resp.NextToken == "" {
-		d.nfs.nfsSnapshotsAfter(ctx, resp, int(req.GetMaxEntries()))
+	if id == "" && resp.NextToken == "" {
+		// With a hostpath source: its snapshots kept on NFS exports
+		// (offnode.go), of the exports this process knows; the next
+		// page's NFS token comes back to the NFS family, which filters
+		// by the source as well.
+		d.nfs.nfsSnapshotsAfter(ctx, resp, int(req.GetMaxEntries()), src)
 	}
 	return resp, nil
 }
