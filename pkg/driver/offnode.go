@@ -32,7 +32,7 @@ import (
 // it on any node, copying the tree out of the export into a new volume; an
 // NFS class refuses it.
 
-// createOffNodeSnapshot is CreateSnapshot of hostpath volume whose class
+// createOffNodeSnapshot is CreateSnapshot of a hostpath volume whose class
 // names an NFS export (the router checked the parameters).
 func (d *hostpathDriver) createOffNodeSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest, exp *snapshotExport) (*csi.CreateSnapshotResponse, error) {
 	return createByName(ctx, d.core, "snapname", "snapshot", req.GetName(), func(key string) (*job, *csi.CreateSnapshotResponse, error) {

@@ -17,7 +17,8 @@ import (
 // parameters (an NFS class names a server), every other call by the prefix
 // of the volume or snapshot ID it names (nfs1: and nfss1: are NFS; any other
 // ID is the hostpath family's, whose checks answer for an ID that neither
-// family made). ListVolumes and ListSnapshots list both families, hostpath
+// family made). A CreateSnapshot whose class names an NFS export is of a
+// hostpath volume, kept on that export (offnode.go). ListVolumes and ListSnapshots list both families, hostpath
 // first, and their page tokens say in which family a page starts.
 //
 // Before it chooses, the router checks what a call must carry whichever
