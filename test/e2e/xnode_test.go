@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -15,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	v1 "k8s.io/api/core/v1"
 )
 
@@ -290,4 +294,35 @@ func testNodeGoneForGood(t *testing.T, c *cluster) {
 		t.Errorf("node 2 came back without the data of its deleted claim and snapshot (volume %s, snapshot %s): "+
 			"nothing but its own driver may remove them", pv.Spec.CSI.VolumeHandle, snapHandle)
 	}
+	// Its driver lists them, and removes them when told to, as
+	// docs/transfer.md says (csictl delete, delete-snapshot on its socket).
+	conn, err := grpc.NewClient("unix://"+filepath.Join(filepath.Dir(c.kubeconfig), "node2", "csi.sock"),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctrl := csi.NewControllerClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	list, err := ctrl.ListVolumes(ctx, &csi.ListVolumesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := false
+	for _, e := range list.GetEntries() {
+		listed = listed || e.GetVolume().GetVolumeId() == pv.Spec.CSI.VolumeHandle
+	}
+	if !listed {
+		t.Errorf("node 2's driver does not list volume %s, which it still holds", pv.Spec.CSI.VolumeHandle)
+	}
+	if _, err := ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snapHandle}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: pv.Spec.CSI.VolumeHandle}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "node 2's data of the claim and snapshot removed", func() (bool, error) {
+		return !exists(volumeDir(c.dataDir2, pv.Spec.CSI.VolumeHandle)) && !exists(snapshotDir(c.dataDir2, snapHandle)), nil
+	})
 }
