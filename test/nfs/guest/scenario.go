@@ -261,6 +261,38 @@ func (g *guest) run() {
 			wantNotMounted(t1, t2, st1, st2))
 	})
 
+	// A hostpath volume's snapshot kept on the export (a VolumeSnapshotClass
+	// with server and share): it outlives its node, which the move below
+	// is (a driver with nothing of the old one's disk).
+	var hpID, offSnapID, hpSum string
+	g.check("hostpath-snapshot-kept-off-node", func() (string, error) {
+		c, cancel := ctx()
+		defer cancel()
+		v, err := g.ctrl.CreateVolume(c, &csi.CreateVolumeRequest{Name: "hp-src", VolumeCapabilities: []*csi.VolumeCapability{rwo},
+			CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}})
+		if err != nil {
+			return "", fmt.Errorf("CreateVolume of a hostpath volume: %w", err)
+		}
+		hpID = v.GetVolume().GetVolumeId()
+		if hpSum, err = writeRandom(driverFS+"/data/volumes/"+hpID+"/data", 1<<20); err != nil {
+			return "", err
+		}
+		r, err := g.ctrl.CreateSnapshot(c, &csi.CreateSnapshotRequest{Name: "hp-snap", SourceVolumeId: hpID,
+			Parameters: map[string]string{"server": "127.0.0.1", "share": "/export"}})
+		if err != nil {
+			return "", fmt.Errorf("CreateSnapshot kept on the export: %w", err)
+		}
+		offSnapID = r.GetSnapshot().GetSnapshotId()
+		f, err := decodeID(offSnapID, "nfss1:")
+		if err != nil {
+			return "", err
+		}
+		if len(f) != 3 || f[1] != "/export" || !r.GetSnapshot().GetReadyToUse() {
+			return "", fmt.Errorf("snapshot %v: want a ready snapshot on 127.0.0.1:/export", r.GetSnapshot())
+		}
+		return offSnapID, wantSum("/export/.hostpath-csi/snapshots/"+f[2]+"/data", hpSum, "the hostpath snapshot on the server")
+	})
+
 	// The controller moves to another node: everything it needs is on the
 	// export. The checks after this one run against the moved controller.
 	g.check("controller-moved-create-idempotent", func() (string, error) {
@@ -301,6 +333,35 @@ func (g *guest) run() {
 			return "", fmt.Errorf("ListSnapshots %s on the moved controller: %v", snapID, r.GetEntries())
 		}
 		return fmt.Sprintf("%d volumes listed", len(vols)), nil
+	})
+
+	g.check("hostpath-snapshot-restored-on-another-node", func() (string, error) {
+		c, cancel := ctx()
+		defer cancel()
+		v, err := g.ctrl.CreateVolume(c, &csi.CreateVolumeRequest{Name: "hp-restored", VolumeCapabilities: []*csi.VolumeCapability{rwo},
+			CapacityRange:       &csi.CapacityRange{RequiredBytes: 16 << 20},
+			VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: offSnapID}}}})
+		if err != nil {
+			return "", fmt.Errorf("restore of %s on the moved driver: %w", offSnapID, err)
+		}
+		id := v.GetVolume().GetVolumeId()
+		err = wantSum(driverFS+"/moved/data/volumes/"+id+"/data", hpSum, "the restore on the other node")
+		if _, derr := g.ctrl.DeleteVolume(c, &csi.DeleteVolumeRequest{VolumeId: id}); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		return id, err
+	})
+	g.check("hostpath-snapshot-deleted-from-another-node", func() (string, error) {
+		c, cancel := ctx()
+		defer cancel()
+		if _, err := g.ctrl.DeleteSnapshot(c, &csi.DeleteSnapshotRequest{SnapshotId: offSnapID}); err != nil {
+			return "", fmt.Errorf("DeleteSnapshot %s on the moved driver: %w", offSnapID, err)
+		}
+		f, _ := decodeID(offSnapID, "nfss1:")
+		if _, err := os.Stat("/export/.hostpath-csi/snapshots/" + f[2]); !errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("the snapshot's data is still on the server after its delete: %v", err)
+		}
+		return "", nil
 	})
 
 	// What each onDelete does on the server.
