@@ -28,6 +28,9 @@ func TestRecordApply(t *testing.T) {
 		{Kind: proto.KindIntent, Op: proto.OpDeleteVol, Name: "d", ID: "hpv1-2"},
 		{Kind: proto.KindAck, Op: proto.OpDeleteVol, Name: "d", ID: "hpv1-2"},
 		{Kind: proto.KindIntent, Op: proto.OpDeleteSnp, Name: "s", ID: "hps1-1"}, // no answer
+		{Kind: proto.KindIntent, Op: proto.OpCreateVol, Name: "x", Src: proto.RemoteSeed, Sum: "cc"},
+		{Kind: proto.KindAck, Op: proto.OpCreateVol, Name: "x", ID: "hpv1-3", Src: proto.RemoteSeed, Sum: "cc"},
+		{Kind: proto.KindIntent, Op: proto.OpCreateVol, Name: "y", Src: proto.RemoteSeed, Sum: "cc"}, // no answer
 	} {
 		r.apply(e, 1)
 	}
@@ -36,14 +39,16 @@ func TestRecordApply(t *testing.T) {
 		Vols: []proto.Obj{
 			{Name: "r", State: proto.Creating, Src: "snap:s", Sums: []string{"aa"}, Boot: 1},
 			{Name: "v", ID: "hpv1-1", State: proto.Acked, Sums: []string{"aa", "bb"}, Boot: 1},
+			{Name: "x", ID: "hpv1-3", State: proto.Acked, Src: proto.RemoteSeed, Sums: []string{"cc"}, Boot: 1},
+			{Name: "y", State: proto.Creating, Src: proto.RemoteSeed, Sums: []string{"cc"}, Boot: 1},
 		},
 		Snaps: []proto.Obj{{Name: "s", ID: "hps1-1", State: proto.Deleting, Src: "vol:v", Sums: []string{"aa"}, Boot: 1}},
 	}
 	if !reflect.DeepEqual(p, want) {
 		t.Errorf("plan = %+v\nwant %+v", p, want)
 	}
-	if r.acks != 5 || !reflect.DeepEqual(r.deletedVols, map[string]string{"hpv1-2": "d"}) {
-		t.Errorf("acks %d, deleted %v", r.acks, r.deletedVols)
+	if r.acks != 6 || r.remoteAcks != 1 || !reflect.DeepEqual(r.deletedVols, map[string]string{"hpv1-2": "d"}) {
+		t.Errorf("acks %d (%d across nodes), deleted %v", r.acks, r.remoteAcks, r.deletedVols)
 	}
 }
 
@@ -62,6 +67,8 @@ func TestJudge(t *testing.T) {
 				{Name: "w", ID: "hpv1-w", State: proto.Acked, Sums: []string{"aa", "bb"}}, // a write without an answer
 				{Name: "c", State: proto.Creating, Src: "vol:v", Sums: []string{"aa"}},
 				{Name: "d", ID: "hpv1-d", State: proto.Deleting, Sums: []string{proto.None}},
+				{Name: "x", ID: "hpv1-x1", State: proto.Acked, Src: proto.RemoteSeed, Sums: []string{"cc"}},
+				{Name: "y", State: proto.Creating, Src: proto.RemoteSeed, Sums: []string{"cc"}}, // cut mid-transfer
 			},
 			Snaps: []proto.Obj{{Name: "s", ID: "hps1-s", State: proto.Acked, Src: "vol:v", Sums: []string{"aa"}}},
 		}
@@ -70,12 +77,16 @@ func TestJudge(t *testing.T) {
 		o := newObservation()
 		for _, e := range []proto.Event{
 			{Kind: proto.KindStarted},
-			{Kind: proto.KindDir, Dir: "volumes", Entries: []string{"hpv1-v", "hpv1-w", "hpv1-c"}},
+			{Kind: proto.KindLeftover, Dir: "partial", ID: "hpv1-y0", Size: 3 << 20},
+			{Kind: proto.KindStarted},
+			{Kind: proto.KindRolledBack, Name: "y", ID: "hpv1-y0"},
+			{Kind: proto.KindDir, Dir: "volumes", Entries: []string{"hpv1-v", "hpv1-w", "hpv1-c", "hpv1-x1"}},
 			{Kind: proto.KindDir, Dir: "snapshots", Entries: []string{"hps1-s"}},
 			{Kind: proto.KindDir, Dir: "partial"}, {Kind: proto.KindDir, Dir: "trash"}, {Kind: proto.KindDir, Dir: "quarantine"},
 			{Kind: proto.KindObsVol, ID: "hpv1-v", Sum: "aa"},
 			{Kind: proto.KindObsVol, ID: "hpv1-w", Sum: "bb"},
 			{Kind: proto.KindObsVol, ID: "hpv1-c", Sum: "aa"},
+			{Kind: proto.KindObsVol, ID: "hpv1-x1", Sum: "cc"},
 			{Kind: proto.KindObsSnap, ID: "hps1-s", Sum: "aa", Ready: true},
 			{Kind: proto.KindAck, Op: proto.OpCreateVol, Name: "c", ID: "hpv1-c", Retry: true},
 			{Kind: proto.KindCheckDone},
@@ -90,9 +101,21 @@ func TestJudge(t *testing.T) {
 		want   []string // one substring per failure, in order
 	}{
 		{name: "all well", change: func(*proto.Plan, *observation) {}},
+		{name: "the restore across nodes cut short was retried and made", change: func(p *proto.Plan, o *observation) {
+			o.vols["hpv1-y1"] = proto.Event{Kind: proto.KindObsVol, ID: "hpv1-y1", Sum: "cc"}
+			o.dirs["volumes"] = append(o.dirs["volumes"], "hpv1-y1")
+			o.retried["vol:y"] = "hpv1-y1"
+		}},
+		{name: "a restore across nodes without its data", change: func(p *proto.Plan, o *observation) {
+			o.vols["hpv1-x1"] = proto.Event{Kind: proto.KindObsVol, ID: "hpv1-x1", Sum: zeros(12 << 20), Size: 12 << 20}
+		}, want: []string{"volume x (hpv1-x1, restored across nodes from node-a's snapshot seed, made in boot 0, acknowledged) holds a data file of 12582912 zero bytes"}},
+		{name: "a restore across nodes cut short is listed", change: func(p *proto.Plan, o *observation) {
+			o.vols["hpv1-y0"] = proto.Event{Kind: proto.KindObsVol, ID: "hpv1-y0", Sum: zeros(3 << 20), Size: 3 << 20}
+			o.dirs["volumes"] = append(o.dirs["volumes"], "hpv1-y0")
+		}, want: []string{"volume hpv1-y0 is listed, holding a data file of 3145728 zero bytes"}},
 		{name: "the unanswered delete happened, the unanswered create did not", change: func(p *proto.Plan, o *observation) {
 			delete(o.vols, "hpv1-c")
-			o.dirs["volumes"] = []string{"hpv1-v", "hpv1-w"}
+			o.dirs["volumes"] = []string{"hpv1-v", "hpv1-w", "hpv1-x1"}
 			o.retried["vol:c"] = "hpv1-new" // the retry made it afresh
 		}},
 		{name: "the unanswered write did not happen", change: func(p *proto.Plan, o *observation) {
@@ -104,7 +127,7 @@ func TestJudge(t *testing.T) {
 		}},
 		{name: "acknowledged volume gone", change: func(p *proto.Plan, o *observation) {
 			delete(o.vols, "hpv1-v")
-			o.dirs["volumes"] = []string{"hpv1-w", "hpv1-c"}
+			o.dirs["volumes"] = []string{"hpv1-w", "hpv1-c", "hpv1-x1"}
 		}, want: []string{"volume v (hpv1-v, an empty volume, made in boot 0, acknowledged) is gone"}},
 		{name: "snapshot of zeros", change: func(p *proto.Plan, o *observation) {
 			o.snaps["hps1-s"] = proto.Event{Kind: proto.KindObsSnap, ID: "hps1-s", Sum: zeros(4096), Size: 4096, Ready: true}
@@ -117,7 +140,7 @@ func TestJudge(t *testing.T) {
 		}, want: []string{"holds an empty data file after the power cut; it must hold sha256 aa or sha256 bb"}},
 		{name: "listed without data", change: func(p *proto.Plan, o *observation) {
 			o.vols["hpv1-v"] = proto.Event{Kind: proto.KindObsVol, ID: "hpv1-v", Err: "NodeStageVolume: no usable data directory", Health: "DATA_LOSS"}
-			o.dirs["volumes"] = []string{"hpv1-w", "hpv1-c"}
+			o.dirs["volumes"] = []string{"hpv1-w", "hpv1-c", "hpv1-x1"}
 		}, want: []string{"cannot be read after the power cut: NodeStageVolume", "data/volumes does not match the volumes listed: listed without a directory [hpv1-v], a directory but not listed []"}},
 		{name: "unhealthy", change: func(p *proto.Plan, o *observation) {
 			o.vols["hpv1-v"] = proto.Event{Kind: proto.KindObsVol, ID: "hpv1-v", Sum: "aa", Health: "DATA_LOSS x"}
@@ -138,6 +161,9 @@ func TestJudge(t *testing.T) {
 			o.dirs["partial"] = []string{"hpv1-old.7"}
 			o.dirs["snapshots"] = append(o.dirs["snapshots"], "hps1-orphan")
 		}, want: []string{"data/snapshots does not match", "data/partial is not empty once start-up is done: hpv1-old.7 (volume old, delete acknowledged)", "data/quarantine is not empty once start-up is done: hpv1-q.123 (an ID the record does not know: an unanswered create?)"}},
+		{name: "a restore across nodes cut short left in partial", change: func(p *proto.Plan, o *observation) {
+			o.dirs["partial"] = []string{"hpv1-y0"}
+		}, want: []string{"data/partial is not empty once start-up is done: hpv1-y0 (an ID the record does not know"}},
 		{name: "driver did not start", change: func(p *proto.Plan, o *observation) {
 			*o = *newObservation()
 			o.take(proto.Event{Kind: proto.KindFail, Msg: "the driver exited during start-up"})
@@ -159,6 +185,33 @@ func TestJudge(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRemoteCuts: the restores across nodes a cut left unanswered are
+// told apart by what the next start found of them.
+func TestRemoteCuts(t *testing.T) {
+	plan := &proto.Plan{Vols: []proto.Obj{
+		{Name: "a", ID: "hpv1-a", State: proto.Acked, Src: proto.RemoteSeed},
+		{Name: "b", State: proto.Creating, Src: proto.RemoteSeed}, // never begun
+		{Name: "c", State: proto.Creating, Src: proto.RemoteSeed}, // begun, nothing received yet
+		{Name: "d", State: proto.Creating, Src: proto.RemoteSeed}, // mid-transfer
+		{Name: "e", State: proto.Creating, Src: "snap:s"},         // a local restore
+		{Name: "f", ID: "hpv1-f", State: proto.Deleting, Src: proto.RemoteSeed},
+	}}
+	o := newObservation()
+	for _, e := range []proto.Event{
+		{Kind: proto.KindLeftover, Dir: "partial", ID: "hpv1-c", Size: 0},
+		{Kind: proto.KindLeftover, Dir: "partial", ID: "hpv1-d", Size: 5 << 20},
+		{Kind: proto.KindLeftover, Dir: "partial", ID: "hpv1-e", Size: 1 << 20},
+		{Kind: proto.KindRolledBack, Name: "c", ID: "hpv1-c"},
+		{Kind: proto.KindRolledBack, Name: "d", ID: "hpv1-d"},
+		{Kind: proto.KindRolledBack, Name: "e", ID: "hpv1-e"},
+	} {
+		o.take(e)
+	}
+	if got, want := remoteCuts(plan, o), (remoteCut{unanswered: 3, rolledBack: 2, received: 1, bytes: 5 << 20}); got != want {
+		t.Errorf("remoteCuts = %+v, want %+v", got, want)
 	}
 }
 

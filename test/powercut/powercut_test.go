@@ -2,7 +2,11 @@
 // own disk, at random moments under a create/snapshot/restore/clone/delete
 // load, and checks after each boot that every acknowledged volume and
 // snapshot is there with its data, that acknowledged deletes stay deleted,
-// and that nothing half made is listed or left on the disk. Killing qemu
+// and that nothing half made is listed or left on the disk. Some of the
+// volumes are restores across nodes: a second driver in the guest, the
+// "sender" (never judged), holds a snapshot that the judged driver fetches
+// from it over the transfer channel, so cuts land mid-transfer too.
+// Killing qemu
 // loses the guest's page cache exactly as a power cut would; what the guest
 // had written to its disk survives (see test/vm).
 //
@@ -99,9 +103,12 @@ func buildGuest(t *testing.T, k *vm.Kernel) (initrd string) {
 // made on the host (nothing is mounted here).
 func makeDisk(t *testing.T, fs string) string {
 	img := filepath.Join(t.TempDir(), fs+".img")
-	size, args := int64(256<<20), []string{"-q", "-F"}
+	// Room for the sender's seed and the restores of it the load makes
+	// (ext4 copies every clone and snapshot of one whole); the image is
+	// sparse.
+	size, args := int64(1<<30), []string{"-q", "-F"}
 	if fs == "xfs" {
-		size, args = 512<<20, []string{"-q", "-f", "-m", "reflink=1"} // xfs wants 300 MiB at least
+		args = []string{"-q", "-f", "-m", "reflink=1"}
 	}
 	mkfs := testutil.RequireMkfs(t, fs)
 	if err := os.WriteFile(img, nil, 0o600); err != nil {
@@ -187,6 +194,7 @@ func (c *console) tail() string {
 	var keep []string
 	for i, l := range c.lines {
 		if strings.HasPrefix(l, "guest:") || strings.HasPrefix(l, "plugin: E") || strings.HasPrefix(l, "plugin: W") ||
+			strings.HasPrefix(l, "sender: E") || strings.HasPrefix(l, "sender: W") ||
 			strings.Contains(l, "crash interrupted") || strings.Contains(l, "quarantine") || i >= len(c.lines)-15 {
 			keep = append(keep, l)
 		}
@@ -204,6 +212,10 @@ type stats struct {
 	loadAcks                int
 	byCat                   map[string]int
 	firstFailedCut          int // 0: none yet
+	// Restores across nodes: acknowledged, and what the cuts did to those
+	// in flight (summed over the boots after a cut).
+	remote remoteCut
+	seed   *proto.Event // the sender's seed, as the first boot made it
 }
 
 func (st *stats) failed(t *testing.T, cut int, cat, format string, args ...any) {
@@ -228,6 +240,16 @@ func (st *stats) summary() string {
 	return fmt.Sprintf("%d failures, the first after cut %d: %s", st.failures, st.firstFailedCut, strings.Join(parts, ", "))
 }
 
+// String says what a check saw of the restores across nodes the last cut
+// left unanswered ("" when there were none).
+func (rc remoteCut) String() string {
+	if rc.unanswered == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (of %d restores across nodes the cut left unanswered, %d rolled back, %d with %.1f MiB received)",
+		rc.unanswered, rc.rolledBack, rc.received, float64(rc.bytes)/(1<<20))
+}
+
 func runCuts(t *testing.T, k *vm.Kernel, initrd, fs string, cuts int) {
 	disk := makeDisk(t, fs)
 	planImg := filepath.Join(t.TempDir(), "plan.img")
@@ -242,6 +264,12 @@ func runCuts(t *testing.T, k *vm.Kernel, initrd, fs string, cuts int) {
 		"per boot: %.1f s from qemu start to driver ready; per cut: %.1f s (%.1f s in all)",
 		fs, cuts, st.boots, rec.acks, st.loadAcks, st.checks, st.summary(),
 		st.bootToReady.Seconds()/float64(st.boots), time.Since(start).Seconds()/float64(max(cuts, 1)), time.Since(start).Seconds())
+	if st.seed == nil {
+		return
+	}
+	t.Logf("%s: restores across nodes (%d MiB each): %d acknowledged; %d unanswered at a cut, of which %d had begun "+
+		"(rolled back at the next start) and %d were cut mid-transfer (%.1f MiB received in all)",
+		fs, st.seed.Size>>20, rec.remoteAcks, st.remote.unanswered, st.remote.rolledBack, st.remote.received, float64(st.remote.bytes)/(1<<20))
 }
 
 // bootOnce boots the VM on the disk, judges its check, and (unless final)
@@ -286,6 +314,21 @@ func bootOnce(t *testing.T, k *vm.Kernel, initrd, disk, planImg, fs string, rec 
 		}
 		obs.take(e)
 	}
+	switch {
+	case obs.seed == nil && obs.started:
+		m.Kill()
+		t.Fatalf("%s, %s: the guest did not report the sender's seed snapshot; console:\n%s", fs, what, con.tail())
+	case obs.seed != nil && st.seed == nil:
+		st.seed = obs.seed
+	case obs.seed != nil && (obs.seed.ID != st.seed.ID || obs.seed.Sum != st.seed.Sum):
+		t.Fatalf("%s, %s: the seed is now %s (sha256 %.12s), the first boot made %s (sha256 %.12s)",
+			fs, what, obs.seed.ID, obs.seed.Sum, st.seed.ID, st.seed.Sum)
+	}
+	rc := remoteCuts(plan, obs)
+	st.remote.unanswered += rc.unanswered
+	st.remote.rolledBack += rc.rolledBack
+	st.remote.received += rc.received
+	st.remote.bytes += rc.bytes
 	failures, checks, broken := judge(plan, deletedVols, deletedSnaps, rec.damaged, obs)
 	for _, id := range broken {
 		rec.damaged[id] = true
@@ -304,8 +347,8 @@ func bootOnce(t *testing.T, k *vm.Kernel, initrd, disk, planImg, fs string, rec 
 	rec.adopt(obs.state, boot)
 
 	if final {
-		t.Logf("%s, %s (final): check: %d volumes and %d snapshots listed, %d checks, %d failures",
-			fs, what, len(obs.vols), len(obs.snaps), checks, len(failures))
+		t.Logf("%s, %s (final): check: %d volumes and %d snapshots listed, %d checks, %d failures%s",
+			fs, what, len(obs.vols), len(obs.snaps), checks, len(failures), rc)
 		if err := m.WaitTimeout(bootTimeout); err != nil {
 			t.Errorf("%s, final boot: %v; console:\n%s", fs, err, con.tail())
 		}
@@ -327,7 +370,7 @@ func bootOnce(t *testing.T, k *vm.Kernel, initrd, disk, planImg, fs string, rec 
 	// The load phase: cut the power at a random moment once it has begun.
 	var cut <-chan time.Time
 	var cutAfter time.Duration
-	acksBefore := rec.acks
+	acksBefore, remoteBefore := rec.acks, rec.remoteAcks
 	for {
 		e, ok := ev.next(i, m.Done(), cut)
 		if !ok {
@@ -362,6 +405,13 @@ func bootOnce(t *testing.T, k *vm.Kernel, initrd, disk, planImg, fs string, rec 
 		}
 	}
 	st.loadAcks += rec.acks - acksBefore
-	t.Logf("%s, %s: check: %d volumes and %d snapshots listed, %d checks, %d failures; load: %d calls acknowledged before the cut at %.1f s",
-		fs, what, len(obs.vols), len(obs.snaps), checks, len(failures), rec.acks-acksBefore, cutAfter.Seconds())
+	inFlight := 0
+	for _, o := range rec.vols {
+		if o.State == proto.Creating && o.Src == proto.RemoteSeed && o.Boot == boot {
+			inFlight++
+		}
+	}
+	t.Logf("%s, %s: check: %d volumes and %d snapshots listed, %d checks, %d failures%s; load: %d calls acknowledged "+
+		"(%d restores across nodes) before the cut at %.1f s, %d restores across nodes unanswered",
+		fs, what, len(obs.vols), len(obs.snaps), checks, len(failures), rc, rec.acks-acksBefore, rec.remoteAcks-remoteBefore, cutAfter.Seconds(), inFlight)
 }

@@ -19,6 +19,7 @@ type record struct {
 	deletedSnaps map[string]string
 	damaged      map[string]bool // IDs found listed but unusable (reported once)
 	acks         int             // acknowledged calls
+	remoteAcks   int             // acknowledged restores across nodes (Src remote:)
 }
 
 func newRecord() *record {
@@ -45,6 +46,9 @@ func (r *record) apply(e proto.Event, boot int) {
 		}
 		o.ID, o.State, o.Sums = e.ID, proto.Acked, []string{e.Sum}
 		r.acks++
+		if strings.HasPrefix(e.Src, "remote:") {
+			r.remoteAcks++
+		}
 	case o == nil:
 		// A write or delete of something no longer recorded: its loss was
 		// reported when it was found missing.
@@ -105,13 +109,16 @@ type observation struct {
 	vols      map[string]proto.Event // listed volumes by ID
 	snaps     map[string]proto.Event // listed snapshots by ID
 	retried   map[string]string      // "vol:"/"snap:" + name -> ID, from retried creates
+	seed      *proto.Event           // the sender's seed snapshot
+	leftovers map[string]int64       // partial/ before the driver started: entry -> bytes
+	rolled    map[string]string      // creates the driver's start-up rolled back: name -> ID
 	fails     []string               // what the guest found wrong by itself
 	state     []proto.Event
 }
 
 func newObservation() *observation {
 	return &observation{dirs: map[string][]string{}, dirErrs: map[string]string{}, vols: map[string]proto.Event{},
-		snaps: map[string]proto.Event{}, retried: map[string]string{}}
+		snaps: map[string]proto.Event{}, retried: map[string]string{}, leftovers: map[string]int64{}, rolled: map[string]string{}}
 }
 
 // take files one check-phase event; it reports whether the check is over.
@@ -119,6 +126,12 @@ func (o *observation) take(e proto.Event) bool {
 	switch e.Kind {
 	case proto.KindStarted:
 		o.started = true
+	case proto.KindSeed:
+		o.seed = &e
+	case proto.KindLeftover:
+		o.leftovers[e.ID] = e.Size
+	case proto.KindRolledBack:
+		o.rolled[e.Name] = e.ID
 	case proto.KindDir:
 		o.dirs[e.Dir] = e.Entries
 		if e.Err != "" {
@@ -143,6 +156,36 @@ func (o *observation) take(e proto.Event) bool {
 		return true
 	}
 	return false
+}
+
+// remoteCut is what a boot's check saw of the restores across nodes that
+// the last power cut left unanswered.
+type remoteCut struct {
+	unanswered int   // restores across nodes in the plan with no answer
+	rolledBack int   // of them, those the driver's start-up rolled back (its job had begun)
+	received   int   // of those, the ones with bytes in partial/ (the cut came mid-transfer)
+	bytes      int64 // what those had received
+}
+
+// remoteCuts counts, from the plan (the record the last cut left) and this
+// boot's observation, how the unanswered restores across nodes were cut.
+func remoteCuts(plan *proto.Plan, obs *observation) (rc remoteCut) {
+	for _, o := range plan.Vols {
+		if o.State != proto.Creating || !strings.HasPrefix(o.Src, "remote:") {
+			continue
+		}
+		rc.unanswered++
+		id, ok := obs.rolled[o.Name]
+		if !ok {
+			continue
+		}
+		rc.rolledBack++
+		if n := obs.leftovers[id]; n > 0 {
+			rc.received++
+			rc.bytes += n
+		}
+	}
+	return rc
 }
 
 var emptySum = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" // sha256 of nothing
@@ -180,6 +223,8 @@ func describe(kind string, o proto.Obj) string {
 	switch {
 	case strings.HasPrefix(o.Src, "snap:"):
 		how = "restored from snapshot " + strings.TrimPrefix(o.Src, "snap:")
+	case strings.HasPrefix(o.Src, "remote:"):
+		how = "restored across nodes from " + proto.SenderNode + "'s snapshot " + strings.TrimPrefix(o.Src, "remote:")
 	case strings.HasPrefix(o.Src, "vol:") && kind == "snapshot":
 		how = "of volume " + strings.TrimPrefix(o.Src, "vol:")
 	case strings.HasPrefix(o.Src, "vol:"):
@@ -227,6 +272,7 @@ func judge(plan *proto.Plan, deletedVols, deletedSnaps map[string]string, damage
 		fail(catIncomplete, "the check did not complete (driver started: %v)", obs.started)
 		return failures, checks, nil
 	}
+
 	for _, k := range []struct {
 		kind    string
 		objs    []proto.Obj

@@ -43,8 +43,11 @@ func (g *guest) work(n int, vols, snaps []item) {
 		}
 		var err error
 		switch {
-		case len(w.vols) == 0 || r < 18:
+		case len(w.vols) == 0 || r < 14:
 			err = w.create(name, nil, "")
+		case r < 24:
+			// A restore across nodes: the sender's seed.
+			err = w.create(name, &item{name: "seed", id: g.seed.SnapshotID, sum: g.seed.Sum}, proto.RemoteSeed)
 		case r < 43:
 			err = w.write(w.pick(w.vols))
 		case r < 55:
@@ -79,8 +82,9 @@ func (w *worker) ack(e proto.Event) {
 	w.g.out.emit(e, false)
 }
 
-// create makes an empty volume (src nil), a restore (srcRef "snap:") or a
-// clone ("vol:"); the new volume must hold its source's data.
+// create makes an empty volume (src nil), a restore (srcRef "snap:", or
+// proto.RemoteSeed across nodes) or a clone ("vol:"); the new volume must
+// hold its source's data.
 func (w *worker) create(name string, src *item, srcRef string) error {
 	sum := proto.None
 	req := &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{rwo},
@@ -88,16 +92,14 @@ func (w *worker) create(name string, src *item, srcRef string) error {
 	if src != nil {
 		sum = src.sum
 		ids := map[string]string{src.name: src.id}
-		if srcRef[0] == 's' {
-			req = createRequest(name, srcRef, nil, ids)
+		if srcRef[0] == 'v' {
+			req = w.g.createRequest(name, srcRef, ids, nil)
 		} else {
-			req = createRequest(name, srcRef, ids, nil)
+			req = w.g.createRequest(name, srcRef, nil, ids)
 		}
 	}
 	w.intent(proto.Event{Op: proto.OpCreateVol, Name: name, Src: srcRef, Sum: sum})
-	c, cancel := ctx()
-	defer cancel()
-	r, err := w.g.ctrl.CreateVolume(c, req)
+	r, err := w.g.createVolume(req, srcRef)
 	if err != nil {
 		return fmt.Errorf("CreateVolume %s from %q: %w", name, srcRef, err)
 	}

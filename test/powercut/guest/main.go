@@ -1,6 +1,8 @@
 // Command guest is the power-cut test's program inside the VM. At each
-// boot it mounts the data disk, starts the real driver on it (whose start-up
-// reconciliation runs), reports what the driver and the disk hold, repeats
+// boot it mounts the data disk, starts a second driver on it that holds
+// the snapshot restores across nodes fetch (the "sender", never judged),
+// starts the real driver on it (whose start-up reconciliation runs),
+// reports what the driver and the disk hold, repeats
 // the calls the last power cut left unanswered (as a CO would), and then,
 // unless this is the final boot, drives the driver with concurrent clients
 // until the host cuts the power. Every call is announced on the second
@@ -40,6 +42,21 @@ const (
 	data   = mnt + "/data"
 	socket = "/tmp/csi.sock"
 	logf   = "/tmp/plugin.log"
+
+	// The sender: a second driver, node proto.SenderNode, with its own
+	// state and data on the same disk, serving transfers over loopback.
+	senderDir    = mnt + "/sender"
+	senderSocket = "/tmp/sender.sock"
+	senderLog    = "/tmp/sender.log"
+	senderAddr   = "127.0.0.1:9811"
+	// keysFile is the transfer key both drivers hold, made at the first
+	// boot; seedFile says which snapshot of the sender's is the seed.
+	keysFile = mnt + "/transfer-keys"
+	seedFile = mnt + "/seed.json"
+	// seedBytes is the seed's data file: large enough that a transfer
+	// takes a few seconds under software emulation, so that cuts land in
+	// the middle of one.
+	seedBytes = 12 << 20
 )
 
 var rwo = &csi.VolumeCapability{
@@ -115,11 +132,22 @@ type guest struct {
 	out    *emitter
 	plugin string
 	plan   *proto.Plan
-	cmd    *exec.Cmd
+	main   *proc // the judged driver
 	ctrl   csi.ControllerClient
 	node   csi.NodeClient
-	conn   *grpc.ClientConn
+	sender *proc
+	seed   seedInfo
+}
+
+// proc is one driver process and its client.
+type proc struct {
+	name   string
+	log    string
+	cmd    *exec.Cmd
 	exited chan struct{}
+	conn   *grpc.ClientConn
+	ctrl   csi.ControllerClient
+	node   csi.NodeClient
 }
 
 func (g *guest) fail(format string, args ...any) {
@@ -150,13 +178,34 @@ func (g *guest) run(planPath, disk string) error {
 	if err := unix.Mount(disk, mnt, plan.FS, 0, ""); err != nil {
 		return fmt.Errorf("mount %s (%s) on %s: %w", disk, plan.FS, mnt, err)
 	}
-	start := time.Now()
-	if err := g.startDriver(); err != nil {
+	if err := upLoopback(); err != nil {
 		return err
 	}
+	if err := ensureKeys(); err != nil {
+		return err
+	}
+	start := time.Now()
+	if g.sender, err = startProc("sender", g.plugin, senderSocket, senderLog, "--nodeid="+proto.SenderNode,
+		"--state-dir="+senderDir+"/state", "--data-dir="+senderDir+"/data",
+		"--transfer-listen="+senderAddr, "--transfer-keys="+keysFile, "-v=2"); err != nil {
+		return err
+	}
+	fmt.Printf("guest: sender ready after %s (uptime %s)\n", time.Since(start).Round(time.Millisecond), uptime())
+	if err := g.ensureSeed(); err != nil {
+		return err
+	}
+	g.reportLeftovers()
+	start = time.Now()
+	if g.main, err = startProc("plugin", g.plugin, socket, logf, "--nodeid=powercut",
+		"--state-dir="+mnt+"/state", "--data-dir="+data,
+		"--transfer-peers="+proto.SenderNode+"="+senderAddr, "--transfer-keys="+keysFile, "-v=2"); err != nil {
+		return err
+	}
+	g.ctrl, g.node = g.main.ctrl, g.main.node
 	g.out.emit(proto.Event{Kind: proto.KindStarted, Msg: fmt.Sprintf("%.2f", time.Since(start).Seconds())}, false)
 	fmt.Printf("guest: driver ready after %s (uptime %s); its start-up log:\n", time.Since(start).Round(time.Millisecond), uptime())
 	g.printLog(0)
+	g.reportRolledBack()
 
 	vols, snaps := g.observe()
 	stVols, stSnaps := g.retry(vols, snaps)
@@ -168,42 +217,45 @@ func (g *guest) run(planPath, disk string) error {
 	return nil
 }
 
-func (g *guest) startDriver() error {
-	log, err := os.Create(logf)
+// startProc starts a driver (its log in log, lines prefixed name on the
+// console when shown) and waits until it answers Probe ready.
+func startProc(name, bin, sock, log string, args ...string) (*proc, error) {
+	f, err := os.Create(log)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	g.cmd = exec.Command(g.plugin, "--endpoint=unix://"+socket, "--nodeid=powercut",
-		"--state-dir="+mnt+"/state", "--data-dir="+data, "-v=2")
-	g.cmd.Stdout, g.cmd.Stderr = log, log
-	if err := g.cmd.Start(); err != nil {
-		return err
+	defer f.Close() // the child holds its own descriptor
+	p := &proc{name: name, log: log, cmd: exec.Command(bin, append([]string{"--endpoint=unix://" + sock}, args...)...)}
+	p.cmd.Stdout, p.cmd.Stderr = f, f
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start the %s: %w", name, err)
 	}
-	g.exited = make(chan struct{})
-	go func() { _ = g.cmd.Wait(); close(g.exited) }()
-	g.conn, err = grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	p.exited = make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(p.exited) }()
+	p.conn, err = grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithConnectParams(grpc.ConnectParams{MinConnectTimeout: 5 * time.Second,
 			Backoff: backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.5, MaxDelay: 200 * time.Millisecond}}))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	g.ctrl, g.node = csi.NewControllerClient(g.conn), csi.NewNodeClient(g.conn)
-	id := csi.NewIdentityClient(g.conn)
+	p.ctrl, p.node = csi.NewControllerClient(p.conn), csi.NewNodeClient(p.conn)
+	id := csi.NewIdentityClient(p.conn)
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		r, err := id.Probe(ctx, &csi.ProbeRequest{})
 		cancel()
 		if err == nil && r.GetReady().GetValue() {
-			return nil
+			return p, nil
 		}
 		select {
-		case <-g.exited:
-			return fmt.Errorf("the driver exited during start-up: %v", g.cmd.ProcessState)
+		case <-p.exited:
+			p.printLog(40)
+			return nil, fmt.Errorf("the %s exited during start-up: %v", name, p.cmd.ProcessState)
 		default:
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the driver did not become ready: %v", err)
+			return nil, fmt.Errorf("the %s did not become ready: %v", name, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -211,8 +263,8 @@ func (g *guest) startDriver() error {
 
 // printLog copies the driver's log to the console: all of it, or its last
 // n lines.
-func (g *guest) printLog(n int) {
-	b, err := os.ReadFile(logf)
+func (p *proc) printLog(n int) {
+	b, err := os.ReadFile(p.log)
 	if err != nil {
 		return
 	}
@@ -222,21 +274,45 @@ func (g *guest) printLog(n int) {
 	}
 	w := bufio.NewWriter(os.Stdout)
 	for _, l := range lines {
-		fmt.Fprintf(w, "plugin: %s\n", l)
+		fmt.Fprintf(w, "%s: %s\n", p.name, l)
 	}
 	w.Flush()
 }
 
-func (g *guest) shutdown() error {
-	_ = g.cmd.Process.Signal(syscall.SIGTERM)
+// stop ends the driver with SIGTERM, as the kubelet does, and waits for it
+// to exit cleanly.
+func (p *proc) stop() error {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-g.exited:
+	case <-p.exited:
 	case <-time.After(2 * time.Minute):
-		return errors.New("the driver did not exit within 2 minutes of SIGTERM")
+		return fmt.Errorf("the %s did not exit within 2 minutes of SIGTERM", p.name)
 	}
-	if !g.cmd.ProcessState.Success() {
-		g.printLog(20)
-		return fmt.Errorf("the driver exited with %v after SIGTERM", g.cmd.ProcessState)
+	p.conn.Close()
+	if !p.cmd.ProcessState.Success() {
+		p.printLog(20)
+		return fmt.Errorf("the %s exited with %v after SIGTERM", p.name, p.cmd.ProcessState)
+	}
+	return nil
+}
+
+// printLog copies the judged driver's log to the console (see proc.printLog).
+func (g *guest) printLog(n int) {
+	if g.main != nil {
+		g.main.printLog(n)
+		return
+	}
+	(&proc{name: "plugin", log: logf}).printLog(n)
+}
+
+// shutdown stops both drivers (the judged one first: it may be fetching
+// from the sender) and unmounts the disk; no process of the test is left.
+func (g *guest) shutdown() error {
+	if err := g.main.stop(); err != nil {
+		return err
+	}
+	if err := g.sender.stop(); err != nil {
+		return err
 	}
 	if err := unix.Unmount(mnt, 0); err != nil {
 		return fmt.Errorf("unmount %s: %w", mnt, err)
@@ -442,9 +518,9 @@ func (g *guest) retry(vols, snaps map[string]obsVol) (stVols, stSnaps []item) {
 		if o.State != proto.Creating {
 			continue
 		}
-		req := createRequest(o.Name, o.Src, volID, snapID)
+		req := g.createRequest(o.Name, o.Src, volID, snapID)
 		g.out.emit(proto.Event{Kind: proto.KindIntent, Op: proto.OpCreateVol, Name: o.Name, Src: o.Src, Sum: o.Sums[0], Retry: true}, true)
-		r, err := g.ctrl.CreateVolume(c, req)
+		r, err := g.createVolume(req, o.Src)
 		if err != nil {
 			g.fail("retried CreateVolume %s from %q: %v", o.Name, o.Src, err)
 			continue
@@ -503,11 +579,18 @@ func (g *guest) retry(vols, snaps map[string]obsVol) (stVols, stSnaps []item) {
 }
 
 // createRequest builds a CreateVolume for a name and a source ("",
-// "vol:<name>", "snap:<name>").
-func createRequest(name, src string, volID, snapID map[string]string) *csi.CreateVolumeRequest {
+// "vol:<name>", "snap:<name>", or proto.RemoteSeed: the sender's seed
+// snapshot, which the judged driver does not hold and fetches).
+func (g *guest) createRequest(name, src string, volID, snapID map[string]string) *csi.CreateVolumeRequest {
 	req := &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{rwo},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20}}
 	switch {
+	case src == proto.RemoteSeed:
+		req.CapacityRange = nil // the seed's source size
+		req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: g.seed.SnapshotID}}}
+	case strings.HasPrefix(src, "remote:"):
+		panic("unknown remote source " + src)
 	case strings.HasPrefix(src, "snap:"):
 		req.CapacityRange = nil // the snapshot's source size
 		req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{

@@ -31,7 +31,9 @@ type Obj struct {
 	ID    string `json:"id,omitempty"` // empty while a create has no answer
 	State string `json:"state"`
 	// Src says what a volume or snapshot was made from: "" (an empty
-	// volume), "vol:<name>" or "snap:<name>".
+	// volume), "vol:<name>", "snap:<name>" or "remote:<name>" (a restore
+	// of a snapshot another node's driver holds, fetched from it; see
+	// RemoteSeed).
 	Src string `json:"src,omitempty"`
 	// Sums are the data checksums the object may hold: one, or two (old
 	// and new) after a write whose answer never reached the host.
@@ -52,7 +54,7 @@ type Plan struct {
 
 // Op names.
 const (
-	OpCreateVol = "createvol" // CreateVolume: empty, restore (Src snap:) or clone (Src vol:)
+	OpCreateVol = "createvol" // CreateVolume: empty, restore (Src snap:, or remote: across nodes) or clone (Src vol:)
 	OpWrite     = "write"     // stage, publish, write data and fsync, unpublish, unstage
 	OpSnapshot  = "snapshot"
 	OpDeleteVol = "delvol"
@@ -61,18 +63,29 @@ const (
 
 // Event kinds, in the order a boot sends them.
 const (
-	KindBoot      = "boot"      // the guest program runs
-	KindStarted   = "started"   // the driver answers Probe; Msg: start-up seconds
-	KindDir       = "dir"       // Dir: a subdirectory of the data directory; Entries
-	KindObsVol    = "obsvol"    // a listed volume: ID, Sum (read through a publish), Size, Health, Err
-	KindObsSnap   = "obssnap"   // a listed snapshot: ID, Sum (read from its directory), Size, Ready, Err
-	KindIntent    = "intent"    // a call is about to be made (sent out before the call starts)
-	KindAck       = "ack"       // the call was answered
-	KindState     = "state"     // after the check: Op vol|snap, Name, ID, Sum the load starts from
-	KindCheckDone = "checkdone" // the check is over
-	KindLoadStart = "loadstart" // concurrent clients start; the host cuts power from now on
-	KindFail      = "fail"      // something the guest found wrong by itself: Msg
-	KindFinal     = "final"     // the final boot's check is over; the guest powers off
+	KindBoot       = "boot"       // the guest program runs
+	KindSeed       = "seed"       // the sender's snapshot restores across nodes fetch: ID, Sum, Size; Msg: made (this boot) or kept
+	KindLeftover   = "leftover"   // before the driver starts: an entry of its partial/ (Dir), ID, Size (bytes in it)
+	KindStarted    = "started"    // the driver answers Probe; Msg: start-up seconds
+	KindRolledBack = "rolledback" // the driver's start-up rolled back the create of Name (ID): its log says so
+	KindDir        = "dir"        // Dir: a subdirectory of the data directory; Entries
+	KindObsVol     = "obsvol"     // a listed volume: ID, Sum (read through a publish), Size, Health, Err
+	KindObsSnap    = "obssnap"    // a listed snapshot: ID, Sum (read from its directory), Size, Ready, Err
+	KindIntent     = "intent"     // a call is about to be made (sent out before the call starts)
+	KindAck        = "ack"        // the call was answered
+	KindState      = "state"      // after the check: Op vol|snap, Name, ID, Sum the load starts from
+	KindCheckDone  = "checkdone"  // the check is over
+	KindLoadStart  = "loadstart"  // concurrent clients start; the host cuts power from now on
+	KindFail       = "fail"       // something the guest found wrong by itself: Msg
+	KindFinal      = "final"      // the final boot's check is over; the guest powers off
+)
+
+// RemoteSeed is the Src of a restore across nodes: the guest's second
+// driver (node ID SenderNode, the "sender") holds the snapshot "seed", and
+// the judged driver fetches it from there.
+const (
+	RemoteSeed = "remote:seed"
+	SenderNode = "node-a"
 )
 
 // Event is one line from the guest.
