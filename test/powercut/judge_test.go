@@ -210,7 +210,8 @@ func TestRemoteCuts(t *testing.T) {
 	} {
 		o.take(e)
 	}
-	if got, want := remoteCuts(plan, o), (remoteCut{unanswered: 3, rolledBack: 2, received: 1, bytes: 5 << 20}); got != want {
+	atCut := map[string]int64{"hpv1-c": 0, "hpv1-d": 7 << 20, "hpv1-e": 1 << 20}
+	if got, want := remoteCuts(plan, atCut, o), (remoteCut{unanswered: 3, rolledBack: 2, received: 1, bytes: 7 << 20, onDisk: 5 << 20}); got != want {
 		t.Errorf("remoteCuts = %+v, want %+v", got, want)
 	}
 }

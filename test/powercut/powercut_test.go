@@ -216,6 +216,13 @@ type stats struct {
 	// in flight (summed over the boots after a cut).
 	remote remoteCut
 	seed   *proto.Event // the sender's seed, as the first boot made it
+	// atCut is what the judged driver's partial/ held at the last cut
+	// (entry -> bytes), from the load's last progress report.
+	atCut map[string]int64
+	// remoteTime sums how long the acknowledged restores across nodes of
+	// the load took, from intent to ack as the host saw them.
+	remoteTime, remoteMax time.Duration
+	remoteTimed           int
 }
 
 func (st *stats) failed(t *testing.T, cut int, cat, format string, args ...any) {
@@ -240,14 +247,24 @@ func (st *stats) summary() string {
 	return fmt.Sprintf("%d failures, the first after cut %d: %s", st.failures, st.firstFailedCut, strings.Join(parts, ", "))
 }
 
+// progress reads a progress report: partial/'s entries and their bytes.
+func progress(e proto.Event) map[string]int64 {
+	m := map[string]int64{}
+	for _, s := range e.Entries {
+		name, n, _ := strings.Cut(s, " ")
+		m[name], _ = strconv.ParseInt(n, 10, 64)
+	}
+	return m
+}
+
 // String says what a check saw of the restores across nodes the last cut
 // left unanswered ("" when there were none).
 func (rc remoteCut) String() string {
 	if rc.unanswered == 0 {
 		return ""
 	}
-	return fmt.Sprintf(" (of %d restores across nodes the cut left unanswered, %d rolled back, %d with %.1f MiB received)",
-		rc.unanswered, rc.rolledBack, rc.received, float64(rc.bytes)/(1<<20))
+	return fmt.Sprintf(" (of %d restores across nodes the cut left unanswered, %d rolled back, %d cut mid-transfer with %.1f MiB received, %.1f MiB of it on disk)",
+		rc.unanswered, rc.rolledBack, rc.received, float64(rc.bytes)/(1<<20), float64(rc.onDisk)/(1<<20))
 }
 
 func runCuts(t *testing.T, k *vm.Kernel, initrd, fs string, cuts int) {
@@ -267,9 +284,14 @@ func runCuts(t *testing.T, k *vm.Kernel, initrd, fs string, cuts int) {
 	if st.seed == nil {
 		return
 	}
-	t.Logf("%s: restores across nodes (%d MiB each): %d acknowledged; %d unanswered at a cut, of which %d had begun "+
-		"(rolled back at the next start) and %d were cut mid-transfer (%.1f MiB received in all)",
-		fs, st.seed.Size>>20, rec.remoteAcks, st.remote.unanswered, st.remote.rolledBack, st.remote.received, float64(st.remote.bytes)/(1<<20))
+	var took string
+	if st.remoteTimed > 0 {
+		took = fmt.Sprintf(" (those of the load took %.1f s on average, %.1f s at most)", st.remoteTime.Seconds()/float64(st.remoteTimed), st.remoteMax.Seconds())
+	}
+	t.Logf("%s: restores across nodes (%d MiB each): %d acknowledged%s; %d unanswered at a cut, of which %d had begun "+
+		"(rolled back at the next start) and %d were cut mid-transfer (%.1f MiB received at the cuts, %.1f MiB of it on disk after)",
+		fs, st.seed.Size>>20, rec.remoteAcks, took, st.remote.unanswered, st.remote.rolledBack, st.remote.received,
+		float64(st.remote.bytes)/(1<<20), float64(st.remote.onDisk)/(1<<20))
 }
 
 // bootOnce boots the VM on the disk, judges its check, and (unless final)
@@ -324,11 +346,12 @@ func bootOnce(t *testing.T, k *vm.Kernel, initrd, disk, planImg, fs string, rec 
 		t.Fatalf("%s, %s: the seed is now %s (sha256 %.12s), the first boot made %s (sha256 %.12s)",
 			fs, what, obs.seed.ID, obs.seed.Sum, st.seed.ID, st.seed.Sum)
 	}
-	rc := remoteCuts(plan, obs)
+	rc := remoteCuts(plan, st.atCut, obs)
 	st.remote.unanswered += rc.unanswered
 	st.remote.rolledBack += rc.rolledBack
 	st.remote.received += rc.received
 	st.remote.bytes += rc.bytes
+	st.remote.onDisk += rc.onDisk
 	failures, checks, broken := judge(plan, deletedVols, deletedSnaps, rec.damaged, obs)
 	for _, id := range broken {
 		rec.damaged[id] = true
@@ -371,6 +394,8 @@ func bootOnce(t *testing.T, k *vm.Kernel, initrd, disk, planImg, fs string, rec 
 	var cut <-chan time.Time
 	var cutAfter time.Duration
 	acksBefore, remoteBefore := rec.acks, rec.remoteAcks
+	st.atCut = map[string]int64{}
+	remoteStart := map[string]time.Time{}
 	for {
 		e, ok := ev.next(i, m.Done(), cut)
 		if !ok {
@@ -381,7 +406,19 @@ func bootOnce(t *testing.T, k *vm.Kernel, initrd, disk, planImg, fs string, rec 
 		case proto.KindLoadStart:
 			cutAfter = time.Duration(mrand.Int64N(int64(maxCutDelay)))
 			cut = time.After(cutAfter)
+		case proto.KindProgress:
+			st.atCut = progress(e)
 		case proto.KindIntent, proto.KindAck:
+			if e.Op == proto.OpCreateVol && e.Src == proto.RemoteSeed {
+				if e.Kind == proto.KindIntent {
+					remoteStart[e.Name] = time.Now()
+				} else if t0, ok := remoteStart[e.Name]; ok {
+					d := time.Since(t0)
+					st.remoteTime += d
+					st.remoteMax = max(st.remoteMax, d)
+					st.remoteTimed++
+				}
+			}
 			rec.apply(e, boot)
 		case proto.KindFail:
 			st.failed(t, boot, catCall, "%s, %s, load: the guest reports: %s", fs, what, e.Msg)
@@ -399,6 +436,9 @@ func bootOnce(t *testing.T, k *vm.Kernel, initrd, disk, planImg, fs string, rec 
 		}
 		if e.Kind == proto.KindIntent || e.Kind == proto.KindAck {
 			rec.apply(e, boot)
+		}
+		if e.Kind == proto.KindProgress {
+			st.atCut = progress(e)
 		}
 		if e.Kind == proto.KindFail {
 			st.failed(t, boot, catCall, "%s, %s, load: the guest reports: %s", fs, what, e.Msg)

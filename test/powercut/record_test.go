@@ -163,13 +163,16 @@ func (o *observation) take(e proto.Event) bool {
 type remoteCut struct {
 	unanswered int   // restores across nodes in the plan with no answer
 	rolledBack int   // of them, those the driver's start-up rolled back (its job had begun)
-	received   int   // of those, the ones with bytes in partial/ (the cut came mid-transfer)
-	bytes      int64 // what those had received
+	received   int   // of those, the ones the cut caught mid-transfer: bytes in partial/ at the cut
+	bytes      int64 // what those had received at the cut (the last progress report before it)
+	onDisk     int64 // what of it the next start found in partial/ (the receive syncs only at its end)
 }
 
-// remoteCuts counts, from the plan (the record the last cut left) and this
-// boot's observation, how the unanswered restores across nodes were cut.
-func remoteCuts(plan *proto.Plan, obs *observation) (rc remoteCut) {
+// remoteCuts counts, from the plan (the record the last cut left), what
+// partial/ held at the cut (the load's last progress report: entry ->
+// bytes) and this boot's observation, how the unanswered restores across
+// nodes were cut.
+func remoteCuts(plan *proto.Plan, atCut map[string]int64, obs *observation) (rc remoteCut) {
 	for _, o := range plan.Vols {
 		if o.State != proto.Creating || !strings.HasPrefix(o.Src, "remote:") {
 			continue
@@ -180,9 +183,10 @@ func remoteCuts(plan *proto.Plan, obs *observation) (rc remoteCut) {
 			continue
 		}
 		rc.rolledBack++
-		if n := obs.leftovers[id]; n > 0 {
+		if n := atCut[id]; n > 0 {
 			rc.received++
 			rc.bytes += n
+			rc.onDisk += obs.leftovers[id]
 		}
 	}
 	return rc

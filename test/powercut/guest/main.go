@@ -626,5 +626,6 @@ func (g *guest) load(vols, snaps []item) {
 	for w := range g.plan.Workers {
 		go g.work(w, owned[w], ownedSnaps[w])
 	}
+	go g.watchPartial()
 	select {} // until the power goes
 }

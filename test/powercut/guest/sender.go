@@ -169,6 +169,41 @@ func (g *guest) ensureSeed() error {
 	return nil
 }
 
+// watchPartial reports what the judged driver's partial/ holds, twice a
+// second while it changes, so that the host knows which transfers (and
+// copies) were under way at the cut and how far they had got: what a
+// power cut leaves on the disk of a receive is not that (the driver syncs
+// only at its end).
+func (g *guest) watchPartial() {
+	last := ""
+	for ; ; time.Sleep(500 * time.Millisecond) {
+		entries, _ := os.ReadDir(filepath.Join(data, "partial"))
+		var ev proto.Event
+		for _, e := range entries {
+			ev.Entries = append(ev.Entries, fmt.Sprintf("%s %d", e.Name(), treeBytes(filepath.Join(data, "partial", e.Name()))))
+		}
+		if now := fmt.Sprint(ev.Entries); now != last {
+			last = now
+			ev.Kind = proto.KindProgress
+			g.out.emit(ev, false)
+		}
+	}
+}
+
+// treeBytes is the size of the regular files under dir.
+func treeBytes(dir string) int64 {
+	var size int64
+	_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if info, err := d.Info(); err == nil {
+				size += info.Size()
+			}
+		}
+		return nil
+	})
+	return size
+}
+
 // reportLeftovers reports what the judged driver's partial/ holds before
 // it starts (its start-up empties it): a receive the cut interrupted is
 // there with the bytes it had on disk.
@@ -179,16 +214,7 @@ func (g *guest) reportLeftovers() {
 		return // the first boot: no data directory yet
 	}
 	for _, e := range entries {
-		var size int64
-		_ = filepath.WalkDir(filepath.Join(dir, e.Name()), func(_ string, d fs.DirEntry, err error) error {
-			if err == nil && d.Type().IsRegular() {
-				if info, err := d.Info(); err == nil {
-					size += info.Size()
-				}
-			}
-			return nil
-		})
-		g.out.emit(proto.Event{Kind: proto.KindLeftover, Dir: "partial", ID: e.Name(), Size: size}, false)
+		g.out.emit(proto.Event{Kind: proto.KindLeftover, Dir: "partial", ID: e.Name(), Size: treeBytes(filepath.Join(dir, e.Name()))}, false)
 	}
 }
 

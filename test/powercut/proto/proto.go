@@ -76,6 +76,7 @@ const (
 	KindState      = "state"      // after the check: Op vol|snap, Name, ID, Sum the load starts from
 	KindCheckDone  = "checkdone"  // the check is over
 	KindLoadStart  = "loadstart"  // concurrent clients start; the host cuts power from now on
+	KindProgress   = "progress"   // in the load, when it changed: what partial/ holds, Entries "<entry> <bytes>"
 	KindFail       = "fail"       // something the guest found wrong by itself: Msg
 	KindFinal      = "final"      // the final boot's check is over; the guest powers off
 )
