@@ -16,6 +16,13 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/test/powercut/proto"
 )
 
+// remoteWorkers is how many workers make restores across nodes (a tenth
+// of their calls): as many as the driver receives at once by default
+// (--max-concurrent-transfers), so that a cut finds them transferring
+// rather than queued, and a transfer's seconds do not starve the rest of
+// the load.
+const remoteWorkers = 2
+
 // worker is one load client with the objects it owns.
 type worker struct {
 	g     *guest
@@ -45,7 +52,7 @@ func (g *guest) work(n int, vols, snaps []item) {
 		switch {
 		case len(w.vols) == 0 || r < 14:
 			err = w.create(name, nil, "")
-		case r < 24:
+		case r < 24 && n < remoteWorkers:
 			// A restore across nodes: the sender's seed.
 			err = w.create(name, &item{name: "seed", id: g.seed.SnapshotID, sum: g.seed.Sum}, proto.RemoteSeed)
 		case r < 43:
