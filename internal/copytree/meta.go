@@ -121,11 +121,22 @@ func copyXattrs(src xattrSource, set func(name string, value []byte) error, keep
 			return fmt.Errorf("xattr %s: %w", name, err)
 		}
 		if err := set(string(name), val); err != nil {
+			if string(name) == nfs4ACL && errors.Is(err, unix.EOPNOTSUPP) {
+				continue // see nfs4ACL
+			}
 			return fmt.Errorf("set xattr %s: %w", name, err)
 		}
 	}
 	return nil
 }
+
+// nfs4ACL is the attribute through which an NFSv4 client shows every
+// file's ACL, the mode's bits when nobody set one. A copy from an NFS
+// export to a filesystem that cannot hold it (a snapshot kept off the node
+// restored onto the node's disk) leaves it out: the mode, copied anyway,
+// carries the permissions, and an NFSv4 ACL has no local form. A copy to
+// another NFS export keeps it.
+const nfs4ACL = "system.nfs4_acl"
 
 // setOnFd is the set of copyXattrs for an open copy.
 func setOnFd(fd int) func(string, []byte) error {

@@ -27,6 +27,7 @@ package gonenode
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -133,6 +134,7 @@ func (r *Reaper) Sweep(ctx context.Context) (Result, error) {
 		}
 	}
 
+	var errs []error
 	pvs, err := r.Core.PersistentVolumes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return res, fmt.Errorf("list persistent volumes: %w", err)
@@ -150,7 +152,8 @@ func (r *Reaper) Sweep(ctx context.Context) (Result, error) {
 			continue
 		}
 		if err := r.deletePV(ctx, pv); err != nil {
-			return res, err
+			errs = append(errs, err) // the others still go; this one next sweep
+			continue
 		}
 		klog.InfoS("Deleted the PV of a deleted claim on a node that is gone; its data went with the node", "pv", pv.Name, "node", node, "volumeHandle", pv.Spec.CSI.VolumeHandle)
 		res.PVsDeleted = append(res.PVsDeleted, pv.Name)
@@ -179,14 +182,23 @@ func (r *Reaper) Sweep(ctx context.Context) (Result, error) {
 		if !gone(node) {
 			continue
 		}
-		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": map[string]string{ManagedByLabel: r.Self}}})
-		if _, err := r.Dynamic.Resource(contentsResource).Patch(ctx, c.GetName(), types.MergePatchType, patch, metav1.PatchOptions{}); err != nil && !apierrors.IsNotFound(err) {
-			return res, fmt.Errorf("hand volume snapshot content %s of gone node %s to %s: %w", c.GetName(), node, r.Self, err)
+		// Only if it is still the gone node's: every node's reaper sweeps,
+		// and one content goes to one node (the test fails the others').
+		path := "/metadata/labels/" + strings.ReplaceAll(strings.ReplaceAll(ManagedByLabel, "~", "~0"), "/", "~1")
+		patch, _ := json.Marshal([]map[string]any{
+			{"op": "test", "path": path, "value": node},
+			{"op": "replace", "path": path, "value": r.Self},
+		})
+		if _, err := r.Dynamic.Resource(contentsResource).Patch(ctx, c.GetName(), types.JSONPatchType, patch, metav1.PatchOptions{}); err != nil {
+			if !apierrors.IsNotFound(err) && !apierrors.IsInvalid(err) && !apierrors.IsConflict(err) && !strings.Contains(err.Error(), "test") {
+				errs = append(errs, fmt.Errorf("hand volume snapshot content %s of gone node %s to %s: %w", c.GetName(), node, r.Self, err))
+			}
+			continue
 		}
 		klog.InfoS("Took over a snapshot content of a node that is gone", "content", c.GetName(), "node", node, "snapshotHandle", handle, "deleting", c.GetDeletionTimestamp() != nil)
 		res.ContentsHanded = append(res.ContentsHanded, c.GetName())
 	}
-	return res, nil
+	return res, errors.Join(errs...)
 }
 
 // deletePV removes the provisioner's finalizer (nobody will run its

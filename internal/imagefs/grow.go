@@ -196,7 +196,7 @@ func finish(res *Expansion) error {
 
 // growFile makes img newSize bytes long, durably; never shorter.
 func growFile(img string, newSize int64) error {
-	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	f, err := os.OpenFile(img, os.O_RDWR|unix.O_NOFOLLOW, 0) // a planted symlink is never grown
 	if err != nil {
 		return fmt.Errorf("open image: %w", err)
 	}

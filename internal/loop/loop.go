@@ -153,7 +153,7 @@ func attach(devDir, file string, opts Options) (*Device, error) {
 	if opts.ReadOnly {
 		flags = unix.O_RDONLY
 	}
-	ffd, err := unix.Open(file, flags|unix.O_CLOEXEC, 0)
+	ffd, err := unix.Open(file, flags|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0) // a planted symlink is never a backing file
 	if err != nil {
 		return nil, fmt.Errorf("open backing file: %w", &os.PathError{Op: "open", Path: file, Err: err})
 	}

@@ -168,6 +168,13 @@ func (d *hostpathDriver) copyIntoVolume(ctx context.Context, v *state.Volume, sr
 		})
 		return st, err
 	})
+	if err == nil && kindOf(v).layout != LayoutDirectory && (src.remote != nil || src.export != nil) {
+		// Made from what another node, or whoever writes the export,
+		// sent: before anything grows, attaches or formats it.
+		if err = d.vols.CheckImage(v.ID); err != nil {
+			err = status.Errorf(codes.DataLoss, "the %s: %v", src.describe(v.ID), err)
+		}
+	}
 	if err == nil {
 		err = d.fitToCapacity(v)
 	}

@@ -449,3 +449,35 @@ func (b *Backend) DisableDiscardOnVolumeDevices() (int, error) {
 	}
 	return n, errors.Join(errs...)
 }
+
+// ErrNotAnImage is returned by CheckImage for a volume whose image is not
+// a plain file of its own.
+var ErrNotAnImage = errors.New("the volume's image is not a regular file of its own")
+
+// CheckImage makes sure an image or block volume made by a copy from
+// outside this node (another node's stream, a snapshot on an NFS export)
+// holds its image and nothing else, as a plain file with one link: a
+// symlink or a hard link planted there would make every later grow, attach
+// or format reach another file of the node.
+func (b *Backend) CheckImage(id string) error {
+	dir := b.Path(id)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	if len(ents) != 1 || ents[0].Name() != imageName {
+		names := make([]string, 0, len(ents))
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		return fmt.Errorf("%w: volume %s holds %q, want only %s", ErrNotAnImage, id, names, imageName)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(dir, imageName), &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 {
+		return fmt.Errorf("%w: volume %s's %s has mode %o and %d links", ErrNotAnImage, id, imageName, st.Mode, st.Nlink)
+	}
+	return nil
+}
