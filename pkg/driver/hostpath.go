@@ -2,6 +2,7 @@ package driver
 
 import (
 	"sync"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/klog/v2"
@@ -39,6 +40,9 @@ type hostpathDriver struct {
 	// wholeCopies are the image and block volumes a full copy reads now,
 	// without their node locks (see withCopyLocks).
 	wholeCopies wholeCopies
+	// offNodeBeat is how often a copy to an export refreshes its record's
+	// heartbeat (offNodeHeartbeat when 0; shorter in tests).
+	offNodeBeat time.Duration
 	// xnode serves and fetches copies across nodes (nil: off).
 	xnode *xnode
 }

@@ -118,7 +118,10 @@ func (d *nfsDriver) sweepExport(server, share string) error {
 		return err
 	}
 	for _, rec := range snaps {
-		if rec.Phase == nfs.PhaseReady || time.Since(rec.CreatedAt) < age || d.jobs.making(rec.ID) != nil {
+		// A snapshot of a hostpath volume is copied by a job on its node,
+		// not in this process: its record is in that job's hands while
+		// the job's heartbeat is fresh (see takeOffNodeSnapshot).
+		if rec.Phase == nfs.PhaseReady || time.Since(rec.LastAlive()) < age || d.jobs.making(rec.ID) != nil {
 			continue
 		}
 		s, err := ids.ParseNFSSnapshotID(rec.ID)
@@ -130,7 +133,7 @@ func (d *nfsDriver) sweepExport(server, share string) error {
 			return err
 		}
 		cur, err := x.GetSnapshot(ctx, s.Key)
-		if err == nil && cur.Phase != nfs.PhaseReady {
+		if err == nil && cur.Phase != nfs.PhaseReady && time.Since(cur.LastAlive()) >= age {
 			err = d.nfsUndoSnapshot(ctx, x, cur, s.Key)
 			if err == nil {
 				klog.InfoS("Removed an NFS snapshot whose create or delete a crash interrupted", "snapshotID", rec.ID, "name", rec.Name, "phase", cur.Phase)

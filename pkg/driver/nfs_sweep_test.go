@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hostpath-csi/hostpath-csi/internal/backend/nfs"
 	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 	"github.com/hostpath-csi/hostpath-csi/internal/testutil"
 )
@@ -82,4 +84,66 @@ func TestTrashPurgeOnAServerThatStopsAnsweringDoesNotHoldClose(t *testing.T) {
 	}
 	thaw()
 	<-closed
+}
+
+// A sweep undoes a creating snapshot only when nobody has vouched for it
+// for nfsSweepAge: every node copies snapshots of its hostpath volumes to
+// the export, in jobs the sweeping process does not know of, and such a
+// job refreshes its record's heartbeat (UpdatedAt) while it copies. A
+// record old by its creation but with a fresh heartbeat is a long copy in
+// flight and stays; one whose heartbeat is stale, or that has none and is
+// old, is undone.
+func TestNFSSweepOfCreatingSnapshotsByHeartbeat(t *testing.T) {
+	e := newNFSEnv(t, 30*time.Second)
+	x, err := e.d.nfs.useExport(ctx, testServer, testShare)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Release()
+	e.d.nfs.sweeps.wg.Wait() // e.d's own sweep, before the records below exist
+
+	now := time.Now().UTC()
+	cases := []struct {
+		name               string
+		created, heartbeat time.Duration // ago; heartbeat 0: none
+		kept               bool
+	}{
+		{"fresh heartbeat of a long copy", 2 * time.Hour, time.Minute, true},
+		{"stale heartbeat", 2 * time.Hour, 20 * time.Minute, false},
+		{"no heartbeat, old", 2 * time.Hour, 0, false},
+		{"no heartbeat, young", time.Minute, 0, true},
+	}
+	keys := make([]string, len(cases))
+	for i, c := range cases {
+		id, key, err := e.d.nfs.nfsNewSnapshotKey(ctx, x, testServer, testShare)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := &nfs.SnapshotRecord{ID: id, Name: fmt.Sprintf("snap-%d", i), SourceVolumeID: "hpv1-0000000000000000000000000000000f",
+			Phase: nfs.PhaseCreating, CreatedAt: now.Add(-c.created), SourceFamily: nfs.FamilyHostpath, SourceNode: "node-9"}
+		if c.heartbeat != 0 {
+			rec.UpdatedAt = now.Add(-c.heartbeat)
+		}
+		if err := e.d.nfs.nfsRecordNewSnapshot(ctx, x, rec, key); err != nil {
+			t.Fatal(err)
+		}
+		keys[i] = key
+	}
+
+	d2 := e.another(t) // another node's driver, whose first use sweeps
+	x2, err := d2.nfs.useExport(ctx, testServer, testShare)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x2.Release()
+	d2.nfs.sweeps.wg.Wait()
+	for i, c := range cases {
+		_, err := x.GetSnapshot(ctx, keys[i])
+		switch {
+		case c.kept && err != nil:
+			t.Errorf("%s: swept (%v); want it left to the job that copies it", c.name, err)
+		case !c.kept && !errors.Is(err, nfs.ErrNotFound):
+			t.Errorf("%s: %v after the sweep; want it undone", c.name, err)
+		}
+	}
 }

@@ -64,6 +64,16 @@ func (d *hostpathDriver) offNodeSnapshot(ctx context.Context, req *csi.CreateSna
 	} else if !errors.Is(err, state.ErrNotFound) {
 		return nil, nil, stateError(err)
 	}
+	// The source first, from this node's state: a missing one is
+	// NOT_FOUND whatever the export does (down, slow, refusing the mount).
+	if err := volumeIDOrNotFound(srcID); err != nil {
+		return nil, nil, err
+	}
+	if _, err := d.store.GetVolume(srcID); errors.Is(err, state.ErrNotFound) {
+		return nil, nil, notFound("volume %s not found", srcID)
+	} else if err != nil {
+		return nil, nil, stateError(err)
+	}
 	x, err := d.nfs.useExport(ctx, exp.server, exp.share)
 	if err != nil {
 		return nil, nil, err
@@ -73,9 +83,6 @@ func (d *hostpathDriver) offNodeSnapshot(ctx context.Context, req *csi.CreateSna
 		return nil, resp, err
 	}
 
-	if err := volumeIDOrNotFound(srcID); err != nil {
-		return nil, nil, err
-	}
 	unlockSrc, err := d.rlock(ctx, "vol", srcID)
 	if err != nil {
 		return nil, nil, err
@@ -103,12 +110,25 @@ func (d *hostpathDriver) offNodeSnapshot(ctx context.Context, req *csi.CreateSna
 	what := fmt.Sprintf("snapshot %s of volume %s, kept on NFS export %s", id, srcID, x.Name())
 	j := d.jobs.start(key, id, what, []string{"vol/" + srcID}, func(jctx context.Context) error {
 		defer unlockSrc()
+		var dir string
+		release := func() {}
 		err := d.withCopyLocksOf(jctx, []string{srcID}, true, func(vols map[string]*state.Volume, freeze []string) error {
 			// The source as it is now, under its node lock (see
 			// createSnapshot).
 			d.sizeOffNodeSnapshot(rec, vols[srcID])
-			return d.takeOffNodeSnapshot(jctx, exp, rec, snapKey, freeze)
+			_, err := d.copyStep(jctx, rec.ID, func() (res hostpath.CopyResult, err error) {
+				dir, release, err = d.offNodeCopySource(jctx, vols[srcID], freeze)
+				return res, err
+			})
+			return err
 		})
+		if err == nil {
+			// The point in time is taken and the freeze is over: the copy
+			// to the export, as long as the server takes, holds up no
+			// write of the pod's.
+			err = d.takeOffNodeSnapshot(jctx, exp, rec, snapKey, dir)
+			release()
+		}
 		if err != nil {
 			d.rollbackOffNodeSnapshot(exp, rec, snapKey)
 		}
@@ -124,38 +144,126 @@ func (d *hostpathDriver) sizeOffNodeSnapshot(rec *nfs.SnapshotRecord, src *state
 	rec.SourceRequested = requestOf(src, rec.SourceCapacity)
 }
 
-// takeOffNodeSnapshot copies rec's source volume (held, and frozen where
-// freeze says) into the export's snapshot directory, then records the
-// snapshot as ready. The caller rolls back on error.
-func (d *hostpathDriver) takeOffNodeSnapshot(ctx context.Context, exp *snapshotExport, rec *nfs.SnapshotRecord, snapKey string, freeze []string) error {
+// offNodeCopySource is what the copy to the export reads, taken under the
+// source's copy locks (see withCopyLocksOf): a point-in-time copy of v on
+// this node (partial/, a reflink or btrfs snapshot where the data
+// filesystem can, a full copy otherwise, with the freeze of freeze held
+// only for it), removed by release; or, for a directory volume on a data
+// filesystem without reflinks, the volume itself, as a local snapshot
+// copies it (no point in time to freeze, and a copy of it here first would
+// take its size again from the node's room). The copy over NFS then runs
+// with nothing frozen: a slow or dead server never hangs a pod's writes.
+func (d *hostpathDriver) offNodeCopySource(ctx context.Context, v *state.Volume, freeze []string) (dir string, release func(), err error) {
+	if kindOf(v).layout == LayoutDirectory && !d.vols.CanReflink() {
+		return d.vols.Path(v.ID), func() {}, nil
+	}
+	if !d.vols.CanReflink() {
+		// A whole copy of an image or block file, here until it is on
+		// the export.
+		if err := d.roomFor(d.heldSize(v)); err != nil {
+			return "", nil, err
+		}
+	}
+	dir, release, err = d.vols.PointInTimeCopy(ctx, v.ID, freeze)
+	if err != nil {
+		if _, ok := status.FromError(err); ok {
+			return "", nil, err
+		}
+		return "", nil, diskError("take the point-in-time copy of volume "+v.ID+" on the node", err)
+	}
+	return dir, release, nil
+}
+
+// offNodeHeartbeat is how often the job copying a snapshot to an export
+// refreshes its record's heartbeat: well within nfsSweepAge, so that no
+// sweep on another node takes a copy in flight for one a kill abandoned.
+const offNodeHeartbeat = 2 * time.Minute
+
+// takeOffNodeSnapshot copies dir (offNodeCopySource's) into the export's
+// snapshot directory, refreshing rec's heartbeat meanwhile, then records
+// the snapshot as ready, only if its record is still the one this job
+// made. The caller rolls back on error.
+func (d *hostpathDriver) takeOffNodeSnapshot(ctx context.Context, exp *snapshotExport, rec *nfs.SnapshotRecord, snapKey, dir string) error {
 	x, err := d.nfs.useExport(ctx, exp.server, exp.share)
 	if err != nil {
 		return err
 	}
 	defer x.Release()
-	start := time.Now()
-	st, err := d.copyStep(ctx, rec.ID, func() (res hostpath.CopyResult, err error) {
-		err = d.vols.CopyOut(ctx, rec.SourceVolumeID, freeze, func(src *beneath.Dir) error {
-			s, err := x.SnapshotFrom(ctx, src, snapKey)
-			res = hostpath.CopyResult{Mechanism: string(s.Mechanism()), Files: s.Files, Bytes: s.Bytes}
-			return err
-		})
-		return res, err
-	})
+	src, err := beneath.OpenRoot(dir)
 	if err != nil {
-		if _, ok := status.FromError(err); ok {
-			return err
+		return diskError("open the snapshot's source", err)
+	}
+	defer src.Close()
+	start := time.Now()
+	cctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stopBeat := d.heartbeatOffNodeSnapshot(cctx, cancel, x, *rec, snapKey)
+	st, err := x.SnapshotFrom(cctx, src, snapKey)
+	stopBeat()
+	if err != nil && ctx.Err() == nil {
+		if cause := context.Cause(cctx); cause != nil {
+			err = cause // the heartbeat found the record gone
 		}
+	}
+	if err != nil {
 		return nfsError("copy volume into snapshot on the export", err)
 	}
 	rec.SizeBytes, rec.Phase = st.Bytes, nfs.PhaseReady
-	if err := x.PutSnapshot(context.Background(), rec, snapKey); err != nil {
-		return nfsError("record the snapshot as ready", err)
+	if err := x.UpdateCreatingSnapshot(context.Background(), rec, snapKey); err != nil {
+		return offNodeRecordError("record the snapshot as ready", err)
 	}
-	d.metrics.copied("snapshot", st.Mechanism, st.Bytes, time.Since(start))
+	d.metrics.copied("snapshot", string(st.Mechanism()), st.Bytes, time.Since(start))
 	klog.InfoS("Snapshot kept on an NFS export", "snapshotID", rec.ID, "name", rec.Name, "source", rec.SourceVolumeID, "export", x.Name(),
-		"mechanism", st.Mechanism, "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
+		"mechanism", st.Mechanism(), "files", st.Files, "bytes", st.Bytes, "duration", time.Since(start))
 	return nil
+}
+
+// heartbeatOffNodeSnapshot refreshes the UpdatedAt of rec (a copy: the
+// caller's is not touched) every d.offNodeBeat until stop, which waits for
+// it. A record found gone or replaced (a sweep on another node undid it)
+// cancels the copy with that cause; a write the server does not answer in
+// time is only logged, and tried again at the next beat.
+func (d *hostpathDriver) heartbeatOffNodeSnapshot(ctx context.Context, cancel context.CancelCauseFunc, x *nfs.Export, rec nfs.SnapshotRecord, snapKey string) (stop func()) {
+	every := d.offNodeBeat
+	if every <= 0 {
+		every = offNodeHeartbeat
+	}
+	done, quit := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			rec.UpdatedAt = time.Now().UTC()
+			err := x.UpdateCreatingSnapshot(ctx, &rec, snapKey)
+			switch {
+			case errors.Is(err, nfs.ErrNotFound), errors.Is(err, nfs.ErrSnapshotReplaced):
+				cancel(offNodeRecordError("refresh the heartbeat of the snapshot's record", err))
+				return
+			case err != nil && ctx.Err() == nil:
+				klog.ErrorS(err, "Cannot refresh the heartbeat of a snapshot being copied to an NFS export; trying again", "snapshotID", rec.ID, "export", x.Name())
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
+}
+
+// offNodeRecordError is the error of a write of a creating snapshot's
+// record that found it gone or replaced: ABORTED (the job rolls back, a
+// retry of the name takes the snapshot anew), not the NOT_FOUND a caller
+// would take for its source's.
+func offNodeRecordError(what string, err error) error {
+	if errors.Is(err, nfs.ErrNotFound) || errors.Is(err, nfs.ErrSnapshotReplaced) {
+		return status.Errorf(codes.Aborted, "%s: %v (another node's sweep of the export took the copy for abandoned); retry", what, err)
+	}
+	return nfsError(what, err)
 }
 
 // rollbackOffNodeSnapshot undoes a snapshot whose copy failed or was

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -459,4 +460,168 @@ func withoutMtime(m []string) []string {
 		out[i] = strings.Join(f, " ")
 	}
 	return out
+}
+
+// The freeze of a mounted image lasts only for the copy on the node: while
+// the copy to the export is held at the server (the first file operation
+// of the copy into partial/, as a slow server holds it), the image's
+// filesystem is not frozen (no freeze marker, and a write to the mounted
+// image and its sync complete), and the copy's record gets its heartbeat.
+func TestOffNodeSnapshotCopyToTheExportHoldsNoFreeze(t *testing.T) {
+	testutil.RequireMkfs(t, "ext4")
+	e := newNFSEnv(t, 30*time.Second)
+	testutil.CleanupLoopDevices(t, e.dataDir)
+	e.d.Close()
+	held := make(chan struct{})
+	release := make(chan struct{})
+	var holding atomic.Bool
+	e.opts.BeforeFileOp = func(_, op string) error {
+		if strings.HasPrefix(op, "clear partial/s-") && holding.CompareAndSwap(true, false) {
+			close(held)
+			<-release
+		}
+		return nil
+	}
+	e.startNFS(t)
+	e.d.hostpath.offNodeBeat = 20 * time.Millisecond
+
+	image := mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	image.GetMount().FsType = "ext4"
+	req := createReq("pv-img", 64<<20)
+	req.Parameters, req.VolumeCapabilities = map[string]string{ParamLayout: LayoutImage}, []*csi.VolumeCapability{image}
+	r, err := e.d.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := r.GetVolume().GetVolumeId()
+	_, target := e.stageAndPublish(t, src, image)
+	defer e.unpublishAndUnstage(t, src)
+	testutil.WriteSampleTree(t, target, 10)
+
+	holding.Store(true)
+	type result struct {
+		resp *csi.CreateSnapshotResponse
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := e.d.CreateSnapshot(ctx, offNodeSnapReq("snap-img", src))
+		done <- result{resp, err}
+	}()
+	select {
+	case <-held:
+	case r := <-done:
+		t.Fatalf("the snapshot ended (%v, %v) before its copy reached the export", r.resp, r.err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the copy never reached the export")
+	}
+	func() {
+		defer close(release)
+		if m, err := os.ReadDir(e.d.hostpath.vols.FreezeMarkers()); err != nil || len(m) != 0 {
+			t.Errorf("while the copy to the export is held, freeze markers %v (%v); want the image thawed", m, err)
+		}
+		wrote := make(chan error, 1)
+		go func() {
+			f, err := os.Create(filepath.Join(target, "during-the-copy"))
+			if err == nil {
+				_, err = f.WriteString("written while the export is slow")
+				if err == nil {
+					err = f.Sync()
+				}
+				f.Close()
+			}
+			wrote <- err
+		}()
+		select {
+		case err := <-wrote:
+			if err != nil {
+				t.Errorf("write to the mounted image during the copy: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("a write to the mounted image has not completed in 5s while the copy to the export is held: the image is frozen for the copy over NFS")
+		}
+		// The heartbeat goes on while the copy is held.
+		ls, err := os.ReadDir(filepath.Join(e.export, ids.HiddenDir, "snapshot-records"))
+		if err != nil || len(ls) != 1 {
+			t.Fatalf("records %v (%v); want the creating snapshot's", ls, err)
+		}
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			data, err := os.ReadFile(filepath.Join(e.export, ids.HiddenDir, "snapshot-records", ls[0].Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rec nfs.SnapshotRecord
+			if err := json.Unmarshal(data, &rec); err != nil {
+				t.Fatal(err)
+			}
+			if rec.UpdatedAt.After(rec.CreatedAt) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("record %+v has no heartbeat after 5s of a copy beating every 20ms", rec)
+				break
+			}
+		}
+	}()
+	res := <-done
+	if res.err != nil || !res.resp.GetSnapshot().GetReadyToUse() {
+		t.Fatalf("snapshot: %v, %v", res.resp, res.err)
+	}
+	if left := entriesOf(t, e, "partial"); len(left) != 0 {
+		t.Errorf("partial/ on the export holds %v", left)
+	}
+	if left, err := os.ReadDir(filepath.Join(e.dataDir, "partial")); err != nil || len(left) != 0 {
+		t.Errorf("the node's partial/ holds %v (%v); want the local copy released", left, err)
+	}
+	if _, err := e.d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: res.resp.GetSnapshot().GetSnapshotId()}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A copy whose record a sweep on another node undid meanwhile (it took the
+// copy for one a kill abandoned) never brings the record back as ready
+// with no data: the ready write finds it gone, the job rolls back and the
+// caller gets ABORTED; the export holds nothing of it.
+func TestOffNodeSnapshotReadyWriteAfterASweepUndidIt(t *testing.T) {
+	e := newNFSEnv(t, 30*time.Second)
+	src := e.create(t, "hp-src")
+	testutil.WriteSampleTree(t, e.d.hostpath.vols.Path(src), 10)
+	e.d.beforeCopy = func(ctx context.Context, id string) error {
+		// What another node's sweep does (sweepExport): the data, then
+		// the record and its name.
+		x, err := e.d.nfs.useExport(ctx, testServer, testShare)
+		if err != nil {
+			return err
+		}
+		defer x.Release()
+		s, _ := ids.ParseNFSSnapshotID(id)
+		rec, err := x.GetSnapshot(ctx, s.Key)
+		if err != nil {
+			return err
+		}
+		return e.d.nfs.nfsUndoSnapshot(ctx, x, rec, s.Key)
+	}
+	_, err := e.d.CreateSnapshot(ctx, offNodeSnapReq("swept", src))
+	wantCode(t, err, codes.Aborted)
+	for _, sub := range []string{"snapshots", "snapshot-records", "partial", "names"} {
+		if left := entriesOf(t, e, sub); len(left) != 0 {
+			t.Errorf("%s holds %v after a copy whose record was swept", sub, left)
+		}
+	}
+	if ls, err := e.d.ListSnapshots(ctx, &csi.ListSnapshotsRequest{}); err != nil || len(ls.GetEntries()) != 0 {
+		t.Fatalf("listed: %v, %v", ls, err)
+	}
+}
+
+// A missing source is NOT_FOUND even when the class's export does not
+// answer: the source is checked before the export is mounted.
+func TestOffNodeSnapshotOfAMissingSourceOnADeadExport(t *testing.T) {
+	e := newNFSEnv(t, time.Second)
+	e.standin.AddExport(t, "dead.example", "/export", filepath.Join(e.dir, "exports", "dead"))
+	e.standin.Hang("dead.example")
+	for _, src := range []string{"hpv1-0000000000000000000000000000000f", "not-a-volume-id"} {
+		_, err := e.d.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-of-missing", SourceVolumeId: src,
+			Parameters: map[string]string{ParamServer: "dead.example", ParamShare: "/export"}})
+		wantCode(t, err, codes.NotFound)
+	}
 }

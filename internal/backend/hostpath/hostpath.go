@@ -325,24 +325,6 @@ func (b *Backend) RestoreFrom(ctx context.Context, src *beneath.Dir, volumeID st
 	})
 }
 
-// CopyOut runs copy with the directory of volume id open (through
-// descriptors: nothing a pod plants in it steers the copy out of it) and
-// the image filesystems mounted at freeze frozen, as Snapshot does: a copy
-// of the volume made elsewhere (a snapshot kept on an NFS export) is one
-// point in time as a local snapshot is. copy must not keep the directory.
-func (b *Backend) CopyOut(ctx context.Context, id string, freeze []string, copy func(src *beneath.Dir) error) error {
-	p := b.Path(id)
-	if err := requireDir(p); err != nil {
-		return fmt.Errorf("copy source: %w", err)
-	}
-	src, err := beneath.OpenRoot(p)
-	if err != nil {
-		return fmt.Errorf("open volume %s to copy it: %w", id, err)
-	}
-	defer src.Close()
-	return imagefs.WithFrozen(b.freezeMarkers, freeze, func() error { return copy(src) })
-}
-
 func (b *Backend) copyInto(ctx context.Context, src, dst, id string, freeze []string) (CopyResult, error) {
 	if err := requireDir(src); err != nil {
 		return CopyResult{}, fmt.Errorf("copy source: %w", err)

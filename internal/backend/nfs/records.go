@@ -159,6 +159,22 @@ type SnapshotRecord struct {
 	SourceLayout     string `json:"sourceLayout,omitempty"`
 	SourceFSType     string `json:"sourceFSType,omitempty"`
 	SourceFormatted  bool   `json:"sourceFormatted,omitempty"`
+
+	// UpdatedAt is the last heartbeat of the job that copies a snapshot in
+	// phase creating, when that job refreshes it (a long copy of a hostpath
+	// volume from its node): a sweep on any node leaves a record alone
+	// while it is fresh. Absent from older drivers' records, which the
+	// sweep ages by CreatedAt.
+	UpdatedAt time.Time `json:"updatedAt,omitzero"`
+}
+
+// LastAlive is when r was last known to be in the hands of a live job: its
+// last heartbeat, or its creation for a record without one.
+func (r *SnapshotRecord) LastAlive() time.Time {
+	if r.UpdatedAt.After(r.CreatedAt) {
+		return r.UpdatedAt
+	}
+	return r.CreatedAt
 }
 
 // FamilyHostpath is SnapshotRecord.SourceFamily for a snapshot of a
@@ -500,6 +516,30 @@ func (x *Export) CreateSnapshot(ctx context.Context, r *SnapshotRecord, key stri
 func (x *Export) PutSnapshot(ctx context.Context, r *SnapshotRecord, key string) error {
 	r.Version = recordVersion
 	return x.do(ctx, "write snapshot record", func() error { return x.writeRecord(dirSnapRecs, key+".json", r) })
+}
+
+// ErrSnapshotReplaced is UpdateCreatingSnapshot's error when the record
+// under the key is no longer the creating one the caller made.
+var ErrSnapshotReplaced = errors.New("the snapshot's record is no longer the one its create made")
+
+// UpdateCreatingSnapshot writes r over the record of snapshot key only if
+// that record still is r's (same ID and creation time) and still in phase
+// creating: a heartbeat or the ready write of the job that copies the
+// snapshot. It is ErrNotFound if the record is gone (a sweep on another node
+// undid it) and ErrSnapshotReplaced if it changed: such a write would bring
+// back a record whose data the sweep removed.
+func (x *Export) UpdateCreatingSnapshot(ctx context.Context, r *SnapshotRecord, key string) error {
+	return x.do(ctx, "update creating snapshot record", func() error {
+		var cur SnapshotRecord
+		if err := x.readRecord(dirSnapRecs, key+".json", &cur); err != nil {
+			return err
+		}
+		if cur.ID != r.ID || !cur.CreatedAt.Equal(r.CreatedAt) || cur.Phase != PhaseCreating {
+			return fmt.Errorf("snapshot %s on %s (now %s, phase %s): %w", r.ID, x.Name(), cur.ID, cur.Phase, ErrSnapshotReplaced)
+		}
+		r.Version = recordVersion
+		return x.writeRecord(dirSnapRecs, key+".json", r)
+	})
 }
 
 // DeleteSnapshot removes a snapshot's record and its name entry.
