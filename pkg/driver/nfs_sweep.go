@@ -21,7 +21,10 @@ import (
 // of its name ever came for (the claim was deleted meanwhile) is rolled
 // back or finished, and the trash a killed delete left is removed. Only records older than nfsSweepAge are touched: a
 // younger one may be in the hands of a live controller (the old pod of a
-// moved Deployment) or of a CO retrying it.
+// moved Deployment) or of a CO retrying it. A snapshot's age is that of its
+// last heartbeat where it has one (SnapshotRecord.LastAlive): the copy of a
+// hostpath volume to the export runs on the volume's node, in a job no
+// other process knows of, for as long as the bytes take.
 
 // nfsSweepAge is how old an unfinished record must be before a sweep
 // touches it: the time a detached copy's result waits for its caller.

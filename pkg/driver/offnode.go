@@ -28,7 +28,13 @@ import (
 // a retry of the name or the export's sweep), and says which kind of
 // hostpath volume it is of; its data is in .hostpath-csi/snapshots/<key>/.
 // The copy is the point in time a local snapshot is (the same locks,
-// freeze and refusals), run as a detached job. A hostpath class restores
+// freeze and refusals), run as a detached job: under the freeze it is a
+// copy on the node (partial/, a reflink where the data filesystem can),
+// and only that copy goes to the export, with nothing frozen, so a slow or
+// dead server never hangs a pod's writes. While it copies, the job
+// refreshes its record's heartbeat, so that no other node's sweep of the
+// export takes it for abandoned, and it records the snapshot ready only if
+// its record is still there as it made it. A hostpath class restores
 // it on any node, copying the tree out of the export into a new volume; an
 // NFS class refuses it.
 

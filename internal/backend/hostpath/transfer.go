@@ -69,8 +69,9 @@ func (b *Backend) receiveInto(tmp string, fill func(dst *beneath.Dir) error) err
 }
 
 // PointInTimeCopy copies volume id, frozen as Snapshot freezes it, into a
-// directory of partial/ for a peer to read while the volume goes on
-// changing; release removes it. A kill before release leaves it to the
+// directory of partial/ for a peer or an NFS export to read while the
+// volume goes on changing (the freeze lasts only for this copy); release
+// removes it. A kill before release leaves it to the
 // next start's emptying of partial/.
 func (b *Backend) PointInTimeCopy(ctx context.Context, id string, freeze []string) (dir string, release func(), err error) {
 	var r [8]byte
