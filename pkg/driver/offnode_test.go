@@ -625,3 +625,37 @@ func TestOffNodeSnapshotOfAMissingSourceOnADeadExport(t *testing.T) {
 		wantCode(t, err, codes.NotFound)
 	}
 }
+
+// Where the data filesystem cannot reflink, the copy on the node that the
+// freeze lasts for is a whole copy of the image: one the node has no room
+// for is refused with RESOURCE_EXHAUSTED, and nothing is left of it, on the
+// node or on the export.
+func TestOffNodeSnapshotWithoutRoomForTheCopyOnTheNode(t *testing.T) {
+	testutil.RequireMkfs(t, "ext4")
+	e := newNFSEnv(t, 30*time.Second)
+	e.d.Close()
+	mnt := testutil.LoopFS(t, "ext4", 160) // ext4: no reflinks
+	e.dataDir = filepath.Join(mnt, "data")
+	testutil.CleanupLoopDevices(t, e.dataDir)
+	e.startNFS(t)
+	if e.d.hostpath.vols.CanReflink() {
+		t.Skip("the data filesystem reflinks")
+	}
+	req := createReq("pv-img", 100<<20)
+	req.Parameters = map[string]string{ParamLayout: LayoutImage}
+	r, err := e.d.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := r.GetVolume().GetVolumeId()
+	_, err = e.d.CreateSnapshot(ctx, offNodeSnapReq("snap-big", src))
+	wantCode(t, err, codes.ResourceExhausted)
+	for _, sub := range []string{"snapshots", "snapshot-records", "partial", "names"} {
+		if left := entriesOf(t, e, sub); len(left) != 0 {
+			t.Errorf("%s holds %v after the refusal", sub, left)
+		}
+	}
+	if left, err := os.ReadDir(filepath.Join(e.dataDir, "partial")); err != nil || len(left) != 0 {
+		t.Errorf("the node's partial/ holds %v (%v)", left, err)
+	}
+}
