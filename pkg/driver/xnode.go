@@ -457,7 +457,7 @@ func (d *hostpathDriver) roomFor(n int64) error {
 		return err
 	}
 	if n > avail {
-		return status.Errorf(codes.ResourceExhausted, "a copy of the volume to send needs %d bytes, and node %s has %d bytes available for volumes", n, d.cfg.NodeID, avail)
+		return status.Errorf(codes.ResourceExhausted, "a point-in-time copy of the volume on this node (to send it elsewhere) needs %d bytes, and node %s has %d bytes available for volumes", n, d.cfg.NodeID, avail)
 	}
 	return nil
 }
