@@ -305,10 +305,11 @@ func testNodeGoneForGood(t *testing.T, c *cluster) {
 	ctrl := csi.NewControllerClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	list, err := ctrl.ListVolumes(ctx, &csi.ListVolumesRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	var list *csi.ListVolumesResponse
+	eventually(t, time.Minute, "node 2's driver answering ListVolumes", func() (bool, error) {
+		list, err = ctrl.ListVolumes(ctx, &csi.ListVolumesRequest{})
+		return err == nil, nil
+	})
 	listed := false
 	for _, e := range list.GetEntries() {
 		listed = listed || e.GetVolume().GetVolumeId() == pv.Spec.CSI.VolumeHandle

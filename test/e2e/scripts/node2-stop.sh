@@ -10,4 +10,7 @@ for f in "$E2E_DIR"/pids/node2-*.pid; do
 	kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
 	for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
 done
+# Its driver's socket goes with the machine (a reboot empties /run): a
+# stale one would pass node2.sh's wait before the new driver listens.
+rm -f "$E2E_DIR/node2/csi.sock"
 log "node 2 ($NODE2) is down: its processes killed"
