@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/beneath"
+	"github.com/hostpath-csi/hostpath-csi/internal/xattrs"
 )
 
 // Mechanism names how file data was copied.
@@ -333,11 +334,11 @@ func (c *copier) enter(e *beneath.Entry) error {
 	// Extended attributes now, one at a time (setting one changes no
 	// mtime), so none is held until the end; only a default ACL waits for
 	// the end, or the files copied into the directory would inherit it.
-	err = copyXattrs(fdXattrs(e.Dir.Fd()), setOnFd(dst.Fd()), func(n string) bool { return n != defaultACL })
+	err = copyXattrs(xattrs.Fd(e.Dir.Fd()), setOnFd(dst.Fd()), func(n string) bool { return n != xattrs.DefaultACL })
 	if err == nil {
 		var acl []byte
-		if acl, err = getXattr(fdXattrs(e.Dir.Fd()), defaultACL); err == nil {
-			node.xattrs = []xattr{{name: defaultACL, value: acl}}
+		if acl, err = xattrs.Get(xattrs.Fd(e.Dir.Fd()), xattrs.DefaultACL); err == nil {
+			node.xattrs = []xattr{{name: xattrs.DefaultACL, value: acl}}
 		} else if errors.Is(err, unix.ENODATA) || errors.Is(err, unix.ENOTSUP) {
 			err = nil
 		}
@@ -427,7 +428,3 @@ func setDirMeta(d *beneath.Dir, n *dirNode) error {
 		return nil
 	})
 }
-
-// defaultACL is the attribute that gives new entries of a directory their
-// ACL.
-const defaultACL = "system.posix_acl_default"

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hostpath-csi/hostpath-csi/internal/beneath"
 	"github.com/hostpath-csi/hostpath-csi/internal/btrfs"
+	"github.com/hostpath-csi/hostpath-csi/internal/xattrs"
 )
 
 // copyFile copies one regular file: data by reflink or in-kernel copy, then
@@ -67,7 +68,7 @@ func (c *copier) fillFile(in, out int, st *unix.Statx_t, from, to string) error 
 			atomic.AddInt64(&c.stats.Copied, 1)
 		}
 	}
-	return setMetaFd(out, to, st, func(fd int) error { return copyXattrs(fdXattrs(in), setOnFd(fd), nil) })
+	return setMetaFd(out, to, st, func(fd int) error { return copyXattrs(xattrs.Fd(in), setOnFd(fd), nil) })
 }
 
 // copyData copies only the data segments of in (SEEK_DATA/SEEK_HOLE) with

@@ -3,11 +3,11 @@ package copytree
 import (
 	"errors"
 	"fmt"
-	"slices"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/beneath"
+	"github.com/hostpath-csi/hostpath-csi/internal/xattrs"
 )
 
 // Order matters in both functions below: chown clears setuid/setgid and
@@ -52,7 +52,7 @@ func setMetaAt(srcDir, dstDir *beneath.Dir, name string, st *unix.Statx_t) error
 	if err != nil {
 		return err
 	}
-	err = copyXattrs(pathXattrs(from), func(n string, v []byte) error {
+	err = copyXattrs(xattrs.Path(from), func(n string, v []byte) error {
 		err := unix.Lsetxattr(to, n, v, 0)
 		if isLink && errors.Is(err, unix.EPERM) {
 			return nil // user.* xattrs cannot exist on symlinks anyway
@@ -77,57 +77,20 @@ type xattr struct {
 	value []byte
 }
 
-// xattrSource reads one entry's extended attributes: by descriptor, or by
-// path for what cannot be opened.
-type xattrSource struct {
-	list func(buf []byte) (int, error)
-	get  func(name string, buf []byte) (int, error)
-}
-
-func fdXattrs(fd int) xattrSource {
-	return xattrSource{
-		list: func(buf []byte) (int, error) { return unix.Flistxattr(fd, buf) },
-		get:  func(name string, buf []byte) (int, error) { return unix.Fgetxattr(fd, name, buf) },
-	}
-}
-
-func pathXattrs(path string) xattrSource {
-	return xattrSource{
-		list: func(buf []byte) (int, error) { return unix.Llistxattr(path, buf) },
-		get:  func(name string, buf []byte) (int, error) { return unix.Lgetxattr(path, name, buf) },
-	}
-}
-
 // copyXattrs hands set each extended attribute of src that keep accepts
 // (all with a nil keep), one at a time: a value lives only while it is
 // copied, so a tenant's thousands of 64 KiB attributes never sit in memory
 // together. set must not keep the value.
-func copyXattrs(src xattrSource, set func(name string, value []byte) error, keep func(string) bool) error {
-	names, err := listXattrs(src)
-	if err != nil {
-		return err
-	}
-	buf := make([]byte, 256)
-	for _, name := range splitNUL(names) {
-		if keep != nil && !keep(string(name)) {
-			continue
-		}
-		var val []byte
-		val, buf, err = getXattrInto(src, string(name), buf)
-		if errors.Is(err, unix.ENODATA) {
-			continue // removed in between
-		}
-		if err != nil {
-			return fmt.Errorf("xattr %s: %w", name, err)
-		}
-		if err := set(string(name), val); err != nil {
-			if string(name) == nfs4ACL && errors.Is(err, unix.EOPNOTSUPP) {
-				continue // see nfs4ACL
+func copyXattrs(src xattrs.Source, set func(name string, value []byte) error, keep func(string) bool) error {
+	return xattrs.Each(src, keep, func(name string, val []byte) error {
+		if err := set(name, val); err != nil {
+			if name == nfs4ACL && errors.Is(err, unix.EOPNOTSUPP) {
+				return nil // see nfs4ACL
 			}
 			return fmt.Errorf("set xattr %s: %w", name, err)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // nfs4ACL is the attribute through which an NFSv4 client shows every
@@ -141,64 +104,4 @@ const nfs4ACL = "system.nfs4_acl"
 // setOnFd is the set of copyXattrs for an open copy.
 func setOnFd(fd int) func(string, []byte) error {
 	return func(n string, v []byte) error { return unix.Fsetxattr(fd, n, v, 0) }
-}
-
-// listXattrs returns the names of src's extended attributes, NUL
-// separated; none where the filesystem has none. Asking the size first
-// costs one call for the usual entry with no attributes.
-func listXattrs(src xattrSource) ([]byte, error) {
-	for {
-		n, err := src.list(nil)
-		if errors.Is(err, unix.ENOTSUP) || n == 0 && err == nil {
-			return nil, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		names := make([]byte, n)
-		n, err = src.list(names)
-		if errors.Is(err, unix.ERANGE) {
-			continue // grew in between
-		}
-		if err != nil {
-			return nil, err
-		}
-		return names[:n], nil
-	}
-}
-
-func getXattr(src xattrSource, name string) ([]byte, error) {
-	val, _, err := getXattrInto(src, name, make([]byte, 256))
-	return val, err
-}
-
-// getXattrInto reads one attribute's value into buf, growing it as needed;
-// it returns the value and the buffer to reuse.
-func getXattrInto(src xattrSource, name string, buf []byte) ([]byte, []byte, error) {
-	for {
-		n, err := src.get(name, buf)
-		if errors.Is(err, unix.ERANGE) {
-			buf = make([]byte, 2*len(buf))
-			continue
-		}
-		if err != nil {
-			return nil, buf, err
-		}
-		return buf[:n], buf, nil
-	}
-}
-
-func splitNUL(b []byte) [][]byte {
-	var out [][]byte
-	for len(b) > 0 {
-		i := slices.Index(b, 0)
-		if i < 0 {
-			i = len(b)
-		}
-		if i > 0 {
-			out = append(out, b[:i])
-		}
-		b = b[min(i+1, len(b)):]
-	}
-	return out
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/beneath"
+	"github.com/hostpath-csi/hostpath-csi/internal/xattrs"
 )
 
 // ReceiveOptions tune Receive. The zero value receives at the caller's
@@ -335,7 +336,7 @@ func (r *receiver) dir(p []byte) error {
 func (r *receiver) leave(p []byte) error {
 	top := r.cur()
 	if len(p) > 0 {
-		if err := setXattr(top.dir.Path, defaultACL, p, func(n string, v []byte) error {
+		if err := setXattr(top.dir.Path, xattrs.DefaultACL, p, func(n string, v []byte) error {
 			return unix.Fsetxattr(top.dir.Fd(), n, v, 0)
 		}); err != nil {
 			return err

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hostpath-csi/hostpath-csi/internal/beneath"
+	"github.com/hostpath-csi/hostpath-csi/internal/xattrs"
 )
 
 // SendOptions tune Send. The zero value sends at the caller's priority.
@@ -120,8 +121,8 @@ func (s *sender) end() {
 	s.finish(s.start(recEnd))
 }
 
-func (s *sender) xattrs(src xattrSource, keep func(string) bool) error {
-	return eachXattr(src, keep, func(name string, val []byte) error {
+func (s *sender) xattrs(src xattrs.Source, keep func(string) bool) error {
+	return xattrs.Each(src, keep, func(name string, val []byte) error {
 		if len(name) > maxName || len(val) > maxXattr {
 			return fmt.Errorf("xattr %q of %d bytes is beyond the stream's bounds", name, len(val))
 		}
@@ -144,7 +145,7 @@ func (s *sender) visit(e *beneath.Entry) error {
 	st := &e.Stat
 	if e.IsDir() {
 		s.finish(s.entry(recDir, e.Name, metaOf(st)))
-		if err := s.xattrs(fdXattrs(e.Dir.Fd()), func(n string) bool { return n != defaultACL }); err != nil {
+		if err := s.xattrs(xattrs.Fd(e.Dir.Fd()), func(n string) bool { return n != xattrs.DefaultACL }); err != nil {
 			return fmt.Errorf("xattrs of %s: %w", e.Dir.Path(), err)
 		}
 		s.end()
@@ -228,7 +229,7 @@ func (s *sender) pathXattrs(e *beneath.Entry) error {
 	if err != nil {
 		return err
 	}
-	err = s.xattrs(pathXattrs(p), nil)
+	err = s.xattrs(xattrs.Path(p), nil)
 	if beneath.Gone(err) || errors.Is(err, unix.ENOENT) {
 		return nil
 	}
@@ -240,7 +241,7 @@ func (s *sender) pathXattrs(e *beneath.Entry) error {
 
 // leave closes the directory's records with its default ACL.
 func (s *sender) leave(e *beneath.Entry) error {
-	acl, _, err := getXattr(fdXattrs(e.Dir.Fd()), defaultACL, make([]byte, 256))
+	acl, err := xattrs.Get(xattrs.Fd(e.Dir.Fd()), xattrs.DefaultACL)
 	if errors.Is(err, unix.ENODATA) || errors.Is(err, unix.ENOTSUP) {
 		acl, err = nil, nil
 	}
@@ -276,7 +277,7 @@ func (s *sender) file(e *beneath.Entry) error {
 	}
 	rec = s.start(recSize)
 	s.finish(binary.BigEndian.AppendUint64(rec, uint64(size)))
-	if err := s.xattrs(fdXattrs(fd), nil); err != nil {
+	if err := s.xattrs(xattrs.Fd(fd), nil); err != nil {
 		return fmt.Errorf("xattrs of %s/%s: %w", e.Parent.Path(), e.Name, err)
 	}
 	s.end()
