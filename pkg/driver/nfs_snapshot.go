@@ -36,8 +36,15 @@ func (d *nfsDriver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotR
 	}
 	return createByName(ctx, d.core, "snapname", "snapshot", req.GetName(), func(key string) (*job, *csi.CreateSnapshotResponse, error) {
 		return d.nfsSnapshot(ctx, req, src, key)
-	}, func(j *job) (*csi.CreateSnapshotResponse, error) {
-		x, err := d.useExport(ctx, src.Server, src.Share)
+	}, d.snapshotOnExport(ctx, src.Server, src.Share))
+}
+
+// snapshotOnExport answers a CreateSnapshot whose job made a snapshot on
+// the export server:share (of an NFS volume, or kept off a hostpath
+// volume's node) from the snapshot's record there.
+func (d *nfsDriver) snapshotOnExport(ctx context.Context, server, share string) func(*job) (*csi.CreateSnapshotResponse, error) {
+	return func(j *job) (*csi.CreateSnapshotResponse, error) {
+		x, err := d.useExport(ctx, server, share)
 		if err != nil {
 			return nil, err
 		}
@@ -48,7 +55,7 @@ func (d *nfsDriver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotR
 			return nil, nfsError("read the snapshot's record", err)
 		}
 		return &csi.CreateSnapshotResponse{Snapshot: nfsCSISnapshot(rec)}, nil
-	})
+	}
 }
 
 // nfsSnapshot is the part of CreateSnapshot under the name's lock (see

@@ -14,7 +14,6 @@ import (
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/hostpath"
 	"github.com/hostpath-csi/hostpath-csi/internal/backend/nfs"
 	"github.com/hostpath-csi/hostpath-csi/internal/beneath"
-	"github.com/hostpath-csi/hostpath-csi/internal/ids"
 	"github.com/hostpath-csi/hostpath-csi/pkg/state"
 )
 
@@ -43,19 +42,7 @@ import (
 func (d *hostpathDriver) createOffNodeSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest, exp *snapshotExport) (*csi.CreateSnapshotResponse, error) {
 	return createByName(ctx, d.core, "snapname", "snapshot", req.GetName(), func(key string) (*job, *csi.CreateSnapshotResponse, error) {
 		return d.offNodeSnapshot(ctx, req, exp, key)
-	}, func(j *job) (*csi.CreateSnapshotResponse, error) {
-		x, err := d.nfs.useExport(ctx, exp.server, exp.share)
-		if err != nil {
-			return nil, err
-		}
-		defer x.Release()
-		s, _ := ids.ParseNFSSnapshotID(j.id)
-		rec, err := x.GetSnapshot(ctx, s.Key)
-		if err != nil {
-			return nil, nfsError("read the snapshot's record", err)
-		}
-		return &csi.CreateSnapshotResponse{Snapshot: nfsCSISnapshot(rec)}, nil
-	})
+	}, d.nfs.snapshotOnExport(ctx, exp.server, exp.share))
 }
 
 // offNodeSnapshot is the part of createOffNodeSnapshot under the name's
